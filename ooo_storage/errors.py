@@ -1,0 +1,91 @@
+"""Typed storage errors carrying the exact messages of PROTOCOL.md §3.
+
+Every exception derives from :class:`StorageError`; ``str(exc)`` is the protocol message, so the
+server can map exceptions to HTTP responses in one place without string matching.
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class of every error raised by ooo-storage."""
+
+    message = "storage: error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.message)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class NotFound(StorageError):
+    message = "storage: not found"
+
+
+class InvalidPath(StorageError):
+    message = "storage: invalid path"
+
+
+class InvalidData(StorageError):
+    message = "storage: invalid data (empty)"
+
+
+class GlobNotAllowed(StorageError):
+    message = "storage: glob pattern not allowed for this operation"
+
+
+class GlobRequired(StorageError):
+    message = "storage: glob pattern required for this operation"
+
+
+class InvalidPattern(StorageError):
+    message = "storage: invalid pattern, glob required"
+
+
+class InvalidLimit(StorageError):
+    message = "storage: invalid limit"
+
+
+class InvalidRange(StorageError):
+    message = "storage: invalid range"
+
+
+class CantLockGlob(StorageError):
+    message = "storage: can't lock a glob pattern path"
+
+
+class LockNotFound(StorageError):
+    message = "storage: lock not found, can't unlock"
+
+
+class AllLayersNil(StorageError):
+    message = "storage: all storage layers are nil"
+
+
+class NotActive(StorageError):
+    message = "storage: storage is not active"
+
+
+class InvalidGlob(StorageError):
+    """Raised by :func:`ooo_storage.keys.validate_glob` (messages start with ``key:``)."""
+
+    message = "key: invalid glob pattern"
+
+
+class StorageUnavailable(StorageError):
+    """A real storage failure (I/O error, locked database, lost quorum): a 5xx, not a 4xx."""
+
+    message = "storage: unavailable"
+
+
+class CorruptObject(StorageUnavailable):
+    """A stored object failed its checksum; it is never returned as data."""
+
+    message = "storage: corrupt object"
+
+
+class QuorumNotReached(StorageUnavailable):
+    """Too few drives accepted a write; the previous value stays readable."""
+
+    message = "storage: write quorum not reached"

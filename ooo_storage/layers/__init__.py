@@ -1,0 +1,39 @@
+"""Storage layers. ``SOSLayer`` and ``ErasureLayer`` (and their byte stores) load on first use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import CorruptObject, QuorumNotReached
+from .base import Layer, PersistentLayer
+from .leveldb import LevelDBLayer
+from .memory import MemoryLayer
+
+__all__ = [
+    "Layer",
+    "PersistentLayer",
+    "MemoryLayer",
+    "LevelDBLayer",
+    "SimpleObjectStore",
+    "SOSLayer",
+    "ErasureStore",
+    "ErasureLayer",
+    "CorruptObject",
+    "QuorumNotReached",
+]
+
+_LAZY = {
+    "SimpleObjectStore": ".sos",
+    "SOSLayer": ".sos",
+    "ErasureStore": ".erasure",
+    "ErasureLayer": ".erasure",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(module, __name__), name)

@@ -1,0 +1,137 @@
+"""Objects, events and the process-wide clock (PROTOCOL.md §2). Pure: no I/O, no asyncio."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal, NamedTuple
+
+import orjson
+
+_wall0 = time.time_ns()
+_mono0 = time.monotonic_ns()
+_last = 0
+
+
+def now() -> int:
+    """Return the next clock value: epoch ns at start + monotonic elapsed, strictly increasing."""
+    global _last
+    t = _wall0 + (time.monotonic_ns() - _mono0)
+    if t <= _last:
+        t = _last + 1
+    _last = t
+    return t
+
+
+_PREFIX = b'{"created":'
+_EMPTY_JSON = b'{"created":0,"updated":0,"index":"","data":{}}'
+
+
+class Object(NamedTuple):
+    """A stored value with its metadata. Immutable; ``data`` is compact JSON text."""
+
+    created: int
+    updated: int
+    index: str
+    path: str
+    data: bytes
+
+    @property
+    def value(self) -> Any:
+        """The decoded JSON value of ``data``."""
+        return orjson.loads(self.data)
+
+    def to_json(self) -> bytes:
+        """The exact object bytes of PROTOCOL.md §2.1 (``path`` omitted when empty)."""
+        if self.path:
+            return b'{"created":%d,"updated":%d,"index":%b,"path":%b,"data":%b}' % (
+                self.created,
+                self.updated,
+                _jstr(self.index),
+                _jstr(self.path),
+                self.data,
+            )
+        return b'{"created":%d,"updated":%d,"index":%b,"data":%b}' % (
+            self.created,
+            self.updated,
+            _jstr(self.index),
+            self.data,
+        )
+
+    @classmethod
+    def empty(cls) -> Object:
+        """The object returned for a missing single key."""
+        return EMPTY
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Object:
+        """Parse bytes produced by :meth:`to_json` (fast path) or any equivalent JSON object."""
+        try:
+            return _parse_own(raw)
+        except (ValueError, IndexError):
+            pass
+        doc = orjson.loads(raw)
+        if not isinstance(doc, dict):
+            raise ValueError("object JSON must be an object")
+        return cls(
+            int(doc.get("created", 0)),
+            int(doc.get("updated", 0)),
+            str(doc.get("index", "")),
+            str(doc.get("path", "")),
+            orjson.dumps(doc.get("data", {})),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Object(created={self.created}, updated={self.updated}, index={self.index!r}, "
+            f"path={self.path!r}, data={self.data!r})"
+        )
+
+
+EMPTY = Object(0, 0, "", "", b"{}")
+
+
+def _jstr(s: str) -> bytes:
+    # Keys are restricted to [A-Za-z0-9*/._-]; anything else (never produced by the store) is escaped.
+    if s.isascii() and '"' not in s and "\\" not in s:
+        return b'"%b"' % s.encode()
+    return orjson.dumps(s)
+
+
+def _parse_own(raw: bytes) -> Object:
+    """Parse the exact layout written by :meth:`Object.to_json` without a JSON decoder.
+
+    Raises ValueError (or IndexError) on anything else, so the caller falls back to orjson.
+    """
+    if not raw.startswith(_PREFIX) or raw[-1:] != b"}":
+        raise ValueError("not an own-format object")
+    i = raw.index(b',"updated":', 11)
+    created = int(raw[11:i])
+    j = raw.index(b',"index":"', i + 11)
+    updated = int(raw[i + 11 : j])
+    k = raw.index(b'"', j + 10)
+    index = raw[j + 10 : k]
+    pos = k + 1
+    path = b""
+    if raw.startswith(b',"path":"', pos):
+        p = raw.index(b'"', pos + 9)
+        path = raw[pos + 9 : p]
+        pos = p + 1
+    if not raw.startswith(b',"data":', pos) or b"\\" in index or b"\\" in path:
+        raise ValueError("not an own-format object")
+    data = raw[pos + 8 : -1]
+    if not data:
+        raise ValueError("empty data")
+    return Object(created, updated, index.decode(), path.decode(), data)
+
+
+Operation = Literal["set", "del"]
+
+
+class Event(NamedTuple):
+    """A committed write. ``object`` is the new object for ``set``, the deleted one for a single-key
+    ``del`` and None for a glob delete (whose ``key`` is the glob)."""
+
+    key: str
+    operation: Operation
+    object: Object | None
+    revision: int
