@@ -102,7 +102,7 @@ def match(pattern: str, key: str) -> bool:
     ksegs = key.split("/")
     if len(ksegs) != count:
         return False
-    for parts, seg in zip(segs, ksegs):
+    for parts, seg in zip(segs, ksegs, strict=True):
         if parts is not None and not _seg_match(parts, seg):
             return False
     return True

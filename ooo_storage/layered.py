@@ -1,0 +1,619 @@
+"""Layered: the store. A memory mirror over an optional persistent layer, with events and locks.
+
+Write path (one key): validate → take the key's lock (skipped when nobody holds or waits on it and
+every layer is synchronous: nothing can interleave then) → write the persistent layer → write memory
+→ assign the next store-wide revision → queue the event. The persistent layer is written *first*, so
+a failed write needs no memory rollback and no reader ever sees a value that is then rolled back: on
+failure memory is untouched, no event is emitted and no hook runs.
+
+Glob deletes and ``clear`` take the store-wide gate exclusively (no set interleaves with them). A glob
+delete also waits until every earlier event has reached the watchers before it emits its one event,
+so a watcher never sees an older set of a matching key after the glob delete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from operator import attrgetter
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+from . import keys
+from .errors import (
+    AllLayersNil,
+    CantLockGlob,
+    GlobNotAllowed,
+    GlobRequired,
+    InvalidData,
+    InvalidLimit,
+    InvalidPath,
+    InvalidPattern,
+    InvalidRange,
+    LockNotFound,
+    NotActive,
+    NotFound,
+    StorageError,
+    StorageUnavailable,
+)
+from .layers.base import Layer
+from .layers.memory import MemoryLayer
+from .locks import Gate, KeyLocks
+from .meta import Event, Object, now
+from .sharded import Callback, ShardedChan, WatchHandle
+
+log = logging.getLogger("ooo_storage")
+
+__all__ = ["Layered", "Options", "WatchHandle", "encode_data"]
+
+
+@dataclass
+class Options:
+    """Store options. Hooks run on the event loop and must not block."""
+
+    workers: int = 6
+    """Number of event shards (and consumer tasks)."""
+    no_broadcast_keys: Sequence[str] = ()
+    """Writes to keys that peer one of these produce no events."""
+    before_read: Callable[[str], Any] | None = None
+    """Called with the key or pattern before every read."""
+    after_write: Callable[[str], Any] | None = None
+    """Called once per committed set/push/delete, after its event is queued."""
+    after_write_op: Callable[[str, str], Any] | None = None
+    """Called with (key, "set"|"del") once per committed write, before its event is queued."""
+    lossless_watch: bool = False
+    """Writers wait for room in a full event queue instead of dropping after ``drop_timeout``."""
+    queue_size: int = 1024
+    """Capacity of each event shard queue."""
+    drop_timeout: float = 5.0
+    """How long a writer waits for room in a full event queue before the event is dropped."""
+    on_drop: Callable[[Event], Any] | None = None
+    """Called with each dropped event."""
+
+
+_ORDER = attrgetter("created", "path")
+
+
+def encode_data(data: Any) -> bytes:
+    """Compact JSON bytes for a data argument: JSON text (bytes/str) or any orjson-serialisable value."""
+    if isinstance(data, bytes | bytearray | memoryview | str):
+        if not data:
+            raise InvalidData()
+        try:
+            return orjson.dumps(orjson.loads(data))
+        except orjson.JSONDecodeError as exc:
+            raise InvalidData(f"storage: invalid data (not JSON: {exc})") from None
+    try:
+        return orjson.dumps(data)
+    except TypeError as exc:
+        raise InvalidData(f"storage: invalid data (not JSON serialisable: {exc})") from None
+
+
+def _is_async(layer: Any, name: str) -> bool:
+    return inspect.iscoroutinefunction(getattr(layer, name, None))
+
+
+async def _maybe(result: Any) -> Any:
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+class Layered:
+    """A memory layer over a persistent layer (either may be None, not both).
+
+    With a memory layer, every read is served from memory (``start`` loads the persistent layer into
+    it); without one, reads go to the persistent layer.
+    """
+
+    def __init__(self, memory: MemoryLayer | None = None, embedded: Layer | None = None) -> None:
+        self.memory = memory
+        self.embedded = embedded
+        self.options = Options()
+        self._active = False
+        self._revision = 0
+        self._locks = KeyLocks()
+        self._gate = Gate()
+        self._chan: ShardedChan | None = None
+        self._watchers: list[tuple[Callback, list[WatchHandle | None]]] = []
+        emb = embedded
+        self._emb_async = emb is not None and any(
+            _is_async(emb, m) for m in ("get", "set", "delete")
+        )
+        # Every layer synchronous: a write has no await point and cannot interleave with another.
+        self._sync = not self._emb_async
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    @property
+    def revision(self) -> int:
+        """Revision of the last committed write (store-wide, strictly increasing)."""
+        return self._revision
+
+    @property
+    def dropped(self) -> int:
+        """Events dropped because watchers could not keep up (never with ``lossless_watch``)."""
+        return self._chan.dropped if self._chan is not None else 0
+
+    async def start(self, options: Options | None = None) -> None:
+        """Start the layers, load the persistent layer into memory, start event delivery."""
+        if self.memory is None and self.embedded is None:
+            raise AllLayersNil()
+        if self._active:
+            return
+        opts = options or Options()
+        self.options = opts
+        self._no_broadcast = tuple(opts.no_broadcast_keys)
+        if self.memory is not None:
+            self.memory.start()
+        if self.embedded is not None:
+            try:
+                await _maybe(self.embedded.start())
+                if self.memory is not None:
+                    await self._load()
+            except StorageError:
+                raise
+            except Exception as exc:
+                raise StorageUnavailable(f"storage: can't start persistent layer: {exc}") from exc
+        self._chan = ShardedChan(
+            opts.workers, opts.queue_size, opts.drop_timeout, opts.lossless_watch, opts.on_drop
+        )
+        for callback, slot in self._watchers:
+            slot[0] = self._chan.subscribe(callback)
+        self._chan.start()
+        self._active = True
+
+    async def _load(self) -> None:
+        assert self.memory is not None and self.embedded is not None
+        load_raw = getattr(self.embedded, "load_raw", None)
+        if load_raw is not None:
+            self.memory.bulk_load(await _maybe(load_raw()))
+        else:
+            self.memory.bulk_load(await _maybe(self.embedded.load()))  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        """Deliver queued events (bounded), then close the layers. Idempotent."""
+        if not self._active:
+            return
+        self._active = False
+        if self._chan is not None:
+            await self._chan.close()
+        if self.embedded is not None:
+            await _maybe(self.embedded.close())
+        if self.memory is not None:
+            self.memory.close()
+
+    async def __aenter__(self) -> Layered:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        et: type[BaseException] | None,
+        e: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- checks --------------------------------------------------------------------------------
+    def _check(self, key: str) -> None:
+        if not self._active:
+            raise NotActive()
+        if not keys.is_valid(key):
+            raise InvalidPath()
+
+    def _check_pattern(self, pattern: str) -> None:
+        self._check(pattern)
+        if "*" not in pattern:
+            raise InvalidPattern()
+        if self.options.before_read is not None:
+            self.options.before_read(pattern)
+
+    # -- reads ---------------------------------------------------------------------------------
+    async def get(self, key: str) -> Object:
+        """The object at ``key``; NotFound if missing."""
+        self._check(key)
+        if "*" in key:
+            raise GlobNotAllowed()
+        if self.options.before_read is not None:
+            self.options.before_read(key)
+        obj = await self._read(key)
+        if obj is None:
+            raise NotFound()
+        return obj
+
+    async def get_json(self, key: str) -> bytes:
+        """The exact object JSON of ``key`` (PROTOCOL §2.1), served without re-encoding when possible."""
+        self._check(key)
+        if "*" in key:
+            raise GlobNotAllowed()
+        if self.options.before_read is not None:
+            self.options.before_read(key)
+        if self.memory is not None:
+            raw = self.memory.get_raw(key)
+        else:
+            obj = await self._read(key)
+            raw = None if obj is None else obj.to_json()
+        if raw is None:
+            raise NotFound()
+        return raw
+
+    def peek(self, key: str) -> Object | None:
+        """Synchronous memory read without checks or hooks (None if missing or no memory layer).
+
+        For components that must read and register in one step with no await in between (stream
+        snapshots)."""
+        return self.memory.get(key) if self.memory is not None else None
+
+    def peek_list(self, pattern: str) -> list[Object] | None:
+        """Synchronous memory glob read, newest first (None without a memory layer)."""
+        if self.memory is None:
+            return None
+        objs = self.memory.get_list(pattern)
+        objs.sort(key=_ORDER, reverse=True)
+        return objs
+
+    async def _read(self, key: str) -> Object | None:
+        if self.memory is not None:
+            return self.memory.get(key)
+        return await _maybe(self.embedded.get(key))  # type: ignore[union-attr]
+
+    async def _matching(self, pattern: str) -> list[Object]:
+        if self.memory is not None:
+            return self.memory.get_list(pattern)
+        return list(await _maybe(self.embedded.get_list(pattern)))  # type: ignore[union-attr]
+
+    async def get_list(self, pattern: str) -> list[Object]:
+        """Objects matching ``pattern``, oldest first (ties by path)."""
+        self._check_pattern(pattern)
+        objs = await self._matching(pattern)
+        objs.sort(key=_ORDER)
+        return objs
+
+    async def get_list_descending(self, pattern: str) -> list[Object]:
+        """Objects matching ``pattern``, newest first (exact reverse of ``get_list``)."""
+        self._check_pattern(pattern)
+        objs = await self._matching(pattern)
+        objs.sort(key=_ORDER, reverse=True)
+        return objs
+
+    async def get_n(self, pattern: str, limit: int) -> list[Object]:
+        """The ``limit`` newest objects matching ``pattern`` (all when limit <= 0), newest first."""
+        objs = await self.get_list_descending(pattern)
+        return objs if limit <= 0 else objs[:limit]
+
+    async def get_n_ascending(self, pattern: str, limit: int) -> list[Object]:
+        """The ``limit`` oldest objects matching ``pattern`` (all when limit <= 0), oldest first."""
+        objs = await self.get_list(pattern)
+        return objs if limit <= 0 else objs[:limit]
+
+    async def get_n_range(self, pattern: str, limit: int, from_: int, to: int) -> list[Object]:
+        """Up to ``limit`` newest objects with ``from_ <= created <= to``, newest first."""
+        self._check_pattern(pattern)
+        if limit <= 0:
+            raise InvalidLimit()
+        if to < from_:
+            return []
+        objs = [o for o in await self._matching(pattern) if from_ <= o.created <= to]
+        objs.sort(key=_ORDER, reverse=True)
+        return objs[:limit]
+
+    async def keys(self) -> list[str]:
+        """Every key, bytewise ascending."""
+        if not self._active:
+            raise NotActive()
+        if self.memory is not None:
+            return self.memory.keys()
+        return sorted(await _maybe(self.embedded.keys()))  # type: ignore[union-attr]
+
+    async def keys_range(self, pattern: str, from_: int, to: int) -> list[str]:
+        """Keys matching ``pattern`` with ``from_ <= created <= to``, ordered by created."""
+        self._check_pattern(pattern)
+        if to < from_:
+            raise InvalidRange()
+        objs = [o for o in await self._matching(pattern) if from_ <= o.created <= to]
+        objs.sort(key=_ORDER)
+        return [o.path for o in objs]
+
+    # -- writes --------------------------------------------------------------------------------
+    async def set(self, key: str, data: Any) -> str:
+        """Create or overwrite ``key``; returns its index."""
+        self._check(key)
+        if keys.is_glob(key):
+            raise GlobNotAllowed()
+        return await self._write(key, encode_data(data))
+
+    async def push(self, pattern: str, data: Any) -> str:
+        """Store ``data`` under a new key made from ``pattern`` (``logs/*``); returns the new index."""
+        self._check(pattern)
+        if not keys.is_glob(pattern):
+            raise GlobRequired()
+        raw = encode_data(data)
+        key = keys.build(pattern, now())
+        return await self._write(key, raw, (now(), 0))
+
+    async def set_with_meta(self, key: str, data: Any, created: int, updated: int) -> str:
+        """Store ``data`` at ``key`` with the given timestamps (no glob or empty checks: empty data
+        is stored as ``{}``, the empty object's data)."""
+        self._check(key)
+        raw = b"{}" if isinstance(data, bytes | str) and not data else encode_data(data)
+        return await self._write(key, raw, (created, updated))
+
+    async def get_and_lock(self, key: str) -> Object:
+        """Take ``key``'s lock and return its object. NotFound (and no lock kept) if missing."""
+        self._check(key)
+        if "*" in key:
+            raise CantLockGlob()
+        await self._locks.acquire(key)
+        try:
+            obj = await self._read(key)
+        except BaseException:
+            self._locks.release(key)
+            raise
+        if obj is None:
+            self._locks.release(key)
+            raise NotFound()
+        return obj
+
+    async def set_and_unlock(self, key: str, data: Any) -> str:
+        """Write ``key`` while holding the lock taken by ``get_and_lock``, then release it (also on
+        failure)."""
+        self._check(key)
+        if "*" in key:
+            raise CantLockGlob()
+        try:
+            raw = encode_data(data)
+        except InvalidData:
+            if self._locks.locked(key):
+                self._locks.release(key)
+            raise
+        if not self._locks.locked(key):
+            raise LockNotFound()
+        try:
+            return await self._write(key, raw, locked=True)
+        finally:
+            self._locks.release(key)
+
+    async def unlock(self, key: str) -> None:
+        """Release ``key``'s lock (from any task)."""
+        if not self._active:
+            raise NotActive()
+        if not self._locks.locked(key):
+            raise LockNotFound()
+        self._locks.release(key)
+
+    async def _write(
+        self, key: str, raw: bytes, stamps: tuple[int, int] | None = None, locked: bool = False
+    ) -> str:
+        if self._sync and not locked and not self._locks.busy(key) and self._gate.idle:
+            # Nothing can interleave: no await until the event is queued.
+            obj = self._build(key, raw, stamps, self._read_sync(key))
+            self._store_sync(key, obj)
+            waiter = self._publish(key, "set", obj)
+        else:
+            if not locked:
+                await self._locks.acquire(key)
+            try:
+                await self._gate.acquire_shared()
+                try:
+                    obj = self._build(key, raw, stamps, await self._read(key))
+                    await self._store(key, obj)
+                    waiter = self._publish(key, "set", obj)
+                finally:
+                    await self._gate.release_shared()
+            finally:
+                if not locked:
+                    self._locks.release(key)
+        await self._finish(key, waiter)
+        return obj.index
+
+    @staticmethod
+    def _build(key: str, raw: bytes, stamps: tuple[int, int] | None, old: Object | None) -> Object:
+        if stamps is not None:
+            created, updated = stamps
+        elif old is None:
+            created, updated = now(), 0
+        else:
+            created, updated = old.created, now()
+        return Object(created, updated, keys.last_index(key), key, raw)
+
+    def _read_sync(self, key: str) -> Object | None:
+        if self.memory is not None:
+            return self.memory.get(key)
+        return self.embedded.get(key)  # type: ignore[union-attr,return-value]
+
+    def _store_sync(self, key: str, obj: Object) -> None:
+        if self.embedded is not None:
+            try:
+                self.embedded.set(key, obj)
+            except StorageError:
+                raise
+            except Exception as exc:
+                raise StorageUnavailable(f"storage: write failed: {exc}") from exc
+        if self.memory is not None:
+            self.memory.set(key, obj)
+
+    async def _store(self, key: str, obj: Object) -> None:
+        if self.embedded is not None:
+            try:
+                await _maybe(self.embedded.set(key, obj))
+            except StorageError:
+                raise
+            except Exception as exc:
+                raise StorageUnavailable(f"storage: write failed: {exc}") from exc
+        if self.memory is not None:
+            self.memory.set(key, obj)
+
+    async def delete(self, key: str) -> None:
+        """Delete ``key`` (NotFound if missing) or every key matching a glob (never errors)."""
+        await self._delete(key, broadcast=True)
+
+    async def delete_silent(self, key: str) -> None:
+        """Like ``delete`` but emits no event (hooks still run)."""
+        await self._delete(key, broadcast=False)
+
+    async def _delete(self, key: str, broadcast: bool) -> None:
+        self._check(key)
+        if "*" in key:
+            await self._delete_glob(key, broadcast)
+            return
+        async with self._locks.hold(key):
+            await self._gate.acquire_shared()
+            try:
+                old = await self._read(key)
+                if old is None:
+                    raise NotFound()
+                await self._remove(key)
+                waiter = self._publish(key, "del", old, broadcast)
+            finally:
+                await self._gate.release_shared()
+        await self._finish(key, waiter)
+
+    async def _delete_glob(self, pattern: str, broadcast: bool) -> None:
+        await self._gate.acquire_exclusive()
+        try:
+            removed = await self._remove(pattern)
+            if not removed:
+                return
+            if broadcast and self._chan is not None:
+                # Barrier: earlier events of matching keys reach watchers before this one.
+                await self._drain()
+            waiter = self._publish(pattern, "del", None, broadcast)
+        finally:
+            await self._gate.release_exclusive()
+        await self._finish(pattern, waiter)
+
+    async def _drain(self) -> None:
+        assert self._chan is not None
+        if self.options.lossless_watch:
+            await self._chan.drain()
+            return
+        try:
+            await asyncio.wait_for(self._chan.drain(), self.options.drop_timeout)
+        except TimeoutError:
+            log.warning("glob delete: watchers did not catch up within drop_timeout")
+
+    async def _remove(self, key_or_glob: str) -> int:
+        removed = 0
+        if self.embedded is not None:
+            try:
+                removed = await _maybe(self.embedded.delete(key_or_glob))
+            except StorageError:
+                raise
+            except Exception as exc:
+                raise StorageUnavailable(f"storage: delete failed: {exc}") from exc
+        if self.memory is not None:
+            removed = self.memory.delete(key_or_glob) or removed
+        return removed
+
+    async def clear(self) -> None:
+        """Remove every key from every layer. Emits no events (an administrative reset)."""
+        if not self._active:
+            raise NotActive()
+        await self._gate.acquire_exclusive()
+        try:
+            if self.embedded is not None:
+                try:
+                    await _maybe(self.embedded.clear())
+                except Exception as exc:
+                    raise StorageUnavailable(f"storage: clear failed: {exc}") from exc
+            if self.memory is not None:
+                self.memory.clear()
+        finally:
+            await self._gate.release_exclusive()
+
+    # -- events --------------------------------------------------------------------------------
+    def _publish(
+        self, key: str, op: str, obj: Object | None, broadcast: bool = True
+    ) -> asyncio.Future[None] | None:
+        """Assign the revision and queue the event, synchronously right after the commit."""
+        self._revision += 1
+        opts = self.options
+        if opts.after_write_op is not None:
+            try:
+                opts.after_write_op(key, op)
+            except Exception:
+                log.exception("after_write_op hook failed for %s", key)
+        if not broadcast or self._chan is None:
+            return None
+        for quiet in self._no_broadcast:
+            if keys.peer(quiet, key):
+                return None
+        return self._chan.put(Event(key, op, obj, self._revision))  # type: ignore[arg-type]
+
+    async def _finish(self, key: str, waiter: asyncio.Future[None] | None) -> None:
+        if waiter is not None:
+            await waiter
+        hook = self.options.after_write
+        if hook is not None:
+            try:
+                hook(key)
+            except Exception:
+                log.exception("after_write hook failed for %s", key)
+
+    def watch(self, callback: Callback) -> WatchHandle:
+        """Call ``callback(event)`` (sync or async) for every event; events of one key in order."""
+        slot: list[WatchHandle | None] = [None]
+        entry = (callback, slot)
+        self._watchers.append(entry)
+        if self._chan is not None:
+            slot[0] = self._chan.subscribe(callback)
+        return _StoreWatch(self, entry)  # type: ignore[return-value]
+
+    def _unwatch(self, entry: tuple[Callback, list[WatchHandle | None]]) -> None:
+        if entry in self._watchers:
+            self._watchers.remove(entry)
+        handle = entry[1][0]
+        if handle is not None:
+            handle.cancel()
+
+    async def events(self, pattern: str | None = None) -> AsyncIterator[Event]:
+        """Iterate the events whose key peers ``pattern`` (every event without one).
+
+        The iterator has its own bounded buffer; when it is full the delivering shard waits for it
+        (and, unless ``lossless_watch``, the event is dropped after ``drop_timeout``).
+        """
+        opts = self.options
+        queue: asyncio.Queue[Event] = asyncio.Queue(opts.queue_size)
+
+        async def deliver(event: Event) -> None:
+            if pattern is not None and not keys.peer(pattern, event.key):
+                return
+            if not queue.full():
+                queue.put_nowait(event)
+            elif opts.lossless_watch:
+                await queue.put(event)
+            else:
+                try:
+                    await asyncio.wait_for(queue.put(event), opts.drop_timeout)
+                except TimeoutError:
+                    if self._chan is not None:
+                        self._chan._count_drop(event)
+
+        handle = self.watch(deliver)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            handle.cancel()
+
+
+class _StoreWatch:
+    """Handle of ``Layered.watch``: survives a later ``start`` (re-subscribes) until cancelled."""
+
+    __slots__ = ("_store", "_entry")
+
+    def __init__(self, store: Layered, entry: tuple[Callback, list[WatchHandle | None]]) -> None:
+        self._store = store
+        self._entry = entry
+
+    def cancel(self) -> None:
+        self._store._unwatch(self._entry)
