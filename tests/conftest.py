@@ -1,0 +1,81 @@
+"""Shared fixtures. ``store`` runs every storage test against every backend combination."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ooo_storage import Layered, LevelDBLayer, MemoryLayer, Options
+
+
+def _sos(path: Path) -> Any:
+    from ooo_storage.layers import SOSLayer
+
+    return SOSLayer(str(path / "sos"))
+
+
+def _erasure(path: Path) -> Any:
+    from ooo_storage.layers import ErasureLayer
+
+    return ErasureLayer([str(path / f"drive{i}") for i in range(6)], k=4, m=2)
+
+
+def _leveldb(path: Path) -> Any:
+    return LevelDBLayer(str(path / "db"))
+
+
+# name -> (has memory layer, persistent layer factory or None, module that must exist)
+BACKENDS: dict[str, tuple[bool, Callable[[Path], Any] | None, str | None]] = {
+    "memory": (True, None, None),
+    "leveldb": (False, _leveldb, None),
+    "memory+leveldb": (True, _leveldb, None),
+    "sos": (False, _sos, "ooo_storage.layers.sos"),
+    "memory+sos": (True, _sos, "ooo_storage.layers.sos"),
+    "erasure": (False, _erasure, "ooo_storage.layers.erasure"),
+    "memory+erasure": (True, _erasure, "ooo_storage.layers.erasure"),
+}
+
+
+class StoreFactory:
+    """Builds (and rebuilds, for restart tests) a Layered store of one backend in one directory."""
+
+    def __init__(self, backend: str, path: Path) -> None:
+        self.backend = backend
+        self.path = path
+        self.has_memory, self.persistent, _ = BACKENDS[backend]
+        self.opened: list[Layered] = []
+
+    @property
+    def persists(self) -> bool:
+        return self.persistent is not None
+
+    async def open(self, options: Options | None = None) -> Layered:
+        memory = MemoryLayer() if self.has_memory else None
+        embedded = self.persistent(self.path) if self.persistent else None
+        store = Layered(memory=memory, embedded=embedded)
+        await store.start(options)
+        self.opened.append(store)
+        return store
+
+    async def close_all(self) -> None:
+        for store in self.opened:
+            await store.close()
+
+
+@pytest.fixture(params=list(BACKENDS))
+async def factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    module = BACKENDS[request.param][2]
+    if module is not None and importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not built yet")
+    f = StoreFactory(request.param, tmp_path)
+    yield f
+    await f.close_all()
+
+
+@pytest.fixture
+async def store(factory: StoreFactory) -> Layered:
+    return await factory.open()

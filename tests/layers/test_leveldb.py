@@ -1,0 +1,110 @@
+"""LevelDB layer specifics: clear errors on open, atomic glob delete, and write rollback in Layered."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ooo_storage import Event, Layered, LevelDBLayer, MemoryLayer, NotFound, StorageUnavailable
+from ooo_storage.meta import Object
+
+
+async def test_locked_by_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import plyvel,sys; db=plyvel.DB({str(path)!r}, create_if_missing=True); "
+         "print('ready', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(path))
+        with pytest.raises(StorageUnavailable, match="locked by another process"):
+            await store.start()
+        assert not store.active
+    finally:
+        holder.communicate("")
+
+
+async def test_path_is_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(StorageUnavailable, match="can't create database directory"):
+        await Layered(embedded=LevelDBLayer(target / "db")).start()
+
+
+def test_directory_created_and_glob_delete_counts(tmp_path: Path) -> None:
+    layer = LevelDBLayer(tmp_path / "a" / "b" / "db")
+    layer.start()
+    for key in ("x/1", "x/2", "x/2/3", "y"):
+        layer.set(key, Object(1, 0, key.rpartition("/")[2], key, b"1"))
+    assert layer.delete("x/*") == 2
+    assert layer.keys() == ["x/2/3", "y"]
+    assert layer.delete("y") == 1 and layer.delete("y") == 0
+    layer.close()
+
+
+class FailingLevelDB(LevelDBLayer):
+    """A real LevelDB layer with an injected fault: the next write raises OSError."""
+
+    fail = False
+
+    def set(self, key: str, obj: Object) -> None:
+        if self.fail:
+            raise OSError(5, "Input/output error")
+        super().set(key, obj)
+
+    def delete(self, key_or_glob: str) -> int:
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        return super().delete(key_or_glob)
+
+
+class AsyncFailingLevelDB(FailingLevelDB):
+    """The same with an async interface, so the awaited write path is covered too."""
+
+    async def get(self, key: str) -> Object | None:  # type: ignore[override]
+        return super().get(key)
+
+    async def set(self, key: str, obj: Object) -> None:  # type: ignore[override]
+        super().set(key, obj)
+
+    async def delete(self, key_or_glob: str) -> int:  # type: ignore[override]
+        return super().delete(key_or_glob)
+
+
+@pytest.mark.parametrize("layer_cls", [FailingLevelDB, AsyncFailingLevelDB])
+async def test_failed_persistent_write_changes_nothing(tmp_path: Path, layer_cls: type[FailingLevelDB]) -> None:
+    layer = layer_cls(tmp_path / "db")
+    calls: list[str] = []
+    from ooo_storage import Options
+
+    store = Layered(memory=MemoryLayer(), embedded=layer)
+    await store.start(Options(after_write=calls.append, after_write_op=lambda k, op: calls.append(op)))
+    events: list[Event] = []
+    store.watch(events.append)
+    await store.set("k", 1)
+    await store.set("g/1", 1)
+    await store._chan.drain()  # type: ignore[union-attr]
+    before = (await store.get("k"), list(events), list(calls), store.revision)
+
+    layer.fail = True
+    for op in (store.set("k", 2), store.set("new", 1), store.push("g/*", 1), store.delete("k"), store.delete("g/*")):
+        with pytest.raises(StorageUnavailable):
+            await op
+    await store._chan.drain()  # type: ignore[union-attr]
+    assert (await store.get("k"), events, calls, store.revision) == before
+    with pytest.raises(NotFound):
+        await store.get("new")
+    assert [o.path for o in await store.get_list("g/*")] == ["g/1"]
+
+    layer.fail = False
+    await store.set("k", 3)
+    await store.close()
+    again = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(tmp_path / "db"))
+    await again.start()
+    assert (await again.get("k")).value == 3 and await again.keys() == ["g/1", "k"]
+    await again.close()

@@ -1,0 +1,121 @@
+"""Key grammar and matching: every vector of PROTOCOL.md §1, plus properties."""
+
+from __future__ import annotations
+
+import fnmatch
+import string
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ooo_storage import InvalidGlob, keys
+
+VALID = [
+    "test", "test/1", "a/b/c", "*", "a/b/*", "users/john-doe", "logs/2026-05-08", "data/report.json",
+    "users/jane_doe", "550e8400-e29b-41d4-a716-446655440000", "a/*b", "a*b", "*/*", "test/*/*", "a/./b",
+]
+INVALID = [
+    "", "/a/b", "a/b/", "test//1", "test/*/**", "-x", "x-", ".x", "x.", "_x", "x_", "a b", "a:b",
+    "a@b", "a%b", "a+b", "é", "caf\u00e9", "a\nb", "a/b\u2028",
+]
+
+
+@pytest.mark.parametrize("key", VALID)
+def test_valid(key: str) -> None:
+    assert keys.is_valid(key)
+
+
+@pytest.mark.parametrize("key", INVALID)
+def test_invalid(key: str) -> None:
+    assert not keys.is_valid(key)
+
+
+@pytest.mark.parametrize(
+    ("key", "has", "is_"),
+    [("*", True, True), ("a/*", True, True), ("a/*/b", True, False), ("a*", True, False), ("a/b", False, False)],
+)
+def test_glob_predicates(key: str, has: bool, is_: bool) -> None:
+    assert keys.has_glob(key) is has
+    assert keys.is_glob(key) is is_
+
+
+@pytest.mark.parametrize(("key", "idx"), [("a/b/c", "c"), ("abc", "abc"), ("a/*", "*"), ("a/", "")])
+def test_last_index(key: str, idx: str) -> None:
+    assert keys.last_index(key) == idx
+
+
+def test_validate_glob() -> None:
+    keys.validate_glob("a/b")
+    keys.validate_glob("a/*")
+    keys.validate_glob("a*")
+    with pytest.raises(InvalidGlob, match=r"^key: contains more than one glob pattern$"):
+        keys.validate_glob("a/*/*")
+    with pytest.raises(InvalidGlob, match=r"^key: glob pattern must be at the end of the path$"):
+        keys.validate_glob("test/*/more")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "key", "expected"),
+    [
+        ("*", "thing", True),
+        ("thing/*", "thing/123", True),
+        ("thing/glob/*/*", "thing/glob/test/234", True),
+        ("thing/123/*", "thing/123/123/123", False),
+        ("thing/123", "thing/12", False),
+        ("users/a*", "users/abc", True),
+        ("*", "a/b", False),
+        ("users/a*", "users/bac", False),
+        ("a*b*c", "abc", True),
+        ("a*b*c", "aXbYc", True),
+        ("a*b*c", "acb", False),
+        ("ab*ba", "aba", False),
+        ("*x", "x", True),
+        ("a/*/b/*", "a/1/b/2", True),
+        ("a/*/b/*", "a/1/c/2", False),
+        ("a/*", "a/", True),
+    ],
+)
+def test_match_vectors(pattern: str, key: str, expected: bool) -> None:
+    assert keys.match(pattern, key) is expected
+
+
+def test_peer_is_symmetric_match() -> None:
+    assert keys.peer("users/*", "users/1") and keys.peer("users/1", "users/*")
+    assert not keys.peer("users/*", "users")
+
+
+def test_build_replaces_first_glob_with_hex_clock() -> None:
+    assert keys.build("logs/*", 0x18895B6DC6B09A1B) == "logs/18895b6dc6b09a1b"
+    a, b = keys.build("logs/*"), keys.build("logs/*")
+    assert a != b and a < b and len(keys.last_index(a)) == 16
+
+
+segment = st.text(alphabet=string.ascii_letters + string.digits, min_size=1, max_size=6)
+concrete = st.lists(segment, min_size=1, max_size=4).map("/".join)
+
+
+@given(concrete)
+def test_concrete_key_matches_itself_and_its_segment_globs(key: str) -> None:
+    assert keys.is_valid(key)
+    assert keys.match(key, key)
+    segs = key.split("/")
+    for i in range(len(segs)):
+        pattern = "/".join(segs[:i] + ["*"] + segs[i + 1 :])
+        assert keys.match(pattern, key)
+        prefix_glob = "/".join(segs[:i] + [segs[i][:1] + "*"] + segs[i + 1 :])
+        assert keys.match(prefix_glob, key)
+
+
+@given(st.lists(segment, min_size=1, max_size=3), st.lists(segment, min_size=1, max_size=3))
+def test_star_never_crosses_slash(pattern_segs: list[str], key_segs: list[str]) -> None:
+    pattern = "/".join("*" for _ in pattern_segs)
+    key = "/".join(key_segs)
+    assert keys.match(pattern, key) is (len(pattern_segs) == len(key_segs))
+
+
+@given(segment, segment, st.text(alphabet="ab*", min_size=1, max_size=6), st.text(alphabet="ab", max_size=8))
+def test_segment_match_agrees_with_fnmatch_inside_one_segment(a: str, b: str, pat: str, seg: str) -> None:
+    # Inside one segment (no "/"), our "*" means exactly what fnmatch's "*" means.
+    pattern, key = f"{a}/{pat}/{b}", f"{a}/{seg}/{b}"
+    assert keys.match(pattern, key) is fnmatch.fnmatchcase(seg, pat)
