@@ -46,7 +46,7 @@ async def test_per_key_order_with_full_queues() -> None:
     chan.start()
     rev = 0
     pending = []
-    for n in range(30):
+    for _ in range(30):
         for key in ("a", "b", "c", "d"):
             rev += 1
             fut = chan.put(ev(key, rev))
