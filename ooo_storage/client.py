@@ -1,0 +1,345 @@
+"""An asyncio client for ooo-storage (and any ``ooo``-compatible server): REST calls and live states.
+
+>>> async with Client("http://127.0.0.1:8800") as client:
+...     await client.set("users/1", {"name": "ada"})
+...     async for state in client.subscribe("users/*"):
+...         print(state)          # the whole current list, after every change
+
+REST calls map one-to-one onto PROTOCOL.md §4 and raise :class:`ClientError` (with the HTTP status
+and the server's plain-text message) on any error response. :meth:`Client.subscribe` opens the
+websocket stream of §5, keeps the state by applying the server's JSON patches, and reconnects with
+``?v=<last version>`` and exponential backoff, so a resumed stream that missed nothing costs no
+snapshot.
+
+Values are any JSON-serialisable Python value, encoded with orjson; ``bytes`` are sent verbatim as
+JSON text (handy to forward a document without decoding it). Unlike :class:`~ooo_storage.Layered`,
+a ``str`` is a JSON string here, so ``await client.set("name", "ada")`` stores ``"ada"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, NotRequired, Self, TypedDict
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from . import keys
+from .client_patch import PatchError, apply_patch
+
+__all__ = [
+    "Client",
+    "ClientOptions",
+    "ClientError",
+    "ConnectionFailed",
+    "Entry",
+    "Subscription",
+    "backoff_delays",
+]
+
+
+class Entry(TypedDict):
+    """An object as the server sends it (PROTOCOL.md §2.1); ``path`` is absent for single keys."""
+
+    created: int
+    updated: int
+    index: str
+    path: NotRequired[str]
+    data: Any
+
+
+class ClientError(Exception):
+    """An error response from the server: ``status`` is the HTTP status, ``message`` its body text."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.message}"
+
+
+class ConnectionFailed(ClientError):
+    """No response at all (refused, reset, timed out); ``status`` is 0."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, message)
+
+    def __str__(self) -> str:
+        return f"connection failed: {self.message}"
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """Tuning of a :class:`Client`. The defaults suit a server on a LAN or the same host."""
+
+    #: Seconds allowed for one REST call, connect to last byte.
+    request_timeout: float = 30.0
+    #: Delay before the first reconnect attempt of a subscription, in seconds.
+    reconnect_initial: float = 0.1
+    #: Each further failed attempt multiplies the delay by this factor ...
+    reconnect_factor: float = 2.0
+    #: ... up to this many seconds.
+    reconnect_max: float = 10.0
+    #: Fraction of each delay drawn at random, so that many clients of a restarted server spread out.
+    reconnect_jitter: float = 0.2
+    #: Ping the server this often (seconds) and reconnect when no pong comes within half of it;
+    #: None relies on the server's own pings.
+    heartbeat: float | None = 30.0
+    #: Largest frame accepted on a subscription (a snapshot of a big list can be large); 0 = no limit.
+    max_frame_bytes: int = 64 * 1024 * 1024
+
+
+def backoff_delays(options: ClientOptions, rng: random.Random | None = None) -> Iterator[float]:
+    """Yield the successive reconnect delays: exponential, capped, with a random part."""
+    rng = rng or random.Random()
+    delay = options.reconnect_initial
+    while True:
+        yield delay * (1.0 - options.reconnect_jitter * rng.random())
+        delay = min(delay * options.reconnect_factor, options.reconnect_max)
+
+
+class Client:
+    """REST and websocket client of one server, rooted at ``base_url`` (``http://host:port[/prefix]``).
+
+    Use it as an async context manager, or call :meth:`close` when done. ``token`` is sent as
+    ``Authorization: Bearer <token>`` on REST calls and as the ``bearer, <token>`` websocket
+    sub-protocol on subscriptions. Pass ``session`` to share an :class:`aiohttp.ClientSession`
+    (it is then not closed by the client).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        options: ClientOptions | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        url = URL(base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
+        self.base_url = url if url.path.endswith("/") else url.with_path(url.path + "/")
+        self.token = token
+        self.options = options or ClientOptions()
+        self._session = session
+        self._own_session = session is None
+        self._subscriptions: set[Subscription] = set()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every open subscription, then the session if the client created it."""
+        for subscription in list(self._subscriptions):
+            await subscription.close()
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # REST (PROTOCOL.md §4)
+
+    async def get(self, key: str) -> Entry | list[Entry]:
+        """The object at ``key``, or for a key with a ``*`` the list of matches, newest first."""
+        return orjson.loads(await self._request("GET", key))  # type: ignore[no-any-return]
+
+    async def set(self, key: str, value: Any) -> str:
+        """Create or overwrite ``key`` (no glob) with ``value``; returns the index."""
+        if keys.is_glob(key):
+            raise ValueError(f"set needs a key without a trailing glob, got {key!r}; use push")
+        return await self._write("POST", key, value)
+
+    async def push(self, pattern: str, value: Any) -> str:
+        """Store ``value`` under a fresh key made from ``pattern`` (ending in ``/*``); returns its
+        index (the text that replaced the ``*``)."""
+        if not keys.is_glob(pattern):
+            raise ValueError(f"push needs a pattern ending in '*', got {pattern!r}")
+        return await self._write("POST", pattern, value)
+
+    async def patch(self, key: str, value: dict[str, Any] | bytes) -> str:
+        """Merge the JSON object ``value`` into the data stored at ``key`` (§4.1); returns the index."""
+        return await self._write("PATCH", key, value)
+
+    async def delete(self, key: str) -> None:
+        """Delete ``key``, or every match of a glob (a glob delete never fails for lack of matches)."""
+        await self._request("DELETE", key)
+
+    async def keys(self) -> list[str]:
+        """Every stored key, bytewise ascending."""
+        body = await self._request("GET", "", headers={"Accept": "application/json"})
+        return orjson.loads(body)["keys"]  # type: ignore[no-any-return]
+
+    # Websocket streams (PROTOCOL.md §5)
+
+    def subscribe(self, key: str, *, version: str | None = None, reconnect: bool = True) -> Subscription:
+        """Follow ``key`` (or a glob): an async iterator over its state, one per frame received.
+
+        ``version`` resumes from a version seen earlier (no initial frame if nothing changed);
+        ``reconnect=False`` ends the iteration when the server closes the stream and raises
+        :class:`ConnectionFailed` when it cannot connect.
+        """
+        self._url(key)  # validate now rather than on first iteration
+        subscription = Subscription(self, key, version=version, reconnect=reconnect)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    # Plumbing
+
+    def _url(self, key: str) -> URL:
+        if key and not keys.is_valid(key):
+            raise ValueError(f"invalid key {key!r}")
+        return self.base_url.join(URL(key))
+
+    def session(self) -> aiohttp.ClientSession:
+        """The underlying session, created on first use (inside the running event loop)."""
+        if self._session is None:
+            # No connection limit: every subscription holds one connection for its whole life.
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        return self._session
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    async def _write(self, method: str, key: str, value: Any) -> str:
+        body = bytes(value) if isinstance(value, (bytes, bytearray, memoryview)) else orjson.dumps(value)
+        reply = await self._request(
+            method, key, body=body, headers={"Content-Type": "application/json"}
+        )
+        return orjson.loads(reply)["index"]  # type: ignore[no-any-return]
+
+    async def _request(
+        self, method: str, key: str, *, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> bytes:
+        timeout = aiohttp.ClientTimeout(total=self.options.request_timeout)
+        try:
+            async with self.session().request(
+                method, self._url(key), data=body, headers={**self._auth(), **(headers or {})},
+                timeout=timeout,
+            ) as response:
+                payload = await response.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ConnectionFailed(str(exc) or type(exc).__name__) from exc
+        if response.status >= 400:
+            raise ClientError(response.status, payload.decode(errors="replace").strip())
+        return payload
+
+    def _forget(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+
+
+class Subscription(AsyncIterator[Any]):
+    """The live state of one key or glob; see :meth:`Client.subscribe`.
+
+    Iterating yields the full state after each frame: an :class:`Entry` dict for a single key (the
+    empty object while it does not exist), a list of entries, newest first, for a glob. States are
+    shared with later ones: treat them as read-only. Use ``async with`` (or :meth:`close`) to close
+    the websocket deterministically when leaving the loop early.
+    """
+
+    def __init__(self, client: Client, key: str, *, version: str | None, reconnect: bool) -> None:
+        self.key = key
+        #: The version of the last frame received (sent back as ``?v=`` on reconnect).
+        self.version = version
+        #: The current state; None until the first frame.
+        self.state: Any = None
+        #: How many times a websocket was opened.
+        self.connections = 0
+        self._client = client
+        self._reconnect = reconnect
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._closed = False
+        self._delays = backoff_delays(client.options)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the websocket; the iteration then ends."""
+        self._closed = True
+        self._client._forget(self)
+        await self._disconnect()
+
+    async def __anext__(self) -> Any:
+        while not self._closed:
+            ws = self._ws or await self._connect()
+            if ws is None:
+                break
+            message = await ws.receive()
+            if message.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
+                if self._on_frame(message.data):
+                    return self.state
+                await self._disconnect()  # out of step: the next connection starts from a snapshot
+            elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
+                                  aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                await self._disconnect()
+                if not self._reconnect:
+                    break
+        await self.close()
+        raise StopAsyncIteration
+
+    def _on_frame(self, raw: bytes | str) -> bool:
+        """Apply one frame to the state; False if it cannot be applied (the state is then dropped)."""
+        try:
+            frame = orjson.loads(raw)
+            state = frame["data"] if frame["snapshot"] else apply_patch(self.state, frame["data"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, PatchError):
+            self.state, self.version = None, None
+            return False
+        self.state, self.version = state, frame.get("version")
+        self._delays = backoff_delays(self._client.options)
+        return True
+
+    async def _connect(self) -> aiohttp.ClientWebSocketResponse | None:
+        """Open the websocket; None once closed.
+
+        Every attempt but the very first waits for the next backoff delay, so a server that accepts
+        and at once drops connections is not hammered; the delays restart after a good frame.
+        """
+        client = self._client
+        url = client._url(self.key)
+        if self.version is not None:
+            url = url.with_query(v=self.version)
+        protocols = ("bearer", client.token) if client.token else ()
+        retrying = self.connections > 0
+        while not self._closed:
+            if retrying:
+                await asyncio.sleep(next(self._delays))
+            retrying = True
+            try:
+                self._ws = await client.session().ws_connect(
+                    url, protocols=protocols, heartbeat=client.options.heartbeat,
+                    max_msg_size=client.options.max_frame_bytes,
+                )
+            except aiohttp.WSServerHandshakeError as exc:
+                if 400 <= exc.status < 500 and exc.status not in (408, 429):
+                    raise ClientError(exc.status, f"subscription refused: {exc.message}") from exc
+                failure: Exception = exc
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                failure = exc
+            else:
+                self.connections += 1
+                return self._ws
+            if not self._reconnect:
+                raise ConnectionFailed(str(failure) or type(failure).__name__) from failure
+        return None
+
+    async def _disconnect(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
