@@ -37,7 +37,7 @@ def same(a: Any, b: Any) -> bool:
     if a.__class__ is dict:
         return a.keys() == b.keys() and all(same(v, b[k]) for k, v in a.items())
     if a.__class__ is list:
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     return bool(a == b)
 
 
