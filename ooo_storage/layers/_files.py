@@ -28,9 +28,9 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import google_crc32c
 
@@ -50,9 +50,11 @@ __all__ = [
     "makedirs_durable",
     "publish",
     "write_file_atomic",
+    "write_file_with",
     "unlink_quiet",
     "read_exact",
     "read_file",
+    "read_with",
     "pid_alive",
     "clean_temp",
     "hash_hex",
@@ -71,6 +73,8 @@ DURABILITY_LEVELS: tuple[Durability, ...] = ("none", "data", "full")
 
 TMP_DIR = ".tmp"
 MARKER_NAME = ".format.json"
+
+T = TypeVar("T")
 
 _HEX = frozenset("0123456789abcdef")
 _IOV_MAX = 1024  # POSIX minimum is 16, Linux allows 1024 buffers per writev
@@ -233,10 +237,26 @@ def write_file_atomic(
     any error it is unlinked), so no temp file leaks while the process lives. Returns False only
     for ``exclusive`` when ``final`` already existed (nothing was changed).
     """
+    return write_file_with(
+        final, lambda fd: write_all(fd, chunks), root, namer, durability, exclusive, tmp_dir
+    )
+
+
+def write_file_with(
+    final: str,
+    fill: Callable[[int], object],
+    root: str,
+    namer: TempNamer,
+    durability: Durability = "full",
+    exclusive: bool = False,
+    tmp_dir: str | None = None,
+) -> bool:
+    """:func:`write_file_atomic` where ``fill(fd)`` writes the content (streamed values, or a header
+    patched with ``os.pwrite`` once a checksum over the streamed bytes is known)."""
     fd, tmp = create_temp(tmp_dir or os.path.join(root, TMP_DIR), namer, "w")
     try:
         try:
-            write_all(fd, chunks)
+            fill(fd)
             if durability != "none":
                 os.fsync(fd)
         finally:
@@ -276,7 +296,17 @@ def read_exact(fd: int, n: int) -> bytes:
 
 
 def read_file(path: str, tmp_dir: str | None = None, namer: TempNamer | None = None) -> bytes | None:
-    """The whole content of ``path``, or None if it does not exist.
+    """The whole content of ``path``, or None if it does not exist (see :func:`read_with`)."""
+    return read_with(path, lambda fd, st: read_exact(fd, st.st_size), tmp_dir, namer)
+
+
+def read_with(
+    path: str,
+    reader: Callable[[int, os.stat_result], T],
+    tmp_dir: str | None = None,
+    namer: TempNamer | None = None,
+) -> T | None:
+    """Open ``path`` and return ``reader(fd, fstat)``, or None if it does not exist.
 
     With ``tmp_dir`` and ``namer`` the file is first hard-linked to a private temp name (SOS "link"
     mode: the content stays readable even if ``path`` is replaced or deleted meanwhile, on any
@@ -305,8 +335,7 @@ def read_file(path: str, tmp_dir: str | None = None, namer: TempNamer | None = N
                 return None
             raise
         try:
-            size = os.fstat(fd).st_size
-            return read_exact(fd, size)
+            return reader(fd, os.fstat(fd))
         finally:
             os.close(fd)
     finally:
