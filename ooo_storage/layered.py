@@ -14,6 +14,7 @@ so a watcher never sees an older set of a matching key after the glob delete.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -81,17 +82,25 @@ _ORDER = attrgetter("created", "path")
 
 def encode_data(data: Any) -> bytes:
     """Compact JSON bytes for a data argument: JSON text (bytes/str) or any orjson-serialisable value."""
-    if isinstance(data, bytes | bytearray | memoryview | str):
+    cls = data.__class__
+    if cls is bytes or cls is str or isinstance(data, bytes | bytearray | memoryview | str):
         if not data:
             raise InvalidData()
         try:
-            return orjson.dumps(orjson.loads(data))
+            value = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise InvalidData(f"storage: invalid data (not JSON: {exc})") from None
+        if cls is bytes and not _has_whitespace(data):
+            return data  # valid JSON with no whitespace byte anywhere is already compact
+        return orjson.dumps(value)
     try:
         return orjson.dumps(data)
     except TypeError as exc:
         raise InvalidData(f"storage: invalid data (not JSON serialisable: {exc})") from None
+
+
+def _has_whitespace(data: bytes) -> bool:
+    return b" " in data or b"\n" in data or b"\t" in data or b"\r" in data
 
 
 def _is_async(layer: Any, name: str) -> bool:
@@ -178,6 +187,8 @@ class Layered:
             self.memory.bulk_load(await _maybe(load_raw()))
         else:
             self.memory.bulk_load(await _maybe(self.embedded.load()))  # type: ignore[attr-defined]
+        # The loaded mirror lives as long as the store: keep the cyclic GC from rescanning it.
+        gc.freeze()
 
     async def close(self) -> None:
         """Deliver queued events (bounded), then close the layers. Idempotent."""
