@@ -1,0 +1,558 @@
+"""Erasure-coded blob store over k + m drive folders, and its Layer adapter (ADAPTERS §5.3).
+
+:class:`ErasureStore` is the byte store: every write is a new generation of k + m shard files
+(small objects: m + 1 whole copies; deletes: a tombstone on every drive), written in parallel, one
+executor task per drive, and committed once ``write_quorum`` drives hold it. Shards are never
+rewritten in place: a crash leaves the old generation intact and readers fall back to it. Reads
+need any k valid shards, so the store keeps working with up to m drives gone; the repair queue
+(in memory, and logged on the healthy drives) remembers what to rebuild when they return.
+
+:class:`ErasureLayer` stores each Object's JSON as the value under its key.
+
+The blocking work lives in :mod:`.erasure_io` (one executor submission per logical operation),
+the coding in :mod:`.erasure_codec`, the file format in :mod:`.erasure_format`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sortedcontainers import SortedList
+
+from ..errors import CorruptObject, QuorumNotReached, StorageUnavailable
+from ..keys import glob_prefix, has_glob, match
+from ..locks import KeyLocks
+from ..meta import Object
+from . import _files
+from .erasure_codec import DEFAULT_BACKEND, DEFAULT_STRIPE, Codec, backend_version, tune_malloc
+from .erasure_format import FLAG_REPLICA, FLAG_TOMBSTONE, Generations
+from .erasure_io import DriveSet, KeyReport, Located, ReadResult
+
+__all__ = ["ErasureConfig", "ErasureStore", "ErasureLayer", "CorruptObject", "QuorumNotReached"]
+
+RepairMode = Literal["read", "background", "off"]
+Progress = Callable[[int, int], None]
+
+_ENCODE_INLINE = 256 << 10  # encoding this much on the event loop is cheaper than a thread hop
+_BATCH = 256  # keys per executor submission for multi-key reads
+
+
+@dataclass
+class ErasureConfig:
+    """Options of an :class:`ErasureStore` (all but the geometry may change between runs)."""
+
+    k: int = 4  #: data shards; any k valid shards rebuild an object
+    m: int = 2  #: parity shards; up to m drives may be lost
+    write_quorum: int | None = None  #: shards that must land for a write to commit (None = k)
+    ec_backend: str = DEFAULT_BACKEND  #: pyeclib backend (pinned in the drive markers)
+    durability: _files.Durability = "full"  #: "full" | "data" | "none", as in SOS
+    repair: RepairMode = "background"  #: who rebuilds degraded objects (see :class:`ErasureStore`)
+    #: values shorter than this are stored as m + 1 whole copies instead of k + m coded shards:
+    #: for a 1 KiB object six files are pure overhead, three copies are cheaper and as safe.
+    inline_threshold: int = 8 << 10
+    stripe_size: int = DEFAULT_STRIPE  #: bytes encoded per pyeclib call (bounds memory)
+    workers: int | None = None  #: executor threads (None = k + m + 2: all drives in parallel)
+    grace: float = 60.0  #: a too-small generation younger than this may be an in-flight write
+    tmp_grace: float = 3600.0  #: temp files of other hosts older than this are removed at start
+    scrub_interval: float | None = 24 * 3600.0  #: background full scrub period (None = never)
+    retry_interval: float = 5.0  #: background repairer retry delay while a drive is unavailable
+    repair_rate: float = 64e6  #: background repair budget in bytes per second
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.m < 1 or self.k + self.m > 255:
+            raise ValueError("need k >= 1, m >= 1 and k + m <= 255")
+        if self.write_quorum is None:
+            self.write_quorum = self.k
+        if not self.k <= self.write_quorum <= self.k + self.m:
+            raise ValueError("write_quorum must be between k and k + m")
+        if self.durability not in _files.DURABILITY_LEVELS:
+            raise ValueError(f"durability must be one of {_files.DURABILITY_LEVELS}")
+        if self.repair not in ("read", "background", "off"):
+            raise ValueError('repair must be "read", "background" or "off"')
+
+
+class ErasureStore:
+    """A key -> bytes store erasure-coded over ``k + m`` drive folders.
+
+    ``repair``: ``"background"`` (default) queues degraded objects for a background task that
+    rebuilds them and scrubs every ``scrub_interval``; ``"read"`` rebuilds a degraded object right
+    after the read that noticed it; ``"off"`` only queues (call :meth:`repair`).
+
+    Within one process, writes of one key are serialised and ordered; across processes the newest
+    generation wins (last writer wins). ``keys()``/``list()`` use an index built at start and
+    kept up to date by this process's writes.
+    """
+
+    name = "erasure"
+
+    def __init__(
+        self,
+        drives: list[str] | tuple[str, ...],
+        k: int = 4,
+        m: int = 2,
+        write_quorum: int | None = None,
+        **options: Any,
+    ) -> None:
+        self.config = ErasureConfig(k=k, m=m, write_quorum=write_quorum, **options)
+        self.drives = [os.fspath(d) for d in drives]
+        if len(self.drives) != k + m:
+            raise ValueError(f"need exactly k + m = {k + m} drives, got {len(self.drives)}")
+        if len({os.path.realpath(d) for d in self.drives}) != len(self.drives):
+            raise ValueError("drives must be distinct folders")
+        cfg = self.config
+        self.codec = Codec(k, m, cfg.ec_backend, cfg.stripe_size)
+        self._namer = _files.TempNamer()
+        self._io = DriveSet(self.drives, self.codec, self._namer, cfg.durability, cfg.grace)
+        self._gens = Generations()
+        self._locks = KeyLocks()
+        self._index: SortedList = SortedList()
+        self._executor: ThreadPoolExecutor | None = None
+        self._offline: set[int] = set()
+        self._queue: dict[str, int] = {}  # key -> shard repairs known (>= 1 per degraded key)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._repairer: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._last_scrub: dict[str, Any] | None = None
+        self._repaired = 0
+        self._errors = 0
+        self._store_id = ""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Validate the drives, clean temp files, load the repair queue and build the index."""
+        if self._executor is not None:
+            return
+        tune_malloc()
+        cfg = self.config
+        self._executor = _files.make_executor(cfg.workers or self.codec.n + 2, "ooo-erasure")
+        try:
+            states = await self._run(
+                self._io.open_drives, cfg.ec_backend, backend_version(), cfg.tmp_grace
+            )
+            keys, logged = await self._run(lambda: (self._io.scan(), self._io.load_repairs()))
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+        self._store_id = states.store
+        self._offline = set(states.offline)
+        self._index = SortedList(key for key, exists in keys.items() if exists)
+        for key in logged:
+            self._queue.setdefault(key, 1)
+        if states.replaced:  # a full rebuild: every key may have lost a shard
+            for key in keys:
+                self._queue.setdefault(key, 1)
+        self._wake = asyncio.Event()
+        if cfg.repair == "background":
+            self._repairer = asyncio.create_task(self._background(), name="ooo-erasure-repair")
+            if self._queue:
+                self._wake.set()
+
+    async def close(self) -> None:
+        """Stop the repairer, wait for pending garbage collection, release the threads."""
+        if self._executor is None:
+            return
+        if self._repairer is not None:
+            self._repairer.cancel()
+            await asyncio.gather(self._repairer, return_exceptions=True)
+            self._repairer = None
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        executor, self._executor = self._executor, None
+        await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
+
+    async def __aenter__(self) -> ErasureStore:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._executor is None:
+            raise StorageUnavailable("storage: erasure store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- reads -------------------------------------------------------------------------------
+    async def get(self, key: str) -> bytes | None:
+        """The value of ``key`` or None; :class:`CorruptObject` if no k shards are valid."""
+        loc = self._io.locate(key)
+        result: ReadResult = await self._run(self._io.read, loc)
+        if result.degraded:
+            self._enqueue(key)
+        return result.value
+
+    async def get_str(self, key: str) -> str | None:
+        value = await self.get(key)
+        return None if value is None else value.decode()
+
+    async def get_many(self, keys: list[str]) -> dict[str, bytes]:
+        """Values of existing ``keys`` (missing ones left out), one executor hop per batch."""
+        out: dict[str, bytes] = {}
+        locate = self._io.locate
+        for start in range(0, len(keys), _BATCH):
+            locs = [locate(key) for key in keys[start : start + _BATCH]]
+            for loc, result in await self._run(self._io.read_many, locs):
+                if result.degraded:
+                    self._enqueue(loc.key)
+                if result.value is not None:
+                    out[loc.key] = result.value
+        return out
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        """Keys of this store in ascending order (from the index)."""
+        if not prefix:
+            return list(self._index)
+        out = []
+        for key in self._index.irange(minimum=prefix):
+            if not key.startswith(prefix):
+                break
+            out.append(key)
+        return out
+
+    async def list(self, pattern: str) -> list[str]:
+        """Keys matching the glob ``pattern`` of PROTOCOL §1.3, ascending."""
+        return self.matching(pattern)
+
+    def matching(self, pattern: str) -> list[str]:
+        """Synchronous :meth:`list` (the index is in memory)."""
+        prefix = glob_prefix(pattern)
+        out = []
+        for key in self._index.irange(minimum=prefix):
+            if not key.startswith(prefix):
+                break
+            if match(pattern, key):
+                out.append(key)
+        return out
+
+    async def check(self, key: str) -> str:
+        """``"ok"`` (readable, maybe degraded) | ``"corrupted"`` | ``"missing"``, every shard verified."""
+        report: KeyReport = await self._run(self._io.inspect, self._io.locate(key), False)
+        if report.state == "lost":
+            return "corrupted"
+        return "ok" if report.state in ("ok", "degraded") else "missing"
+
+    # -- writes ------------------------------------------------------------------------------
+    async def store(self, key: str, data: bytes) -> None:
+        """Write ``data`` as a new generation; :class:`QuorumNotReached` if too few drives took it."""
+        data = bytes(data)
+        crc = _files.crc32c(data)
+        if len(data) < self.config.inline_threshold:
+            copies = self.config.m + 1
+            shards = {i: [data] for i in range(copies)}
+            await self._write(key, FLAG_REPLICA, len(data), crc, shards)
+            return
+        if len(data) <= _ENCODE_INLINE:
+            encoded = self.codec.encode(data)
+        else:
+            encoded = await self._run(self.codec.encode, data)
+        await self._write(key, 0, len(data), crc, dict(enumerate(encoded)))
+
+    async def store_str(self, key: str, text: str) -> None:
+        await self.store(key, text.encode())
+
+    async def delete(self, key: str) -> bool:
+        """Write a tombstone on every drive; True if the key existed."""
+        existed = key in self._index
+        if not existed:
+            existed = await self.get(key) is not None
+            if not existed:
+                return False
+        await self._write(key, FLAG_TOMBSTONE, 0, 0, {i: [] for i in range(self.codec.n)})
+        return True
+
+    async def _write(
+        self, key: str, flags: int, size: int, crc: int, shards: dict[int, list[bytes]]
+    ) -> None:
+        cfg = self.config
+        assert cfg.write_quorum is not None
+        # Replicas need as many copies as coded writes tolerate failures (n - quorum lost).
+        required = max(1, len(shards) - (self.codec.n - cfg.write_quorum))
+        loc = self._io.locate(key)
+        await self._locks.acquire(key)
+        try:
+            if flags & FLAG_REPLICA:
+                await self._check_drives(loc)
+            generation = self._gens.next()
+            loop = asyncio.get_running_loop()
+            write = self._io.write_shard
+            futures = [
+                loop.run_in_executor(
+                    self._executor, write, loc, i, flags, size, generation, crc, payload
+                )
+                for i, payload in shards.items()
+            ]
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            done = [i for i, r in zip(shards, results, strict=True) if not isinstance(r, BaseException)]
+            failed = [i for i in shards if i not in done]
+            for i in shards:
+                pos = self._io.drive_of(loc, i)
+                if i in done:
+                    self._offline.discard(pos)
+                else:
+                    self._offline.add(pos)
+            for r in results:
+                if isinstance(r, BaseException) and not isinstance(r, OSError):
+                    self._errors += 1
+                    raise r  # a bug, not a drive failure
+            if len(done) < required:
+                self._errors += 1
+                await self._run(self._io.remove_generation, loc, generation, done)
+                raise QuorumNotReached(
+                    f"storage: write quorum not reached for {key!r}: {len(done)} of "
+                    f"{len(shards)} shards written, {required} needed "
+                    f"(offline drives: {self._offline_paths()})"
+                )
+            if flags & FLAG_TOMBSTONE:
+                self._index.discard(key)
+            elif key not in self._index:
+                self._index.add(key)
+            if failed:
+                self._queue[key] = self._queue.get(key, 0) + len(failed)
+            self._spawn(self._after_commit(loc, generation, flags, failed, done))
+        finally:
+            self._locks.release(key)
+
+    async def _check_drives(self, loc: Located) -> None:
+        """Replicas touch only m + 1 drives: refuse up front when the store lost its quorum."""
+        assert self.config.write_quorum is not None
+        if self.codec.n - len(self._offline) >= self.config.write_quorum:
+            return
+        self._offline = set(await self._run(self._io.probe))
+        if self.codec.n - len(self._offline) < self.config.write_quorum:
+            raise QuorumNotReached(
+                f"storage: write quorum not reached for {loc.key!r}: only "
+                f"{self.codec.n - len(self._offline)} drives online, "
+                f"{self.config.write_quorum} needed (offline: {self._offline_paths()})"
+            )
+
+    async def _after_commit(
+        self, loc: Located, generation: int, flags: int, failed: list[int], done: list[int]
+    ) -> None:
+        """Off the request path: drop older generations and log shards a repair must restore."""
+        drop_tombstone = bool(flags & FLAG_TOMBSTONE) and not failed
+
+        def work() -> None:
+            self._io.collect(loc, generation, drop_tombstone)
+            if failed:
+                records = [(loc.key, generation, i) for i in failed]
+                self._io.log_repairs(records, [self._io.drive_of(loc, i) for i in done])
+
+        try:
+            await self._run(work)
+        except Exception:
+            self._errors += 1  # GC is best effort: a later repair or scrub collects the rest
+        if failed:
+            self._wake_repairer(loc.key)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- repair ------------------------------------------------------------------------------
+    def _enqueue(self, key: str) -> None:
+        self._queue.setdefault(key, 1)
+        self._wake_repairer(key)
+
+    def _wake_repairer(self, key: str) -> None:
+        mode = self.config.repair
+        if mode == "background" and self._wake is not None:
+            self._wake.set()
+        elif mode == "read" and self._executor is not None:
+            self._spawn(self._repair_quietly(key))
+
+    async def _repair_quietly(self, key: str) -> None:
+        try:
+            await self._repair_key(key)
+        except Exception:
+            self._errors += 1
+
+    async def _repair_key(self, key: str, fix: bool = True) -> KeyReport:
+        """Check (and with ``fix`` rebuild) one key under its write lock; update the queue."""
+        async with self._locks.hold(key):
+            report: KeyReport = await self._run(self._io.inspect, self._io.locate(key), fix)
+        if fix:
+            self._repaired += report.rebuilt
+            if report.state in ("ok", "missing", "deleted"):
+                self._queue.pop(key, None)
+        elif report.state in ("degraded", "lost") or report.missing or report.corrupt:
+            self._queue.setdefault(key, max(1, report.missing + report.corrupt))
+        return report
+
+    async def repair(self, progress: Progress | None = None) -> dict[str, Any]:
+        """Rebuild every missing or corrupt shard now (replaced drives included) and collect garbage.
+
+        Returns ``{"checked", "repaired", "removed", "degraded", "lost", "offline_drives",
+        "replaced_drives", "shards_per_drive", "seconds"}``: ``repaired`` counts rebuilt shards,
+        ``degraded`` objects still short of shards (their drive is absent), ``lost`` objects with
+        fewer than k valid shards.
+        """
+        t0 = time.monotonic()
+        cfg = self.config
+        replaced = await self._run(self._io.rejoin, cfg.ec_backend, backend_version())
+        self._offline = set(await self._run(self._io.probe))
+        totals = await self._pass(True, progress)
+        counts = await self._run(self._io.shard_counts)
+        if not self._queue:
+            await self._run(self._io.clear_repairs)
+        rebuilt = totals.pop("rebuilt")
+        return {
+            **totals,
+            "repaired": rebuilt,
+            "offline_drives": self._offline_paths(),
+            "replaced_drives": [self.drives[pos] for pos in replaced],
+            "shards_per_drive": dict(zip(self.drives, counts, strict=True)),
+            "seconds": round(time.monotonic() - t0, 3),
+        }
+
+    async def scrub(self, progress: Progress | None = None) -> dict[str, Any]:
+        """Verify every shard of every object; degraded objects are queued for repair.
+
+        Returns ``{"checked", "degraded", "lost", "missing_shards", "corrupt_shards",
+        "offline_drives", "seconds", "time"}``; ``degraded`` counts objects degraded now.
+        """
+        t0 = time.monotonic()
+        self._offline = set(await self._run(self._io.probe))
+        totals = await self._pass(False, progress)
+        report = {
+            "checked": totals["checked"],
+            "degraded": totals["degraded"],
+            "lost": totals["lost"],
+            "missing_shards": totals["missing_shards"],
+            "corrupt_shards": totals["corrupt_shards"],
+            "offline_drives": self._offline_paths(),
+            "seconds": round(time.monotonic() - t0, 3),
+            "time": time.time(),
+        }
+        self._last_scrub = report
+        return report
+
+    async def _pass(self, fix: bool, progress: Progress | None) -> dict[str, int]:
+        """One key at a time over every key directory on disk (not only the index)."""
+        keys = sorted(await self._run(self._io.scan))
+        totals = dict.fromkeys(
+            ("checked", "degraded", "lost", "missing_shards", "corrupt_shards", "rebuilt", "removed"),
+            0,
+        )
+        for done, key in enumerate(keys, 1):
+            report = await self._repair_key(key, fix)
+            totals["checked"] += 1
+            totals["missing_shards"] += report.missing
+            totals["corrupt_shards"] += report.corrupt
+            totals["rebuilt"] += report.rebuilt
+            totals["removed"] += report.removed
+            if report.state == "lost":
+                totals["lost"] += 1
+            elif report.state == "degraded" or (
+                not fix and (report.missing or report.corrupt) and report.state != "missing"
+            ):
+                totals["degraded"] += 1
+            if progress is not None:
+                progress(done, len(keys))
+        if progress is not None and not keys:
+            progress(0, 0)
+        return totals
+
+    async def _background(self) -> None:
+        """Drain the repair queue; retry while drives are absent; scrub every ``scrub_interval``."""
+        cfg = self.config
+        assert self._wake is not None
+        next_scrub = (
+            time.monotonic() + cfg.scrub_interval if cfg.scrub_interval is not None else None
+        )
+        while True:
+            timeout = cfg.retry_interval if self._queue else None
+            if next_scrub is not None:
+                until = max(0.0, next_scrub - time.monotonic())
+                timeout = until if timeout is None else min(timeout, until)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            if next_scrub is not None and time.monotonic() >= next_scrub:
+                next_scrub = time.monotonic() + (cfg.scrub_interval or 0.0)
+                await self._guarded(self.scrub())
+            for key in list(self._queue):
+                report = await self._guarded(self._repair_key(key))
+                if isinstance(report, KeyReport) and report.rebuilt:
+                    # Rate limit: sleep as long as the rebuilt bytes are worth at repair_rate.
+                    await asyncio.sleep(report.rebuilt * 4096 / cfg.repair_rate)
+
+    async def _guarded(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._errors += 1
+            return None
+
+    def stats(self) -> dict[str, Any]:
+        """``{"objects", "degraded", "offline_drives", "queued_repairs", "last_scrub", ...}``."""
+        return {
+            "objects": len(self._index),
+            "degraded": len(self._queue),
+            "queued_repairs": sum(self._queue.values()),
+            "offline_drives": self._offline_paths(),
+            "last_scrub": self._last_scrub,
+            "repaired": self._repaired,
+            "errors": self._errors,
+            "store": self._store_id,
+            "k": self.codec.k,
+            "m": self.codec.m,
+        }
+
+    def _offline_paths(self) -> list[str]:
+        return [self.drives[pos] for pos in sorted(self._offline)]
+
+
+class ErasureLayer:
+    """The Layer adapter (API.md): each Object's JSON stored as the value under its key."""
+
+    def __init__(self, drives: list[str] | tuple[str, ...], **ec_options: Any) -> None:
+        self.store = ErasureStore(drives, **ec_options)
+
+    async def start(self) -> None:
+        await self.store.start()
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    async def get(self, key: str) -> Object | None:
+        raw = await self.store.get(key)
+        return None if raw is None else Object.from_json(raw)
+
+    async def get_list(self, pattern: str) -> list[Object]:
+        raw = await self.store.get_many(self.store.matching(pattern))
+        return [Object.from_json(value) for value in raw.values()]
+
+    async def set(self, key: str, obj: Object) -> None:
+        await self.store.store(key, obj.to_json())
+
+    async def delete(self, key_or_glob: str) -> int:
+        if not has_glob(key_or_glob):
+            return int(await self.store.delete(key_or_glob))
+        removed = 0
+        for key in self.store.matching(key_or_glob):
+            removed += await self.store.delete(key)
+        return removed
+
+    async def keys(self) -> list[str]:
+        return await self.store.keys()
+
+    async def clear(self) -> None:
+        for key in await self.store.keys():
+            await self.store.delete(key)
+
+    async def load_raw(self) -> Mapping[str, bytes]:
+        return await self.store.get_many(await self.store.keys())
+
+    async def load(self) -> dict[str, Object]:
+        return {key: Object.from_json(raw) for key, raw in (await self.load_raw()).items()}
