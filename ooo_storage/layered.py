@@ -131,8 +131,11 @@ class Layered:
         self._chan: ShardedChan | None = None
         self._watchers: list[tuple[Callback, list[WatchHandle | None]]] = []
         emb = embedded
-        self._emb_async = emb is not None and any(
-            _is_async(emb, m) for m in ("get", "set", "delete")
+        # A layer is awaited if any of its methods is a coroutine function, or if it says its
+        # writes return awaitables (LevelDB group commit).
+        self._emb_async = emb is not None and (
+            bool(getattr(emb, "async_writes", False))
+            or any(_is_async(emb, m) for m in ("get", "set", "delete"))
         )
         # Every layer synchronous: a write has no await point and cannot interleave with another.
         self._sync = not self._emb_async

@@ -33,6 +33,7 @@ BACKENDS: dict[str, tuple[bool, Callable[[Path], Any] | None, str | None]] = {
     "memory": (True, None, None),
     "leveldb": (False, _leveldb, None),
     "memory+leveldb": (True, _leveldb, None),
+    "memory+leveldb-sync": (True, lambda p: LevelDBLayer(str(p / "db"), sync=True), None),
     "sos": (False, _sos, "ooo_storage.layers.sos"),
     "memory+sos": (True, _sos, "ooo_storage.layers.sos"),
     "erasure": (False, _erasure, "ooo_storage.layers.erasure"),

@@ -1,19 +1,29 @@
-"""LevelDBLayer: the default persistent layer, LevelDB through plyvel, called inline.
+"""LevelDBLayer: the default persistent layer, LevelDB through plyvel.
 
-plyvel calls take about a microsecond, far less than a thread hop, so this layer is synchronous and
-runs on the event loop. Keys are the UTF-8 key bytes; values are the exact object JSON.
+Without ``sync`` every call runs inline on the event loop: a plyvel call takes a few microseconds, far
+less than a thread hop. With ``sync=True`` (durable writes) writes use *group commit*: each write joins
+the pending group and waits; one committer writes the whole group as one ``WriteBatch(sync=True)`` in a
+dedicated thread, so many concurrent writers share one fsync and the event loop never blocks on disk.
+A write is acknowledged only once its batch is durable; a failed batch fails every write in it.
+
+Keys are the UTF-8 key bytes; values are the exact object JSON.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import plyvel
 
 from ..errors import StorageUnavailable
 from ..keys import glob_prefix, has_glob, match
 from ..meta import Object
+
+Ops = list[tuple[bytes, bytes | None]]
+"""Writes of one call: (key, value) puts and (key, None) deletes, applied in order."""
 
 
 class LevelDBLayer:
@@ -26,6 +36,17 @@ class LevelDBLayer:
         self.path = os.fspath(path)
         self.sync = sync
         self._db: plyvel.DB | None = None
+        # group commit state (sync mode only)
+        self._pending: list[tuple[Ops, asyncio.Future[None]]] = []
+        self._committer: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self.commits = 0
+        """Number of durable batches written (sync mode): writes / commits = group size."""
+
+    @property
+    def async_writes(self) -> bool:
+        """True when writes return awaitables (sync mode): ``Layered`` then takes its awaited path."""
+        return self.sync
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -51,7 +72,21 @@ class LevelDBLayer:
         except plyvel.Error as exc:
             raise StorageUnavailable(f"storage: can't open database {self.path}: {exc}") from exc
 
-    def close(self) -> None:
+    def close(self) -> Awaitable[None] | None:
+        if self._committer is not None and not self._committer.done():
+            return self._close_after_commits()
+        self._close_now()
+        return None
+
+    async def _close_after_commits(self) -> None:
+        while self._committer is not None and not self._committer.done():
+            await asyncio.shield(self._committer)
+        self._close_now()
+
+    def _close_now(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -93,26 +128,79 @@ class LevelDBLayer:
                     yield key, b""
 
     # -- writes --------------------------------------------------------------------------------
-    def set(self, key: str, obj: Object) -> None:
-        self.db.put(key.encode(), obj.to_json(), sync=self.sync)
+    def set(self, key: str, obj: Object) -> Awaitable[None] | None:
+        if self.sync:
+            return self._commit([(key.encode(), obj.to_json())])
+        self.db.put(key.encode(), obj.to_json())
+        return None
 
-    def delete(self, key_or_glob: str) -> int:
+    def delete(self, key_or_glob: str) -> int | Awaitable[int]:
         db = self.db
-        if not has_glob(key_or_glob):
+        if has_glob(key_or_glob):
+            doomed = [key.encode() for key, _ in self._matching(key_or_glob, False)]
+        else:
             k = key_or_glob.encode()
-            if db.get(k) is None:
-                return 0
-            db.delete(k, sync=self.sync)
-            return 1
-        doomed = [key.encode() for key, _ in self._matching(key_or_glob, False)]
-        if doomed:
-            with db.write_batch(sync=self.sync) as batch:
+            doomed = [] if db.get(k) is None else [k]
+        if self.sync:
+            return self._commit_count([(k, None) for k in doomed])
+        if len(doomed) == 1:
+            db.delete(doomed[0])
+        elif doomed:
+            with db.write_batch() as batch:
                 for k in doomed:
                     batch.delete(k)
         return len(doomed)
 
-    def clear(self) -> None:
+    def clear(self) -> Awaitable[int] | None:
         db = self.db
-        with db.write_batch(sync=self.sync) as batch:
-            for k in db.iterator(include_value=False):
+        doomed = list(db.iterator(include_value=False))
+        if self.sync:
+            return self._commit_count([(k, None) for k in doomed])
+        with db.write_batch() as batch:
+            for k in doomed:
                 batch.delete(k)
+        return None
+
+    # -- group commit (sync mode) --------------------------------------------------------------
+    async def _commit_count(self, ops: Ops) -> int:
+        if ops:
+            await self._commit(ops)
+        return len(ops)
+
+    def _commit(self, ops: Ops) -> asyncio.Future[None]:
+        """Join the pending group; the future resolves once the group is durable."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._pending.append((ops, fut))
+        if self._committer is None or self._committer.done():
+            self._committer = loop.create_task(self._run_commits())
+        return fut
+
+    async def _run_commits(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="ooo-leveldb-commit")
+        while self._pending:
+            group, self._pending = self._pending, []
+            try:
+                await loop.run_in_executor(self._executor, self._write_group, group)
+            except Exception as exc:
+                error = StorageUnavailable(f"storage: durable write failed: {exc}")
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(error)
+            else:
+                self.commits += 1
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_result(None)
+
+    def _write_group(self, group: list[tuple[Ops, asyncio.Future[None]]]) -> None:
+        # Runs in the commit thread; plyvel releases the GIL while LevelDB writes and syncs.
+        with self.db.write_batch(sync=True) as batch:
+            for ops, _ in group:
+                for k, v in ops:
+                    if v is None:
+                        batch.delete(k)
+                    else:
+                        batch.put(k, v)
