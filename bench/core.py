@@ -75,6 +75,37 @@ async def store_set_get(base: Path, keys: list[str], data: object, tasks: int) -
     return put, get
 
 
+def raw_sync_put(base: Path, keys: list[str]) -> float:
+    path = Path(tempfile.mkdtemp(dir=base))
+    db = plyvel.DB(str(path), create_if_missing=True)
+    t = time.perf_counter()
+    for k in keys:
+        db.put(k.encode(), PAYLOAD, sync=True)
+    dt = time.perf_counter() - t
+    db.close()
+    shutil.rmtree(path)
+    return dt
+
+
+async def durable_sets(base: Path, keys: list[str], tasks: int) -> tuple[float, float]:
+    path = Path(tempfile.mkdtemp(dir=base))
+    layer = LevelDBLayer(path, sync=True)
+    store = Layered(memory=MemoryLayer(), embedded=layer)
+    await store.start()
+    chunk = len(keys) // tasks + 1
+
+    async def writer(part: list[str]) -> None:
+        for k in part:
+            await store.set(k, PAYLOAD)
+
+    t = time.perf_counter()
+    await asyncio.gather(*(writer(keys[i : i + chunk]) for i in range(0, len(keys), chunk)))
+    dt = time.perf_counter() - t
+    await store.close()
+    shutil.rmtree(path)
+    return dt, len(keys) / max(layer.commits, 1)
+
+
 def build_cold_db(path: Path, n: int) -> None:
     db = plyvel.DB(str(path), create_if_missing=True)
     with db.write_batch() as wb:
@@ -145,6 +176,15 @@ def main() -> None:
             put, get = min(r[0] for r in runs), min(r[1] for r in runs)
             rows.append((f"Layered.set ({label})", n / put, raw_put / put, ">= 0.25x raw put"))
             rows.append((f"Layered.get ({label})", n / get, raw_get / get, ">= 300k/s"))
+        durable_keys = keys[: max(n // 5, 1000)]
+        d = len(durable_keys)
+        rs = best(rounds, lambda: raw_sync_put(base, durable_keys[: d // 4]))
+        rows.append(("raw plyvel put(sync=True), 1 writer", (d // 4) / rs, None, ""))
+        runs = [asyncio.run(durable_sets(base, durable_keys, 64)) for _ in range(rounds)]
+        ds, group = min(runs)
+        raw_sync = (d // 4) / rs
+        rows.append((f"Layered.set durable (sync=True), 64 tasks, {group:.0f} writes/fsync", d / ds,
+                     (d / ds) / raw_sync, "ratio to 1 raw sync writer"))
         cold = base / "cold"
         build_cold_db(cold, args.cold_keys)
         it = best(rounds, lambda: raw_iterate(cold))
