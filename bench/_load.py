@@ -1,0 +1,301 @@
+"""Shared load-generator pieces of the server benchmarks (bench/fanout.py, bench/http.py).
+
+The load generators are deliberately thin: raw asyncio protocols that speak just enough HTTP/1.1 and
+RFC 6455 to count what arrives, so that the measuring process costs far less per message than the
+server under test and the ratio between two servers reflects the servers, not the instrument. The
+servers always run in their own process (see bench/_load_targets.py); only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+
+# Server processes
+
+
+@dataclass
+class Target:
+    """A server under test, running in a child process."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss_kib(self) -> int:
+        """Resident set size of the server process, from /proc, in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS line")
+
+
+@contextmanager
+def serve(mode: str, *args: str, ready_timeout: float = 30.0) -> Iterator[Target]:
+    """Run ``bench/_load_targets.py MODE ARGS...`` and yield it once it listens; stop it afterwards."""
+    command = [sys.executable, str(BENCH / "_load_targets.py"), mode, *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, cwd=ROOT)
+    try:
+        port = _await_ready(process, ready_timeout)
+        yield Target(mode, process, port)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _await_ready(process: subprocess.Popen[bytes], timeout: float) -> int:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    os.set_blocking(process.stdout.fileno(), False)
+    buffer = b""
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with status {process.returncode}")
+        buffer += process.stdout.read() or b""
+        for line in buffer.splitlines():
+            if line.startswith(b"READY "):
+                return int(line.split()[1])
+        time.sleep(0.02)
+    raise RuntimeError("server did not report READY in time")
+
+
+# Websocket subscribers
+
+
+class Subscriber(asyncio.Protocol):
+    """A minimal websocket client that only counts the data frames it receives.
+
+    Server frames are unmasked; pings are answered so that a long run is not dropped.
+    """
+
+    def __init__(self, host: str, port: int, path: str, counter: FrameCounter) -> None:
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        self.counter = counter
+        self.buffer = b""
+        self.upgraded = False
+        self.frames = 0
+        self.transport: asyncio.Transport | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data if self.buffer else data
+        if not self.upgraded:
+            head, sep, rest = buffer.partition(b"\r\n\r\n")
+            if not sep:
+                self.buffer = buffer
+                return
+            if not head.startswith(b"HTTP/1.1 101"):
+                raise RuntimeError(f"upgrade refused: {head.splitlines()[0]!r}")
+            self.upgraded = True
+            buffer = rest
+        pos, end = 0, len(buffer)
+        while end - pos >= 2:
+            opcode, length = buffer[pos] & 0x0F, buffer[pos + 1] & 0x7F
+            start = pos + 2
+            if length == 126:
+                start, length = pos + 4, int.from_bytes(buffer[pos + 2 : pos + 4])
+            elif length == 127:
+                start, length = pos + 10, int.from_bytes(buffer[pos + 2 : pos + 10])
+            if end < start + length:
+                break
+            if opcode in (1, 2):
+                self.frames += 1
+                self.counter.add(length)
+            elif opcode == 9:
+                self._send(0xA, buffer[start : start + length])
+            pos = start + length
+        self.buffer = buffer[pos:]
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        # Client frames must be masked; a zero mask keeps the payload as is.
+        assert self.transport is not None and len(payload) < 126
+        self.transport.write(bytes((0x80 | opcode, 0x80 | len(payload))) + b"\0\0\0\0" + payload)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class FrameCounter:
+    """Counts data frames across all subscribers and wakes a waiter at a target total."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.bytes = 0
+        self._target = 0
+        self._reached: asyncio.Event = asyncio.Event()
+
+    def add(self, size: int) -> None:
+        self.frames += 1
+        self.bytes += size
+        if self.frames == self._target:
+            self._reached.set()
+
+    async def wait_for(self, total: int, timeout: float) -> None:
+        """Return once ``total`` frames have been counted since creation."""
+        if self.frames >= total:
+            return
+        self._target, self._reached = total, asyncio.Event()
+        await asyncio.wait_for(self._reached.wait(), timeout)
+
+
+async def connect_subscribers(
+    port: int, paths: Sequence[str], counter: FrameCounter, *, batch: int = 100
+) -> list[Subscriber]:
+    """Open one subscriber per path, ``batch`` handshakes at a time (a listen backlog is finite)."""
+    loop = asyncio.get_running_loop()
+    subscribers: list[Subscriber] = []
+    for first in range(0, len(paths), batch):
+        made = await asyncio.gather(*(
+            loop.create_connection(lambda p=path: Subscriber(HOST, port, p, counter), HOST, port)
+            for path in paths[first : first + batch]
+        ))
+        subscribers.extend(protocol for _, protocol in made)
+    return subscribers
+
+
+async def close_subscribers(subscribers: Sequence[Subscriber], timeout: float = 10.0) -> None:
+    """Close the subscribers, then give the server a moment to notice and clean up."""
+    for subscriber in subscribers:
+        subscriber.close()
+    await asyncio.wait_for(asyncio.gather(*(s.closed for s in subscribers)), timeout)
+    await asyncio.sleep(0.5)
+
+
+# HTTP
+
+
+class HttpConnection:
+    """One keep-alive HTTP/1.1 connection issuing one request at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> HttpConnection:
+        return cls(*await asyncio.open_connection(HOST, port))
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        self.writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        return status, await self.reader.readexactly(length) if length else b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@dataclass
+class HttpLoadResult:
+    requests: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, p: float) -> float:
+        return statistics.quantiles(self.latencies_ms, n=100)[int(p) - 1]
+
+
+async def http_load(
+    port: int,
+    request: Callable[[int, int], tuple[str, str, bytes]],
+    *,
+    connections: int,
+    seconds: float,
+    warmup: float = 1.0,
+) -> HttpLoadResult:
+    """Keep ``connections`` connections busy for ``warmup + seconds``; count what completes after the
+    warm-up. ``request(connection, n)`` gives the method, path and body of a connection's n-th request;
+    any status but 200/204 aborts the run."""
+    conns = [await HttpConnection.open(port) for _ in range(connections)]
+    loop = asyncio.get_running_loop()
+    start = loop.time() + warmup
+    stop = start + seconds
+    latencies: list[float] = []
+
+    async def worker(c: int) -> None:
+        n = 0
+        while (now := loop.time()) < stop:
+            status, body = await conns[c].request(*request(c, n))
+            if status not in (200, 204):
+                raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
+            n += 1
+            if now >= start:
+                latencies.append((loop.time() - now) * 1000)
+
+    try:
+        await asyncio.gather(*(worker(c) for c in range(connections)))
+    finally:
+        for conn in conns:
+            conn.close()
+    return HttpLoadResult(len(latencies), seconds, latencies)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def replace_section(path: Path, title: str, body: str) -> None:
+    """Replace (or append) the ``## title`` section of a markdown file, leaving the others alone."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    heading = f"## {title}"
+    lines = text.splitlines()
+    try:
+        first = lines.index(heading)
+    except ValueError:
+        new = text.rstrip("\n") + f"\n\n{heading}\n\n{body.strip()}\n"
+    else:
+        last = next((i for i in range(first + 1, len(lines)) if lines[i].startswith("## ")),
+                    len(lines))
+        new_lines = lines[:first] + [heading, "", body.strip(), ""] + lines[last:]
+        new = "\n".join(new_lines).rstrip("\n") + "\n"
+    path.write_text(new)

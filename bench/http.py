@@ -1,0 +1,94 @@
+"""HTTP write benchmark: POST point writes, ooo-storage vs a bare aiohttp handler doing the same put.
+
+    .venv/bin/python bench/http.py [--connections 32] [--seconds 3] [--rounds 4]
+
+The baseline is an aiohttp ``POST /{key}`` handler that puts the body into plyvel and answers
+``{"index": ...}``; ours is ``create_app`` over a memory + LevelDB layered store (what
+``ooo-storage serve --data DIR`` runs), with the same plyvel options as the baseline. Both write to a
+fresh LevelDB in a temporary directory. ``--connections`` keep-alive connections each POST one
+request at a time to keys cycling over ``--keys`` distinct keys (so a run mixes creates and
+overwrites), with a ~100 B JSON body. Each round runs a warm-up second then ``--seconds`` of
+counting, alternating between the servers; the ratio is the median of per-round ratios (target
+>= 0.6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _load import BENCH, HttpLoadResult, Target, http_load, replace_section, serve, table  # noqa: E402
+
+COMMAND = "make bench  # or: .venv/bin/python bench/http.py"
+BODY = b'{"sensor":"greenhouse-7","temperature":21.5,"humidity":0.43,"tags":["a","b"],"ok":true}'
+
+
+async def run(args: argparse.Namespace) -> tuple[list[HttpLoadResult], list[HttpLoadResult]]:
+    paths = [f"/bench/{i}" for i in range(args.keys)]
+    connections = args.connections
+
+    def request(c: int, n: int) -> tuple[str, str, bytes]:
+        return "POST", paths[(n * connections + c) % len(paths)], BODY
+
+    async def round_(target: Target) -> HttpLoadResult:
+        return await http_load(target.port, request, connections=connections, seconds=args.seconds)
+
+    with (
+        tempfile.TemporaryDirectory(prefix="ooo-bench-") as tmp,
+        serve("http-baseline", "--data", f"{tmp}/baseline") as baseline,
+        serve("ooo", "--data", f"{tmp}/ours") as ours,
+    ):
+        results: tuple[list[HttpLoadResult], list[HttpLoadResult]] = ([], [])
+        for r in range(args.rounds):
+            pair = [(baseline, results[0]), (ours, results[1])]
+            for target, into in pair if r % 2 == 0 else reversed(pair):
+                into.append(await round_(target))
+        return results
+
+
+def report(args: argparse.Namespace, baseline: list[HttpLoadResult], ours: list[HttpLoadResult]) -> str:
+    ratio = statistics.median(o.rate / b.rate for o, b in zip(ours, baseline, strict=True))
+
+    def row(name: str, results: list[HttpLoadResult]) -> list[str]:
+        best = max(results, key=lambda r: r.rate)
+        return [name, f"{statistics.median(r.rate for r in results):,.0f}",
+                " / ".join(f"{r.rate:,.0f}" for r in results),
+                f"{best.percentile(50):.2f} / {best.percentile(99):.2f}"]
+
+    text = table(
+        ["server", "req/s (median)", "rounds", "p50 / p99 ms (best round)"],
+        [row("bare aiohttp + plyvel put", baseline), row("ooo-storage (memory + LevelDB)", ours),
+         ["**ratio** (median of per-round ratios; target >= 0.6)", f"**{ratio:.2f}**", "", ""]],
+    )
+    return (
+        f"{args.connections} keep-alive connections, one request in flight each, {args.keys} keys, "
+        f"{len(BODY)} B bodies, {args.rounds} rounds of {args.seconds:g} s (after 1 s warm-up) "
+        f"alternating between the servers; each server in a child process, the load generator in "
+        f"the bench process (2 cores, 127.0.0.1).\n\n{text}\n\nCommand: `{COMMAND}` "
+        f"(`--connections {args.connections} --seconds {args.seconds:g} --rounds {args.rounds}`)."
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--keys", type=int, default=1000)
+    parser.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
+    args = parser.parse_args()
+    baseline, ours = asyncio.run(run(args))
+    text = report(args, baseline, ours)
+    print("## Server: HTTP writes\n\n" + text)
+    if not args.no_results:
+        replace_section(BENCH / "RESULTS.md", "Server: HTTP writes", text)
+
+
+if __name__ == "__main__":
+    main()
