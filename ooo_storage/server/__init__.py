@@ -1,0 +1,28 @@
+"""The ooo-storage HTTP and websocket server (aiohttp), PROTOCOL.md §4–6.
+
+Module map: ``app`` (Server, routing, middlewares) → ``rest`` / ``streams`` / ``explorer``
+(handlers) → ``filters`` (§6) → ``pools`` (routing events to stream pools) → ``state`` (what a pool
+shows and the patch each event makes) → ``connection`` (bounded outbox, keepalive) → ``frames``.
+``errors`` is the one place exceptions become HTTP statuses; ``runner`` starts and stops a server.
+"""
+
+from __future__ import annotations
+
+from .app import SERVER_KEY, Server, create_app, server_of
+from .config import ServerConfig
+from .errors import FilterRejected, HTTPFailure
+from .runner import ServerRunner, serve
+from .streams import bearer_token
+
+__all__ = [
+    "SERVER_KEY",
+    "Server",
+    "ServerConfig",
+    "ServerRunner",
+    "create_app",
+    "server_of",
+    "serve",
+    "bearer_token",
+    "FilterRejected",
+    "HTTPFailure",
+]

@@ -1,0 +1,255 @@
+"""The :class:`Server` (filters, hooks, pools) and its aiohttp application.
+
+One catch-all route dispatches on method and path: PROTOCOL.md §4 wants ``//`` paths and globs
+answered with 400, characters outside ``[A-Za-z0-9*/._-]`` with 404 and unknown methods with 405,
+which aiohttp's router would not give us. The raw request path is used, so nothing (``.``
+segments, percent-decoding) is normalised away before the key is checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import re
+from collections.abc import Callable
+from typing import Any, Literal
+
+from aiohttp import web
+
+from .. import __version__
+from ..errors import NotFound
+from ..layered import Layered
+from ..sharded import WatchHandle
+from . import explorer, rest, streams
+from .config import ServerConfig
+from .connection import Connection
+from .errors import Handler, error_middleware, text_response
+from .filters import Filters, Limit
+from .pools import Pools
+from .streams import clock_frame, wants_websocket
+
+log = logging.getLogger("ooo_storage.server")
+
+SERVER_KEY: web.AppKey[Server] = web.AppKey("ooo_server")
+_PATH_CHARS = re.compile(r"/[A-Za-z0-9*/._-]*").fullmatch
+_KEY_METHODS = {"GET": rest.get, "POST": rest.post, "PATCH": rest.patch, "DELETE": rest.delete}
+
+
+class Server:
+    """An ooo-storage server over ``store``. Options: the fields of :class:`ServerConfig`."""
+
+    def __init__(self, store: Layered, **options: Any) -> None:
+        self.store = store
+        self.config = ServerConfig(**options)
+        self.filters = Filters(static=self.config.static)
+        self.pools = Pools(store, self.filters, self.config)
+        self.clocks: set[Connection] = set()
+        self._app: web.Application | None = None
+        self._watch: WatchHandle | None = None
+        self._ticker: asyncio.Task[None] | None = None
+
+    # -- filters and hooks (PROTOCOL.md §6) --------------------------------------------------
+    def write_filter(self, path: str, fn: Callable[[str, Any], Any]) -> None:
+        self.filters.add("write", path, fn)
+
+    def read_object_filter(self, path: str, fn: Callable[..., Any]) -> None:
+        self.filters.add("read_object", path, fn)
+
+    def read_list_filter(self, path: str, fn: Callable[..., Any]) -> None:
+        self.filters.add("read_list", path, fn)
+
+    def delete_filter(self, path: str, fn: Callable[[str], Any]) -> None:
+        self.filters.add("delete", path, fn)
+
+    def after_write_filter(self, path: str, fn: Callable[[str], Any]) -> None:
+        self.filters.add("after_write", path, fn)
+
+    def open_filter(self, path: str) -> None:
+        """Allow write, delete and read on ``path`` (and what it matches), unchanged."""
+        for kind in ("write", "delete", "read_object", "read_list"):
+            self.filters.add(kind, path)  # type: ignore[arg-type]
+
+    def limit_filter(
+        self,
+        path: str,
+        limit: int | None = None,
+        max_age: float | None = None,
+        order: Literal["desc", "asc"] = "desc",
+    ) -> None:
+        """Open ``path`` (a glob) and keep only its ``limit`` newest items younger than ``max_age``
+        seconds: older ones are deleted silently after each write and disappear from GET and from
+        streams (subscribers see ``remove`` + ``add``). ``order`` is the order lists are shown in."""
+        if "*" not in path:
+            raise ValueError("limit_filter needs a glob path")
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be >= 1")
+        if order not in ("desc", "asc"):
+            raise ValueError("order must be 'desc' or 'asc'")
+        spec = Limit(limit, max_age, order)
+        for kind in ("write", "delete", "read_object"):
+            self.filters.add(kind, path)  # type: ignore[arg-type]
+        self.filters.add("read_list", path, limit=spec)
+        self.filters.add("after_write", path, limit=spec)
+
+    @property
+    def on_subscribe(self) -> Callable[[str], Any] | None:
+        return self.filters.on_subscribe
+
+    @on_subscribe.setter
+    def on_subscribe(self, fn: Callable[[str], Any] | None) -> None:
+        """``fn(key)`` may refuse a subscription by returning False or raising (→ 400)."""
+        self.filters.on_subscribe = fn
+
+    @property
+    def on_unsubscribe(self) -> Callable[[str], Any] | None:
+        return self.filters.on_unsubscribe
+
+    @on_unsubscribe.setter
+    def on_unsubscribe(self, fn: Callable[[str], Any] | None) -> None:
+        self.filters.on_unsubscribe = fn
+
+    # -- write follow-ups ---------------------------------------------------------------------
+    async def after_write(self, key: str) -> None:
+        """Run the after-write filter of ``key`` (limit trimming included); failures are logged,
+        the write itself already succeeded."""
+        entry = self.filters.after_write_entry(key)
+        if entry is None:
+            return
+        try:
+            if entry.limit is not None:
+                await self._trim(entry.path, entry.limit)
+            elif entry.fn is not None:
+                result = entry.fn(key)
+                if inspect.isawaitable(result):
+                    await result
+        except Exception:
+            log.exception("after-write filter failed for %s", key)
+
+    async def _trim(self, pattern: str, limit: Limit) -> None:
+        objs = await self.store.get_list_descending(pattern)
+        kept = {o.path for o in limit.trim(objs)}
+        for obj in objs:
+            if obj.path not in kept:
+                with contextlib.suppress(NotFound):
+                    await self.store.delete_silent(obj.path)
+
+    async def unsubscribed(self, key: str) -> None:
+        hook = self.filters.on_unsubscribe
+        if hook is None:
+            return
+        try:
+            result = hook(key)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("on_unsubscribe failed for %s", key)
+
+    def info(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "name": "ooo-storage",
+            "version": __version__,
+            "revision": self.store.revision,
+            "static": cfg.static,
+            "noPatch": cfg.no_patch,
+            "maxBodyBytes": cfg.max_body_bytes,
+            "pools": len(self.pools.pools),
+            "connections": sum(len(p.members) for p in self.pools.pools.values()),
+            "clockConnections": len(self.clocks),
+        }
+
+    # -- application ----------------------------------------------------------------------------
+    @property
+    def app(self) -> web.Application:
+        if self._app is None:
+            self._app = self._build()
+        return self._app
+
+    def _build(self) -> web.Application:
+        app = web.Application(
+            middlewares=[self._cors_middleware(), error_middleware, *self.config.middlewares],
+            client_max_size=self.config.max_body_bytes + 1,
+        )
+        app[SERVER_KEY] = self
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        app.on_startup.append(self._startup)
+        app.on_shutdown.append(self._shutdown)
+        app.on_cleanup.append(self._cleanup)
+        return app
+
+    def _cors_middleware(self) -> Callable[..., Any]:
+        cfg = self.config
+        headers = {
+            "Access-Control-Allow-Origin": cfg.cors_origin,
+            "Access-Control-Allow-Methods": cfg.cors_methods,
+            "Access-Control-Allow-Headers": cfg.cors_headers,
+        }
+
+        @web.middleware
+        async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.method == "OPTIONS":
+                return web.Response(status=204, headers=headers)
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                exc.headers.update(headers)
+                raise
+            if not response.prepared:
+                response.headers.update(headers)
+            return response
+
+        return cors
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.raw_path.partition("?")[0]
+        if _PATH_CHARS(path) is None:
+            return text_response(404, "ooo: not found")
+        key = path[1:]
+        method = request.method
+        if not key:
+            if method != "GET":
+                return text_response(405, "ooo: method not allowed")
+            if wants_websocket(request):
+                return await streams.clock(self, request)
+            return await explorer.root(self, request)
+        handler = _KEY_METHODS.get(method)
+        if handler is None:
+            return text_response(405, "ooo: method not allowed")
+        if method == "GET" and wants_websocket(request):
+            return await streams.subscribe(self, request, key)
+        return await handler(self, request, key)
+
+    async def _startup(self, app: web.Application) -> None:
+        self._watch = self.store.watch(self.pools.on_event)
+        self._ticker = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick)
+            if self.clocks:
+                frame = clock_frame()
+                for conn in list(self.clocks):
+                    conn.send(frame)
+
+    async def _shutdown(self, app: web.Application) -> None:
+        """Close every websocket with 1001 so their handlers return and the runner can finish."""
+        conns = [*self.pools.connections(), *self.clocks]
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+
+    async def _cleanup(self, app: web.Application) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+        if self._watch is not None:
+            self._watch.cancel()
+
+
+def create_app(store: Layered, **options: Any) -> web.Application:
+    """The aiohttp application of a new :class:`Server`; reach it with ``app[SERVER_KEY]``."""
+    return Server(store, **options).app
+
+
+def server_of(app: web.Application) -> Server:
+    return app[SERVER_KEY]

@@ -1,0 +1,42 @@
+"""Server configuration: one dataclass, every default documented (PROTOCOL.md §4–5)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ServerConfig:
+    """Options of :func:`~ooo_storage.server.create_app` (passed as keyword arguments)."""
+
+    static: bool = False
+    """Refuse every operation that has no matching filter of its kind (§6)."""
+    no_patch: bool = False
+    """Send every change as a snapshot instead of a JSON patch."""
+    max_body_bytes: int = 10 * 1024 * 1024
+    """Largest accepted POST/PATCH body; larger → 413."""
+    allowed_origins: Sequence[str] = ()
+    """Websocket origins accepted besides same-host ones; empty or ``*`` accepts any."""
+    tick: float = 1.0
+    """Seconds between two frames of the clock stream on ``/``."""
+    ping_interval: float = 60.0
+    """Seconds between websocket pings."""
+    pong_timeout: float = 150.0
+    """A connection silent (no pong, no frame) for this long is dropped."""
+    write_timeout: float = 15.0
+    """A single frame write that takes longer drops that connection only."""
+    outbox_bytes: int = 8 * 1024 * 1024
+    """Bytes queued for one connection before it is dropped as too slow (close code 1008)."""
+    close_timeout: float = 2.0
+    """How long a close handshake may take before the transport is aborted."""
+    shutdown_timeout: float = 10.0
+    """How long in-flight requests may run on shutdown."""
+    cors_origin: str = "*"
+    cors_methods: str = "GET, POST, DELETE, PATCH"
+    cors_headers: str = "Authorization, Content-Type"
+    max_msg_size: int = 1024 * 1024
+    """Largest client→server websocket message (such frames are ignored anyway)."""
+    middlewares: Sequence[Any] = field(default_factory=tuple)
+    """Extra aiohttp middlewares; they run for every route, websocket upgrades included."""

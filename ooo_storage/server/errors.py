@@ -1,0 +1,66 @@
+"""The one place where exceptions become HTTP responses (PROTOCOL.md §4: 4xx with a plain-text
+message; a 5xx only for a real storage failure, never a traceback)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ..errors import NotActive, NotFound, StorageError, StorageUnavailable
+from ..merge import MergeError
+
+log = logging.getLogger("ooo_storage.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class HTTPFailure(Exception):
+    """A request refused with an explicit status and protocol message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class FilterRejected(HTTPFailure):
+    """A filter or hook refused the operation (always 400)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
+
+
+def status_of(exc: BaseException) -> tuple[int, str]:
+    """HTTP status and body for an exception raised while serving a request."""
+    if isinstance(exc, HTTPFailure):
+        return exc.status, exc.message
+    if isinstance(exc, StorageUnavailable | NotActive):
+        return 503, str(exc)
+    if isinstance(exc, NotFound):
+        return 404, str(exc)
+    if isinstance(exc, StorageError | MergeError):
+        return 400, str(exc)
+    return 500, "ooo: internal error"
+
+
+def text_response(status: int, message: str) -> web.Response:
+    return web.Response(status=status, text=message, content_type="text/plain")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        status, message = status_of(exc)
+        if status >= 500:
+            log.error("%s %s failed: %r", request.method, request.path, exc, exc_info=status == 500)
+        response = text_response(status, message)
+        if status == 413:
+            # The rest of an oversized body is not worth reading: drop the connection instead.
+            response.force_close()
+        return response

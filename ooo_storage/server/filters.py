@@ -1,0 +1,250 @@
+"""Filters and hooks of PROTOCOL.md §6.
+
+Entries are registered per path pattern and kind, in order; for an operation on ``key`` the **first**
+entry of that kind whose path equals or matches ``key`` runs, and only it. An entry without a
+function only *permits* (what ``open_filter`` registers): it matters in static mode, where an
+operation with no entry of its kind is refused with ``filters: route not defined, key:<key>``.
+
+Read filters run in the broadcast path of the stream pools, which is synchronous, so they must be
+plain functions; write, delete and after-write filters and the subscribe hooks may be ``async``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from .. import keys
+from ..errors import InvalidData
+from ..meta import Object
+from .errors import FilterRejected
+
+Kind = Literal["write", "read_object", "read_list", "delete", "after_write"]
+
+WriteFn = Callable[[str, Any], Any]
+"""``(key, data) -> data``: ``data`` is the decoded JSON value; return JSON text (bytes/str) or any
+orjson-serialisable value (``None`` counts as an empty result; return ``b"null"`` to store null)."""
+ReadObjectFn = Callable[[str, Object], Object | None]
+"""``(key, obj) -> obj``; ``None`` hides the object."""
+ReadListFn = Callable[[str, list[Object]], list[Object]]
+"""``(key, objs) -> objs`` (objects newest first); may hide, transform or reorder."""
+DeleteFn = Callable[[str], Any]
+"""``(key)``; raising refuses the delete."""
+AfterWriteFn = Callable[[str], Any]
+"""``(key)``, called after a successful POST/PATCH."""
+
+
+def route_not_defined(key: str) -> FilterRejected:
+    return FilterRejected(f"filters: route not defined, key:{key}")
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+@dataclass(frozen=True)
+class Limit:
+    """What a limit filter keeps: the ``limit`` newest items younger than ``max_age`` seconds."""
+
+    limit: int | None = None
+    max_age: float | None = None
+    order: Literal["desc", "asc"] = "desc"
+
+    def cutoff(self) -> int | None:
+        """Items created before this clock value (ns) have expired."""
+        if self.max_age is None:
+            return None
+        return time.time_ns() - int(self.max_age * 1e9)
+
+    def trim(self, objs: list[Object]) -> list[Object]:
+        """``objs`` (newest first) reduced to the items kept, newest first."""
+        cutoff = self.cutoff()
+        if cutoff is not None:
+            objs = [o for o in objs if o.created >= cutoff]
+        if self.limit is not None:
+            objs = objs[: self.limit]
+        return objs
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: Kind
+    path: str
+    fn: Callable[..., Any] | None = None
+    limit: Limit | None = None
+
+    def covers(self, key: str) -> bool:
+        return self.path == key or keys.match(self.path, key)
+
+
+@dataclass(frozen=True)
+class ListView:
+    """How a list (GET of a glob, list pool) is shown: object filter, then limit, then list filter.
+
+    ``plain`` views change nothing but the limit, so pools can build positional patches directly;
+    other views are diffed as whole documents.
+    """
+
+    key: str
+    object_fn: ReadObjectFn | None = None
+    list_fn: ReadListFn | None = None
+    limit: Limit | None = None
+
+    @property
+    def plain(self) -> bool:
+        return self.object_fn is None and self.list_fn is None
+
+    @property
+    def descending(self) -> bool:
+        return self.limit is None or self.limit.order == "desc"
+
+    def apply(self, objs: list[Object]) -> list[Object]:
+        """The shown list for ``objs`` (all matching objects, newest first)."""
+        if self.object_fn is not None:
+            fn, key = self.object_fn, self.key
+            objs = [shown for o in objs if (shown := fn(key, o)) is not None]
+        if self.limit is not None:
+            objs = self.limit.trim(objs)
+            if self.limit.order == "asc":
+                objs.reverse()
+        if self.list_fn is not None:
+            objs = list(self.list_fn(self.key, objs))
+        return objs
+
+
+class Filters:
+    """The ordered filter registry of one server."""
+
+    def __init__(self, static: bool = False) -> None:
+        self.static = static
+        self._entries: dict[Kind, list[Entry]] = {
+            "write": [],
+            "read_object": [],
+            "read_list": [],
+            "delete": [],
+            "after_write": [],
+        }
+        self.on_subscribe: Callable[[str], Any] | None = None
+        self.on_unsubscribe: Callable[[str], Any] | None = None
+
+    # -- registration ---------------------------------------------------------------------------
+    def add(
+        self, kind: Kind, path: str, fn: Callable[..., Any] | None = None, limit: Limit | None = None
+    ) -> None:
+        if not keys.is_valid(path):
+            raise ValueError(f"filter path is not a valid key: {path!r}")
+        self._entries[kind].append(Entry(kind, path, fn, limit))
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Registered entries, for ``GET /?api=filters``."""
+        return [
+            {"kind": e.kind, "path": e.path, "limit": e.limit is not None, "permitOnly": e.fn is None}
+            for entries in self._entries.values()
+            for e in entries
+        ]
+
+    def find(self, kind: Kind, key: str) -> Entry | None:
+        for entry in self._entries[kind]:
+            if entry.covers(key):
+                return entry
+        return None
+
+    def _required(self, kind: Kind, key: str) -> Entry | None:
+        entry = self.find(kind, key)
+        if entry is None and self.static:
+            raise route_not_defined(key)
+        return entry
+
+    # -- reads ----------------------------------------------------------------------------------
+    def permit_read(self, key: str) -> None:
+        """Static mode: a read of ``key`` needs a read filter (a list filter also covers items)."""
+        if not self.static:
+            return
+        if self.find("read_object", key) is None and self.find("read_list", key) is None:
+            raise route_not_defined(key)
+
+    def read_object(self, key: str, obj: Object) -> Object | None:
+        entry = self.find("read_object", key)
+        if entry is None or entry.fn is None:
+            return obj
+        return entry.fn(key, obj)
+
+    def object_fn(self, key: str) -> ReadObjectFn | None:
+        entry = self.find("read_object", key)
+        return None if entry is None else entry.fn
+
+    def list_view(self, key: str) -> ListView:
+        entry = self.find("read_list", key)
+        return ListView(
+            key,
+            self.object_fn(key),
+            None if entry is None or entry.limit is not None else entry.fn,
+            None if entry is None else entry.limit,
+        )
+
+    # -- writes ---------------------------------------------------------------------------------
+    def write_entry(self, key: str) -> Entry | None:
+        """The write filter for ``key`` (refused in static mode when none)."""
+        return self._required("write", key)
+
+    async def run_write(self, entry: Entry, key: str, value: Any) -> bytes:
+        """Run a write filter on a decoded value; returns the JSON text to store."""
+        assert entry.fn is not None
+        try:
+            result = await _maybe_await(entry.fn(key, value))
+        except FilterRejected:
+            raise
+        except Exception as exc:
+            raise FilterRejected(str(exc) or f"filters: write refused, key:{key}") from None
+        invalid = FilterRejected(f"filters: invalid filter result error, key:{key}")
+        if result is None:
+            raise invalid
+        try:
+            if isinstance(result, bytes | bytearray | str):
+                return orjson.dumps(orjson.loads(result))
+            return orjson.dumps(result)
+        except (orjson.JSONDecodeError, TypeError):
+            raise invalid from None
+
+    async def check_delete(self, key: str) -> None:
+        entry = self._required("delete", key)
+        if entry is None or entry.fn is None:
+            return
+        try:
+            await _maybe_await(entry.fn(key))
+        except FilterRejected:
+            raise
+        except Exception as exc:
+            raise FilterRejected(str(exc) or f"filters: delete refused, key:{key}") from None
+
+    def after_write_entry(self, key: str) -> Entry | None:
+        return self.find("after_write", key)
+
+    async def check_subscribe(self, key: str) -> None:
+        """Static-mode read permission plus ``on_subscribe`` (refusal → 400 before the upgrade)."""
+        self.permit_read(key)
+        if self.on_subscribe is None:
+            return
+        try:
+            allowed = await _maybe_await(self.on_subscribe(key))
+        except Exception as exc:
+            raise FilterRejected(str(exc) or f"filters: subscription refused, key:{key}") from None
+        if allowed is False:
+            raise FilterRejected(f"filters: subscription refused, key:{key}")
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a request body that must be exactly one JSON value (InvalidData otherwise)."""
+    if not body:
+        raise InvalidData()
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidData(f"storage: invalid data (not JSON: {exc})") from None

@@ -1,0 +1,245 @@
+"""Stream pools: one per subscribed path, fed by the store's events (PROTOCOL.md §5.3–5.7).
+
+The store calls :meth:`Pools.on_event` synchronously for every committed write. Matching pools are
+found through an index by segment count (exact keys by dict lookup, globs by ``match``), each pool
+turns the event into at most ONE frame and appends the same bytes to every member's outbox.
+
+Joining is atomic: a pool's state, version and membership change only inside synchronous code, so
+a new member gets the pool's current state and then exactly the frames after it. A new pool is
+built from a synchronous memory read (``Layered.peek``/``peek_list``) together with
+``store.revision``, so events already reflected in it (revision ≤ the pool's base) are skipped. A
+store without a memory layer is read asynchronously; events arriving meanwhile are buffered and
+replayed, and a read that raced with writes is retried (see :meth:`Pools._load`).
+
+Versions: a pool's version is the store revision of the last change delivered to it. Events of
+different keys come from different shards and may arrive out of revision order, so a pool takes
+``max(event.revision, version + 1)``: versions stay strictly increasing per pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+
+from ..errors import NotFound
+from ..keys import match
+from ..layered import Layered
+from ..meta import Event, Object
+from .config import ServerConfig
+from .connection import Connection
+from .filters import Filters
+from .frames import encode_frame
+from .state import SNAPSHOT, ListState, ObjectState
+
+log = logging.getLogger("ooo_storage.server")
+
+_LOAD_ATTEMPTS = 5
+
+
+class Pool:
+    """The subscribers of one path, its state and its version."""
+
+    __slots__ = (
+        "key",
+        "segments",
+        "state",
+        "version",
+        "base",
+        "members",
+        "no_patch",
+        "loading",
+        "buffer",
+        "waiting",
+        "_snapshot",
+    )
+
+    def __init__(self, key: str, state: ObjectState | ListState, no_patch: bool) -> None:
+        self.key = key
+        self.segments = key.count("/") + 1
+        self.state = state
+        self.version = 0
+        self.base = 0
+        self.members: dict[Connection, None] = {}
+        self.no_patch = no_patch
+        self.loading: asyncio.Future[None] | None = None
+        self.buffer: list[Event] | None = None
+        self.waiting = 0
+        self._snapshot: bytes | None = None
+
+    @property
+    def is_list(self) -> bool:
+        return isinstance(self.state, ListState)
+
+    def load(self, data: Any, revision: int) -> None:
+        self.state.load(data, revision)
+        self.base = self.version = revision
+        self._snapshot = None
+
+    def snapshot_frame(self) -> bytes:
+        """The current state as a snapshot frame (built once per version)."""
+        if self._snapshot is None:
+            self._snapshot = encode_frame(True, self.version, self.state.data())
+        return self._snapshot
+
+    def feed(self, event: Event) -> None:
+        if event.revision <= self.base:
+            return  # already part of the state this pool was built from
+        if self.buffer is not None:
+            self.buffer.append(event)
+            return
+        change = self.state.apply(event)
+        if change is None:
+            return
+        self.version = max(event.revision, self.version + 1)
+        self._snapshot = None
+        if change is SNAPSHOT or self.no_patch:
+            frame = self.snapshot_frame()
+        else:
+            frame = encode_frame(False, self.version, orjson.dumps(change))
+        for conn in list(self.members):
+            conn.send(frame)
+
+
+class Pools:
+    """Every pool of a server, indexed for event routing."""
+
+    def __init__(self, store: Layered, filters: Filters, config: ServerConfig) -> None:
+        self.store = store
+        self.filters = filters
+        self.config = config
+        self.pools: dict[str, Pool] = {}
+        # segment count -> (exact key -> pool, glob key -> pool)
+        self._index: dict[int, tuple[dict[str, Pool], dict[str, Pool]]] = {}
+        self.slow_disconnects = 0
+
+    # -- routing (the store's watch callback; synchronous) --------------------------------------
+    def on_event(self, event: Event) -> None:
+        key = event.key
+        slot = self._index.get(key.count("/") + 1)
+        if slot is None:
+            return
+        exact, globs = slot
+        if "*" in key:
+            # A glob delete: every pool of that depth checks its own items against it.
+            targets = [*exact.values(), *globs.values()]
+        else:
+            pool = exact.get(key)
+            targets = [pool] if pool is not None else []
+            targets.extend(p for p in globs.values() if match(p.key, key))
+        for pool in targets:
+            try:
+                pool.feed(event)
+            except Exception:
+                log.exception("pool %s failed on %s %s", pool.key, event.operation, key)
+
+    # -- membership ---------------------------------------------------------------------------
+    async def join(self, key: str, conn: Connection, version: int | None) -> Pool:
+        """Add ``conn`` to the pool of ``key`` and queue its snapshot (none if ``version`` is the
+        pool's current one). Everything from reading the pool's state to membership is synchronous."""
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self._create(key)
+        if pool.loading is not None:
+            pool.waiting += 1
+            try:
+                await asyncio.shield(pool.loading)
+            finally:
+                pool.waiting -= 1
+        pool.members[conn] = None
+        conn.pool = pool
+        if version != pool.version:
+            conn.send(pool.snapshot_frame())
+        return pool
+
+    def leave(self, conn: Connection) -> None:
+        pool = conn.pool
+        if pool is None:
+            return
+        conn.pool = None
+        pool.members.pop(conn, None)
+        self._prune(pool)
+
+    def _prune(self, pool: Pool) -> None:
+        if pool.members or pool.waiting or pool.loading is not None:
+            return
+        if self.pools.get(pool.key) is pool:
+            del self.pools[pool.key]
+            exact, globs = self._index[pool.segments]
+            (globs if "*" in pool.key else exact).pop(pool.key, None)
+            if not exact and not globs:
+                del self._index[pool.segments]
+
+    def _create(self, key: str) -> Pool:
+        state: ObjectState | ListState
+        if "*" in key:
+            state = ListState(key, self.filters.list_view(key))
+        else:
+            state = ObjectState(key, self.filters.object_fn(key))
+        pool = Pool(key, state, self.config.no_patch)
+        self.pools[key] = pool
+        exact, globs = self._index.setdefault(pool.segments, ({}, {}))
+        (globs if "*" in key else exact)[key] = pool
+        store = self.store
+        if store.memory is not None:
+            data = store.peek_list(key) if "*" in key else store.peek(key)
+            pool.load(data, store.revision)
+        else:
+            pool.buffer = []
+            pool.loading = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().create_task(self._load(pool))
+        return pool
+
+    async def _load(self, pool: Pool) -> None:
+        """Asynchronous build (no memory layer): retry until no write committed during the read;
+        after that many attempts, accept the last read (set events are idempotent, so a race costs
+        at most a transient extra frame)."""
+        assert pool.loading is not None and pool.buffer is not None
+        try:
+            for _ in range(_LOAD_ATTEMPTS):
+                revision = self.store.revision
+                data = await self._read(pool.key)
+                if self.store.revision == revision:
+                    break
+            pool.load(data, revision)
+            buffered, pool.buffer = pool.buffer, None
+            for event in buffered:
+                pool.feed(event)
+            pool.loading.set_result(None)
+        except Exception as exc:
+            pool.buffer = None
+            pool.loading.set_exception(exc)
+            pool.loading.exception()  # retrieved: waiters get it through join
+        finally:
+            pool.loading = None
+            self._prune(pool)
+
+    async def _read(self, key: str) -> list[Object] | Object | None:
+        if "*" in key:
+            return await self.store.get_list_descending(key)
+        try:
+            return await self.store.get(key)
+        except NotFound:
+            return None
+
+    # -- shutdown and reporting ----------------------------------------------------------------
+    def connections(self) -> list[Connection]:
+        return [conn for pool in self.pools.values() for conn in pool.members]
+
+    def state(self) -> dict[str, Any]:
+        """``GET /?api=state``."""
+        pools = [
+            {"key": p.key, "connections": len(p.members), "version": format(p.version, "x")}
+            for p in self.pools.values()
+        ]
+        return {
+            "pools": pools,
+            "totalConnections": sum(p["connections"] for p in pools),
+            "slowDisconnects": self.slow_disconnects,
+        }
+
+    def count_slow(self, conn: Connection) -> None:
+        self.slow_disconnects += 1
+        log.warning("dropping slow subscriber of %s", getattr(conn.pool, "key", "?"))

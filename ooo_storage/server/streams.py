@@ -1,0 +1,120 @@
+"""Websocket handlers of PROTOCOL.md §5: key/glob subscriptions and the clock stream on ``/``.
+
+Every rejection (invalid key, filters, ``on_subscribe``, origin) happens before the upgrade, as a
+plain HTTP response. After it the handler only reads (client frames are ignored, except that any
+frame counts as a sign of life and pings are answered); its writer task does the sending.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ..meta import now
+from .connection import Connection
+from .errors import HTTPFailure, status_of
+from .frames import parse_version
+from .rest import check_key
+
+if TYPE_CHECKING:
+    from .app import Server
+
+log = logging.getLogger("ooo_storage.server")
+
+BEARER = "bearer"
+_DONE = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
+
+
+def wants_websocket(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of a ``Sec-WebSocket-Protocol: bearer, <token>`` offer (or an ``Authorization:
+    Bearer <token>`` header), for authentication middlewares and hooks."""
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    if len(offered) >= 2 and offered[0] == BEARER and offered[1]:
+        return offered[1]
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == BEARER and token:
+        return token.strip()
+    return None
+
+
+def origin_allowed(request: web.Request, allowed: tuple[str, ...] | list[str]) -> bool:
+    origin = request.headers.get("Origin")
+    if not origin or not allowed or "*" in allowed or origin in allowed:
+        return True
+    return urlsplit(origin).netloc.lower() == request.host.lower()
+
+
+def clock_frame() -> bytes:
+    return str(now()).encode()
+
+
+async def _open(server: Server, request: web.Request) -> Connection:
+    if not origin_allowed(request, tuple(server.config.allowed_origins)):
+        raise HTTPFailure(403, "ooo: origin not allowed")
+    cfg = server.config
+    ws = web.WebSocketResponse(
+        protocols=(BEARER,),
+        autoping=False,  # pongs must reach us: they are what keepalive measures
+        compress=False,  # one frame's bytes are shared by every subscriber
+        max_msg_size=cfg.max_msg_size,
+        timeout=cfg.close_timeout,
+    )
+    await ws.prepare(request)
+    return Connection(ws, request, cfg, on_slow=server.pools.count_slow)
+
+
+async def _read_until_closed(conn: Connection) -> None:
+    ws = conn.ws
+    while True:
+        msg = await ws.receive()
+        if msg.type in _DONE:
+            return
+        conn.seen()
+        if msg.type is WSMsgType.PING:
+            await ws.pong(msg.data)
+
+
+async def subscribe(server: Server, request: web.Request, key: str) -> web.StreamResponse:
+    check_key(key)
+    await server.filters.check_subscribe(key)
+    conn = await _open(server, request)
+    pools = server.pools
+    joined = False
+    try:
+        try:
+            await pools.join(key, conn, parse_version(request.query.get("v")))
+            joined = True
+        except Exception as exc:
+            _, message = status_of(exc)
+            await conn.close(WSCloseCode.INTERNAL_ERROR, message)
+            return conn.ws
+        conn.start()
+        await _read_until_closed(conn)
+    finally:
+        pools.leave(conn)
+        await conn.close(WSCloseCode.OK, "")
+        await conn.wait_writer()
+        if joined:
+            await server.unsubscribed(key)
+    return conn.ws
+
+
+async def clock(server: Server, request: web.Request) -> web.StreamResponse:
+    conn = await _open(server, request)
+    server.clocks.add(conn)
+    try:
+        conn.send(clock_frame())
+        conn.start()
+        await _read_until_closed(conn)
+    finally:
+        server.clocks.discard(conn)
+        await conn.close(WSCloseCode.OK, "")
+        await conn.wait_writer()
+    return conn.ws
