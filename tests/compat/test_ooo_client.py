@@ -1,0 +1,127 @@
+"""Wire compatibility with the npm `ooo-client` package (the JS client of the Go `ooo` servers).
+
+The package is installed once with npm into tests/compat/node_modules (git-ignored, pinned by
+package-lock.json), then ooo_client_check.mjs runs the scenarios of the package's own spec in Node
+against our server and prints what the client saw; the assertions below are the spec's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+
+from ooo_storage import Layered, MemoryLayer
+from ooo_storage.server import create_app
+
+HERE = Path(__file__).resolve().parent
+NODE = shutil.which("node")
+NPM = shutil.which("npm")
+
+pytestmark = pytest.mark.skipif(
+    NODE is None or NPM is None,
+    reason="node and npm must be on PATH to run the npm ooo-client package against the server",
+)
+
+EMPTY = {"created": 0, "updated": 0, "index": "", "data": {}}
+
+
+@pytest.fixture(scope="module")
+def node_command() -> list[str]:
+    """``node`` with the flags this version needs, after installing ooo-client if not cached."""
+    assert NODE is not None and NPM is not None
+    if not (HERE / "node_modules" / "ooo-client" / "package.json").exists():
+        subprocess.run([NPM, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=HERE,
+                       check=True, timeout=300)
+    # Node 20 hides its (browser-compatible) WebSocket behind a flag; later versions expose it.
+    probe = subprocess.run([NODE, "-p", "typeof WebSocket"], capture_output=True, text=True,
+                           check=True, timeout=30)
+    flags = ["--experimental-websocket"] if probe.stdout.strip() == "undefined" else []
+    return [NODE, *flags, "--no-warnings", "--import", "./bundler_resolve.mjs",
+            str(HERE / "ooo_client_check.mjs")]
+
+
+@pytest.fixture
+async def host() -> AsyncIterator[str]:
+    async with Layered(memory=MemoryLayer()) as store:
+        server = TestServer(create_app(store, tick=0.05), host="127.0.0.1")
+        await server.start_server()
+        try:
+            yield f"127.0.0.1:{server.port}"
+        finally:
+            await server.close()
+
+
+@pytest.fixture
+async def seen(node_command: list[str], host: str) -> dict[str, Any]:
+    process = await asyncio.create_subprocess_exec(
+        *node_command, host, cwd=HERE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, err.decode()
+    results: dict[str, Any] = orjson.loads(out.splitlines()[-1])
+    return results
+
+
+def ok(seen: dict[str, Any], name: str) -> dict[str, Any]:
+    result: dict[str, Any] = seen[name]
+    assert "error" not in result, result["error"]
+    return result
+
+
+async def test_ooo_client_against_our_server(seen: dict[str, Any]) -> None:
+    # One async test drives every scenario: one Node process, one server, in the spec's order.
+    msgs = ok(seen, "object")["msgs"]
+    assert msgs[0] == EMPTY
+    assert msgs[1]["created"] > 0 and msgs[1]["updated"] == 0 and msgs[1]["index"] == "box"
+    assert msgs[1]["data"] == {"name": "a box 🧰"}
+    assert msgs[2]["created"] == msgs[1]["created"] and msgs[2]["updated"] > 0
+    assert msgs[2]["data"] == {"name": "still a box 💾"}
+    assert msgs[3] == EMPTY
+
+    msgs = ok(seen, "list")["msgs"]
+    assert msgs[0] == []
+    assert len(msgs[1]) == 1 and msgs[1][0]["updated"] == 0
+    assert msgs[1][0]["data"] == {"name": "something 🧰"}
+    assert msgs[2][0]["updated"] > 0 and msgs[2][0]["data"] == {"name": "still something 💾"}
+    assert msgs[3] == []
+
+    msgs = ok(seen, "listDelete")["msgs"]
+    assert msgs[0] == [] and msgs[-1] == []
+    assert [len(m) for m in msgs[1:11]] == list(range(1, 11))
+    assert [m["data"]["name"] for m in msgs[10]] == [f"name{i}" for i in reversed(range(10))]
+    updated = msgs[20]
+    assert all(m["updated"] > 0 and m["data"]["name"] == "name" + m["index"] for m in updated)
+
+    ticks = ok(seen, "time")["msgs"]
+    assert len(ticks) == 2 and 0 < ticks[0] < ticks[1]
+
+    reconnect = ok(seen, "reconnect")
+    assert len(reconnect["urls"]) == 2
+    assert "?v=" not in reconnect["urls"][0] and "?v=" in reconnect["urls"][1]
+    assert reconnect["msgs"] == [EMPTY]  # nothing changed: no frame on the resumed stream
+
+    bearer = ok(seen, "bearer")
+    assert bearer["protocol"] == "bearer" and bearer["msgs"] == [EMPTY]
+
+    assert ok(seen, "keys")["keys"] == [[], ["box"], []]
+
+    items = ok(seen, "get")["items"]
+    assert items[0] == [] and items[2] == []
+    assert [i["data"]["name"] for i in items[1]] == ["a box"]
+    assert [i["data"]["name"] for i in items[3]] == ["a thing in box 1"]
+    assert [i["data"]["name"] for i in items[4]] == ["a thing in box 2", "a thing in box 1"]
+    assert items[5]["data"]["name"] == "a thing in box 2"
