@@ -22,8 +22,15 @@ test: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/ooo-storage serve --host $(HOST) --port $(PORT) --data $(DATA)
 
+# Every benchmark, one after the other; each prints a markdown table (figures go to bench/RESULTS.md).
+BENCHES := bench/core.py bench/adapters.py bench/http.py bench/fanout.py
+
 bench: $(STAMP)
-	$(PY) bench/core.py
+	@for b in $(BENCHES); do if [ -f $$b ]; then echo "== $$b"; $(PY) $$b || exit 1; fi; done
+
+# Side-by-side against etcd and NATS KV (installs them with apt/pip if missing; needs root for apt).
+bench-peers: $(STAMP)
+	$(PY) bench/peers.py
 
 lint: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check ruff
