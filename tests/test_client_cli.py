@@ -1,0 +1,130 @@
+"""The client subcommands, run as ``ooo-storage`` runs them, against a real server.
+
+The commands call ``asyncio.run`` themselves, so these tests are synchronous and the server runs on
+its own event loop in a background thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from ooo_storage import Layered, MemoryLayer
+from ooo_storage.client_cli import add_parsers
+from ooo_storage.server import ServerRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    loop = asyncio.new_event_loop()
+    started: list[str] = []
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        async with Layered(memory=MemoryLayer()) as store, ServerRunner(store, port=0) as runner:
+            started.append(runner.url)
+            ready.set()
+            await stop.wait()
+
+    ready = threading.Event()
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    assert ready.wait(10), "server did not start"
+    yield started[0]
+    loop.call_soon_threadsafe(stop.set)
+    thread.join(10)
+    loop.close()
+
+
+def run(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="ooo-storage")
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+def test_set_get_push_del(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("set", url, "cli/a", '{"x": 1}') == 0
+    assert capsys.readouterr().out == "a\n"
+    assert run("get", url, "cli/a") == 0
+    obj = orjson.loads(capsys.readouterr().out)
+    assert obj["data"] == {"x": 1} and obj["index"] == "a"
+    assert run("push", url, "cli/*", '"pushed"') == 0
+    index = capsys.readouterr().out.strip()
+    assert len(index) == 16
+    assert run("get", url, "cli/*") == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1  # one JSON line
+    assert [e["data"] for e in orjson.loads(out)] == ["pushed", {"x": 1}]
+    assert run("del", url, "cli/*") == 0
+    assert capsys.readouterr().out == ""
+    assert run("get", url, "cli/*") == 0
+    assert capsys.readouterr().out == "[]\n"
+
+
+def test_value_from_stdin(url: str, capsys: pytest.CaptureFixture[str],
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    stdin = io.TextIOWrapper(io.BytesIO(b'{"from": "stdin"}\n'))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert run("set", url, "cli/stdin", "-") == 0
+    capsys.readouterr()
+    run("get", url, "cli/stdin")
+    assert orjson.loads(capsys.readouterr().out)["data"] == {"from": "stdin"}
+
+
+def test_watch_prints_states_as_json_lines(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("set", url, "cli/w", "[1,2]") == 0
+    capsys.readouterr()
+    assert run("watch", url, "cli/w", "--count", "1") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and orjson.loads(lines[0])["data"] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (("get", "{url}", "cli/missing"), 1, "ooo-storage: 404: ooo: empty key"),
+        (("set", "{url}", "cli/bad", "{not json"), 1, "ooo-storage: 400: "),
+        (("set", "{url}", "cli/*", "1"), 2, "use push"),
+        (("get", "{url}", "a//b"), 2, "invalid key"),
+        (("watch", "{url}", "k", "--count", "0"), 2, "--count must be positive"),
+        (("get", "http://127.0.0.1:9", "k"), 1, "connection failed"),
+        (("watch", "http://127.0.0.1:9", "k", "--no-reconnect"), 1, "connection failed"),
+    ],
+)
+def test_failures(url: str, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], code: int,
+                  message: str) -> None:
+    assert run(*(url if a == "{url}" else a for a in argv)) == code
+    captured = capsys.readouterr()
+    assert captured.out == "" and message in captured.err
+
+
+def test_watch_until_interrupted(url: str) -> None:
+    """Run as a real process: states stream out line by line until the process is interrupted."""
+    code = (
+        "import argparse, sys\n"
+        "from ooo_storage.client_cli import add_parsers\n"
+        "p = argparse.ArgumentParser(); add_parsers(p.add_subparsers())\n"
+        "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", code, "watch", url, "cli/live"], cwd=ROOT,
+                          stdout=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None
+        first = orjson.loads(process.stdout.readline())  # blocks until the subscription is live
+        assert first["created"] == 0
+        assert run("set", url, "cli/live", '"hello"') == 0
+        assert orjson.loads(process.stdout.readline())["data"] == "hello"
+        process.send_signal(2)  # SIGINT
+        assert process.wait(10) == 130

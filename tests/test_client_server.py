@@ -1,0 +1,154 @@
+"""The client against the real server: REST round trips, error statuses, live states, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from ooo_storage import Layered, MemoryLayer
+from ooo_storage.client import Client, ClientError, ClientOptions, Subscription
+from ooo_storage.server import ServerRunner
+
+FAST = ClientOptions(reconnect_initial=0.01, reconnect_max=0.05, heartbeat=None)
+EMPTY = {"created": 0, "updated": 0, "index": "", "data": {}}
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[Layered]:
+    async with Layered(memory=MemoryLayer()) as store:
+        yield store
+
+
+@pytest.fixture
+async def runner(store: Layered) -> AsyncIterator[ServerRunner]:
+    async with ServerRunner(store, port=0) as runner:
+        yield runner
+
+
+@pytest.fixture
+async def client(runner: ServerRunner) -> AsyncIterator[Client]:
+    async with Client(runner.url, options=FAST) as client:
+        yield client
+
+
+async def next_state(sub: Subscription) -> Any:
+    return await asyncio.wait_for(anext(sub), 5)
+
+
+async def wait_connected(client: Client, key: str, count: int) -> None:
+    """Wait until the server's pool for ``key`` has ``count`` connections (it has no event for it)."""
+    session = client.session()
+    for _ in range(500):
+        async with session.get(client.base_url.with_query(api="state")) as response:
+            state = await response.json()
+        if any(p["key"] == key and p["connections"] == count for p in state["pools"]):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"pool {key!r} never had {count} connections")
+
+
+async def test_rest_round_trip(client: Client) -> None:
+    assert await client.set("users/1", {"name": "ada", "tags": ["x"]}) == "1"
+    obj = await client.get("users/1")
+    assert isinstance(obj, dict)
+    assert obj["data"] == {"name": "ada", "tags": ["x"]} and obj["created"] > 0
+    assert await client.patch("users/1", {"age": 36}) == "1"
+    assert (await client.get("users/1"))["data"] == {"age": 36, "name": "ada", "tags": ["x"]}  # type: ignore[index]
+    index = await client.push("users/*", "plain text")
+    assert len(index) == 16
+    assert [e["data"] for e in await client.get("users/*")] == ["plain text", {  # type: ignore[index]
+        "age": 36, "name": "ada", "tags": ["x"]}]  # newest first
+    assert await client.set("raw", b"[1, 2]") == "raw"
+    assert (await client.get("raw"))["data"] == [1, 2]  # type: ignore[index]
+    assert await client.keys() == sorted(["raw", f"users/{index}", "users/1"])
+    await client.delete("users/*")
+    assert await client.get("users/*") == []
+
+
+@pytest.mark.parametrize(
+    ("call", "status", "message"),
+    [
+        (lambda c: c.get("missing"), 404, "ooo: empty key"),
+        (lambda c: c.delete("missing"), 404, "storage: not found"),
+        (lambda c: c.patch("missing", {"a": 1}), 404, "ooo: not found"),
+        (lambda c: c.set("bad", b"{nope"), 400, None),
+        (lambda c: c.set("bad", b""), 400, None),
+    ],
+)
+async def test_errors_carry_status_and_message(client: Client, call: Any, status: int,
+                                               message: str | None) -> None:
+    with pytest.raises(ClientError) as caught:
+        await call(client)
+    assert caught.value.status == status
+    if message is not None:
+        assert caught.value.message == message
+
+
+async def test_subscribe_single_key(client: Client) -> None:
+    async with client.subscribe("box") as sub:
+        assert await next_state(sub) == EMPTY
+        await client.set("box", {"n": 1})
+        created = await next_state(sub)
+        assert created["data"] == {"n": 1} and created["updated"] == 0
+        await client.set("box", {"n": 2})
+        updated = await next_state(sub)
+        assert updated["data"] == {"n": 2} and updated["created"] == created["created"] > 0
+        assert updated == await client.get("box")
+        await client.delete("box")
+        assert await next_state(sub) == EMPTY
+
+
+async def test_subscribe_glob_follows_random_writes(client: Client) -> None:
+    rng = random.Random(3)
+    async with client.subscribe("list/*") as sub:
+        assert await next_state(sub) == []
+        names = [f"k{i}" for i in range(6)]
+        for _ in range(40):
+            roll = rng.random()
+            if roll < 0.4:
+                await client.set(f"list/{rng.choice(names)}", {"v": rng.randrange(100)})
+            elif roll < 0.6:
+                await client.push("list/*", rng.randrange(100))
+            elif roll < 0.9:
+                try:
+                    await client.delete(f"list/{rng.choice(names)}")
+                except ClientError as exc:
+                    assert exc.status == 404
+            else:
+                await client.delete("list/*")
+        expected = await client.get("list/*")
+        async with asyncio.timeout(5):
+            while sub.state != expected:
+                await anext(sub)
+
+
+async def test_resume_with_version_gets_no_initial_frame(store: Layered) -> None:
+    runner = ServerRunner(store, port=0)
+    port = await runner.start()
+    async with Client(runner.url, options=FAST) as other:
+        sub = other.subscribe("resume/me")
+        states = [await next_state(sub)]
+        await runner.stop()  # the connection drops; the client retries until the server is back
+        runner = ServerRunner(store, port=port)
+        await runner.start()
+        try:
+            next_frame = asyncio.ensure_future(next_state(sub))
+            await wait_connected(other, "resume/me", 1)
+            await other.set("resume/me", 1)
+            states.append(await next_frame)
+        finally:
+            await sub.close()
+            await runner.stop()
+    assert sub.connections == 2
+    # Had the server sent a snapshot on the resumed stream, it would come before the write's frame.
+    assert states[0] == EMPTY and states[1]["data"] == 1
+
+
+async def test_bearer_token_subscription(runner: ServerRunner) -> None:
+    client = Client(runner.url, token="tok", options=FAST)
+    async with client, client.subscribe("secure") as sub:
+        assert await next_state(sub) == EMPTY
