@@ -40,7 +40,7 @@ __all__ = ["ErasureConfig", "ErasureStore", "ErasureLayer", "CorruptObject", "Qu
 RepairMode = Literal["read", "background", "off"]
 Progress = Callable[[int, int], None]
 
-_ENCODE_INLINE = 256 << 10  # encoding this much on the event loop is cheaper than a thread hop
+_ENCODE_INLINE = 1 << 20  # encoding one stripe (~100 µs) on the loop costs about one thread hop
 _BATCH = 256  # keys per executor submission for multi-key reads
 
 
@@ -119,6 +119,9 @@ class ErasureStore:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._repairer: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
+        self._passes = 0  # background passes completed (see :meth:`flush`)
+        self._busy = False
+        self._passed: asyncio.Condition | None = None
         self._last_scrub: dict[str, Any] | None = None
         self._repaired = 0
         self._errors = 0
@@ -150,6 +153,7 @@ class ErasureStore:
             for key in keys:
                 self._queue.setdefault(key, 1)
         self._wake = asyncio.Event()
+        self._passed = asyncio.Condition()
         if cfg.repair == "background":
             self._repairer = asyncio.create_task(self._background(), name="ooo-erasure-repair")
             if self._queue:
@@ -476,14 +480,36 @@ class ErasureStore:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
+            self._busy = True
             if next_scrub is not None and time.monotonic() >= next_scrub:
                 next_scrub = time.monotonic() + (cfg.scrub_interval or 0.0)
                 await self._guarded(self.scrub())
             for key in list(self._queue):
                 report = await self._guarded(self._repair_key(key))
-                if isinstance(report, KeyReport) and report.rebuilt:
-                    # Rate limit: sleep as long as the rebuilt bytes are worth at repair_rate.
-                    await asyncio.sleep(report.rebuilt * 4096 / cfg.repair_rate)
+                if isinstance(report, KeyReport) and report.rebuilt_bytes:
+                    # Rate limit: leave the drives to foreground traffic for as long as the
+                    # rebuilt bytes take at ``repair_rate``.
+                    await asyncio.sleep(report.rebuilt_bytes / cfg.repair_rate)
+            self._busy = False
+            assert self._passed is not None
+            async with self._passed:
+                self._passes += 1
+                self._passed.notify_all()
+
+    async def flush(self) -> None:
+        """Wait until garbage collection and repairs started so far are done.
+
+        In ``"background"`` mode this includes one full pass of the repairer over the queue
+        (entries whose drive is still absent stay queued).
+        """
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._repairer is None or self._passed is None or self._wake is None:
+            return
+        async with self._passed:
+            target = self._passes + (2 if self._busy else 1)
+            self._wake.set()
+            await self._passed.wait_for(lambda: self._passes >= target)
 
     async def _guarded(self, coro: Any) -> Any:
         try:

@@ -94,6 +94,7 @@ class KeyReport:
     missing: int = 0  # expected shard files absent
     corrupt: int = 0  # shard files failing their CRC or header checks
     rebuilt: int = 0  # shards written by the repair
+    rebuilt_bytes: int = 0
     removed: int = 0  # garbage files removed (old generations, failed writes, tombstones)
     unreachable: list[int] = field(default_factory=list)  # drives that could not be repaired
 
@@ -395,6 +396,7 @@ class DriveSet:
                 payload,
             )
             report.rebuilt += 1
+            report.rebuilt_bytes += sum(map(len, payload))
 
     def _newer_exists(self, loc: Located, pos: int, generation: int) -> bool:
         for name in _listdir(key_dir(self.paths[pos], loc.fanout)):
