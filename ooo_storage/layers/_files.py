@@ -19,14 +19,17 @@ The rules they implement (ADAPTERS.md §5.5):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import hashlib
 import itertools
 import json
 import os
+import queue
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +69,7 @@ __all__ = [
     "write_marker",
     "ensure_marker",
     "make_executor",
+    "WorkerPool",
 ]
 
 Durability = Literal["none", "data", "full"]
@@ -526,3 +530,78 @@ def make_executor(workers: int = 4, name: str = "ooo-files") -> ThreadPoolExecut
     if workers < 1:
         raise ValueError("workers must be >= 1")
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+
+
+class WorkerPool:
+    """A dedicated, bounded pool of threads whose work is awaited from asyncio.
+
+    Same role as :func:`make_executor` + ``loop.run_in_executor``, at about half the round-trip
+    cost (~45 µs instead of ~90 µs on the reference VM, where a small SOS get is ~40 µs of work):
+    a worker hands its result to the loop and goes straight back to blocking on the queue, so it
+    never competes with the woken loop thread for the GIL while concurrent.futures callbacks run.
+
+    Cancelling an awaiting task does not interrupt the work (no thread can be interrupted); the
+    task waits for it to finish before the cancellation propagates, so a caller's per-key lock
+    is never released while its write is still running.
+    """
+
+    def __init__(self, workers: int = 4, name: str = "ooo-files") -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = False
+        # Daemon threads: work is acknowledged only through its future, so a thread stopped at
+        # interpreter exit can leave at most an unacknowledged temp file (cleaned on next start).
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a pool thread; its exception, if any, is raised here."""
+        if self._closed:
+            raise RuntimeError("worker pool is shut down")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put((loop, fut, fn, args))
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            while not fut.done():
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(fut)
+            raise
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Run the queued work, then stop the threads (joined if ``wait``). Idempotent."""
+        if not self._closed:
+            self._closed = True
+            for _ in self._threads:
+                self._queue.put(None)
+        if wait:
+            for thread in self._threads:
+                if thread is not threading.current_thread():
+                    thread.join()
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            loop, fut, fn, args = item
+            del item
+            try:
+                result, error = fn(*args), None
+            except BaseException as exc:
+                result, error = None, exc
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody awaits any more
+                loop.call_soon_threadsafe(_settle, fut, result, error)
+            del loop, fut, fn, args, result, error
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)

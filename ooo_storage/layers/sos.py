@@ -51,7 +51,6 @@ import secrets
 import shutil
 import struct
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 from ..errors import CorruptObject, StorageError, StorageUnavailable
@@ -63,6 +62,7 @@ from ._files import (
     TMP_DIR,
     Durability,
     TempNamer,
+    WorkerPool,
     clean_temp,
     crc32c,
     ensure_marker,
@@ -70,7 +70,6 @@ from ._files import (
     fsync_dir,
     hash_hex,
     iter_fanout,
-    make_executor,
     makedirs_durable,
     read_exact,
     read_with,
@@ -218,7 +217,7 @@ class SimpleObjectStore:
         self._tmp = os.path.join(self.root, TMP_DIR)
         self._namer = TempNamer()
         self._locks = KeyLocks()
-        self._executor: ThreadPoolExecutor | None = None
+        self._pool: WorkerPool | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
@@ -235,15 +234,15 @@ class SimpleObjectStore:
 
     async def start(self) -> None:
         """Create the root, validate or write the format marker, remove abandoned temp files."""
-        if self._executor is not None:
+        if self._pool is not None:
             return
-        executor = make_executor(self.workers, "sos")
+        pool = WorkerPool(self.workers, "sos")
         try:
-            await asyncio.get_running_loop().run_in_executor(executor, self._start_sync)
+            await pool.run(self._start_sync)
         except BaseException:
-            executor.shutdown(wait=False)
+            pool.shutdown(wait=False)
             raise
-        self._executor = executor
+        self._pool = pool
 
     def _start_sync(self) -> None:
         os.makedirs(os.path.dirname(self.root), exist_ok=True)
@@ -252,10 +251,10 @@ class SimpleObjectStore:
         clean_temp(self._tmp, self.tmp_grace, self._namer.host)
 
     async def close(self) -> None:
-        """Wait for in-flight operations, then stop the executor. Idempotent."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            await asyncio.to_thread(executor.shutdown, True)
+        """Wait for in-flight operations, then stop the worker threads. Idempotent."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, True)
 
     async def destroy(self) -> None:
         """Delete the whole store: rename the root away (other processes see it vanish at once),
@@ -272,12 +271,12 @@ class SimpleObjectStore:
         shutil.rmtree(doomed)
 
     async def _run(self, op: str, key: Key, fn: Callable[..., T], *args: Any) -> T:
-        """One executor submission for one logical operation; ``OSError`` → StorageUnavailable."""
-        executor = self._executor
-        if executor is None:
+        """One pool submission for one logical operation; ``OSError`` → StorageUnavailable."""
+        pool = self._pool
+        if pool is None:
             raise StorageUnavailable(f"storage: SOS store {self.root} is not open")
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+            return await pool.run(fn, *args)
         except OSError as exc:
             raise StorageUnavailable(
                 f"storage: SOS {op} {key!r} failed: {exc.strerror or exc}"

@@ -234,17 +234,17 @@ async def test_non_utf8_and_bytes_keys_round_trip(sos: SimpleObjectStore) -> Non
 
 async def test_each_operation_is_one_executor_submission(sos: SimpleObjectStore) -> None:
     """One thread hop per logical operation (a hop costs more than a whole small get)."""
-    executor = sos._executor
-    assert executor is not None
+    pool = sos._pool
+    assert pool is not None
     calls = 0
-    real_submit = executor.submit
+    real_run = pool.run
 
-    def counting_submit(*args: Any, **kw: Any) -> Any:
+    def counting_run(*args: Any, **kw: Any) -> Any:
         nonlocal calls
         calls += 1
-        return real_submit(*args, **kw)
+        return real_run(*args, **kw)
 
-    executor.submit = counting_submit  # type: ignore[method-assign]
+    pool.run = counting_run  # type: ignore[method-assign]
     ops = [
         sos.store("a", b"1"), sos.get("a"), sos.metadata("a"), sos.check("a"), sos.clone("a", "b"),
         sos.rename("b", "c"), sos.get_and_delete("c"), sos.store_if_absent("d", b"2"),
@@ -339,3 +339,39 @@ async def test_layer_load_refuses_corrupt_objects(tmp_path: Path) -> None:
     with pytest.raises(CorruptObject):
         await layer.get("k")
     await layer.close()
+
+
+# -- worker pool ------------------------------------------------------------------------------------
+
+
+async def test_worker_pool_cancel_waits_for_the_running_work() -> None:
+    """A cancelled caller resumes only after its thread work ended (its key lock stays held)."""
+    import threading
+
+    from ooo_storage.layers._files import WorkerPool
+
+    pool = WorkerPool(2, "test")
+    started, release = threading.Event(), threading.Event()
+    finished: list[bool] = []
+
+    def work() -> int:
+        started.set()
+        release.wait(10)
+        finished.append(True)
+        return 1
+
+    task = asyncio.create_task(pool.run(work))
+    await asyncio.to_thread(started.wait, 10)
+    task.cancel()
+    await asyncio.sleep(0)  # let the cancellation be delivered (not a synchronisation)
+    assert not task.done()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert finished == [True]
+    assert await pool.run(divmod, 7, 2) == (3, 1)
+    with pytest.raises(ZeroDivisionError):
+        await pool.run(divmod, 1, 0)
+    pool.shutdown()
+    with pytest.raises(RuntimeError):
+        await pool.run(int)
