@@ -115,6 +115,7 @@ class ErasureStore:
         self._index: SortedList = SortedList()
         self._executor: ThreadPoolExecutor | None = None
         self._offline: set[int] = set()
+        self._replaced: set[int] = set()  # new empty drives not yet fully rebuilt
         self._queue: dict[str, int] = {}  # key -> shard repairs known (>= 1 per degraded key)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._repairer: asyncio.Task[None] | None = None
@@ -146,6 +147,7 @@ class ErasureStore:
             raise
         self._store_id = states.store
         self._offline = set(states.offline)
+        self._replaced = set(states.replaced)
         self._index = SortedList(key for key, exists in keys.items() if exists)
         for key in logged:
             self._queue.setdefault(key, 1)
@@ -401,9 +403,14 @@ class ErasureStore:
         """
         t0 = time.monotonic()
         cfg = self.config
-        replaced = await self._run(self._io.rejoin, cfg.ec_backend, backend_version())
+        self._replaced.update(await self._run(self._io.rejoin, cfg.ec_backend, backend_version()))
+        replaced = sorted(self._replaced)
         self._offline = set(await self._run(self._io.probe))
         totals = await self._pass(True, progress)
+        if replaced and not totals["degraded"] and not totals["lost"] and not self._offline:
+            # Never declare a rebuild complete while something is still missing (rustfs#5869).
+            await self._run(self._io.rebuilt, replaced)
+            self._replaced.clear()
         counts = await self._run(self._io.shard_counts)
         if not self._queue:
             await self._run(self._io.clear_repairs)
@@ -527,6 +534,7 @@ class ErasureStore:
             "degraded": len(self._queue),
             "queued_repairs": sum(self._queue.values()),
             "offline_drives": self._offline_paths(),
+            "rebuilding_drives": [self.drives[pos] for pos in sorted(self._replaced)],
             "last_scrub": self._last_scrub,
             "repaired": self._repaired,
             "errors": self._errors,

@@ -533,18 +533,32 @@ class DriveSet:
                 continue
             tmp = os.path.join(path, _files.TMP_DIR)
             os.makedirs(tmp, 0o700, exist_ok=True)
-            _files.ensure_marker(
+            replaced = state == "empty" and not fresh
+            marker = _files.ensure_marker(
                 path,
                 {**required, "index": pos},
                 self.namer,
-                extra={"created": time.time(), "backend_version": backend_version},
+                extra={
+                    "created": time.time(),
+                    "backend_version": backend_version,
+                    # Persisted so that a restart before the rebuild finished still rebuilds.
+                    "rebuild_pending": replaced,
+                },
                 name=DRIVE_MARKER,
             )
             _files.clean_temp(tmp, tmp_grace)
-            if state == "empty" and not fresh:
+            if marker.get("rebuild_pending"):
                 result.replaced.append(pos)
         result.store = store_id
         return result
+
+    def rebuilt(self, positions: list[int]) -> None:
+        """Clear the ``rebuild_pending`` flag of fully rebuilt drives."""
+        for pos in positions:
+            path = self.paths[pos]
+            marker = _files.read_marker(path, DRIVE_MARKER)
+            if marker is not None and marker.pop("rebuild_pending", False):
+                _files.write_marker(path, marker, self.namer, DRIVE_MARKER)
 
     def probe(self) -> list[int]:
         """Positions of drives that are unusable right now."""
@@ -559,8 +573,7 @@ class DriveSet:
                 replaced.append(pos)
         if not replaced:
             return []
-        states = self.open_drives(backend, backend_version, tmp_grace=3600.0)
-        return [pos for pos in replaced if pos in states.replaced]
+        return self.open_drives(backend, backend_version, tmp_grace=3600.0).replaced
 
     def shard_counts(self) -> list[int]:
         """Shard files per drive (rustfs#5869: compare a rebuilt drive against its siblings)."""

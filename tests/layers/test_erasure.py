@@ -327,12 +327,16 @@ async def test_replaced_drive_is_rebuilt(drives: list[str]) -> None:
     shutil.rmtree(drives[2])
     os.mkdir(drives[2])  # a new, empty disk mounted in place of the dead one
     async with ErasureStore(drives, repair="off") as ec:
-        assert Path(drives[2], ".ecdrive.json").exists()
-        assert ec.stats()["queued_repairs"] >= 11
+        marker = Path(drives[2], ".ecdrive.json")
+        assert json.loads(marker.read_text())["rebuild_pending"] is True
+        assert ec.stats()["queued_repairs"] >= 11 and ec.stats()["rebuilding_drives"] == [drives[2]]
         for i in range(1, 12):
             assert await ec.get(f"r/{i}") == value(i, BIG if i % 3 else SMALL)
         report = await ec.repair()
         assert report["degraded"] == 0 and report["lost"] == 0 and report["repaired"] > 0
+        assert report["replaced_drives"] == [drives[2]]
+        assert "rebuild_pending" not in json.loads(marker.read_text())
+        assert ec.stats()["rebuilding_drives"] == []
         scrub = await ec.scrub()
         assert scrub["degraded"] == 0 and scrub["missing_shards"] == 0 and scrub["checked"] == 11
         assert ec.stats()["last_scrub"]["degraded"] == 0
