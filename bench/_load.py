@@ -11,10 +11,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +44,11 @@ class Target:
     def pid(self) -> int:
         return self.process.pid
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_kib(self) -> int:
         """Resident set size of the server process, from /proc, in KiB."""
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -51,7 +60,8 @@ class Target:
 @contextmanager
 def serve(mode: str, *args: str, ready_timeout: float = 30.0) -> Iterator[Target]:
     """Run ``bench/_load_targets.py MODE ARGS...`` and yield it once it listens; stop it afterwards."""
-    command = [sys.executable, str(BENCH / "_load_targets.py"), mode, *args]
+    # As a module from the repo root: run as a script, bench/http.py would shadow the stdlib http.
+    command = [sys.executable, "-m", "bench._load_targets", mode, *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, cwd=ROOT)
     try:
@@ -233,31 +243,40 @@ class HttpLoadResult:
     requests: int
     seconds: float
     latencies_ms: list[float]
+    server_cpu: float  # CPU seconds the server used in the counted window
+    bench_cpu: float  # ... and this process
 
     @property
     def rate(self) -> float:
         return self.requests / self.seconds
+
+    @property
+    def cpu_us(self) -> float:
+        """Server CPU per request, in microseconds."""
+        return self.server_cpu * 1e6 / self.requests
 
     def percentile(self, p: float) -> float:
         return statistics.quantiles(self.latencies_ms, n=100)[int(p) - 1]
 
 
 async def http_load(
-    port: int,
+    target: Target,
     request: Callable[[int, int], tuple[str, str, bytes]],
     *,
     connections: int,
     seconds: float,
     warmup: float = 1.0,
 ) -> HttpLoadResult:
-    """Keep ``connections`` connections busy for ``warmup + seconds``; count what completes after the
-    warm-up. ``request(connection, n)`` gives the method, path and body of a connection's n-th request;
-    any status but 200/204 aborts the run."""
-    conns = [await HttpConnection.open(port) for _ in range(connections)]
+    """Keep ``connections`` connections busy for ``warmup + seconds``; count the requests started
+    after the warm-up. ``request(connection, n)`` gives the method, path and body of a connection's
+    n-th request; any status but 200/204 aborts the run."""
+    conns = [await HttpConnection.open(target.port) for _ in range(connections)]
     loop = asyncio.get_running_loop()
     start = loop.time() + warmup
     stop = start + seconds
     latencies: list[float] = []
+    cpu: list[float] = []
+    loop.call_at(start, lambda: cpu.extend((target.cpu_seconds(), time.process_time())))
 
     async def worker(c: int) -> None:
         n = 0
@@ -274,7 +293,42 @@ async def http_load(
     finally:
         for conn in conns:
             conn.close()
-    return HttpLoadResult(len(latencies), seconds, latencies)
+    return HttpLoadResult(len(latencies), seconds, latencies, target.cpu_seconds() - cpu[0],
+                          time.process_time() - cpu[1])
+
+
+@contextmanager
+def profiled(target: Target, out: Path | None) -> Iterator[None]:
+    """Sample ``target`` with py-spy (collapsed stacks written to ``out``) while the block runs."""
+    if out is None:
+        yield
+        return
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen([spy, "record", "-p", str(target.pid), "-r", "250", "--format", "raw",
+                                "--nonblocking", "-o", str(out)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # py-spy attaches asynchronously
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(30)
+
+
+def hot_frames(collapsed: Path, top: int = 15) -> str:
+    """The frames where most samples were taken (self time), from py-spy's raw collapsed output."""
+    own: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        total += int(count)
+        frame = stack.rpartition(";")[2]
+        own[re.sub(r"\(/\S*/(site-packages|python3\.\d+|work/main)/", "(", frame)] += int(count)
+    rows = [[f"{n / total:.1%}", f"`{frame}`"] for frame, n in own.most_common(top)]
+    return table(["self", "frame"], rows)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -1,7 +1,7 @@
 """Servers under test for the benchmarks, each run in its own process by bench/_load.py.
 
-``python bench/_load_targets.py MODE [--data DIR]`` listens on 127.0.0.1, an OS-chosen port, prints
-``READY <port>`` and serves until SIGTERM. Modes:
+``python -m bench._load_targets MODE [--data DIR]`` (from the repository root) listens on
+127.0.0.1, an OS-chosen port, prints ``READY <port>`` and serves until SIGTERM. Modes:
 
 - ``ws-baseline``: bare aiohttp websocket broadcast. Every connection gets one pre-encoded 150 B
   binary frame on connect; ``POST /<anything>`` sends that frame to every connection.
