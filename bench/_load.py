@@ -1,4 +1,4 @@
-"""Shared load-generator pieces of the server benchmarks (bench/fanout.py, bench/http.py).
+"""Shared load-generator pieces of the server benchmarks (bench/fanout.py, bench/http_writes.py).
 
 The load generators are deliberately thin: raw asyncio protocols that speak just enough HTTP/1.1 and
 RFC 6455 to count what arrives, so that the measuring process costs far less per message than the
@@ -60,7 +60,6 @@ class Target:
 @contextmanager
 def serve(mode: str, *args: str, ready_timeout: float = 30.0) -> Iterator[Target]:
     """Run ``bench/_load_targets.py MODE ARGS...`` and yield it once it listens; stop it afterwards."""
-    # As a module from the repo root: run as a script, bench/http.py would shadow the stdlib http.
     command = [sys.executable, "-m", "bench._load_targets", mode, *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, cwd=ROOT)

@@ -36,8 +36,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# `python bench/<script>.py` puts bench/ first on sys.path, where bench/http.py would shadow the
-# standard library's http package: import this directory as the `bench` package of the repo instead.
+# Import bench/ as a package of the repository root, so that both `python bench/<script>.py` and
+# `python -m bench.<script>` work (a script's own directory is otherwise first on sys.path).
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from bench._load import (  # noqa: E402

@@ -1,6 +1,6 @@
 """HTTP write benchmark: POST point writes, ooo-storage vs a bare aiohttp handler doing the same put.
 
-    .venv/bin/python bench/http.py [--connections 32] [--seconds 3] [--rounds 4]
+    .venv/bin/python bench/http_writes.py [--connections 32] [--seconds 3] [--rounds 4]
 
 The baseline is an aiohttp ``POST /{key}`` handler that puts the body into plyvel and answers
 ``{"index": ...}``; ours is ``create_app`` over a memory + LevelDB layered store (what
@@ -21,8 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-# `python bench/<script>.py` puts bench/ first on sys.path, where bench/http.py would shadow the
-# standard library's http package: import this directory as the `bench` package of the repo instead.
+# Import bench/ as a package of the repository root, so that both `python bench/<script>.py` and
+# `python -m bench.<script>` work (a script's own directory is otherwise first on sys.path).
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from bench._load import BENCH, HttpLoadResult, Target, http_load, replace_section, serve, table  # noqa: E402
@@ -83,7 +83,7 @@ def report(args: argparse.Namespace, baseline: list[HttpLoadResult], ours: list[
         f"load generator in the bench process, 127.0.0.1, 2 cores shared with other work. The "
         f"load generator was {busy:.0%} busy, so req/s seen depends on the machine's other load; "
         f"the servers are compared by CPU per request.\n\n{text}\n\n"
-        f"Command: `.venv/bin/python bench/http.py --connections {args.connections} "
+        f"Command: `.venv/bin/python bench/http_writes.py --connections {args.connections} "
         f"--seconds {args.seconds:g} --rounds {args.rounds}`."
     )
 
