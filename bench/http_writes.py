@@ -1,6 +1,6 @@
 """HTTP write benchmark: POST point writes, ooo-storage vs a bare aiohttp handler doing the same put.
 
-    .venv/bin/python bench/http_writes.py [--connections 32] [--seconds 3] [--rounds 4]
+    .venv/bin/python bench/http_writes.py [--connections 32] [--seconds 3] [--rounds 4] [--profile]
 
 The baseline is an aiohttp ``POST /{key}`` handler that puts the body into plyvel and answers
 ``{"index": ...}``; ours is ``create_app`` over a memory + LevelDB layered store (what
@@ -25,7 +25,17 @@ from pathlib import Path
 # `python -m bench.<script>` work (a script's own directory is otherwise first on sys.path).
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from bench._load import BENCH, HttpLoadResult, Target, http_load, replace_section, serve, table  # noqa: E402
+from bench._load import (  # noqa: E402
+    BENCH,
+    HttpLoadResult,
+    Target,
+    hot_frames,
+    http_load,
+    profiled,
+    replace_section,
+    serve,
+    table,
+)
 
 BODY = b'{"sensor":"greenhouse-7","temperature":21.5,"humidity":0.43,"tags":["a","b"],"ok":true}'
 
@@ -46,11 +56,15 @@ async def run(args: argparse.Namespace) -> tuple[list[HttpLoadResult], list[Http
         serve("ooo", "--data", f"{tmp}/ours") as ours,
     ):
         results: tuple[list[HttpLoadResult], list[HttpLoadResult]] = ([], [])
-        for r in range(args.rounds):
-            pair = [(baseline, results[0]), (ours, results[1])]
-            for target, into in pair if r % 2 == 0 else reversed(pair):
-                into.append(await round_(target))
-        return results
+        profile = BENCH / "out" / "http-ooo.collapsed" if args.profile else None
+        with profiled(ours, profile):
+            for r in range(args.rounds):
+                pair = [(baseline, results[0]), (ours, results[1])]
+                for target, into in pair if r % 2 == 0 else reversed(pair):
+                    into.append(await round_(target))
+    if profile is not None:
+        print(f"Hot frames of our server (py-spy, {profile}):\n\n{hot_frames(profile)}\n")
+    return results
 
 
 def report(args: argparse.Namespace, baseline: list[HttpLoadResult], ours: list[HttpLoadResult]) -> str:
@@ -94,6 +108,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--keys", type=int, default=1000)
+    parser.add_argument("--profile", action="store_true", help="py-spy our server (bench/out/)")
     parser.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
     args = parser.parse_args()
     baseline, ours = asyncio.run(run(args))
