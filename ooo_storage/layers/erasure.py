@@ -42,6 +42,7 @@ Progress = Callable[[int, int], None]
 
 _ENCODE_INLINE = 1 << 20  # encoding one stripe (~100 µs) on the loop costs about one thread hop
 _BATCH = 256  # keys per executor submission for multi-key reads
+_BATCH_DELETES = 16  # deletes in flight for a glob delete or clear
 
 
 @dataclass
@@ -267,8 +268,11 @@ class ErasureStore:
     async def delete(self, key: str) -> bool:
         """Write a tombstone on every drive; True if the key existed."""
         existed = key in self._index
-        if not existed:
-            existed = await self.get(key) is not None
+        if not existed:  # maybe written by another process: look on the drives
+            try:
+                existed = await self.get(key) is not None
+            except CorruptObject:
+                existed = True  # deleting is how a corrupt object is cleared
             if not existed:
                 return False
         await self._write(key, FLAG_TOMBSTONE, 0, 0, {i: [] for i in range(self.codec.n)})
@@ -295,8 +299,9 @@ class ErasureStore:
                 )
                 for i, payload in shards.items()
             ]
+            # Any exception of a shard write (OSError or not) is that drive failing this write.
             results = await asyncio.gather(*futures, return_exceptions=True)
-            done = [i for i, r in zip(shards, results, strict=True) if not isinstance(r, BaseException)]
+            done = [i for i, r in zip(shards, results, strict=True) if not isinstance(r, Exception)]
             failed = [i for i in shards if i not in done]
             for i in shards:
                 pos = self._io.drive_of(loc, i)
@@ -304,10 +309,7 @@ class ErasureStore:
                     self._offline.discard(pos)
                 else:
                     self._offline.add(pos)
-            for r in results:
-                if isinstance(r, BaseException) and not isinstance(r, OSError):
-                    self._errors += 1
-                    raise r  # a bug, not a drive failure
+            self._errors += sum(1 for r in results if isinstance(r, Exception))
             if len(done) < required:
                 self._errors += 1
                 await self._run(self._io.remove_generation, loc, generation, done)
@@ -444,6 +446,8 @@ class ErasureStore:
             "time": time.time(),
         }
         self._last_scrub = report
+        if self._queue and self.config.repair == "background" and self._wake is not None:
+            self._wake.set()
         return report
 
     async def _pass(self, fix: bool, progress: Progress | None) -> dict[str, int]:
@@ -473,12 +477,17 @@ class ErasureStore:
         return totals
 
     async def _background(self) -> None:
-        """Drain the repair queue; retry while drives are absent; scrub every ``scrub_interval``."""
+        """Drain the repair queue; retry while drives are absent; scrub every ``scrub_interval``.
+
+        While the queue cannot drain because drives are absent, a timed retry first probes the
+        drives and skips the pass if the same ones are still gone (no pointless re-reading).
+        """
         cfg = self.config
-        assert self._wake is not None
+        assert self._wake is not None and self._passed is not None
         next_scrub = (
             time.monotonic() + cfg.scrub_interval if cfg.scrub_interval is not None else None
         )
+        stalled: frozenset[int] | None = None  # offline drives when the last pass left work
         while True:
             timeout = cfg.retry_interval if self._queue else None
             if next_scrub is not None:
@@ -486,19 +495,26 @@ class ErasureStore:
                 timeout = until if timeout is None else min(timeout, until)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+            woken = self._wake.is_set()
             self._wake.clear()
             self._busy = True
             if next_scrub is not None and time.monotonic() >= next_scrub:
                 next_scrub = time.monotonic() + (cfg.scrub_interval or 0.0)
                 await self._guarded(self.scrub())
-            for key in list(self._queue):
+            retry = True
+            if not woken and stalled is not None:
+                retry = frozenset(await self._guarded(self._run(self._io.probe)) or ()) != stalled
+            for key in list(self._queue) if retry else ():
                 report = await self._guarded(self._repair_key(key))
                 if isinstance(report, KeyReport) and report.rebuilt_bytes:
                     # Rate limit: leave the drives to foreground traffic for as long as the
                     # rebuilt bytes take at ``repair_rate``.
                     await asyncio.sleep(report.rebuilt_bytes / cfg.repair_rate)
+            if retry:
+                stalled = None
+                if self._queue:
+                    stalled = frozenset(await self._guarded(self._run(self._io.probe)) or ())
             self._busy = False
-            assert self._passed is not None
             async with self._passed:
                 self._passes += 1
                 self._passed.notify_all()
@@ -571,19 +587,23 @@ class ErasureLayer:
         await self.store.store(key, obj.to_json())
 
     async def delete(self, key_or_glob: str) -> int:
+        """Delete a key, or every key matching a glob (key by key: not atomic across keys)."""
         if not has_glob(key_or_glob):
             return int(await self.store.delete(key_or_glob))
-        removed = 0
-        for key in self.store.matching(key_or_glob):
-            removed += await self.store.delete(key)
-        return removed
+        return await self._delete_all(self.store.matching(key_or_glob))
 
     async def keys(self) -> list[str]:
         return await self.store.keys()
 
     async def clear(self) -> None:
-        for key in await self.store.keys():
-            await self.store.delete(key)
+        await self._delete_all(await self.store.keys())
+
+    async def _delete_all(self, keys: list[str]) -> int:
+        removed = 0
+        for start in range(0, len(keys), _BATCH_DELETES):  # bounded concurrency: drives overlap
+            batch = keys[start : start + _BATCH_DELETES]
+            removed += sum(await asyncio.gather(*(self.store.delete(k) for k in batch)))
+        return removed
 
     async def load_raw(self) -> Mapping[str, bytes]:
         return await self.store.get_many(await self.store.keys())

@@ -477,3 +477,31 @@ async def test_concurrent_sets_of_one_key_apply_in_call_order(ec: ErasureStore) 
     """Per-key serialisation: the last set issued is the value left, whatever the thread timing."""
     await asyncio.gather(*(ec.store("order", value(i, BIG if i % 2 else SMALL)) for i in range(12)))
     assert await ec.get("order") == value(11, BIG)
+
+
+async def test_background_repairer_waits_for_the_drive_then_rebuilds(drives: list[str]) -> None:
+    async with ErasureStore(drives, repair="background", retry_interval=3600) as ec:
+        away = take_away(drives[3])
+        for i in range(6):
+            await ec.store(f"bg/{i}", value(i, BIG))
+        await ec.flush()  # one pass: nothing can be rebuilt yet, nothing is dropped
+        assert ec.stats()["degraded"] == 6 and ec.stats()["repaired"] == 0
+        os.rename(away, drives[3])
+        await ec.flush()
+        assert ec.stats()["degraded"] == 0 and ec.stats()["repaired"] == 6
+        assert (await ec.scrub())["degraded"] == 0
+
+
+async def test_deleting_a_corrupt_object_clears_it(drives: list[str]) -> None:
+    async with ErasureStore(drives, repair="off") as ec:
+        await ec.store("bad", value(1, BIG))
+        for i, f in shard_files(ec, "bad").items():
+            if i < 3:
+                corrupt(f, "payload")
+    async with ErasureStore(drives, repair="off") as ec:  # also after a restart
+        with pytest.raises(CorruptObject):
+            await ec.get("bad")
+        assert await ec.delete("bad") is True
+        assert await ec.get("bad") is None
+        await ec.store("bad", value(2, SMALL))
+        assert await ec.get("bad") == value(2, SMALL)
