@@ -144,11 +144,14 @@ def _read_record(fd: int, size: int, want: bytes | None, name: str | None) -> tu
         key = data[HEADER_SIZE : HEADER_SIZE + klen]
         value = data[HEADER_SIZE + klen :]
     else:
-        head = read_exact(fd, HEADER_SIZE)
+        # Header and (expected) key in one read; the value then lands in its own bytes object.
+        head = read_exact(fd, HEADER_SIZE + (len(want) if want is not None else 0))
         klen, vlen, crc = _parse_header(head, size)
-        if want is not None and klen != len(want):
-            raise _Bad("key mismatch")
-        key = read_exact(fd, klen)
+        key = head[HEADER_SIZE:]
+        if len(key) != klen:
+            if want is not None:
+                raise _Bad("key mismatch")
+            key = read_exact(fd, klen)
         value = read_exact(fd, vlen)
         if len(value) != vlen:
             raise _Bad("truncated value")
