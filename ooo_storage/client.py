@@ -1,9 +1,12 @@
 """An asyncio client for ooo-storage (and any ``ooo``-compatible server): REST calls and live states.
 
->>> async with Client("http://127.0.0.1:8800") as client:
-...     await client.set("users/1", {"name": "ada"})
-...     async for state in client.subscribe("users/*"):
-...         print(state)          # the whole current list, after every change
+::
+
+    async with Client("http://127.0.0.1:8800") as client:
+        await client.set("users/1", {"name": "ada"})
+        async with client.subscribe("users/*") as users:
+            async for state in users:   # the whole current list, after every change
+                print(state)
 
 REST calls map one-to-one onto PROTOCOL.md §4 and raise :class:`ClientError` (with the HTTP status
 and the server's plain-text message) on any error response. :meth:`Client.subscribe` opens the

@@ -241,3 +241,15 @@ def test_backoff_delays_grow_to_the_cap_with_bounded_jitter() -> None:
     assert all(cap * 0.5 <= d <= cap for d, cap in zip(got, caps, strict=True))
     exact = backoff_delays(ClientOptions(reconnect_initial=1, reconnect_max=3, reconnect_jitter=0))
     assert [next(exact) for _ in range(4)] == [1, 2, 3, 3]
+
+
+async def test_close_from_another_task_ends_a_pending_iteration(fake: Fake) -> None:
+    fake.scripts = [send(frame({}, "1", snapshot=True), then=hold)]
+    async with Client(fake.url, options=FAST) as client:
+        sub = client.subscribe("k")
+        await anext(sub)
+        pending = asyncio.ensure_future(anext(sub))
+        await asyncio.sleep(0)  # usually reaches the socket read; either way close must end it
+        await sub.close()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(pending, 5)

@@ -129,7 +129,7 @@ OPS = st.one_of(
 ORACLE_ERRORS = (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(JSON, st.lists(OPS, min_size=1, max_size=4))
 def test_agrees_with_jsonpatch(doc: Any, patch: list[dict[str, Any]]) -> None:
     try:
