@@ -184,7 +184,7 @@ class SimpleObjectStore:
     """A byte store in ``root`` (see the module docstring for the format and guarantees).
 
     ``durability``: ``"full"`` | ``"data"`` | ``"none"``; ``read_mode``: ``"link"`` | ``"direct"``;
-    ``workers``: size of the store's executor; ``tmp_grace``: seconds after which a temp file of
+    ``workers``: threads of the store's own worker pool; ``tmp_grace``: seconds after which a temp file of
     another host (or of a live pid) counts as abandoned; ``record``: ``"sos1"`` or ``"raw"`` (Go SOS
     compatible values, no checksum, no listing).
 
@@ -242,6 +242,11 @@ class SimpleObjectStore:
         pool = WorkerPool(self.workers, "sos")
         try:
             await pool.run(self._start_sync)
+        except OSError as exc:
+            pool.shutdown(wait=False)
+            raise StorageUnavailable(
+                f"storage: can't open SOS store {self.root}: {exc.strerror or exc}"
+            ) from exc
         except BaseException:
             pool.shutdown(wait=False)
             raise
@@ -419,52 +424,78 @@ class SimpleObjectStore:
     async def get_and_delete(self, key: Key) -> bytes | None:
         """Remove ``key`` and return its value, atomically across processes: the object is renamed
         to a private temp name first, so exactly one caller gets it. A corrupt object is put back
-        (unless a new value took its place) and raises."""
+        (unless a new value took its place) and raises. A caller killed between the claim and the
+        return loses the value, as with any destructive read."""
         async with self._locks.hold(_lock_name(key)):
-            return await self._run("get_and_delete", key, self._take_sync, encode_key(key), None)
+            return await self._run("get_and_delete", key, self._take_sync, encode_key(key))
 
-    def _take_sync(self, key: bytes, then: Callable[[bytes], object] | None) -> bytes | None:
-        """Claim ``key`` by renaming it aside, read it, run ``then(value)``; restore on failure."""
+    def _take_sync(self, key: bytes) -> bytes | None:
         path = self.path(key)
-        claimed = os.path.join(self._tmp, self._namer.name("r"))
-        try:
-            os.rename(path, claimed)
-        except FileNotFoundError:
+        claimed = self._claim(path)
+        if claimed is None:
             return None
         try:
             value = read_with(claimed, self._decode(key, path))
             if value is None:  # pragma: no cover - our private name cannot vanish
                 raise FileNotFoundError(claimed)
-            if then is not None:
-                then(value)
             if self.durability == "full":
                 fsync_dir(os.path.dirname(path))
             return value
         except BaseException:
-            # Put it back, best effort; EEXIST means a newer value was stored meanwhile: it wins.
-            with contextlib.suppress(OSError):
-                os.link(claimed, path)
+            self._put_back(claimed, path)
             raise
         finally:
             unlink_quiet(claimed)
 
+    def _claim(self, path: str) -> str | None:
+        """Rename the object at ``path`` to a private temp name (None if missing): from then on no
+        other process can read, replace-and-lose or take it."""
+        claimed = os.path.join(self._tmp, self._namer.name("r"))
+        try:
+            os.rename(path, claimed)
+        except FileNotFoundError:
+            return None
+        return claimed
+
+    @staticmethod
+    def _put_back(claimed: str, path: str) -> None:
+        # Best effort; EEXIST means a newer value was stored meanwhile: it wins.
+        with contextlib.suppress(OSError):
+            os.link(claimed, path)
+
     async def rename(self, old: Key, new: Key) -> bool:
         """Move the value of ``old`` to ``new`` (replacing it); False if ``old`` is missing.
 
-        The record is rewritten under the new key; a crash in between may leave both keys.
+        The record embeds its key, so it is rewritten under ``new`` before ``old`` is removed: a
+        crash in between leaves both keys, never neither. ``old`` is removed only if it still is
+        the object that was copied (another process may have replaced it meanwhile).
         """
         if encode_key(old) == encode_key(new):
             return await self.metadata(old) is not None
         first, second = sorted((_lock_name(old), _lock_name(new)))
         async with self._locks.hold(first), self._locks.hold(second):
-            dst = encode_key(new)
-            return (
-                await self._run(
-                    "rename", old, self._take_sync, encode_key(old),
-                    lambda value: self._store_sync(dst, value),
-                )  # fmt: skip
-                is not None
-            )
+            return await self._run("rename", old, self._rename_sync, encode_key(old), encode_key(new))
+
+    def _rename_sync(self, old: bytes, new: bytes) -> bool:
+        path = self.path(old)
+        decode = self._decode(old, path)
+        copied = self._open(path, lambda fd, st: (decode(fd, st), (st.st_dev, st.st_ino)))
+        if copied is None:
+            return False
+        value, identity = copied
+        self._store_sync(new, value)
+        claimed = self._claim(path)
+        if claimed is None:
+            return True  # deleted meanwhile by someone else
+        try:
+            st = os.lstat(claimed)
+            if (st.st_dev, st.st_ino) != identity:
+                self._put_back(claimed, path)  # replaced meanwhile: keep the newer value
+        finally:
+            unlink_quiet(claimed)
+        if self.durability == "full":
+            fsync_dir(os.path.dirname(path))
+        return True
 
     async def clone(self, src: Key, dst: Key) -> bool:
         """Copy the value of ``src`` to ``dst``; False if ``src`` is missing."""

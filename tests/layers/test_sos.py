@@ -375,3 +375,33 @@ async def test_worker_pool_cancel_waits_for_the_running_work() -> None:
     pool.shutdown()
     with pytest.raises(RuntimeError):
         await pool.run(int)
+
+
+async def test_unusable_root_raises_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"not a directory")
+    store = SimpleObjectStore(tmp_path / "file" / "sos")
+    with pytest.raises(StorageUnavailable):
+        await store.start()
+
+
+async def test_rename_keeps_a_source_replaced_meanwhile(
+    sos: SimpleObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If another writer replaces ``old`` while it is being copied, rename keeps that newer value."""
+    from ooo_storage.layers.sos import encode_key
+
+    other = SimpleObjectStore(sos.root)
+    await other.start()
+    await sos.store("old", b"original")
+    real = sos._store_sync
+
+    def racing(key: bytes, value: bytes, exclusive: bool = False) -> bool:
+        done = real(key, value, exclusive)
+        other._store_sync(encode_key("old"), b"newer")  # lands between the copy and the removal
+        return done
+
+    monkeypatch.setattr(sos, "_store_sync", racing)
+    assert await sos.rename("old", "new") is True
+    assert await sos.get("new") == b"original"
+    assert await sos.get("old") == b"newer"
+    await other.close()
