@@ -128,6 +128,7 @@ class ErasureStore:
         self._repaired = 0
         self._errors = 0
         self._store_id = ""
+        self._log_dirty = False  # repair log records exist on some drive
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -152,6 +153,7 @@ class ErasureStore:
         self._index = SortedList(key for key, exists in keys.items() if exists)
         for key in logged:
             self._queue.setdefault(key, 1)
+        self._log_dirty = bool(logged)
         if states.replaced:  # a full rebuild: every key may have lost a shard
             for key in keys:
                 self._queue.setdefault(key, 1)
@@ -353,6 +355,7 @@ class ErasureStore:
                 records = [(loc.key, generation, i) for i in failed]
                 self._io.log_repairs(records, [self._io.drive_of(loc, i) for i in done])
 
+        self._log_dirty |= bool(failed)
         try:
             await self._run(work)
         except Exception:
@@ -414,8 +417,7 @@ class ErasureStore:
             await self._run(self._io.rebuilt, replaced)
             self._replaced.clear()
         counts = await self._run(self._io.shard_counts)
-        if not self._queue:
-            await self._run(self._io.clear_repairs)
+        await self._forget_repaired()
         rebuilt = totals.pop("rebuilt")
         return {
             **totals,
@@ -512,6 +514,7 @@ class ErasureStore:
                     await asyncio.sleep(report.rebuilt_bytes / cfg.repair_rate)
             if retry:
                 stalled = None
+                await self._guarded(self._forget_repaired())
                 if self._queue:
                     stalled = frozenset(await self._guarded(self._run(self._io.probe)) or ())
             self._busy = False
@@ -533,6 +536,12 @@ class ErasureStore:
             target = self._passes + (2 if self._busy else 1)
             self._wake.set()
             await self._passed.wait_for(lambda: self._passes >= target)
+
+    async def _forget_repaired(self) -> None:
+        """Truncate the drives' repair logs once nothing is left to repair."""
+        if self._log_dirty and not self._queue:
+            self._log_dirty = False
+            await self._run(self._io.clear_repairs)
 
     async def _guarded(self, coro: Any) -> Any:
         try:

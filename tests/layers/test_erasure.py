@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ooo_storage.errors import StorageError, StorageUnavailable
 from ooo_storage.layers import CorruptObject, ErasureLayer, ErasureStore, QuorumNotReached
@@ -272,6 +274,7 @@ async def test_up_to_m_drives_removed_keep_working(drives: list[str], lost: int)
         report = await ec.repair()
         assert report["degraded"] == 0 and report["repaired"] > 0
         assert ec.stats()["queued_repairs"] == 0 and ec.stats()["offline_drives"] == []
+        assert not any(Path(d, REPAIR_LOG).exists() for d in drives)  # forgotten once repaired
         assert (await ec.scrub())["degraded"] == 0
         for i in range(10):
             assert await ec.get(f"new/{i}") == value(i, BIG if i % 2 else SMALL)
@@ -505,3 +508,25 @@ async def test_deleting_a_corrupt_object_clears_it(drives: list[str]) -> None:
         assert await ec.get("bad") is None
         await ec.store("bad", value(2, SMALL))
         assert await ec.get("bad") == value(2, SMALL)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    size=st.sampled_from([0, 1, K - 1, K, K + 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1])
+    | st.integers(0, 20_000),
+    lost=st.sets(st.integers(0, N - 1), max_size=M),
+    coded=st.booleans(),
+)
+def test_any_size_survives_any_m_lost_drives(tmp_path: Path, size: int, lost: set[int], coded: bool) -> None:
+    """Through the whole store: coded (inline_threshold=0) or replicated, any <= m drives gone."""
+    paths = [str(tmp_path / f"h{os.urandom(4).hex()}-{i}") for i in range(N)]
+    data = os.urandom(size)
+
+    async def main() -> None:
+        async with ErasureStore(paths, repair="off", inline_threshold=0 if coded else 1 << 30) as ec:
+            await ec.store("h", data)
+            for i in lost:
+                take_away(paths[i])
+            assert await ec.get("h") == data
+
+    asyncio.run(main())
