@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import json
 import os
@@ -530,3 +531,36 @@ def test_any_size_survives_any_m_lost_drives(tmp_path: Path, size: int, lost: se
             assert await ec.get("h") == data
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(("call", "err"), [("fsync", errno.EIO), ("rename", errno.ENOSPC), ("writev", errno.EROFS)])
+@pytest.mark.parametrize("failing", [1, M, M + 1])
+async def test_io_errors_on_drives_leave_old_state(
+    ec: ErasureStore, monkeypatch: pytest.MonkeyPatch, call: str, err: int, failing: int
+) -> None:
+    """EIO/ENOSPC/EROFS on ``failing`` drives: within m the write commits and is queued for
+    repair; beyond m it raises QuorumNotReached and the old value stays; no temp file leaks."""
+    await ec.store("io", value(1, BIG))
+    await ec.flush()
+    bad = tuple(ec.drives[:failing])
+    real = getattr(os, call)
+
+    def flaky(*args: Any) -> Any:
+        target = args[0] if isinstance(args[0], str) else os.readlink(f"/proc/self/fd/{args[0]}")
+        if target.startswith(bad):
+            raise OSError(err, os.strerror(err))
+        return real(*args)
+
+    monkeypatch.setattr(os, call, flaky)
+    if failing <= M:
+        await ec.store("io", value(2, BIG))
+        assert ec.stats()["queued_repairs"] == failing
+    else:
+        with pytest.raises(QuorumNotReached):
+            await ec.store("io", value(2, BIG))
+    monkeypatch.setattr(os, call, real)
+    await ec.flush()
+    assert await ec.get("io") == value(2 if failing <= M else 1, BIG)
+    assert [n for d in ec.drives for n in os.listdir(Path(d, ".tmp"))] == []
+    assert (await ec.repair())["degraded"] == 0
+    assert len(shard_files(ec, "io")) == N
