@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -214,13 +215,14 @@ def log(message: str) -> None:
     print(f"[peers {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def prepare(tmp: Path) -> tuple[dict[str, Target], dict[str, str]]:
+def prepare(tmp: Path, only: set[str]) -> tuple[dict[str, Target], dict[str, str]]:
     """Install what is missing and start every target; return the running ones and why others are not."""
     installer = Installer(log)
     unavailable: dict[str, str] = {}
     missing_etcd = installer.apt("etcd", "etcd-server", "etcd-client")
     missing_nats = installer.apt("nats-server", "nats-server") or installer.pip("nats", "nats-py")
-    installer.pip("py_spy", "py-spy")  # optional: only the profiles need it
+    if not shutil.which("py-spy") and not (Path(sys.executable).parent / "py-spy").exists():
+        installer.pip("py_spy", "py-spy")  # a binary, no module; optional: only the profiles need it
     candidates: list[tuple[str, Any]] = [
         ("ooo", lambda: OooTarget("ooo", "ooo-storage", SERVER_CORE, tmp, sync=False)),
         ("ooo-sync", lambda: OooTarget("ooo-sync", "ooo-storage --sync", SERVER_CORE, tmp, sync=True)),
@@ -229,6 +231,8 @@ def prepare(tmp: Path) -> tuple[dict[str, Target], dict[str, str]]:
     ]
     targets: dict[str, Target] = {}
     for name, make in candidates:
+        if name not in only:
+            continue
         reason = {"etcd": missing_etcd, "nats": missing_nats}.get(name)
         if reason:
             unavailable[name] = reason
@@ -248,7 +252,7 @@ def prepare(tmp: Path) -> tuple[dict[str, Target], dict[str, str]]:
 async def run(args: argparse.Namespace, tmp: Path) -> Outcome:
     started = time.monotonic()
     deadline = started + args.budget
-    targets, unavailable = prepare(tmp)
+    targets, unavailable = prepare(tmp, set(args.targets.split(",")))
     plan = steps(args.quick)
     outcome = Outcome(args, targets, unavailable, plan)
     for name, target in list(targets.items()):
@@ -277,8 +281,6 @@ async def run(args: argparse.Namespace, tmp: Path) -> Outcome:
 
 async def profile(outcome: Outcome) -> list[tuple[str, str]]:
     """py-spy the ooo-storage server under the workloads where a target was missed."""
-    import shutil
-
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         return [("profile", "py-spy not available")]
@@ -320,6 +322,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
     parser.add_argument("--budget", type=float, default=540.0,
                         help="seconds after which remaining measurements are skipped")
+    parser.add_argument("--targets", default="ooo,ooo-sync,etcd,nats",
+                        help="comma-separated subset of ooo,ooo-sync,etcd,nats")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
     parser.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
     args = parser.parse_args()

@@ -6,9 +6,11 @@
   ``/v3/watch``; keys and values base64) over the same raw HTTP connection; a watch is one
   long-lived ``POST /v3/watch`` stream per watcher (newline-separated JSON in a chunked body),
   resumed with ``start_revision``.
-- ``nats``: NATS JetStream KV through nats-py (``js.key_value``): ``put``/``get``, a list is a
-  ``kv.watch`` snapshot (the values until the end-of-initial-data marker), a watcher is
-  ``kv.watch``, and a resume is an ordered consumer from the next stream sequence.
+- ``nats``: NATS JetStream KV. nats-py (``js.create_key_value``) makes the bucket; the data plane
+  is a raw NATS connection (bench/peers_nats.py) sending what nats-py's KV sends: ``put`` publishes
+  to ``$KV.bench.<key>`` and awaits the PubAck, ``get`` is a direct get, a watcher is the push
+  consumer ``kv.watch`` creates (last value per key, then changes), a list is such a consumer's
+  initial values, and a resume is a consumer from the next stream sequence.
 
 Every value is the same 150 B JSON document (see :func:`value`) carrying a ``CLOCK_MONOTONIC``
 timestamp, so that a watcher in another process on this machine can measure end-to-end latency.
@@ -33,6 +35,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _load import HOST, HttpConnection  # noqa: E402
+from peers_nats import NatsWire, ack_info  # noqa: E402
 
 VALUE_SIZE = 150
 NATS_BUCKET = "bench"
@@ -383,127 +386,135 @@ class EtcdPeer(Peer):
 
 # NATS JetStream KV
 
+NATS_STREAM = f"KV_{NATS_BUCKET}"
+
 
 class NatsConn(Conn):
-    def __init__(self, nc: Any, kv: Any) -> None:
-        self.nc, self.kv = nc, kv
+    def __init__(self, wire: NatsWire) -> None:
+        self.wire = wire
 
     async def put(self, key: str, data: bytes) -> None:
-        await self.kv.put(key, data)
+        _, ack = await self.wire.request(f"$KV.{NATS_BUCKET}.{key}", data)
+        if b'"error"' in ack:
+            raise RuntimeError(f"put {key}: {ack[:200]!r}")
 
     async def get(self, key: str) -> bytes:
-        return bytes((await self.kv.get(key)).value)
+        headers, data = await self.wire.request(
+            f"$JS.API.DIRECT.GET.{NATS_STREAM}.$KV.{NATS_BUCKET}.{key}")
+        if not headers.startswith(b"NATS/1.0\r\n"):  # a status line: 404 and the like
+            raise RuntimeError(f"get {key}: {headers.splitlines()[0]!r}")
+        return data
 
     async def list(self, prefix: str) -> int:
-        watcher = await self.kv.watch(f"{prefix}.>", ignore_deletes=True)
-        items = []
+        items: list[bytes] = []
+        done = asyncio.get_running_loop().create_future()
+
+        def on_update(values: Sequence[bytes], initial: bool) -> None:
+            items.extend(values)
+
+        watcher = await watch_nats(self.wire, prefix, on_update, None, on_initial_done=done)
         try:
-            async for entry in watcher:
-                if entry is None:  # end of the initial values
-                    break
-                items.append(entry.value)
+            await asyncio.wait_for(done, 30)
         finally:
-            await watcher.stop()
+            await watcher.close()
         return len(items)
 
     async def close(self) -> None:
-        await self.nc.close()
+        self.wire.close()
 
 
 class NatsWatcher(Watcher):
-    def __init__(self, on_update: OnUpdate, resume: int | None) -> None:
-        self.on_update = on_update
-        self.position = resume
-        self.task: asyncio.Task[None] | None = None
-        self.sub: Any = None
+    def __init__(self, wire: NatsWire, own: bool) -> None:
+        self.wire, self.own = wire, own
+        self.sid = 0
+        self.consumer = ""
 
     async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-        if self.sub is not None:
-            with contextlib.suppress(Exception):  # the benchmark only needs it gone
-                await asyncio.wait_for(self.sub.unsubscribe(), 5)
+        self.wire.unsubscribe(self.sid)
+        if self.consumer and not self.own:
+            # a shared connection stays up: delete the consumer, as a stopped kv.watch does
+            with contextlib.suppress(Exception):
+                await self.wire.request(f"$JS.API.CONSUMER.DELETE.{NATS_STREAM}.{self.consumer}")
+        if self.own:
+            self.wire.close()
+
+
+async def watch_nats(
+    wire: NatsWire, prefix: str, on_update: OnUpdate, resume: int | None, *, own: bool = False,
+    on_initial_done: asyncio.Future[None] | None = None,
+) -> NatsWatcher:
+    """The push consumer kv.watch creates (ephemeral, no acks, in memory), delivering the last value of
+    every key then each change; from stream sequence ``resume + 1`` instead when resuming."""
+    watcher = NatsWatcher(wire, own)
+    initial = resume is None
+
+    def on_message(subject: bytes, reply: bytes, headers: bytes, payload: bytes) -> None:
+        nonlocal initial
+        if not reply:  # an idle heartbeat or flow-control status: no data
+            return
+        watcher.position, pending = ack_info(reply)
+        on_update((payload,), initial)
+        if initial and pending == 0:
+            initial = False
+            if on_initial_done is not None and not on_initial_done.done():
+                on_initial_done.set_result(None)
+
+    inbox = f"_DELIVER.{os.urandom(8).hex()}"
+    watcher.sid = wire.subscribe(inbox, on_message)
+    config: dict[str, Any] = {
+        "deliver_subject": inbox, "ack_policy": "none", "replay_policy": "instant",
+        "filter_subject": f"$KV.{NATS_BUCKET}.{prefix}.>", "mem_storage": True,
+        "inactive_threshold": 30_000_000_000, "num_replicas": 1,
+    }
+    if resume is None:
+        config["deliver_policy"] = "last_per_subject"
+    else:
+        config.update(deliver_policy="by_start_sequence", opt_start_seq=resume + 1)
+    _, reply = await wire.request(f"$JS.API.CONSUMER.CREATE.{NATS_STREAM}",
+                                  orjson.dumps({"stream_name": NATS_STREAM, "config": config}))
+    info = orjson.loads(reply)
+    if "error" in info:
+        wire.unsubscribe(watcher.sid)
+        raise RuntimeError(f"consumer create: {info['error']}")
+    watcher.consumer = info["name"]
+    if info.get("num_pending", 0) == 0 and initial:
+        initial = False
+        if on_initial_done is not None and not on_initial_done.done():
+            on_initial_done.set_result(None)
+    return watcher
 
 
 class NatsPeer(Peer):
-    """nats-py connections; watchers share one connection per ``watchers_per_conn``."""
+    """Raw NATS connections (bench/peers_nats.py); nats-py only creates the KV bucket."""
 
     sep = "."
-    watchers_per_conn = 50
-
-    def __init__(self, port: int) -> None:
-        super().__init__(port)
-        self.shared: list[tuple[Any, Any, Any]] = []  # (nc, js, kv) for watchers
-        self.watchers = 0
-
-    async def _open(self) -> tuple[Any, Any, Any]:
-        import nats
-
-        nc = await nats.connect(f"nats://{HOST}:{self.port}", max_reconnect_attempts=0,
-                                pending_size=64 * 1024 * 1024)
-        js = nc.jetstream(timeout=10)
-        return nc, js, await js.key_value(NATS_BUCKET)
 
     async def prepare(self) -> None:
         import nats
         from nats.js.api import KeyValueConfig, StorageType
 
         nc = await nats.connect(f"nats://{HOST}:{self.port}", max_reconnect_attempts=0)
-        js = nc.jetstream(timeout=10)
         try:
-            await js.key_value(NATS_BUCKET)
-        except Exception:  # noqa: BLE001 - nats-py raises BucketNotFoundError or NotFoundError
-            await js.create_key_value(KeyValueConfig(
-                bucket=NATS_BUCKET, history=1, storage=StorageType.FILE, direct=True
-            ))
-        await nc.close()
+            js = nc.jetstream(timeout=10)
+            try:
+                await js.key_value(NATS_BUCKET)
+            except Exception:  # noqa: BLE001 - nats-py raises BucketNotFoundError or NotFoundError
+                await js.create_key_value(KeyValueConfig(
+                    bucket=NATS_BUCKET, history=1, storage=StorageType.FILE, direct=True
+                ))
+        finally:
+            await nc.close()
 
     async def connect(self) -> Conn:
-        nc, _, kv = await self._open()
-        return NatsConn(nc, kv)
-
-    async def _shared(self) -> tuple[Any, Any, Any]:
-        if self.watchers % self.watchers_per_conn == 0:
-            self.shared.append(await self._open())
-        self.watchers += 1
-        return self.shared[-1]
+        return NatsConn(await NatsWire.open(self.port))
 
     async def watch(self, prefix: str, on_update: OnUpdate, resume: Any = None) -> Watcher:
-        _, js, kv = await self._shared()
-        watcher = NatsWatcher(on_update, resume)
-        if resume is None:
-            kv_watch = await kv.watch(f"{prefix}.>")
-            watcher.sub = kv_watch._sub
-
-            async def pump() -> None:
-                initial = True
-                async for entry in kv_watch:
-                    if entry is None:
-                        initial = False
-                        continue
-                    watcher.position = entry.revision
-                    on_update((entry.value,), initial)
-
-            watcher.task = asyncio.create_task(pump())
-            return watcher
-        from nats.js.api import ConsumerConfig, DeliverPolicy
-
-        async def on_msg(msg: Any) -> None:
-            watcher.position = msg.metadata.sequence.stream
-            on_update((msg.data,), False)
-
-        watcher.sub = await js.subscribe(
-            f"$KV.{NATS_BUCKET}.{prefix}.>", cb=on_msg, ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                                  opt_start_seq=resume + 1),
-        )
-        return watcher
-
-    async def close(self) -> None:
-        for nc, _, _ in self.shared:
-            await nc.close()
-        self.shared.clear()
-        self.watchers = 0
+        wire = await NatsWire.open(self.port)
+        try:
+            return await watch_nats(wire, prefix, on_update, resume, own=True)
+        except BaseException:
+            wire.close()
+            raise
 
 
 PEERS: dict[str, type[Peer]] = {"ooo": OooPeer, "etcd": EtcdPeer, "nats": NatsPeer}

@@ -254,8 +254,11 @@ def render(outcome: Outcome, *, command: str, when: str, machine: str) -> str:
         f"{outcome.seconds:.0f} s in all. Command: `{command}`.",
         "",
         "Each server is pinned to core 0 (`taskset -c 0`), each load generator (bench/peers_load.py, a new "
-        "process per measurement, raw HTTP/1.1 and websocket clients for ooo-storage and etcd, nats-py "
-        "for NATS) to core 1. Targets run interleaved (A B C, A B C, ...); cells are the median of the "
+        "process per measurement) to core 1. The generator speaks raw protocols (HTTP/1.1 + websocket for "
+        "ooo-storage, HTTP/1.1 for etcd's JSON gateway, the NATS text protocol sending exactly what "
+        "nats-py's KV sends; nats-py only creates the bucket), because with nats-py or aiohttp the "
+        "client would cost more per message than the servers and set the figures. "
+        "Targets run interleaved (A B C, A B C, ...); cells are the median of the "
         "repetitions with (min–max). Every value is the same 150 B JSON document. A repetition is "
         f"*contended* when other processes used more than {CONTENDED_TEXT} of the server's or the "
         "generator's core during its window (from /proc/stat minus the server's and generator's own "
@@ -280,9 +283,9 @@ def render(outcome: Outcome, *, command: str, when: str, machine: str) -> str:
         "### W3 prefix reads (8 clients)",
         "",
         "ooo-storage `GET /b1000/*` (newest first); etcd `/v3/kv/range` with the prefix's `range_end`; NATS: "
-        "a `kv.watch(\"b1000.>\")` snapshot (the values delivered before the end-of-initial-data marker, "
-        "one ephemeral ordered consumer per read; nats-py's `keys()` + one `get` per key is slower still). "
-        "Every item is decoded by the client.",
+        "the watch-all snapshot `kv.watch(\"b1000.>\")` makes (an ephemeral push consumer delivering the "
+        "last value of each key, read until pending = 0, then deleted; `keys()` + one `get` per key "
+        "would cost 1 000 round trips). Every item is decoded by the client.",
         "",
         _rate_tables(outcome, "W3", "lists", extra="items_rate"),
         "",
@@ -290,7 +293,9 @@ def render(outcome: Outcome, *, command: str, when: str, machine: str) -> str:
         "",
         "ooo-storage: N websocket subscribers of `fan/*` (one connection each); etcd: N `/v3/watch` "
         "gateway streams with a prefix range (one HTTP connection and one gRPC watch each); NATS: N "
-        "`kv.watch(\"fan.>\")` (an ordered push consumer each) over nats-py connections of 50 watchers. "
+        "`kv.watch(\"fan.>\")` consumers (an ephemeral push consumer each, no acks), one connection each. "
+        "NATS KV keeps history=1: a value overwritten before a lagging consumer reached it is skipped, so "
+        "NATS's *delivered %* below 100 is conflation, not loss. "
         "Latency is receive time minus the writer's CLOCK_MONOTONIC timestamp in the value (so it includes "
         "the write's commit); deliveries/s is what the watchers received divided by the time from the "
         "first write to the last delivery.",
