@@ -285,6 +285,8 @@ class ErasureStore:
     ) -> None:
         cfg = self.config
         assert cfg.write_quorum is not None
+        if self._executor is None:
+            raise StorageUnavailable("storage: erasure store is not open")
         # Replicas need as many copies as coded writes tolerate failures (n - quorum lost).
         required = max(1, len(shards) - (self.codec.n - cfg.write_quorum))
         loc = self._io.locate(key)

@@ -474,6 +474,8 @@ async def test_errors_are_typed(ec: ErasureStore) -> None:
     await ec.close()
     with pytest.raises(StorageUnavailable, match="not open"):
         await ec.get("x")
+    with pytest.raises(StorageUnavailable, match="not open"):
+        await ec.store("x", b"1")
     await ec.start()
 
 
