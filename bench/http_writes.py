@@ -1,6 +1,6 @@
 """HTTP write benchmark: POST point writes, ooo-storage vs a bare aiohttp handler doing the same put.
 
-    .venv/bin/python bench/http_writes.py [--connections 32] [--seconds 3] [--rounds 4] [--profile]
+    .venv/bin/python bench/http_writes.py [--connections 32] [--seconds 3] [--rounds 6] [--profile]
 
 The baseline is an aiohttp ``POST /{key}`` handler that puts the body into plyvel and answers
 ``{"index": ...}``; ours is ``create_app`` over a memory + LevelDB layered store (what
@@ -106,7 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--keys", type=int, default=1000)
     parser.add_argument("--profile", action="store_true", help="py-spy our server (bench/out/)")
     parser.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
