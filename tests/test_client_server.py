@@ -152,3 +152,14 @@ async def test_bearer_token_subscription(runner: ServerRunner) -> None:
     client = Client(runner.url, token="tok", options=FAST)
     async with client, client.subscribe("secure") as sub:
         assert await next_state(sub) == EMPTY
+
+
+async def test_heartbeat_pings_are_answered(runner: ServerRunner) -> None:
+    """With a short client heartbeat the connection survives several ping periods."""
+    options = ClientOptions(reconnect_initial=0.01, heartbeat=0.1)
+    async with Client(runner.url, options=options) as client, client.subscribe("beat") as sub:
+        assert await next_state(sub) == EMPTY
+        await asyncio.sleep(0.6)  # the duration under test: six heartbeats, each needing a pong
+        await client.set("beat", 1)
+        assert (await next_state(sub))["data"] == 1
+        assert sub.connections == 1
