@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -192,7 +193,7 @@ async def connect_subscribers(
     subscribers: list[Subscriber] = []
     for first in range(0, len(paths), batch):
         made = await asyncio.gather(*(
-            loop.create_connection(lambda p=path: Subscriber(HOST, port, p, counter), HOST, port)
+            loop.create_connection(partial(Subscriber, HOST, port, path, counter), HOST, port)
             for path in paths[first : first + batch]
         ))
         subscribers.extend(protocol for _, protocol in made)

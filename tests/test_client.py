@@ -33,12 +33,15 @@ def frame(data: Any, version: str, *, snapshot: bool) -> bytes:
     return orjson.dumps({"snapshot": snapshot, "version": version, "data": data})
 
 
+Script = Callable[[web.WebSocketResponse], Awaitable[None]]
+
+
 @dataclass
 class Fake:
     """Records every request; websocket connection number i runs ``scripts[i]``."""
 
     requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
-    scripts: list[Callable[[web.WebSocketResponse], Awaitable[None]]] = field(default_factory=list)
+    scripts: list[Script] = field(default_factory=list)
     reply: tuple[int, bytes, str] = (200, b'{"index":"1"}', "application/json")
     url: str = ""
 
@@ -75,7 +78,7 @@ async def hold(ws: web.WebSocketResponse) -> None:
         pass
 
 
-def send(*frames: bytes, then: Callable[[web.WebSocketResponse], Awaitable[Any]] | None = None):
+def send(*frames: bytes, then: Script | None = None) -> Script:
     async def script(ws: web.WebSocketResponse) -> None:
         for raw in frames:
             await ws.send_bytes(raw)
@@ -95,7 +98,7 @@ async def test_rest_calls(fake: Fake) -> None:
         assert await client.set("raw", b' {"pre":"encoded"} ') == "1"
         assert await client.set("text", "hello") == "1"
         fake.reply = (204, b"", "text/plain")
-        assert await client.delete("users/*") is None
+        await client.delete("users/*")
         fake.reply = (200, b'{"keys":["a","b"]}', "application/json")
         assert await client.keys() == ["a", "b"]
         fake.reply = (200, b'[{"created":1,"updated":0,"index":"1","path":"u/1","data":{}}]',
