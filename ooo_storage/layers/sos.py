@@ -50,7 +50,7 @@ import os
 import secrets
 import shutil
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal, TypeVar
 
 from ..errors import CorruptObject, StorageError, StorageUnavailable
@@ -706,63 +706,114 @@ def _corrupt(key: bytes | None, path: str, exc: _Bad) -> CorruptObject:
 class SOSLayer:
     """The Layer adapter (API.md) over a :class:`SimpleObjectStore`: each key holds its Object JSON.
 
-    A sorted key index (a :class:`MemoryLayer` used as a key set) is built at ``start`` and kept by
-    this process's writes, so ``keys``/``get_list``/glob deletes never walk the tree; see the module
-    docstring for what that means with several processes.
+    A sorted key index (a :class:`MemoryLayer` used as a key set) is kept by this process's writes,
+    so ``keys``/``get_list``/glob deletes never walk the tree; see the module docstring for what
+    that means with several processes. It is built by ``load_raw`` (the cold start of a ``Layered``
+    with a memory layer, which reads every record anyway) or else by the first call that needs it,
+    so no start walks the tree twice. Writes that land while it is being built are journaled and
+    applied on top of the walk, so none is lost whichever side of the walk it fell on.
     """
 
     def __init__(self, root: str | os.PathLike[str], **sos_options: Any) -> None:
         self.store = SimpleObjectStore(root, **sos_options)
-        self._index = MemoryLayer()
+        self._index: MemoryLayer | None = None
+        self._building: asyncio.Future[None] | None = None
+        self._journal: list[tuple[str, bool]] | None = None
 
     async def start(self) -> None:
         await self.store.start()
-        self._index.bulk_load(dict.fromkeys(await self.store.keys(), EMPTY))
 
     async def close(self) -> None:
         await self.store.close()
+        self._index = self._building = self._journal = None
 
+    # -- key index -----------------------------------------------------------------------------
+    async def _keys(self) -> MemoryLayer:
+        if self._index is None:
+            if self._building is None:
+                self._building = asyncio.ensure_future(self._build(self.store.keys()))
+            await asyncio.shield(self._building)
+        assert self._index is not None
+        return self._index
+
+    async def _build(self, walk: Awaitable[Iterable[str]]) -> None:
+        self._journal = []
+        try:
+            keys = await walk
+        except BaseException:
+            self._journal = self._building = None
+            raise
+        index = MemoryLayer()
+        index.bulk_load(dict.fromkeys(keys, EMPTY))
+        for key, present in self._journal:
+            _mark(index, key, present)
+        self._index, self._journal = index, None
+
+    def _note(self, key: str, present: bool) -> None:
+        if self._index is not None:
+            _mark(self._index, key, present)
+        elif self._journal is not None:
+            self._journal.append((key, present))
+        # else no index yet and no walk in flight: the future walk sees this write on disk
+
+    # -- Layer ---------------------------------------------------------------------------------
     async def get(self, key: str) -> Object | None:
         raw = await self.store.get(key)
         return None if raw is None else Object.from_json(raw)
 
     async def get_list(self, pattern: str) -> list[Object]:
-        keys = list(self._index.matching_keys(pattern))
+        keys = list((await self._keys()).matching_keys(pattern))
         raws = await self.store.mget(keys)
         out = []
         for key, raw in zip(keys, raws, strict=True):
             if raw is None:  # deleted by another process
-                self._index.delete(key)
+                self._note(key, False)
             else:
                 out.append(Object.from_json(raw))
         return out
 
     async def set(self, key: str, obj: Object) -> None:
         await self.store.store(key, obj.to_json())
-        self._index.set(key, EMPTY)
+        self._note(key, True)
 
     async def delete(self, key_or_glob: str) -> int:
         if has_glob(key_or_glob):
-            doomed = list(self._index.matching_keys(key_or_glob))
+            doomed = list((await self._keys()).matching_keys(key_or_glob))
             removed = await self.store.mdelete(doomed)
             for key in doomed:
-                self._index.delete(key)
+                self._note(key, False)
             return removed
         removed = await self.store.delete(key_or_glob)
-        self._index.delete(key_or_glob)
+        self._note(key_or_glob, False)
         return int(removed)
 
     async def keys(self) -> list[str]:
-        return self._index.keys()
+        return (await self._keys()).keys()
 
     async def clear(self) -> None:
+        if self._building is not None and not self._building.done():
+            await asyncio.shield(self._building)  # else the walk would restore cleared keys
         await self.store.clear()
-        self._index.clear()
+        self._index = MemoryLayer()
 
     async def load_raw(self) -> Mapping[str, bytes]:
-        raw = await self.store.load_all()
-        self._index.bulk_load(dict.fromkeys(raw, EMPTY))
-        return raw
+        loaded: dict[str, bytes] = {}
+
+        async def walk() -> Iterable[str]:
+            loaded.update(await self.store.load_all())
+            return loaded
+
+        self._index = None
+        self._building = asyncio.ensure_future(self._build(walk()))
+        await asyncio.shield(self._building)
+        return loaded
 
     async def load(self) -> dict[str, Object]:
         return {key: Object.from_json(value) for key, value in (await self.load_raw()).items()}
+
+
+def _mark(index: MemoryLayer, key: str, present: bool) -> None:
+    if present:
+        index.set(key, EMPTY)
+    else:
+        index.delete(key)

@@ -305,11 +305,12 @@ async def test_layer_protocol(tmp_path: Path) -> None:
 
 
 async def test_layer_index_and_other_processes_writes(tmp_path: Path) -> None:
-    """Another instance's writes are visible to ``get`` at once and to the index after restart."""
+    """Another instance's writes are visible to ``get`` at once, to the index after a restart."""
     a = SOSLayer(str(tmp_path / "sos"))
     b = SOSLayer(str(tmp_path / "sos"))
     await a.start()
     await b.start()
+    assert await a.keys() == []  # builds a's index
     await b.set("k/1", _obj("k/1", b"1"))
     assert await a.get("k/1") == _obj("k/1", b"1")
     assert await a.keys() == []  # documented: the index follows this instance's writes
@@ -405,3 +406,20 @@ async def test_rename_keeps_a_source_replaced_meanwhile(
     assert await sos.get("new") == b"original"
     assert await sos.get("old") == b"newer"
     await other.close()
+
+
+async def test_layer_index_journals_writes_during_its_build(tmp_path: Path) -> None:
+    """Writes that complete while the index walk runs are neither lost nor resurrected."""
+    layer = SOSLayer(str(tmp_path / "sos"))
+    await layer.start()
+    for i in range(50):
+        await layer.set(f"k/{i}", _obj(f"k/{i}", b"1"))
+    await layer.close()
+    await layer.start()
+    listing = asyncio.create_task(layer.keys())
+    await layer.set("k/new", _obj("k/new", b"2"))
+    await layer.delete("k/0")
+    keys = await listing
+    assert "k/0" not in await layer.keys() and "k/new" in await layer.keys()
+    assert len(keys) >= 49
+    await layer.close()
