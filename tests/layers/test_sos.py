@@ -408,18 +408,33 @@ async def test_rename_keeps_a_source_replaced_meanwhile(
     await other.close()
 
 
-async def test_layer_index_journals_writes_during_its_build(tmp_path: Path) -> None:
-    """Writes that complete while the index walk runs are neither lost nor resurrected."""
+async def test_layer_index_journals_writes_during_its_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes that complete after the index walk read the tree, but before the index is in place,
+    are applied on top of it: neither lost nor resurrected."""
     layer = SOSLayer(str(tmp_path / "sos"))
     await layer.start()
-    for i in range(50):
+    for i in range(5):
         await layer.set(f"k/{i}", _obj(f"k/{i}", b"1"))
     await layer.close()
     await layer.start()
+    walked, release = asyncio.Event(), asyncio.Event()
+    real_keys = layer.store.keys
+
+    async def slow_keys(prefix: str = "") -> list[str]:
+        found = await real_keys(prefix)
+        walked.set()
+        await release.wait()
+        return found
+
+    monkeypatch.setattr(layer.store, "keys", slow_keys)
     listing = asyncio.create_task(layer.keys())
+    await walked.wait()
     await layer.set("k/new", _obj("k/new", b"2"))
     await layer.delete("k/0")
-    keys = await listing
-    assert "k/0" not in await layer.keys() and "k/new" in await layer.keys()
-    assert len(keys) >= 49
+    release.set()
+    expected = ["k/1", "k/2", "k/3", "k/4", "k/new"]
+    assert await listing == expected
+    assert await layer.keys() == expected
     await layer.close()
