@@ -295,6 +295,8 @@ async def test_more_than_m_drives_removed_refuses_writes(drives: list[str]) -> N
             await ec.delete("big")
         with pytest.raises(StorageUnavailable):  # 3 shards left of 4 needed: never None
             await ec.get("big")
+        with pytest.raises(StorageUnavailable, match="more than 2 drives"):
+            await ec.get("never-written")  # absence can't be proven with half the drives gone
         for away, drive in zip(gone, (drives[0], drives[2], drives[4]), strict=True):
             os.rename(away, drive)
         await ec.flush()
@@ -424,6 +426,21 @@ async def test_incomplete_generation_falls_back_and_is_collected_after_grace(dri
         assert await ec.get("f") == value(1, BIG)
         assert (await ec.repair())["removed"] == 3
         assert len(all_shards(drives)) == N
+
+
+async def test_too_few_visible_shards_with_absent_drives_is_not_a_fallback(ec: ErasureStore) -> None:
+    """3 of 4 needed shards visible and a drive absent: the version may be committed, so the
+    read fails instead of falling back to an older generation (here: to "missing")."""
+    await ec.store("amb", value(1, BIG))
+    await ec.store("amb", value(2, BIG))
+    await ec.flush()
+    files = shard_files(ec, "amb")
+    missing = ec._io.drive_of(ec._io.locate("amb"), 0)
+    files[1].unlink()
+    files[2].unlink()
+    take_away(ec.drives[missing])
+    with pytest.raises(StorageUnavailable, match="too few drives"):
+        await ec.get("amb")
 
 
 async def test_quorum_k_plus_one(drives: list[str]) -> None:
