@@ -21,19 +21,24 @@ but the rename may be lost on power failure); ``"none"`` is Go SOS (no fsync). R
 object to a private temp name first (``read_mode="link"``), so a concurrent overwrite or delete by
 any process, even over NFS, cannot cut the read short; ``"direct"`` opens the file itself (local
 filesystems, where an open descriptor pins the inode). Every blocking step of one logical operation
-runs in one submission to the store's own bounded executor; writes of one key are serialised per
-process so they complete in the order they are acknowledged.
+runs in one submission to the store's own bounded worker pool (``_files.WorkerPool``); writes of
+one key are serialised per process so they complete in the order they are acknowledged.
 
 Known limits:
 
 * no ordering across processes: concurrent writers of one key get last-writer-wins by ``rename``;
 * ``rename``/``clone`` rewrite the record under the new key (the key is inside the record): a crash
   between publishing the new key and removing the old one leaves both;
+* ``get_and_delete`` is a destructive read: a caller killed after claiming the object loses it;
 * :class:`SOSLayer` watch events (through ``Layered``) cover only this process's writes; inotify could
-  add local-filesystem notifications, never NFS. Its key index is built at ``start`` and updated by
-  this process's writes: keys written or deleted by other processes appear after a restart, or
-  through :meth:`SimpleObjectStore.keys` / :meth:`SimpleObjectStore.list`, which walk the tree;
-* walking the tree is O(number of objects) (one header read per object);
+  add local-filesystem notifications, never NFS. Its key index is built once (cold start or first
+  use) and then updated by this process's writes only: keys written or deleted by other processes
+  appear in it after a restart (``get`` sees them at once), while :meth:`SimpleObjectStore.keys` /
+  :meth:`SimpleObjectStore.list` walk the tree and see every process;
+* walking the tree is O(number of objects) (one header read per object); listing checks each
+  header and slot, values are verified by ``get``/``check``/``scrub``;
+* ``get_into`` verifies the whole value before writing it, so it holds one value in memory
+  (``store_from`` with a synchronous reader streams);
 * NFS negative lookup caching can hide keys created by other clients for up to ``acdirmax`` seconds
   unless the share is mounted with ``lookupcache=positive``;
 * a failed directory fsync after the rename reports an error although the new value is already
@@ -333,7 +338,7 @@ class SimpleObjectStore:
     async def store_from(self, key: Key, reader: Any) -> None:
         """Store everything read from ``reader`` until EOF.
 
-        A synchronous binary reader (``read(n) -> bytes``) is streamed inside the one executor
+        A synchronous binary reader (``read(n) -> bytes``) is streamed inside the one pool
         call, so large values never sit in memory; an asynchronous one (``await read(n)``, e.g.
         ``asyncio.StreamReader``) is gathered on the event loop first, because each of its reads
         would otherwise cost a thread hop.
@@ -394,7 +399,7 @@ class SimpleObjectStore:
         return True
 
     async def mdelete(self, keys: Iterable[Key]) -> int:
-        """Remove several keys in one executor call; return how many existed. Not atomic."""
+        """Remove several keys in one pool call; return how many existed. Not atomic."""
         doomed = [encode_key(k) for k in keys]
         return await self._run("delete", "*", self._mdelete_sync, doomed)
 
@@ -551,7 +556,7 @@ class SimpleObjectStore:
         return True
 
     async def mget(self, keys: Iterable[Key]) -> list[bytes | None]:
-        """Values of several keys (None where missing) in one executor call."""
+        """Values of several keys (None where missing) in one pool call."""
         encoded = [encode_key(k) for k in keys]
         return await self._run("get", "*", self._mget_sync, encoded)
 
@@ -606,7 +611,7 @@ class SimpleObjectStore:
         return found
 
     async def load_all(self) -> dict[str, bytes]:
-        """Every key and verified value, in one executor call (cold start of :class:`SOSLayer`).
+        """Every key and verified value, in one pool call (cold start of :class:`SOSLayer`).
 
         Raises CorruptObject on the first damaged record: starting with a value silently missing
         would turn corruption into "not found"."""
