@@ -65,6 +65,7 @@ class ErasureConfig:
     scrub_interval: float | None = 24 * 3600.0  #: background full scrub period (None = never)
     retry_interval: float = 5.0  #: background repairer retry delay while a drive is unavailable
     repair_rate: float = 64e6  #: background repair budget in bytes per second
+    repair_iops: float = 500.0  #: background repair budget in shard files written per second
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.m < 1 or self.k + self.m > 255:
@@ -119,6 +120,7 @@ class ErasureStore:
         self._replaced: set[int] = set()  # new empty drives not yet fully rebuilt
         self._queue: dict[str, int] = {}  # key -> shard repairs known (>= 1 per degraded key)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._repairing: set[str] = set()  # keys with a read-triggered repair under way
         self._repairer: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._passes = 0  # background passes completed (see :meth:`flush`)
@@ -379,7 +381,8 @@ class ErasureStore:
         mode = self.config.repair
         if mode == "background" and self._wake is not None:
             self._wake.set()
-        elif mode == "read" and self._executor is not None:
+        elif mode == "read" and self._executor is not None and key not in self._repairing:
+            self._repairing.add(key)  # many readers of one degraded key start one repair
             self._spawn(self._repair_quietly(key))
 
     async def _repair_quietly(self, key: str) -> None:
@@ -387,6 +390,8 @@ class ErasureStore:
             await self._repair_key(key)
         except Exception:
             self._errors += 1
+        finally:
+            self._repairing.discard(key)
 
     async def _repair_key(self, key: str, fix: bool = True) -> KeyReport:
         """Check (and with ``fix`` rebuild) one key under its write lock; update the queue."""
@@ -510,10 +515,12 @@ class ErasureStore:
                 retry = frozenset(await self._guarded(self._run(self._io.probe)) or ()) != stalled
             for key in list(self._queue) if retry else ():
                 report = await self._guarded(self._repair_key(key))
-                if isinstance(report, KeyReport) and report.rebuilt_bytes:
+                if isinstance(report, KeyReport) and report.rebuilt:
                     # Rate limit: leave the drives to foreground traffic for as long as the
-                    # rebuilt bytes take at ``repair_rate``.
-                    await asyncio.sleep(report.rebuilt_bytes / cfg.repair_rate)
+                    # rebuilt shards are worth at ``repair_rate`` / ``repair_iops``.
+                    await asyncio.sleep(
+                        max(report.rebuilt_bytes / cfg.repair_rate, report.rebuilt / cfg.repair_iops)
+                    )
             if retry:
                 stalled = None
                 await self._guarded(self._forget_repaired())
