@@ -31,11 +31,13 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from adapters import _timed, fmt_row  # noqa: E402  (the SOS section's helpers: same table)
 
 from ooo_storage.layers.erasure import ErasureStore  # noqa: E402
 from ooo_storage.layers.erasure_codec import Codec, tune_malloc  # noqa: E402
@@ -89,16 +91,6 @@ def raw_run(base: Path, value: bytes, n: int) -> tuple[float, float]:
 
 
 # -- the store ---------------------------------------------------------------------------------
-async def _timed(ops: list[Callable[[], Awaitable[Any]]], inflight: int) -> float:
-    async def lane(j: int) -> None:
-        for op in ops[j::inflight]:
-            await op()
-
-    t = time.perf_counter()
-    await asyncio.gather(*(lane(j) for j in range(inflight)))
-    return time.perf_counter() - t
-
-
 def ec_run(base: Path, value: bytes, n: int, v: Variant) -> tuple[float, float, float]:
     """Seconds for ``n`` sets, ``n`` gets and (if asked) ``n`` degraded gets of one variant."""
 
@@ -140,11 +132,6 @@ def measure(base: Path, nbytes: int, n: int, rounds: int) -> dict[str, list[floa
             old = best.setdefault(label, [float("inf")] * 3)
             best[label] = [min(a, b) for a, b in zip(old, times, strict=True)]
     return best
-
-
-def fmt_row(size: str, op: str, label: str, n: int, seconds: float, nbytes: int, ref: float) -> str:
-    ops = n / seconds
-    return f"| {size} | {op} | {label} | {ops:,.0f} | {ops * nbytes / 1e6:,.1f} | {ref / seconds:.2f}x |"
 
 
 def main() -> None:
