@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -219,14 +219,7 @@ class ErasureStore:
 
     async def keys(self, prefix: str = "") -> list[str]:
         """Keys of this store in ascending order (from the index)."""
-        if not prefix:
-            return list(self._index)
-        out = []
-        for key in self._index.irange(minimum=prefix):
-            if not key.startswith(prefix):
-                break
-            out.append(key)
-        return out
+        return list(self._with_prefix(prefix))
 
     async def list(self, pattern: str) -> list[str]:
         """Keys matching the glob ``pattern`` of PROTOCOL §1.3, ascending."""
@@ -234,14 +227,13 @@ class ErasureStore:
 
     def matching(self, pattern: str) -> list[str]:
         """Synchronous :meth:`list` (the index is in memory)."""
-        prefix = glob_prefix(pattern)
-        out = []
+        return [key for key in self._with_prefix(glob_prefix(pattern)) if match(pattern, key)]
+
+    def _with_prefix(self, prefix: str) -> Iterator[str]:
         for key in self._index.irange(minimum=prefix):
             if not key.startswith(prefix):
                 break
-            if match(pattern, key):
-                out.append(key)
-        return out
+            yield key
 
     async def check(self, key: str) -> str:
         """``"ok"`` (readable, maybe degraded) | ``"corrupted"`` | ``"missing"``, every shard verified."""
