@@ -18,7 +18,7 @@ import errno
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -682,5 +682,3 @@ def _rmdir_quiet(path: str) -> None:
     with contextlib.suppress(OSError):
         os.rmdir(path)
 
-
-ProgressFn = Callable[[int, int], None]
