@@ -295,19 +295,26 @@ class DriveSet:
         """GC after a committed write: remove every older generation of the key on every drive.
 
         With ``drop_tombstone`` (a delete acknowledged by all n drives) the tombstone itself and
-        the key directories go too: no drive can hold an older version left to resurrect.
+        the key directories go too, but only after every older shard is gone from every drive:
+        a crash in between must never leave an old replica without a tombstone hiding it.
         """
         removed = 0
+        clean = True
         for path in self.paths:
             kdir = key_dir(path, loc.fanout)
             for name in _listdir(kdir):
                 parsed = parse_shard_name(name)
-                if parsed is None:
-                    continue
-                if parsed[0] < generation or (drop_tombstone and parsed[0] == generation):
-                    removed += _unlink(os.path.join(kdir, name))
-            if drop_tombstone:
-                _rmdir_quiet(kdir)
+                if parsed is not None and parsed[0] < generation:
+                    gone = _unlink(os.path.join(kdir, name))
+                    removed += gone
+                    clean = clean and bool(gone)
+        if not drop_tombstone or not clean:
+            return removed
+        for path in self.paths:
+            kdir = key_dir(path, loc.fanout)
+            for index in range(self.n):
+                removed += _unlink(os.path.join(kdir, shard_name(generation, index)))
+            _rmdir_quiet(kdir)
         return removed
 
     # -- check / repair ----------------------------------------------------------------------
