@@ -90,6 +90,12 @@ class ErasureStore:
     Within one process, writes of one key are serialised and ordered; across processes the newest
     generation wins (last writer wins). ``keys()``/``list()`` use an index built at start and
     kept up to date by this process's writes.
+
+    Known limits: keys written by other processes after :meth:`start` are readable with
+    :meth:`get` but missing from ``keys()`` until a restart; a glob delete of the Layer adapter
+    is key by key, not atomic; a drive swapped with another one *while running* is only noticed
+    at the next start (writes check a drive's ``.tmp``, not its marker); :func:`tune_malloc`
+    changes glibc's thresholds for the whole process.
     """
 
     name = "erasure"
