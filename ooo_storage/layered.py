@@ -82,25 +82,18 @@ _ORDER = attrgetter("created", "path")
 
 def encode_data(data: Any) -> bytes:
     """Compact JSON bytes for a data argument: JSON text (bytes/str) or any orjson-serialisable value."""
-    cls = data.__class__
-    if cls is bytes or cls is str or isinstance(data, bytes | bytearray | memoryview | str):
+    if isinstance(data, bytes | bytearray | memoryview | str):
         if not data:
             raise InvalidData()
         try:
-            value = orjson.loads(data)
+            # Re-encoding is cheaper than checking whether the text is already compact.
+            return orjson.dumps(orjson.loads(data))
         except orjson.JSONDecodeError as exc:
             raise InvalidData(f"storage: invalid data (not JSON: {exc})") from None
-        if cls is bytes and not _has_whitespace(data):
-            return data  # valid JSON with no whitespace byte anywhere is already compact
-        return orjson.dumps(value)
     try:
         return orjson.dumps(data)
     except TypeError as exc:
         raise InvalidData(f"storage: invalid data (not JSON serialisable: {exc})") from None
-
-
-def _has_whitespace(data: bytes) -> bool:
-    return b" " in data or b"\n" in data or b"\t" in data or b"\r" in data
 
 
 def _is_async(layer: Any, name: str) -> bool:
@@ -426,7 +419,8 @@ class Layered:
             finally:
                 if not locked:
                     self._locks.release(key)
-        await self._finish(key, waiter)
+        if waiter is not None or self.options.after_write is not None:
+            await self._finish(key, waiter)
         return obj.index
 
     @staticmethod

@@ -42,19 +42,18 @@ class Object(NamedTuple):
 
     def to_json(self) -> bytes:
         """The exact object bytes of PROTOCOL.md §2.1 (``path`` omitted when empty)."""
-        if self.path:
-            return b'{"created":%d,"updated":%d,"index":%b,"path":%b,"data":%b}' % (
-                self.created,
-                self.updated,
-                _jstr(self.index),
-                _jstr(self.path),
-                self.data,
-            )
-        return b'{"created":%d,"updated":%d,"index":%b,"data":%b}' % (
-            self.created,
-            self.updated,
-            _jstr(self.index),
-            self.data,
+        index, path = self.index, self.path
+        if _needs_escape(index) or _needs_escape(path):
+            return self._to_json_escaped()
+        stamps = f'{{"created":{self.created},"updated":{self.updated},"index":"{index}"'
+        head = f'{stamps},"path":"{path}","data":' if path else f'{stamps},"data":'
+        return b"%b%b}" % (head.encode(), self.data)
+
+    def _to_json_escaped(self) -> bytes:
+        # Only objects built by hand can get here: keys in the store are [A-Za-z0-9*/._-].
+        path = b',"path":%b' % orjson.dumps(self.path) if self.path else b""
+        return b'{"created":%d,"updated":%d,"index":%b%b,"data":%b}' % (
+            self.created, self.updated, orjson.dumps(self.index), path, self.data,
         )
 
     @classmethod
@@ -90,11 +89,9 @@ class Object(NamedTuple):
 EMPTY = Object(0, 0, "", "", b"{}")
 
 
-def _jstr(s: str) -> bytes:
-    # Keys are restricted to [A-Za-z0-9*/._-]; anything else (never produced by the store) is escaped.
-    if s.isascii() and '"' not in s and "\\" not in s:
-        return b'"%b"' % s.encode()
-    return orjson.dumps(s)
+def _needs_escape(s: str) -> bool:
+    # Keys in the store never need JSON escaping; hand-built objects might. Non-ASCII is fine raw.
+    return '"' in s or "\\" in s or not s.isprintable()
 
 
 def _parse_own(raw: bytes) -> Object:

@@ -131,7 +131,10 @@ class LevelDBLayer:
     def set(self, key: str, obj: Object) -> Awaitable[None] | None:
         if self.sync:
             return self._commit([(key.encode(), obj.to_json())])
-        self.db.put(key.encode(), obj.to_json())
+        db = self._db
+        if db is None:
+            raise StorageUnavailable(f"storage: database {self.path} is not open")
+        db.put(key.encode(), obj.to_json())
         return None
 
     def delete(self, key_or_glob: str) -> int | Awaitable[int]:
