@@ -1,25 +1,30 @@
-"""One websocket subscriber: a bounded outbox drained by its own writer task, and keepalive.
+"""One websocket subscriber: a bounded outbox and keepalive, with no task of its own.
 
-Broadcasting never awaits: :meth:`Connection.send` appends the (shared) frame bytes to the outbox
-and wakes the writer. A subscriber that cannot keep up is dropped when its outbox exceeds its byte
-budget, or when one write takes longer than ``write_timeout``; the others never wait for it.
+A pool builds each websocket frame ONCE (header included: server frames are unmasked, so the
+bytes are the same for every subscriber) and :meth:`Connection.send` writes them straight to the
+socket's transport. The transport's write buffer *is* the outbox: when a subscriber does not read,
+the kernel buffers fill, then the transport buffer grows, and once it would exceed
+``outbox_bytes`` the subscriber is dropped (close code 1008). Nobody ever awaits a subscriber, so a
+slow one never delays the others or the store. A subscriber whose buffer makes no progress for
+``write_timeout`` seconds is dropped too (1011).
+
+aiohttp's own writes (pongs, the close frame) are synchronous ``transport.write`` calls of whole
+frames as well, so frames never interleave mid-frame.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, web
 
 from .config import ServerConfig
+from .frames import PING_FRAME
 
 log = logging.getLogger("ooo_storage.server")
-
-_PING: Any = object()  # outbox marker: send a ping (control frames go through the writer too)
 
 
 class Connection:
@@ -33,12 +38,13 @@ class Connection:
         "closed",
         "close_reason",
         "last_seen",
-        "_outbox",
-        "_queued",
-        "_wake",
-        "_writer",
-        "_timer",
+        "_transport",
+        "_written",
+        "_flushed_at_check",
+        "_ping_timer",
+        "_write_timer",
         "_on_slow",
+        "_closing",
     )
 
     def __init__(
@@ -54,122 +60,113 @@ class Connection:
         self.pool: Any = None
         self.closed = False
         self.close_reason = ""
-        self._outbox: deque[bytes] = deque()
-        self._queued = 0
-        self._wake: asyncio.Future[None] | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._on_slow = on_slow
         self.last_seen = asyncio.get_running_loop().time()
+        self._transport: asyncio.Transport | None = request.transport  # type: ignore[assignment]
+        self._written = 0  # bytes handed to the transport
+        self._flushed_at_check = -1
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._on_slow = on_slow
+        self._closing: asyncio.Task[None] | None = None
 
     @property
     def queued_bytes(self) -> int:
-        return self._queued
+        transport = self._transport
+        return 0 if transport is None else transport.get_write_buffer_size()
 
-    # -- producing (synchronous: called from the broadcast path) -------------------------------
+    # -- sending (synchronous: called from the broadcast path) ----------------------------------
     def send(self, frame: bytes) -> None:
-        """Queue ``frame``; drop the connection if its outbox would exceed its budget."""
+        """Write one complete websocket frame; drop the connection if its outbox is full."""
         if self.closed:
             return
-        self._queued += len(frame)
-        if self._queued > self.config.outbox_bytes:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self.drop(WSCloseCode.GOING_AWAY, "connection lost")
+            return
+        if transport.get_write_buffer_size() + len(frame) > self.config.outbox_bytes:
             if self._on_slow is not None:
                 self._on_slow(self)
             self.drop(WSCloseCode.POLICY_VIOLATION, "slow consumer: outbox full")
             return
-        self._enqueue(frame)
+        transport.write(frame)
+        self._written += len(frame)
+        if self._write_timer is None and transport.get_write_buffer_size():
+            self._write_timer = asyncio.get_running_loop().call_later(
+                self.config.write_timeout, self._check_progress
+            )
 
-    def _enqueue(self, item: bytes) -> None:
-        self._outbox.append(item)
-        wake = self._wake
-        if wake is not None:
-            self._wake = None
-            if not wake.done():
-                wake.set_result(None)
+    def _check_progress(self) -> None:
+        self._write_timer = None
+        if self.closed:
+            return
+        pending = self.queued_bytes
+        if not pending:
+            self._flushed_at_check = -1
+            return
+        flushed = self._written - pending
+        if flushed == self._flushed_at_check:
+            self.drop(WSCloseCode.INTERNAL_ERROR, "write timeout")
+            return
+        self._flushed_at_check = flushed
+        self._write_timer = asyncio.get_running_loop().call_later(
+            self.config.write_timeout, self._check_progress
+        )
 
-    # -- lifecycle ----------------------------------------------------------------------------
+    # -- keepalive ------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start writing (frames queued before this are sent first) and the keepalive timer."""
-        self._writer = asyncio.create_task(self._write_loop())
-        self._schedule_keepalive(self.config.ping_interval)
+        """Start the keepalive (ping every ``ping_interval``, drop after ``pong_timeout``)."""
+        self._ping_timer = asyncio.get_running_loop().call_later(
+            self.config.ping_interval, self._keepalive
+        )
 
     def seen(self) -> None:
         """The peer sent something (any frame proves it alive, a pong included)."""
         self.last_seen = asyncio.get_running_loop().time()
 
-    def _schedule_keepalive(self, delay: float) -> None:
-        self._timer = asyncio.get_running_loop().call_later(delay, self._keepalive)
-
     def _keepalive(self) -> None:
         if self.closed:
             return
         cfg = self.config
-        silent = asyncio.get_running_loop().time() - self.last_seen
+        loop = asyncio.get_running_loop()
+        silent = loop.time() - self.last_seen
         if silent >= cfg.pong_timeout:
             self.drop(WSCloseCode.POLICY_VIOLATION, "pong timeout")
             return
-        self._enqueue(_PING)
-        self._schedule_keepalive(min(cfg.ping_interval, cfg.pong_timeout - silent))
+        self.send(PING_FRAME)
+        self._ping_timer = loop.call_later(
+            min(cfg.ping_interval, cfg.pong_timeout - silent), self._keepalive
+        )
 
-    async def _write_loop(self) -> None:
-        ws, outbox, timeout = self.ws, self._outbox, self.config.write_timeout
-        loop = asyncio.get_running_loop()
-        try:
-            while not self.closed:
-                if not outbox:
-                    self._wake = loop.create_future()
-                    await self._wake
-                    continue
-                frame = outbox.popleft()
-                async with asyncio.timeout(timeout):
-                    if frame is _PING:
-                        await ws.ping()
-                    else:
-                        self._queued -= len(frame)
-                        await ws.send_bytes(frame)
-        except TimeoutError:
-            self.drop(WSCloseCode.INTERNAL_ERROR, "write timeout")
-        except (ConnectionError, RuntimeError) as exc:
-            # The peer went away mid-write; the reader side notices and cleans up.
-            self.drop(WSCloseCode.GOING_AWAY, f"write failed: {exc}")
-
+    # -- closing --------------------------------------------------------------------------------
     def drop(self, code: int, reason: str) -> None:
-        """Stop sending and close the socket (aborting it if the close handshake stalls)."""
+        """Stop sending and close the socket in the background (aborting a stalled handshake)."""
         if self.closed:
             return
+        self._stop(reason)
+        self._closing = asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    def _stop(self, reason: str) -> None:
         self.closed = True
         self.close_reason = reason
-        self._outbox.clear()
-        self._queued = 0
-        if self._timer is not None:
-            self._timer.cancel()
-        writer = self._writer
-        if writer is not None and writer is not asyncio.current_task():
-            writer.cancel()
-        asyncio.get_running_loop().create_task(self._close(code, reason))
+        for timer in (self._ping_timer, self._write_timer):
+            if timer is not None:
+                timer.cancel()
 
     async def close(self, code: int = WSCloseCode.GOING_AWAY, reason: str = "server shutdown") -> None:
-        """Close for good (e.g. on shutdown) and wait for it."""
+        """Close (e.g. on shutdown or when the handler ends) and wait until it is done."""
         if not self.closed:
-            self.closed = True
-            self.close_reason = reason
-            if self._timer is not None:
-                self._timer.cancel()
-            if self._writer is not None:
-                self._writer.cancel()
-        await self._close(code, reason)
+            self._stop(reason)
+            await self._close(code, reason)
+        elif self._closing is not None:
+            await asyncio.gather(self._closing, return_exceptions=True)
 
     async def _close(self, code: int, reason: str) -> None:
         try:
             async with asyncio.timeout(self.config.close_timeout):
                 await self.ws.close(code=code, message=reason.encode()[:120])
         except (TimeoutError, ConnectionError, RuntimeError):
-            transport = self.request.transport
+            transport = self._transport
             if transport is not None:
                 transport.abort()
-        except Exception:  # a close must never raise into the broadcast path
+        except Exception:  # closing must never raise into the broadcast path
             log.debug("close failed", exc_info=True)
-
-    async def wait_writer(self) -> None:
-        if self._writer is not None:
-            await asyncio.gather(self._writer, return_exceptions=True)

@@ -1,10 +1,19 @@
-"""The websocket data frame (PROTOCOL.md §5.2): ``{"snapshot":..,"version":"<hex>","data":..}``."""
+"""Frames on the wire (PROTOCOL.md §5.2).
+
+:func:`encode_frame` gives the payload ``{"snapshot":..,"version":"<hex>","data":..}``;
+:func:`ws_binary` wraps a payload into a complete RFC 6455 binary frame. Server frames are never
+masked, so one frame's bytes can be written as they are to every subscriber of a pool.
+"""
 
 from __future__ import annotations
 
+import struct
+
+PING_FRAME = b"\x89\x00"  # FIN + ping, empty payload
+
 
 def encode_frame(snapshot: bool, version: int, data: bytes) -> bytes:
-    """The exact payload bytes of one frame; ``data`` is already compact JSON."""
+    """The exact payload bytes of one data frame; ``data`` is already compact JSON."""
     return b'{"snapshot":%b,"version":"%x","data":%b}' % (
         b"true" if snapshot else b"false",
         version,
@@ -12,8 +21,20 @@ def encode_frame(snapshot: bool, version: int, data: bytes) -> bytes:
     )
 
 
+def ws_binary(payload: bytes) -> bytes:
+    """``payload`` as one unmasked, unfragmented websocket binary frame."""
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x82, size)
+    elif size < 65536:
+        header = struct.pack("!BBH", 0x82, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x82, 127, size)
+    return header + payload
+
+
 def parse_version(text: str | None) -> int | None:
-    """The ``?v=`` query value as an int (None when absent or not lowercase/uppercase hex)."""
+    """The ``?v=`` query value as an int (None when absent or not hex)."""
     if not text:
         return None
     try:

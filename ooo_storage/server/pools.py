@@ -31,7 +31,7 @@ from ..meta import Event, Object
 from .config import ServerConfig
 from .connection import Connection
 from .filters import Filters
-from .frames import encode_frame
+from .frames import encode_frame, ws_binary
 from .state import SNAPSHOT, ListState, ObjectState
 
 log = logging.getLogger("ooo_storage.server")
@@ -81,7 +81,7 @@ class Pool:
     def snapshot_frame(self) -> bytes:
         """The current state as a snapshot frame (built once per version)."""
         if self._snapshot is None:
-            self._snapshot = encode_frame(True, self.version, self.state.data())
+            self._snapshot = ws_binary(encode_frame(True, self.version, self.state.data()))
         return self._snapshot
 
     def feed(self, event: Event) -> None:
@@ -98,7 +98,7 @@ class Pool:
         if change is SNAPSHOT or self.no_patch:
             frame = self.snapshot_frame()
         else:
-            frame = encode_frame(False, self.version, orjson.dumps(change))
+            frame = ws_binary(encode_frame(False, self.version, orjson.dumps(change)))
         for conn in list(self.members):
             conn.send(frame)
 

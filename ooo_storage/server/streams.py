@@ -16,7 +16,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from ..meta import now
 from .connection import Connection
 from .errors import HTTPFailure, status_of
-from .frames import parse_version
+from .frames import parse_version, ws_binary
 from .rest import check_key
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def origin_allowed(request: web.Request, allowed: tuple[str, ...] | list[str]) -
 
 
 def clock_frame() -> bytes:
-    return str(now()).encode()
+    return ws_binary(str(now()).encode())
 
 
 async def _open(server: Server, request: web.Request) -> Connection:
@@ -100,7 +100,6 @@ async def subscribe(server: Server, request: web.Request, key: str) -> web.Strea
     finally:
         pools.leave(conn)
         await conn.close(WSCloseCode.OK, "")
-        await conn.wait_writer()
         if joined:
             await server.unsubscribed(key)
     return conn.ws
@@ -116,5 +115,4 @@ async def clock(server: Server, request: web.Request) -> web.StreamResponse:
     finally:
         server.clocks.discard(conn)
         await conn.close(WSCloseCode.OK, "")
-        await conn.wait_writer()
     return conn.ws

@@ -26,7 +26,7 @@ async def make_live(tmp_path: Path) -> AsyncIterator[LiveFactory]:
         server = Server(store, **{"shutdown_timeout": 1.0, **options})
         runner = ServerRunner(store, "127.0.0.1", 0, server=server)
         await runner.start()
-        session = aiohttp.ClientSession()
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         opened.append((store, runner, session))
         return Live(store, server, runner, session)
 

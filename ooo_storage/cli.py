@@ -1,0 +1,140 @@
+"""``ooo-storage`` command line: ``serve`` here, plus the subcommands other modules register.
+
+::
+
+    ooo-storage serve [--host 127.0.0.1] [--port 8800] [--data ./data] [--memory-only] [--static]
+                      [--max-body-bytes N] [--allowed-origin ORIGIN ...] [--no-patch]
+                      [--log-level info]
+
+``serve`` runs until SIGINT or SIGTERM, then stops listening, closes every websocket with 1001,
+lets in-flight requests finish and closes the store (LevelDB included). Modules that exist
+(``ooo_storage.client_cli``, ``ooo_storage.layers.erasure_cli``) add their own subcommands through
+``add_parsers(subparsers)``; every subcommand sets ``func(args) -> exit status``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import importlib.util
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+log = logging.getLogger("ooo_storage")
+
+PLUGINS = ("ooo_storage.client_cli", "ooo_storage.layers.erasure_cli")
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ooo-storage", description="Layered key/value store with live JSON-patch streams."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_serve(subparsers)
+    for name in PLUGINS:
+        if _module_exists(name):
+            importlib.import_module(name).add_parsers(subparsers)
+    return parser
+
+
+def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    summary = "serve the store over HTTP and websockets"
+    serve = subparsers.add_parser("serve", help=summary, description=summary)
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8800, help="port (default 8800; 0 = any free)")
+    serve.add_argument("--data", default="./data", help="LevelDB directory (default ./data)")
+    serve.add_argument("--memory-only", action="store_true", help="keep nothing on disk")
+    serve.add_argument("--static", action="store_true", help="refuse every route without a matching filter")
+    serve.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=10 * 1024 * 1024,
+        metavar="N",
+        help="largest POST/PATCH body (default 10 MiB)",
+    )
+    serve.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        dest="allowed_origins",
+        help="websocket Origin to accept (repeatable; default: any)",
+    )
+    serve.add_argument("--no-patch", action="store_true", help="send snapshots instead of patches")
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="logging level (default info)",
+    )
+    serve.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(_serve(args))
+    except KeyboardInterrupt:  # a second Ctrl-C while shutting down
+        return 130
+    except OSError as exc:  # port in use, unreadable data directory...
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from .layered import Layered
+    from .layers import LevelDBLayer, MemoryLayer
+    from .server import serve
+
+    embedded = None if args.memory_only else LevelDBLayer(args.data)
+    store = Layered(memory=MemoryLayer(), embedded=embedded)
+    await store.start()
+    try:
+        await serve(
+            store,
+            args.host,
+            args.port,
+            static=args.static,
+            no_patch=args.no_patch,
+            max_body_bytes=args.max_body_bytes,
+            allowed_origins=tuple(args.allowed_origins),
+            ready=lambda port: log.info(
+                "ooo-storage %s serving on http://%s:%d (%s)",
+                __version__,
+                args.host,
+                port,
+                "memory only" if args.memory_only else f"LevelDB at {args.data}",
+            ),
+        )
+    finally:
+        await store.close()
+        log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return int(func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

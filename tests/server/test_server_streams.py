@@ -1,0 +1,277 @@
+"""Websocket streams (PROTOCOL.md §5) with real clients; patches applied with ``jsonpatch``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import aiohttp
+import jsonpatch
+import orjson
+import pytest
+from server_live import Live, LiveFactory, next_frame, no_frame
+
+
+class Follower:
+    """Keeps a subscriber's state the way a client does: snapshots replace, patches apply."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.state: Any = None
+        self.version = ""
+        self.frames: list[dict[str, Any]] = []
+
+    async def step(self, timeout: float = 5.0) -> dict[str, Any]:
+        frame = await next_frame(self.ws, timeout)
+        self.frames.append(frame)
+        if frame["snapshot"]:
+            self.state = frame["data"]
+        else:
+            self.state = jsonpatch.JsonPatch(frame["data"]).apply(self.state, in_place=True)
+        self.version = frame["version"]
+        return frame
+
+    async def until(self, expected: Any, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while self.state != expected:
+                await self.step(timeout)
+
+
+EMPTY = {"created": 0, "updated": 0, "index": "", "data": {}}
+
+
+async def test_single_key_lifecycle(live: Live) -> None:
+    f = Follower(await live.ws("users/1"))
+    first = await f.step()
+    assert first["snapshot"] is True and f.state == EMPTY
+    assert int(first["version"], 16) == live.store.revision
+
+    await live.request("POST", "users/1", {"name": "ada", "age": 3})
+    created = await f.step()
+    assert created["snapshot"] is True
+    assert f.state == await live.get("users/1")
+
+    await live.request("POST", "users/1", {"name": "bob", "age": 3})
+    patched = await f.step()
+    assert patched["snapshot"] is False
+    ops = {op["path"]: op["op"] for op in patched["data"]}
+    assert ops == {"/updated": "replace", "/data/name": "replace"}
+    assert f.state == await live.get("users/1")
+
+    await live.request("PATCH", "users/1", {"age": 4})
+    await f.step()
+    assert f.state == await live.get("users/1")
+
+    await live.request("POST", "users/2", 1)  # unrelated: no frame, version unchanged
+    await live.request("DELETE", "users/1")
+    deleted = await f.step()
+    assert deleted["snapshot"] is False and f.state == EMPTY
+    versions = [int(fr["version"], 16) for fr in f.frames]
+    assert versions == sorted(set(versions))
+    await no_frame(f.ws)
+
+
+async def test_frames_are_binary_with_exact_envelope(live: Live) -> None:
+    ws = await live.ws("k")
+    msg = await ws.receive(timeout=5)
+    assert msg.type is aiohttp.WSMsgType.BINARY
+    assert msg.data == (
+        b'{"snapshot":true,"version":"%x","data":{"created":0,"updated":0,"index":"","data":{}}}'
+        % live.store.revision
+    )
+    await live.request("POST", "k", {"a": 1})
+    msg = await ws.receive(timeout=5)
+    assert msg.type is aiohttp.WSMsgType.BINARY
+    assert msg.data.startswith(b'{"snapshot":true,"version":"')
+
+
+async def test_list_lifecycle(live: Live) -> None:
+    f = Follower(await live.ws("logs/*"))
+    assert (await f.step())["data"] == []
+    indexes = []
+    for i in range(4):
+        _, body = await live.request("POST", "logs/*", {"i": i})
+        indexes.append(orjson.loads(body)["index"])
+        frame = await f.step()
+        assert frame["data"][0]["op"] == "add" and frame["data"][0]["path"] == "/0"
+    assert f.state == await live.get("logs/*")
+
+    await live.request("POST", f"logs/{indexes[1]}", {"i": 10})
+    frame = await f.step()
+    assert frame["data"][0]["op"] == "replace" and frame["data"][0]["path"] == "/2"
+    assert f.state == await live.get("logs/*")
+
+    await live.request("DELETE", f"logs/{indexes[2]}")
+    frame = await f.step()
+    assert frame["data"] == [{"op": "remove", "path": "/1"}]
+    assert f.state == await live.get("logs/*")
+
+    # A late joiner gets the pool's list in the same order.
+    late = Follower(await live.ws("logs/*"))
+    await late.step()
+    assert late.state == f.state
+
+    await live.request("DELETE", "logs/*")
+    frame = await f.step()
+    assert frame == {"snapshot": True, "version": frame["version"], "data": []}
+    await no_frame(f.ws)
+    await late.until([])
+    await no_frame(late.ws)
+
+
+async def test_nested_globs(live: Live) -> None:
+    f = Follower(await live.ws("box/*/things/*"))
+    await f.step()
+    await live.request("POST", "box/1/things/a", 1)
+    await live.request("POST", "box/1/other/a", 2)  # not matching
+    await live.request("POST", "box/2/things/b", 3)
+    await live.request("POST", "box/2/things", 4)  # fewer segments
+    await f.until(await live.get("box/*/things/*"))
+    assert sorted(o["data"] for o in f.state) == [1, 3]
+    await live.request("DELETE", "box/1/things/a")
+    await f.until(await live.get("box/*/things/*"))
+    assert [o["data"] for o in f.state] == [3]
+
+
+async def test_version_resume_skips_initial_frame(live: Live) -> None:
+    await live.request("POST", "r/1", 1)
+    f = Follower(await live.ws("r/*"))
+    await f.step()
+    version = f.version
+    await live.request("POST", "other", 1)  # unrelated write
+    resumed = await live.ws(f"r/*?v={version}")
+    await no_frame(resumed)
+    await live.request("POST", "r/2", 2)
+    frame = await next_frame(resumed)
+    assert frame["snapshot"] is False and int(frame["version"], 16) > int(version, 16)
+    stale = await live.ws("r/*?v=1")
+    assert (await next_frame(stale))["snapshot"] is True
+
+
+async def test_single_key_resume(live: Live) -> None:
+    f = Follower(await live.ws("solo"))
+    await f.step()
+    again = await live.ws(f"solo?v={f.version}")
+    await no_frame(again)
+
+
+async def test_many_subscribers_converge(live: Live) -> None:
+    n_subs, n_writes = 1000, 200
+    sockets = await asyncio.gather(*(live.ws("many/*") for _ in range(n_subs)))
+    followers = [Follower(ws) for ws in sockets]
+    await asyncio.gather(*(f.step() for f in followers))
+
+    async def write(i: int) -> None:
+        if i % 5 == 0:
+            await live.request("POST", "many/*", {"i": i})
+        else:
+            await live.request("POST", f"many/{i % 37}", {"i": i})
+
+    await asyncio.gather(*(write(i) for i in range(n_writes)))
+    expected = await live.get("many/*")
+    await asyncio.gather(*(f.until(expected, timeout=60) for f in followers))
+    state = orjson.loads((await live.request("GET", "?api=state"))[1])
+    assert state["pools"][0]["connections"] == n_subs
+    assert state["slowDisconnects"] == 0
+    await asyncio.gather(*(ws.close() for ws in sockets))
+
+
+async def test_join_during_writes_is_consistent(live: Live) -> None:
+    """Subscribers joining while writes stream in never miss or duplicate an event."""
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            await live.request("POST", f"race/{i % 20}", {"i": i})
+            i += 1
+
+    task = asyncio.create_task(writer())
+    followers = []
+    for _ in range(20):
+        followers.append(Follower(await live.ws("race/*")))
+        await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    expected = await live.get("race/*")
+    await asyncio.gather(*(f.until(expected) for f in followers))
+
+
+async def test_no_patch_mode(make_live: LiveFactory) -> None:
+    live = await make_live(no_patch=True)
+    f = Follower(await live.ws("np/*"))
+    await f.step()
+    await live.request("POST", "np/1", 1)
+    await live.request("POST", "np/1", 2)
+    for _ in range(2):
+        assert (await f.step())["snapshot"] is True
+    assert f.state == await live.get("np/*")
+
+
+async def test_clock_stream(make_live: LiveFactory) -> None:
+    live = await make_live(tick=0.05)
+    async with live.http.ws_connect(live.ws_base + "/") as ws:
+        first = await ws.receive(timeout=5)
+        second = await ws.receive(timeout=5)
+        assert first.type is second.type is aiohttp.WSMsgType.BINARY
+        assert int(second.data) > int(first.data) > 0
+
+
+async def test_handshake_rejections(make_live: LiveFactory) -> None:
+    live = await make_live(allowed_origins=["http://good.example"])
+    with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+        await live.ws("a//b")
+    assert err.value.status == 400
+    with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+        await live.ws("k", origin="http://evil.example")
+    assert err.value.status == 403
+    await (await live.ws("k", origin="http://good.example")).close()
+    host = live.base.removeprefix("http://")
+    await (await live.ws("k", origin=f"http://{host}")).close()
+    await (await live.ws("k")).close()  # no Origin
+
+
+async def test_bearer_subprotocol(live: Live) -> None:
+    ws = await live.ws("k", protocols=("bearer", "secret-token"))
+    assert ws.protocol == "bearer"
+    await next_frame(ws)
+
+
+async def test_pong_timeout_drops_silent_client(make_live: LiveFactory) -> None:
+    live = await make_live(ping_interval=0.05, pong_timeout=0.3)
+    # autoping=False and never reading: the client answers no ping.
+    ws = await live.ws("quiet", autoping=False)
+    alive = await live.ws("quiet")  # autoping: answers pings while it reads
+    frames: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def pump() -> None:
+        async for msg in alive:
+            frames.put_nowait(msg.data)
+
+    reader = asyncio.create_task(pump())
+    await asyncio.sleep(0.8)
+    msgs = []
+    with contextlib.suppress(aiohttp.ClientConnectionResetError):
+        while not ws.closed:
+            msgs.append((await ws.receive(timeout=2)).type)
+    assert aiohttp.WSMsgType.PING in msgs
+    assert msgs[-1] in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    await live.request("POST", "quiet", 1)
+    async with asyncio.timeout(5):
+        assert orjson.loads(await frames.get())["data"]["created"] == 0
+        assert orjson.loads(await frames.get())["data"]["data"] == 1
+    await alive.close()
+    await reader
+
+
+async def test_empty_pools_pruned(live: Live) -> None:
+    ws = await live.ws("prune/*")
+    await next_frame(ws)
+    assert len(live.server.pools.pools) == 1
+    await ws.close()
+    for _ in range(50):
+        if not live.server.pools.pools:
+            break
+        await asyncio.sleep(0.02)
+    assert live.server.pools.pools == {}
