@@ -437,7 +437,9 @@ class ErasureStore:
         """Verify every shard of every object; degraded objects are queued for repair.
 
         Returns ``{"checked", "degraded", "lost", "missing_shards", "corrupt_shards",
-        "offline_drives", "seconds", "time"}``; ``degraded`` counts objects degraded now.
+        "corrupt_files", "offline_drives", "seconds", "time"}``; ``degraded`` counts objects
+        degraded now; ``corrupt_files`` names the (first 100) shard files that failed their CRC
+        or header check.
         """
         t0 = time.monotonic()
         self._offline = set(await self._run(self._io.probe))
@@ -448,6 +450,7 @@ class ErasureStore:
             "lost": totals["lost"],
             "missing_shards": totals["missing_shards"],
             "corrupt_shards": totals["corrupt_shards"],
+            "corrupt_files": totals["corrupt_files"],
             "offline_drives": self._offline_paths(),
             "seconds": round(time.monotonic() - t0, 3),
             "time": time.time(),
@@ -457,15 +460,18 @@ class ErasureStore:
             self._wake.set()
         return report
 
-    async def _pass(self, fix: bool, progress: Progress | None) -> dict[str, int]:
+    async def _pass(self, fix: bool, progress: Progress | None) -> dict[str, Any]:
         """One key at a time over every key directory on disk (not only the index)."""
         keys = sorted(await self._run(self._io.scan))
-        totals = dict.fromkeys(
+        totals: dict[str, Any] = dict.fromkeys(
             ("checked", "degraded", "lost", "missing_shards", "corrupt_shards", "rebuilt", "removed"),
             0,
         )
+        corrupt_files: list[str] = []
+        totals["corrupt_files"] = corrupt_files  # which files failed their CRC (first 100)
         for done, key in enumerate(keys, 1):
             report = await self._repair_key(key, fix)
+            corrupt_files.extend(report.corrupt_files[: 100 - len(corrupt_files)])
             totals["checked"] += 1
             totals["missing_shards"] += report.missing
             totals["corrupt_shards"] += report.corrupt

@@ -93,6 +93,7 @@ class KeyReport:
     state: str = "missing"  # ok | degraded | lost | missing (no live version) | deleted
     missing: int = 0  # expected shard files absent
     corrupt: int = 0  # shard files failing their CRC or header checks
+    corrupt_files: list[str] = field(default_factory=list)  # ... and their paths
     rebuilt: int = 0  # shards written by the repair
     rebuilt_bytes: int = 0
     removed: int = 0  # garbage files removed (old generations, failed writes, tombstones)
@@ -344,6 +345,7 @@ class DriveSet:
             elif len(ev.files) >= ev.needed(self.k):
                 report.state = "lost"
                 report.corrupt = len(ev.bad)
+                report.corrupt_files = [ev.files[i] for i in ev.bad]
                 return report  # never repair around a corrupt version: it would resurrect older data
             elif generation_time(generation) < now - self.grace:
                 garbage.append(generation)  # a failed write: its shards can never be read
@@ -351,6 +353,7 @@ class DriveSet:
             assert live.header is not None
             expected = self.expected(live.header)
             report.corrupt = len(live.bad)
+            report.corrupt_files = [live.files[i] for i in live.bad]
             report.missing = sum(1 for i in expected if i not in live.files)
             todo = [i for i in expected if i not in live.valid]
             report.state = "deleted" if live.header.tombstone else "ok"

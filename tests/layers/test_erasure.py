@@ -210,6 +210,7 @@ async def test_bad_shard_read_scrubbed_and_repaired(ec: ErasureStore, damage: st
     await ec.flush()
     files = shard_files(ec, "s")
     victim = files[1]
+    pristine = victim.read_bytes()
     if damage == "delete":
         victim.unlink()
     elif damage == "stale":
@@ -220,12 +221,15 @@ async def test_bad_shard_read_scrubbed_and_repaired(ec: ErasureStore, damage: st
     assert await ec.check("s") == "ok"
     report = await ec.scrub()
     assert report["degraded"] == 1
-    assert report["missing_shards" if damage == "delete" else "corrupt_shards"] == 1
+    if damage == "delete":
+        assert report["missing_shards"] == 1 and report["corrupt_files"] == []
+    else:  # found by its own CRC and header, not by decoding: exactly this file is named
+        assert report["corrupt_shards"] == 1 and report["corrupt_files"] == [str(victim)]
     assert ec.stats()["degraded"] == 1
     fixed = await ec.repair()
     assert fixed["repaired"] == 1 and fixed["degraded"] == 0
     assert (await ec.scrub())["degraded"] == 0
-    assert victim.read_bytes() == files[1].read_bytes()
+    assert victim.read_bytes() == pristine  # rebuilt byte for byte
     assert ec.stats()["queued_repairs"] == 0
     # The rebuilt shard alone is good: lose two others and read through it.
     for i in (0, 2):
