@@ -43,7 +43,7 @@ class Connection:
         "_flushed_at_check",
         "_ping_timer",
         "_write_timer",
-        "_on_slow",
+        "_on_drop",
         "_closing",
     )
 
@@ -52,7 +52,7 @@ class Connection:
         ws: web.WebSocketResponse,
         request: web.Request,
         config: ServerConfig,
-        on_slow: Callable[[Connection], None] | None = None,
+        on_drop: Callable[[Connection, bool], None] | None = None,
     ) -> None:
         self.ws = ws
         self.request = request
@@ -66,7 +66,7 @@ class Connection:
         self._flushed_at_check = -1
         self._ping_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
-        self._on_slow = on_slow
+        self._on_drop = on_drop  # (conn, slow): leave the pool at once, not when the socket is gone
         self._closing: asyncio.Task[None] | None = None
 
     @property
@@ -84,9 +84,7 @@ class Connection:
             self.drop(WSCloseCode.GOING_AWAY, "connection lost")
             return
         if transport.get_write_buffer_size() + len(frame) > self.config.outbox_bytes:
-            if self._on_slow is not None:
-                self._on_slow(self)
-            self.drop(WSCloseCode.POLICY_VIOLATION, "slow consumer: outbox full")
+            self.drop(WSCloseCode.POLICY_VIOLATION, "slow consumer: outbox full", slow=True)
             return
         transport.write(frame)
         self._written += len(frame)
@@ -105,7 +103,7 @@ class Connection:
             return
         flushed = self._written - pending
         if flushed == self._flushed_at_check:
-            self.drop(WSCloseCode.INTERNAL_ERROR, "write timeout")
+            self.drop(WSCloseCode.INTERNAL_ERROR, "write timeout", slow=True)
             return
         self._flushed_at_check = flushed
         self._write_timer = asyncio.get_running_loop().call_later(
@@ -115,9 +113,7 @@ class Connection:
     # -- keepalive ------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the keepalive (ping every ``ping_interval``, drop after ``pong_timeout``)."""
-        self._ping_timer = asyncio.get_running_loop().call_later(
-            self.config.ping_interval, self._keepalive
-        )
+        self._ping_timer = asyncio.get_running_loop().call_later(self.config.ping_interval, self._keepalive)
 
     def seen(self) -> None:
         """The peer sent something (any frame proves it alive, a pong included)."""
@@ -133,16 +129,16 @@ class Connection:
             self.drop(WSCloseCode.POLICY_VIOLATION, "pong timeout")
             return
         self.send(PING_FRAME)
-        self._ping_timer = loop.call_later(
-            min(cfg.ping_interval, cfg.pong_timeout - silent), self._keepalive
-        )
+        self._ping_timer = loop.call_later(min(cfg.ping_interval, cfg.pong_timeout - silent), self._keepalive)
 
     # -- closing --------------------------------------------------------------------------------
-    def drop(self, code: int, reason: str) -> None:
+    def drop(self, code: int, reason: str, slow: bool = False) -> None:
         """Stop sending and close the socket in the background (aborting a stalled handshake)."""
         if self.closed:
             return
         self._stop(reason)
+        if self._on_drop is not None:
+            self._on_drop(self, slow)
         self._closing = asyncio.get_running_loop().create_task(self._close(code, reason))
 
     def _stop(self, reason: str) -> None:

@@ -240,6 +240,11 @@ class Pools:
             "slowDisconnects": self.slow_disconnects,
         }
 
-    def count_slow(self, conn: Connection) -> None:
-        self.slow_disconnects += 1
-        log.warning("dropping slow subscriber of %s", getattr(conn.pool, "key", "?"))
+    def dropped(self, conn: Connection, slow: bool) -> None:
+        """A member was dropped by the server: it leaves now (counted if it was too slow)."""
+        if slow:
+            self.slow_disconnects += 1
+            log.warning(
+                "dropping slow subscriber of %s: %s", getattr(conn.pool, "key", "?"), conn.close_reason
+            )
+        self.leave(conn)

@@ -2,12 +2,13 @@
 
 Every rejection (invalid key, filters, ``on_subscribe``, origin) happens before the upgrade, as a
 plain HTTP response. After it the handler only reads (client frames are ignored, except that any
-frame counts as a sign of life and pings are answered); its writer task does the sending.
+frame counts as a sign of life and pings are answered); pools write the frames.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -55,7 +56,9 @@ def clock_frame() -> bytes:
     return ws_binary(str(now()).encode())
 
 
-async def _open(server: Server, request: web.Request) -> Connection:
+async def _open(
+    server: Server, request: web.Request, on_drop: Callable[[Connection, bool], None]
+) -> Connection:
     if not origin_allowed(request, tuple(server.config.allowed_origins)):
         raise HTTPFailure(403, "ooo: origin not allowed")
     cfg = server.config
@@ -67,7 +70,7 @@ async def _open(server: Server, request: web.Request) -> Connection:
         timeout=cfg.close_timeout,
     )
     await ws.prepare(request)
-    return Connection(ws, request, cfg, on_slow=server.pools.count_slow)
+    return Connection(ws, request, cfg, on_drop=on_drop)
 
 
 async def _read_until_closed(conn: Connection) -> None:
@@ -84,8 +87,8 @@ async def _read_until_closed(conn: Connection) -> None:
 async def subscribe(server: Server, request: web.Request, key: str) -> web.StreamResponse:
     check_key(key)
     await server.filters.check_subscribe(key)
-    conn = await _open(server, request)
     pools = server.pools
+    conn = await _open(server, request, pools.dropped)
     joined = False
     try:
         try:
@@ -106,7 +109,7 @@ async def subscribe(server: Server, request: web.Request, key: str) -> web.Strea
 
 
 async def clock(server: Server, request: web.Request) -> web.StreamResponse:
-    conn = await _open(server, request)
+    conn = await _open(server, request, lambda c, slow: server.clocks.discard(c))
     server.clocks.add(conn)
     try:
         conn.send(clock_frame())

@@ -1,0 +1,93 @@
+"""Delivery guarantees (PROTOCOL.md §5.7), other backends and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import aiohttp
+import orjson
+import pytest
+from server_live import LiveFactory, next_frame
+from test_server_streams import Follower
+from websockets.asyncio.client import connect
+
+from ooo_storage import Layered, MemoryLayer
+from ooo_storage.server import ServerRunner
+
+
+async def test_stalled_subscriber_dropped_others_keep_receiving(make_live: LiveFactory) -> None:
+    live = await make_live(outbox_bytes=256 * 1024)
+    host, port = live.base.removeprefix("http://").split(":")
+    # A real websocket client that stops reading: tiny receive buffer, one-message queue.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    sock.setblocking(False)
+    stalled = await connect(f"{live.ws_base}/big/*", sock=sock, max_queue=1, ping_interval=None)
+    reader = Follower(await live.ws("big/*"))
+    await reader.step()
+
+    async def consume() -> None:
+        while True:
+            await reader.step(timeout=30)
+
+    consuming = asyncio.create_task(consume())
+    blob = "x" * 64 * 1024
+    state: dict[str, int] = {}
+    for i in range(200):
+        await live.request("POST", "big/*", {"i": i, "blob": blob})
+        state = orjson.loads((await live.request("GET", "?api=state"))[1])
+        if state["slowDisconnects"]:
+            break
+    assert state["slowDisconnects"] == 1
+    assert state["pools"] == [{"key": "big/*", "connections": 1, "version": state["pools"][0]["version"]}]
+    await live.request("POST", "big/*", {"i": "last"})
+    expected = await live.get("big/*")
+    async with asyncio.timeout(30):
+        while reader.state != expected:
+            await asyncio.sleep(0.05)
+    consuming.cancel()
+    await asyncio.gather(consuming, return_exceptions=True)
+    assert reader.ws.closed is False
+    with pytest.raises(Exception):  # noqa: B017 - closed by the server (1008), or reset
+        async with asyncio.timeout(10):
+            while True:
+                await stalled.recv()
+    assert stalled.close_code in (1008, 1006, None)
+
+
+@pytest.mark.parametrize("backend", ["leveldb", "memory+leveldb"])
+async def test_streams_on_persistent_backends(make_live: LiveFactory, backend: str) -> None:
+    live = await make_live(backend)
+    follower = Follower(await live.ws("p/*"))
+    single = Follower(await live.ws("p/1"))
+    await follower.step()
+    await single.step()
+    for i in range(10):
+        await live.request("POST", f"p/{i % 4}", {"i": i})
+    await live.request("DELETE", "p/2")
+    await follower.until(await live.get("p/*"))
+    await single.until(await live.get("p/1"))
+    await live.request("DELETE", "p/*")
+    await follower.until([])
+
+
+async def test_shutdown_closes_sockets_with_1001() -> None:
+    store = Layered(memory=MemoryLayer())
+    await store.start()
+    runner = ServerRunner(store, port=0, shutdown_timeout=1.0)
+    port = await runner.start()
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"ws://127.0.0.1:{port}/k")
+        await next_frame(ws)
+        clock = await session.ws_connect(f"ws://127.0.0.1:{port}/")
+        await clock.receive(timeout=5)
+        await runner.stop()
+        msg = await ws.receive(timeout=5)
+        assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1001
+        while (msg := await clock.receive(timeout=5)).type is aiohttp.WSMsgType.BINARY:
+            pass
+        assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1001
+    assert store.active  # the store belongs to the caller
+    await store.close()
