@@ -25,6 +25,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ SECTION = "Peers: etcd / NATS KV (issue 5)"
 SERVER_CORE, LOAD_CORE = 0, 1
 CONTENDED = 0.15  # foreign share of a core above which a repetition is marked contended
 HZ = os.sysconf("SC_CLK_TCK")
+PROFILE_SECONDS = 5
 
 
 @dataclass
@@ -91,6 +93,7 @@ class Outcome:
     reps: dict[tuple[str, str], list[Rep]] = field(default_factory=dict)
     profiles: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    tmp: str = ""
 
 
 def steps(quick: bool) -> list[Step]:
@@ -107,12 +110,12 @@ def steps(quick: bool) -> list[Step]:
     for prefix, size in (("a100", 100), ("b1000", 1000)):
         out.append(Step("W3", "list", f"{size} items", {"prefix": prefix, "clients": 8, "seconds": s,
                                                          "warmup": 0.5}, ["ooo", *peers], 60))
-    for watchers in (100,) if quick else (100, 1000):
-        out.append(Step("W4", "fanout", f"{watchers} watchers",
-                        {"watchers": watchers, "rate": 200, "seconds": 2.0 if quick else 3.0, "grace": 10.0},
-                        [*ours, *peers], 90))
     out.append(Step("W5", "resume", "5 s offline", {"rate": 100, "offline": 2.0 if quick else 5.0},
                     ["ooo", *peers], 60))
+    for watchers in (100,) if quick else (100, 1000):
+        out.append(Step("W4", "fanout", f"{watchers} watchers",
+                        {"watchers": watchers, "rate": 200, "seconds": 2.0 if quick else 3.0, "grace": 5.0},
+                        ["ooo", *peers], 90))
     return out
 
 
@@ -166,8 +169,10 @@ def usage(a: Sample, b: Sample) -> tuple[float, tuple[float, float]]:
 # Running one measurement
 
 
-async def generate(target: Target, workload: str, spec: dict[str, Any], timeout: float) -> Rep:
-    """Run bench/peers_load.py for one workload against ``target``, pinned to the load core."""
+async def generate(target: Target, workload: str, spec: dict[str, Any], timeout: float,
+                   on_start: Callable[[], Awaitable[None]] | None = None) -> Rep:
+    """Run bench/peers_load.py for one workload against ``target``, pinned to the load core;
+    ``on_start`` runs when the measured window opens."""
     full = {"peer": target.peer, "port": target.port, "workload": workload, **spec}
     process = await asyncio.create_subprocess_exec(
         "taskset", "-c", str(LOAD_CORE), sys.executable, str(BENCH / "peers_load.py"), json.dumps(full),
@@ -176,6 +181,7 @@ async def generate(target: Target, workload: str, spec: dict[str, Any], timeout:
     track(process.pid)
     samples: list[Sample] = []
     result: dict[str, Any] = {"error": "no result"}
+    hooks: list[asyncio.Task[None]] = []
 
     async def read() -> None:
         nonlocal result
@@ -184,12 +190,15 @@ async def generate(target: Target, workload: str, spec: dict[str, Any], timeout:
             line = raw.decode().strip()
             if line.startswith("MARK "):
                 samples.append(Sample.take(target.pid, process.pid))
+                if on_start is not None and line == "MARK start":
+                    hooks.append(asyncio.create_task(on_start()))
             elif line.startswith("RESULT "):
                 result = json.loads(line[7:])
 
     try:
         await asyncio.wait_for(read(), timeout)
         await asyncio.wait_for(process.wait(), 10)
+        await asyncio.gather(*hooks)
     except TimeoutError:
         result = {"error": f"timeout after {timeout:.0f} s"}
     finally:
@@ -254,7 +263,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> Outcome:
     deadline = started + args.budget
     targets, unavailable = prepare(tmp, set(args.targets.split(",")))
     plan = steps(args.quick)
-    outcome = Outcome(args, targets, unavailable, plan)
+    outcome = Outcome(args, targets, unavailable, plan, tmp=str(tmp))
     for name, target in list(targets.items()):
         rep = await generate(target, "setup", {}, 120)
         if rep.error:
@@ -280,39 +289,39 @@ async def run(args: argparse.Namespace, tmp: Path) -> Outcome:
 
 
 async def profile(outcome: Outcome) -> list[tuple[str, str]]:
-    """py-spy the ooo-storage server under the workloads where a target was missed."""
+    """py-spy the ooo-storage server under the workloads where a target was missed or we lost."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         return [("profile", "py-spy not available")]
-    wanted = peers_report.profile_wanted(outcome)
     found = []
-    for title, target_name, step_id in wanted:
+    for title, target_name, step_key in peers_report.profile_wanted(outcome):
         target = outcome.targets.get(target_name)
-        step = next((s for s in outcome.steps if f"{s.id} {s.variant}" == step_id), None)
+        step = next((s for s in outcome.steps if f"{s.id} {s.variant}" == step_key), None)
         if target is None or step is None:
             continue
-        spec = dict(step.spec)
-        seconds = 6.0
-        if step.workload in ("write", "read", "list"):
-            spec["seconds"] = seconds + 1
-        out = Path(tempfile.mkdtemp(prefix="ooo-peers-prof-")) / "raw.txt"
-        load = asyncio.create_task(generate(target, step.workload, spec, step.timeout + 20))
-        await asyncio.sleep(2.0 if step.workload != "fanout" else 4.0)
-        spy_proc = await asyncio.create_subprocess_exec(
-            "taskset", "-c", str(LOAD_CORE), spy, "record", "--pid", str(target.pid), "-d", "5",
-            "-f", "raw", "-o", str(out), "--nonblocking",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )
-        track(spy_proc.pid)
-        try:
-            await asyncio.wait_for(spy_proc.wait(), 30)
-        except TimeoutError:
-            spy_proc.kill()
-            await spy_proc.wait()
-        untrack(spy_proc.pid)
-        await load
+        out = Path(outcome.tmp) / f"profile-{len(found)}.txt"
+
+        async def record(pid: int = target.pid, out: Path = out) -> None:
+            spy_proc = await asyncio.create_subprocess_exec(
+                "taskset", "-c", str(LOAD_CORE), spy, "record", "--pid", str(pid), "-d", str(PROFILE_SECONDS),
+                "-f", "raw", "-o", str(out), "--nonblocking",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )
+            track(spy_proc.pid)
+            try:
+                await asyncio.wait_for(spy_proc.wait(), PROFILE_SECONDS + 20)
+            except TimeoutError:
+                spy_proc.kill()
+                await spy_proc.wait()
+            untrack(spy_proc.pid)
+
+        spec = {**step.spec, "seconds": PROFILE_SECONDS + 1.0}
+        rep = await generate(target, step.workload, spec, step.timeout + 30, on_start=record)
         text = out.read_text() if out.exists() else ""
-        found.append((title, peers_report.summarise_profile(text) if text else "py-spy produced nothing"))
+        summary = peers_report.summarise_profile(text, PROFILE_SECONDS) if text else "py-spy produced nothing"
+        if rep.error:
+            summary += f" (load: error: {rep.error})"
+        found.append((title, summary))
     return found
 
 

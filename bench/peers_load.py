@@ -42,6 +42,15 @@ LISTS = {"a100": 100, "b1000": 1000}
 FAN_KEYS = 10
 
 
+phase = "start"
+"""What the generator is doing, for the error message if it fails."""
+
+
+def enter(what: str) -> None:
+    global phase
+    phase = what
+
+
 def mark(what: str) -> None:
     print(f"MARK {what}", flush=True)
 
@@ -133,7 +142,9 @@ async def write(peer: Peer, spec: dict[str, Any]) -> dict[str, Any]:
         i = (n * clients + c) % len(keys)
         await conn.put(keys[i], value(n, keys[i]))
 
+    enter("connecting")
     conns = await connect(peer, clients)
+    enter("running")
     try:
         return await closed_loop(conns, op, spec["seconds"], spec["warmup"])
     finally:
@@ -181,51 +192,56 @@ async def open_watchers(peer: Peer, prefix: str, n: int,
 
 
 class Writer:
-    """Writes ``rate`` values/s to ``prefix/<i mod keys>`` over a few connections, on a fixed schedule
-    (a slow write does not delay the next one's start)."""
+    """Writes ``rate`` values/s to ``prefix/<i mod keys>`` on a fixed schedule, over ``lanes``
+    connections so that a slow write does not delay the next one's start. Writes still queued when
+    it stops are dropped: ``sent`` counts the writes that reached the server."""
 
-    def __init__(self, peer: Peer, prefix: str, rate: float, keys: int = FAN_KEYS) -> None:
-        self.peer, self.prefix, self.rate = peer, prefix, rate
+    def __init__(self, peer: Peer, prefix: str, rate: float, keys: int = FAN_KEYS, lanes: int = 8) -> None:
+        self.peer, self.prefix, self.rate, self.lanes = peer, prefix, rate, lanes
         self.keys = [peer.key(prefix, i) for i in range(keys)]
         self.sent = 0
-        self.last: dict[str, int] = {}  # key -> seq of its last write
+        self.last: dict[str, int] = {}  # key -> seq of its last completed write
         self.stopping = False
         self.conns: list[Conn] = []
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.conns = await connect(self.peer, 4)
+        self.conns = await connect(self.peer, self.lanes)
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        lanes = [asyncio.Queue[tuple[str, int]]() for _ in self.conns]
+        queue: asyncio.Queue[int] = asyncio.Queue()
         errors: list[BaseException] = []
 
-        async def lane(conn: Conn, queue: asyncio.Queue[tuple[str, int]]) -> None:
-            while True:
-                key, seq = await queue.get()
+        async def lane(conn: Conn) -> None:
+            while not self.stopping:
+                seq = await queue.get()
+                if self.stopping:
+                    break
+                key = self.keys[seq % len(self.keys)]
+                self.sent += 1
                 try:
                     await conn.put(key, value(seq, key))
                 except Exception as exc:  # noqa: BLE001 - re-raised by _run
                     errors.append(exc)
-                queue.task_done()
+                    return
+                self.last[key] = max(seq, self.last.get(key, -1))
 
-        workers = [asyncio.create_task(lane(c, q)) for c, q in zip(self.conns, lanes, strict=True)]
+        lanes = [asyncio.create_task(lane(c)) for c in self.conns]
         try:
             seq = 0
             while not self.stopping and not errors:
                 await asyncio.sleep(max(0.0, t0 + seq / self.rate - loop.time()))
-                key = self.keys[seq % len(self.keys)]
-                self.last[key] = seq
-                lanes[seq % len(lanes)].put_nowait((key, seq))
+                queue.put_nowait(seq)
                 seq += 1
-                self.sent = seq
-            await asyncio.gather(*(q.join() for q in lanes))
+            for _ in lanes:
+                queue.put_nowait(-1)  # wake idle lanes; they see ``stopping``
+            await asyncio.wait_for(asyncio.gather(*lanes), 30)
         finally:
-            for w in workers:
-                w.cancel()
+            for task in lanes:
+                task.cancel()
         if errors:
             raise errors[0]
 
@@ -233,7 +249,7 @@ class Writer:
         self.stopping = True
         assert self.task is not None
         try:
-            await asyncio.wait_for(self.task, 30)
+            await asyncio.wait_for(self.task, 40)
         finally:
             await close_all(self.conns)
 
@@ -260,22 +276,29 @@ async def fanout(peer: Peer, spec: dict[str, Any]) -> dict[str, Any]:
             done.set()
 
     await peer.prepare()
+    enter(f"opening {n} watchers")
     watchers = await open_watchers(peer, "fan", n, on_update)
     try:
         await asyncio.sleep(1.0)  # every watch registered (etcd confirms after the 200 head)
         writer = Writer(peer, "fan", rate)
         first_ns = time.monotonic_ns()
+        enter("writing")
         mark("start")
         cpu0, t0 = cpu_seconds(), time.monotonic()
         await writer.start()
         await asyncio.sleep(seconds)
+        enter("stopping the writer")
         await writer.stop()
         cpu = (cpu_seconds() - cpu0) / (time.monotonic() - t0)
         mark("end")
         expected = writer.sent * n
-        if len(latencies) < expected:
+        enter("waiting for deliveries")
+        deadline = time.monotonic() + spec.get("grace", 5.0)
+        while len(latencies) < expected and time.monotonic() < deadline:
+            if time.monotonic_ns() - last_ns > 1e9:  # quiet for 1 s: nothing more is coming
+                break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), spec.get("grace", 10.0))
+                await asyncio.wait_for(done.wait(), 0.1)
         span = max(1e-9, (last_ns - first_ns) / 1e9)
         return {
             "writes": writer.sent, "write_rate": writer.sent / seconds, "expected": expected,
@@ -305,6 +328,7 @@ async def resume(peer: Peer, spec: dict[str, Any]) -> dict[str, Any]:
             caught_up.set()
 
     await peer.prepare()
+    enter("watching")
     watcher = await peer.watch("res", on_update)
     await writer.start()
     await asyncio.sleep(1.0)
@@ -316,6 +340,7 @@ async def resume(peer: Peer, spec: dict[str, Any]) -> dict[str, Any]:
     missed = writer.sent - sent_before
     received.update(updates=0, values=0, bytes=0)
     mark("start")
+    enter("resuming")
     t0 = time.perf_counter()
     again = await peer.watch("res", on_update, resume=position)
     try:
@@ -349,5 +374,5 @@ if __name__ == "__main__":
     try:
         result = asyncio.run(main(spec))
     except Exception as exc:  # noqa: BLE001 - reported to the caller as the cell's text
-        result = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        result = {"error": f"{type(exc).__name__} while {phase}: {exc}".strip(": ")[:300]}
     print("RESULT " + json.dumps(result), flush=True)

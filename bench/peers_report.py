@@ -149,7 +149,11 @@ def verdicts(outcome: Outcome) -> list[tuple[str, bool | None, str]]:
             reason = outcome.unavailable.get(name) or outcome.unavailable.get("etcd") or "no measurement"
             out.append((what, None, f"not measured: {reason}"))
         else:
-            out.append((what, ratio >= factor, f"{ratio:.2f}x (median of per-repetition ratios)"))
+            evidence = f"{ratio:.2f}x (median of per-repetition ratios)"
+            target = outcome.targets.get(name)
+            if target is not None and target.note:
+                evidence += f"; {target.note}"
+            out.append((what, ratio >= factor, evidence))
     w4 = _step_keys(outcome, "W4")
     if w4:
         key = w4[-1][0]
@@ -188,7 +192,7 @@ def profile_wanted(outcome: Outcome) -> list[tuple[str, str, str]]:
     return wanted[:3]
 
 
-def summarise_profile(raw: str, top: int = 8) -> str:
+def summarise_profile(raw: str, seconds: float, top: int = 8) -> str:
     """The top frames of a py-spy ``--format raw`` (collapsed stacks) profile, by self and by total."""
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
@@ -211,7 +215,7 @@ def summarise_profile(raw: str, top: int = 8) -> str:
 
     inclusive = [f for f, _ in total.most_common() if "ooo_storage/" in f or "aiohttp/" in f
                  or "plyvel" in f][:top]
-    return (f"{samples} samples in 5 s (all threads). Self time: "
+    return (f"{samples} samples in {seconds:g} s at 100 Hz (all threads). Self time: "
             + listing(Counter(dict(own.most_common(top))), lambda f: True)
             + ". Inclusive, our code and aiohttp: "
             + "; ".join(f"`{f}` {total[f] / samples:.0%}" for f in inclusive) + ".")
@@ -242,8 +246,7 @@ def render(outcome: Outcome, *, command: str, when: str, machine: str) -> str:
         ["target", "version", "run as"],
         [[_label(outcome, n),
           outcome.targets[n].version if n in outcome.targets else f"n/a: {outcome.unavailable.get(n, '?')}",
-          HOW[n] + (" — started through bench/peers_serve.py (no `ooo_storage/cli.py` yet)"
-                    if n in outcome.targets and getattr(outcome.targets[n], "launcher", "") == "peers_serve"
+          HOW[n] + (f" — **{outcome.targets[n].note}**" if n in outcome.targets and outcome.targets[n].note
                     else "")]
          for n in names],
     )
@@ -311,7 +314,7 @@ def render(outcome: Outcome, *, command: str, when: str, machine: str) -> str:
         lines += ["", "Not measured: " + "; ".join(f"{_label(outcome, n)}: {why}"
                                                    for n, why in outcome.unavailable.items()) + "."]
     if outcome.profiles:
-        lines += ["", "### Where we lose: profiles (py-spy, 5 s, server process)", ""]
+        lines += ["", "### Where we lose: profiles (py-spy of the server process under that load)", ""]
         lines += [f"- **{title}**: {summary}" for title, summary in outcome.profiles]
     return "\n".join(lines)
 

@@ -224,19 +224,24 @@ def _http_ok(url: str) -> bool:
 
 
 class OooTarget(Target):
-    """``ooo-storage serve`` (or bench/peers_serve.py until the CLI exists), optionally ``--sync``."""
+    """``python -m ooo_storage serve`` (the ``ooo-storage`` CLI), optionally ``--sync``.
+
+    bench/peers_serve.py (the same store and server through the library) stands in when the CLI
+    does not exist yet, or for ``--sync`` while the CLI does not have it; ``note`` says so."""
 
     def __init__(self, name: str, label: str, core: int, tmp: Path, sync: bool) -> None:
         super().__init__(name, label, "ooo", core, tmp)
         self.sync = sync
-        cli = importlib.util.find_spec("ooo_storage.cli") is not None
-        self.launcher = "cli" if cli else "peers_serve"
-        if cli:
-            help_text = _run(sys.executable, "-c", "from ooo_storage.cli import main; main()",
-                             "serve", "--help").stdout
-            self.has_sync = "--sync" in help_text
-        else:
-            self.has_sync = True
+        self.cli: list[str] = []
+        self.cli_options = ""
+        if importlib.util.find_spec("ooo_storage.__main__") is not None:
+            self.cli = [sys.executable, "-m", "ooo_storage", "serve"]
+            self.cli_options = _run(*self.cli, "--help").stdout
+        if not self.cli:
+            self.note = "no `ooo-storage serve` yet: run through bench/peers_serve.py"
+        elif sync and "--sync" not in self.cli_options:
+            self.note = ("n/a: --sync not wired in `ooo-storage serve`; measured through "
+                         "bench/peers_serve.py (`LevelDBLayer(path, sync=True)` under the same server)")
         try:
             version = importlib.metadata.version("ooo-storage")
         except importlib.metadata.PackageNotFoundError:
@@ -246,17 +251,13 @@ class OooTarget(Target):
 
     def command(self) -> list[str]:
         data = str(self.tmp / self.name)
-        if self.launcher == "cli":
-            base = [sys.executable, "-c", "from ooo_storage.cli import main; main()", "serve",
-                    "--host", HOST, "--port", str(self.port), "--data", data]
-        else:
+        if self.note:
             base = [sys.executable, str(BENCH / "peers_serve.py"), "--port", str(self.port), "--data", data]
+        else:
+            base = [*self.cli, "--host", HOST, "--port", str(self.port), "--data", data]
+            if "--log-level" in self.cli_options:
+                base += ["--log-level", "warning"]
         return base + (["--sync"] if self.sync else [])
-
-    def start(self, timeout: float = 30.0) -> None:
-        if self.sync and not self.has_sync:
-            raise RuntimeError("n/a: --sync not wired in ooo-storage serve")
-        super().start(timeout)
 
     def probe(self) -> bool:
         return _http_ok(f"http://{HOST}:{self.port}/?api=info")
