@@ -13,6 +13,8 @@ from ..meta import Object
 class MemoryLayer:
     """A dict of objects plus a sorted key index, so a glob read scans only its literal prefix.
 
+    New keys wait in a set and join the sorted index in bulk at the next glob read or key listing:
+    one insert into a SortedList costs several times a whole write, a bulk merge a fraction of it.
     Values loaded at cold start may be held as raw object JSON and are parsed on first access:
     a restart then costs little more than iterating the persistent layer.
     """
@@ -20,6 +22,7 @@ class MemoryLayer:
     def __init__(self) -> None:
         self._data: dict[str, Object | bytes] = {}
         self._index: SortedList = SortedList()
+        self._fresh: set[str] = set()
 
     def start(self) -> None:
         pass
@@ -49,7 +52,7 @@ class MemoryLayer:
     def matching_keys(self, pattern: str) -> Iterator[str]:
         """Keys matching ``pattern`` in bytewise order, scanning only its literal prefix."""
         prefix = glob_prefix(pattern)
-        for key in self._index.irange(minimum=prefix):
+        for key in self._sorted().irange(minimum=prefix):
             if not key.startswith(prefix):
                 break
             if match(pattern, key):
@@ -59,9 +62,15 @@ class MemoryLayer:
         get = self.get
         return [get(key) for key in self.matching_keys(pattern)]  # type: ignore[misc]
 
+    def _sorted(self) -> SortedList:
+        if self._fresh:
+            self._index.update(self._fresh)
+            self._fresh.clear()
+        return self._index
+
     def set(self, key: str, obj: Object) -> None:
         if key not in self._data:
-            self._index.add(key)
+            self._fresh.add(key)
         self._data[key] = obj
 
     def delete(self, key_or_glob: str) -> int:
@@ -72,27 +81,26 @@ class MemoryLayer:
         else:
             return 0
         for key in doomed:
-            del self._data[key]
-            self._index.remove(key)
+            self._drop(key)
         return len(doomed)
 
+    def _drop(self, key: str) -> None:
+        del self._data[key]
+        if key in self._fresh:
+            self._fresh.discard(key)
+        else:
+            self._index.remove(key)
+
     def keys(self) -> list[str]:
-        return list(self._index)
+        return list(self._sorted())
 
     def clear(self) -> None:
         self._data.clear()
         self._index.clear()
+        self._fresh.clear()
 
     def bulk_load(self, items: Mapping[str, Object | bytes]) -> None:
         """Replace the contents with ``items`` (objects or their JSON bytes), in one step."""
         self._data = dict(items)
         self._index = SortedList(self._data)
-
-    def restore(self, key: str, value: Object | None) -> None:
-        """Put back ``value`` for ``key`` (None removes it): used to undo a failed write."""
-        if value is None:
-            if key in self._data:
-                del self._data[key]
-                self._index.remove(key)
-        else:
-            self.set(key, value)
+        self._fresh = set()
