@@ -150,7 +150,7 @@ class DriveSet:
                 raise
             for name in names:
                 parsed = parse_shard_name(name)
-                if parsed is not None:
+                if parsed is not None and parsed[1] < self.n:
                     versions.setdefault(parsed[0], {}).setdefault(parsed[1], f"{kdir}/{name}")
         return versions
 
