@@ -24,7 +24,7 @@ from ..layered import Layered
 from ..sharded import WatchHandle
 from . import explorer, rest, streams
 from .config import ServerConfig
-from .connection import Connection
+from .connection import Connection, Flusher
 from .errors import Handler, error_middleware, text_response
 from .filters import Filters, Limit
 from .pools import Pools
@@ -46,6 +46,7 @@ class Server:
         self.filters = Filters(static=self.config.static)
         self.pools = Pools(store, self.filters, self.config)
         self.clocks: set[Connection] = set()
+        self.flusher = Flusher()
         self._app: web.Application | None = None
         self._watch: WatchHandle | None = None
         self._ticker: asyncio.Task[None] | None = None

@@ -1,8 +1,10 @@
 """One websocket subscriber: a bounded outbox and keepalive, with no task of its own.
 
 A pool builds each websocket frame ONCE (header included: server frames are unmasked, so the
-bytes are the same for every subscriber) and :meth:`Connection.send` writes them straight to the
-socket's transport. The transport's write buffer *is* the outbox: when a subscriber does not read,
+bytes are the same for every subscriber) and :meth:`Connection.send` queues them for the socket's
+transport; a :class:`Flusher` writes each connection's frames of one event-loop iteration with a
+single ``transport.write`` (a burst of events costs one syscall per subscriber, not one per frame).
+The transport's write buffer is the rest of the outbox: when a subscriber does not read,
 the kernel buffers fill, then the transport buffer grows, and once it would exceed
 ``outbox_bytes`` the subscriber is dropped (close code 1008). Nobody ever awaits a subscriber, so a
 slow one never delays the others or the store. A subscriber whose buffer makes no progress for
@@ -27,6 +29,28 @@ from .frames import PING_FRAME
 log = logging.getLogger("ooo_storage.server")
 
 
+class Flusher:
+    """Writes the frames queued during one event-loop iteration, one write per connection."""
+
+    __slots__ = ("_dirty", "_scheduled")
+
+    def __init__(self) -> None:
+        self._dirty: list[Connection] = []
+        self._scheduled = False
+
+    def mark(self, conn: Connection) -> None:
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()
+
+
 class Connection:
     """A subscriber's socket. ``pool`` is set while it is a member of a stream pool."""
 
@@ -44,6 +68,9 @@ class Connection:
         "_ping_timer",
         "_write_timer",
         "_on_drop",
+        "_flusher",
+        "_pending",
+        "_pending_bytes",
         "_closing",
     )
 
@@ -52,6 +79,7 @@ class Connection:
         ws: web.WebSocketResponse,
         request: web.Request,
         config: ServerConfig,
+        flusher: Flusher,
         on_drop: Callable[[Connection, bool], None] | None = None,
     ) -> None:
         self.ws = ws
@@ -68,26 +96,48 @@ class Connection:
         self._write_timer: asyncio.TimerHandle | None = None
         self._on_drop = on_drop  # (conn, slow): leave the pool at once, not when the socket is gone
         self._closing: asyncio.Task[None] | None = None
+        self._flusher = flusher
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
 
     @property
     def queued_bytes(self) -> int:
+        """Bytes not yet handed to the kernel (queued here plus the transport's buffer)."""
         transport = self._transport
-        return 0 if transport is None else transport.get_write_buffer_size()
+        buffered = 0 if transport is None else transport.get_write_buffer_size()
+        return buffered + self._pending_bytes
 
     # -- sending (synchronous: called from the broadcast path) ----------------------------------
     def send(self, frame: bytes) -> None:
-        """Write one complete websocket frame; drop the connection if its outbox is full."""
+        """Queue one complete websocket frame; drop the connection if its outbox is full."""
         if self.closed:
             return
         transport = self._transport
         if transport is None or transport.is_closing():
             self.drop(WSCloseCode.GOING_AWAY, "connection lost")
             return
-        if transport.get_write_buffer_size() + len(frame) > self.config.outbox_bytes:
+        if self.queued_bytes + len(frame) > self.config.outbox_bytes:
             self.drop(WSCloseCode.POLICY_VIOLATION, "slow consumer: outbox full", slow=True)
             return
-        transport.write(frame)
-        self._written += len(frame)
+        if not self._pending:
+            self._flusher.mark(self)
+        self._pending.append(frame)
+        self._pending_bytes += len(frame)
+
+    def flush(self) -> None:
+        """Hand the queued frames to the transport in one write."""
+        pending = self._pending
+        if self.closed or not pending:
+            pending.clear()
+            self._pending_bytes = 0
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        self._pending_bytes = 0
+        transport = self._transport
+        assert transport is not None
+        transport.write(data)
+        self._written += len(data)
         if self._write_timer is None and transport.get_write_buffer_size():
             self._write_timer = asyncio.get_running_loop().call_later(
                 self.config.write_timeout, self._check_progress
@@ -97,7 +147,8 @@ class Connection:
         self._write_timer = None
         if self.closed:
             return
-        pending = self.queued_bytes
+        transport = self._transport
+        pending = 0 if transport is None else transport.get_write_buffer_size()
         if not pending:
             self._flushed_at_check = -1
             return
@@ -144,6 +195,8 @@ class Connection:
     def _stop(self, reason: str) -> None:
         self.closed = True
         self.close_reason = reason
+        self._pending.clear()
+        self._pending_bytes = 0
         for timer in (self._ping_timer, self._write_timer):
             if timer is not None:
                 timer.cancel()

@@ -70,7 +70,7 @@ async def _open(
         timeout=cfg.close_timeout,
     )
     await ws.prepare(request)
-    return Connection(ws, request, cfg, on_drop=on_drop)
+    return Connection(ws, request, cfg, server.flusher, on_drop=on_drop)
 
 
 async def _read_until_closed(conn: Connection) -> None:
