@@ -86,10 +86,11 @@ class Entry:
 
 @dataclass(frozen=True)
 class ListView:
-    """How a list (GET of a glob, list pool) is shown: object filter, then limit, then list filter.
+    """How a list (GET of a glob, list pool) is shown: the limit keeps the newest items, then the
+    object filter (with the list's key), the order, then the list filter.
 
-    ``plain`` views change nothing but the limit, so pools can build positional patches directly;
-    other views are diffed as whole documents.
+    ``plain`` views change nothing but limit and order, so pools build positional patches
+    directly; other views are diffed as whole documents.
     """
 
     key: str
@@ -107,13 +108,15 @@ class ListView:
 
     def apply(self, objs: list[Object]) -> list[Object]:
         """The shown list for ``objs`` (all matching objects, newest first)."""
+        return self.present(objs if self.limit is None else self.limit.trim(objs))
+
+    def present(self, objs: list[Object]) -> list[Object]:
+        """The shown list for ``objs`` already limited (newest first)."""
         if self.object_fn is not None:
             fn, key = self.object_fn, self.key
             objs = [shown for o in objs if (shown := fn(key, o)) is not None]
-        if self.limit is not None:
-            objs = self.limit.trim(objs)
-            if self.limit.order == "asc":
-                objs.reverse()
+        if not self.descending:
+            objs = objs[::-1]
         if self.list_fn is not None:
             objs = list(self.list_fn(self.key, objs))
         return objs

@@ -13,13 +13,18 @@ replayed, and a read that raced with writes is retried (see :meth:`Pools._load`)
 
 Versions: a pool's version is the store revision of the last change delivered to it. Events of
 different keys come from different shards and may arrive out of revision order, so a pool takes
-``max(event.revision, version + 1)``: versions stay strictly increasing per pool.
+``max(event.revision, version + 1)``: versions stay strictly increasing per pool. A pruned pool
+leaves a small record (version and a digest of its state); when the pool is built again with the
+very same state it takes back that version, so a client resuming with ``?v=`` after its pool was
+pruned still gets no initial frame when nothing changed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -37,6 +42,11 @@ from .state import SNAPSHOT, ListState, ObjectState
 log = logging.getLogger("ooo_storage.server")
 
 _LOAD_ATTEMPTS = 5
+_REMEMBERED = 4096  # pruned pools whose version can be taken back
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class Pool:
@@ -73,10 +83,14 @@ class Pool:
     def is_list(self) -> bool:
         return isinstance(self.state, ListState)
 
-    def load(self, data: Any, revision: int) -> None:
+    def load(self, data: Any, revision: int, remembered: tuple[int, bytes] | None = None) -> None:
+        """Start from ``data`` read at store ``revision``; take back a pruned pool's version when
+        the state is exactly what its clients last had."""
         self.state.load(data, revision)
         self.base = self.version = revision
         self._snapshot = None
+        if remembered is not None and remembered[1] == _digest(self.state.data()):
+            self.version = remembered[0]
 
     def snapshot_frame(self) -> bytes:
         """The current state as a snapshot frame (built once per version)."""
@@ -114,6 +128,7 @@ class Pools:
         # segment count -> (exact key -> pool, glob key -> pool)
         self._index: dict[int, tuple[dict[str, Pool], dict[str, Pool]]] = {}
         self.slow_disconnects = 0
+        self._remembered: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
 
     # -- routing (the store's watch callback; synchronous) --------------------------------------
     def on_event(self, event: Event) -> None:
@@ -167,6 +182,11 @@ class Pools:
             return
         if self.pools.get(pool.key) is pool:
             del self.pools[pool.key]
+            if pool.buffer is None:  # a fully built state
+                self._remembered[pool.key] = (pool.version, _digest(pool.state.data()))
+                self._remembered.move_to_end(pool.key)
+                if len(self._remembered) > _REMEMBERED:
+                    self._remembered.popitem(last=False)
             exact, globs = self._index[pool.segments]
             (globs if "*" in pool.key else exact).pop(pool.key, None)
             if not exact and not globs:
@@ -185,7 +205,7 @@ class Pools:
         store = self.store
         if store.memory is not None:
             data = store.peek_list(key) if "*" in key else store.peek(key)
-            pool.load(data, store.revision)
+            pool.load(data, store.revision, self._remembered.pop(key, None))
         else:
             pool.buffer = []
             pool.loading = asyncio.get_running_loop().create_future()
@@ -203,13 +223,12 @@ class Pools:
                 data = await self._read(pool.key)
                 if self.store.revision == revision:
                     break
-            pool.load(data, revision)
+            pool.load(data, revision, self._remembered.pop(pool.key, None))
             buffered, pool.buffer = pool.buffer, None
             for event in buffered:
                 pool.feed(event)
             pool.loading.set_result(None)
         except Exception as exc:
-            pool.buffer = None
             pool.loading.set_exception(exc)
             pool.loading.exception()  # retrieved: waiters get it through join
         finally:

@@ -89,7 +89,11 @@ class ObjectState:
 
 class ListState:
     """A glob pool: every matching item in ONE canonical order (newest first unless a limit filter
-    asks for ascending), the order of its snapshot, of GET and of every positional patch."""
+    asks for ascending), the order of its snapshot, of GET and of every positional patch.
+
+    With a limit filter the items are limited here too, so positions are those clients see; items
+    older than ``max_age`` leave at the next event of the pool (with a ``remove``), never silently.
+    """
 
     __slots__ = ("key", "view", "_order", "_items", "_shown")
 
@@ -109,10 +113,8 @@ class ListState:
         return [items[path][0] for _, path in reversed(self._order)]
 
     def objects(self) -> list[Object]:
-        """The shown list."""
-        if self.view.plain and self.view.descending:
-            return self._newest_first()
-        return self.view.apply(self._newest_first())
+        """The shown list (the items are already limited: see :meth:`load` and :meth:`_insert`)."""
+        return self.view.present(self._newest_first())
 
     def data(self) -> bytes:
         return b"[" + b",".join(o.to_json() for o in self.objects()) + b"]"
