@@ -404,21 +404,21 @@ class SimpleObjectStore:
         return await self._run("delete", "*", self._mdelete_sync, doomed)
 
     def _mdelete_sync(self, keys: list[bytes]) -> int:
-        paths = []
-        for key in keys:
-            path = self.path(key)
+        return self._unlink_all(self.path(key) for key in keys)
+
+    def _unlink_all(self, paths: Iterable[str]) -> int:
+        """Unlink object files (missing ones skipped), then fsync each touched leaf directory once."""
+        removed = set()
+        for path in paths:
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 continue
-            paths.append(path)
-        self._fsync_parents(paths)
-        return len(paths)
-
-    def _fsync_parents(self, paths: Iterable[str]) -> None:
+            removed.add(path)
         if self.durability == "full":
-            for leaf in sorted({os.path.dirname(p) for p in paths}):
+            for leaf in sorted({os.path.dirname(p) for p in removed}):
                 fsync_dir(leaf)
+        return len(removed)
 
     async def store_if_absent(self, key: Key, data: bytes) -> bool:
         """Store ``data`` only if ``key`` does not exist (atomic across processes: ``link`` of a
@@ -519,15 +519,7 @@ class SimpleObjectStore:
         return await self._run("clear", "*", self._clear_sync)
 
     def _clear_sync(self) -> int:
-        removed = []
-        for path, _ in iter_fanout(self.root):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                continue
-            removed.append(path)
-        self._fsync_parents(removed)
-        return len(removed)
+        return self._unlink_all(path for path, _ in iter_fanout(self.root))
 
     # -- reads ---------------------------------------------------------------------------------
     async def get(self, key: Key) -> bytes | None:

@@ -217,7 +217,7 @@ ROLES = {name[5:]: fn for name, fn in list(globals().items()) if name.startswith
 _SERVER = r"""
 import importlib.util, json, os, signal, sys
 sys.path.insert(0, sys.argv[2])
-spec = importlib.util.spec_from_file_location("sos_test_roles", sys.argv[1])
+spec = importlib.util.spec_from_file_location("fork_roles", sys.argv[1])
 roles = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(roles)
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped automatically
@@ -240,11 +240,16 @@ for line in sys.stdin:
 
 
 class ForkServer:
-    """Parent side of the fork server: spawn role children, read their messages, await death."""
+    """Parent side of the fork server: spawn role children, read their messages, await death.
 
-    def __init__(self) -> None:
+    ``roles_file`` is the Python file the server imports once; it must define ``ROLES`` (name →
+    function run in the child) and ``emit`` (this module's, or one writing the same JSON lines), so
+    other layers' tests can reuse the server with their own roles.
+    """
+
+    def __init__(self, roles_file: str = __file__) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVER, __file__, REPO],
+            [sys.executable, "-c", _SERVER, roles_file, REPO],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=REPO,
