@@ -249,7 +249,8 @@ async def test_each_operation_is_one_executor_submission(sos: SimpleObjectStore)
         sos.store("a", b"1"), sos.get("a"), sos.metadata("a"), sos.check("a"), sos.clone("a", "b"),
         sos.rename("b", "c"), sos.get_and_delete("c"), sos.store_if_absent("d", b"2"),
         sos.delete("d"), sos.keys(), sos.list("*"), sos.mget(["a", "b"]), sos.scrub(),
-        sos.store_from("e", io.BytesIO(b"x" * 3_000_000)),
+        sos.store_from("e", io.BytesIO(b"x" * 3_000_000)), sos.store_str("f", "text"),
+        sos.get_str("f"), sos.get_into("f", io.BytesIO()), sos.mdelete(["e", "f"]), sos.clear(),
     ]  # fmt: skip
     for op in ops:
         before = calls
