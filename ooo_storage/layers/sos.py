@@ -97,6 +97,7 @@ VERSION = 1
 _FIELDS = struct.Struct("<4sBBHQ")  # the CRC covers these 16 bytes, then key and value
 _CRC = struct.Struct("<I")
 HEADER_SIZE = _FIELDS.size + _CRC.size  # 20
+MAX_KEY = 0xFFFF
 _SMALL = 64 * 1024  # records up to this size are read with one read() call
 _KEY_PEEK = 4096  # listing reads this much, enough for the header and any usual key
 _STREAM_CHUNK = 1024 * 1024
@@ -118,8 +119,14 @@ def decode_key(raw: bytes) -> str:
 
 def encode_record(key: bytes, value: bytes) -> bytes:
     """Header and key of the record of ``key``/``value`` (the value is written after it, unjoined)."""
+    _check_key_len(key)
     fields = _FIELDS.pack(MAGIC, VERSION, 0, len(key), len(value))
     return fields + _CRC.pack(crc32c(value, crc32c(key, crc32c(fields)))) + key
+
+
+def _check_key_len(key: bytes) -> None:
+    if len(key) > MAX_KEY:
+        raise ValueError(f"SOS keys are limited to {MAX_KEY} bytes (u16 key_len)")
 
 
 def _parse_header(head: bytes, size: int) -> tuple[int, int, int]:
@@ -361,6 +368,8 @@ class SimpleObjectStore:
 
     def _store_stream_sync(self, key: bytes, read: Callable[[int], bytes]) -> None:
         raw = self.record == "raw"
+        if not raw:
+            _check_key_len(key)
 
         def fill(fd: int) -> None:
             # The header holds the value length, known only at EOF: reserve it, stream the value,

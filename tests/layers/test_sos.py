@@ -439,3 +439,15 @@ async def test_layer_index_journals_writes_during_its_build(
     assert await listing == expected
     assert await layer.keys() == expected
     await layer.close()
+
+
+async def test_keys_longer_than_the_u16_length_field_are_refused(sos: SimpleObjectStore) -> None:
+    long_key = "k" * 70_000
+    with pytest.raises(ValueError):
+        await sos.store(long_key, b"v")
+    with pytest.raises(ValueError):
+        await sos.store_from(long_key, io.BytesIO(b"v"))
+    await sos.store("k" * 0xFFFF, b"max")
+    assert await sos.get("k" * 0xFFFF) == b"max"
+    assert await sos.keys() == ["k" * 0xFFFF]  # longer than the header peek of a walk
+    assert os.listdir(os.path.join(sos.root, ".tmp")) == []
