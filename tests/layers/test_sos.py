@@ -451,3 +451,27 @@ async def test_keys_longer_than_the_u16_length_field_are_refused(sos: SimpleObje
     assert await sos.get("k" * 0xFFFF) == b"max"
     assert await sos.keys() == ["k" * 0xFFFF]  # longer than the header peek of a walk
     assert os.listdir(os.path.join(sos.root, ".tmp")) == []
+
+
+@pytest.mark.parametrize(("durability", "syncs"), [("full", 2), ("data", 1), ("none", 0)])
+async def test_fsync_policy_per_durability(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: Any, syncs: int
+) -> None:
+    """An overwrite fsyncs file and directory ("full"), the file only ("data"), nothing ("none");
+    a delete fsyncs the directory only in "full"."""
+    store = SimpleObjectStore(tmp_path / "s", durability=durability)
+    await store.start()
+    await store.store("k", b"1")
+    calls: list[int] = []
+    real = os.fsync
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    await store.store("k", b"2")
+    assert len(calls) == syncs
+    await store.delete("k")
+    assert len(calls) == syncs + (durability == "full")
+    await store.close()
