@@ -135,7 +135,9 @@ class Connection:
         pending.clear()
         self._pending_bytes = 0
         transport = self._transport
-        assert transport is not None
+        if transport is None or transport.is_closing():
+            self.drop(WSCloseCode.GOING_AWAY, "connection lost")
+            return
         transport.write(data)
         self._written += len(data)
         if self._write_timer is None and transport.get_write_buffer_size():

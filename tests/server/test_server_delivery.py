@@ -91,3 +91,43 @@ async def test_shutdown_closes_sockets_with_1001() -> None:
         assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1001
     assert store.active  # the store belongs to the caller
     await store.close()
+
+
+_IDLE_CLIENT = r"""
+import asyncio, sys, aiohttp
+async def main(url, n):
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        wss = await asyncio.gather(*(s.ws_connect(f"{url}/idle/{i % 10}") for i in range(n)))
+        await asyncio.gather(*(w.receive() for w in wss))
+        print("ready", flush=True)
+        await asyncio.sleep(60)
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+async def test_memory_per_idle_subscriber(make_live: LiveFactory) -> None:
+    """Measured server-side (the clients live in another process): small and bounded."""
+    import gc
+    import sys
+    import tracemalloc
+
+    live = await make_live()
+    n = 300
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _IDLE_CLIENT, live.ws_base, str(n), stdout=asyncio.subprocess.PIPE
+        )
+        assert proc.stdout is not None
+        async with asyncio.timeout(60):
+            assert await proc.stdout.readline() == b"ready\n"
+        gc.collect()
+        per_subscriber = (tracemalloc.get_traced_memory()[0] - base) / n
+    finally:
+        tracemalloc.stop()
+    proc.kill()
+    await proc.wait()
+    # About 16 KiB today, nearly all of it aiohttp's own per-connection request/protocol objects.
+    assert per_subscriber < 48 * 1024, per_subscriber
