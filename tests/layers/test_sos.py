@@ -475,3 +475,25 @@ async def test_fsync_policy_per_durability(
     await store.delete("k")
     assert len(calls) == syncs + (durability == "full")
     await store.close()
+
+
+async def test_full_durability_fsyncs_new_parent_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key in a new ``xx/yy``: file, root (new xx), xx (new yy) and the leaf are fsynced."""
+    store = SimpleObjectStore(tmp_path / "s")
+    await store.start()
+    synced: list[str] = []
+    real = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    await store.store("k", b"1")
+    leaf = os.path.dirname(store.path("k"))
+    top = os.path.dirname(leaf)
+    assert sorted(synced[1:]) == sorted([store.root, top, leaf])
+    assert synced[0].startswith(os.path.join(store.root, ".tmp"))
+    await store.close()
