@@ -15,7 +15,7 @@ import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 
@@ -24,6 +24,7 @@ from ..errors import InvalidData
 from ..meta import Object
 from .errors import FilterRejected
 
+T = TypeVar("T")
 Kind = Literal["write", "read_object", "read_list", "delete", "after_write"]
 
 WriteFn = Callable[[str, Any], Any]
@@ -241,6 +242,16 @@ class Filters:
             raise FilterRejected(str(exc) or f"filters: subscription refused, key:{key}") from None
         if allowed is False:
             raise FilterRejected(f"filters: subscription refused, key:{key}")
+
+
+def read_guard(key: str, fn: Callable[..., T], *args: Any) -> T:
+    """Run a read filter for a request: a filter that raises refuses the read (400), never a 500."""
+    try:
+        return fn(*args)
+    except FilterRejected:
+        raise
+    except Exception as exc:
+        raise FilterRejected(str(exc) or f"filters: read refused, key:{key}") from None
 
 
 def parse_json(body: bytes) -> Any:

@@ -15,7 +15,7 @@ from .. import keys
 from ..errors import NotFound
 from ..merge import merge_json
 from .errors import HTTPFailure
-from .filters import parse_json
+from .filters import parse_json, read_guard
 
 if TYPE_CHECKING:
     from .app import Server
@@ -56,7 +56,8 @@ async def get(server: Server, request: web.Request, key: str) -> web.Response:
     filters, store = server.filters, server.store
     filters.permit_read(key)
     if "*" in key:
-        objs = filters.list_view(key).apply(await store.get_list_descending(key))
+        objs = await store.get_list_descending(key)
+        objs = read_guard(key, filters.list_view(key).apply, objs)
         return json_response(b"[" + b",".join(o.to_json() for o in objs) + b"]")
     if filters.object_fn(key) is None:
         try:
@@ -64,7 +65,7 @@ async def get(server: Server, request: web.Request, key: str) -> web.Response:
         except NotFound:
             raise HTTPFailure(404, "ooo: empty key") from None
     try:
-        obj = filters.read_object(key, await store.get(key))
+        obj = read_guard(key, filters.read_object, key, await store.get(key))
     except NotFound:
         obj = None
     if obj is None:

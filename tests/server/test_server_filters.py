@@ -214,3 +214,14 @@ async def test_middleware_gates_rest_and_upgrade(make_live: LiveFactory) -> None
     ws = await live.ws("k", protocols=("bearer", "letmein"))
     assert ws.protocol == "bearer"
     assert (await next_frame(ws))["data"]["data"] == 1
+
+
+async def test_failing_read_filter_is_400_not_500(live: Live) -> None:
+    def broken(key: str, value: Any) -> Any:
+        raise KeyError("filters: cannot show")
+
+    live.server.read_object_filter("broken/1", broken)
+    live.server.read_list_filter("broken/*", broken)
+    await live.request("POST", "broken/1", b"1")
+    assert (await live.request("GET", "broken/1"))[0] == 400
+    assert (await live.request("GET", "broken/*"))[0] == 400
