@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import re
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from . import explorer, rest, streams
 from .config import ServerConfig
 from .connection import Connection, Flusher
 from .errors import Handler, error_middleware, text_response
-from .filters import Filters, Limit
+from .filters import Filters, Limit, maybe_await
 from .pools import Pools
 from .streams import clock_frame, wants_websocket
 
@@ -122,9 +121,7 @@ class Server:
             if entry.limit is not None:
                 await self._trim(entry.path, entry.limit)
             elif entry.fn is not None:
-                result = entry.fn(key)
-                if inspect.isawaitable(result):
-                    await result
+                await maybe_await(entry.fn(key))
         except Exception:
             log.exception("after-write filter failed for %s", key)
 
@@ -141,9 +138,7 @@ class Server:
         if hook is None:
             return
         try:
-            result = hook(key)
-            if inspect.isawaitable(result):
-                await result
+            await maybe_await(hook(key))
         except Exception:
             log.exception("on_unsubscribe failed for %s", key)
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -44,7 +45,18 @@ def route_not_defined(key: str) -> FilterRejected:
     return FilterRejected(f"filters: route not defined, key:{key}")
 
 
-async def _maybe_await(value: Any) -> Any:
+@contextmanager
+def refusing(default: str) -> Iterator[None]:
+    """A filter or hook that raises refuses the operation: 400 with its message (or ``default``)."""
+    try:
+        yield
+    except FilterRejected:
+        raise
+    except Exception as exc:
+        raise FilterRejected(str(exc) or default) from None
+
+
+async def maybe_await(value: Any) -> Any:
     if inspect.isawaitable(value):
         return await value
     return value
@@ -201,12 +213,8 @@ class Filters:
     async def run_write(self, entry: Entry, key: str, value: Any) -> bytes:
         """Run a write filter on a decoded value; returns the JSON text to store."""
         assert entry.fn is not None
-        try:
-            result = await _maybe_await(entry.fn(key, value))
-        except FilterRejected:
-            raise
-        except Exception as exc:
-            raise FilterRejected(str(exc) or f"filters: write refused, key:{key}") from None
+        with refusing(f"filters: write refused, key:{key}"):
+            result = await maybe_await(entry.fn(key, value))
         invalid = FilterRejected(f"filters: invalid filter result error, key:{key}")
         if result is None:
             raise invalid
@@ -221,12 +229,8 @@ class Filters:
         entry = self._required("delete", key)
         if entry is None or entry.fn is None:
             return
-        try:
-            await _maybe_await(entry.fn(key))
-        except FilterRejected:
-            raise
-        except Exception as exc:
-            raise FilterRejected(str(exc) or f"filters: delete refused, key:{key}") from None
+        with refusing(f"filters: delete refused, key:{key}"):
+            await maybe_await(entry.fn(key))
 
     def after_write_entry(self, key: str) -> Entry | None:
         return self.find("after_write", key)
@@ -236,22 +240,18 @@ class Filters:
         self.permit_read(key)
         if self.on_subscribe is None:
             return
-        try:
-            allowed = await _maybe_await(self.on_subscribe(key))
-        except Exception as exc:
-            raise FilterRejected(str(exc) or f"filters: subscription refused, key:{key}") from None
+        refused = f"filters: subscription refused, key:{key}"
+        with refusing(refused):
+            allowed = await maybe_await(self.on_subscribe(key))
         if allowed is False:
-            raise FilterRejected(f"filters: subscription refused, key:{key}")
+            raise FilterRejected(refused)
 
 
 def read_guard(key: str, fn: Callable[..., T], *args: Any) -> T:
     """Run a read filter for a request: a filter that raises refuses the read (400), never a 500."""
-    try:
-        return fn(*args)
-    except FilterRejected:
-        raise
-    except Exception as exc:
-        raise FilterRejected(str(exc) or f"filters: read refused, key:{key}") from None
+    with refusing(f"filters: read refused, key:{key}"):
+        result = fn(*args)
+    return result
 
 
 def parse_json(body: bytes) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -79,7 +80,7 @@ async def serve(
     *,
     server: Server | None = None,
     stop: asyncio.Event | None = None,
-    ready: Any = None,
+    ready: Callable[[int], Any] | None = None,
     **options: Any,
 ) -> None:
     """Serve until ``stop`` is set or SIGINT/SIGTERM arrives, then shut down cleanly.
