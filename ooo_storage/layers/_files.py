@@ -424,28 +424,29 @@ def is_fanout_name(name: str, length: int) -> bool:
 
 
 def iter_fanout(root: str) -> Iterator[tuple[str, str]]:
-    """Yield ``(path, "xxyy<60 hex>")`` for every object file under ``root/xx/yy/``.
+    """Yield ``(path, "xxyy<60 hex>")`` for every object file under ``root/xx/yy/``, unordered.
 
     Skips ``.tmp``, ``.corrupt``, the marker and anything that is not exactly the fan-out shape;
-    directories that vanish during the walk are skipped.
+    directories that vanish during the walk are skipped. (``listdir`` and plain string joins:
+    a sparse store has a leaf directory per object, so the walk is mostly directory reads.)
     """
-    for top in _scandir_names(root):
+    for top in _listdir(root):
         if not is_fanout_name(top, 2):
             continue
-        top_path = os.path.join(root, top)
-        for mid in _scandir_names(top_path):
+        top_path = f"{root}/{top}"
+        for mid in _listdir(top_path):
             if not is_fanout_name(mid, 2):
                 continue
-            mid_path = os.path.join(top_path, mid)
-            for name in _scandir_names(mid_path):
+            mid_path = f"{top_path}/{mid}"
+            prefix = top + mid
+            for name in _listdir(mid_path):
                 if is_fanout_name(name, 60):
-                    yield os.path.join(mid_path, name), top + mid + name
+                    yield f"{mid_path}/{name}", prefix + name
 
 
-def _scandir_names(path: str) -> list[str]:
+def _listdir(path: str) -> list[str]:
     try:
-        with os.scandir(path) as it:
-            return sorted(e.name for e in it)
+        return os.listdir(path)
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as exc:
