@@ -400,20 +400,18 @@ class Layered:
     async def _write(
         self, key: str, raw: bytes, stamps: tuple[int, int] | None = None, locked: bool = False
     ) -> str:
-        if self._sync and not locked and not self._locks.busy(key) and self._gate.idle:
-            # Nothing can interleave: no await until the event is queued.
-            obj = self._build(key, raw, stamps, self._read_sync(key))
-            self._store_sync(key, obj)
-            waiter = self._publish(key, "set", obj)
+        if not self._sync:
+            obj, waiter = await self._write_awaiting(key, raw, stamps, locked)
+        elif not locked and not self._locks.busy(key) and self._gate.idle:
+            # Every layer is synchronous and nobody holds the key: nothing can interleave.
+            obj, waiter = self._commit_now(key, raw, stamps)
         else:
             if not locked:
                 await self._locks.acquire(key)
             try:
                 await self._gate.acquire_shared()
                 try:
-                    obj = self._build(key, raw, stamps, await self._read(key))
-                    await self._store(key, obj)
-                    waiter = self._publish(key, "set", obj)
+                    obj, waiter = self._commit_now(key, raw, stamps)
                 finally:
                     await self._gate.release_shared()
             finally:
@@ -422,6 +420,42 @@ class Layered:
         if waiter is not None or self.options.after_write is not None:
             await self._finish(key, waiter)
         return obj.index
+
+    def _commit_now(
+        self, key: str, raw: bytes, stamps: tuple[int, int] | None
+    ) -> tuple[Object, asyncio.Future[None] | None]:
+        """The whole write with synchronous layers, in one step (this is the hot path)."""
+        memory, embedded = self.memory, self.embedded
+        old = memory.get(key) if memory is not None else embedded.get(key)  # type: ignore[union-attr]
+        obj = self._build(key, raw, stamps, old)  # type: ignore[arg-type]
+        if embedded is not None:
+            try:
+                embedded.set(key, obj)
+            except StorageError:
+                raise
+            except Exception as exc:
+                raise StorageUnavailable(f"storage: write failed: {exc}") from exc
+        if memory is not None:
+            memory.set(key, obj)
+        return obj, self._publish(key, "set", obj)
+
+    async def _write_awaiting(
+        self, key: str, raw: bytes, stamps: tuple[int, int] | None, locked: bool
+    ) -> tuple[Object, asyncio.Future[None] | None]:
+        """The write with an asynchronous persistent layer: under the key lock and the gate."""
+        if not locked:
+            await self._locks.acquire(key)
+        try:
+            await self._gate.acquire_shared()
+            try:
+                obj = self._build(key, raw, stamps, await self._read(key))
+                await self._store(key, obj)
+                return obj, self._publish(key, "set", obj)
+            finally:
+                await self._gate.release_shared()
+        finally:
+            if not locked:
+                self._locks.release(key)
 
     @staticmethod
     def _build(key: str, raw: bytes, stamps: tuple[int, int] | None, old: Object | None) -> Object:
@@ -432,22 +466,6 @@ class Layered:
         else:
             created, updated = old.created, now()
         return Object(created, updated, keys.last_index(key), key, raw)
-
-    def _read_sync(self, key: str) -> Object | None:
-        if self.memory is not None:
-            return self.memory.get(key)
-        return self.embedded.get(key)  # type: ignore[union-attr,return-value]
-
-    def _store_sync(self, key: str, obj: Object) -> None:
-        if self.embedded is not None:
-            try:
-                self.embedded.set(key, obj)
-            except StorageError:
-                raise
-            except Exception as exc:
-                raise StorageUnavailable(f"storage: write failed: {exc}") from exc
-        if self.memory is not None:
-            self.memory.set(key, obj)
 
     async def _store(self, key: str, obj: Object) -> None:
         if self.embedded is not None:
