@@ -62,7 +62,7 @@ def test_kill9_during_writes_never_tears_and_keeps_acked(
         # Wait for a random number of acks (0..3) then a random extra delay: kills land in every
         # phase of the write (temp creation, writev, fsync, rename, dir fsync) of small and big values.
         for _ in range(rng.randrange(4)):
-            forkserver.next(pid, "ack")
+            acked = max(acked, forkserver.next(pid, "ack")["gen"])
         time.sleep(rng.uniform(0, 0.012))  # not synchronisation: a random kill point
         forkserver.kill(pid)
         kills += 1
