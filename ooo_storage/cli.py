@@ -2,7 +2,7 @@
 
 ::
 
-    ooo-storage serve [--host 127.0.0.1] [--port 8800] [--data ./data] [--memory-only] [--static]
+    ooo-storage serve [--host 127.0.0.1] [--port 8800] [--data ./data] [--memory-only] [--sync] [--static]
                       [--max-body-bytes N] [--allowed-origin ORIGIN ...] [--no-patch]
                       [--log-level info]
 
@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .errors import StorageError
 
 log = logging.getLogger("ooo_storage")
 
@@ -56,6 +57,11 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("--port", type=int, default=8800, help="port (default 8800; 0 = any free)")
     serve.add_argument("--data", default="./data", help="LevelDB directory (default ./data)")
     serve.add_argument("--memory-only", action="store_true", help="keep nothing on disk")
+    serve.add_argument(
+        "--sync",
+        action="store_true",
+        help="durable writes: acknowledge only once on disk (concurrent writes share one fsync)",
+    )
     serve.add_argument("--static", action="store_true", help="refuse every route without a matching filter")
     serve.add_argument(
         "--max-body-bytes",
@@ -90,7 +96,7 @@ def run_serve(args: argparse.Namespace) -> int:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down
         return 130
-    except OSError as exc:  # port in use, unreadable data directory...
+    except (OSError, StorageError) as exc:  # port in use, database locked or unwritable...
         log.error("%s", exc)
         return 1
     return 0
@@ -101,7 +107,7 @@ async def _serve(args: argparse.Namespace) -> None:
     from .layers import LevelDBLayer, MemoryLayer
     from .server import serve
 
-    embedded = None if args.memory_only else LevelDBLayer(args.data)
+    embedded = None if args.memory_only else LevelDBLayer(args.data, sync=args.sync)
     store = Layered(memory=MemoryLayer(), embedded=embedded)
     await store.start()
     try:
@@ -118,7 +124,9 @@ async def _serve(args: argparse.Namespace) -> None:
                 __version__,
                 args.host,
                 port,
-                "memory only" if args.memory_only else f"LevelDB at {args.data}",
+                "memory only"
+                if args.memory_only
+                else f"LevelDB at {args.data}{', durable writes' if args.sync else ''}",
             ),
         )
     finally:
