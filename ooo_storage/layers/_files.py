@@ -31,6 +31,7 @@ import secrets
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
@@ -553,12 +554,15 @@ class WorkerPool:
         self._closed = False
         # Daemon threads: work is acknowledged only through its future, so a thread stopped at
         # interpreter exit can leave at most an unacknowledged temp file (cleaned on next start).
+        # They hold the queue, not the pool: a pool dropped without shutdown() is collected and
+        # its finalizer stops them.
         self._threads = [
-            threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True)
+            threading.Thread(target=_work, args=(self._queue,), name=f"{name}_{i}", daemon=True)
             for i in range(workers)
         ]
         for thread in self._threads:
             thread.start()
+        self._stop = weakref.finalize(self, _stop_workers, self._queue, workers)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a pool thread; its exception, if any, is raised here."""
@@ -577,26 +581,30 @@ class WorkerPool:
 
     def shutdown(self, wait: bool = True) -> None:
         """Run the queued work, then stop the threads (joined if ``wait``). Idempotent."""
-        if not self._closed:
-            self._closed = True
-            for _ in self._threads:
-                self._queue.put(None)
+        self._closed = True
+        self._stop()
         if wait:
             for thread in self._threads:
                 if thread is not threading.current_thread():
                     thread.join()
 
-    def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            loop, fut, fn, args = item
-            del item
-            try:
-                result, error = fn(*args), None
-            except BaseException as exc:
-                result, error = None, exc
-            with contextlib.suppress(RuntimeError):  # loop closed: nobody awaits any more
-                loop.call_soon_threadsafe(_settle, fut, result, error)
-            del loop, fut, fn, args, result, error
+
+def _work(jobs: queue.SimpleQueue[Any]) -> None:
+    while (item := jobs.get()) is not None:
+        loop, fut, fn, args = item
+        del item
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # loop closed: nobody awaits any more
+            loop.call_soon_threadsafe(_settle, fut, result, error)
+        del loop, fut, fn, args, result, error
+
+
+def _stop_workers(jobs: queue.SimpleQueue[Any], workers: int) -> None:
+    for _ in range(workers):  # queued after any pending work, which therefore still runs
+        jobs.put(None)
 
 
 def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -497,3 +497,18 @@ async def test_full_durability_fsyncs_new_parent_directories(
     assert sorted(synced[1:]) == sorted([store.root, top, leaf])
     assert synced[0].startswith(os.path.join(store.root, ".tmp"))
     await store.close()
+
+
+async def test_worker_pool_dropped_without_shutdown_stops_its_threads() -> None:
+    import gc
+
+    from ooo_storage.layers._files import WorkerPool
+
+    pool = WorkerPool(2, "dropped")
+    assert await pool.run(abs, -1) == 1
+    threads = list(pool._threads)
+    del pool
+    gc.collect()
+    for thread in threads:
+        await asyncio.to_thread(thread.join, 10)
+        assert not thread.is_alive()
