@@ -552,6 +552,7 @@ class WorkerPool:
             raise ValueError("workers must be >= 1")
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
+        self._pid = os.getpid()
         # Daemon threads: work is acknowledged only through its future, so a thread stopped at
         # interpreter exit can leave at most an unacknowledged temp file (cleaned on next start).
         # They hold the queue, not the pool: a pool dropped without shutdown() is collected and
@@ -568,6 +569,8 @@ class WorkerPool:
         """``fn(*args)`` in a pool thread; its exception, if any, is raised here."""
         if self._closed:
             raise RuntimeError("worker pool is shut down")
+        if os.getpid() != self._pid:  # threads do not survive fork: fail instead of hanging
+            raise RuntimeError("worker pool used in a forked child: start the store after forking")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._queue.put((loop, fut, fn, args))
