@@ -276,11 +276,18 @@ async def test_get_and_lock_missing_keeps_no_lock(store: Layered) -> None:
         await store.unlock("ghost")
 
 
-async def test_locks_reclaimed(store: Layered) -> None:
-    for i in range(2000):
+async def test_locks_reclaimed(factory: StoreFactory) -> None:
+    store = await factory.open()
+    # File-backed layers fsync every write; a few hundred writes show reclamation just as well.
+    rounds = 200 if "sos" in factory.backend or "erasure" in factory.backend else 2000
+    for i in range(rounds):
         await store.push("many/*", i)
         await store.set(f"m/{i % 7}", i)
+        if i % 3 == 0:
+            await store.get_and_lock(f"m/{i % 7}")
+            await store.set_and_unlock(f"m/{i % 7}", -i)
     assert len(store._locks) == 0
+    assert len(await store.get_list("many/*")) == rounds
 
 
 async def test_glob_delete_excludes_concurrent_sets(store: Layered) -> None:
