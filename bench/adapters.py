@@ -14,7 +14,10 @@ Target: SOS >= 0.7x raw. Rows:
 * ``sos data`` — durability "data": exactly the raw syscall sequence plus the record header;
 * ``sos full x16`` — 16 operations in flight (a server with many clients);
 * ``sos direct`` (gets only) — read_mode "direct" (local filesystems): no hard link per read;
-* ``sos mget x64`` (gets only) — 64 keys per executor round trip.
+* ``sos mget x64`` (gets only) — 64 keys per executor round trip;
+* ``sos core, no hop`` — the store's synchronous per-operation code (defaults) called directly:
+  the distance to ``sos full`` is the worker-pool round trip, the distance to raw is SOS's work
+  (record header and CRC-32C, hard link of link-mode reads, directory fsync).
 
 Sets overwrite keys written once beforehand (steady state: directories exist, every set replaces
 a file, as the raw loop does). Each figure is the best of ``--rounds`` interleaved runs. If
@@ -115,6 +118,7 @@ class Variant(NamedTuple):
     inflight: int = 1  # operations in flight
     batch: int = 1  # gets per executor round trip (mget)
     sets: bool = True  # measure sets too
+    core: bool = False  # call the synchronous core on this thread: SOS minus the thread hop
 
 
 VARIANTS = [
@@ -123,6 +127,7 @@ VARIANTS = [
     Variant("sos full x16", inflight=16),
     Variant("sos direct", read_mode="direct", sets=False),
     Variant("sos mget x64", batch=64, sets=False),
+    Variant("sos core, no hop", core=True),
 ]
 
 
@@ -139,17 +144,34 @@ def sos_run(base: Path, value: bytes, n: int, v: Variant) -> tuple[float, float]
         await prefill.close()
         store = SimpleObjectStore(root, durability=v.durability, read_mode=v.read_mode)  # type: ignore[arg-type]
         await store.start()
-        sets = [lambda k=k: store.store(k, value) for k in keys]
-        if v.batch > 1:
-            gets = [lambda c=keys[i : i + v.batch]: store.mget(c) for i in range(0, n, v.batch)]
+        if v.core:
+            set_s, get_s = _core_run(store, keys, value)
         else:
-            gets = [lambda k=k: store.get(k) for k in keys]
-        set_s = await _timed(sets, v.inflight) if v.sets else 0.0
-        get_s = await _timed(gets, v.inflight)
+            sets = [lambda k=k: store.store(k, value) for k in keys]
+            if v.batch > 1:
+                gets = [lambda c=keys[i : i + v.batch]: store.mget(c) for i in range(0, n, v.batch)]
+            else:
+                gets = [lambda k=k: store.get(k) for k in keys]
+            set_s = await _timed(sets, v.inflight) if v.sets else 0.0
+            get_s = await _timed(gets, v.inflight)
         await store.destroy()
         return set_s, get_s
 
     return asyncio.run(main())
+
+
+def _core_run(store: SimpleObjectStore, keys: list[str], value: bytes) -> tuple[float, float]:
+    """The store's per-operation work without the worker-pool round trip (internal API: this
+    row only explains the distance between the SOS rows and raw)."""
+    encoded = [k.encode() for k in keys]
+    t = time.perf_counter()
+    for key in encoded:
+        store._store_sync(key, value)
+    set_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for key in encoded:
+        store._load(key, store.path(key))
+    return set_s, time.perf_counter() - t
 
 
 def fmt_row(size: str, op: str, label: str, n: int, seconds: float, nbytes: int, raw: float) -> str:
