@@ -81,8 +81,8 @@ def _contended(reps: Sequence[Rep] | None) -> str:
     if not reps:
         return ""
     n = sum(r.contended for r in reps if not r.error)
-    worst = max((max(r.foreign) for r in reps if not r.error), default=0.0)
-    return f"{n}/{len(reps)} (max {worst:.0%})" if n else f"0/{len(reps)}"
+    worst = [max((r.foreign[i] for r in reps if not r.error), default=0.0) for i in (0, 1)]
+    return f"{n}/{len(reps)} (max {worst[0]:.0%} / {worst[1]:.0%})" if n else f"0/{len(reps)}"
 
 
 def _gen(reps: Sequence[Rep] | None) -> str:
@@ -129,7 +129,7 @@ def _rate_tables(outcome: Outcome, step_id: str, unit: str, extra: str = "") -> 
             _server_cpu, _gen, _contended,
         ]
         headers = ["target", f"{unit}/s", "p50 ms", "p99 ms", "server CPU (cores)", "generator CPU",
-                   "contended reps"]
+                   "contended reps (other load, server / generator core)"]
         if extra:
             columns.insert(1, lambda reps: cell(reps, lambda r: r.result[extra]))
             headers.insert(2, "items/s")
@@ -174,6 +174,36 @@ def verdicts(outcome: Outcome) -> list[tuple[str, bool | None, str]]:
     return out
 
 
+def losses(outcome: Outcome) -> list[str]:
+    """Every throughput measurement where a peer beat ooo-storage, and by how much."""
+    out = []
+    measures = (("W1", "rate", "more"), ("W2", "rate", "more"), ("W3", "rate", "more"),
+                ("W4", "p99_ms", "less"))
+    for step_id, field_name, better in measures:
+        for key, _ in _step_keys(outcome, step_id):
+            for ours_name in (("ooo", "ooo-sync") if step_id == "W1" else ("ooo",)):
+                ours = median(outcome.reps.get((key, ours_name)), field_name)
+                for name in ("etcd", "nats"):
+                    theirs = median(outcome.reps.get((key, name)), field_name)
+                    if ours is None or theirs is None:
+                        continue
+                    if better == "more" and theirs > ours:
+                        out.append(f"{key}: {_label(outcome, name)} {theirs / ours:.1f}x the rate of "
+                                   f"{_label(outcome, ours_name)} ({theirs:,.0f} vs {ours:,.0f}/s)")
+                    elif better == "less" and theirs < ours:
+                        out.append(f"{key}: {_label(outcome, name)} p99 {theirs:.0f} ms vs "
+                                   f"{_label(outcome, ours_name)} {ours:.0f} ms")
+    return out
+
+
+_HINTS = {
+    "_SelectorSocketTransport.write": "a send() syscall per response or frame, per connection",
+    "LevelDBLayer.set": "the LevelDB put, on the event loop thread",
+    "StreamWriter.write_headers": "aiohttp serialising and sending response headers",
+    "RequestHandler.data_received": "aiohttp parsing requests",
+}
+
+
 def profile_wanted(outcome: Outcome) -> list[tuple[str, str, str]]:
     """(title, target, step key) to profile: the issue's targets that were missed, then other losses."""
     wanted = []
@@ -209,13 +239,20 @@ def summarise_profile(raw: str, seconds: float, top: int = 8) -> str:
             total[frame] += count
     if not samples:
         return "no samples"
+    leader = own.most_common(1)[0][0]
+    hint = next((text for name, text in _HINTS.items() if leader.startswith(name + " ")), "")
 
     def listing(counter: Counter[str], keep: Callable[[str], bool]) -> str:
         return "; ".join(f"`{f}` {n / samples:.0%}" for f, n in counter.most_common() if keep(f))
 
-    inclusive = [f for f, _ in total.most_common() if "ooo_storage/" in f or "aiohttp/" in f
-                 or "plyvel" in f][:top]
-    return (f"{samples} samples in {seconds:g} s at 100 Hz (all threads). Self time: "
+    entry = ("ooo_storage/__main__.py", "ooo_storage/cli.py", "peers_serve.py")
+    inclusive = [f for f, _ in total.most_common() if ("ooo_storage/" in f or "aiohttp/" in f
+                 or "plyvel" in f) and not f.endswith(tuple(e + ")" for e in entry))][:top]
+    loop = sum(n for f, n in total.items() if f.startswith("BaseEventLoop.run_forever "))
+    return (f"{samples} samples in {seconds:g} s at 100 Hz (all threads; {loop / samples:.0%} on the "
+            "event loop thread). "
+            + (f"Most self time: {hint}. " if hint else "")
+            + "Self time: "
             + listing(Counter(dict(own.most_common(top))), lambda f: True)
             + ". Inclusive, our code and aiohttp: "
             + "; ".join(f"`{f}` {total[f] / samples:.0%}" for f in inclusive) + ".")
@@ -301,7 +338,9 @@ def render(outcome: Outcome, *, command: str, when: str, machine: str) -> str:
         "NATS's *delivered %* below 100 is conflation, not loss. "
         "Latency is receive time minus the writer's CLOCK_MONOTONIC timestamp in the value (so it includes "
         "the write's commit); deliveries/s is what the watchers received divided by the time from the "
-        "first write to the last delivery.",
+        "first write to the last delivery. *writes/s* is what the writer achieved: when a server "
+        "cannot keep up, its POSTs/puts slow down and the rate falls below 200; compare the "
+        "latencies together with it and with deliveries/s.",
         "",
         _fanout_tables(outcome),
         "",
@@ -313,8 +352,12 @@ def render(outcome: Outcome, *, command: str, when: str, machine: str) -> str:
     if outcome.unavailable:
         lines += ["", "Not measured: " + "; ".join(f"{_label(outcome, n)}: {why}"
                                                    for n, why in outcome.unavailable.items()) + "."]
+    lost = losses(outcome)
+    lines += ["", "### Where we lose", ""]
+    lines += [f"- {line}" for line in lost] if lost else ["- nowhere in this run"]
     if outcome.profiles:
-        lines += ["", "### Where we lose: profiles (py-spy of the server process under that load)", ""]
+        lines += ["", "Profiles (py-spy of the ooo-storage server process under that load; frames are "
+                  "`function (module)`, percentages of samples):", ""]
         lines += [f"- **{title}**: {summary}" for title, summary in outcome.profiles]
     return "\n".join(lines)
 
@@ -334,7 +377,7 @@ def _fanout_tables(outcome: Outcome) -> str:
             _server_cpu, _gen, _contended,
         ]
         headers = ["target", "p50 ms", "p99 ms", "deliveries/s", "delivered %", "writes/s", "server CPU",
-                   "generator CPU", "contended reps"]
+                   "generator CPU", "contended reps (other load, server / generator core)"]
         parts.append(f"**{key.split(' ', 1)[1]}**\n\n" + table(headers, _rows(outcome, key, names, columns)))
     return "\n\n".join(parts)
 

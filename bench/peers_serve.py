@@ -1,10 +1,10 @@
-"""Stand-in for ``ooo-storage serve`` while ``ooo_storage/cli.py`` does not exist yet.
+"""Stand-in for ``ooo-storage serve [--sync]`` where the CLI lacks it (no CLI, or no ``--sync``).
 
     python bench/peers_serve.py --port P --data DIR [--sync]
 
-Serves what ``ooo-storage serve --data DIR [--sync]`` is specified to serve: ``create_app`` (through
-``ServerRunner``) over a memory layer above ``LevelDBLayer(DIR, sync=...)``, on 127.0.0.1, until
-SIGTERM. bench/peers.py uses the real CLI as soon as it exists.
+Serves what ``ooo-storage serve --data DIR [--sync]`` is specified to serve (README "Durable
+writes"): the server (through ``ServerRunner``) over a memory layer above ``LevelDBLayer(DIR,
+sync=...)``, on 127.0.0.1, until SIGTERM. bench/peers.py uses the real CLI whenever it can.
 """
 
 from __future__ import annotations
