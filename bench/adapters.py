@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib.util
 import os
 import platform
@@ -35,7 +36,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -45,10 +46,6 @@ from ooo_storage.layers import SimpleObjectStore  # noqa: E402
 from ooo_storage.layers._files import fanout_path  # noqa: E402
 
 SIZES = [(1024, "1 KiB", 500), (64 * 1024, "64 KiB", 300), (1024 * 1024, "1 MiB", 100)]
-
-
-def best(rounds: int, fn: Callable[[], float]) -> float:
-    return min(fn() for _ in range(rounds))
 
 
 # -- raw limit ---------------------------------------------------------------------------------
@@ -70,17 +67,21 @@ def _raw_paths(base: Path, value: bytes, n: int, fanout: bool) -> tuple[Path, li
     return d, names, str(tmp)
 
 
+def raw_replace(tmp: str, name: str, parts: Sequence[bytes]) -> None:
+    """One crash-safe replace of file ``name``, synchronously: temp, write, fsync, rename."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.writev(fd, parts)
+    os.fsync(fd)
+    os.close(fd)
+    os.rename(tmp, name)
+
+
 def raw_set(base: Path, value: bytes, n: int, fanout: bool = False) -> float:
     """Seconds for ``n`` crash-safe replaces (temp, write, fsync, rename) of ``n`` files."""
     d, names, tmp_dir = _raw_paths(base, value, n, fanout)
     t = time.perf_counter()
     for i, name in enumerate(names):
-        tmp = f"{tmp_dir}/t{i}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.write(fd, value)
-        os.fsync(fd)
-        os.close(fd)
-        os.rename(tmp, name)
+        raw_replace(f"{tmp_dir}/t{i}", name, (value,))
     elapsed = time.perf_counter() - t
     shutil.rmtree(d)
     return elapsed
@@ -174,52 +175,98 @@ def _core_run(store: SimpleObjectStore, keys: list[str], value: bytes) -> tuple[
     return set_s, time.perf_counter() - t
 
 
+# -- the tables (shared with bench/adapters_ec.py) -------------------------------------------
+
+Timings = dict[str, list[float]]  # row label -> best seconds per measured operation
+
+
+def best_of(rounds: int, one_round: Callable[[], Mapping[str, Sequence[float]]]) -> Timings:
+    """Per label, the smallest of each figure over ``rounds`` calls of ``one_round``. A round
+    measures every variant once, so a slow phase of the (noisy, shared) disk hits all of them
+    rather than one."""
+    best: Timings = {}
+    for _ in range(rounds):
+        for label, times in one_round().items():
+            old = best.setdefault(label, [float("inf")] * len(times))
+            best[label] = [min(a, b) for a, b in zip(old, times, strict=True)]
+    return best
+
+
 def fmt_row(size: str, op: str, label: str, n: int, seconds: float, nbytes: int, raw: float) -> str:
     ops = n / seconds
     return f"| {size} | {op} | {label} | {ops:,.0f} | {ops * nbytes / 1e6:,.1f} | {raw / seconds:.2f}x |"
 
 
-def measure(base: Path, nbytes: int, n: int, rounds: int) -> dict[str, list[float]]:
-    """Best ``[set, get]`` seconds per variant; rounds interleave the variants, so a slow phase
-    of the (noisy, shared) disk hits all of them rather than one."""
-    value = os.urandom(nbytes)
-    best: dict[str, list[float]] = {}
-    for _ in range(rounds):
-        results = {
-            "raw": (raw_set(base, value, n), raw_get(base, value, n)),
-            "raw fan-out": (raw_set(base, value, n, True), raw_get(base, value, n, True)),
-        }
-        results.update({v.label: sos_run(base, value, n, v) for v in VARIANTS})
-        for label, (set_s, get_s) in results.items():
-            old = best.setdefault(label, [float("inf"), float("inf")])
-            best[label] = [min(old[0], set_s), min(old[1], get_s)]
-    return best
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arg_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options both scripts take (``doc``'s first line is the description)."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", default=None, help="directory on the filesystem to measure")
-    parser.add_argument("--sos-only", action="store_true", help="skip bench/adapters_ec.py")
-    args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="ooo-bench-adapters-", dir=args.dir))
-    print(f"## Adapters: SOS\n\n{platform.platform()}, Python {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs, directory {base}, best of {args.rounds}\n")  # fmt: skip
+    return parser
+
+
+def print_section(
+    args: argparse.Namespace,
+    sizes: list[tuple[int, str, int]],
+    one_round: Callable[[Path, bytes, int], Mapping[str, Sequence[float]]],
+    labels: dict[str, list[str]],
+    *,
+    title: str,
+    prefix: str,
+    where: str,
+    more: Callable[[str, int, int, Timings], Iterable[str]] | None = None,
+) -> None:
+    """One markdown section: heading, setup line, then the table, printed a size at a time.
+
+    Per size, ``one_round(base, value, n)`` times ``n`` operations of every row on a random
+    ``value`` (seconds per op, in the order of ``labels``: set, get, ...), best of
+    ``args.rounds``. ``base`` is a fresh directory (named ``prefix``..., in ``args.dir``, removed
+    at the end) that ``where`` names in the setup line (``{base}`` is replaced). The table has
+    ``labels[op]``'s rows of each op against its ``raw`` row, then the rows ``more`` adds.
+    """
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=args.dir))
+    print(f"## Adapters: {title}\n\n{platform.platform()}, Python {platform.python_version()}, "
+          f"{os.cpu_count()} CPUs, {where.format(base=base)}, best of {args.rounds}\n")  # fmt: skip
     print("| size | op | variant | ops/s | MB/s | vs raw |")
     print("|---|---|---|---:|---:|---:|")
     try:
-        for nbytes, size, n in SIZES:
-            best = measure(base, nbytes, n, args.rounds)
-            raw = best["raw"]
-            for i, op in enumerate(("set", "get")):
-                for label in ("raw", "raw fan-out"):
-                    print(fmt_row(size, op, label, n, best[label][i], nbytes, raw[i]))
-                for v in VARIANTS:
-                    if op == "get" or v.sets:
-                        print(fmt_row(size, op, v.label, n, best[v.label][i], nbytes, raw[i]))
+        for nbytes, size, n in sizes:
+            value = os.urandom(nbytes)
+            best = best_of(args.rounds, functools.partial(one_round, base, value, n))
+            for i, (op, rows) in enumerate(labels.items()):
+                for label in rows:
+                    print(fmt_row(size, op, label, n, best[label][i], nbytes, best["raw"][i]))
+            for row in more(size, nbytes, n, best) if more else ():
+                print(row)
             sys.stdout.flush()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+# -- this section ------------------------------------------------------------------------------
+
+ROWS = {
+    op: ["raw", "raw fan-out", *(v.label for v in VARIANTS if op == "get" or v.sets)] for op in ("set", "get")
+}
+
+
+def one_round(base: Path, value: bytes, n: int) -> dict[str, tuple[float, float]]:
+    """``[set, get]`` seconds of every row, once."""
+    results = {
+        "raw": (raw_set(base, value, n), raw_get(base, value, n)),
+        "raw fan-out": (raw_set(base, value, n, True), raw_get(base, value, n, True)),
+    }
+    results.update({v.label: sos_run(base, value, n, v) for v in VARIANTS})
+    return results
+
+
+def main() -> None:
+    parser = arg_parser(__doc__)
+    parser.add_argument("--sos-only", action="store_true", help="skip bench/adapters_ec.py")
+    args = parser.parse_args()
+    print_section(
+        args, SIZES, one_round, ROWS, title="SOS", prefix="ooo-bench-adapters-", where="directory {base}"
+    )
     ec = Path(__file__).with_name("adapters_ec.py")
     if ec.exists() and not args.sos_only:
         spec = importlib.util.spec_from_file_location("adapters_ec", ec)

@@ -23,10 +23,8 @@ runs. Targets: 1 MiB ``ec full`` set >= 0.5x raw; degraded get >= 0.7x intact ge
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -37,7 +35,7 @@ from typing import NamedTuple
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from adapters import _timed, fmt_row  # noqa: E402  (the SOS section's helpers: same table)
+from adapters import Timings, _timed, arg_parser, fmt_row, print_section, raw_replace  # noqa: E402
 
 from ooo_storage.layers.erasure import ErasureStore  # noqa: E402
 from ooo_storage.layers.erasure_codec import Codec, tune_malloc  # noqa: E402
@@ -70,11 +68,7 @@ def raw_run(base: Path, value: bytes, n: int) -> tuple[float, float]:
     t = time.perf_counter()
     for row in names:
         for name, tmp, parts in zip(row, tmps, codec.encode(value), strict=True):
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.writev(fd, parts)
-            os.fsync(fd)
-            os.close(fd)
-            os.rename(tmp, name)
+            raw_replace(tmp, name, parts)
     set_s = time.perf_counter() - t
     t = time.perf_counter()
     for row in names:
@@ -121,43 +115,34 @@ def ec_run(base: Path, value: bytes, n: int, v: Variant) -> tuple[float, float, 
     return asyncio.run(main())
 
 
-def measure(base: Path, nbytes: int, n: int, rounds: int) -> dict[str, list[float]]:
-    """Best ``[set, get, degraded get]`` seconds per row; rounds interleave the variants."""
-    value = os.urandom(nbytes)
-    best: dict[str, list[float]] = {}
-    for _ in range(rounds):
-        results = {"raw": (*raw_run(base, value, n), 0.0)}
-        results.update({v.label: ec_run(base, value, n, v) for v in VARIANTS})
-        for label, times in results.items():
-            old = best.setdefault(label, [float("inf")] * 3)
-            best[label] = [min(a, b) for a, b in zip(old, times, strict=True)]
-    return best
+ROWS = {op: ["raw", *(v.label for v in VARIANTS)] for op in ("set", "get")}
+
+
+def one_round(base: Path, value: bytes, n: int) -> dict[str, tuple[float, float, float]]:
+    """``[set, get, degraded get]`` seconds of every row, once."""
+    results = {"raw": (*raw_run(base, value, n), 0.0)}
+    results.update({v.label: ec_run(base, value, n, v) for v in VARIANTS})
+    return results
+
+
+def degraded_row(size: str, nbytes: int, n: int, best: Timings) -> list[str]:
+    full = best["ec full"]
+    return [fmt_row(size, "get", "ec degraded (vs intact)", n, full[2], nbytes, full[1])]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--dir", default=None, help="directory on the filesystem to measure")
-    args, _ = parser.parse_known_args()  # bench/adapters.py passes its own arguments through
+    args, _ = arg_parser(__doc__).parse_known_args()  # bench/adapters.py passes its own arguments through
     tune_malloc()  # what ErasureStore.start() does; also for the raw loop
-    base = Path(tempfile.mkdtemp(prefix="ooo-bench-ec-", dir=args.dir))
-    print(f"## Adapters: erasure-coded\n\n{platform.platform()}, Python {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs, {base}, 4+2 isa_l_rs_cauchy, best of {args.rounds}\n")  # fmt: skip
-    print("| size | op | variant | ops/s | MB/s | vs raw |")
-    print("|---|---|---|---:|---:|---:|")
-    try:
-        for nbytes, size, n in SIZES:
-            best = measure(base, nbytes, n, args.rounds)
-            raw = best["raw"]
-            for i, op in enumerate(("set", "get")):
-                print(fmt_row(size, op, "raw", n, raw[i], nbytes, raw[i]))
-                for v in VARIANTS:
-                    print(fmt_row(size, op, v.label, n, best[v.label][i], nbytes, raw[i]))
-            intact = best["ec full"][1]
-            print(fmt_row(size, "get", "ec degraded (vs intact)", n, best["ec full"][2], nbytes, intact))
-            sys.stdout.flush()
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    print_section(
+        args,
+        SIZES,
+        one_round,
+        ROWS,
+        title="erasure-coded",
+        prefix="ooo-bench-ec-",
+        where="{base}, 4+2 isa_l_rs_cauchy",
+        more=degraded_row,
+    )
 
 
 if __name__ == "__main__":
