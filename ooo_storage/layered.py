@@ -45,7 +45,7 @@ from .errors import (
 from .layers.base import Layer
 from .layers.memory import MemoryLayer
 from .locks import Gate, KeyLocks
-from .meta import Event, Object, now
+from .meta import Event, Object, make_event, make_object, now
 from .sharded import Callback, ShardedChan, WatchHandle
 
 log = logging.getLogger("ooo_storage")
@@ -465,7 +465,7 @@ class Layered:
             created, updated = now(), 0
         else:
             created, updated = old.created, now()
-        return Object(created, updated, keys.last_index(key), key, raw)
+        return make_object(created, updated, key.rpartition("/")[2], key, raw)
 
     async def _store(self, key: str, obj: Object) -> None:
         if self.embedded is not None:
@@ -573,7 +573,7 @@ class Layered:
         for quiet in self._no_broadcast:
             if keys.peer(quiet, key):
                 return None
-        return self._chan.put(Event(key, op, obj, self._revision))  # type: ignore[arg-type]
+        return self._chan.put(make_event(key, op, obj, self._revision))  # type: ignore[arg-type]
 
     async def _finish(self, key: str, waiter: asyncio.Future[None] | None) -> None:
         if waiter is not None:
