@@ -216,7 +216,7 @@ ROLES = {name[5:]: fn for name, fn in list(globals().items()) if name.startswith
 
 _SERVER = r"""
 import importlib.util, json, os, signal, sys
-sys.path.insert(0, sys.argv[2])
+sys.path[:0] = [sys.argv[2], os.path.dirname(sys.argv[1])]  # the repo; the roles file's siblings
 spec = importlib.util.spec_from_file_location("fork_roles", sys.argv[1])
 roles = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(roles)
@@ -244,7 +244,8 @@ class ForkServer:
 
     ``roles_file`` is the Python file the server imports once; it must define ``ROLES`` (name →
     function run in the child) and ``emit`` (this module's, or one writing the same JSON lines), so
-    other layers' tests can reuse the server with their own roles.
+    other layers' tests can reuse the server with their own roles. The server can import the
+    roles file's siblings, such as ``conftest`` (as the tests do, ``from conftest import ...``).
     """
 
     def __init__(self, roles_file: str = __file__) -> None:
@@ -300,6 +301,12 @@ class ForkServer:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"no {kind!r} message from {pid}")
+            self._pump(left)
+
+    def collect(self, seconds: float) -> None:
+        """Read the children's messages for ``seconds`` of wall time while they keep running."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
             self._pump(left)
 
     def drain(self, pid: int) -> list[dict[str, Any]]:

@@ -1,59 +1,34 @@
 """The erasure store under kill -9 and concurrent writer processes (ADAPTERS §5.6 items 12, 13).
 
-Children are forked by a small fork server that imported everything once (a fresh interpreter
-costs ~350 ms per child, far too much for dozens of kill rounds). They report on one pipe in JSON
-lines short enough to be written atomically, and the test waits on pidfds, never on sleeps.
+Children are forked by the fork server of ``conftest.py`` (:class:`ForkServer`, with this file's
+roles): it imported everything once, since a fresh interpreter costs ~350 ms per child, far too
+much for dozens of kill rounds. They report on one pipe in JSON lines short enough to be written
+atomically, and the test waits on pidfds, never on sleeps.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import random
-import select
-import signal
-import subprocess
-import sys
 import time
-import zlib
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from conftest import ForkServer, emit, make_value, parse_value
 
 from ooo_storage.errors import StorageError
 from ooo_storage.layers.erasure import ErasureStore
 from ooo_storage.layers.erasure_format import parse_shard_name
 
-REPO = str(Path(__file__).resolve().parents[2])
 N = 6
 BIG = (1 << 20) + 300_000  # two stripes, six shard files
 SMALL = 200  # three replica files
 
 
-def make_value(gen: int, size: int, tag: str = "") -> bytes:
-    """``tag:gen:`` + filler + CRC-32 of it all: checkable independently of the store's CRCs."""
-    body = f"{tag}:{gen}:".encode()
-    body += (gen.to_bytes(8, "little") * (size // 8 + 1))[: max(0, size - len(body))]
-    return body + zlib.crc32(body).to_bytes(4, "little")
-
-
-def parse_value(raw: bytes) -> tuple[str, int]:
-    body, crc = raw[:-4], raw[-4:]
-    assert zlib.crc32(body).to_bytes(4, "little") == crc, "torn value"
-    tag, gen, _ = body.split(b":", 2)
-    return tag.decode(), int(gen)
-
-
-# -- child roles ----------------------------------------------------------------------------------
-def emit(kind: str, **data: Any) -> None:
-    os.write(1, json.dumps({"pid": os.getpid(), "kind": kind, **data}).encode() + b"\n")
-
-
+# -- child roles (run in processes forked by the fork server) -------------------------------------
 def role_writer(drives: list[str], keys: list[str], base: int) -> None:
     """Write generations base, base+1, ... to ``keys`` round-robin (small and big); ack each."""
 
@@ -104,110 +79,12 @@ def role_hammer(drives: list[str], key: str, mode: str, seconds: float, start_at
     asyncio.run(main())
 
 
-ROLES = {"writer": role_writer, "hammer": role_hammer}
-
-_SERVER = r"""
-import importlib.util, json, os, signal, sys
-sys.path.insert(0, sys.argv[2])
-spec = importlib.util.spec_from_file_location("erasure_roles", sys.argv[1])
-roles = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(roles)
-signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-roles.emit("server")
-for line in sys.stdin:
-    cmd = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            roles.ROLES[cmd["role"]](**cmd["args"])
-        except BaseException as exc:
-            roles.emit("crash", error=repr(exc))
-            code = 1
-        finally:
-            os._exit(code)
-    roles.emit("spawned", child=pid)
-"""
-
-
-class Children:
-    """Parent side: spawn role children through the fork server, read their lines, kill them."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVER, __file__, REPO], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        self._buf = b""
-        self._inbox: dict[int, deque[dict[str, Any]]] = defaultdict(deque)
-        self.pids: list[int] = []
-        self.next(self.proc.pid, "server", timeout=60)
-
-    def spawn(self, role: str, **args: Any) -> int:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"role": role, "args": args}).encode() + b"\n")
-        self.proc.stdin.flush()
-        pid = int(self.next(self.proc.pid, "spawned")["child"])
-        self.pids.append(pid)
-        return pid
-
-    def _pump(self, timeout: float) -> bool:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        if not select.select([fd], [], [], max(0.0, timeout))[0]:
-            return False
-        chunk = os.read(fd, 1 << 16)
-        assert chunk, "fork server exited"
-        self._buf += chunk
-        *lines, self._buf = self._buf.split(b"\n")
-        for line in lines:
-            msg = json.loads(line)
-            self._inbox[msg["pid"]].append(msg)
-        return True
-
-    def next(self, pid: int, kind: str, timeout: float = 20) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            box = self._inbox[pid]
-            while box:
-                msg = box.popleft()
-                assert msg["kind"] != "crash", msg["error"]
-                if msg["kind"] == kind:
-                    return msg
-            if not self._pump(deadline - time.monotonic()) and time.monotonic() >= deadline:
-                raise TimeoutError(f"no {kind!r} from {pid}")
-
-    def acks_within(self, pid: int, timeout: float) -> None:
-        """Let ``pid`` run for ``timeout`` seconds of wall time while collecting its messages."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._pump(deadline - time.monotonic())
-
-    def kill(self, pid: int) -> list[dict[str, Any]]:
-        """SIGKILL ``pid``, wait for its death on a pidfd, return every message it wrote."""
-        with contextlib.suppress(ProcessLookupError):
-            pidfd = os.pidfd_open(pid)
-            os.kill(pid, signal.SIGKILL)
-            assert select.select([pidfd], [], [], 20)[0], f"{pid} survived SIGKILL"
-            os.close(pidfd)
-        while self._pump(0):
-            pass
-        return list(self._inbox.pop(pid, ()))
-
-    def close(self) -> None:
-        for pid in self.pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(timeout=20)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
+ROLES = {"writer": role_writer, "hammer": role_hammer}  # for ForkServer, with ``emit``
 
 
 @pytest.fixture(scope="module")
-def children() -> Iterator[Children]:
-    server = Children()
+def children() -> Iterator[ForkServer]:
+    server = ForkServer(__file__)
     yield server
     server.close()
 
@@ -228,7 +105,7 @@ def temp_files(drives: list[str]) -> list[str]:
 
 
 # -- §5.6.12: kill -9 during multi-drive writes -------------------------------------------------------
-def test_kill9_during_writes_leaves_old_or_new(children: Children, tmp_path: Path) -> None:
+def test_kill9_during_writes_leaves_old_or_new(children: ForkServer, tmp_path: Path) -> None:
     """40 writer children killed at random points of their multi-drive writes: every key reads
     back a complete value, either the last acknowledged one or the single write in flight."""
     drives = [str(tmp_path / f"d{i}") for i in range(N)]
@@ -258,9 +135,10 @@ def test_kill9_during_writes_leaves_old_or_new(children: Children, tmp_path: Pat
             for round_ in range(1, 41):
                 base = round_ * 1_000_000
                 pid = children.spawn("writer", drives=drives, keys=keys, base=base)
-                children.next(pid, "ready")
-                children.acks_within(pid, rng.uniform(0.0, 0.08))
-                for msg in children.kill(pid):
+                children.next(pid, "ready", timeout=20)
+                children.collect(rng.uniform(0.0, 0.08))  # it writes and acks meanwhile
+                children.kill(pid, timeout=20)
+                for msg in children.drain(pid):
                     if msg["kind"] == "ack":
                         acked[msg["key"]] = msg["gen"]
                 leftovers.append(len(temp_files(drives)))  # > 0: killed inside a shard write
@@ -285,7 +163,7 @@ def test_kill9_during_writes_leaves_old_or_new(children: Children, tmp_path: Pat
 
 
 # -- §5.6.13: concurrent writers of one key -------------------------------------------------------
-def test_concurrent_writer_processes(children: Children, tmp_path: Path) -> None:
+def test_concurrent_writer_processes(children: ForkServer, tmp_path: Path) -> None:
     """3 writers and 2 readers of one key for ~3 s: readers only see complete values some writer
     wrote; afterwards the value is one of the final writes and the drives converge."""
     drives = [str(tmp_path / f"d{i}") for i in range(N)]
