@@ -23,9 +23,7 @@ from operator import attrgetter
 from types import TracebackType
 from typing import Any
 
-import orjson
-
-from . import keys
+from . import jsontext, keys
 from .errors import (
     AllLayersNil,
     CantLockGlob,
@@ -86,12 +84,14 @@ def encode_data(data: Any) -> bytes:
         if not data:
             raise InvalidData()
         try:
-            # Re-encoding is cheaper than checking whether the text is already compact.
-            return orjson.dumps(orjson.loads(data))
-        except orjson.JSONDecodeError as exc:
+            value = jsontext.loads(data)
+        except jsontext.JSONDecodeError as exc:
             raise InvalidData(f"storage: invalid data (not JSON: {exc})") from None
+    else:
+        value = data
     try:
-        return orjson.dumps(data)
+        # Re-encoding JSON text is cheaper than checking whether it is already compact.
+        return jsontext.dumps(value)
     except TypeError as exc:
         raise InvalidData(f"storage: invalid data (not JSON serialisable: {exc})") from None
 

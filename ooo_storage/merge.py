@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
+from . import jsontext
 
 __all__ = ["MergeError", "merge", "merge_json"]
 
@@ -33,7 +33,7 @@ def merge(data: Any, patch: Any) -> Any:
 
 def merge_json(data: bytes, patch: Any) -> bytes:
     """Merge ``patch`` (a decoded value) into the JSON text ``data``; compact, sorted keys."""
-    return orjson.dumps(merge(orjson.loads(data), patch), option=orjson.OPT_SORT_KEYS)
+    return jsontext.dumps(merge(jsontext.loads(data), patch), sort_keys=True)
 
 
 def _merge_into(data: Any, patch: Any, path: tuple[str, ...]) -> Any:

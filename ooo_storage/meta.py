@@ -7,6 +7,8 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 
+from . import jsontext
+
 _wall0 = time.time_ns()
 _mono0 = time.monotonic_ns()
 _last = 0
@@ -38,7 +40,7 @@ class Object(NamedTuple):
     @property
     def value(self) -> Any:
         """The decoded JSON value of ``data``."""
-        return orjson.loads(self.data)
+        return jsontext.loads(self.data)
 
     def to_json(self) -> bytes:
         """The exact object bytes of PROTOCOL.md §2.1 (``path`` omitted when empty)."""
@@ -68,7 +70,7 @@ class Object(NamedTuple):
             return _parse_own(raw)
         except (ValueError, IndexError):
             pass
-        doc = orjson.loads(raw)
+        doc = jsontext.loads(raw)
         if not isinstance(doc, dict):
             raise ValueError("object JSON must be an object")
         return cls(
@@ -76,7 +78,7 @@ class Object(NamedTuple):
             int(doc.get("updated", 0)),
             str(doc.get("index", "")),
             str(doc.get("path", "")),
-            orjson.dumps(doc.get("data", {})),
+            jsontext.dumps(doc.get("data", {})),
         )
 
     def __repr__(self) -> str:

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
+from . import jsontext
 from .meta import Object
 
 __all__ = ["Op", "diff", "object_diff", "pointer", "same"]
@@ -81,4 +80,4 @@ def object_diff(old: Object, new: Object) -> list[Op]:
 
     E.g. an overwrite gives ``replace /updated`` plus the ops inside ``/data``.
     """
-    return diff(orjson.loads(old.to_json()), orjson.loads(new.to_json()))
+    return diff(jsontext.loads(old.to_json()), jsontext.loads(new.to_json()))

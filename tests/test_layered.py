@@ -467,3 +467,12 @@ async def test_object_json_exact(store: Layered) -> None:
     with pytest.raises(NotFound):
         await store.get_json("j/none")
     assert Object.from_json(await store.get_json("j/k")) == await store.get("j/k")
+
+
+async def test_big_integers_stored_exactly(store: Layered) -> None:
+    text = b'{"n":123456789012345678901234567890,"m":[-99999999999999999999,1.5]}'
+    await store.set("big/text", b" " + text + b"\n")
+    assert (await store.get("big/text")).data == text
+    assert (await store.get("big/text")).value == {"n": 123456789012345678901234567890, "m": [-99999999999999999999, 1.5]}
+    await store.set("big/value", {"n": 10**30})
+    assert (await store.get("big/value")).data == b'{"n":1000000000000000000000000000000}'

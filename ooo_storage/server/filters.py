@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 
-from .. import keys
+from .. import jsontext, keys
 from ..errors import InvalidData
 from ..meta import Object
 from .errors import FilterRejected
@@ -220,8 +220,8 @@ class Filters:
             raise invalid
         try:
             if isinstance(result, bytes | bytearray | str):
-                return orjson.dumps(orjson.loads(result))
-            return orjson.dumps(result)
+                return jsontext.dumps(jsontext.loads(result))
+            return jsontext.dumps(result)
         except (orjson.JSONDecodeError, TypeError):
             raise invalid from None
 
@@ -259,6 +259,6 @@ def parse_json(body: bytes) -> Any:
     if not body:
         raise InvalidData()
     try:
-        return orjson.loads(body)
+        return jsontext.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidData(f"storage: invalid data (not JSON: {exc})") from None

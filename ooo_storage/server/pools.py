@@ -27,8 +27,7 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
-import orjson
-
+from .. import jsontext
 from ..errors import NotFound
 from ..keys import match
 from ..layered import Layered
@@ -112,7 +111,7 @@ class Pool:
         if change is SNAPSHOT or self.no_patch:
             frame = self.snapshot_frame()
         else:
-            frame = ws_binary(encode_frame(False, self.version, orjson.dumps(change)))
+            frame = ws_binary(encode_frame(False, self.version, jsontext.dumps(change)))
         for conn in list(self.members):
             conn.send(frame)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
-from .. import keys
+from .. import jsontext, keys
 from ..errors import NotFound
 from ..merge import merge_json
 from .errors import HTTPFailure
@@ -101,7 +101,7 @@ async def patch(server: Server, request: web.Request, key: str) -> web.Response:
     try:
         merged = merge_json(obj.data, body)
         if entry is not None and entry.fn is not None:
-            merged = await server.filters.run_write(entry, key, orjson.loads(merged))
+            merged = await server.filters.run_write(entry, key, jsontext.loads(merged))
     except BaseException:
         await store.unlock(key)
         raise

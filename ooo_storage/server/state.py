@@ -16,7 +16,7 @@ from typing import Any, Final
 import orjson
 from sortedcontainers import SortedList
 
-from .. import keys
+from .. import jsontext, keys
 from ..meta import Event, Object
 from ..patches import Op, diff
 from .filters import ListView, ReadObjectFn
@@ -34,7 +34,7 @@ _EMPTY = Object.empty()
 
 
 def _doc(obj: Object) -> Any:
-    return orjson.loads(obj.to_json())
+    return jsontext.loads(obj.to_json())
 
 
 class ObjectState:
@@ -129,7 +129,7 @@ class ListState:
             self._items[obj.path] = (obj, revision)
             self._order.add((obj.created, obj.path))
         if not self.view.plain:
-            self._shown = orjson.loads(self.data())
+            self._shown = jsontext.loads(self.data())
 
     # -- changing -----------------------------------------------------------------------------
     def _pos(self, i: int) -> str:
@@ -200,7 +200,7 @@ class ListState:
             snapshot = bool(doomed) or keys.peer(self.key, event.key)
         if self.view.plain:
             return SNAPSHOT if snapshot else (ops or None)
-        shown = orjson.loads(self.data())
+        shown = jsontext.loads(self.data())
         old, self._shown = self._shown, shown
         if snapshot:
             return SNAPSHOT
