@@ -20,7 +20,8 @@ import importlib
 import importlib.util
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from . import __version__
 from .errors import StorageError
@@ -80,6 +81,12 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     serve.add_argument("--no-patch", action="store_true", help="send snapshots instead of patches")
     serve.add_argument(
+        "--loop",
+        default="auto",
+        choices=("auto", "asyncio", "uvloop"),
+        help="event loop (default auto: uvloop when installed, it serves HTTP markedly faster)",
+    )
+    serve.add_argument(
         "--log-level",
         default="info",
         choices=("debug", "info", "warning", "error"),
@@ -93,13 +100,27 @@ def run_serve(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        asyncio.run(_serve(args))
+        _run(_serve(args), args.loop)
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down
         return 130
     except (OSError, StorageError) as exc:  # port in use, database locked or unwritable...
         log.error("%s", exc)
         return 1
     return 0
+
+
+def _run(main: Coroutine[Any, Any, None], loop: str) -> None:
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                main.close()
+                raise SystemExit("ooo-storage: --loop uvloop: uvloop is not installed") from None
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
 
 
 async def _serve(args: argparse.Namespace) -> None:

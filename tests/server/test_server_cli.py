@@ -16,6 +16,7 @@ from ooo_storage.cli import build_parser
 def test_parser_defaults() -> None:
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port, args.data, args.memory_only) == ("127.0.0.1", 8800, "./data", False)
+    assert args.loop == "auto" and args.sync is False
     assert args.max_body_bytes == 10 * 1024 * 1024 and args.allowed_origins == []
     args = build_parser().parse_args(
         ["serve", "--allowed-origin", "http://a", "--allowed-origin", "http://b", "--static"]
