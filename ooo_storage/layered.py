@@ -123,6 +123,7 @@ class Layered:
         self._gate = Gate()
         self._chan: ShardedChan | None = None
         self._watchers: list[tuple[Callback, list[WatchHandle | None]]] = []
+        self._streams: set[asyncio.Queue[Event | None]] = set()  # open ``events()`` iterators
         emb = embedded
         # A layer is awaited if any of its methods is a coroutine function, or if it says its
         # writes return awaitables (LevelDB group commit).
@@ -193,6 +194,8 @@ class Layered:
         self._active = False
         if self._chan is not None:
             await self._chan.close()
+        for stream in self._streams:
+            stream.put_nowait(None)  # ends every ``async for event in store.events()``
         if self.embedded is not None:
             await _maybe(self.embedded.close())
         if self.memory is not None:
@@ -604,31 +607,42 @@ class Layered:
     async def events(self, pattern: str | None = None) -> AsyncIterator[Event]:
         """Iterate the events whose key peers ``pattern`` (every event without one).
 
-        The iterator has its own bounded buffer; when it is full the delivering shard waits for it
-        (and, unless ``lossless_watch``, the event is dropped after ``drop_timeout``).
+        The iterator has its own bounded buffer (``queue_size``); when it is full the delivering shard
+        waits for it (and, unless ``lossless_watch``, the event is dropped after ``drop_timeout``).
+        The iteration ends when the store closes.
         """
         opts = self.options
-        queue: asyncio.Queue[Event] = asyncio.Queue(opts.queue_size)
+        # Bounded by ``deliver``, not by the queue, so that ``close`` can always add its sentinel.
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        room = asyncio.Event()
 
         async def deliver(event: Event) -> None:
             if pattern is not None and not keys.peer(pattern, event.key):
                 return
-            if not queue.full():
-                queue.put_nowait(event)
-            elif opts.lossless_watch:
-                await queue.put(event)
-            else:
+            while queue.qsize() >= opts.queue_size:
+                room.clear()
+                if opts.lossless_watch:
+                    await room.wait()
+                    continue
                 try:
-                    await asyncio.wait_for(queue.put(event), opts.drop_timeout)
+                    await asyncio.wait_for(room.wait(), opts.drop_timeout)
                 except TimeoutError:
                     if self._chan is not None:
                         self._chan._count_drop(event)
+                    return
+            queue.put_nowait(event)
 
         handle = self.watch(deliver)
+        self._streams.add(queue)
         try:
             while True:
-                yield await queue.get()
+                event = await queue.get()
+                room.set()
+                if event is None:  # the store closed
+                    return
+                yield event
         finally:
+            self._streams.discard(queue)
             handle.cancel()
 
 

@@ -476,3 +476,37 @@ async def test_big_integers_stored_exactly(store: Layered) -> None:
     assert (await store.get("big/text")).value == {"n": 123456789012345678901234567890, "m": [-99999999999999999999, 1.5]}
     await store.set("big/value", {"n": 10**30})
     assert (await store.get("big/value")).data == b'{"n":1000000000000000000000000000000}'
+
+
+async def test_events_iterator_ends_when_store_closes(factory: StoreFactory) -> None:
+    store = await factory.open()
+    got: list[str] = []
+    started = asyncio.Event()
+
+    async def consume() -> None:
+        started.set()
+        async for event in store.events():
+            got.append(event.key)
+
+    task = asyncio.create_task(consume())
+    await started.wait()
+    await asyncio.sleep(0)  # the iterator is now waiting for its first event
+    await store.set("before/close", 1)
+    await store.close()
+    await asyncio.wait_for(task, 5)  # would hang forever if close did not end the iteration
+    assert got == ["before/close"]
+
+
+async def test_events_iterator_buffer_drops_when_full(factory: StoreFactory) -> None:
+    store = await factory.open(Options(queue_size=2, drop_timeout=0.05))
+    stream = store.events("b/*")
+    first = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0)
+    for i in range(5):
+        await store.set(f"b/{i}", i)
+    assert (await first).key == "b/0"
+    await settle(store)
+    # b/0 went to the waiting reader, b/1 and b/2 filled the buffer, b/3 and b/4 waited 50 ms and dropped
+    assert store.dropped == 2
+    assert [(await anext(stream)).key for _ in range(2)] == ["b/1", "b/2"]
+    await stream.aclose()
