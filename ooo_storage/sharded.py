@@ -147,16 +147,22 @@ class ShardedChan:
         event is queued or dropped). Either way the event's position is fixed before this returns.
         """
         i = fnv1a32(event.key.encode()) % self.shards
-        queue = self._queues[i]
-        if len(queue) < self.maxsize and not self._waiting[i]:
-            queue.append(event)
-            idle = self._idle[i]
-            if idle is not None:
-                self._idle[i] = None
-                if not idle.done():
-                    idle.set_result(None)
+        if self._try_append(i, event):
             return None
         return self._wait_for_room(i, event, not self.lossless)
+
+    def _try_append(self, i: int, item: Event | _Marker) -> bool:
+        """Queue ``item`` on shard ``i`` if it has room and nobody waits before it; wake its consumer."""
+        queue = self._queues[i]
+        if len(queue) >= self.maxsize or self._waiting[i]:
+            return False
+        queue.append(item)
+        idle = self._idle[i]
+        if idle is not None:
+            self._idle[i] = None
+            if not idle.done():
+                idle.set_result(None)
+        return True
 
     async def send(self, event: Event) -> None:
         fut = self.put(event)
@@ -197,15 +203,7 @@ class ShardedChan:
         for i in range(self.shards):
             fut: asyncio.Future[None] = loop.create_future()
             marker = _Marker(fut)
-            queue = self._queues[i]
-            if len(queue) < self.maxsize and not self._waiting[i]:
-                queue.append(marker)
-                idle = self._idle[i]
-                if idle is not None:
-                    self._idle[i] = None
-                    if not idle.done():
-                        idle.set_result(None)
-            else:
+            if not self._try_append(i, marker):
                 self._wait_for_room(i, marker, may_drop=False)
             futures.append(fut)
         await asyncio.gather(*futures)
