@@ -50,10 +50,6 @@ class StoreFactory:
         self.has_memory, self.persistent, _ = BACKENDS[backend]
         self.opened: list[Layered] = []
 
-    @property
-    def persists(self) -> bool:
-        return self.persistent is not None
-
     async def open(self, options: Options | None = None) -> Layered:
         memory = MemoryLayer() if self.has_memory else None
         embedded = self.persistent(self.path) if self.persistent else None
@@ -67,14 +63,38 @@ class StoreFactory:
             await store.close()
 
 
-@pytest.fixture(params=list(BACKENDS))
-async def factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+PERSISTENT = [name for name, (_, layer, _) in BACKENDS.items() if layer is not None]
+MIRRORED = [name for name in PERSISTENT if BACKENDS[name][0]]
+
+
+async def _factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
     module = BACKENDS[request.param][2]
     if module is not None and importlib.util.find_spec(module) is None:
         pytest.skip(f"{module} is not built yet")
     f = StoreFactory(request.param, tmp_path)
     yield f
     await f.close_all()
+
+
+@pytest.fixture(params=list(BACKENDS))
+async def factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """Every backend."""
+    async for f in _factory(request, tmp_path):
+        yield f
+
+
+@pytest.fixture(params=PERSISTENT)
+async def persistent_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """Backends with a persistent layer (restart tests)."""
+    async for f in _factory(request, tmp_path):
+        yield f
+
+
+@pytest.fixture(params=MIRRORED)
+async def mirrored_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """Backends with both a memory mirror and a persistent layer."""
+    async for f in _factory(request, tmp_path):
+        yield f
 
 
 @pytest.fixture

@@ -431,9 +431,8 @@ async def test_lossless_watch_waits(factory: StoreFactory) -> None:
 
 
 # -- persistence ------------------------------------------------------------------------------------
-async def test_restart_identical(factory: StoreFactory) -> None:
-    if not factory.persists:
-        pytest.skip("memory-only store does not persist")
+async def test_restart_identical(persistent_factory: StoreFactory) -> None:
+    factory = persistent_factory
     store = await factory.open()
     for i in range(50):
         await store.set(f"p/{i}", {"i": i, "s": "x" * i})
@@ -449,9 +448,8 @@ async def test_restart_identical(factory: StoreFactory) -> None:
     assert [o.path for o in await again.get_list("p/*")] == [o for o in sorted(before, key=lambda k: (orjson.loads(before[k])["created"], k)) if o.startswith("p/")]
 
 
-async def test_memory_mirror_loaded_from_embedded(factory: StoreFactory) -> None:
-    if not (factory.persists and factory.has_memory):
-        pytest.skip("needs both layers")
+async def test_memory_mirror_loaded_from_embedded(mirrored_factory: StoreFactory) -> None:
+    factory = mirrored_factory
     store = await factory.open()
     await store.set("m/1", 1)
     await store.close()
