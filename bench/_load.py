@@ -30,6 +30,25 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
 
+def split_frames(buffer: bytes) -> tuple[list[tuple[int, int, int]], int]:
+    """The complete (unmasked, server-to-client) websocket frames at the start of ``buffer``:
+    ``[(opcode, payload start, payload length)]``, and the offset where the incomplete rest begins."""
+    frames: list[tuple[int, int, int]] = []
+    pos, end = 0, len(buffer)
+    while end - pos >= 2:
+        opcode, length = buffer[pos] & 0x0F, buffer[pos + 1] & 0x7F
+        start = pos + 2
+        if length == 126:
+            start, length = pos + 4, int.from_bytes(buffer[pos + 2 : pos + 4])
+        elif length == 127:
+            start, length = pos + 10, int.from_bytes(buffer[pos + 2 : pos + 10])
+        if end < start + length:
+            break
+        frames.append((opcode, start, length))
+        pos = start + length
+    return frames, pos
+
+
 # Server processes
 
 
@@ -134,22 +153,13 @@ class Subscriber(asyncio.Protocol):
                 raise RuntimeError(f"upgrade refused: {head.splitlines()[0]!r}")
             self.upgraded = True
             buffer = rest
-        pos, end = 0, len(buffer)
-        while end - pos >= 2:
-            opcode, length = buffer[pos] & 0x0F, buffer[pos + 1] & 0x7F
-            start = pos + 2
-            if length == 126:
-                start, length = pos + 4, int.from_bytes(buffer[pos + 2 : pos + 4])
-            elif length == 127:
-                start, length = pos + 10, int.from_bytes(buffer[pos + 2 : pos + 10])
-            if end < start + length:
-                break
+        frames, pos = split_frames(buffer)
+        for opcode, start, length in frames:
             if opcode in (1, 2):
                 self.frames += 1
                 self.counter.add(length)
             elif opcode == 9:
                 self._send(0xA, buffer[start : start + length])
-            pos = start + length
         self.buffer = buffer[pos:]
 
     def _send(self, opcode: int, payload: bytes) -> None:

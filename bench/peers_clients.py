@@ -34,7 +34,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _load import HOST, HttpConnection  # noqa: E402
+from _load import HOST, HttpConnection, split_frames  # noqa: E402
 from peers_nats import NatsWire, ack_info  # noqa: E402
 
 VALUE_SIZE = 150
@@ -224,23 +224,14 @@ class _WsStream(_Stream):
         self.on_frame = on_frame
 
     def body(self, buffer: bytes) -> bytes:
-        pos, end = 0, len(buffer)
-        while end - pos >= 2:
-            opcode, length = buffer[pos] & 0x0F, buffer[pos + 1] & 0x7F
-            start = pos + 2
-            if length == 126:
-                start, length = pos + 4, int.from_bytes(buffer[pos + 2 : pos + 4])
-            elif length == 127:
-                start, length = pos + 10, int.from_bytes(buffer[pos + 2 : pos + 10])
-            if end < start + length:
-                break
+        frames, pos = split_frames(buffer)
+        for opcode, start, length in frames:
             if opcode in (1, 2):
                 self.on_frame(buffer[start : start + length])
             elif opcode == 9 and self.transport is not None and length < 126:
                 # a masked pong; a zero mask keeps the payload as is
                 pong = bytes((0x8A, 0x80 | length)) + b"\0\0\0\0" + buffer[start : start + length]
                 self.transport.write(pong)
-            pos = start + length
         return buffer[pos:]
 
 
