@@ -14,7 +14,6 @@ so a watcher never sees an older set of a matching key after the glob delete.
 from __future__ import annotations
 
 import asyncio
-import gc
 import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -163,12 +162,20 @@ class Layered:
         if self.embedded is not None:
             try:
                 await _maybe(self.embedded.start())
-                if self.memory is not None:
-                    await self._load()
             except StorageError:
                 raise
             except Exception as exc:
                 raise StorageUnavailable(f"storage: can't start persistent layer: {exc}") from exc
+            if self.memory is not None:
+                try:
+                    await self._load()
+                except BaseException as exc:
+                    # Not started: release the persistent layer (a database lock, executors).
+                    await _maybe(self.embedded.close())
+                    self.memory.clear()
+                    if isinstance(exc, StorageError) or not isinstance(exc, Exception):
+                        raise
+                    raise StorageUnavailable(f"storage: can't start persistent layer: {exc}") from exc
         self._chan = ShardedChan(
             opts.workers, opts.queue_size, opts.drop_timeout, opts.lossless_watch, opts.on_drop
         )
@@ -184,8 +191,6 @@ class Layered:
             self.memory.bulk_load(await _maybe(load_raw()))
         else:
             self.memory.bulk_load(await _maybe(self.embedded.load()))  # type: ignore[attr-defined]
-        # The loaded mirror lives as long as the store: keep the cyclic GC from rescanning it.
-        gc.freeze()
 
     async def close(self) -> None:
         """Deliver queued events (bounded), then close the layers. Idempotent."""

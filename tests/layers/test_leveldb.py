@@ -108,3 +108,21 @@ async def test_failed_persistent_write_changes_nothing(tmp_path: Path, layer_cls
     await again.start()
     assert (await again.get("k")).value == 3 and await again.keys() == ["g/1", "k"]
     await again.close()
+
+
+class UnloadableLevelDB(LevelDBLayer):
+    """Opens fine, then fails while the store loads it into memory."""
+
+    def load_raw(self) -> dict[str, bytes]:
+        raise OSError(5, "Input/output error")
+
+
+async def test_failed_load_closes_the_layer(tmp_path: Path) -> None:
+    store = Layered(memory=MemoryLayer(), embedded=UnloadableLevelDB(tmp_path / "db"))
+    with pytest.raises(StorageUnavailable, match="can't start persistent layer"):
+        await store.start()
+    assert not store.active
+    # The database was closed again: it can be opened right away (in this very process).
+    again = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(tmp_path / "db"))
+    await again.start()
+    await again.close()
