@@ -8,6 +8,7 @@ from typing import Any, Literal, NamedTuple
 import orjson
 
 from . import jsontext
+from .errors import CorruptObject
 
 _wall0 = time.time_ns()
 _mono0 = time.monotonic_ns()
@@ -89,6 +90,14 @@ class Object(NamedTuple):
 
 
 EMPTY = Object(0, 0, "", "", b"{}")
+
+
+def load_object(key: str, raw: bytes) -> Object:
+    """Parse stored object bytes; damage becomes :class:`CorruptObject` (never wrong data)."""
+    try:
+        return Object.from_json(raw)
+    except ValueError as exc:
+        raise CorruptObject(f"storage: corrupt object at {key}: {exc}") from None
 
 _tuple_new = tuple.__new__
 

@@ -20,7 +20,7 @@ import plyvel
 
 from ..errors import StorageUnavailable
 from ..keys import glob_prefix, has_glob, match
-from ..meta import Object
+from ..meta import Object, load_object
 
 Ops = list[tuple[bytes, bytes | None]]
 """Writes of one call: (key, value) puts and (key, None) deletes, applied in order."""
@@ -100,16 +100,16 @@ class LevelDBLayer:
     # -- reads ---------------------------------------------------------------------------------
     def get(self, key: str) -> Object | None:
         raw = self.db.get(key.encode())
-        return None if raw is None else Object.from_json(raw)
+        return None if raw is None else load_object(key, raw)
 
     def get_list(self, pattern: str) -> list[Object]:
-        return [Object.from_json(raw) for _, raw in self._matching(pattern, True)]
+        return [load_object(key, raw) for key, raw in self._matching(pattern, True)]
 
     def keys(self) -> list[str]:
         return [k.decode() for k in self.db.iterator(include_value=False)]
 
     def load(self) -> dict[str, Object]:
-        return {k.decode(): Object.from_json(v) for k, v in self.db.iterator()}
+        return {key: load_object(key, v) for key, v in self.load_raw().items()}
 
     def load_raw(self) -> dict[str, bytes]:
         return {k.decode(): v for k, v in self.db.iterator()}

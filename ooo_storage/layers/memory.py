@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 from sortedcontainers import SortedList
 
 from ..keys import glob_prefix, has_glob, match
-from ..meta import Object
+from ..meta import Object, load_object
 
 
 class MemoryLayer:
@@ -39,7 +39,7 @@ class MemoryLayer:
     def get(self, key: str) -> Object | None:
         value = self._data.get(key)
         if value.__class__ is bytes:
-            value = self._data[key] = Object.from_json(value)  # type: ignore[arg-type]
+            value = self._data[key] = load_object(key, value)  # type: ignore[arg-type]
         return value  # type: ignore[return-value]
 
     def get_raw(self, key: str) -> bytes | None:

@@ -126,3 +126,23 @@ async def test_failed_load_closes_the_layer(tmp_path: Path) -> None:
     again = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(tmp_path / "db"))
     await again.start()
     await again.close()
+
+
+@pytest.mark.parametrize("mirror", [True, False])
+async def test_damaged_value_is_a_typed_error(tmp_path: Path, mirror: bool) -> None:
+    import plyvel
+
+    db = plyvel.DB(str(tmp_path / "db"), create_if_missing=True)
+    db.put(b"bad/1", b'{"created":1,"upd')
+    db.put(b"good/1", Object(1, 0, "1", "good/1", b"1").to_json())
+    db.close()
+    store = Layered(memory=MemoryLayer() if mirror else None, embedded=LevelDBLayer(tmp_path / "db"))
+    await store.start()
+    from ooo_storage import CorruptObject
+
+    with pytest.raises(CorruptObject, match="corrupt object at bad/1"):
+        await store.get("bad/1")
+    with pytest.raises(CorruptObject):
+        await store.get_list("bad/*")
+    assert (await store.get("good/1")).value == 1  # the rest of the store still serves
+    await store.close()
