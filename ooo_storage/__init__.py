@@ -17,6 +17,7 @@ from .errors import (
     LockNotFound,
     NotActive,
     NotFound,
+    NoSpace,
     QuorumNotReached,
     StorageError,
     StorageUnavailable,
@@ -51,5 +52,6 @@ __all__ = [
     "InvalidGlob",
     "StorageUnavailable",
     "CorruptObject",
+    "NoSpace",
     "QuorumNotReached",
 ]

@@ -79,6 +79,12 @@ class StorageUnavailable(StorageError):
     message = "storage: unavailable"
 
 
+class NoSpace(StorageUnavailable):
+    """The persistent layer's filesystem is full (or over quota): writes fail until space is freed."""
+
+    message = "storage: no space left on device"
+
+
 class CorruptObject(StorageUnavailable):
     """A stored object failed its checksum; it is never returned as data."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +100,47 @@ async def mirrored_factory(request: pytest.FixtureRequest, tmp_path: Path) -> As
 @pytest.fixture
 async def store(factory: StoreFactory) -> Layered:
     return await factory.open()
+
+
+class Tmpfs:
+    """Mounts real, small tmpfs filesystems (to fill up) and unmounts them at teardown."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.mounted: list[Path] = []
+
+    def __call__(self, size: str = "2m", name: str = "fs") -> Path:
+        """A fresh tmpfs of ``size`` (mount's syntax: ``2m``, ``512k``) at ``base/name``."""
+        import subprocess
+
+        point = self.base / name
+        point.mkdir(parents=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(point)],
+            capture_output=True, text=True,
+        )
+        if done.returncode != 0:
+            pytest.fail(
+                f"this test needs a real small filesystem: `mount -t tmpfs` failed "
+                f"({done.stderr.strip() or done.returncode}); run the tests as root (CI does)"
+            )
+        self.mounted.append(point)
+        return point
+
+    def unmount_all(self) -> None:
+        import subprocess
+
+        for point in reversed(self.mounted):
+            subprocess.run(["umount", "-l", str(point)], check=False, capture_output=True)
+        self.mounted.clear()
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Tmpfs]:
+    """``tmpfs(size)`` mounts a real tmpfs of that size and returns its path (FAILS, never skips,
+    where mounting is not allowed)."""
+    mounts = Tmpfs(tmp_path / "mnt")
+    try:
+        yield mounts
+    finally:
+        mounts.unmount_all()

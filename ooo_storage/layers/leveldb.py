@@ -7,23 +7,58 @@ dedicated thread, so many concurrent writers share one fsync and the event loop 
 A write is acknowledged only once its batch is durable; a failed batch fails every write in it.
 
 Keys are the UTF-8 key bytes; values are the exact object JSON.
+
+After a failed write (a full disk, an I/O error) the database is not trusted until it has been
+reopened: LevelDB may have left a torn record at the end of its log, and on the next open its
+recovery silently drops every record written after it, acknowledged or not. So the first failure
+makes the layer refuse every write (``StorageUnavailable``, a 503) until a reopen succeeds; the
+reopen seals the log (recovery turns it into a table and starts a new log), then the keys of the
+failed writes are put back to the value they had before (a failed write may or may not have
+reached the log), and writes are accepted again. A reopen is tried on the next write once the
+filesystem has some room, with a backoff of up to ``_RETRY_MAX`` seconds between attempts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import os
+import time
 from collections.abc import Awaitable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import plyvel
 
-from ..errors import StorageUnavailable
+from ..errors import NoSpace, StorageUnavailable
 from ..keys import glob_prefix, has_glob, match
 from ..meta import Object, load_object
 
+log = logging.getLogger("ooo_storage.leveldb")
+
 Ops = list[tuple[bytes, bytes | None]]
 """Writes of one call: (key, value) puts and (key, None) deletes, applied in order."""
+
+_UNKNOWN = b"\x00unknown"  # a failed write's key whose previous value could not be read
+_RETRY_MIN = 0.05
+_RETRY_MAX = 5.0
+_MIN_FREE = 64 << 10  # below this many free bytes a reopen is not even tried
+_FULL = ("no space left on device", "disk quota exceeded")
+
+
+def _error(prefix: str, exc: BaseException) -> StorageUnavailable:
+    """``prefix: <LevelDB's message>`` as a StorageUnavailable (NoSpace when the disk is full)."""
+    text = exc.args[0] if exc.args else exc
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    message = f"{prefix}: {text}"
+    full = any(sign in message.lower() for sign in _FULL) or getattr(exc, "errno", None) in (
+        errno.ENOSPC,
+        errno.EDQUOT,
+    )
+    return NoSpace(message) if full else StorageUnavailable(message)
 
 
 class LevelDBLayer:
@@ -42,6 +77,14 @@ class LevelDBLayer:
         self._executor: ThreadPoolExecutor | None = None
         self.commits = 0
         """Number of durable batches written (sync mode): writes / commits = group size."""
+        # failure state: why writes are refused (None while healthy), the keys of the failed
+        # writes with the value they had before, and when the next reopen may be tried
+        self._failure: StorageUnavailable | None = None
+        self._suspects: dict[bytes, bytes | None] = {}
+        self._retry_at = 0.0
+        self._retry_delay = _RETRY_MIN
+        self.reopens = 0
+        """Number of successful reopens after a failed write."""
 
     @property
     def async_writes(self) -> bool:
@@ -60,17 +103,19 @@ class LevelDBLayer:
             ) from exc
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise StorageUnavailable(f"storage: database directory {self.path} is not writable")
+        self._db = self._open()
+
+    def _open(self) -> plyvel.DB:
         try:
-            self._db = plyvel.DB(self.path, create_if_missing=True)
+            return plyvel.DB(self.path, create_if_missing=True)
         except plyvel.IOError as exc:
-            text = str(exc)
-            if "lock" in text.lower():
+            if "lock" in str(exc).lower():
                 raise StorageUnavailable(
                     f"storage: database {self.path} is locked by another process"
                 ) from exc
-            raise StorageUnavailable(f"storage: can't open database {self.path}: {text}") from exc
+            raise _error(f"storage: can't open database {self.path}", exc) from exc
         except plyvel.Error as exc:
-            raise StorageUnavailable(f"storage: can't open database {self.path}: {exc}") from exc
+            raise _error(f"storage: can't open database {self.path}", exc) from exc
 
     def close(self) -> Awaitable[None] | None:
         if self._committer is not None and not self._committer.done():
@@ -87,6 +132,14 @@ class LevelDBLayer:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._failure is not None and self._db is not None:
+            # Seal the log and put the failed writes' keys back now: after a restart nobody
+            # would remember which keys those were.
+            self._retry_at = 0.0
+            try:
+                self._recover()
+            except StorageUnavailable as exc:
+                log.error("closing %s without recovering from a failed write: %s", self.path, exc)
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -94,8 +147,96 @@ class LevelDBLayer:
     @property
     def db(self) -> plyvel.DB:
         if self._db is None:
+            if self._failure is not None:
+                self._recover()  # a reopen that failed earlier: try again (or raise)
+                assert self._db is not None
+                return self._db
             raise StorageUnavailable(f"storage: database {self.path} is not open")
         return self._db
+
+    @property
+    def failure(self) -> StorageUnavailable | None:
+        """Why writes are refused right now (after a failed write, until a reopen), else None."""
+        return self._failure
+
+    # -- failure and recovery ------------------------------------------------------------------
+    def _writable(self) -> plyvel.DB:
+        """The database, once it can be trusted with a write (reopened after a failure)."""
+        if self._failure is not None:
+            self._recover()
+        return self.db
+
+    def _failed(self, ops: Ops, exc: BaseException, prefix: str) -> StorageUnavailable:
+        """Record a failed write: remember what its keys held and refuse writes until a reopen."""
+        error = _error(prefix, exc)
+        db = self._db
+        for k, _ in ops:
+            if k in self._suspects:
+                continue
+            try:
+                self._suspects[k] = None if db is None else db.get(k)
+            except plyvel.Error:
+                self._suspects[k] = _UNKNOWN
+        if self._failure is None:
+            log.error("%s; writes refused until the database is reopened", error)
+            self._failure = error
+            self._retry_at = 0.0
+            self._retry_delay = _RETRY_MIN
+        return error
+
+    def _refused(self, why: object) -> StorageUnavailable:
+        assert self._failure is not None
+        message = (
+            f"storage: writes refused until the database recovers from a failed write "
+            f"({self._failure}): {why}"
+        )
+        return NoSpace(message) if isinstance(self._failure, NoSpace) else StorageUnavailable(message)
+
+    def _room_to_recover(self) -> bool:
+        """Whether the filesystem has any room for the table a reopen writes from the log (how
+        much it needs depends on how well the log compresses: only the reopen can tell)."""
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return True  # cannot tell: let the reopen decide
+        return st.f_bavail * st.f_frsize >= _MIN_FREE
+
+    def _recover(self) -> None:
+        """Reopen the database (recovery seals its log) and undo the failed writes, or raise."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            raise self._refused(f"next attempt in {self._retry_at - now:.2f} s")
+        if not self._room_to_recover():
+            self._retry_at = now + _RETRY_MIN
+            raise self._refused("waiting for free space")
+        try:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            self._db = self._open()
+            self._restore(self._db)
+        except (StorageUnavailable, plyvel.Error, OSError) as exc:
+            self._retry_at = now + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, _RETRY_MAX)
+            raise self._refused(exc) from exc
+        log.warning("database %s reopened after a failed write; writes accepted again", self.path)
+        self._failure = None
+        self._suspects.clear()
+        self.reopens += 1
+
+    def _restore(self, db: plyvel.DB) -> None:
+        """Put every key of a failed write back to its value before that write (durably)."""
+        with db.write_batch(sync=True) as batch:
+            for k, old in self._suspects.items():
+                if old is _UNKNOWN:
+                    log.warning("%s: key %r may hold a failed write's value", self.path, k)
+                    continue
+                if db.get(k) == old:
+                    continue
+                if old is None:
+                    batch.delete(k)
+                else:
+                    batch.put(k, old)
 
     # -- reads ---------------------------------------------------------------------------------
     def get(self, key: str) -> Object | None:
@@ -132,9 +273,13 @@ class LevelDBLayer:
         if self.sync:
             return self._commit([(key.encode(), obj.to_json())])
         db = self._db
-        if db is None:
-            raise StorageUnavailable(f"storage: database {self.path} is not open")
-        db.put(key.encode(), obj.to_json())
+        if db is None or self._failure is not None:
+            db = self._writable()
+        k = key.encode()
+        try:
+            db.put(k, obj.to_json())
+        except plyvel.Error as exc:
+            raise self._failed([(k, None)], exc, "storage: write failed") from exc
         return None
 
     def delete(self, key_or_glob: str) -> int | Awaitable[int]:
@@ -144,25 +289,33 @@ class LevelDBLayer:
         else:
             k = key_or_glob.encode()
             doomed = [] if db.get(k) is None else [k]
+        ops: Ops = [(k, None) for k in doomed]
         if self.sync:
-            return self._commit_count([(k, None) for k in doomed])
-        if len(doomed) == 1:
-            db.delete(doomed[0])
-        elif doomed:
-            with db.write_batch() as batch:
-                for k in doomed:
-                    batch.delete(k)
+            return self._commit_count(ops)
+        self._apply(ops, "storage: delete failed")
         return len(doomed)
 
     def clear(self) -> Awaitable[int] | None:
-        db = self.db
-        doomed = list(db.iterator(include_value=False))
+        ops: Ops = [(k, None) for k in self.db.iterator(include_value=False)]
         if self.sync:
-            return self._commit_count([(k, None) for k in doomed])
-        with db.write_batch() as batch:
-            for k in doomed:
-                batch.delete(k)
+            return self._commit_count(ops)
+        self._apply(ops, "storage: clear failed")
         return None
+
+    def _apply(self, ops: Ops, prefix: str) -> None:
+        """Write ``ops`` inline as one batch (non-sync mode)."""
+        if not ops:
+            return
+        db = self._writable()
+        try:
+            with db.write_batch() as batch:
+                for k, v in ops:
+                    if v is None:
+                        batch.delete(k)
+                    else:
+                        batch.put(k, v)
+        except plyvel.Error as exc:
+            raise self._failed(ops, exc, prefix) from exc
 
     # -- group commit (sync mode) --------------------------------------------------------------
     async def _commit_count(self, ops: Ops) -> int:
@@ -186,9 +339,15 @@ class LevelDBLayer:
         while self._pending:
             group, self._pending = self._pending, []
             try:
+                if self._failure is not None:
+                    self._recover()  # inline: no group is being written while we are here
                 await loop.run_in_executor(self._executor, self._write_group, group)
             except Exception as exc:
-                error = StorageUnavailable(f"storage: durable write failed: {exc}")
+                if isinstance(exc, StorageUnavailable):
+                    error = exc
+                else:
+                    ops = [op for ops, _ in group for op in ops]
+                    error = self._failed(ops, exc, "storage: durable write failed")
                 for _, fut in group:
                     if not fut.done():
                         fut.set_exception(error)
