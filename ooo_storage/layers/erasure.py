@@ -29,7 +29,7 @@ from sortedcontainers import SortedList
 from ..errors import CorruptObject, QuorumNotReached, StorageUnavailable
 from ..keys import glob_prefix, has_glob, match
 from ..locks import KeyLocks
-from ..meta import Object
+from ..meta import Object, load_object
 from . import _files
 from .erasure_codec import DEFAULT_BACKEND, DEFAULT_STRIPE, Codec, backend_version, tune_malloc
 from .erasure_format import FLAG_REPLICA, FLAG_TOMBSTONE, Generations
@@ -599,11 +599,11 @@ class ErasureLayer:
 
     async def get(self, key: str) -> Object | None:
         raw = await self.store.get(key)
-        return None if raw is None else Object.from_json(raw)
+        return None if raw is None else load_object(key, raw)
 
     async def get_list(self, pattern: str) -> list[Object]:
         raw = await self.store.get_many(self.store.matching(pattern))
-        return [Object.from_json(value) for value in raw.values()]
+        return [load_object(key, value) for key, value in raw.items()]
 
     async def set(self, key: str, obj: Object) -> None:
         await self.store.store(key, obj.to_json())
@@ -631,4 +631,4 @@ class ErasureLayer:
         return await self.store.get_many(await self.store.keys())
 
     async def load(self) -> dict[str, Object]:
-        return {key: Object.from_json(raw) for key, raw in (await self.load_raw()).items()}
+        return {key: load_object(key, raw) for key, raw in (await self.load_raw()).items()}

@@ -61,7 +61,7 @@ from typing import Any, Literal, TypeVar
 from ..errors import CorruptObject, StorageError, StorageUnavailable
 from ..keys import glob_prefix, has_glob, match
 from ..locks import KeyLocks
-from ..meta import EMPTY, Object
+from ..meta import EMPTY, Object, load_object
 from ._files import (
     DURABILITY_LEVELS,
     TMP_DIR,
@@ -765,7 +765,7 @@ class SOSLayer:
     # -- Layer ---------------------------------------------------------------------------------
     async def get(self, key: str) -> Object | None:
         raw = await self.store.get(key)
-        return None if raw is None else Object.from_json(raw)
+        return None if raw is None else load_object(key, raw)
 
     async def get_list(self, pattern: str) -> list[Object]:
         keys = list((await self._keys()).matching_keys(pattern))
@@ -775,7 +775,7 @@ class SOSLayer:
             if raw is None:  # deleted by another process
                 self._note(key, False)
             else:
-                out.append(Object.from_json(raw))
+                out.append(load_object(key, raw))
         return out
 
     async def set(self, key: str, obj: Object) -> None:
@@ -815,7 +815,7 @@ class SOSLayer:
         return loaded
 
     async def load(self) -> dict[str, Object]:
-        return {key: Object.from_json(value) for key, value in (await self.load_raw()).items()}
+        return {key: load_object(key, value) for key, value in (await self.load_raw()).items()}
 
 
 def _mark(index: MemoryLayer, key: str, present: bool) -> None:
