@@ -7,9 +7,13 @@ A ``*`` matches any run (possibly empty) of characters inside one ``/``-segment 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from functools import lru_cache
+from typing import Generic, TypeVar
 
 from .errors import InvalidGlob
+
+V = TypeVar("V")
 
 __all__ = [
     "is_valid",
@@ -21,6 +25,7 @@ __all__ = [
     "peer",
     "build",
     "glob_prefix",
+    "PatternIndex",
 ]
 
 _VALID = re.compile(r"[A-Za-z0-9*](?:[A-Za-z0-9*/._-]*[A-Za-z0-9*])?").fullmatch
@@ -120,3 +125,94 @@ def build(pattern: str, stamp: int | None = None) -> str:
 
         stamp = now()
     return pattern.replace("*", format(stamp, "x"), 1)
+
+
+class _Node(Generic[V]):
+    __slots__ = ("literal", "wild", "value", "has_value")
+
+    def __init__(self) -> None:
+        self.literal: dict[str, _Node[V]] = {}  # segment without "*" -> child
+        self.wild: dict[str, _Node[V]] = {}  # segment pattern with "*" -> child
+        self.value: V | None = None
+        self.has_value = False
+
+
+class PatternIndex(Generic[V]):
+    """Keys and globs (patterns), each with a value, found by the keys they may concern.
+
+    A trie over ``/``-segments: literal segments are dict lookups, so finding the patterns that
+    match one key costs the key's depth plus the wildcard segments met on the way, not the number
+    of patterns (5 000 subscriptions on ``g/<n>/*`` cost one lookup per segment for any write).
+    """
+
+    __slots__ = ("_root", "_size")
+
+    def __init__(self) -> None:
+        self._root: _Node[V] = _Node()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __setitem__(self, pattern: str, value: V) -> None:
+        node = self._root
+        for seg in pattern.split("/"):
+            children = node.wild if "*" in seg else node.literal
+            child = children.get(seg)
+            if child is None:
+                child = children[seg] = _Node()
+            node = child
+        if not node.has_value:
+            self._size += 1
+        node.value, node.has_value = value, True
+
+    def pop(self, pattern: str) -> V | None:
+        """Remove ``pattern`` (and the nodes it alone used); its value, or None if absent."""
+        path: list[tuple[dict[str, _Node[V]], str, _Node[V]]] = []
+        node = self._root
+        for seg in pattern.split("/"):
+            children = node.wild if "*" in seg else node.literal
+            child = children.get(seg)
+            if child is None:
+                return None
+            path.append((children, seg, child))
+            node = child
+        if not node.has_value:
+            return None
+        value = node.value
+        node.value, node.has_value = None, False
+        self._size -= 1
+        for children, seg, child in reversed(path):
+            if child.has_value or child.literal or child.wild:
+                break
+            del children[seg]
+        return value
+
+    def matching(self, key: str) -> Iterator[V]:
+        """Values of the patterns that ``key`` matches (``match(pattern, key)``).
+
+        ``key`` may itself be a glob (a glob delete): then every pattern that could share a key
+        with it is included — those that ``peer`` it and possibly a few more (two wildcard
+        segments are assumed to overlap); callers check their own items.
+        """
+        nodes = [self._root]
+        for seg in key.split("/"):
+            found: list[_Node[V]] = []
+            glob = "*" in seg
+            for node in nodes:
+                if glob:
+                    found.extend(c for lit, c in node.literal.items() if match(seg, lit))
+                    found.extend(node.wild.values())
+                    continue
+                child = node.literal.get(seg)
+                if child is not None:
+                    found.append(child)
+                for pat, c in node.wild.items():
+                    if pat == "*" or match(pat, seg):
+                        found.append(c)
+            if not found:
+                return
+            nodes = found
+        for node in nodes:
+            if node.has_value:
+                yield node.value  # type: ignore[misc]

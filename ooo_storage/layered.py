@@ -9,6 +9,11 @@ failure memory is untouched, no event is emitted and no hook runs.
 Glob deletes and ``clear`` take the store-wide gate exclusively (no set interleaves with them). A glob
 delete also waits until every earlier event has reached the watchers before it emits its one event,
 so a watcher never sees an older set of a matching key after the glob delete.
+
+Revisions never repeat for the lifetime of a data directory: a start continues above the last
+revision reserved in the persistent layer (when it can keep one, as LevelDB does) and above the
+wall clock in microseconds (memory-only stores, or a data directory restored from a backup), so a
+version a client saw before a restart never names a different state after it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -75,6 +81,10 @@ class Options:
 
 
 _ORDER = attrgetter("created", "path")
+_RESERVE = 1 << 20
+"""Revisions reserved in the persistent layer at a time (one durable write per ``_RESERVE``)."""
+
+Observer = Callable[[Event], None]
 
 
 def encode_data(data: Any) -> bytes:
@@ -122,6 +132,8 @@ class Layered:
         self._gate = Gate()
         self._chan: ShardedChan | None = None
         self._watchers: list[tuple[Callback, list[WatchHandle | None]]] = []
+        self._observers: tuple[Observer, ...] = ()
+        self._reserved = 0
         self._streams: set[asyncio.Queue[Event | None]] = set()  # open ``events()`` iterators
         emb = embedded
         # A layer is awaited if any of its methods is a coroutine function, or if it says its
@@ -176,6 +188,8 @@ class Layered:
                     if isinstance(exc, StorageError) or not isinstance(exc, Exception):
                         raise
                     raise StorageUnavailable(f"storage: can't start persistent layer: {exc}") from exc
+        self._revision = max(self._revision, time.time_ns() // 1000, await self._saved_revision())
+        self._reserve()
         self._chan = ShardedChan(
             opts.workers, opts.queue_size, opts.drop_timeout, opts.lossless_watch, opts.on_drop
         )
@@ -191,6 +205,27 @@ class Layered:
             self.memory.bulk_load(await _maybe(load_raw()))
         else:
             self.memory.bulk_load(await _maybe(self.embedded.load()))  # type: ignore[attr-defined]
+
+    async def _saved_revision(self) -> int:
+        load = getattr(self.embedded, "load_revision", None)
+        if load is None:
+            return 0
+        try:
+            return int(await _maybe(load()))
+        except Exception as exc:  # the clock still keeps revisions apart
+            log.error("can't read the saved revision: %s", exc)
+            return 0
+
+    def _reserve(self) -> None:
+        """Reserve the next block of revisions in the persistent layer (if it can keep one)."""
+        self._reserved = self._revision + _RESERVE
+        save = getattr(self.embedded, "save_revision", None)
+        if save is None:
+            return
+        try:
+            save(self._reserved)
+        except Exception as exc:  # a full disk must not fail the write that got here
+            log.error("can't save the revision reservation: %s", exc)
 
     async def close(self) -> None:
         """Deliver queued events (bounded), then close the layers. Idempotent."""
@@ -568,8 +603,11 @@ class Layered:
     def _publish(
         self, key: str, op: str, obj: Object | None, broadcast: bool = True
     ) -> asyncio.Future[None] | None:
-        """Assign the revision and queue the event, synchronously right after the commit."""
+        """Assign the revision, tell the observers and queue the event, synchronously right after
+        the commit."""
         self._revision += 1
+        if self._revision >= self._reserved:
+            self._reserve()
         opts = self.options
         if opts.after_write_op is not None:
             try:
@@ -581,7 +619,13 @@ class Layered:
         for quiet in self._no_broadcast:
             if keys.peer(quiet, key):
                 return None
-        return self._chan.put(make_event(key, op, obj, self._revision))  # type: ignore[arg-type]
+        event = make_event(key, op, obj, self._revision)  # type: ignore[arg-type]
+        for observer in self._observers:
+            try:
+                observer(event)
+            except Exception:
+                log.exception("commit observer failed on %s %s", op, key)
+        return self._chan.put(event)
 
     async def _finish(self, key: str, waiter: asyncio.Future[None] | None) -> None:
         if waiter is not None:
@@ -592,6 +636,20 @@ class Layered:
                 hook(key)
             except Exception:
                 log.exception("after_write hook failed for %s", key)
+
+    def on_commit(self, observer: Observer) -> WatchHandle:
+        """Call ``observer(event)`` synchronously for every event, in commit (revision) order,
+        inside the write itself, before the writer's call returns.
+
+        For components that must see one total order, such as the server's stream pools. The
+        observer runs on the writer's time: it must be fast, must not block and should not raise
+        (exceptions are logged). ``cancel()`` on the returned handle stops it.
+        """
+        self._observers = (*self._observers, observer)
+        return _Observation(self, observer)  # type: ignore[return-value]
+
+    def _unobserve(self, observer: Observer) -> None:
+        self._observers = tuple(o for o in self._observers if o is not observer)
 
     def watch(self, callback: Callback) -> WatchHandle:
         """Call ``callback(event)`` (sync or async) for every event; events of one key in order."""
@@ -649,6 +707,19 @@ class Layered:
         finally:
             self._streams.discard(queue)
             handle.cancel()
+
+
+class _Observation:
+    """Handle of ``Layered.on_commit``."""
+
+    __slots__ = ("_store", "_observer")
+
+    def __init__(self, store: Layered, observer: Observer) -> None:
+        self._store = store
+        self._observer = observer
+
+    def cancel(self) -> None:
+        self._store._unobserve(self._observer)
 
 
 class _StoreWatch:

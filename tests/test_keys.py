@@ -119,3 +119,38 @@ def test_segment_match_agrees_with_fnmatch_inside_one_segment(a: str, b: str, pa
     # Inside one segment (no "/"), our "*" means exactly what fnmatch's "*" means.
     pattern, key = f"{a}/{pat}/{b}", f"{a}/{seg}/{b}"
     assert keys.match(pattern, key) is fnmatch.fnmatchcase(seg, pat)
+
+
+# -- PatternIndex: the trie the server routes events with --------------------------------------
+
+small_seg = st.sampled_from(["a", "b", "ab", "*", "a*", "*b"])
+small_pattern = st.lists(small_seg, min_size=1, max_size=3).map("/".join).filter(lambda p: "**" not in p)
+
+
+@given(st.lists(small_pattern, max_size=12), st.lists(small_pattern, max_size=4), small_pattern)
+def test_pattern_index_finds_exactly_what_match_finds(patterns: list[str], gone: list[str], key: str) -> None:
+    index: keys.PatternIndex[str] = keys.PatternIndex()
+    for p in patterns:
+        index[p] = p
+    live = set(patterns)
+    for p in gone:
+        assert index.pop(p) == (p if p in live else None)
+        live.discard(p)
+    assert len(index) == len(live)
+    found = list(index.matching(key))
+    assert len(found) == len(set(found))
+    if "*" not in key:
+        assert set(found) == {p for p in live if keys.match(p, key)}
+    else:  # a glob delete: every pattern that peers it, maybe a few more of the same depth
+        assert {p for p in live if keys.peer(p, key)} <= set(found)
+        assert all(p.count("/") == key.count("/") for p in found)
+
+
+def test_pattern_index_prunes_empty_nodes() -> None:
+    index: keys.PatternIndex[int] = keys.PatternIndex()
+    for i in range(100):
+        index[f"g/{i}/*"] = i
+    assert list(index.matching("g/42/x")) == [42] and list(index.matching("users/1")) == []
+    for i in range(100):
+        assert index.pop(f"g/{i}/*") == i
+    assert len(index) == 0 and not index._root.literal and not index._root.wild

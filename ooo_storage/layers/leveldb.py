@@ -33,6 +33,7 @@ import plyvel
 from ..errors import NoSpace, StorageUnavailable
 from ..keys import glob_prefix, has_glob, match
 from ..meta import Object, load_object
+from ._files import TempNamer, read_marker, write_file_atomic
 
 log = logging.getLogger("ooo_storage.leveldb")
 
@@ -44,6 +45,7 @@ _RETRY_MIN = 0.05
 _RETRY_MAX = 5.0
 _MIN_FREE = 64 << 10  # below this many free bytes a reopen is not even tried
 _FULL = ("no space left on device", "disk quota exceeded")
+_REVISION_FILE = "ooo-revision"  # beside LevelDB's own files, which it leaves alone
 
 
 def _error(prefix: str, exc: BaseException) -> StorageUnavailable:
@@ -237,6 +239,18 @@ class LevelDBLayer:
                     batch.delete(k)
                 else:
                     batch.put(k, old)
+
+    # -- revisions -----------------------------------------------------------------------------
+    def load_revision(self) -> int:
+        """The last revision reserved by :meth:`save_revision` (0 if none)."""
+        doc = read_marker(self.path, _REVISION_FILE)
+        return int(doc.get("reserved", 0)) if doc else 0
+
+    def save_revision(self, revision: int) -> None:
+        """Durably record that revisions up to ``revision`` may have been used (see ``Layered``)."""
+        raw = b'{"reserved": %d}\n' % revision
+        final = os.path.join(self.path, _REVISION_FILE)
+        write_file_atomic(final, [raw], self.path, TempNamer(), "full", tmp_dir=self.path)
 
     # -- reads ---------------------------------------------------------------------------------
     def get(self, key: str) -> Object | None:

@@ -218,7 +218,8 @@ class Server:
         return await handler(self, request, key)
 
     async def _startup(self, app: web.Application) -> None:
-        self._watch = self.store.watch(self.pools.on_event)
+        # In commit order, inside each write: pool versions are exact revisions.
+        self._watch = self.store.on_commit(self.pools.on_event)
         self._ticker = asyncio.create_task(self._tick())
 
     async def _tick(self) -> None:

@@ -1,8 +1,9 @@
 """Stream pools: one per subscribed path, fed by the store's events (PROTOCOL.md §5.3–5.7).
 
-The store calls :meth:`Pools.on_event` synchronously for every committed write. Matching pools are
-found through an index by segment count (exact keys by dict lookup, globs by ``match``), each pool
-turns the event into at most ONE frame and appends the same bytes to every member's outbox.
+The store calls :meth:`Pools.on_event` synchronously for every committed write, in commit order
+(``Layered.on_commit``). Matching pools are found through a :class:`~ooo_storage.keys.PatternIndex`
+(a trie over segments, so the cost does not grow with the number of glob pools), each pool turns
+the event into at most ONE frame and appends the same bytes to every member's outbox.
 
 Joining is atomic: a pool's state, version and membership change only inside synchronous code, so
 a new member gets the pool's current state and then exactly the frames after it. A new pool is
@@ -11,12 +12,13 @@ built from a synchronous memory read (``Layered.peek``/``peek_list``) together w
 store without a memory layer is read asynchronously; events arriving meanwhile are buffered and
 replayed, and a read that raced with writes is retried (see :meth:`Pools._load`).
 
-Versions: a pool's version is the store revision of the last change delivered to it. Events of
-different keys come from different shards and may arrive out of revision order, so a pool takes
-``max(event.revision, version + 1)``: versions stay strictly increasing per pool. A pruned pool
-leaves a small record (version and a digest of its state); when the pool is built again with the
-very same state it takes back that version, so a client resuming with ``?v=`` after its pool was
-pruned still gets no initial frame when nothing changed.
+Versions: a pool's version is the store revision of the last change delivered to it, or the
+revision its state was read at. Events arrive in revision order and revisions never repeat for the
+lifetime of the data directory (not even across restarts), so a version names one state of one
+pool: a client resuming with ``?v=`` equal to the pool's version provably holds the current state
+and gets no initial frame; any other version gets a snapshot. A pruned pool leaves a small record
+(version and a digest of its state); when the pool is built again with the very same state it
+takes back that version, so a resume after a prune still costs no snapshot when nothing changed.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from collections import OrderedDict
 from typing import Any
 
 from .. import jsontext
-from ..errors import NotFound
-from ..keys import match
+from ..errors import NotActive, NotFound
+from ..keys import PatternIndex
 from ..layered import Layered
 from ..meta import Event, Object
 from .config import ServerConfig
@@ -53,7 +55,6 @@ class Pool:
 
     __slots__ = (
         "key",
-        "segments",
         "state",
         "version",
         "base",
@@ -67,7 +68,6 @@ class Pool:
 
     def __init__(self, key: str, state: ObjectState | ListState, no_patch: bool) -> None:
         self.key = key
-        self.segments = key.count("/") + 1
         self.state = state
         self.version = 0
         self.base = 0
@@ -106,7 +106,7 @@ class Pool:
         change = self.state.apply(event)
         if change is None:
             return
-        self.version = max(event.revision, self.version + 1)
+        self.version = event.revision
         self._snapshot = None
         if change is SNAPSHOT or self.no_patch:
             frame = self.snapshot_frame()
@@ -124,35 +124,26 @@ class Pools:
         self.filters = filters
         self.config = config
         self.pools: dict[str, Pool] = {}
-        # segment count -> (exact key -> pool, glob key -> pool)
-        self._index: dict[int, tuple[dict[str, Pool], dict[str, Pool]]] = {}
+        self._index: PatternIndex[Pool] = PatternIndex()
         self.slow_disconnects = 0
         self._remembered: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
 
     # -- routing (the store's watch callback; synchronous) --------------------------------------
     def on_event(self, event: Event) -> None:
-        key = event.key
-        slot = self._index.get(key.count("/") + 1)
-        if slot is None:
-            return
-        exact, globs = slot
-        if "*" in key:
-            # A glob delete: every pool of that depth checks its own items against it.
-            targets = [*exact.values(), *globs.values()]
-        else:
-            pool = exact.get(key)
-            targets = [pool] if pool is not None else []
-            targets.extend(p for p in globs.values() if match(p.key, key))
-        for pool in targets:
+        # For a glob delete the index also yields pools that merely may hold matching items;
+        # each checks its own items against the glob.
+        for pool in list(self._index.matching(event.key)):
             try:
                 pool.feed(event)
             except Exception:
-                log.exception("pool %s failed on %s %s", pool.key, event.operation, key)
+                log.exception("pool %s failed on %s %s", pool.key, event.operation, event.key)
 
     # -- membership ---------------------------------------------------------------------------
     async def join(self, key: str, conn: Connection, version: int | None) -> Pool:
         """Add ``conn`` to the pool of ``key`` and queue its snapshot (none if ``version`` is the
         pool's current one). Everything from reading the pool's state to membership is synchronous."""
+        if not self.store.active:
+            raise NotActive()
         pool = self.pools.get(key)
         if pool is None:
             pool = self._create(key)
@@ -186,10 +177,7 @@ class Pools:
                 self._remembered.move_to_end(pool.key)
                 if len(self._remembered) > _REMEMBERED:
                     self._remembered.popitem(last=False)
-            exact, globs = self._index[pool.segments]
-            (globs if "*" in pool.key else exact).pop(pool.key, None)
-            if not exact and not globs:
-                del self._index[pool.segments]
+            self._index.pop(pool.key)
 
     def _create(self, key: str) -> Pool:
         state: ObjectState | ListState
@@ -199,8 +187,7 @@ class Pools:
             state = ObjectState(key, self.filters.object_fn(key))
         pool = Pool(key, state, self.config.no_patch)
         self.pools[key] = pool
-        exact, globs = self._index.setdefault(pool.segments, ({}, {}))
-        (globs if "*" in key else exact)[key] = pool
+        self._index[key] = pool
         store = self.store
         if store.memory is not None:
             data = store.peek_list(key) if "*" in key else store.peek(key)
