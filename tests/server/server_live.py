@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import jsonpatch
 import orjson
 import pytest
 
@@ -54,6 +55,35 @@ async def no_frame(ws: aiohttp.ClientWebSocketResponse, wait: float = 0.3) -> No
     with pytest.raises(asyncio.TimeoutError):
         msg = await ws.receive(timeout=wait)
         raise AssertionError(f"unexpected frame {msg}")
+
+
+class Follower:
+    """Keeps a subscriber's state the way a client does: snapshots replace, patches apply."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.state: Any = None
+        self.version = ""
+        self.frames: list[dict[str, Any]] = []
+        self.raw: list[bytes] = []
+
+    async def step(self, timeout: float = 5.0) -> dict[str, Any]:
+        msg = await self.ws.receive(timeout=timeout)
+        assert msg.type is aiohttp.WSMsgType.BINARY, msg
+        self.raw.append(msg.data)
+        frame = orjson.loads(msg.data)
+        self.frames.append(orjson.loads(msg.data))
+        if frame["snapshot"]:
+            self.state = frame["data"]
+        else:
+            self.state = jsonpatch.JsonPatch(frame["data"]).apply(self.state, in_place=True)
+        self.version = frame["version"]
+        return frame
+
+    async def until(self, expected: Any, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while self.state != expected:
+                await self.step(timeout)
 
 
 LiveFactory = Callable[..., Awaitable[Live]]
