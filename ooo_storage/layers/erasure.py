@@ -16,7 +16,6 @@ the coding in :mod:`.erasure_codec`, the file format in :mod:`.erasure_format`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -129,6 +128,7 @@ class ErasureStore:
         self._repairing: set[str] = set()  # keys with a read-triggered repair under way
         self._repairer: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
+        self._stop: asyncio.Event | None = None  # set by close(): background work ends
         self._passes = 0  # background passes completed (see :meth:`flush`)
         self._busy = False
         self._passed: asyncio.Condition | None = None
@@ -166,6 +166,7 @@ class ErasureStore:
             for key in keys:
                 self._queue.setdefault(key, 1)
         self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
         self._passed = asyncio.Condition()
         if cfg.repair == "background":
             self._repairer = asyncio.create_task(self._background(), name="ooo-erasure-repair")
@@ -177,11 +178,16 @@ class ErasureStore:
         if self._executor is None:
             return
         if self._repairer is not None:
-            self._repairer.cancel()
-            await asyncio.gather(self._repairer, return_exceptions=True)
+            # An explicit signal, not cancel(): on Python 3.11 a cancellation that lands in the
+            # iteration where the repairer's wake-up event fires is swallowed by wait_for, and
+            # close() then waited forever. The repairer stops at its next check (after its
+            # current key at most); asyncio.wait leaves it alone if close() itself is cancelled.
+            assert self._stop is not None and self._wake is not None
+            self._stop.set()
+            self._wake.set()
+            await asyncio.wait({self._repairer})
             self._repairer = None
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._settle_tasks()
         executor, self._executor = self._executor, None
         await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
 
@@ -470,6 +476,8 @@ class ErasureStore:
         corrupt_files: list[str] = []
         totals["corrupt_files"] = corrupt_files  # which files failed their CRC (first 100)
         for done, key in enumerate(keys, 1):
+            if self._stop is not None and self._stop.is_set():
+                raise _Closing()  # a pass over millions of keys must not hold close() up
             report = await self._repair_key(key, fix)
             corrupt_files.extend(report.corrupt_files[: 100 - len(corrupt_files)])
             totals["checked"] += 1
@@ -492,63 +500,91 @@ class ErasureStore:
     async def _background(self) -> None:
         """Drain the repair queue; retry while drives are absent; scrub every ``scrub_interval``.
 
-        While the queue cannot drain because drives are absent, a timed retry first probes the
-        drives and skips the pass if the same ones are still gone (no pointless re-reading).
+        Runs until :meth:`close` sets ``_stop``; it checks the flag after every wait and between
+        keys, and is never cancelled (see :meth:`close`).
         """
         cfg = self.config
-        assert self._wake is not None and self._passed is not None
+        assert self._wake is not None and self._passed is not None and self._stop is not None
         next_scrub = (
             time.monotonic() + cfg.scrub_interval if cfg.scrub_interval is not None else None
         )
         stalled: frozenset[int] | None = None  # offline drives when the last pass left work
-        while True:
-            timeout = cfg.retry_interval if self._queue else None
-            if next_scrub is not None:
-                until = max(0.0, next_scrub - time.monotonic())
-                timeout = until if timeout is None else min(timeout, until)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            woken = self._wake.is_set()
-            self._wake.clear()
-            self._busy = True
-            if next_scrub is not None and time.monotonic() >= next_scrub:
-                next_scrub = time.monotonic() + (cfg.scrub_interval or 0.0)
-                await self._guarded(self.scrub())
-            retry = True
-            if not woken and stalled is not None:
-                retry = frozenset(await self._guarded(self._run(self._io.probe)) or ()) != stalled
-            for key in list(self._queue) if retry else ():
-                report = await self._guarded(self._repair_key(key))
-                if isinstance(report, KeyReport) and report.rebuilt:
-                    # Rate limit: leave the drives to foreground traffic for as long as the
-                    # rebuilt shards are worth at ``repair_rate`` / ``repair_iops``.
-                    await asyncio.sleep(
-                        max(report.rebuilt_bytes / cfg.repair_rate, report.rebuilt / cfg.repair_iops)
-                    )
-            if retry:
-                stalled = None
-                await self._guarded(self._forget_repaired())
-                if self._queue:
-                    stalled = frozenset(await self._guarded(self._run(self._io.probe)) or ())
+        try:
+            while not self._stop.is_set():
+                timeout = cfg.retry_interval if self._queue else None
+                if next_scrub is not None:
+                    until = max(0.0, next_scrub - time.monotonic())
+                    timeout = until if timeout is None else min(timeout, until)
+                woken = await _wait_event(self._wake, timeout)
+                self._wake.clear()
+                if self._stop.is_set():
+                    break
+                self._busy = True
+                if next_scrub is not None and time.monotonic() >= next_scrub:
+                    next_scrub = time.monotonic() + (cfg.scrub_interval or 0.0)
+                    await self._guarded(self.scrub())
+                stalled = await self._background_pass(woken, stalled)
+                self._busy = False
+                async with self._passed:
+                    self._passes += 1
+                    self._passed.notify_all()
+        finally:
             self._busy = False
             async with self._passed:
-                self._passes += 1
-                self._passed.notify_all()
+                self._passed.notify_all()  # flush() callers stop waiting for passes
+
+    async def _background_pass(
+        self, woken: bool, stalled: frozenset[int] | None
+    ) -> frozenset[int] | None:
+        """One pass over the repair queue; returns the offline drives if work is left.
+
+        While the queue cannot drain because drives are absent, a timed retry (not ``woken``)
+        first probes the drives and skips the pass if the same ones are still gone.
+        """
+        cfg = self.config
+        assert self._stop is not None
+        if not woken and stalled is not None:
+            offline = frozenset(await self._guarded(self._run(self._io.probe)) or ())
+            if offline == stalled:
+                return stalled
+        for key in list(self._queue):
+            if self._stop.is_set():
+                return None
+            report = await self._guarded(self._repair_key(key))
+            if isinstance(report, KeyReport) and report.rebuilt:
+                # Rate limit: leave the drives to foreground traffic for as long as the
+                # rebuilt shards are worth at ``repair_rate`` / ``repair_iops``.
+                pause = max(report.rebuilt_bytes / cfg.repair_rate, report.rebuilt / cfg.repair_iops)
+                await _wait_event(self._stop, pause)
+        await self._guarded(self._forget_repaired())
+        if self._queue and not self._stop.is_set():
+            return frozenset(await self._guarded(self._run(self._io.probe)) or ())
+        return None
 
     async def flush(self) -> None:
         """Wait until garbage collection and repairs started so far are done.
 
         In ``"background"`` mode this includes one full pass of the repairer over the queue
-        (entries whose drive is still absent stay queued).
+        (entries whose drive is still absent stay queued). Returns early if the store closes.
         """
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._settle_tasks()
         if self._repairer is None or self._passed is None or self._wake is None:
             return
+        stop = self._stop
+        assert stop is not None
         async with self._passed:
             target = self._passes + (2 if self._busy else 1)
             self._wake.set()
-            await self._passed.wait_for(lambda: self._passes >= target)
+            await self._passed.wait_for(lambda: self._passes >= target or stop.is_set())
+
+    async def _settle_tasks(self) -> None:
+        """Wait for the garbage collection and read repairs spawned so far (and any they spawn).
+
+        ``asyncio.wait``, not ``gather``: a caller cancelled while waiting must not cancel
+        them (their executor work would go on, unobserved).
+        """
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
 
     async def _forget_repaired(self) -> None:
         """Truncate the drives' repair logs once nothing is left to repair."""
@@ -559,8 +595,8 @@ class ErasureStore:
     async def _guarded(self, coro: Any) -> Any:
         try:
             return await coro
-        except asyncio.CancelledError:
-            raise
+        except _Closing:
+            return None
         except Exception:
             self._errors += 1
             return None
@@ -583,6 +619,28 @@ class ErasureStore:
 
     def _offline_paths(self) -> list[str]:
         return [self.drives[pos] for pos in sorted(self._offline)]
+
+
+class _Closing(StorageUnavailable):
+    """A scrub or repair pass stopped because the store is closing."""
+
+    message = "storage: erasure store is closing"
+
+
+async def _wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until ``event`` is set (True) or ``timeout`` seconds have passed (False).
+
+    Not ``asyncio.wait_for(event.wait(), timeout)``: on Python 3.11 that returns normally when
+    a cancellation of the caller arrives in the iteration where the event fires.
+    """
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
+    return event.is_set()
 
 
 class ErasureLayer:

@@ -519,6 +519,53 @@ async def test_background_repairer_waits_for_the_drive_then_rebuilds(drives: lis
         assert (await ec.scrub())["degraded"] == 0
 
 
+async def _degraded_store(drives: list[str], **options: Any) -> ErasureStore:
+    """A background-repair store with one drive gone and one key waiting for its repair."""
+    async with ErasureStore(drives, k=K, m=M, repair="off"):
+        pass  # initialise every drive
+    take_away(drives[2])
+    ec = ErasureStore(drives, k=K, m=M, repair="background", **options)
+    await ec.start()
+    await ec.store("degraded", value(1, BIG))
+    await ec.flush()
+    assert ec.stats()["degraded"] == 1
+    return ec
+
+
+@pytest.mark.parametrize("turns", range(8))
+async def test_close_returns_wherever_the_repairer_is_in_its_wake_up(
+    drives: list[str], turns: int
+) -> None:
+    """close() racing a wake-up of the repairer (flush() wakes it) returns, and so does flush(),
+    for every number of loop turns between the two. close() used to cancel the repairer: on
+    Python 3.11 ``wait_for`` swallows a cancellation landing in the iteration where the wake-up
+    event fires, and close() waited forever (turns 0-2); flush() then never returned (turns 3+)."""
+    ec = await _degraded_store(drives)
+    flushing = asyncio.ensure_future(ec.flush())
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    closing = asyncio.ensure_future(ec.close())
+    done, pending = await asyncio.wait({flushing, closing}, timeout=5)
+    for task in pending:
+        task.cancel()
+    assert (closing in done, flushing in done) == (True, True)
+
+
+async def test_close_cuts_a_rate_limited_repair_pause_short(drives: list[str]) -> None:
+    """The repairer's rate-limit pause (hours at 1 byte/s) ends as soon as close() is called."""
+    ec = await _degraded_store(drives, repair_rate=1.0, retry_interval=3600)
+    os.rename(drives[2] + ".away", drives[2])
+    assert await ec.get("degraded") == value(1, BIG)  # a degraded read wakes the repairer
+    for _ in range(500):  # no event marks "rebuilt, now pausing": poll the counter, bounded
+        if ec.stats()["repaired"]:
+            break
+        await asyncio.sleep(0.01)
+    assert ec.stats()["repaired"] == 1
+    closing = asyncio.ensure_future(ec.close())
+    done, _ = await asyncio.wait({closing}, timeout=5)
+    assert closing in done
+
+
 async def test_deleting_a_corrupt_object_clears_it(drives: list[str]) -> None:
     async with ErasureStore(drives, repair="off") as ec:
         await ec.store("bad", value(1, BIG))
