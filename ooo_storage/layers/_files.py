@@ -85,6 +85,7 @@ _HEX = frozenset("0123456789abcdef")
 _IOV_MAX = 1024  # POSIX minimum is 16, Linux allows 1024 buffers per writev
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
 _NOT_THERE = (errno.ENOENT, errno.ESTALE)  # ESTALE: NFS file deleted by another client meanwhile
+_RESOLVE_ATTEMPTS = 1000  # a name replaced this often in a row while we open it: give up
 
 
 class FormatMismatch(StorageUnavailable):
@@ -318,34 +319,80 @@ def read_with(
     filesystem including NFS); the link is closed before it is unlinked, which avoids NFS
     ``.nfsXXXX`` silly renames. Without them the file is opened directly (an open descriptor already
     pins the inode on a local filesystem).
+
+    None means the name does not exist: a path that is being replaced is never reported missing.
     """
     link = None
+    target: str | None = path
     if tmp_dir is not None and namer is not None:
         link = os.path.join(tmp_dir, namer.name("r"))
-        try:
-            os.link(path, link)
-        except FileNotFoundError:
+        target = _pin(path, link)
+        if target is None:
             return None
-        except FileExistsError:
-            # The name is unique, so this is an NFS retransmission of our own LINK: it did succeed.
-            os.lstat(link)
-        target = link
-    else:
-        target = path
     try:
-        try:
-            fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            if link is None and exc.errno in _NOT_THERE:
-                return None
-            raise
+        fd = _open_existing(target)
+        if fd is None:
+            return None
         try:
             return reader(fd, os.fstat(fd))
         finally:
             os.close(fd)
     finally:
-        if link is not None:
+        if link is not None and target == link:
             unlink_quiet(link)
+
+
+def _pin(path: str, link: str) -> str | None:
+    """Hard-link ``path`` to the private name ``link``; return the name to read, None if missing.
+
+    ``link(2)`` fails with ENOENT both when the name is gone and when the name was found but its
+    inode lost that name (a concurrent rename replaced it) before the link was made, and NFS may
+    say ESTALE for the latter: only a name that no longer exists is missing, otherwise link the
+    name's new inode.
+    """
+    for _ in range(_RESOLVE_ATTEMPTS):
+        try:
+            os.link(path, link)
+            return link
+        except FileExistsError:
+            # The name is unique, so this is an NFS retransmission of our own LINK: it did succeed.
+            os.lstat(link)
+            return link
+        except OSError as exc:
+            if exc.errno not in _NOT_THERE:
+                raise
+            if not _exists(path):
+                return None
+    raise _churn(path)
+
+
+def _open_existing(path: str) -> int | None:
+    """``os.open(path)`` for reading, None if ``path`` does not exist (ESTALE re-checked as above)."""
+    for _ in range(_RESOLVE_ATTEMPTS):
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno not in _NOT_THERE:
+                raise
+            if exc.errno == errno.ENOENT or not _exists(path):
+                return None  # open(2) resolves and opens in one step: ENOENT means missing
+    raise _churn(path)
+
+
+def _exists(path: str) -> bool:
+    try:
+        os.lstat(path)
+    except OSError as exc:
+        if exc.errno in _NOT_THERE:
+            return False
+        raise
+    return True
+
+
+def _churn(path: str) -> OSError:
+    return OSError(
+        errno.EAGAIN, f"{path} was replaced {_RESOLVE_ATTEMPTS} times in a row while being opened"
+    )
 
 
 # -- temp cleanup ------------------------------------------------------------------------------

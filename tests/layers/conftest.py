@@ -123,8 +123,17 @@ def role_getter(root: str, key: str, stuck: bool) -> None:
     asyncio.run(main())
 
 
-def role_hammer(root: str, key: str, mode: str, seconds: float, start_at: float) -> None:
-    """Writer, reader or deleter of one key until a shared deadline; report what it saw."""
+def role_hammer(
+    root: str,
+    key: str,
+    mode: str,
+    seconds: float,
+    start_at: float,
+    sizes: tuple[int, int] = (100, 20_000),
+) -> None:
+    """Writer, reader or deleter of one key until a shared deadline; report what it saw.
+
+    Writers cycle through 7 value sizes ``sizes[0] + i * sizes[1]``."""
 
     async def main() -> None:
         s = _store(root, durability="data")
@@ -137,7 +146,7 @@ def role_hammer(root: str, key: str, mode: str, seconds: float, start_at: float)
             try:
                 if mode == "writer":
                     seq += 1
-                    await s.store(key, make_value(seq, 100 + (seq % 7) * 20_000, tag))
+                    await s.store(key, make_value(seq, sizes[0] + (seq % 7) * sizes[1], tag))
                 elif mode == "deleter":
                     await s.delete(key)
                 else:

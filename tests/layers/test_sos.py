@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +270,39 @@ async def test_writes_of_one_key_complete_in_call_order(sos: SimpleObjectStore) 
     await asyncio.gather(*(write(i) for i in range(40)))
     assert done == list(range(40))
     assert await sos.get("hot") == b"39"
+
+
+@pytest.mark.parametrize("read_mode", ["link", "direct"])
+async def test_key_being_overwritten_is_never_missing_in_one_process(
+    tmp_path: Path, read_mode: Any
+) -> None:
+    """Two tasks overwrite a key that always exists for 1 s while one task ``get``s it and one
+    ``mget``s it (the batched read behind ``SOSLayer.get_list``): no read says "missing". In link
+    mode ``link(2)`` fails with ENOENT when the name it looked up is renamed over before the link
+    is made; that used to be reported as a missing key."""
+    store = SimpleObjectStore(tmp_path / "sos", durability="none", read_mode=read_mode)
+    await store.start()
+    await store.store("hot", b"0")
+    deadline = time.monotonic() + 1.0
+
+    async def write() -> None:
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            await store.store("hot", str(n).encode())
+
+    async def read(batch: int) -> tuple[int, int]:
+        missing = reads = 0
+        while time.monotonic() < deadline:
+            values = await store.mget(["hot"] * batch) if batch else [await store.get("hot")]
+            missing += values.count(None)
+            reads += len(values)
+        return missing, reads
+
+    _, _, single, batched = await asyncio.gather(write(), write(), read(0), read(100))
+    await store.close()
+    assert (single[0], batched[0]) == (0, 0), (single, batched)
+    assert single[1] > 100 and batched[1] > 1000
 
 
 # -- SOSLayer ---------------------------------------------------------------------------------------

@@ -220,3 +220,29 @@ async def test_read_in_progress_survives_overwrite_and_delete(
     assert await store.get(KEY) is None
     await store.close()
     assert not temp_entries(tmp_path / "sos")
+
+
+@pytest.mark.parametrize("alias", [False, True], ids=["one-path", "symlink-alias"])
+def test_key_being_overwritten_is_never_missing_across_processes(
+    forkserver: ForkServer, tmp_path: Path, alias: bool
+) -> None:
+    """2 writers overwrite a key that always exists while 2 readers loop ``get`` for 1 s: no
+    read says "missing". ``link(2)`` fails with ENOENT when the name it looked up is renamed over
+    before the link is made; that used to be reported as a missing key (~1.5 % of reads)."""
+    root = tmp_path / "sos"
+    other = tmp_path / "alias"
+    if alias:
+        other.symlink_to(root)
+    _write_once(root)
+    start_at = time.time() + 0.3
+    plan = ["writer", "reader", "writer", "reader"]
+    pids = [
+        forkserver.spawn("hammer", root=str([root, other if alias else root][i % 2]), key=KEY,
+                         mode=mode, seconds=1.0, start_at=start_at, sizes=(100, 200))  # fmt: skip
+        for i, mode in enumerate(plan)
+    ]
+    stats = [forkserver.next(pid, "done", timeout=20)["stats"] for pid in pids]
+    readers = [s for s, mode in zip(stats, plan, strict=True) if mode == "reader"]
+    assert [s.get("none", 0) for s in readers] == [0, 0], readers
+    assert all(s.get("values", 0) > 100 for s in readers), readers
+    assert not [k for s in stats for k in s if k.startswith("error") or k == "torn"], stats
