@@ -1,17 +1,24 @@
-"""One websocket subscriber: a bounded outbox and keepalive, with no task of its own.
+"""One websocket subscriber: a bounded outbox and keepalive, with no task of its own while it keeps up.
 
 A pool builds each websocket frame ONCE (header included: server frames are unmasked, so the
-bytes are the same for every subscriber) and :meth:`Connection.send` queues them for the socket's
-transport; a :class:`Flusher` writes each connection's frames of one event-loop iteration with a
+bytes are the same for every subscriber) and :meth:`Connection.send` queues a *reference* to those
+bytes; a :class:`Flusher` writes each connection's frames of one event-loop iteration with a
 single ``transport.write`` (a burst of events costs one syscall per subscriber, not one per frame).
-The transport's write buffer is the rest of the outbox: when a subscriber does not read,
-the kernel buffers fill, then the transport buffer grows, and once it would exceed
-``outbox_bytes`` the subscriber is dropped (close code 1008). Nobody ever awaits a subscriber, so a
-slow one never delays the others or the store. A subscriber whose buffer makes no progress for
-``write_timeout`` seconds is dropped too (1011).
+
+A subscriber that does not keep up costs no copy of the frames: once its transport is over its
+high-water mark (aiohttp pauses writing), frames stay queued here as shared references and a small
+pump task hands them to the transport in slices as the socket drains. So a slow or stalled
+subscriber holds at most the transport's high-water mark plus one slice of private memory,
+whatever the frame sizes. The outbox bound (``outbox_bytes``) is on what waits behind the socket,
+not on one frame: a frame larger than the outbox is still delivered to a subscriber that reads,
+and a subscriber is dropped (close code 1008) only when more than ``outbox_bytes`` are already
+waiting for it and another frame comes. One whose socket makes no progress for ``write_timeout``
+seconds is dropped too (1011). Nobody ever awaits a subscriber on the broadcast path, so a slow
+one never delays the others or the store.
 
 aiohttp's own writes (pongs, the close frame) are synchronous ``transport.write`` calls of whole
-frames as well, so frames never interleave mid-frame.
+frames; ours never leave a frame half written while the pump is idle... except inside a large
+frame being sliced, so the close frame is sent only once the pump stopped (see :meth:`_stop`).
 """
 
 from __future__ import annotations
@@ -25,6 +32,10 @@ from aiohttp import WSCloseCode, web
 
 from .config import ServerConfig
 from .frames import PING_FRAME
+
+_SLICE = 64 * 1024
+"""Most bytes handed to the transport in one call: what a subscriber may cost beyond the
+transport's high-water mark (its frames otherwise stay shared)."""
 
 log = logging.getLogger("ooo_storage.server")
 
@@ -71,7 +82,11 @@ class Connection:
         "_flusher",
         "_pending",
         "_pending_bytes",
+        "_head",
         "_closing",
+        "_protocol",
+        "_writer",
+        "_pump",
     )
 
     def __init__(
@@ -81,6 +96,7 @@ class Connection:
         config: ServerConfig,
         flusher: Flusher,
         on_drop: Callable[[Connection, bool], None] | None = None,
+        writer: Any = None,
     ) -> None:
         self.ws = ws
         self.request = request
@@ -97,8 +113,12 @@ class Connection:
         self._on_drop = on_drop  # (conn, slow): leave the pool at once, not when the socket is gone
         self._closing: asyncio.Task[None] | None = None
         self._flusher = flusher
-        self._pending: list[bytes] = []
+        self._pending: list[bytes] = []  # frames (shared bytes) not yet fully handed to the transport
         self._pending_bytes = 0
+        self._head = 0  # bytes of _pending[0] already handed over
+        self._protocol: Any = request.protocol  # aiohttp's: ``writing_paused`` is its flow control
+        self._writer = writer  # what ``ws.prepare`` returned: ``drain()`` waits for the socket
+        self._pump: asyncio.Task[None] | None = None
 
     @property
     def queued_bytes(self) -> int:
@@ -109,52 +129,84 @@ class Connection:
 
     # -- sending (synchronous: called from the broadcast path) ----------------------------------
     def send(self, frame: bytes) -> None:
-        """Queue one complete websocket frame; drop the connection if its outbox is full."""
+        """Queue one complete websocket frame; drop the connection if too much already waits."""
         if self.closed:
             return
         transport = self._transport
         if transport is None or transport.is_closing():
             self.drop(WSCloseCode.GOING_AWAY, "connection lost")
             return
-        if self.queued_bytes + len(frame) > self.config.outbox_bytes:
+        if self._pending_bytes > self.config.outbox_bytes:
             self.drop(WSCloseCode.POLICY_VIOLATION, "slow consumer: outbox full", slow=True)
             return
-        if not self._pending:
+        if not self._pending and self._pump is None:
             self._flusher.mark(self)
         self._pending.append(frame)
         self._pending_bytes += len(frame)
 
     def flush(self) -> None:
-        """Hand the queued frames to the transport in one write."""
+        """Hand the queued frames to the transport: in one write when they are few and the socket
+        keeps up, else in slices until the transport pauses, the rest by the pump."""
         pending = self._pending
         if self.closed or not pending:
-            pending.clear()
-            self._pending_bytes = 0
             return
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        pending.clear()
-        self._pending_bytes = 0
         transport = self._transport
         if transport is None or transport.is_closing():
             self.drop(WSCloseCode.GOING_AWAY, "connection lost")
             return
-        transport.write(data)
-        self._written += len(data)
-        if self._write_timer is None and transport.get_write_buffer_size():
+        if not self._protocol.writing_paused:
+            if self._head == 0 and self._pending_bytes <= _SLICE:
+                data = pending[0] if len(pending) == 1 else b"".join(pending)
+                pending.clear()
+                self._pending_bytes = 0
+                transport.write(data)
+                self._written += len(data)
+            else:
+                self._write_slices(transport)
+        if pending and self._pump is None:
+            self._pump = asyncio.get_running_loop().create_task(self._drain_pending())
+        if self._write_timer is None and (pending or transport.get_write_buffer_size()):
             self._write_timer = asyncio.get_running_loop().call_later(
                 self.config.write_timeout, self._check_progress
             )
+
+    def _write_slices(self, transport: asyncio.Transport) -> None:
+        pending = self._pending
+        while pending and not self._protocol.writing_paused:
+            head = pending[0]
+            piece = memoryview(head)[self._head : self._head + _SLICE]
+            transport.write(piece)
+            self._written += len(piece)
+            self._pending_bytes -= len(piece)
+            self._head += len(piece)
+            if self._head == len(head):
+                pending.pop(0)
+                self._head = 0
+
+    async def _drain_pending(self) -> None:
+        """The pump of a subscriber that does not keep up: write more each time the socket drains."""
+        try:
+            while self._pending and not self.closed:
+                await self._writer.drain()
+                transport = self._transport
+                if self.closed or transport is None or transport.is_closing():
+                    break
+                self._write_slices(transport)
+        except (ConnectionError, RuntimeError):
+            self.drop(WSCloseCode.GOING_AWAY, "connection lost")
+        finally:
+            self._pump = None
 
     def _check_progress(self) -> None:
         self._write_timer = None
         if self.closed:
             return
         transport = self._transport
-        pending = 0 if transport is None else transport.get_write_buffer_size()
-        if not pending:
+        buffered = 0 if transport is None else transport.get_write_buffer_size()
+        if not buffered and not self._pending:
             self._flushed_at_check = -1
             return
-        flushed = self._written - pending
+        flushed = self._written - buffered
         if flushed == self._flushed_at_check:
             self.drop(WSCloseCode.INTERNAL_ERROR, "write timeout", slow=True)
             return
@@ -202,6 +254,11 @@ class Connection:
         for timer in (self._ping_timer, self._write_timer):
             if timer is not None:
                 timer.cancel()
+        if self._head:
+            # A frame is half written: a close frame after it would corrupt the stream.
+            self._head = 0
+            if self._transport is not None:
+                self._transport.abort()
 
     async def close(self, code: int = WSCloseCode.GOING_AWAY, reason: str = "server shutdown") -> None:
         """Close (e.g. on shutdown or when the handler ends) and wait until it is done."""

@@ -33,6 +33,12 @@ def ws_binary(payload: bytes) -> bytes:
     return header + payload
 
 
+def pong_frame(payload: bytes) -> bytes:
+    """An unmasked pong frame echoing a ping's payload (at most 125 bytes, RFC 6455 §5.5)."""
+    payload = payload[:125]
+    return struct.pack("!BB", 0x8A, len(payload)) + payload
+
+
 def parse_version(text: str | None) -> int | None:
     """The ``?v=`` query value as an int (None when absent or not hex)."""
     if not text:

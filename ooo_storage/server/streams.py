@@ -17,7 +17,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from ..meta import now
 from .connection import Connection
 from .errors import HTTPFailure, status_of
-from .frames import parse_version, ws_binary
+from .frames import parse_version, pong_frame, ws_binary
 from .rest import check_key
 
 if TYPE_CHECKING:
@@ -69,8 +69,8 @@ async def _open(
         max_msg_size=cfg.max_msg_size,
         timeout=cfg.close_timeout,
     )
-    await ws.prepare(request)
-    return Connection(ws, request, cfg, server.flusher, on_drop=on_drop)
+    writer = await ws.prepare(request)
+    return Connection(ws, request, cfg, server.flusher, on_drop=on_drop, writer=writer)
 
 
 async def _read_until_closed(conn: Connection) -> None:
@@ -81,7 +81,7 @@ async def _read_until_closed(conn: Connection) -> None:
             return
         conn.seen()
         if msg.type is WSMsgType.PING:
-            await ws.pong(msg.data)
+            conn.send(pong_frame(msg.data))  # queued: never inside a frame being written
 
 
 async def subscribe(server: Server, request: web.Request, key: str) -> web.StreamResponse:

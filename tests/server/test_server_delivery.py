@@ -9,8 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from server_live import LiveFactory, next_frame
-from test_server_streams import Follower
+from server_live import Follower, LiveFactory, next_frame
 from websockets.asyncio.client import ClientConnection, connect
 
 from ooo_storage import Layered, MemoryLayer
@@ -149,3 +148,76 @@ async def test_memory_per_idle_subscriber(make_live: LiveFactory) -> None:
     await proc.wait()
     # About 16 KiB today, nearly all of it aiohttp's own per-connection request/protocol objects.
     assert per_subscriber < 48 * 1024, per_subscriber
+
+
+async def test_frame_larger_than_the_outbox_is_delivered(make_live: LiveFactory) -> None:
+    """A 9 MiB value (POST accepts 10 MiB) and a glob snapshot of 9 MiB reach subscribers that
+    read, with the default 8 MiB outbox (they used to be dropped with 1008, new ones at once)."""
+    live = await make_live()
+    one = Follower(await live.ws("big/1", max_msg_size=0))
+    glob = Follower(await live.ws("big/*", max_msg_size=0))
+    await one.step()
+    await glob.step()
+    value = {"blob": "x" * (9 * 1024 * 1024)}
+    status, _ = await live.request("POST", "big/1", value)
+    assert status == 200
+    await one.step(timeout=30)
+    await glob.step(timeout=30)
+    assert one.state["data"] == value and glob.state[0]["data"] == value
+    late = Follower(await live.ws("big/*", max_msg_size=0))
+    frame = await late.step(timeout=30)
+    assert frame["snapshot"] is True and late.state == glob.state
+    state = orjson.loads((await live.request("GET", "?api=state"))[1])
+    assert state["slowDisconnects"] == 0 and state["totalConnections"] == 3
+
+
+async def _never_reading(url: str) -> socket.socket:
+    """A websocket upgrade on a raw socket with a tiny receive buffer; it never reads again."""
+    host, _, rest = url.removeprefix("ws://").partition("/")
+    addr, port = host.split(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (addr, int(port)))
+    await loop.sock_sendall(
+        sock,
+        f"GET /{rest} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode(),
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await loop.sock_recv(sock, 1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+async def test_subscribers_that_never_read_share_the_frames(make_live: LiveFactory) -> None:
+    """50 subscribers that never read are sent 7 MiB of frames each (more than the kernel's socket
+    buffers take, less than the 8 MiB outbox): the server holds those frames once, not once per
+    subscriber (each used to keep its own copy in its transport buffer)."""
+    import gc
+    import tracemalloc
+
+    live = await make_live()
+    socks = [await _never_reading(f"{live.ws_base}/feed") for _ in range(50)]
+    reader = await live.ws("feed")
+    await reader.receive(timeout=5)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(70):
+            await live.request("POST", "feed", {"i": i, "blob": f"{i:02d}" * 50_000})
+            await reader.receive(timeout=5)  # a different 100 KB patch each time
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - base
+        state = orjson.loads((await live.request("GET", "?api=state"))[1])
+    finally:
+        tracemalloc.stop()
+        for sock in socks:
+            sock.close()
+    assert state["slowDisconnects"] == 0 and state["totalConnections"] == 51
+    # The frames once (7 MiB) plus the transport's share per subscriber (its high-water mark plus
+    # one slice, about 128 KiB); not 50 private copies (~300 MiB before).
+    assert grown < 7 * 1024 * 1024 + 50 * 192 * 1024, grown
