@@ -566,7 +566,10 @@ class Layered:
             await self._chan.drain()
             return
         try:
-            await asyncio.wait_for(self._chan.drain(), self.options.drop_timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that arrives
+            # as the inner wait completes, and the cancelled caller then carries on.
+            async with asyncio.timeout(self.options.drop_timeout):
+                await self._chan.drain()
         except TimeoutError:
             log.warning("glob delete: watchers did not catch up within drop_timeout")
 
@@ -688,7 +691,10 @@ class Layered:
                     await room.wait()
                     continue
                 try:
-                    await asyncio.wait_for(room.wait(), opts.drop_timeout)
+                    # not wait_for: it may swallow the shard's cancellation at close (3.11),
+                    # leaving the consumer running and close() waiting for it forever
+                    async with asyncio.timeout(opts.drop_timeout):
+                        await room.wait()
                 except TimeoutError:
                     if self._chan is not None:
                         self._chan._count_drop(event)

@@ -122,7 +122,8 @@ class ShardedChan:
         if not self._tasks:
             return
         try:
-            await asyncio.wait_for(self.drain(), timeout if timeout is not None else self.drop_timeout)
+            async with asyncio.timeout(timeout if timeout is not None else self.drop_timeout):
+                await self.drain()
         except TimeoutError:
             log.warning("closing with undelivered events")
         for task in self._tasks:
