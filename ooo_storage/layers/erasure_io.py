@@ -462,9 +462,11 @@ class DriveSet:
     def log_repairs(self, records: list[tuple[str, int, int]], drives: list[int]) -> None:
         """Append ``(key, generation, shard)`` records to the repair log of healthy drives.
 
-        A hint, not a journal: no fsync (a lost record is found again by the next scrub).
+        A hint, not a journal: no fsync (a lost record is found again by the next scrub). Each
+        batch starts with a newline: an earlier append cut short (a full disk, a crash) leaves a
+        torn line that would otherwise swallow the first record appended after it.
         """
-        lines = b"".join(
+        lines = b"\n" + b"".join(
             json.dumps({"key": k, "gen": g, "shard": i}).encode() + b"\n" for k, g, i in records
         )
         for pos in drives:
@@ -489,11 +491,11 @@ class DriveSet:
         for path in self.paths:
             try:
                 with open(os.path.join(path, REPAIR_LOG), "rb") as f:
-                    for line in f:
+                    for line in f:  # blank lines separate appended batches
                         try:
                             keys.add(json.loads(line)["key"])
                         except (ValueError, KeyError, TypeError):
-                            continue  # a torn last line after a crash
+                            continue  # a line torn by a crash or a full disk
             except OSError:
                 continue
         return keys

@@ -269,7 +269,8 @@ async def test_up_to_m_drives_removed_keep_working(drives: list[str], lost: int)
         stats = ec.stats()
         assert stats["offline_drives"] == drives[:lost]
         assert stats["queued_repairs"] > 0 and stats["degraded"] > 0
-        logged = {json.loads(line)["key"] for line in Path(drives[-1], REPAIR_LOG).read_text().splitlines()}
+        lines = Path(drives[-1], REPAIR_LOG).read_text().splitlines()
+        logged = {json.loads(line)["key"] for line in lines if line}  # blank lines separate batches
         assert "old/big" in logged and "new/1" in logged
         # Nothing can be rebuilt while the drives are absent, and nothing is declared done.
         report = await ec.repair()
@@ -634,3 +635,27 @@ async def test_io_errors_on_drives_leave_old_state(
     assert [n for d in ec.drives for n in os.listdir(Path(d, ".tmp"))] == []
     assert (await ec.repair())["degraded"] == 0
     assert len(shard_files(ec, "io")) == N
+
+
+async def test_repair_log_keeps_records_appended_after_a_torn_one(tmpfs: Any) -> None:
+    """On a real full filesystem an append to the repair log is cut short (a torn line); the
+    records appended once space is back must still load. They used to be glued onto the torn
+    line and lost with it, so the degraded key was repaired only by the next full scrub."""
+    fs = tmpfs("1m", "log")
+    drives = [str(fs / f"drive{i}") for i in range(N)]
+    async with ErasureStore(drives, repair="off") as ec:
+        io = ec._io
+        io.log_repairs([("first", 1, 0)], [0])
+        log = Path(drives[0], REPAIR_LOG)
+        with open(log, "ab") as f:  # a blank line, so that 10 bytes are left in the log's last page
+            f.write(b" " * (4096 - 10 - log.stat().st_size - 1) + b"\n")
+        filler = fs / "filler"
+        with open(filler, "wb", buffering=0) as f, pytest.raises(OSError) as full:
+            while True:
+                f.write(bytes(4096))
+        assert full.value.errno == errno.ENOSPC
+        io.log_repairs([("torn", 2, 0)], [0])
+        assert log.stat().st_size == 4096  # the append was cut short: a torn line
+        filler.unlink()
+        io.log_repairs([("second", 3, 0)], [0])
+        assert io.load_repairs() == {"first", "second"}
