@@ -55,6 +55,7 @@ __all__ = [
     "publish",
     "write_file_atomic",
     "write_file_with",
+    "no_room",
     "unlink_quiet",
     "read_exact",
     "read_file",
@@ -85,6 +86,7 @@ _HEX = frozenset("0123456789abcdef")
 _IOV_MAX = 1024  # POSIX minimum is 16, Linux allows 1024 buffers per writev
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
 _NOT_THERE = (errno.ENOENT, errno.ESTALE)  # ESTALE: NFS file deleted by another client meanwhile
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 _RESOLVE_ATTEMPTS = 1000  # a name replaced this often in a row while we open it: give up
 
 
@@ -276,6 +278,11 @@ def write_file_with(
     return done
 
 
+def no_room(exc: BaseException) -> bool:
+    """True for a full filesystem or quota (ENOSPC/EDQUOT): the fix is freeing space, not retrying."""
+    return isinstance(exc, OSError) and exc.errno in _NO_ROOM
+
+
 def unlink_quiet(path: str) -> None:
     """Best-effort ``unlink`` for clean-up paths, where a second error must not hide the first."""
     with contextlib.suppress(OSError):
@@ -348,7 +355,10 @@ def _pin(path: str, link: str) -> str | None:
     ``link(2)`` fails with ENOENT both when the name is gone and when the name was found but its
     inode lost that name (a concurrent rename replaced it) before the link was made, and NFS may
     say ESTALE for the latter: only a name that no longer exists is missing, otherwise link the
-    name's new inode.
+    name's new inode. A filesystem without room for one more link (ENOSPC/EDQUOT: a full inode
+    table, a full directory) must not stop reads: ``path`` itself is returned, to be opened
+    directly (the open descriptor pins the inode on a local filesystem; on NFS a concurrent
+    replacement can fail the read with ESTALE, and the record checksum still guards the data).
     """
     for _ in range(_RESOLVE_ATTEMPTS):
         try:
@@ -359,6 +369,8 @@ def _pin(path: str, link: str) -> str | None:
             os.lstat(link)
             return link
         except OSError as exc:
+            if no_room(exc):
+                return path
             if exc.errno not in _NOT_THERE:
                 raise
             if not _exists(path):

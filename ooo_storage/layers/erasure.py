@@ -94,7 +94,9 @@ class ErasureStore:
     :meth:`get` but missing from ``keys()`` until a restart; a glob delete of the Layer adapter
     is key by key, not atomic; a drive swapped with another one *while running* is only noticed
     at the next start (writes check a drive's ``.tmp``, not its marker); :func:`tune_malloc`
-    changes glibc's thresholds for the whole process.
+    changes glibc's thresholds for the whole process; a delete writes a tombstone on every drive,
+    so when more than ``k + m - write_quorum`` drives are full, deletes are refused like writes
+    (:class:`QuorumNotReached` naming the full drives): free space on the drives or add capacity.
     """
 
     name = "erasure"
@@ -122,6 +124,7 @@ class ErasureStore:
         self._index: SortedList = SortedList()
         self._executor: ThreadPoolExecutor | None = None
         self._offline: set[int] = set()
+        self._full: set[int] = set()  # drives whose last write failed for lack of space
         self._replaced: set[int] = set()  # new empty drives not yet fully rebuilt
         self._queue: dict[str, int] = {}  # key -> shard repairs known (>= 1 per degraded key)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -311,22 +314,21 @@ class ErasureStore:
             ]
             # Any exception of a shard write (OSError or not) is that drive failing this write.
             results = await asyncio.gather(*futures, return_exceptions=True)
-            done = [i for i, r in zip(shards, results, strict=True) if not isinstance(r, Exception)]
+            errors = {
+                self._io.drive_of(loc, i): r
+                for i, r in zip(shards, results, strict=True)
+                if isinstance(r, Exception)
+            }
+            done = [i for i in shards if self._io.drive_of(loc, i) not in errors]
             failed = [i for i in shards if i not in done]
-            for i in shards:
-                pos = self._io.drive_of(loc, i)
-                if i in done:
-                    self._offline.discard(pos)
-                else:
-                    self._offline.add(pos)
-            self._errors += sum(1 for r in results if isinstance(r, Exception))
+            self._note_drives([self._io.drive_of(loc, i) for i in shards], errors)
+            self._errors += len(errors)
             if len(done) < required:
                 self._errors += 1
                 await self._run(self._io.remove_generation, loc, generation, done)
                 raise QuorumNotReached(
                     f"storage: write quorum not reached for {key!r}: {len(done)} of "
-                    f"{len(shards)} shards written, {required} needed "
-                    f"(offline drives: {self._offline_paths()})"
+                    f"{len(shards)} shards written, {required} needed ({self._why(errors)})"
                 )
             if flags & FLAG_TOMBSTONE:
                 self._index.discard(key)
@@ -337,6 +339,28 @@ class ErasureStore:
             self._spawn(self._after_commit(loc, generation, flags, failed, done))
         finally:
             self._locks.release(key)
+
+    def _note_drives(self, positions: list[int], errors: dict[int, Exception]) -> None:
+        """Track which drives a write found offline or full (a full drive is still online)."""
+        for pos in positions:
+            exc = errors.get(pos)
+            self._full.discard(pos)
+            self._offline.discard(pos)
+            if exc is not None:
+                (self._full if _files.no_room(exc) else self._offline).add(pos)
+
+    def _why(self, errors: dict[int, Exception]) -> str:
+        """Per-drive reasons of a failed write, and what to do about full drives."""
+        reasons = "; ".join(
+            f"{self.drives[pos]}: {getattr(exc, 'strerror', None) or exc!r}"
+            for pos, exc in sorted(errors.items())
+        )
+        if any(_files.no_room(exc) for exc in errors.values()):
+            reasons += (
+                " - free space on the full drives or add capacity"
+                " (a delete needs room too: it writes a tombstone on each drive)"
+            )
+        return reasons
 
     async def _check_drives(self, loc: Located) -> None:
         """Replicas touch only m + 1 drives: refuse up front when the store lost its quorum."""
@@ -602,12 +626,17 @@ class ErasureStore:
             return None
 
     def stats(self) -> dict[str, Any]:
-        """``{"objects", "degraded", "offline_drives", "queued_repairs", "last_scrub", ...}``."""
+        """``{"objects", "degraded", "offline_drives", "full_drives", "queued_repairs", ...}``.
+
+        ``full_drives``: drives whose last write failed for lack of space (still online: reads
+        use them); ``offline_drives``: drives that were unreachable or failed otherwise.
+        """
         return {
             "objects": len(self._index),
             "degraded": len(self._queue),
             "queued_repairs": sum(self._queue.values()),
             "offline_drives": self._offline_paths(),
+            "full_drives": [self.drives[pos] for pos in sorted(self._full)],
             "rebuilding_drives": [self.drives[pos] for pos in sorted(self._replaced)],
             "last_scrub": self._last_scrub,
             "repaired": self._repaired,

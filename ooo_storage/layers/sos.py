@@ -42,7 +42,10 @@ Known limits:
 * NFS negative lookup caching can hide keys created by other clients for up to ``acdirmax`` seconds
   unless the share is mounted with ``lookupcache=positive``;
 * a failed directory fsync after the rename reports an error although the new value is already
-  visible (it may not survive a power failure): the caller sees old-or-new, never a torn value.
+  visible (it may not survive a power failure): the caller sees old-or-new, never a torn value;
+* on a full filesystem writes fail with :class:`~ooo_storage.errors.NoSpace` (nothing is left
+  behind); deletes and reads keep working (a read that cannot make its hard link for lack of
+  space or inodes opens the object directly, as ``"direct"`` mode does), and so does ``start``.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ import struct
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal, TypeVar
 
-from ..errors import CorruptObject, StorageError, StorageUnavailable
+from ..errors import CorruptObject, NoSpace, StorageError, StorageUnavailable
 from ..keys import glob_prefix, has_glob, match
 from ..locks import KeyLocks
 from ..meta import EMPTY, Object, load_object
@@ -76,6 +79,7 @@ from ._files import (
     hash_hex,
     iter_fanout,
     makedirs_durable,
+    no_room,
     read_exact,
     read_with,
     unlink_quiet,
@@ -298,9 +302,10 @@ class SimpleObjectStore:
         try:
             return await pool.run(fn, *args)
         except OSError as exc:
-            raise StorageUnavailable(
-                f"storage: SOS {op} {key!r} failed: {exc.strerror or exc}"
-            ) from exc
+            message = f"storage: SOS {op} {key!r} failed: {exc.strerror or exc}"
+            if no_room(exc):
+                raise NoSpace(f"{message} in {self.root}: free space to store again") from exc
+            raise StorageUnavailable(message) from exc
 
     # -- paths and records ---------------------------------------------------------------------
     def path(self, key: Key) -> str:
