@@ -40,3 +40,5 @@ class ServerConfig:
     """Largest client→server websocket message (such frames are ignored anyway)."""
     middlewares: Sequence[Any] = field(default_factory=tuple)
     """Extra aiohttp middlewares; they run for every route, websocket upgrades included."""
+    list_limit: int = 1000
+    """Most items one glob GET returns, and the largest ``?limit=``; more → a cursor (lists.py)."""
