@@ -72,6 +72,7 @@ __all__ = [
     "ensure_marker",
     "make_executor",
     "WorkerPool",
+    "finish",
 ]
 
 Durability = Literal["none", "data", "full"]
@@ -633,13 +634,7 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._queue.put((loop, fut, fn, args))
-        try:
-            return await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            while not fut.done():
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(fut)
-            raise
+        return await finish(fut)
 
     def shutdown(self, wait: bool = True) -> None:
         """Run the queued work, then stop the threads (joined if ``wait``). Idempotent."""
@@ -649,6 +644,21 @@ class WorkerPool:
             for thread in self._threads:
                 if thread is not threading.current_thread():
                     thread.join()
+
+
+async def finish(fut: asyncio.Future[T]) -> T:
+    """Await ``fut``; if the caller is cancelled meanwhile, wait for ``fut`` to end, then re-raise.
+
+    For work that cannot be stopped once started (it runs in threads, or holds a key's lock over
+    such work): letting the caller go early would release its locks while the work still runs.
+    """
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        while not fut.done():
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(fut)
+        raise
 
 
 def _work(jobs: queue.SimpleQueue[Any]) -> None:

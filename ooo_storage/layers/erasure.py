@@ -292,10 +292,18 @@ class ErasureStore:
     async def _write(
         self, key: str, flags: int, size: int, crc: int, shards: dict[int, list[bytes]]
     ) -> None:
-        cfg = self.config
-        assert cfg.write_quorum is not None
+        """Write one generation. A caller cancelled midway still waits for the whole write: its
+        shard writes run in threads and cannot be stopped, so returning early would release the
+        key's lock under them and skip the commit's bookkeeping (index, GC, repair queue)."""
         if self._executor is None:
             raise StorageUnavailable("storage: erasure store is not open")
+        await _files.finish(asyncio.ensure_future(self._write_now(key, flags, size, crc, shards)))
+
+    async def _write_now(
+        self, key: str, flags: int, size: int, crc: int, shards: dict[int, list[bytes]]
+    ) -> None:
+        cfg = self.config
+        assert cfg.write_quorum is not None
         # Replicas need as many copies as coded writes tolerate failures (n - quorum lost).
         required = max(1, len(shards) - (self.codec.n - cfg.write_quorum))
         loc = self._io.locate(key)

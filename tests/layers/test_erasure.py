@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import shutil
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -565,6 +566,44 @@ async def test_close_cuts_a_rate_limited_repair_pause_short(drives: list[str]) -
     closing = asyncio.ensure_future(ec.close())
     done, _ = await asyncio.wait({closing}, timeout=5)
     assert closing in done
+
+
+async def test_cancelled_store_still_finishes_before_the_next_write_of_its_key(
+    ec: ErasureStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store() cancelled while its shard writes run (threads: they cannot be stopped) waits
+    for them and commits before the cancellation propagates: the next write of the key starts
+    only after them, and the key is indexed. The key's lock used to be released at once, under
+    the running shard writes, and the commit's bookkeeping was skipped."""
+    gate, loop = threading.Event(), asyncio.get_running_loop()
+    entered = asyncio.Event()
+    log: list[tuple[str, int]] = []
+    real = ec._io.write_shard
+
+    def gated(loc: Any, index: int, flags: int, size: int, gen: int, *rest: Any) -> int:
+        log.append(("start", gen))
+        loop.call_soon_threadsafe(entered.set)
+        assert gate.wait(10)
+        try:
+            return real(loc, index, flags, size, gen, *rest)
+        finally:
+            log.append(("end", gen))
+
+    monkeypatch.setattr(ec._io, "write_shard", gated)
+    first = asyncio.ensure_future(ec.store("k", value(1, BIG)))
+    await entered.wait()
+    first.cancel()
+    for _ in range(50):  # the old code let go within a few loop turns
+        await asyncio.sleep(0)
+    assert not first.done()
+    second = asyncio.ensure_future(ec.store("k", value(2, BIG)))
+    gate.set()
+    await second
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    gens = sorted({gen for _, gen in log})
+    assert [step for step in log if step[1] == gens[0]] == log[: 2 * N]  # all of the first, first
+    assert await ec.get("k") == value(2, BIG) and await ec.keys() == ["k"]
 
 
 async def test_deleting_a_corrupt_object_clears_it(drives: list[str]) -> None:
