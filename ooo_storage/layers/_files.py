@@ -331,12 +331,13 @@ def read_with(
     None means the name does not exist: a path that is being replaced is never reported missing.
     """
     link = None
-    target: str | None = path
+    target = path
     if tmp_dir is not None and namer is not None:
         link = os.path.join(tmp_dir, namer.name("r"))
-        target = _pin(path, link)
-        if target is None:
+        pinned = _pin(path, link)
+        if pinned is None:
             return None
+        target = pinned
     try:
         fd = _open_existing(target)
         if fd is None:

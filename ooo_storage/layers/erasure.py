@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -37,6 +37,7 @@ from .erasure_io import DriveSet, KeyReport, Located, ReadResult
 __all__ = ["ErasureConfig", "ErasureStore", "ErasureLayer", "CorruptObject", "QuorumNotReached"]
 
 RepairMode = Literal["read", "background", "off"]
+Shards = dict[int, list[bytes]]  # shard index -> payload parts
 Progress = Callable[[int, int], None]
 
 _ENCODE_INLINE = 1 << 20  # encoding one stripe (~100 µs) on the loop costs about one thread hop
@@ -290,7 +291,7 @@ class ErasureStore:
         return True
 
     async def _write(
-        self, key: str, flags: int, size: int, crc: int, shards: dict[int, list[bytes]]
+        self, key: str, flags: int, size: int, crc: int, shards: Shards
     ) -> None:
         """Write one generation. A caller cancelled midway still waits for the whole write: its
         shard writes run in threads and cannot be stopped, so returning early would release the
@@ -300,7 +301,7 @@ class ErasureStore:
         await _files.finish(asyncio.ensure_future(self._write_now(key, flags, size, crc, shards)))
 
     async def _write_now(
-        self, key: str, flags: int, size: int, crc: int, shards: dict[int, list[bytes]]
+        self, key: str, flags: int, size: int, crc: int, shards: Shards
     ) -> None:
         cfg = self.config
         assert cfg.write_quorum is not None
@@ -348,7 +349,7 @@ class ErasureStore:
         finally:
             self._locks.release(key)
 
-    def _note_drives(self, positions: list[int], errors: dict[int, Exception]) -> None:
+    def _note_drives(self, positions: Sequence[int], errors: dict[int, Exception]) -> None:
         """Track which drives a write found offline or full (a full drive is still online)."""
         for pos in positions:
             exc = errors.get(pos)
