@@ -360,10 +360,11 @@ class ErasureStore:
 
     def _why(self, errors: dict[int, Exception]) -> str:
         """Per-drive reasons of a failed write, and what to do about full drives."""
-        reasons = "; ".join(
-            f"{self.drives[pos]}: {getattr(exc, 'strerror', None) or exc!r}"
-            for pos, exc in sorted(errors.items())
-        )
+        drives: dict[str, list[str]] = {}  # reason -> drives that failed for it
+        for pos, exc in sorted(errors.items()):
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
+            drives.setdefault(reason, []).append(self.drives[pos])
+        reasons = "; ".join(f"{reason} on {', '.join(paths)}" for reason, paths in drives.items())
         if any(_files.no_room(exc) for exc in errors.values()):
             reasons += (
                 " - free space on the full drives or add capacity"
