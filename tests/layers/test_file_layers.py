@@ -13,7 +13,13 @@ import pytest
 from conftest import temp_entries
 
 from ooo_storage import Layered, MemoryLayer
-from ooo_storage.errors import CorruptObject, NoSpace, QuorumNotReached, StorageUnavailable
+from ooo_storage.errors import (
+    CorruptObject,
+    NoSpace,
+    NotFound,
+    QuorumNotReached,
+    StorageUnavailable,
+)
 from ooo_storage.layers import ErasureLayer, SOSLayer
 from ooo_storage.layers.erasure_format import parse_shard_name
 from ooo_storage.server import Server, ServerRunner
@@ -122,6 +128,7 @@ class Episode:
         self.mirror = mirror
         self.model: dict[str, Any] = {}
         self.store: Layered | None = None
+        self.last_error: StorageUnavailable | None = None
 
     @property
     def layer(self) -> Any:
@@ -171,15 +178,19 @@ class Episode:
         return written
 
     async def check(self, key: str) -> None:
-        """The persistent layer itself (not the memory mirror) holds the model's value of ``key``."""
+        """The store and its persistent layer itself (not just the memory mirror) hold the
+        model's value of ``key``."""
+        assert self.store is not None
+        try:
+            seen = (await self.store.get(key)).value
+        except NotFound:
+            seen = None
         obj = await self.layer.get(key)
-        assert (None if obj is None else obj.value) == self.model.get(key), key
+        assert (seen, None if obj is None else obj.value) == (self.model.get(key),) * 2, key
 
     async def check_all(self) -> None:
         assert sorted(await self.layer.keys()) == sorted(self.model)
-        assert self.store is not None
-        for key, value in self.model.items():
-            assert (await self.store.get(key)).value == value, key
+        for key in self.model:
             await self.check(key)
 
     async def close(self) -> None:
