@@ -108,6 +108,16 @@ def status_kib(pid: int, field_name: str) -> int:
     return 0
 
 
+def kernel_tcp_kib() -> int:
+    """Memory the kernel holds in TCP buffers, machine-wide (/proc/net/sockstat), in KiB: where the
+    bytes go that a client does not read, beyond the server's RSS."""
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            fields = line.split()
+            return int(fields[fields.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    return 0
+
+
 class RssSampler:
     """Samples a process's VmRSS every ``period`` seconds in a daemon thread and keeps the peak."""
 

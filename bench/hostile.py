@@ -26,7 +26,9 @@ Scenarios (full size; ``--quick`` shrinks them for a smoke run):
   nothing more; probes (10 s timeout) right after, and at 30 s and 60 s, when it also counts the
   slowloris connections the client still has open and those the server still holds.
 - glob-pools: point-write throughput (``POST /users/<i>``, 4 connections pipelined 16 deep, 5 s),
-  then 5 000 idle websocket subscribers of distinct globs ``g/<i>/*``, then the same writes again.
+  then 5 000 idle websocket subscribers of distinct globs ``g<i>/*``, then the same writes again.
+  The globs have as many segments as the written keys on purpose: the server already files its
+  pools by segment count, so ``g/<i>/*`` would never be looked at for ``users/<i>``.
 - noread-subs: 200 websocket subscribers of one key that never read after the upgrade; one client
   POSTs ~100 KiB values to that key for 20 s; RSS growth per subscriber and when the server dropped
   them (seen from its side: /proc/net/tcp), waiting up to 20 s more.
@@ -72,6 +74,7 @@ from bench._hostile_server import (  # noqa: E402
     ServerUnderTest,
     check_code,
     cores,
+    kernel_tcp_kib,
     noteworthy,
     serve_code,
 )
@@ -174,8 +177,10 @@ def log_findings(log: Path) -> list[str]:
     count, lines = noteworthy(log)
     if not count:
         return []
-    return [f"**server log: {count} ERROR/WARNING/traceback lines**, e.g. "
-            + " / ".join(f"`{line}`" for line in lines)]
+    text = f"server log: {count} ERROR/WARNING/traceback lines"
+    if any("WARNING" not in line for line in lines):
+        text = f"**{text}**"
+    return [f"{text}, e.g. " + " / ".join(f"`{line}`" for line in lines)]
 
 
 async def http(port: int, method: str, path: str, body: bytes = b"", timeout: float = 60) -> int:
@@ -198,12 +203,12 @@ async def put_victims(port: int) -> None:
 
 
 def ms(result: dict[str, Any]) -> str:
-    """p50 / p99 of a client's requests, or why there are none."""
+    """p50 / p99 latency of a client's requests and their rate, or why there are none."""
     if "error" in result:
         return f"error: {result['error']}"
     if not result["requests"]:
         return "no reply at all"
-    return f"{result['p50_ms']:,.1f} / {result['p99_ms']:,.1f} ms"
+    return f"{result['p50_ms']:,.1f} / {result['p99_ms']:,.1f} ms, {result['rate']:,.0f} req/s"
 
 
 def client_notes(who: str, result: dict[str, Any]) -> list[str]:
@@ -249,9 +254,11 @@ async def victims_under(server: ServerUnderTest, attacker: dict[str, Any], secon
 def document(size: int, variant: int) -> bytes:
     """A JSON object of about ``size`` bytes: ``{"items": {"k0000000": {...}, ...}}``."""
     entry = '"k%07d":{"id":%d,"name":"item-%d","tags":["alpha","beta"],"score":%d.5}'
-    count = size // len(entry % (0, 0, 0, 0))
-    body = ",".join(entry % (i, i, i, variant) for i in range(count))
-    return ('{"items":{' + body + "}}").encode()
+    parts, total, i = [], 12, 0
+    while total < size:
+        parts.append(entry % (i, i, i, variant))
+        total, i = total + len(parts[-1]) + 1, i + 1
+    return ('{"items":{' + ",".join(parts) + "}}").encode()
 
 
 async def patch_big(ctx: Context, row: Row) -> None:
@@ -259,7 +266,8 @@ async def patch_big(ctx: Context, row: Row) -> None:
     bodies = [ctx.tmp / f"patch-{v}.json" for v in (1, 2)]
     for v, path in enumerate(bodies):
         path.write_bytes(document(size, v))
-    row.params = f"{size / 1e6:.1f} MB document, 1 attacker, 4 victims, {seconds} s"
+    row.params = (f'{size / 1e6:.1f} MB document ({{"items": {{...}}}} of small objects), '
+                  f"1 attacker, 4 victims, {seconds} s")
     async with ctx.server("patch-big", row) as server:
         await http(server.port, "POST", "/big/doc", bodies[0].read_bytes())
         attack, _ = await victims_under(server, {
@@ -271,18 +279,19 @@ async def patch_big(ctx: Context, row: Row) -> None:
 
 async def glob_loop(ctx: Context, row: Row) -> None:
     keys, seconds = ctx.size(200_000, 20_000), ctx.size(15, 5)
+    row.params = f"{keys:,} keys, 4 attacker connections, 4 victims, {seconds} s"
     async with ctx.server("glob-loop", row, keys=keys) as server:
         attack, _ = await victims_under(server, {
             "role": "loop", "paths": ["/*/*"], "connections": 4, "timeout": 60}, seconds, row)
     if "error" not in attack and attack["requests"]:
         row.result += (f"; attackers {attack['rate']:.2f} lists/s of "
                        f"{attack['bytes'] / attack['requests'] / 1e6:.1f} MB")
-    row.params = f"{keys:,} keys, 4 attacker connections, 4 victims, {seconds} s"
 
 
 async def glob_noread(ctx: Context, row: Row) -> None:
     keys, n, hold = ctx.size(200_000, 20_000), 40, ctx.size(15, 5)
-    row.params = f"{keys:,} keys, {n} connections never reading for {hold} s, 4 victims"
+    row.params = (f"{keys:,} keys, {n} connections never reading for {hold} s, 4 victims; "
+                  f"'after' is 5 s after they hung up")
     async with ctx.server("glob-noread", row, keys=keys) as server:
         idle = await victims(server.port, 3)
         server.begin_attack()
@@ -297,7 +306,7 @@ async def glob_noread(ctx: Context, row: Row) -> None:
         server.after_attack()
     row.notes += client_notes("victims", idle) + client_notes("victims", under)
     row.result = (f"victims GET p50 / p99: **{ms(under)}** (idle {ms(idle)}); server held "
-                  f"{held}/{len(attackers)} non-reading connections at the end; RSS 5 s after they hung up")
+                  f"{held}/{len(attackers)} of the non-reading connections when they hung up")
 
 
 async def header_flood(ctx: Context, row: Row) -> None:
@@ -362,7 +371,7 @@ async def slowloris(ctx: Context, row: Row) -> None:
 
 async def glob_pools(ctx: Context, row: Row) -> None:
     n, seconds = ctx.size(5000, 1000), ctx.size(5, 3)
-    row.params = (f"{n:,} idle subscribers of g/<i>/*; POST /users/<i>, 4 connections × 16 "
+    row.params = (f"{n:,} idle subscribers of g<i>/*; POST /users/<i>, 4 connections × 16 "
                   f"pipelined, {seconds} s")
 
     def writes(server: ServerUnderTest, first: int) -> Awaitable[dict[str, Any]]:
@@ -373,7 +382,7 @@ async def glob_pools(ctx: Context, row: Row) -> None:
         before = await writes(server, 0)
         server.begin_attack()
         counter = FrameCounter()
-        subscribers = await connect_subscribers(server.port, [f"/g/{i}/*" for i in range(n)], counter)
+        subscribers = await connect_subscribers(server.port, [f"/g{i}/*" for i in range(n)], counter)
         await counter.wait_for(n, timeout=300)
         during = await writes(server, 10_000_000)
         server.end_attack()
@@ -404,7 +413,8 @@ async def noread_subs(ctx: Context, row: Row) -> None:
                                     bodies=[str(p) for p in values], connections=1, seconds=seconds,
                                     timeout=30)
         await writer.wait_started()
-        drops = await watch_drops(server, ports, seconds + grace, writer)
+        kernel = kernel_tcp_kib()
+        drops, kernel_peak = await watch_drops(server, ports, seconds + grace)
         wrote = await writer.finish(120)
         server.end_attack()
         for s in deaf:
@@ -414,7 +424,9 @@ async def noread_subs(ctx: Context, row: Row) -> None:
     growth = (server.memory.peak_kib - server.memory.start_kib) / n
     row.notes += client_notes("writer", wrote)
     writes = f"{wrote.get('requests', 0)} writes ({wrote.get('rate', 0):.1f}/s)"
-    row.result = f"RSS **+{growth / 1024:,.2f} MiB per subscriber** at the peak; {writes}; {drops}"
+    row.result = (f"RSS **+{growth / 1024:,.2f} MiB per subscriber** at the peak (kernel TCP buffers, "
+                  f"machine-wide: +{(kernel_peak - kernel) / 1024 / n:,.2f} MiB per subscriber); {writes}; "
+                  f"{drops}")
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float) -> None:
@@ -425,15 +437,16 @@ async def wait_until(condition: Callable[[], bool], timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def watch_drops(server: ServerUnderTest, ports: list[int], seconds: float, writer: Client) -> str:
+async def watch_drops(server: ServerUnderTest, ports: list[int], seconds: float) -> tuple[str, int]:
     """When the server closed its side of the subscribers' connections, polled every 0.25 s for
-    ``seconds`` (less once it holds none)."""
+    ``seconds`` (less once it holds none); also the peak of the kernel's TCP buffer memory."""
     loop = asyncio.get_running_loop()
     start, n = loop.time(), len(ports)
     first = all_ = None
-    held = n
+    held, kernel = n, 0
     while loop.time() - start < seconds:
         held = held_by_server(server.pid, server.port, ports)
+        kernel = max(kernel, kernel_tcp_kib())
         if held < n and first is None:
             first = loop.time() - start
         if held == 0:
@@ -441,10 +454,10 @@ async def watch_drops(server: ServerUnderTest, ports: list[int], seconds: float,
             break
         await asyncio.sleep(0.25)
     if first is None:
-        return f"**none dropped in {seconds:g} s**"
+        return f"**none dropped in {seconds:g} s**", kernel
     text = f"first dropped after {first:.1f} s, "
     return text + (f"all {n} after {all_:.1f} s" if all_ is not None else
-                   f"**{held} of {n} still held after {seconds:g} s**")
+                   f"**{held} of {n} still held after {seconds:g} s**"), kernel
 
 
 SCENARIOS: dict[str, Callable[[Context, Row], Awaitable[None]]] = {
