@@ -24,7 +24,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from . import __version__
-from .errors import StorageError
+from .errors import NoSpace, StorageError
 
 log = logging.getLogger("ooo_storage")
 
@@ -130,7 +130,13 @@ async def _serve(args: argparse.Namespace) -> None:
 
     embedded = None if args.memory_only else LevelDBLayer(args.data, sync=args.sync)
     store = Layered(memory=MemoryLayer(), embedded=embedded)
-    await store.start()
+    starting: asyncio.Task[None] | None = None
+    try:
+        await store.start()
+    except NoSpace as exc:
+        # Opening LevelDB writes (its log becomes a table): serve 503s until there is room.
+        log.error("%s: serving 503 until the database can be opened (retrying)", exc)
+        starting = asyncio.create_task(_start_when_possible(store))
     try:
         await serve(
             store,
@@ -151,8 +157,25 @@ async def _serve(args: argparse.Namespace) -> None:
             ),
         )
     finally:
+        if starting is not None:
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
         await store.close()
         log.info("stopped")
+
+
+async def _start_when_possible(store: Any) -> None:
+    """Retry ``store.start()`` with a backoff until it opens (a full disk was freed)."""
+    delay = 0.2
+    while not store.active:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+        try:
+            await store.start()
+        except StorageError as exc:
+            log.warning("storage still unavailable: %s", exc)
+        else:
+            log.info("storage opened: serving")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
