@@ -6,6 +6,8 @@ server can map exceptions to HTTP responses in one place without string matching
 
 from __future__ import annotations
 
+import errno
+
 
 class StorageError(Exception):
     """Base class of every error raised by ooo-storage."""
@@ -83,6 +85,19 @@ class NoSpace(StorageUnavailable):
     """The persistent layer's filesystem is full (or over quota): writes fail until space is freed."""
 
     message = "storage: no space left on device"
+
+
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_NO_SPACE_TEXTS = ("no space left on device", "disk quota exceeded")
+
+
+def no_space(exc: BaseException) -> bool:
+    """True for a full filesystem or quota (ENOSPC/EDQUOT), as an OSError or in a storage
+    library's message (LevelDB's are text): the cure is freeing space, not retrying."""
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE_ERRNOS:
+        return True
+    text = str(exc).lower()
+    return any(sign in text for sign in _NO_SPACE_TEXTS)
 
 
 class CorruptObject(StorageUnavailable):

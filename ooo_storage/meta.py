@@ -96,7 +96,7 @@ def load_object(key: str, raw: bytes) -> Object:
     """Parse stored object bytes; damage becomes :class:`CorruptObject` (never wrong data)."""
     try:
         return Object.from_json(raw)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # TypeError: {"created": null} and the like
         raise CorruptObject(f"storage: corrupt object at {key}: {exc}") from None
 
 _tuple_new = tuple.__new__

@@ -39,6 +39,7 @@ from typing import Any, Literal, TypeVar
 import google_crc32c
 
 from ..errors import StorageUnavailable
+from ..errors import no_space as no_room
 
 __all__ = [
     "Durability",
@@ -87,7 +88,6 @@ _HEX = frozenset("0123456789abcdef")
 _IOV_MAX = 1024  # POSIX minimum is 16, Linux allows 1024 buffers per writev
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
 _NOT_THERE = (errno.ENOENT, errno.ESTALE)  # ESTALE: NFS file deleted by another client meanwhile
-_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 _RESOLVE_ATTEMPTS = 1000  # a name replaced this often in a row while we open it: give up
 
 
@@ -277,11 +277,6 @@ def write_file_with(
     if exclusive:
         unlink_quiet(tmp)
     return done
-
-
-def no_room(exc: BaseException) -> bool:
-    """True for a full filesystem or quota (ENOSPC/EDQUOT): the fix is freeing space, not retrying."""
-    return isinstance(exc, OSError) and exc.errno in _NO_ROOM
 
 
 def unlink_quiet(path: str) -> None:

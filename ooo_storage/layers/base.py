@@ -8,7 +8,7 @@ Conventions shared by every layer:
 
 * keys are valid keys of PROTOCOL.md §1 (``Layered`` validates before calling a layer);
 * values are :class:`~ooo_storage.meta.Object`; persistent layers store ``obj.to_json()`` and read
-  it back with ``Object.from_json``;
+  it back with ``meta.load_object`` (damage becomes ``CorruptObject``, a 503 naming the key);
 * ``get`` returns ``None`` for a missing key (errors are for failures, not for absence);
 * ``get_list`` returns the objects whose key matches a glob, in no particular order (``Layered``
   sorts);

@@ -21,7 +21,6 @@ filesystem has some room, with a backoff of up to ``_RETRY_MAX`` seconds between
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import time
@@ -30,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import plyvel
 
-from ..errors import NoSpace, StorageUnavailable
+from ..errors import NoSpace, StorageUnavailable, no_space
 from ..keys import glob_prefix, has_glob, match
 from ..meta import Object, load_object
 from ._files import TempNamer, read_marker, write_file_atomic
@@ -44,7 +43,6 @@ _UNKNOWN = b"\x00unknown"  # a failed write's key whose previous value could not
 _RETRY_MIN = 0.05
 _RETRY_MAX = 5.0
 _MIN_FREE = 64 << 10  # below this many free bytes a reopen is not even tried
-_FULL = ("no space left on device", "disk quota exceeded")
 _REVISION_FILE = "ooo-revision"  # beside LevelDB's own files, which it leaves alone
 
 
@@ -56,11 +54,7 @@ def _error(prefix: str, exc: BaseException) -> StorageUnavailable:
     if isinstance(exc, OSError) and exc.strerror:
         text = exc.strerror
     message = f"{prefix}: {text}"
-    full = any(sign in message.lower() for sign in _FULL) or getattr(exc, "errno", None) in (
-        errno.ENOSPC,
-        errno.EDQUOT,
-    )
-    return NoSpace(message) if full else StorageUnavailable(message)
+    return NoSpace(message) if no_space(exc) else StorageUnavailable(message)
 
 
 class LevelDBLayer:

@@ -137,6 +137,7 @@ async def test_damaged_value_is_a_typed_error(tmp_path: Path, mirror: bool) -> N
 
     db = plyvel.DB(str(tmp_path / "db"), create_if_missing=True)
     db.put(b"bad/1", b'{"created":1,"upd')
+    db.put(b"bad/2", b'{"created":null,"updated":0,"index":"2","data":1}')  # valid JSON, not an object
     db.put(b"good/1", Object(1, 0, "1", "good/1", b"1").to_json())
     db.close()
     store = Layered(memory=MemoryLayer() if mirror else None, embedded=LevelDBLayer(tmp_path / "db"))
@@ -145,6 +146,8 @@ async def test_damaged_value_is_a_typed_error(tmp_path: Path, mirror: bool) -> N
 
     with pytest.raises(CorruptObject, match="corrupt object at bad/1"):
         await store.get("bad/1")
+    with pytest.raises(CorruptObject, match="corrupt object at bad/2"):
+        await store.get("bad/2")
     with pytest.raises(CorruptObject):
         await store.get_list("bad/*")
     assert (await store.get("good/1")).value == 1  # the rest of the store still serves
