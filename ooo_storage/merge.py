@@ -11,6 +11,9 @@ Rules (those of the ``ooo`` family, so existing clients see the same results):
 * anything else → the patch value replaces the data (``null`` sets null, it does not delete).
 
 The result is re-encoded compact with sorted keys (:func:`merge_json`).
+
+A merge descends as deep as patch and data are both objects (or an array under an object), at most
+:data:`MAX_DEPTH` levels: deeper → :class:`MergeError` (a 400), never a ``RecursionError`` (a 500).
 """
 
 from __future__ import annotations
@@ -19,7 +22,11 @@ from typing import Any
 
 from . import jsontext
 
-__all__ = ["MergeError", "merge", "merge_json"]
+__all__ = ["MAX_DEPTH", "MergeError", "merge", "merge_json"]
+
+MAX_DEPTH = 256
+"""Deepest level a merge descends to: two Python frames a level stay far below the recursion
+limit (1000), wherever the merge runs, and 256 is where orjson stops encoding nested values."""
 
 
 class MergeError(ValueError):
@@ -32,8 +39,13 @@ def merge(data: Any, patch: Any) -> Any:
 
 
 def merge_json(data: bytes, patch: Any) -> bytes:
-    """Merge ``patch`` (a decoded value) into the JSON text ``data``; compact, sorted keys."""
-    return jsontext.dumps(merge(jsontext.loads(data), patch), sort_keys=True)
+    """Merge ``patch`` (a decoded value) into the JSON text ``data``; compact, sorted keys.
+
+    Data nested too deeply for the encoder (beyond ~900 levels) is a :class:`MergeError` too."""
+    try:
+        return jsontext.dumps(merge(jsontext.loads(data), patch), sort_keys=True)
+    except (TypeError, jsontext.JSONDecodeError) as exc:  # JSON values: only their depth fails
+        raise MergeError(f"merge: {exc}") from None
 
 
 def _merge_into(data: Any, patch: Any, path: tuple[str, ...]) -> Any:
@@ -59,6 +71,8 @@ def _merge_into(data: Any, patch: Any, path: tuple[str, ...]) -> Any:
 def _merge_member(value: Any, patch: dict[str, Any], key: str, path: tuple[str, ...]) -> Any:
     new = patch[key]
     here = (*path, key)
+    if len(here) > MAX_DEPTH and new.__class__ is dict:
+        raise MergeError(f"merge: patch nested deeper than {MAX_DEPTH} levels")
     if value.__class__ is dict:
         if new.__class__ is not dict:
             raise MergeError(f'merge: patch value must be object for key "{".".join(here)}"')

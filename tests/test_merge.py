@@ -88,3 +88,23 @@ def test_merge_properties(data: dict[str, Any], patch: dict[str, Any]) -> None:
             assert merged[key] == value
     # Merging the same patch twice changes nothing more (idempotent).
     assert merge(merged, patch) == merged
+
+
+def _nested(depth: int, leaf: Any) -> Any:
+    value = leaf
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [400, 1000])
+def test_merge_deeper_than_the_limit_is_a_merge_error(depth: int) -> None:
+    with pytest.raises(MergeError, match="nested deeper than 256 levels"):
+        merge(_nested(depth, 1), _nested(depth, 2))
+    assert merge(_nested(255, 1), _nested(255, 2)) == _nested(255, 2)
+
+
+def test_merge_json_of_data_too_deep_to_encode_is_a_merge_error() -> None:
+    data = b'{"a":' * 1000 + b"1" + b"}" * 1000
+    with pytest.raises(MergeError, match="nested too deeply"):
+        merge_json(data, {"b": 1})
