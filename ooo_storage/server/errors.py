@@ -1,5 +1,8 @@
 """The one place where exceptions become HTTP responses (PROTOCOL.md §4: 4xx with a plain-text
-message; a 5xx only for a real storage failure, never a traceback)."""
+message; a 5xx only for a real storage failure, never a traceback).
+
+Logging follows whose fault it is: a refused request (4xx) is one INFO line, a storage failure
+(503) one ERROR line, and only a defect of ours (500) an ERROR with its traceback."""
 
 from __future__ import annotations
 
@@ -17,12 +20,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class HTTPFailure(Exception):
-    """A request refused with an explicit status and protocol message."""
+    """A request refused with an explicit status and protocol message; ``close`` drops the
+    connection after the answer (the rest of the request is not worth reading)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.close = close
 
 
 class FilterRejected(HTTPFailure):
@@ -57,10 +62,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except Exception as exc:
         status, message = status_of(exc)
-        if status >= 500:
+        if status < 500:
+            log.info("%s %.200s refused: %d %.300r", request.method, request.path, status, message)
+        else:
             log.error("%s %s failed: %r", request.method, request.path, exc, exc_info=status == 500)
         response = text_response(status, message)
-        if status == 413:
-            # The rest of an oversized body is not worth reading: drop the connection instead.
+        if isinstance(exc, HTTPFailure) and exc.close:
             response.force_close()
         return response

@@ -2,6 +2,8 @@
 
 Each handler receives a key already known to use only allowed characters; it validates the key,
 asks the filters, calls the store and answers. Exceptions become responses in ``errors.py``.
+Glob GETs are paged and streamed by ``lists.py``; JSON work on large bodies runs off the event loop
+(``offload.py``), and a PATCH may not make a document larger than a POST could.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from .. import jsontext, keys
 from ..errors import NotFound
 from ..merge import merge_json
+from . import lists, offload
 from .errors import HTTPFailure
 from .filters import parse_json, read_guard
 
@@ -33,17 +37,26 @@ def check_key(key: str) -> None:
 
 
 async def read_body(request: web.Request, cap: int) -> bytes:
-    """The request body, refusing (413) anything over ``cap`` bytes without buffering it all."""
-    too_large = HTTPFailure(413, f"ooo: request body too large (limit {cap} bytes)")
+    """The request body, refusing (413) anything over ``cap`` bytes (decoded) without buffering it
+    all, and (400) a body its ``Content-Encoding`` does not decode."""
+    too_large = HTTPFailure(413, f"ooo: request body too large (limit {cap} bytes)", close=True)
     if request.content_length is not None and request.content_length > cap:
         raise too_large
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > cap:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > cap:
+                raise too_large
+            chunks.append(chunk)
+    except RequestPayloadError:
+        # Nothing more is read from this body: without the end marked, aiohttp would read on
+        # after the answer, meet the same error and log it as an unhandled exception.
+        request.content.feed_eof()
+        encoding = request.headers.get("Content-Encoding", "")
+        message = f"ooo: request body does not decode as Content-Encoding {encoding!r}"
+        raise HTTPFailure(400, message, close=True) from None
     return b"".join(chunks)
 
 
@@ -51,14 +64,12 @@ def _index(index: str) -> web.Response:
     return json_response(orjson.dumps({"index": index}))
 
 
-async def get(server: Server, request: web.Request, key: str) -> web.Response:
+async def get(server: Server, request: web.Request, key: str) -> web.StreamResponse:
     check_key(key)
     filters, store = server.filters, server.store
     filters.permit_read(key)
     if "*" in key:
-        objs = await store.get_list_descending(key)
-        objs = read_guard(key, filters.list_view(key).apply, objs)
-        return json_response(b"[" + b",".join(o.to_json() for o in objs) + b"]")
+        return await lists.get(server, request, key)
     if filters.object_fn(key) is None:
         try:
             return json_response(await store.get_json(key))
@@ -73,14 +84,26 @@ async def get(server: Server, request: web.Request, key: str) -> web.Response:
     return json_response(obj.to_json())
 
 
+def _encoded(text: bytes) -> orjson.Fragment:
+    """JSON text this module encoded itself, for the store to keep as it is: the store re-reads
+    and re-encodes bytes it is given, which would put large JSON work back on the loop."""
+    return orjson.Fragment(text)
+
+
+def _large(size: int) -> bool:
+    return size > offload.INLINE_BYTES
+
+
 async def post(server: Server, request: web.Request, key: str) -> web.Response:
     check_key(key)
     keys.validate_glob(key)
     entry = server.filters.write_entry(key)
     body = await read_body(request, server.config.max_body_bytes)
-    data: bytes = body
+    data: bytes | orjson.Fragment = body
     if entry is not None and entry.fn is not None:
-        data = await server.filters.run_write(entry, key, parse_json(body))
+        data = _encoded(await server.filters.run_write(entry, key, parse_json(body)))
+    elif _large(len(body)):
+        data = _encoded(await offload.run(offload.COMPACT, body))
     store = server.store
     index = await (store.push(key, data) if keys.is_glob(key) else store.set(key, data))
     await server.after_write(key)
@@ -92,20 +115,31 @@ async def patch(server: Server, request: web.Request, key: str) -> web.Response:
     if keys.has_glob(key):
         raise HTTPFailure(400, "ooo: glob pattern not allowed for this operation")
     entry = server.filters.write_entry(key)
-    body = parse_json(await read_body(request, server.config.max_body_bytes))
+    cap = server.config.max_body_bytes
+    raw = await read_body(request, cap)
+    body = None if _large(len(raw)) else parse_json(raw)
     store = server.store
     try:
         obj = await store.get_and_lock(key)
     except NotFound:
+        if body is None:  # an invalid body is refused (400) before a missing key (404)
+            await offload.run(offload.COMPACT, raw)
         raise HTTPFailure(404, "ooo: not found") from None
     try:
-        merged = merge_json(obj.data, body)
+        if body is None or _large(len(obj.data)):
+            merged = await offload.run(offload.MERGE, obj.data, raw)
+        else:
+            merged = merge_json(obj.data, body)
+        if len(merged) > cap:
+            raise HTTPFailure(
+                413, f"ooo: merged document too large ({len(merged)} bytes, limit {cap} bytes)"
+            )
         if entry is not None and entry.fn is not None:
             merged = await server.filters.run_write(entry, key, jsontext.loads(merged))
     except BaseException:
         await store.unlock(key)
         raise
-    index = await store.set_and_unlock(key, merged)  # releases the lock even when it fails
+    index = await store.set_and_unlock(key, _encoded(merged))  # releases the lock even on failure
     await server.after_write(key)
     return _index(index)
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
+import json
+
 import orjson
 import pytest
 from server_live import Live, LiveFactory
+
+from ooo_storage.server import offload
 
 
 async def test_get_missing_and_invalid(live: Live) -> None:
@@ -144,12 +150,15 @@ async def test_methods(live: Live) -> None:
     assert (await live.request("POST", "", b"1"))[0] == 405
 
 
-async def test_cors(live: Live) -> None:
-    async with live.http.options(live.url("k")) as resp:
+async def test_cors(make_live: LiveFactory) -> None:
+    # Any origin only when the operator says so; the rules are in test_server_origin.py.
+    live = await make_live(allowed_origins=["*"])
+    page = {"Origin": "http://any.example"}
+    async with live.http.options(live.url("k"), headers=page) as resp:
         assert resp.status == 204
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
         assert "PATCH" in resp.headers["Access-Control-Allow-Methods"]
-    async with live.http.get(live.url("missing")) as resp:
+    async with live.http.get(live.url("missing"), headers=page) as resp:
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
 
 
@@ -182,3 +191,127 @@ async def test_storage_failure_is_503_not_traceback(live: Live) -> None:
     status, body = await live.request("GET", "k")
     assert (status, body) == (503, b"storage: storage is not active")
     await live.store.start()
+
+
+# -- bad input is a 4xx with one INFO line, never a 500 with a traceback (issue 8 item 5) ---------
+
+
+def _nested(depth: int, leaf: bytes) -> bytes:
+    return b'{"a":' * depth + leaf + b"}" * depth
+
+
+BAD_REQUESTS = [
+    ("POST", "bad/1", b"[" * 1000 + b"123456789012345678901234" + b"]" * 1000, {}, 400),
+    ("POST", "bad/2", b"garbage!!", {"Content-Encoding": "deflate"}, 400),
+    ("POST", "bad/3", b"garbage!!", {"Content-Encoding": "gzip"}, 400),
+    ("PATCH", "bad/deep", _nested(400, b"2"), {}, 400),
+    ("GET", "?api=keys&page=18446744073709551617", None, {}, 400),
+    ("GET", "?api=keys&page=9223372036854775809", None, {}, 400),
+    ("GET", "?api=keys&limit=1e3", None, {}, 400),
+]
+
+
+@pytest.mark.parametrize(("method", "key", "body", "headers", "expected"), BAD_REQUESTS)
+async def test_bad_input_is_4xx_logged_as_one_info_line(
+    live: Live, caplog: pytest.LogCaptureFixture, method: str, key: str, body: bytes | None,
+    headers: dict[str, str], expected: int,
+) -> None:
+    assert (await live.request("POST", "bad/deep", _nested(400, b"1")))[0] == 200
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        status, reply = await live.request(method, key, body, headers=headers)
+        assert status == expected, reply
+        assert (await live.request("GET", "bad/deep"))[0] == 200  # the server still serves
+    assert [r for r in caplog.records if r.levelname != "INFO" or r.exc_info] == []
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1 and "\n" not in refused[0] and reply.decode() in refused[0]
+
+
+async def test_a_valid_compressed_body_is_still_accepted(live: Live) -> None:
+    status, _ = await live.request("POST", "gz/1", gzip.compress(b'{"a": 1}'),
+                                   headers={"Content-Encoding": "gzip"})
+    assert status == 200 and (await live.get("gz/1"))["data"] == {"a": 1}
+
+
+# -- large JSON work (issue 8 item 4, first bullet) ------------------------------------------------
+
+LARGE = 600_000  # bytes of JSON: over offload.INLINE_BYTES, so parsed and merged by the worker
+
+
+def _document(variant: int, size: int = LARGE) -> dict[str, object]:
+    entries = size // 90
+    return {f"k{i}": {"name": f"item {i} v{variant}", "value": i * variant, "big": 10**30 + i}
+            for i in range(entries)}
+
+
+def _text(doc: object) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+async def test_large_patch_and_post_give_what_small_ones_give(live: Live) -> None:
+    base, patch = _document(1), _document(2)
+    patch["extra"] = {"n": -(10**40)}
+    assert (await live.request("POST", "large/1", _text(base)))[0] == 200
+    status, body = await live.request("PATCH", "large/1", _text(patch))
+    assert status == 200, body
+    expected = {**base, **patch}
+    assert json.loads((await live.request("GET", "large/1"))[1])["data"] == expected
+    # stored compact with sorted keys, like a small merge
+    raw = (await live.store.get("large/1")).data
+    assert raw == json.dumps(expected, separators=(",", ":"), sort_keys=True).encode()
+
+
+async def test_large_bodies_are_refused_like_small_ones(live: Live) -> None:
+    invalid = b'{"a": [' + b"1," * LARGE + b"]"
+    assert (await live.request("POST", "large/2", invalid))[0] == 400
+    assert (await live.request("PATCH", "large/missing", invalid))[0] == 400  # body first
+    large = _text(_document(1))
+    assert (await live.request("PATCH", "large/missing", large))[0] == 404
+    await live.request("POST", "large/3", {"k1": {"x": 1}})
+    mismatch = _text({**_document(1), "k1": 3})
+    status, body = await live.request("PATCH", "large/3", mismatch)
+    assert (status, body) == (400, b'merge: patch value must be object for key "k1"')
+    assert (await live.get("large/3"))["data"] == {"k1": {"x": 1}}
+    assert (await live.request("PATCH", "large/3", {"k1": {"y": 1}}))[0] == 200  # lock released
+
+
+async def test_merged_document_larger_than_the_body_cap_is_413(make_live: LiveFactory) -> None:
+    live = await make_live(max_body_bytes=1000)
+    await live.request("POST", "m/1", {"a": "x" * 600})
+    status, body = await live.request("PATCH", "m/1", {"b": "y" * 600})
+    assert status == 413 and body.startswith(b"ooo: merged document too large")
+    assert (await live.get("m/1"))["data"] == {"a": "x" * 600}
+    assert (await live.request("PATCH", "m/1", {"c": 1}))[0] == 200  # lock released
+
+
+async def test_large_patch_does_not_stall_the_event_loop(live: Live) -> None:
+    """The server runs in this process: while it merges a ~9 MB document the loop must keep
+    running (the old code stalled it for nearly the whole PATCH)."""
+    size = 9_000_000
+    await live.request("POST", "big/doc", _text(_document(1, size)))
+    body = _text(_document(2, size))
+    loop = asyncio.get_running_loop()
+    wakes = [loop.time()]
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(0.005)
+            wakes.append(loop.time())
+
+    watcher = asyncio.create_task(watch())
+    status, _ = await live.request("PATCH", "big/doc", body)
+    wakes.append(loop.time())  # a stall still running when the PATCH ended counts too
+    watcher.cancel()
+    assert status == 200
+    took = wakes[-1] - wakes[0]
+    stalls = [b - a for a, b in zip(wakes, wakes[1:], strict=False)]
+    assert max(stalls) < took / 4, (max(stalls), took)
+
+
+async def test_a_dead_json_worker_is_replaced(live: Live) -> None:
+    assert (await live.request("POST", "w/1", _text(_document(1))))[0] == 200
+    proc = offload._worker._proc
+    assert proc is not None and proc.poll() is None
+    proc.kill()
+    proc.wait()
+    assert (await live.request("POST", "w/1", _text(_document(2))))[0] == 200
