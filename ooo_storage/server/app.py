@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from .config import ServerConfig
 from .connection import Connection, Flusher
 from .errors import Handler, error_middleware, text_response
 from .filters import Filters, Limit, maybe_await
+from .origins import OriginPolicy
 from .pools import Pools
 from .streams import clock_frame, wants_websocket
 
@@ -34,6 +36,7 @@ log = logging.getLogger("ooo_storage.server")
 SERVER_KEY: web.AppKey[Server] = web.AppKey("ooo_server")
 _PATH_CHARS = re.compile(r"/[A-Za-z0-9*/._-]*").fullmatch
 _KEY_METHODS = {"GET": rest.get, "POST": rest.post, "PATCH": rest.patch, "DELETE": rest.delete}
+_HOST_CACHE = 256  # distinct (Host, local address) verdicts remembered; an attacker only churns it
 
 
 class Server:
@@ -42,6 +45,7 @@ class Server:
     def __init__(self, store: Layered, **options: Any) -> None:
         self.store = store
         self.config = ServerConfig(**options)
+        self.origins = OriginPolicy.of(self.config.allowed_origins, self.config.allowed_hosts)
         self.filters = Filters(static=self.config.static)
         self.pools = Pools(store, self.filters, self.config)
         self.clocks: set[Connection] = set()
@@ -165,7 +169,7 @@ class Server:
 
     def _build(self) -> web.Application:
         app = web.Application(
-            middlewares=[self._cors_middleware(), error_middleware, *self.config.middlewares],
+            middlewares=[self._origin_middleware(), error_middleware, *self.config.middlewares],
             client_max_size=self.config.max_body_bytes + 1,
         )
         app[SERVER_KEY] = self
@@ -175,28 +179,40 @@ class Server:
         app.on_cleanup.append(self._cleanup)
         return app
 
-    def _cors_middleware(self) -> Callable[..., Any]:
-        cfg = self.config
-        headers = {
-            "Access-Control-Allow-Origin": cfg.cors_origin,
+    def _origin_middleware(self) -> Callable[..., Any]:
+        """Refuse (403) a request whose Host or Origin is not allowed (origins.py) before any other
+        middleware or handler runs, answer preflights, and add the CORS header that lets an
+        allowed cross-origin page read the answer."""
+        cfg, policy = self.config, self.origins
+        host_refusal = functools.lru_cache(_HOST_CACHE)(policy.host_refusal)
+        preflight = {
             "Access-Control-Allow-Methods": cfg.cors_methods,
             "Access-Control-Allow-Headers": cfg.cors_headers,
         }
 
         @web.middleware
-        async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        async def origins(request: web.Request, handler: Handler) -> web.StreamResponse:
+            host, origin = request.headers.get("Host"), request.headers.get("Origin")
+            refusal = host_refusal(host, _local_address(request)) or policy.origin_refusal(origin, host)
+            if refusal is not None:
+                log.info("%s %.200s refused: 403 %.300r", request.method, request.path, refusal)
+                return text_response(403, refusal)
+            allow = policy.cors_origin(origin)
+            cors = {} if allow is None else {"Access-Control-Allow-Origin": allow, "Vary": "Origin"}
             if request.method == "OPTIONS":
-                return web.Response(status=204, headers=headers)
+                return web.Response(status=204, headers={**cors, **preflight} if cors else None)
+            if not cors:
+                return await handler(request)
             try:
                 response = await handler(request)
             except web.HTTPException as exc:
-                exc.headers.update(headers)
+                exc.headers.update(cors)
                 raise
             if not response.prepared:
-                response.headers.update(headers)
+                response.headers.update(cors)
             return response
 
-        return cors
+        return origins
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.raw_path.partition("?")[0]
@@ -241,6 +257,13 @@ class Server:
             await asyncio.gather(self._ticker, return_exceptions=True)
         if self._watch is not None:
             self._watch.cancel()
+
+
+def _local_address(request: web.Request) -> tuple[str, int] | None:
+    """The (address, port) the request's connection arrived on; None if not a TCP socket."""
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    return (sockname[0], sockname[1]) if isinstance(sockname, tuple) else None
 
 
 def create_app(store: Layered, **options: Any) -> web.Application:

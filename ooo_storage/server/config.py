@@ -18,7 +18,13 @@ class ServerConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     """Largest accepted POST/PATCH body; larger → 413."""
     allowed_origins: Sequence[str] = ()
-    """Websocket origins accepted besides same-host ones; empty or ``*`` accepts any."""
+    """Web page origins (``scheme://host[:port]``) that may use the server from a browser, over HTTP
+    (CORS) and websockets alike; ``*`` allows any. A request with another ``Origin`` gets 403;
+    same-origin requests and requests without ``Origin`` pass (origins.py)."""
+    allowed_hosts: Sequence[str] = ()
+    """``Host`` names answered besides the address a connection arrived on (and, on a loopback
+    address, ``localhost`` and any loopback IP): ``name`` for any port, ``name:port``, ``*`` for any
+    host. Other Hosts get 403: this is what defeats DNS rebinding (origins.py)."""
     tick: float = 1.0
     """Seconds between two frames of the clock stream on ``/``."""
     ping_interval: float = 60.0
@@ -33,9 +39,10 @@ class ServerConfig:
     """How long a close handshake may take before the transport is aborted."""
     shutdown_timeout: float = 10.0
     """How long in-flight requests may run on shutdown."""
-    cors_origin: str = "*"
     cors_methods: str = "GET, POST, DELETE, PATCH"
+    """Methods a preflight (``OPTIONS``) from an allowed origin is told it may use."""
     cors_headers: str = "Authorization, Content-Type"
+    """Request headers a preflight from an allowed origin is told it may send."""
     max_msg_size: int = 1024 * 1024
     """Largest client→server websocket message (such frames are ignored anyway)."""
     middlewares: Sequence[Any] = field(default_factory=tuple)

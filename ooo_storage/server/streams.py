@@ -1,8 +1,9 @@
 """Websocket handlers of PROTOCOL.md §5: key/glob subscriptions and the clock stream on ``/``.
 
-Every rejection (invalid key, filters, ``on_subscribe``, origin) happens before the upgrade, as a
-plain HTTP response. After it the handler only reads (client frames are ignored, except that any
-frame counts as a sign of life and pings are answered); pools write the frames.
+Every rejection (invalid key, filters, ``on_subscribe``) happens before the upgrade, as a plain
+HTTP response; Origin and Host were checked before the handler ran, as for every request
+(``app.py``, ``origins.py``). After the upgrade the handler only reads (client frames are ignored,
+except that any frame counts as a sign of life and pings are answered); pools write the frames.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from ..errors import NotActive
 from ..meta import now
 from .connection import Connection
-from .errors import HTTPFailure, status_of
+from .errors import status_of
 from .frames import parse_version, pong_frame, ws_binary
 from .rest import check_key
 
@@ -45,13 +46,6 @@ def bearer_token(request: web.Request) -> str | None:
     return None
 
 
-def origin_allowed(request: web.Request, allowed: tuple[str, ...] | list[str]) -> bool:
-    origin = request.headers.get("Origin")
-    if not origin or not allowed or "*" in allowed or origin in allowed:
-        return True
-    return urlsplit(origin).netloc.lower() == request.host.lower()
-
-
 def clock_frame() -> bytes:
     return ws_binary(str(now()).encode())
 
@@ -59,8 +53,6 @@ def clock_frame() -> bytes:
 async def _open(
     server: Server, request: web.Request, on_drop: Callable[[Connection, bool], None]
 ) -> Connection:
-    if not origin_allowed(request, tuple(server.config.allowed_origins)):
-        raise HTTPFailure(403, "ooo: origin not allowed")
     cfg = server.config
     ws = web.WebSocketResponse(
         protocols=(BEARER,),
@@ -86,6 +78,8 @@ async def _read_until_closed(conn: Connection) -> None:
 
 async def subscribe(server: Server, request: web.Request, key: str) -> web.StreamResponse:
     check_key(key)
+    if not server.store.active:
+        raise NotActive()  # before the upgrade: a plain 503
     await server.filters.check_subscribe(key)
     pools = server.pools
     conn = await _open(server, request, pools.dropped)
