@@ -9,10 +9,15 @@
                 print(state)
 
 REST calls map one-to-one onto PROTOCOL.md §4 and raise :class:`ClientError` (with the HTTP status
-and the server's plain-text message) on any error response. :meth:`Client.subscribe` opens the
-websocket stream of §5, keeps the state by applying the server's JSON patches, and reconnects with
-``?v=<last version>`` and exponential backoff, so a resumed stream that missed nothing costs no
-snapshot.
+and the server's plain-text message) on any error response. When no response comes, the error says
+whether the request can have reached the server: :class:`ConnectionFailed` means it was never sent,
+:class:`RequestUncertain` that a write was sent and may or may not have been applied. Only a GET is
+ever re-sent by the client (``ClientOptions.read_retries``); aiohttp's own silent re-send of a request
+whose pooled connection dropped is switched off, because a re-sent DELETE turns a success into a 404.
+
+:meth:`Client.subscribe` opens the websocket stream of §5, keeps the state by applying the server's
+JSON patches, and reconnects with ``?v=<last version>`` and exponential backoff, so a resumed stream
+that missed nothing costs no snapshot.
 
 Values are any JSON-serialisable Python value, encoded with orjson; ``bytes`` are sent verbatim as
 JSON text (handy to forward a document without decoding it). Unlike :class:`~ooo_storage.Layered`,
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NotRequired, Self, TypedDict
@@ -40,6 +45,7 @@ __all__ = [
     "ClientOptions",
     "ClientError",
     "ConnectionFailed",
+    "RequestUncertain",
     "Entry",
     "Subscription",
     "backoff_delays",
@@ -69,7 +75,9 @@ class ClientError(Exception):
 
 
 class ConnectionFailed(ClientError):
-    """No response at all (refused, reset, timed out); ``status`` is 0."""
+    """No response, and the call had no effect: the server could not be reached (refused,
+    unresolvable, connect timeout), so the request was never sent, or a read lost its connection
+    every time it was sent. Repeating the call is safe. ``status`` is 0."""
 
     def __init__(self, message: str) -> None:
         super().__init__(0, message)
@@ -78,12 +86,36 @@ class ConnectionFailed(ClientError):
         return f"connection failed: {self.message}"
 
 
+class RequestUncertain(ClientError):
+    """A write was sent but its connection was lost before the reply: it may or may not have been
+    applied. ``status`` is 0; ``method`` and ``key`` name the request.
+
+    The client never re-sends it by itself: a second DELETE of a key answers 404 although the first
+    one worked, a second push stores the value twice, and a second set or PATCH overwrites whatever
+    another writer stored in between (and changes ``updated``, waking every watcher). Read the key to
+    learn what happened, then decide. Deliberately not a :class:`ConnectionFailed`, so that code which
+    retries on ``ConnectionFailed`` does not repeat these by accident.
+    """
+
+    def __init__(self, method: str, key: str, cause: str) -> None:
+        super().__init__(0, f"{method} {key}: the connection was lost after the request was sent "
+                            f"({cause}); it may or may not have been applied")
+        self.method = method
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"outcome unknown: {self.message}"
+
+
 @dataclass(frozen=True)
 class ClientOptions:
     """Tuning of a :class:`Client`. The defaults suit a server on a LAN or the same host."""
 
     #: Seconds allowed for one REST call, connect to last byte.
     request_timeout: float = 30.0
+    #: How many more times a GET is sent when its connection is lost before the reply. Reads have no
+    #: effect, so this is always safe; writes are never re-sent (see :class:`RequestUncertain`).
+    read_retries: int = 1
     #: Delay before the first reconnect attempt of a subscription, in seconds.
     reconnect_initial: float = 0.1
     #: Each further failed attempt multiplies the delay by this factor ...
@@ -224,21 +256,82 @@ class Client:
     async def _request(
         self, method: str, key: str, *, body: bytes | None = None, headers: dict[str, str] | None = None
     ) -> bytes:
-        timeout = aiohttp.ClientTimeout(total=self.options.request_timeout)
+        """Send one call; a GET is sent again (up to ``read_retries`` times) when its connection is
+        lost, any other method never is."""
+        retries = self.options.read_retries if method == "GET" else 0
+        while True:
+            try:
+                status, payload = await self._send(method, key, body, headers or {})
+            except _Lost as lost:
+                if method != "GET":
+                    raise RequestUncertain(method, key, lost.cause) from lost.__cause__
+                if retries <= 0:
+                    raise ConnectionFailed(f"connection lost: {lost.cause}") from lost.__cause__
+                retries -= 1
+                continue
+            if status >= 400:
+                raise ClientError(status, payload.decode(errors="replace").strip())
+            return payload
+
+    async def _send(
+        self, method: str, key: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, bytes]:
+        """One exchange: the status and body, or :class:`ConnectionFailed` when nothing was sent,
+        or ``_Lost`` when the request may have reached the server."""
+        session = self.session()
         try:
-            async with self.session().request(
-                method, self._url(key), data=body, headers={**self._auth(), **(headers or {})},
-                timeout=timeout,
+            async with session.request(
+                method, self._url(key), data=body, headers={**self._auth(), **headers},
+                timeout=aiohttp.ClientTimeout(total=self.options.request_timeout),
+                middlewares=_middlewares(session),
             ) as response:
-                payload = await response.read()
+                return response.status, await response.read()
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise ConnectionFailed(_describe(exc)) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise ConnectionFailed(str(exc) or type(exc).__name__) from exc
-        if response.status >= 400:
-            raise ClientError(response.status, payload.decode(errors="replace").strip())
-        return payload
+            # Sent at least in part, then reset, cut short or timed out: the server may have acted.
+            raise _Lost(_describe(exc)) from exc
 
     def _forget(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)
+
+
+class _Lost(Exception):
+    """The connection failed after the request may have been sent (internal to the client)."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+async def _no_silent_resend(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """Keep aiohttp from re-sending a request whose connection dropped.
+
+    aiohttp (3.12 to at least 3.14) sends GET, HEAD, OPTIONS, TRACE, PUT and DELETE a second time,
+    silently, when the first send ends in ``ServerDisconnectedError`` or ``ClientOSError`` (a pooled
+    keep-alive connection the server closed, or any connection lost before the reply). Our DELETE is
+    not idempotent in its answer, so :meth:`Client._request` decides instead: turning the error into
+    one aiohttp does not retry ends its loop. A failure to connect is passed through unchanged.
+    """
+    try:
+        return await handler(request)
+    except aiohttp.ClientConnectorError:
+        raise
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        raise _Lost(_describe(exc)) from exc
+
+
+def _middlewares(session: aiohttp.ClientSession) -> Sequence[aiohttp.ClientMiddlewareType]:
+    # Per-request middlewares replace the session's, so a shared session's own ones are kept after
+    # ours (aiohttp has no public accessor for them).
+    return (_no_silent_resend, *getattr(session, "_middlewares", ()))
+
 
 
 class Subscription(AsyncIterator[Any]):
