@@ -2,7 +2,9 @@
 message; a 5xx only for a real storage failure, never a traceback).
 
 Logging follows whose fault it is: a refused request (4xx) is one INFO line, a storage failure
-(503) one ERROR line, and only a defect of ours (500) an ERROR with its traceback."""
+(503) one ERROR line, and only a defect of ours (500) an ERROR with its traceback. aiohttp refuses
+malformed requests itself, before any handler runs, and logs each as an ERROR with a traceback:
+:class:`BadRequestLogFilter` on its ``aiohttp.server`` logger makes those one INFO line too."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import NotActive, NotFound, StorageError, StorageUnavailable
 from ..merge import MergeError
@@ -70,3 +73,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if isinstance(exc, HTTPFailure) and exc.close:
             response.force_close()
         return response
+
+
+class BadRequestLogFilter(logging.Filter):
+    """Turns aiohttp's "Error handling request" ERROR + traceback for a malformed request (bad
+    header line, unsupported ``Content-Encoding``, ...: an ``HttpProcessingError``, answered 4xx by
+    aiohttp) into one INFO line. Install with ``logging.getLogger("aiohttp.server").addFilter()``;
+    records of real failures pass unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and exc.code < 500:
+            what, reason = record.getMessage(), " ".join(str(exc.message).split())
+            record.msg, record.args = "%s refused: %d %.300r", (what, exc.code, reason)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
 from server_live import Live, LiveFactory
 
 from ooo_storage.server import offload
+from ooo_storage.server.errors import BadRequestLogFilter
 
 
 async def test_get_missing_and_invalid(live: Live) -> None:
@@ -315,3 +318,34 @@ async def test_a_dead_json_worker_is_replaced(live: Live) -> None:
     proc.kill()
     proc.wait()
     assert (await live.request("POST", "w/1", _text(_document(2))))[0] == 200
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /a/1 HTTP/1.1\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\nxx",
+        b"GET /a/1 HTTP/1.1\r\nBad Header\r\n\r\n",
+        b"POST /a/1 HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+    ],
+)
+async def test_requests_aiohttp_refuses_itself_are_one_info_line_with_the_filter(
+    live: Live, caplog: pytest.LogCaptureFixture, head: bytes
+) -> None:
+    logger = logging.getLogger("aiohttp.server")
+    quiet = BadRequestLogFilter()
+    logger.addFilter(quiet)
+    port = urlsplit(live.base).port
+    request = head.replace(b"\r\n", b"\r\nHost: 127.0.0.1:%d\r\n" % port, 1)
+    try:
+        with caplog.at_level("INFO"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            status_line = await reader.readline()
+            await reader.read()  # aiohttp closes the connection after such a request
+            writer.close()
+    finally:
+        logger.removeFilter(quiet)
+    assert status_line.split()[1] == b"400"
+    logged = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert [(r.levelname, r.exc_info) for r in logged] == [("INFO", None)]
+    assert "refused: 400" in logged[0].getMessage() and "\n" not in logged[0].getMessage()
