@@ -4,7 +4,7 @@
 
     async with Client("http://127.0.0.1:8800") as client:
         await client.set("users/1", {"name": "ada"})
-        async with client.subscribe("users/*") as users:
+        async with client.subscribe("users/*", on_status=print) as users:
             async for state in users:   # the whole current list, after every change
                 print(state)
 
@@ -17,7 +17,9 @@ whose pooled connection dropped is switched off, because a re-sent DELETE turns 
 
 :meth:`Client.subscribe` opens the websocket stream of §5, keeps the state by applying the server's
 JSON patches, and reconnects with ``?v=<last version>`` and exponential backoff, so a resumed stream
-that missed nothing costs no snapshot.
+that missed nothing costs no snapshot. Every disconnect and reconnect is reported as a
+:class:`Disconnected` or :class:`Connected` status; a patch that does not apply drops the state and
+resubscribes for a fresh snapshot instead of patching a state that no longer matches the server's.
 
 Values are any JSON-serialisable Python value, encoded with orjson; ``bytes`` are sent verbatim as
 JSON text (handy to forward a document without decoding it). Unlike :class:`~ooo_storage.Layered`,
@@ -27,9 +29,12 @@ a ``str`` is a JSON string here, so ``await client.set("name", "ada")`` stores `
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import random
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from types import TracebackType
 from typing import Any, NotRequired, Self, TypedDict
 
@@ -46,6 +51,9 @@ __all__ = [
     "ClientError",
     "ConnectionFailed",
     "RequestUncertain",
+    "Connected",
+    "Disconnected",
+    "Status",
     "Entry",
     "Subscription",
     "backoff_delays",
@@ -140,6 +148,65 @@ def backoff_delays(options: ClientOptions, rng: random.Random | None = None) -> 
         delay = min(delay * options.reconnect_factor, options.reconnect_max)
 
 
+@dataclass(frozen=True)
+class Connected:
+    """A websocket of a subscription opened: the first one, or a reconnect."""
+
+    key: str
+    #: The attempt number announced by the last :class:`Disconnected`; 0 for a first try.
+    attempt: int
+    #: Whether it asked to resume with ``?v=``: then no snapshot follows if nothing changed.
+    resumed: bool
+    #: False for the subscription's first connection.
+    reconnect: bool
+
+    def __str__(self) -> str:
+        if not self.reconnect:
+            return f"{self.key}: connected" + (f" (attempt {self.attempt})" if self.attempt else "")
+        how = "resumed" if self.resumed else "fresh snapshot"
+        return f"{self.key}: reconnected ({how}, attempt {self.attempt})"
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """A subscription lost its websocket, or could not open one.
+
+    Exactly one of ``code`` (the stream was open: the server's close code, or 1006 when the
+    connection died without one), ``status`` (the server refused the upgrade with this HTTP status)
+    and ``error`` (no connection, or a frame the client could not use) says why; ``reason`` is the
+    text of it.
+    """
+
+    key: str
+    reason: str
+    code: int | None = None
+    status: int | None = None
+    error: BaseException | None = None
+    #: The number of the attempt that follows (1 for the first retry since the stream last worked).
+    attempt: int = 0
+    #: Seconds until that attempt; None when the subscription ends instead.
+    delay: float | None = None
+    #: The state was dropped (a frame did not apply): the next connection asks for a fresh snapshot.
+    resync: bool = False
+
+    def __str__(self) -> str:
+        if self.resync:
+            what = f"out of step ({self.reason}), resubscribing for a fresh snapshot"
+        elif self.code is not None:
+            what = f"disconnected (close {self.code}" + (f": {self.reason})" if self.reason else ")")
+        elif self.status is not None:
+            what = f"subscription refused (HTTP {self.status}: {self.reason})"
+        else:
+            what = f"cannot connect ({self.reason})"
+        if self.delay is None:
+            return f"{self.key}: {what}; not reconnecting"
+        return f"{self.key}: {what}; retry {self.attempt} in {self.delay:.1f} s"
+
+
+#: What a subscription reports to ``on_status`` and keeps in :attr:`Subscription.status`.
+Status = Connected | Disconnected
+
+
 class Client:
     """REST and websocket client of one server, rooted at ``base_url`` (``http://host:port[/prefix]``).
 
@@ -217,15 +284,28 @@ class Client:
 
     # Websocket streams (PROTOCOL.md §5)
 
-    def subscribe(self, key: str, *, version: str | None = None, reconnect: bool = True) -> Subscription:
+    def subscribe(
+        self,
+        key: str,
+        *,
+        version: str | None = None,
+        reconnect: bool = True,
+        on_status: Callable[[Status], object] | None = None,
+    ) -> Subscription:
         """Follow ``key`` (or a glob): an async iterator over its state, one per frame received.
 
-        ``version`` resumes from a version seen earlier (no initial frame if nothing changed);
-        ``reconnect=False`` ends the iteration when the server closes the stream and raises
-        :class:`ConnectionFailed` when it cannot connect.
+        ``version`` resumes from a version seen earlier (no initial frame if nothing changed).
+        ``on_status`` is called with a :class:`Connected` or :class:`Disconnected` on every
+        connection and every loss of one (a plain function, run in the iterating task; ``print``
+        will do). The subscription reconnects after network errors and any close of the stream;
+        an upgrade refused with a 4xx status other than 408 and 429 cannot succeed by retrying,
+        so it raises :class:`ClientError` with that status. ``reconnect=False`` ends the iteration
+        when the server closes the stream and raises :class:`ConnectionFailed` when it cannot
+        connect.
         """
         self._url(key)  # validate now rather than on first iteration
-        subscription = Subscription(self, key, version=version, reconnect=reconnect)
+        subscription = Subscription(self, key, version=version, reconnect=reconnect,
+                                    on_status=on_status)
         self._subscriptions.add(subscription)
         return subscription
 
@@ -333,7 +413,6 @@ def _middlewares(session: aiohttp.ClientSession) -> Sequence[aiohttp.ClientMiddl
     return (_no_silent_resend, *getattr(session, "_middlewares", ()))
 
 
-
 class Subscription(AsyncIterator[Any]):
     """The live state of one key or glob; see :meth:`Client.subscribe`.
 
@@ -341,9 +420,21 @@ class Subscription(AsyncIterator[Any]):
     empty object while it does not exist), a list of entries, newest first, for a glob. States are
     shared with later ones: treat them as read-only. Use ``async with`` (or :meth:`close`) to close
     the websocket deterministically when leaving the loop early.
+
+    After a reconnect with ``?v=``, a snapshot replaces the state and without one the state is kept
+    and the next patches apply to it. A frame that cannot be applied drops the state and the
+    version, reports :class:`Disconnected` with ``resync=True`` and reconnects without ``?v=``.
     """
 
-    def __init__(self, client: Client, key: str, *, version: str | None, reconnect: bool) -> None:
+    def __init__(
+        self,
+        client: Client,
+        key: str,
+        *,
+        version: str | None,
+        reconnect: bool,
+        on_status: Callable[[Status], object] | None,
+    ) -> None:
         self.key = key
         #: The version of the last frame received (sent back as ``?v=`` on reconnect).
         self.version = version
@@ -351,11 +442,17 @@ class Subscription(AsyncIterator[Any]):
         self.state: Any = None
         #: How many times a websocket was opened.
         self.connections = 0
+        #: The latest :class:`Connected` or :class:`Disconnected`; None before the first attempt.
+        self.status: Status | None = None
         self._client = client
         self._reconnect = reconnect
+        self._on_status = on_status
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._closed = False
+        self._stopped = asyncio.Event()
+        self._attempt = 0
         self._delays = backoff_delays(client.options)
+        self._opened_at = 0.0
 
     async def __aenter__(self) -> Self:
         return self
@@ -366,8 +463,9 @@ class Subscription(AsyncIterator[Any]):
         await self.close()
 
     async def close(self) -> None:
-        """Close the websocket; the iteration then ends."""
+        """Close the websocket; the iteration then ends (a pending backoff wait is cut short)."""
         self._closed = True
+        self._stopped.set()
         self._client._forget(self)
         await self._disconnect()
 
@@ -378,64 +476,131 @@ class Subscription(AsyncIterator[Any]):
                 break
             message = await ws.receive()
             if message.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
-                if self._on_frame(message.data):
+                problem = self._on_frame(message.data)
+                if problem is None:
                     return self.state
                 await self._disconnect()  # out of step: the next connection starts from a snapshot
+                reason = f"{type(problem).__name__}: {problem}"
+                await self._lost(Disconnected(self.key, reason, error=problem, resync=True))
             elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
                                   aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                code, reason = _close_of(ws, message)
                 await self._disconnect()
                 if not self._reconnect:
+                    self._report(Disconnected(self.key, reason, code=code))
                     break
+                await self._lost(Disconnected(self.key, reason, code=code))
         await self.close()
         raise StopAsyncIteration
 
-    def _on_frame(self, raw: bytes | str) -> bool:
-        """Apply one frame to the state; False if it cannot be applied (the state is then dropped)."""
+    def _on_frame(self, raw: bytes | str) -> Exception | None:
+        """Apply one frame to the state; on failure drop the state and return why."""
         try:
             frame = orjson.loads(raw)
-            state = frame["data"] if frame["snapshot"] else apply_patch(self.state, frame["data"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, PatchError):
+            if frame["snapshot"]:
+                state = frame["data"]
+            elif self.state is None:
+                raise PatchError("a patch came before any snapshot")
+            else:
+                state = apply_patch(self.state, frame["data"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, PatchError) as exc:
             self.state, self.version = None, None
-            return False
+            return exc
         self.state, self.version = state, frame.get("version")
-        self._delays = backoff_delays(self._client.options)
-        return True
+        self._worked()
+        return None
 
     async def _connect(self) -> aiohttp.ClientWebSocketResponse | None:
-        """Open the websocket; None once closed.
-
-        Every attempt but the very first waits for the next backoff delay, so a server that accepts
-        and at once drops connections is not hammered; the delays restart after a good frame.
-        """
+        """Open the websocket; None once closed. Each failure is reported, then waited out."""
         client = self._client
         url = client._url(self.key)
         if self.version is not None:
             url = url.with_query(v=self.version)
         protocols = ("bearer", client.token) if client.token else ()
-        retrying = self.connections > 0
         while not self._closed:
-            if retrying:
-                await asyncio.sleep(next(self._delays))
-            retrying = True
             try:
                 self._ws = await client.session().ws_connect(
                     url, protocols=protocols, heartbeat=client.options.heartbeat,
                     max_msg_size=client.options.max_frame_bytes,
                 )
             except aiohttp.WSServerHandshakeError as exc:
+                reason = exc.message if exc.status < 400 else _reason_phrase(exc.status)
                 if 400 <= exc.status < 500 and exc.status not in (408, 429):
-                    raise ClientError(exc.status, f"subscription refused: {exc.message}") from exc
-                failure: Exception = exc
+                    await self.close()  # retrying cannot help: bad key, refused, unauthorised ...
+                    raise ClientError(exc.status, f"subscription refused: {reason}") from exc
+                status: Disconnected = Disconnected(self.key, reason, status=exc.status, error=exc)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                failure = exc
+                status = Disconnected(self.key, _describe(exc), error=exc)
             else:
-                self.connections += 1
+                if self._closed:  # closed from another task while connecting
+                    await self._disconnect()
+                    return None
+                self._opened()
                 return self._ws
             if not self._reconnect:
-                raise ConnectionFailed(str(failure) or type(failure).__name__) from failure
+                await self.close()
+                raise ConnectionFailed(status.reason) from status.error
+            await self._lost(status)
         return None
+
+    def _opened(self) -> None:
+        self.connections += 1
+        self._opened_at = asyncio.get_running_loop().time()
+        self._report(Connected(self.key, self._attempt, resumed=self.version is not None,
+                               reconnect=self.connections > 1))
+
+    def _worked(self) -> None:
+        """The stream works: the next loss starts the backoff afresh, at attempt 1."""
+        self._attempt = 0
+        self._delays = backoff_delays(self._client.options)
+
+    async def _lost(self, status: Disconnected) -> None:
+        """Report a failure with the delay to the next attempt, then wait for it (or for close).
+
+        A stream that stayed open longer than the longest delay counts as having worked, even if no
+        frame came (a resume with nothing new); one that fails sooner keeps backing off, so a server
+        that accepts and at once drops connections is not hammered.
+        """
+        alive = asyncio.get_running_loop().time() - self._opened_at
+        if status.code is not None and alive >= self._client.options.reconnect_max:
+            self._worked()
+        self._attempt += 1
+        delay = next(self._delays)
+        self._report(dataclasses.replace(status, attempt=self._attempt, delay=delay))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._stopped.wait()
+
+    def _report(self, status: Status) -> None:
+        self.status = status
+        if self._on_status is not None:
+            self._on_status(status)
 
     async def _disconnect(self) -> None:
         ws, self._ws = self._ws, None
         if ws is not None:
             await ws.close()
+
+
+def _close_of(ws: aiohttp.ClientWebSocketResponse, message: aiohttp.WSMessage) -> tuple[int, str]:
+    """The close code and reason of a stream that ended with ``message``.
+
+    A close frame carries the server's code and reason. Without one the connection died (1006), or
+    the client itself closed it for an unusable frame (a ``WebSocketError`` with its own code, such
+    as 1009 for a frame above ``max_frame_bytes``).
+    """
+    if message.type is aiohttp.WSMsgType.CLOSE:
+        return int(message.data), str(message.extra or "")
+    if message.type is aiohttp.WSMsgType.ERROR:
+        error = message.data
+        code = error.code if isinstance(error, aiohttp.WebSocketError) else 1006
+        return code, _describe(error)
+    cause = ws.exception()
+    return 1006, f"connection lost: {_describe(cause)}" if cause else "connection lost"
+
+
+def _reason_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "no reason given"

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -22,7 +23,10 @@ from ooo_storage.client import (
     Client,
     ClientError,
     ClientOptions,
+    Connected,
     ConnectionFailed,
+    Disconnected,
+    Status,
     backoff_delays,
 )
 
@@ -187,11 +191,66 @@ async def test_unappliable_patch_resyncs_from_a_snapshot(fake: Fake) -> None:
         send(frame({"created": 5, "updated": 0, "index": "k", "data": 7}, "3", snapshot=True),
              then=hold),
     ]
-    async with Client(fake.url, options=FAST) as client, client.subscribe("k") as sub:
+    statuses: list[Status] = []
+    async with Client(fake.url, options=FAST) as client, client.subscribe(
+        "k", on_status=statuses.append
+    ) as sub:
         assert (await anext(sub))["created"] == 0
         assert await anext(sub) == {"created": 5, "updated": 0, "index": "k", "data": 7}
     # The second connection asks for everything: a version is no use once the state is lost.
     assert [p for _, p, _, _ in fake.requests] == ["/k", "/k"]
+    assert statuses[0] == Connected("k", 0, resumed=False, reconnect=False)
+    lost = statuses[1]
+    assert isinstance(lost, Disconnected) and lost.resync and lost.attempt == 1
+    assert lost.reason == "PatchError: member 'nope' not found" and lost.code is None
+    assert statuses[2:] == [Connected("k", 1, resumed=False, reconnect=True)]
+
+
+async def test_a_snapshot_on_a_resumed_stream_replaces_the_state(fake: Fake) -> None:
+    fake.scripts = [
+        send(frame([{"index": "a"}], "1", snapshot=True)),  # ... then the server drops it
+        send(frame([{"index": "b"}], "5", snapshot=True),  # the version moved on: a snapshot
+             frame([{"op": "add", "path": "/0", "value": {"index": "c"}}], "6", snapshot=False),
+             then=hold),
+    ]
+    async with Client(fake.url, options=FAST) as client, client.subscribe("u/*") as sub:
+        assert await anext(sub) == [{"index": "a"}]
+        assert await anext(sub) == [{"index": "b"}]
+        assert await anext(sub) == [{"index": "c"}, {"index": "b"}]
+    assert [p for _, p, _, _ in fake.requests] == ["/u/*", "/u/*?v=1"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        frame([], "9", snapshot=False),  # a patch first, even one that applies to anything
+        frame([{"op": "add", "path": "/0", "value": 1}], "9", snapshot=False),
+        b"{not json",
+        orjson.dumps({"version": "9", "data": {}}),  # no "snapshot" member
+    ],
+)
+async def test_a_first_frame_that_is_no_snapshot_resyncs(fake: Fake, bad: bytes) -> None:
+    fake.scripts = [send(bad, then=hold), send(frame({"n": 1}, "3", snapshot=True), then=hold)]
+    statuses: list[Status] = []
+    async with Client(fake.url, options=FAST) as client, client.subscribe(
+        "k", on_status=statuses.append
+    ) as sub:
+        assert await anext(sub) == {"n": 1}
+    assert [type(s) for s in statuses] == [Connected, Disconnected, Connected]
+    assert statuses[1].resync  # type: ignore[union-attr]
+
+
+async def test_a_shared_session_keeps_its_own_middlewares(fake: Fake) -> None:
+    async def stamp(request: aiohttp.ClientRequest,
+                    handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
+        request.headers["X-Stamp"] = "yes"
+        return await handler(request)
+
+    async with aiohttp.ClientSession(middlewares=(stamp,)) as session:
+        async with Client(fake.url, session=session) as client:
+            await client.set("k", 1)
+        assert not session.closed  # not the client's to close
+    assert fake.requests[0][2]["X-Stamp"] == "yes"
 
 
 async def test_bearer_subprotocol(fake: Fake) -> None:
