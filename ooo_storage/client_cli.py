@@ -9,8 +9,10 @@
     ooo-storage watch URL KEY            print the state as one JSON line after every change
 
 Exit status: 0 on success, 1 when the server answers with an error or cannot be reached (the message
-goes to stderr), 2 for a bad argument, 130 when interrupted. ``ooo_storage.cli`` owns the parser and
-calls :func:`add_parsers`.
+goes to stderr), 2 for a bad argument, 130 when interrupted. ``watch`` keeps stdout for states and
+reports every disconnect (with the close code and reason, or the connection error) and every
+reconnect on stderr, so a stream that keeps failing is never silent. ``ooo_storage.cli`` owns the
+parser and calls :func:`add_parsers`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from .client import Client, ClientError
+from .client import Client, ClientError, Connected, Status
 
 __all__ = ["add_parsers"]
 
@@ -102,11 +104,19 @@ async def _delete(client: Client, args: argparse.Namespace) -> None:
     await client.delete(args.key)
 
 
+def _report(status: Status) -> None:
+    """Tell the user about connection trouble on stderr; a first connection at once goes unsaid."""
+    if isinstance(status, Connected) and not status.reconnect and not status.attempt:
+        return
+    print(f"ooo-storage: {status}", file=sys.stderr, flush=True)
+
+
 async def _watch(client: Client, args: argparse.Namespace) -> None:
     if args.count is not None and args.count <= 0:
         raise ValueError("--count must be positive")
     seen = 0
-    async with client.subscribe(args.key, reconnect=not args.no_reconnect) as subscription:
+    subscription = client.subscribe(args.key, reconnect=not args.no_reconnect, on_status=_report)
+    async with subscription:
         async for state in subscription:
             _print(state)
             seen += 1

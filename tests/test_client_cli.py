@@ -1,7 +1,7 @@
 """The client subcommands, run as ``ooo-storage`` runs them, against a real server.
 
 The commands call ``asyncio.run`` themselves, so these tests are synchronous and the server runs on
-its own event loop in a background thread.
+its own event loop in a background thread (which a test may stop and start again).
 """
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import IO, Any, TypeVar
 
 import orjson
 import pytest
@@ -23,28 +25,79 @@ from ooo_storage.client_cli import add_parsers
 from ooo_storage.server import ServerRunner
 
 ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+class Background:
+    """A server on its own event loop in a thread, which a test can stop and start again."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.store = self.call(self._open_store())
+        self.runner: ServerRunner | None = None
+        self.port = 0
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    @staticmethod
+    async def _open_store() -> Layered:
+        store = Layered(memory=MemoryLayer())
+        await store.start()
+        return store
+
+    def start(self) -> str:
+        """Serve (again, on the same port once it has one) and return the URL."""
+        self.runner = ServerRunner(self.store, port=self.port)
+        self.port = self.call(self.runner.start())
+        return self.runner.url
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            self.call(self.runner.stop())
+            self.runner = None
+
+    def close(self) -> None:
+        self.stop()
+        self.call(self.store.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class Lines:
+    """The lines of a child's pipe, read by a thread so that a test waits with a timeout."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.queue.put(line)
+
+    def next(self) -> str:
+        try:
+            return self.queue.get(timeout=10)
+        except queue.Empty:
+            raise AssertionError("no line within 10 s") from None
+
+
+WATCH = (
+    "import argparse, sys\n"
+    "from ooo_storage.client_cli import add_parsers\n"
+    "p = argparse.ArgumentParser(); add_parsers(p.add_subparsers())\n"
+    "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
+)
 
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    loop = asyncio.new_event_loop()
-    started: list[str] = []
-    stop = asyncio.Event()
-
-    async def main() -> None:
-        async with Layered(memory=MemoryLayer()) as store, ServerRunner(store, port=0) as runner:
-            started.append(runner.url)
-            ready.set()
-            await stop.wait()
-
-    ready = threading.Event()
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    assert ready.wait(10), "server did not start"
-    yield started[0]
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(10)
-    loop.close()
+    server = Background()
+    yield server.start()
+    server.close()
 
 
 def run(*argv: str) -> int:
@@ -113,13 +166,7 @@ def test_failures(url: str, capsys: pytest.CaptureFixture[str], argv: tuple[str,
 
 def test_watch_until_interrupted(url: str) -> None:
     """Run as a real process: states stream out line by line until the process is interrupted."""
-    code = (
-        "import argparse, sys\n"
-        "from ooo_storage.client_cli import add_parsers\n"
-        "p = argparse.ArgumentParser(); add_parsers(p.add_subparsers())\n"
-        "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
-    )
-    with subprocess.Popen([sys.executable, "-c", code, "watch", url, "cli/live"], cwd=ROOT,
+    with subprocess.Popen([sys.executable, "-c", WATCH, "watch", url, "cli/live"], cwd=ROOT,
                           stdout=subprocess.PIPE, text=True) as process:
         assert process.stdout is not None
         first = orjson.loads(process.stdout.readline())  # blocks until the subscription is live
@@ -128,3 +175,47 @@ def test_watch_until_interrupted(url: str) -> None:
         assert orjson.loads(process.stdout.readline())["data"] == "hello"
         process.send_signal(2)  # SIGINT
         assert process.wait(10) == 130
+
+
+def test_watch_reports_disconnects_and_reconnects_on_stderr() -> None:
+    """The server restarts under a running `watch`: stderr says so, stdout carries only states."""
+    server = Background()
+    url = server.start()
+    try:
+        with subprocess.Popen([sys.executable, "-c", WATCH, "watch", url, "cli/flaky"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+            assert process.stdout is not None and process.stderr is not None
+            out, err = Lines(process.stdout), Lines(process.stderr)
+            assert orjson.loads(out.next())["created"] == 0  # connected: nothing said on stderr
+            server.stop()
+            assert err.next().startswith(
+                "ooo-storage: cli/flaky: disconnected (close 1001: server shutdown); retry 1 in ")
+            assert err.next().startswith(
+                f"ooo-storage: cli/flaky: cannot connect (Cannot connect to host 127.0.0.1:{server.port}")
+            server.start()
+            attempts = 2
+            while "cannot connect" in (line := err.next()):
+                attempts += 1
+                assert f"; retry {attempts} in " in line
+            assert line == f"ooo-storage: cli/flaky: reconnected (resumed, attempt {attempts})\n"
+            assert run("set", url, "cli/flaky", '"back"') == 0
+            assert orjson.loads(out.next())["data"] == "back"
+            process.send_signal(2)  # SIGINT
+            assert process.wait(10) == 130
+    finally:
+        server.close()
+
+
+def test_watch_stops_when_the_server_refuses_the_subscription(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = Background()
+    url = server.start()
+    try:
+        server.runner.server.on_subscribe = lambda key: False  # type: ignore[union-attr]
+        assert run("watch", url, "cli/secret") == 1
+    finally:
+        server.close()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "ooo-storage: 400: subscription refused: Bad Request\n"
