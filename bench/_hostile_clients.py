@@ -8,10 +8,11 @@ server latency). A child prints ``MARK start`` when its connections are open and
 begins, then one line ``RESULT <json>`` (``{"error": ...}`` on failure). Roles:
 
 - ``loop``: ``connections`` keep-alive connections, each repeating ``method`` on its ``paths[c %
-  len]`` for ``seconds``, with one of ``bodies`` (files, used in turn), at most one request per
-  ``interval`` seconds (0: back to back). Victims (small GETs), the PATCH and glob attackers and the
-  big-value writer are all this role. A request that takes over ``timeout`` seconds is counted as
-  a timeout and its connection replaced.
+  len]`` for ``seconds``, with one of ``bodies`` (files, used in turn): one request due every
+  ``interval`` seconds per connection, latencies corrected for the requests that fell due while
+  one was stuck (victims: small GETs), or back to back with ``interval`` 0 (the PATCH and glob
+  attackers, the big-value writer).
+  A request that takes over ``timeout`` seconds is counted as a timeout, with its connection replaced.
 - ``writer``: point writes ``POST <prefix><i>`` pipelined ``depth`` deep on each of ``connections``
   connections, for ``seconds`` or until ``count`` writes are acknowledged (prefills).
 - ``flood``: ``connections`` connections that start a request head, then send one more header
@@ -54,44 +55,74 @@ async def _open(port: int, timeout: float) -> HttpConnection:
 
 
 async def loop_role(spec: dict[str, Any]) -> dict[str, Any]:
+    """Requests on keep-alive connections; latency percentiles include the requests that got no
+    reply (timed out), as their wait until they were given up."""
     port, method, paths = spec["port"], spec.get("method", "GET"), spec["paths"]
     bodies = [Path(p).read_bytes() for p in spec.get("bodies", [])] or [b""]
     interval, timeout = spec.get("interval", 0.0), spec.get("timeout", 10.0)
-    conns = [await _open(port, timeout) for _ in range(spec["connections"])]
+    conns: list[HttpConnection | None] = [await _open(port, timeout) for _ in range(spec["connections"])]
     loop = asyncio.get_running_loop()
-    stop_at = loop.time() + spec["seconds"]
+    start = loop.time()
+    stop_at = start + spec["seconds"]
     latencies: list[float] = []
+    unanswered: list[float] = []
     statuses: Counter[int] = Counter()
     failures: Counter[str] = Counter()
     received = 0
     mark("start")
 
-    async def worker(c: int) -> None:
+    async def issue(c: int, n: int, since: float) -> bool:
+        """Request ``n`` of connection ``c``, its latency counted from ``since``; False without a reply."""
         nonlocal received
-        n = 0
-        while (start := loop.time()) < stop_at:
-            path, body = paths[(c + n * len(conns)) % len(paths)], bodies[n % len(bodies)]
+        path, body = paths[(c + n * len(conns)) % len(paths)], bodies[n % len(bodies)]
+        try:
+            conn = conns[c] or await _open(port, timeout)
+            conns[c] = conn
+            status, reply = await asyncio.wait_for(conn.request(method, path, body), timeout)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            failures["timeout" if isinstance(exc, TimeoutError) else type(exc).__name__] += 1
+            unanswered.append((loop.time() - since) * 1000)
+            broken, conns[c] = conns[c], None
+            if broken is not None:
+                broken.close()
+            return False
+        latencies.append((loop.time() - since) * 1000)
+        statuses[status] += 1
+        received += len(reply)
+        return True
+
+    async def paced(c: int) -> None:
+        # A GET is due every ``interval``. While one is stuck, the GETs falling due are not sent (one
+        # request in flight per connection) but recorded with the wait they would have had, up to
+        # when the stuck one ended (HdrHistogram's correction for coordinated omission): a stall
+        # weighs in the percentiles by its length, not as one sample, and no backlog builds up.
+        due, n = start + interval * c / len(conns), 0
+        while due < stop_at:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            answered = await issue(c, n, due)
             n += 1
-            try:
-                status, reply = await asyncio.wait_for(conns[c].request(method, path, body), timeout)
-            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
-                failures["timeout" if isinstance(exc, TimeoutError) else type(exc).__name__] += 1
-                conns[c].close()
-                conns[c] = await _open(port, timeout)
-                continue
-            latencies.append((loop.time() - start) * 1000)
-            statuses[status] += 1
-            received += len(reply)
-            await asyncio.sleep(max(0.0, start + interval - loop.time()))
+            ended = loop.time()
+            due += interval
+            while due < min(ended, stop_at):
+                (latencies if answered else unanswered).append((ended - due) * 1000)
+                due += interval
+
+    async def back_to_back(c: int) -> None:
+        n = 0
+        while (now := loop.time()) < stop_at:
+            await issue(c, n, now)
+            n += 1
 
     try:
-        await asyncio.gather(*(worker(c) for c in range(len(conns))))
+        await asyncio.gather(*((paced if interval else back_to_back)(c) for c in range(len(conns))))
     finally:
         for conn in conns:
-            conn.close()
-    return {"requests": len(latencies), "rate": len(latencies) / spec["seconds"], "bytes": received,
-            "max_ms": max(latencies, default=0.0), "statuses": dict(statuses),
-            "failures": dict(failures), **percentiles(latencies)}
+            if conn is not None:
+                conn.close()
+    served = sum(statuses.values())  # requests that got a reply (latencies also holds corrected slots)
+    return {"requests": served, "rate": served / spec["seconds"], "bytes": received,
+            "unanswered": len(unanswered), "statuses": dict(statuses), "failures": dict(failures),
+            **percentiles(latencies + unanswered)}
 
 
 _LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.IGNORECASE)

@@ -10,8 +10,11 @@ row: what the victims saw, the server's RSS (VmRSS from /proc: before the attack
 and after it ended), the parameters, and anything abnormal (a crash, a stop that needed SIGKILL,
 5xx replies, ERROR/WARNING/traceback lines in the server's log). Load generators needing CPU run in
 their own processes (bench/_hostile_clients.py) pinned to core 1, the passive attackers as sockets of
-this process (bench/_hostile_raw.py). Victims are separate keep-alive connections doing small GETs,
-each at most one per 20 ms; "idle" figures are the same victims before the attack starts.
+this process (bench/_hostile_raw.py). Victims are 4 keep-alive connections of their own process,
+each with a small GET due every 20 ms; a GET's latency counts from when it was due, so a stall shows
+in the percentiles as long as it lasts (GETs that got no reply count with their wait so far), and
+"req/s served" shows how much service the victims got; "idle" figures are the same victims before
+the attack starts.
 
 Scenarios (full size; ``--quick`` shrinks them for a smoke run):
 
@@ -206,9 +209,10 @@ def ms(result: dict[str, Any]) -> str:
     """p50 / p99 latency of a client's requests and their rate, or why there are none."""
     if "error" in result:
         return f"error: {result['error']}"
-    if not result["requests"]:
-        return "no reply at all"
-    return f"{result['p50_ms']:,.1f} / {result['p99_ms']:,.1f} ms, {result['rate']:,.0f} req/s"
+    text = f"{result['p50_ms']:,.1f} / {result['p99_ms']:,.1f} ms, {result['rate']:,.0f} req/s served"
+    if result["unanswered"]:
+        text += f", {result['unanswered']:,} unanswered (counted as their wait)"
+    return text
 
 
 def client_notes(who: str, result: dict[str, Any]) -> list[str]:
