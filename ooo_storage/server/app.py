@@ -27,6 +27,7 @@ from .config import ServerConfig
 from .connection import Connection, Flusher
 from .errors import Handler, error_middleware, text_response
 from .filters import Filters, Limit, maybe_await
+from .limits import Notices, body_timeout_middleware
 from .origins import OriginPolicy
 from .pools import Pools
 from .streams import clock_frame, wants_websocket
@@ -46,6 +47,7 @@ class Server:
         self.store = store
         self.config = ServerConfig(**options)
         self.origins = OriginPolicy.of(self.config.allowed_origins, self.config.allowed_hosts)
+        self.notices = Notices()
         self.filters = Filters(static=self.config.static)
         self.pools = Pools(store, self.filters, self.config)
         self.clocks: set[Connection] = set()
@@ -168,9 +170,21 @@ class Server:
         return self._app
 
     def _build(self) -> web.Application:
+        cfg = self.config
         app = web.Application(
-            middlewares=[self._origin_middleware(), error_middleware, *self.config.middlewares],
-            client_max_size=self.config.max_body_bytes + 1,
+            middlewares=[
+                self._origin_middleware(),
+                error_middleware,
+                body_timeout_middleware(cfg.body_timeout, self.notices),
+                *cfg.middlewares,
+            ],
+            client_max_size=cfg.max_body_bytes + 1,
+            handler_args={  # aiohttp's per-connection limits, however the application is served
+                "keepalive_timeout": cfg.keepalive_timeout,
+                "max_line_size": cfg.max_line_size,
+                "max_field_size": cfg.max_field_size,
+                "max_headers": cfg.max_headers,
+            },
         )
         app[SERVER_KEY] = self
         app.router.add_route("*", "/{tail:.*}", self._dispatch)

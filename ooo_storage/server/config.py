@@ -25,6 +25,27 @@ class ServerConfig:
     """``Host`` names answered besides the address a connection arrived on (and, on a loopback
     address, ``localhost`` and any loopback IP): ``name`` for any port, ``name:port``, ``*`` for any
     host. Other Hosts get 403: this is what defeats DNS rebinding (origins.py)."""
+    max_connections: int | None = None
+    """Most connections open at once, websockets included; None derives it from ``RLIMIT_NOFILE``,
+    keeping a quarter of the descriptors (at least 128, or half of a tiny limit) for files: 768
+    under ``ulimit -n 1024``. At the limit the oldest connection waiting for a request is closed, or
+    the new one refused (503) if all are busy. Applies when served by ``ServerRunner`` / ``serve``
+    (limits.py), like ``header_timeout`` and ``max_head_bytes``; the other limits apply however the
+    application is served."""
+    header_timeout: float = 10.0
+    """Seconds a request head may take from its first byte; then 408 and the connection is closed."""
+    max_head_bytes: int = 32 * 1024
+    """Largest request head (request line plus all headers); larger → 431 and the connection closed."""
+    body_timeout: float = 30.0
+    """A request body that receives nothing for this many seconds ends its connection (408)."""
+    keepalive_timeout: float = 75.0
+    """Seconds a connection may stay idle before its first request or between two requests."""
+    max_line_size: int = 8190
+    """Longest request line (aiohttp's limit; longer → 400)."""
+    max_field_size: int = 8190
+    """Longest header name or value (aiohttp's limit; longer → 400)."""
+    max_headers: int = 100
+    """Most headers in one request (aiohttp's limit; more → 400)."""
     tick: float = 1.0
     """Seconds between two frames of the clock stream on ``/``."""
     ping_interval: float = 60.0

@@ -5,12 +5,15 @@
 >>> ...
 >>> await runner.stop()       # stop listening, close websockets (1001), let in-flight requests end
 
-The store stays open: whoever opened it closes it (after ``stop``).
+The store stays open: whoever opened it closes it (after ``stop``). The socket listens through a
+:class:`~.limits.ConnectionGate`: the connection limit and the request-head limits of the config
+apply to what it serves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +22,19 @@ from aiohttp import web
 
 from ..layered import Layered
 from .app import Server
+from .errors import BadRequestLogFilter
+from .limits import ConnectionGate
+
+log = logging.getLogger("ooo_storage.server")
+
+
+def quiet_bad_requests() -> None:
+    """Install :class:`BadRequestLogFilter` on aiohttp's server logger, once per process: requests
+    that break aiohttp's header limits would each log an ERROR with a traceback, and bad input
+    deserves one INFO line."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, BadRequestLogFilter) for f in logger.filters):
+        logger.addFilter(BadRequestLogFilter())
 
 
 class ServerRunner:
@@ -37,30 +53,39 @@ class ServerRunner:
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> int:
+        quiet_bad_requests()
         runner = web.AppRunner(
             self.server.app, access_log=None, shutdown_timeout=self.server.config.shutdown_timeout
         )
         await runner.setup()
-        site = web.TCPSite(
-            runner,
-            self.host,
-            self.port,
-            reuse_address=True,
-        )
-        await site.start()
-        self._runner = runner
-        server = site._server
-        if server is not None and getattr(server, "sockets", None):
-            self.port = server.sockets[0].getsockname()[1]
+        assert runner.server is not None
+        gate = ConnectionGate(runner.server, self.server.config, self.server.notices)
+        try:
+            listener = await asyncio.get_running_loop().create_server(
+                gate, self.host, self.port, reuse_address=True
+            )
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner, self._listener = runner, listener
+        if listener.sockets:
+            self.port = listener.sockets[0].getsockname()[1]
+        source = "--max-connections" if self.server.config.max_connections else "from ulimit -n"
+        log.info("accepting at most %d connections (%s)", gate.limit, source)
         return self.port
 
     async def stop(self) -> None:
+        """Stop listening, then let aiohttp close websockets (1001) and finish in-flight requests."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()

@@ -1,0 +1,301 @@
+"""What one client connection may cost: how many connections, how long and how large a request head,
+how long a stalled request body.
+
+aiohttp already caps each request line and header (``max_line_size``, ``max_field_size``,
+``max_headers``: app.py passes them as handler arguments) and closes connections idle between
+requests (``keepalive_timeout``). It does not bound the time a request head may take, the head's total
+size, or the number of connections: hundreds of slow or endless heads used to pin ~2 MB each, and
+enough of them used every file descriptor, after which nobody else was served and nothing was logged.
+
+- :class:`ConnectionGate` is the protocol factory ``ServerRunner`` listens with. It wraps each of
+  aiohttp's connection handlers in a :class:`GuardedConnection`, which times and sizes request heads
+  (408 / 431, then close), and keeps at most ``max_connections`` open: at the limit it closes the
+  oldest connection that is only waiting for a request head, or refuses the new one (503) when every
+  connection is busy, and says so in the log (once a minute at most).
+- :func:`body_timeout_middleware` ends a request whose body receives nothing for ``body_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from collections.abc import Callable
+from typing import Any, cast
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from .config import ServerConfig
+from .errors import Handler, HTTPFailure
+
+log = logging.getLogger("ooo_storage.server")
+
+NOTICE_INTERVAL = 60.0
+"""Seconds between two log lines about the same kind of limit being hit."""
+FD_HEADROOM_SHARE = 4
+FD_HEADROOM_MIN = 128
+UNLIMITED_FDS_CONNECTIONS = 65536
+
+
+def connections_for(fd_limit: int) -> int:
+    """The default connection limit under a file-descriptor limit: a quarter of the descriptors,
+    and at least 128 of them (half, under a tiny limit), stay free for LevelDB's files, the
+    listening socket and whatever else the process opens."""
+    headroom = max(fd_limit // FD_HEADROOM_SHARE, min(FD_HEADROOM_MIN, fd_limit // 2))
+    return max(1, fd_limit - headroom)
+
+
+def default_max_connections() -> int:
+    """:func:`connections_for` the process's ``RLIMIT_NOFILE`` (soft) limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return UNLIMITED_FDS_CONNECTIONS
+    return connections_for(soft)
+
+
+class Notices:
+    """Log lines about limits being hit, at most one per kind per ``interval`` seconds, each saying
+    how many times it happened since the previous line (an attack must not flood the log)."""
+
+    def __init__(self, interval: float = NOTICE_INTERVAL) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._count: dict[str, int] = {}
+
+    def __call__(self, level: int, kind: str, message: str) -> None:
+        count = self._count.get(kind, 0) + 1
+        now = asyncio.get_running_loop().time()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval:
+            self._count[kind] = count
+            return
+        self._last[kind], self._count[kind] = now, 0
+        since = f" ({count} times in the last {self.interval:g} s)" if last is not None else ""
+        log.log(level, "%s%s", message, since)
+
+
+def raw_response(status: int, reason: str, message: str) -> bytes:
+    """A complete ``Connection: close`` HTTP/1.1 response, for connections refused below aiohttp."""
+    body = message.encode()
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+def awaiting_head(handler: RequestHandler) -> bool:
+    """Whether aiohttp's handler is between requests, waiting for (the rest of) a request head.
+
+    This reads aiohttp's private state: ``_waiter`` is the future its request loop awaits for the
+    next parsed request (aiohttp's own keep-alive check uses it the same way), and no request has
+    been parsed yet on a connection whose request loop has not started. The connection-limit tests
+    fail if a new aiohttp changes this."""
+    if handler._request_count == 0 and not handler._messages:
+        return True
+    waiter = handler._waiter
+    return waiter is not None and not waiter.done()
+
+
+class ConnectionGate:
+    """The protocol factory of a listening socket: aiohttp's ``factory`` behind the limits."""
+
+    def __init__(
+        self,
+        factory: Callable[[], RequestHandler],
+        config: ServerConfig,
+        notices: Notices | None = None,
+    ) -> None:
+        self.factory = factory
+        self.config = config
+        self.limit = config.max_connections or default_max_connections()
+        self.notices = notices or Notices()
+        self.open: dict[GuardedConnection, None] = {}  # insertion order: oldest first
+
+    def __call__(self) -> GuardedConnection:
+        return GuardedConnection(self)
+
+    def admit(self, conn: GuardedConnection) -> bool:
+        """Make room for ``conn`` (closing the oldest connection waiting for a request head) or
+        refuse it when every open connection is busy."""
+        if len(self.open) >= self.limit:
+            idle = next((c for c in self.open if c.waiting()), None)
+            hint = "raise --max-connections (and ulimit -n) if this load is legitimate"
+            if idle is None:
+                self.notices(
+                    logging.WARNING,
+                    "refused",
+                    f"connection limit reached ({self.limit} open, all busy): refusing new "
+                    f"connections with 503; {hint}",
+                )
+                return False
+            self.notices(
+                logging.WARNING,
+                "evicted",
+                f"connection limit reached ({self.limit} open): closing the oldest connections "
+                f"that wait for a request to admit new ones; {hint}",
+            )
+            self.release(idle)
+            idle.abort()
+        self.open[conn] = None
+        return True
+
+    def release(self, conn: GuardedConnection) -> None:
+        self.open.pop(conn, None)
+
+
+class GuardedConnection(asyncio.Protocol):
+    """One connection: aiohttp's handler, plus the request-head time and size limits."""
+
+    def __init__(self, gate: ConnectionGate) -> None:
+        self.gate = gate
+        self.handler: RequestHandler | None = None
+        self.transport: asyncio.Transport | None = None
+        self.head_bytes = 0
+        self.head_timer: asyncio.TimerHandle | None = None
+
+    def waiting(self) -> bool:
+        return self.handler is not None and awaiting_head(self.handler)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is one without subclassing it
+        self.transport = transport
+        if not self.gate.admit(self):
+            busy = "ooo: too many connections, retry later"
+            transport.write(raw_response(503, "Service Unavailable", busy))
+            transport.close()
+            return
+        self.handler = self.gate.factory()
+        self.handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        handler = self.handler
+        if handler is None:
+            return
+        was_waiting = awaiting_head(handler)
+        handler.data_received(data)
+        if not was_waiting:
+            return
+        if not awaiting_head(handler):  # the head is complete
+            self._head_done()
+            return
+        self.head_bytes += len(data)
+        cfg = self.gate.config
+        if self.head_bytes > cfg.max_head_bytes:
+            self._refuse(
+                "head-size",
+                431,
+                "Request Header Fields Too Large",
+                f"ooo: request head too large (limit {cfg.max_head_bytes} bytes)",
+            )
+        elif self.head_timer is None:
+            loop = asyncio.get_running_loop()
+            self.head_timer = loop.call_later(cfg.header_timeout, self._head_timed_out)
+
+    def _head_done(self) -> None:
+        self.head_bytes = 0
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        if self.waiting():
+            timeout = self.gate.config.header_timeout
+            self._refuse(
+                "head-time", 408, "Request Timeout", f"ooo: request head not complete within {timeout:g} s"
+            )
+
+    def _refuse(self, kind: str, status: int, reason: str, message: str) -> None:
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        self.gate.notices(logging.INFO, kind, f"closed a connection from {peer}: {message}")
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(raw_response(status, reason, message))
+        self.abort()
+
+    def abort(self) -> None:
+        """Close the connection now (what was written is still sent)."""
+        self._head_done()
+        if self.handler is not None:
+            self.handler.force_close()
+        elif self.transport is not None:
+            self.transport.close()
+
+    def eof_received(self) -> None:
+        if self.handler is not None:
+            self.handler.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_done()
+        self.gate.release(self)
+        if self.handler is not None:
+            self.handler.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.resume_writing()
+
+
+class _BodyWatch:
+    """Fires when a request body has received nothing for ``timeout`` seconds (checked four times
+    per period): then the connection is closed, which fails the pending read."""
+
+    def __init__(self, request: web.Request, timeout: float, notices: Notices) -> None:
+        self.request = request
+        self.timeout = timeout
+        self.notices = notices
+        self.loop = asyncio.get_running_loop()
+        self.seen = request.content.total_bytes
+        self.progress_at = self.loop.time()
+        self.fired = False
+        self.handle = self.loop.call_later(timeout / 4, self._check)
+
+    def _check(self) -> None:
+        content, now = self.request.content, self.loop.time()
+        if content.is_eof():
+            return
+        if content.total_bytes != self.seen:
+            self.seen, self.progress_at = content.total_bytes, now
+        elif now - self.progress_at >= self.timeout:
+            self.fired = True
+            self.notices(
+                logging.INFO,
+                "body-time",
+                f"closed a connection from {self.request.remote}: its request body received "
+                f"nothing for {self.timeout:g} s",
+            )
+            transport = self.request.transport
+            if transport is not None:
+                transport.close()
+            return
+        self.handle = self.loop.call_later(self.timeout / 4, self._check)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
+def body_timeout_middleware(timeout: float, notices: Notices) -> Callable[..., Any]:
+    """A middleware ending requests whose body stalls (408 when the connection can still hear it).
+
+    Requests whose body is already complete (most) pay one check. Runs inside ``error_middleware``
+    so that the failed read becomes that 408 instead of an internal error."""
+
+    @web.middleware
+    async def body_timeout(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.content.is_eof():
+            return await handler(request)
+        watch = _BodyWatch(request, timeout, notices)
+        try:
+            return await handler(request)
+        except Exception:
+            if watch.fired:
+                raise HTTPFailure(408, f"ooo: request body stalled (nothing for {timeout:g} s)") from None
+            raise
+        finally:
+            watch.cancel()
+
+    return body_timeout
