@@ -3,8 +3,13 @@
 ::
 
     ooo-storage serve [--host 127.0.0.1] [--port 8800] [--data ./data] [--memory-only] [--sync] [--static]
-                      [--max-body-bytes N] [--allowed-origin ORIGIN ...] [--no-patch]
-                      [--log-level info]
+                      [--max-body-bytes N] [--allowed-origin ORIGIN ...] [--allowed-host HOST ...]
+                      [--max-connections N] [--header-timeout S] [--body-timeout S]
+                      [--keepalive-timeout S] [--max-head-bytes N] [--max-line-size N]
+                      [--max-field-size N] [--max-headers N] [--no-patch] [--log-level info]
+
+Every option is checked while parsing: a bad value (``--port 99999``, a zero timeout, a malformed
+origin) is an argparse error (exit 2) that says what is expected.
 
 ``serve`` runs until SIGINT or SIGTERM, then stops listening, closes every websocket with 1001,
 lets in-flight requests finish and closes the store (LevelDB included). Modules that exist
@@ -19,8 +24,9 @@ import asyncio
 import importlib
 import importlib.util
 import logging
+import math
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from . import __version__
@@ -51,11 +57,86 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _port(text: str) -> int:
+    port = _integer(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port: 0..65535 (0 picks a free one)")
+    return port
+
+
+def _positive(text: str) -> int:
+    number = _integer(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} must be a positive integer")
+    return number
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive, finite number of seconds")
+    return seconds
+
+
+def _checked_by(check_name: str) -> Callable[[str], str]:
+    """An argparse type that validates with ``ooo_storage.server.origins.<check_name>`` (imported
+    only when the option is given: the server package is not loaded for other commands)."""
+
+    def check(text: str) -> str:
+        from .server import origins
+
+        if text != origins.ANY:
+            try:
+                getattr(origins, check_name)(text)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return check
+
+
+# Connection limits, passed to the server only when given, so that their defaults live in one place
+# (ServerConfig); the help texts state them and tests/server/test_server_cli.py checks they agree.
+_LIMITS: tuple[tuple[str, Callable[[str], Any], str, str], ...] = (
+    (
+        "--max-connections",
+        _positive,
+        "N",
+        "most open connections, websockets included (default: from ulimit -n, keeping a quarter of "
+        "it for files: 768 under ulimit -n 1024); at the limit the oldest connection waiting for a "
+        "request is closed, or a new one refused with 503 when all are busy",
+    ),
+    ("--header-timeout", _seconds, "S", "seconds a request head may take from its first byte (default 10)"),
+    ("--body-timeout", _seconds, "S", "a request body that receives nothing for S seconds ends (default 30)"),
+    ("--keepalive-timeout", _seconds, "S", "seconds a connection may idle between requests (default 75)"),
+    ("--max-head-bytes", _positive, "N", "largest request head: request line and headers (default 32768)"),
+    ("--max-line-size", _positive, "N", "longest request line (default 8190)"),
+    ("--max-field-size", _positive, "N", "longest header name or value (default 8190)"),
+    ("--max-headers", _positive, "N", "most headers in one request (default 100)"),
+)
+
+
+def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The limit options given on the command line, as ServerConfig fields."""
+    names = (flag[2:].replace("-", "_") for flag, *_ in _LIMITS)
+    return {name: value for name in names if (value := getattr(args, name)) is not None}
+
+
 def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     summary = "serve the store over HTTP and websockets"
     serve = subparsers.add_parser("serve", help=summary, description=summary)
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8800, help="port (default 8800; 0 = any free)")
+    serve.add_argument("--port", type=_port, default=8800, help="port (default 8800; 0 = any free)")
     serve.add_argument("--data", default="./data", help="LevelDB directory (default ./data)")
     serve.add_argument("--memory-only", action="store_true", help="keep nothing on disk")
     serve.add_argument(
@@ -66,7 +147,7 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("--static", action="store_true", help="refuse every route without a matching filter")
     serve.add_argument(
         "--max-body-bytes",
-        type=int,
+        type=_positive,
         default=10 * 1024 * 1024,
         metavar="N",
         help="largest POST/PATCH body (default 10 MiB)",
@@ -75,10 +156,25 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--allowed-origin",
         action="append",
         default=[],
+        type=_checked_by("normalize_origin"),
         metavar="ORIGIN",
         dest="allowed_origins",
-        help="websocket Origin to accept (repeatable; default: any)",
+        help="web page origin (scheme://host[:port]) allowed to use the server from a browser, HTTP "
+        "and websockets alike; '*' allows any (repeatable; default: same-origin pages only)",
     )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        type=_checked_by("split_host"),
+        metavar="HOST",
+        dest="allowed_hosts",
+        help="Host name (name or name:port) to answer besides the bound address (and localhost when "
+        "bound to loopback): needed behind a reverse proxy or to use a DNS name; '*' answers any "
+        "(repeatable)",
+    )
+    for flag, kind, metavar, text in _LIMITS:
+        serve.add_argument(flag, type=kind, metavar=metavar, help=text)
     serve.add_argument("--no-patch", action="store_true", help="send snapshots instead of patches")
     serve.add_argument(
         "--loop",
@@ -146,6 +242,8 @@ async def _serve(args: argparse.Namespace) -> None:
             no_patch=args.no_patch,
             max_body_bytes=args.max_body_bytes,
             allowed_origins=tuple(args.allowed_origins),
+            allowed_hosts=tuple(args.allowed_hosts),
+            **_limits(args),
             ready=lambda port: log.info(
                 "ooo-storage %s serving on http://%s:%d (%s)",
                 __version__,
