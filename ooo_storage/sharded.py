@@ -31,6 +31,8 @@ log = logging.getLogger("ooo_storage.events")
 
 Callback = Callable[[Event], Awaitable[Any] | Any]
 
+_STOP_GRACE = 2.0  # seconds a consumer gets to finish its watcher call at close
+
 _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193
 
@@ -95,6 +97,7 @@ class ShardedChan:
         self._idle: list[asyncio.Future[None] | None] = [None] * shards
         self._tasks: list[asyncio.Task[None]] = []
         self._watchers: tuple[tuple[Callback, bool], ...] = ()
+        self._stopping = False
 
     # -- routing -------------------------------------------------------------------------------
     def shard_for(self, key: str) -> int:
@@ -113,6 +116,7 @@ class ShardedChan:
     def start(self) -> None:
         if self._tasks:
             return
+        self._stopping = False
         self._tasks = [
             asyncio.create_task(self._consume(i), name=f"ooo-shard-{i}") for i in range(self.shards)
         ]
@@ -126,10 +130,7 @@ class ShardedChan:
                 await self.drain()
         except TimeoutError:
             log.warning("closing with undelivered events")
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await self._stop_consumers()
         for waiting in self._waiting:
             while waiting:
                 item, fut, timer = waiting.popleft()
@@ -139,6 +140,23 @@ class ShardedChan:
                     self._count_drop(item)
                 if not fut.done():
                     fut.set_result(None)
+
+    async def _stop_consumers(self) -> None:
+        """Stop the consumers by a flag they check (cancellation is a last resort: a watcher may
+        swallow it), never waiting more than a few seconds."""
+        self._stopping = True
+        for i, idle in enumerate(self._idle):
+            self._idle[i] = None
+            if idle is not None and not idle.done():
+                idle.set_result(None)
+        tasks, self._tasks = self._tasks, []
+        _, busy = await asyncio.wait(tasks, timeout=_STOP_GRACE)
+        for task in busy:  # inside a watcher callback that does not return
+            task.cancel()
+        if busy:
+            _, stuck = await asyncio.wait(busy, timeout=_STOP_GRACE)
+            if stuck:
+                log.error("%d event consumer(s) ignored cancellation inside a watcher", len(stuck))
 
     # -- producing -----------------------------------------------------------------------------
     def put(self, event: Event) -> asyncio.Future[None] | None:
@@ -214,7 +232,7 @@ class ShardedChan:
         queue = self._queues[i]
         waiting = self._waiting[i]
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopping:
             if not queue:
                 idle: asyncio.Future[None] = loop.create_future()
                 self._idle[i] = idle

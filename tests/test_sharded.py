@@ -112,3 +112,30 @@ def test_invalid_sizes() -> None:
         ShardedChan(0)
     with pytest.raises(ValueError):
         ShardedChan(2, maxsize=0)
+
+
+async def test_close_returns_even_if_a_watcher_swallows_cancellation() -> None:
+    """A watcher that never returns and ignores cancellation cannot hang ``close`` (it used to
+    cancel the consumers and wait for them without a bound)."""
+    import ooo_storage.sharded as sharded
+
+    chan = ShardedChan(2, drop_timeout=0.1)
+    entered = asyncio.Event()
+
+    async def stubborn(event: Event) -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.sleep(3600)  # a badly written watcher: swallows one cancellation
+
+    chan.subscribe(stubborn)
+    chan.start()
+    chan.put(Event("k", "set", None, 1))
+    await entered.wait()
+    grace, sharded._STOP_GRACE = sharded._STOP_GRACE, 0.1
+    try:
+        async with asyncio.timeout(5):
+            await chan.close()
+    finally:
+        sharded._STOP_GRACE = grace
