@@ -4,14 +4,14 @@ Parsing, merging and re-encoding a 9 MB document takes ~0.7 s of CPU (more when 
 collector walks the millions of objects it creates). On the loop, every other request waits that
 long. A thread does not help: orjson never releases the GIL, so each of its calls on the document
 (tens to hundreds of ms) would still stop the loop. The work therefore runs in a worker process
-(``python -m ooo_storage.server.jsonworker``) that gets JSON text through a pipe and gives JSON
-text back; a thread of the loop's default executor does the blocking pipe I/O, which releases
-the GIL. Work on at most :data:`INLINE_BYTES` of JSON stays inline: almost every request is
+(``python -m ooo_storage.server.jsonworker``, from the same source tree) that gets JSON text
+through a pipe and gives JSON text back; a thread of its own does the blocking pipe I/O, which
+releases the GIL. Work on at most :data:`INLINE_BYTES` of JSON stays inline: almost every request is
 small, and a round trip to the worker costs more than parsing a few KB.
 
 One worker for the whole process, started on first use and again if it dies; requests take turns
-(a lock), so at most one large document is parsed at a time and large requests use at most one
-more core. The worker exits when its stdin closes, i.e. with this process, however it ends.
+(one thread talks to it), so at most one large document is parsed at a time and large requests
+use at most one more core. The worker exits when its stdin closes, i.e. with this process, however it ends.
 This is a plain subprocess, not :mod:`multiprocessing`: nothing of the embedding program (its
 ``__main__``) is imported or run again there.
 
@@ -23,10 +23,13 @@ Requests are tagged with the operation (:data:`COMPACT`, :data:`MERGE`); replies
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import IO
 
 from ..errors import InvalidData
@@ -78,14 +81,19 @@ class _Worker:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="ooo-json-worker")
 
     def _started(self) -> subprocess.Popen[bytes]:
         proc = self._proc
         if proc is None or proc.poll() is not None:
+            # The worker imports the very package this process runs, wherever it came from.
+            source = str(Path(__file__).resolve().parents[2])
+            path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)
             proc = self._proc = subprocess.Popen(
                 [sys.executable, "-m", "ooo_storage.server.jsonworker"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": path},
             )
         return proc
 
@@ -120,6 +128,7 @@ async def run(op: bytes, *parts: bytes) -> bytes:
     """The JSON text ``op`` makes of ``parts``, computed in the worker process (503 if it died
     meanwhile; the next call starts a new one)."""
     try:
-        return await asyncio.get_running_loop().run_in_executor(None, _worker.call, op, *parts)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_worker.thread, _worker.call, op, *parts)
     except WorkerDied:
         raise HTTPFailure(503, "ooo: the JSON worker process died; retry the request") from None
