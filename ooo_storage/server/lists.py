@@ -135,7 +135,7 @@ async def get(server: Server, request: web.Request, key: str) -> web.StreamRespo
     cap = server.config.list_limit
     limit = query_int(request, "limit", cap, 1, cap)
     cursor = request.query.get("cursor")
-    after = None if cursor is None else decode_cursor(cursor)
+    after = decode_cursor(cursor) if cursor else None  # an empty cursor: the first page
     view = server.filters.list_view(key)
     if after is not None and view.list_fn is not None:
         raise HTTPFailure(400, "ooo: cursor not supported: a read-list filter shapes this list")

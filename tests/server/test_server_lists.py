@@ -58,6 +58,8 @@ async def test_default_cap_truncates_and_says_so(make_live: LiveFactory) -> None
     assert query == {"limit": ["5"], "cursor": [cursor]}
     items, headers = await _page(live, "items/*", cursor=cursor)
     assert [o["path"] for o in items] == paths[5:10]
+    items, _ = await _page(live, "items/*", limit="", cursor="")  # empty: the defaults
+    assert [o["path"] for o in items] == paths[:5]
 
 
 async def test_pages_cover_the_list_exactly_once_in_order(make_live: LiveFactory) -> None:
