@@ -37,9 +37,9 @@ from typing import Any
 if __name__ == "__main__":  # run as a script: make bench/ importable as a package of the repo root
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from bench._hostile_raw import open_many
+from bench._hostile_raw import Http, open_many
 from bench._hostile_server import cores, pinning
-from bench._load import HOST, HttpConnection
+from bench._load import HOST
 from bench.peers_load import percentiles
 from bench.peers_targets import ROOT, track, untrack
 
@@ -50,8 +50,8 @@ def mark(what: str) -> None:
     print(f"MARK {what}", flush=True)
 
 
-async def _open(port: int, timeout: float) -> HttpConnection:
-    return await asyncio.wait_for(HttpConnection.open(port), timeout)
+async def _open(port: int, timeout: float) -> Http:
+    return await asyncio.wait_for(Http.open(port), timeout)
 
 
 async def loop_role(spec: dict[str, Any]) -> dict[str, Any]:
@@ -60,7 +60,7 @@ async def loop_role(spec: dict[str, Any]) -> dict[str, Any]:
     port, method, paths = spec["port"], spec.get("method", "GET"), spec["paths"]
     bodies = [Path(p).read_bytes() for p in spec.get("bodies", [])] or [b""]
     interval, timeout = spec.get("interval", 0.0), spec.get("timeout", 10.0)
-    conns: list[HttpConnection | None] = [await _open(port, timeout) for _ in range(spec["connections"])]
+    conns: list[Http | None] = [await _open(port, timeout) for _ in range(spec["connections"])]
     loop = asyncio.get_running_loop()
     start = loop.time()
     stop_at = start + spec["seconds"]

@@ -19,6 +19,36 @@ from bench._hostile_server import socket_inodes
 from bench._load import HOST, HttpConnection, Subscriber
 
 
+class Http(HttpConnection):
+    """bench/_load.py's keep-alive connection, also reading chunked replies (a server may stream a
+    long glob list instead of building it whole)."""
+
+    @classmethod
+    async def open(cls, port: int) -> Http:
+        return cls(*await asyncio.open_connection(HOST, port))
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        self.writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        fields = dict(line.split(b":", 1) for line in head.lower().split(b"\r\n")[1:] if b":" in line)
+        if fields.get(b"transfer-encoding", b"").strip() == b"chunked":
+            return int(head[9:12]), await self._chunks()
+        length = int(fields.get(b"content-length", b"0"))
+        return int(head[9:12]), await self.reader.readexactly(length) if length else b""
+
+    async def _chunks(self) -> bytes:
+        parts = []
+        while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            parts.append(await self.reader.readexactly(size))
+            await self.reader.readexactly(2)
+        while await self.reader.readuntil(b"\r\n") != b"\r\n":  # trailers, up to the blank line
+            pass
+        return b"".join(parts)
+
+
 async def open_many(port: int, n: int, factory: Callable[[], Any], *, batch: int = 100,
                     timeout: float = 10.0) -> list[Any]:
     """Open ``n`` connections with protocols from ``factory``, ``batch`` at a time (a listen backlog is
@@ -102,10 +132,10 @@ async def probe(port: int, path: str = "/victim/0", timeout: float = 5.0) -> tup
     on a new connection."""
     loop = asyncio.get_running_loop()
     start = loop.time()
-    conn: HttpConnection | None = None
+    conn: Http | None = None
     try:
         async with asyncio.timeout(timeout):
-            conn = await HttpConnection.open(port)
+            conn = await Http.open(port)
             status, _ = await conn.request("GET", path)
     except (TimeoutError, OSError, asyncio.IncompleteReadError):
         return None, (loop.time() - start) * 1000

@@ -66,6 +66,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 from bench._hostile_clients import Client, run_client  # noqa: E402
 from bench._hostile_raw import (  # noqa: E402
     DeafSubscriber,
+    Http,
     Idle,
     held_by_server,
     open_many,
@@ -85,7 +86,6 @@ from bench._load import (  # noqa: E402
     HOST,
     ROOT,
     FrameCounter,
-    HttpConnection,
     close_subscribers,
     connect_subscribers,
     table,
@@ -187,7 +187,7 @@ def log_findings(log: Path) -> list[str]:
 
 
 async def http(port: int, method: str, path: str, body: bytes = b"", timeout: float = 60) -> int:
-    conn = await asyncio.wait_for(HttpConnection.open(port), timeout)
+    conn = await asyncio.wait_for(Http.open(port), timeout)
     try:
         status, reply = await asyncio.wait_for(conn.request(method, path, body), timeout)
     finally:
