@@ -127,12 +127,80 @@ def build(pattern: str, stamp: int | None = None) -> str:
     return pattern.replace("*", format(stamp, "x"), 1)
 
 
+class _Wild(Generic[V]):
+    """The wildcard children of one trie node, bucketed so that a key segment meets only the
+    patterns that can match it: ``*`` always, ``ab*`` under prefix ``ab``, ``*ab`` under suffix
+    ``ab``; only patterns with neither (``*a*``) are tried one by one."""
+
+    __slots__ = ("nodes", "star", "by_prefix", "by_suffix", "other")
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, _Node[V]] = {}
+        self.star: _Node[V] | None = None
+        self.by_prefix: dict[str, dict[str, _Node[V]]] = {}
+        self.by_suffix: dict[str, dict[str, _Node[V]]] = {}
+        self.other: dict[str, _Node[V]] = {}
+
+    def _bucket(self, pat: str, create: bool = False) -> dict[str, _Node[V]]:
+        first, _, rest = pat.partition("*")
+        last = rest.rpartition("*")[2]
+        if first:
+            table, name = self.by_prefix, first
+        elif last:
+            table, name = self.by_suffix, last
+        else:
+            return self.other
+        bucket = table.get(name)
+        if bucket is None:
+            bucket = {}
+            if create:
+                table[name] = bucket
+        return bucket
+
+    def add(self, pat: str) -> _Node[V]:
+        node = self.nodes[pat] = _Node()
+        if pat == "*":
+            self.star = node
+        else:
+            self._bucket(pat, create=True)[pat] = node
+        return node
+
+    def remove(self, pat: str) -> None:
+        del self.nodes[pat]
+        if pat == "*":
+            self.star = None
+            return
+        bucket = self._bucket(pat)
+        bucket.pop(pat, None)
+        if not bucket and bucket is not self.other:
+            first = pat.partition("*")[0]
+            table, name = (self.by_prefix, first) if first else (self.by_suffix, pat.rpartition("*")[2])
+            table.pop(name, None)
+
+    def matching(self, seg: str) -> Iterator[_Node[V]]:
+        if self.star is not None:
+            yield self.star
+        if self.by_prefix:
+            for end in range(1, len(seg) + 1):
+                for pat, node in self.by_prefix.get(seg[:end], {}).items():
+                    if match(pat, seg):
+                        yield node
+        if self.by_suffix:
+            for start in range(len(seg)):
+                for pat, node in self.by_suffix.get(seg[start:], {}).items():
+                    if match(pat, seg):
+                        yield node
+        for pat, node in self.other.items():
+            if match(pat, seg):
+                yield node
+
+
 class _Node(Generic[V]):
     __slots__ = ("literal", "wild", "value", "has_value")
 
     def __init__(self) -> None:
         self.literal: dict[str, _Node[V]] = {}  # segment without "*" -> child
-        self.wild: dict[str, _Node[V]] = {}  # segment pattern with "*" -> child
+        self.wild: _Wild[V] | None = None  # segment patterns with "*"
         self.value: V | None = None
         self.has_value = False
 
@@ -140,9 +208,11 @@ class _Node(Generic[V]):
 class PatternIndex(Generic[V]):
     """Keys and globs (patterns), each with a value, found by the keys they may concern.
 
-    A trie over ``/``-segments: literal segments are dict lookups, so finding the patterns that
-    match one key costs the key's depth plus the wildcard segments met on the way, not the number
-    of patterns (5 000 subscriptions on ``g/<n>/*`` cost one lookup per segment for any write).
+    A trie over ``/``-segments: literal segments are dict lookups and wildcard segments are
+    bucketed by their literal prefix or suffix, so finding the patterns that match one key costs
+    about the key's length, not the number of patterns (5 000 subscriptions on ``g/<n>/*`` or on
+    ``users/*<n>`` cost a few lookups per write). Only segment patterns with neither a literal
+    prefix nor suffix (``*a*``) are tried one by one.
     """
 
     __slots__ = ("_root", "_size")
@@ -157,10 +227,17 @@ class PatternIndex(Generic[V]):
     def __setitem__(self, pattern: str, value: V) -> None:
         node = self._root
         for seg in pattern.split("/"):
-            children = node.wild if "*" in seg else node.literal
-            child = children.get(seg)
-            if child is None:
-                child = children[seg] = _Node()
+            if "*" in seg:
+                wild = node.wild
+                if wild is None:
+                    wild = node.wild = _Wild()
+                child = wild.nodes.get(seg)
+                if child is None:
+                    child = wild.add(seg)
+            else:
+                child = node.literal.get(seg)
+                if child is None:
+                    child = node.literal[seg] = _Node()
             node = child
         if not node.has_value:
             self._size += 1
@@ -168,24 +245,33 @@ class PatternIndex(Generic[V]):
 
     def pop(self, pattern: str) -> V | None:
         """Remove ``pattern`` (and the nodes it alone used); its value, or None if absent."""
-        path: list[tuple[dict[str, _Node[V]], str, _Node[V]]] = []
+        path: list[tuple[_Node[V], str]] = []
         node = self._root
         for seg in pattern.split("/"):
-            children = node.wild if "*" in seg else node.literal
-            child = children.get(seg)
+            if "*" in seg:
+                child = None if node.wild is None else node.wild.nodes.get(seg)
+            else:
+                child = node.literal.get(seg)
             if child is None:
                 return None
-            path.append((children, seg, child))
+            path.append((node, seg))
             node = child
         if not node.has_value:
             return None
         value = node.value
         node.value, node.has_value = None, False
         self._size -= 1
-        for children, seg, child in reversed(path):
-            if child.has_value or child.literal or child.wild:
+        for parent, seg in reversed(path):
+            if node.has_value or node.literal or node.wild is not None:
                 break
-            del children[seg]
+            if "*" in seg:
+                assert parent.wild is not None
+                parent.wild.remove(seg)
+                if not parent.wild.nodes:
+                    parent.wild = None
+            else:
+                del parent.literal[seg]
+            node = parent
         return value
 
     def matching(self, key: str) -> Iterator[V]:
@@ -202,14 +288,14 @@ class PatternIndex(Generic[V]):
             for node in nodes:
                 if glob:
                     found.extend(c for lit, c in node.literal.items() if match(seg, lit))
-                    found.extend(node.wild.values())
+                    if node.wild is not None:
+                        found.extend(node.wild.nodes.values())
                     continue
                 child = node.literal.get(seg)
                 if child is not None:
                     found.append(child)
-                for pat, c in node.wild.items():
-                    if pat == "*" or match(pat, seg):
-                        found.append(c)
+                if node.wild is not None:
+                    found.extend(node.wild.matching(seg))
             if not found:
                 return
             nodes = found

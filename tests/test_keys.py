@@ -123,7 +123,7 @@ def test_segment_match_agrees_with_fnmatch_inside_one_segment(a: str, b: str, pa
 
 # -- PatternIndex: the trie the server routes events with --------------------------------------
 
-small_seg = st.sampled_from(["a", "b", "ab", "*", "a*", "*b"])
+small_seg = st.sampled_from(["a", "b", "ab", "ba", "*", "a*", "*b", "a*b", "*a*", "ab*", "*ab"])
 small_pattern = st.lists(small_seg, min_size=1, max_size=3).map("/".join).filter(lambda p: "**" not in p)
 
 
@@ -153,4 +153,15 @@ def test_pattern_index_prunes_empty_nodes() -> None:
     assert list(index.matching("g/42/x")) == [42] and list(index.matching("users/1")) == []
     for i in range(100):
         assert index.pop(f"g/{i}/*") == i
-    assert len(index) == 0 and not index._root.literal and not index._root.wild
+    assert len(index) == 0 and not index._root.literal and index._root.wild is None
+
+
+def test_pattern_index_wildcards_with_literal_prefix_or_suffix() -> None:
+    index: keys.PatternIndex[str] = keys.PatternIndex()
+    pats = [f"users/*{i}" for i in range(300)] + [f"users/{i}*" for i in range(300)] + ["users/*", "users/*x*"]
+    for p in pats:
+        index[p] = p
+    key = "users/12x3"
+    assert sorted(index.matching(key)) == sorted(p for p in pats if keys.match(p, key))
+    wild = index._root.literal["users"].wild
+    assert wild is not None and len(wild.other) == 1  # only "*x*" is tried one by one
