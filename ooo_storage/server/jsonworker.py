@@ -5,6 +5,9 @@ Reads request frames on stdin and answers each on stdout, until stdin ends.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import signal
 import sys
 from collections.abc import Callable
@@ -32,12 +35,26 @@ def _answer(op: bytes, parts: list[bytes]) -> tuple[bytes, bytes]:
         return FAILED, repr(exc).encode()
 
 
+def _trim() -> Callable[[int], object]:
+    """glibc's ``malloc_trim``: hands freed memory back to the system between requests (glibc
+    keeps it otherwise: ~100 MB after one 9 MB document, ~50 MB with it); a no-op elsewhere."""
+    try:
+        trim: Callable[[int], object] = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError):
+        return lambda pad: None
+    return trim
+
+
 def main() -> None:
     # Ctrl-C reaches the whole process group; this process ends when the server closes stdin.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     src, out = sys.stdin.buffer, sys.stdout.buffer
+    trim = _trim()
     while (frame := read_frame(src)) is not None:
         write_frame(out, *_answer(*frame))
+        del frame
+        gc.collect()
+        trim(0)
 
 
 if __name__ == "__main__":
