@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import queue
 import subprocess
@@ -93,6 +94,18 @@ WATCH = (
 )
 
 
+@contextlib.contextmanager
+def watching(url: str, key: str) -> Iterator[subprocess.Popen[str]]:
+    """``ooo-storage watch URL KEY`` as a process; killed if the test fails before it exits."""
+    with subprocess.Popen([sys.executable, "-c", WATCH, "watch", url, key], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
     server = Background()
@@ -166,8 +179,7 @@ def test_failures(url: str, capsys: pytest.CaptureFixture[str], argv: tuple[str,
 
 def test_watch_until_interrupted(url: str) -> None:
     """Run as a real process: states stream out line by line until the process is interrupted."""
-    with subprocess.Popen([sys.executable, "-c", WATCH, "watch", url, "cli/live"], cwd=ROOT,
-                          stdout=subprocess.PIPE, text=True) as process:
+    with watching(url, "cli/live") as process:
         assert process.stdout is not None
         first = orjson.loads(process.stdout.readline())  # blocks until the subscription is live
         assert first["created"] == 0
@@ -182,8 +194,7 @@ def test_watch_reports_disconnects_and_reconnects_on_stderr() -> None:
     server = Background()
     url = server.start()
     try:
-        with subprocess.Popen([sys.executable, "-c", WATCH, "watch", url, "cli/flaky"], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        with watching(url, "cli/flaky") as process:
             assert process.stdout is not None and process.stderr is not None
             out, err = Lines(process.stdout), Lines(process.stderr)
             assert orjson.loads(out.next())["created"] == 0  # connected: nothing said on stderr
