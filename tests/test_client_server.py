@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ooo_storage import Layered, MemoryLayer
+from ooo_storage import Layered, LevelDBLayer, MemoryLayer
 from ooo_storage.client import Client, ClientError, ClientOptions, Entry, Subscription
 from ooo_storage.server import ServerRunner
 
@@ -169,3 +170,43 @@ async def test_heartbeat_pings_are_answered(runner: ServerRunner) -> None:
         await client.set("beat", 1)
         assert (await next_state(sub))["data"] == 1
         assert sub.connections == 1
+
+
+async def test_a_resume_after_a_restart_with_new_data_ends_in_the_server_state(tmp_path: Path) -> None:
+    """The issue's repro: the client held {"on": true} while the restarted server held {"on": false};
+    the next patch then applied to the stale state. Whatever the server sends on the resumed stream,
+    the client must end up equal to GET."""
+    path = str(tmp_path / "db")
+    store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(path))
+    await store.start()
+    runner = ServerRunner(store, port=0)
+    port = await runner.start()
+    lost = asyncio.Event()
+    client = Client(runner.url, options=FAST)
+    sub = client.subscribe("flag", on_status=lambda s: lost.set() if s.attempt >= 2 else None)
+    try:
+        assert await next_state(sub) == EMPTY
+        await client.set("flag", {"on": True})
+        assert (await next_state(sub))["data"] == {"on": True}
+        pending = asyncio.ensure_future(next_state(sub))
+        await runner.stop()
+        await store.close()
+        await asyncio.wait_for(lost.wait(), 5)  # retrying against the stopped server
+        store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(path))
+        await store.start()
+        while store.revision < int(sub.version or "0", 16) - 1:  # reach the version the client holds
+            await store.set("other", store.revision)
+        await store.set("flag", {"on": False})
+        runner = ServerRunner(store, port=port)
+        await runner.start()
+        await wait_connected(client, "flag", 1)
+        await client.set("flag", {"on": False, "n": 2})
+        states = [await pending]
+        async with asyncio.timeout(5):
+            while "n" not in states[-1]["data"]:
+                states.append(await anext(sub))
+        assert states[-1] == await client.get("flag")
+    finally:
+        await client.close()
+        await runner.stop()
+        await store.close()
