@@ -107,7 +107,8 @@ class RequestUncertain(ClientError):
 
     def __init__(self, method: str, key: str, cause: str) -> None:
         super().__init__(0, f"{method} {key}: the connection was lost after the request was sent "
-                            f"({cause}); it may or may not have been applied")
+                            f"({cause}); it may or may not have been applied: read the key before "
+                            "repeating it")
         self.method = method
         self.key = key
 
