@@ -337,13 +337,40 @@ class Layered:
 
     async def get_n(self, pattern: str, limit: int) -> list[Object]:
         """The ``limit`` newest objects matching ``pattern`` (all when limit <= 0), newest first."""
-        objs = await self.get_list_descending(pattern)
-        return objs if limit <= 0 else objs[:limit]
+        if limit <= 0:
+            return await self.get_list_descending(pattern)
+        return await self.get_page(pattern, limit)
 
     async def get_n_ascending(self, pattern: str, limit: int) -> list[Object]:
         """The ``limit`` oldest objects matching ``pattern`` (all when limit <= 0), oldest first."""
-        objs = await self.get_list(pattern)
-        return objs if limit <= 0 else objs[:limit]
+        if limit <= 0:
+            return await self.get_list(pattern)
+        return await self.get_page(pattern, limit, descending=False)
+
+    async def get_page(
+        self,
+        pattern: str,
+        limit: int,
+        after: tuple[int, str] | None = None,
+        descending: bool = True,
+    ) -> list[Object]:
+        """Up to ``limit`` objects matching ``pattern``, newest first (oldest first when
+        ``descending`` is False), strictly after the position ``after`` — the ``(created, path)``
+        of the last object of the previous page. Pages neither repeat nor skip objects across
+        writes made between them. With a memory layer a page costs about its own size, not the
+        number of matches (see ``MemoryLayer.page``)."""
+        self._check_pattern(pattern)
+        if limit <= 0:
+            raise InvalidLimit()
+        if self.memory is not None:
+            return self.memory.page(pattern, limit, after, descending)
+        objs = await self._matching(pattern)
+        objs.sort(key=_ORDER, reverse=descending)
+        if after is not None and descending:
+            objs = [o for o in objs if (o.created, o.path) < after]
+        elif after is not None:
+            objs = [o for o in objs if (o.created, o.path) > after]
+        return objs[:limit]
 
     async def get_n_range(self, pattern: str, limit: int, from_: int, to: int) -> list[Object]:
         """Up to ``limit`` newest objects with ``from_ <= created <= to``, newest first."""

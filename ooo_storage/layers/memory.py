@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator, Mapping
+from operator import attrgetter
 
 from sortedcontainers import SortedList
 
 from ..keys import glob_prefix, has_glob, match
 from ..meta import Object, load_object
+
+Position = tuple[int, str]
+"""``(created, path)``: the order of every list (newest first is its reverse)."""
+
+_POSITION = attrgetter("created", "path")
 
 
 class MemoryLayer:
@@ -17,12 +24,18 @@ class MemoryLayer:
     one insert into a SortedList costs several times a whole write, a bulk merge a fraction of it.
     Values loaded at cold start may be held as raw object JSON and are parsed on first access:
     a restart then costs little more than iterating the persistent layer.
+
+    A second index orders every key by ``(created, path)`` for list pages (:meth:`page`). It is
+    built on the first page request (parsing what was loaded raw) and kept up to date from then on,
+    new keys again joining it in bulk.
     """
 
     def __init__(self) -> None:
         self._data: dict[str, Object | bytes] = {}
         self._index: SortedList = SortedList()
         self._fresh: set[str] = set()
+        self._by_time: SortedList | None = None  # (created, key); None until a page is asked for
+        self._time_fresh: dict[str, int] = {}  # key -> created, not yet in _by_time
 
     def start(self) -> None:
         pass
@@ -69,8 +82,17 @@ class MemoryLayer:
         return self._index
 
     def set(self, key: str, obj: Object) -> None:
-        if key not in self._data:
+        old = self._data.get(key)
+        if old is None:
             self._fresh.add(key)
+        if self._by_time is not None:
+            if old is not None:
+                created = _created(key, old)
+                if created == obj.created:
+                    self._data[key] = obj
+                    return
+                self._untime(key, created)
+            self._time_fresh[key] = obj.created
         self._data[key] = obj
 
     def delete(self, key_or_glob: str) -> int:
@@ -85,11 +107,17 @@ class MemoryLayer:
         return len(doomed)
 
     def _drop(self, key: str) -> None:
-        del self._data[key]
+        old = self._data.pop(key)
         if key in self._fresh:
             self._fresh.discard(key)
         else:
             self._index.remove(key)
+        if self._by_time is not None:
+            self._untime(key, _created(key, old))
+
+    def _untime(self, key: str, created: int) -> None:
+        if self._time_fresh.pop(key, None) is None:
+            self._by_time.remove((created, key))  # type: ignore[union-attr]
 
     def keys(self) -> list[str]:
         return list(self._sorted())
@@ -98,9 +126,71 @@ class MemoryLayer:
         self._data.clear()
         self._index.clear()
         self._fresh.clear()
+        self._by_time = None
+        self._time_fresh.clear()
 
     def bulk_load(self, items: Mapping[str, Object | bytes]) -> None:
         """Replace the contents with ``items`` (objects or their JSON bytes), in one step."""
         self._data = dict(items)
         self._index = SortedList(self._data)
         self._fresh = set()
+        self._by_time = None
+        self._time_fresh = {}
+
+    # -- pages ---------------------------------------------------------------------------------
+    def _timeline(self) -> SortedList:
+        if self._by_time is None:
+            get = self.get
+            self._by_time = SortedList((get(key).created, key) for key in list(self._data))  # type: ignore[union-attr]
+            self._time_fresh.clear()
+        elif self._time_fresh:
+            self._by_time.update((created, key) for key, created in self._time_fresh.items())
+            self._time_fresh.clear()
+        return self._by_time
+
+    def page(
+        self, pattern: str, limit: int, after: Position | None = None, descending: bool = True
+    ) -> list[Object]:
+        """Up to ``limit`` objects matching ``pattern`` in list order (newest first unless
+        ``descending`` is False), strictly after position ``after``.
+
+        Two ways, whichever visits fewer keys: the keys under the pattern's literal prefix, of
+        which the ``limit`` first are kept (a heap); or the time index walked from ``after``,
+        skipping keys that do not match. With ``n`` keys under the prefix out of ``total``, the
+        walk visits about ``limit * total / n`` keys: it wins when ``n * n > limit * total``.
+        """
+        prefix = glob_prefix(pattern)
+        keys = self._sorted()
+        under = keys.bisect_left(prefix + "\x7f") - keys.bisect_left(prefix) if prefix else len(keys)
+        if under * under <= limit * max(len(keys), 1):
+            return self._page_by_prefix(pattern, limit, after, descending)
+        timeline = self._timeline()
+        if descending:
+            walk = timeline.irange(maximum=after, inclusive=(True, False), reverse=True)
+        else:
+            walk = timeline.irange(minimum=after, inclusive=(False, True))
+        found: list[Object] = []
+        get = self.get
+        for _, key in walk:
+            if key.startswith(prefix) and match(pattern, key):
+                found.append(get(key))  # type: ignore[arg-type]
+                if len(found) >= limit:
+                    break
+        return found
+
+    def _page_by_prefix(
+        self, pattern: str, limit: int, after: Position | None, descending: bool
+    ) -> list[Object]:
+        objs: Iterator[Object] = (self.get(key) for key in self.matching_keys(pattern))  # type: ignore[misc]
+        if after is not None and descending:
+            objs = (o for o in objs if (o.created, o.path) < after)
+        elif after is not None:
+            objs = (o for o in objs if (o.created, o.path) > after)
+        pick = heapq.nlargest if descending else heapq.nsmallest
+        return pick(limit, objs, key=_POSITION)
+
+
+def _created(key: str, value: Object | bytes) -> int:
+    if value.__class__ is bytes:
+        return load_object(key, value).created  # type: ignore[arg-type]
+    return value.created  # type: ignore[union-attr]

@@ -36,6 +36,7 @@ from .errors import HTTPFailure
 from .filters import ListView, read_guard
 
 if TYPE_CHECKING:
+    from ..layered import Layered
     from .app import Server
 
 Position = tuple[int, str]
@@ -119,6 +120,34 @@ def page(view: ListView, objs: list[Object], limit: int, after: Position | None)
     return Page(items, (last.created, last.path), True)
 
 
+async def _page(store: Layered, view: ListView, limit: int, after: Position | None) -> Page:
+    """The page, read from the store page by page in its own order where the view allows it (a
+    page then costs about its size, not the number of matches)."""
+    key = view.key
+    if view.list_fn is not None or (view.limit is not None and view.limit.limit is None):
+        objs = await store.get_list_descending(key)  # the filter needs every item
+        return read_guard(key, page, view, objs, limit, after)
+    if view.limit is not None:  # only its newest ``limit.limit`` items can ever show
+        assert view.limit.limit is not None
+        objs = await store.get_page(key, view.limit.limit)
+        return read_guard(key, page, view, objs, limit, after)
+    fn = view.object_fn
+    items: list[Object] = []
+    position = after
+    while True:
+        want = limit - len(items)
+        batch = await store.get_page(key, want + 1, position)
+        for obj in batch[:want]:
+            position = (obj.created, obj.path)
+            visible = obj if fn is None else read_guard(key, fn, key, obj)
+            if visible is not None:
+                items.append(visible)
+        if len(batch) <= want:
+            return Page(items, None, False)
+        if len(items) >= limit:
+            return Page(items, position, True)
+
+
 def _headers(key: str, limit: int, result: Page) -> dict[str, str]:
     if not result.truncated:
         return {}
@@ -139,9 +168,7 @@ async def get(server: Server, request: web.Request, key: str) -> web.StreamRespo
     view = server.filters.list_view(key)
     if after is not None and view.list_fn is not None:
         raise HTTPFailure(400, "ooo: cursor not supported: a read-list filter shapes this list")
-    objs = await server.store.get_list_descending(key)
-    result = read_guard(key, page, view, objs, limit, after)
-    del objs  # only the page is kept while a slow peer reads it
+    result = await _page(server.store, view, limit, after)
     return await chunked.send(
         request,
         json_array(result.items),
