@@ -123,6 +123,20 @@ _LIMITS: tuple[tuple[str, Callable[[str], Any], str, str], ...] = (
     ("--max-line-size", _positive, "N", "longest request line (default 8190)"),
     ("--max-field-size", _positive, "N", "longest header name or value (default 8190)"),
     ("--max-headers", _positive, "N", "most headers in one request (default 100)"),
+    ("--list-limit", _positive, "N", "most items a glob GET returns, and the largest ?limit= (default 1000)"),
+    (
+        "--outbox-bytes",
+        _positive,
+        "N",
+        "bytes that may wait for one subscriber that does not keep up before it is dropped; "
+        "a single larger frame is still delivered (default 8388608)",
+    ),
+    (
+        "--write-timeout",
+        _seconds,
+        "S",
+        "a subscriber whose socket takes nothing for S seconds is dropped (default 15)",
+    ),
 )
 
 

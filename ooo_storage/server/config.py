@@ -53,9 +53,12 @@ class ServerConfig:
     pong_timeout: float = 150.0
     """A connection silent (no pong, no frame) for this long is dropped."""
     write_timeout: float = 15.0
-    """A single frame write that takes longer drops that connection only."""
+    """A subscriber whose socket takes nothing for this long is dropped (close code 1011); a glob
+    GET whose reader takes nothing for this long is cut."""
     outbox_bytes: int = 8 * 1024 * 1024
-    """Bytes queued for one connection before it is dropped as too slow (close code 1008)."""
+    """Bytes that may wait for one subscriber that does not keep up (shared frames, counted per
+    subscriber); one more frame then drops it (close code 1008). A single frame larger than this is
+    still delivered to a subscriber that reads (connection.py)."""
     close_timeout: float = 2.0
     """How long a close handshake may take before the transport is aborted."""
     shutdown_timeout: float = 10.0

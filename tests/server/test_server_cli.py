@@ -48,7 +48,8 @@ def test_help_states_the_config_defaults() -> None:
     for flag, _, _, text in _LIMITS:
         value = getattr(config, flag[2:].replace("-", "_"))
         if value is not None:
-            assert f"(default {value:g})" in text, flag
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            assert f"(default {shown})" in text, flag
 
 
 @pytest.mark.parametrize(
