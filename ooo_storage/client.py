@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, NotRequired, Self, TypedDict
+from typing import Any, NamedTuple, NotRequired, Self, TypedDict
 
 import aiohttp
 import orjson
@@ -254,8 +254,27 @@ class Client:
     # REST (PROTOCOL.md §4)
 
     async def get(self, key: str) -> Entry | list[Entry]:
-        """The object at ``key``, or for a key with a ``*`` the list of matches, newest first."""
-        return orjson.loads(await self._request("GET", key))  # type: ignore[no-any-return]
+        """The object at ``key``, or for a key with a ``*`` the whole list of matches, newest first
+        (read page by page: the server returns lists in pages, see :meth:`get_page`)."""
+        if "*" not in key:
+            return orjson.loads(await self._request("GET", key))  # type: ignore[no-any-return]
+        items: list[Entry] = []
+        cursor: str | None = None
+        while True:
+            page, cursor = await self.get_page(key, cursor=cursor)
+            items.extend(page)
+            if cursor is None:
+                return items
+
+    async def get_page(
+        self, pattern: str, limit: int | None = None, cursor: str | None = None
+    ) -> tuple[list[Entry], str | None]:
+        """One page of the glob ``pattern``: up to ``limit`` items (the server's default when None),
+        newest first, from ``cursor`` on; returns the items and the cursor of the next page (None
+        after the last one). Pages neither repeat nor skip items across writes."""
+        query = {k: str(v) for k, v in (("limit", limit), ("cursor", cursor)) if v is not None}
+        reply = await self._exchange("GET", pattern, query=query)
+        return orjson.loads(reply.body), reply.headers.get("X-Next-Cursor")
 
     async def set(self, key: str, value: Any) -> str:
         """Create or overwrite ``key`` (no glob) with ``value``; returns the index."""
@@ -337,12 +356,24 @@ class Client:
     async def _request(
         self, method: str, key: str, *, body: bytes | None = None, headers: dict[str, str] | None = None
     ) -> bytes:
+        """Send one call; the reply's body."""
+        return (await self._exchange(method, key, body=body, headers=headers)).body
+
+    async def _exchange(
+        self,
+        method: str,
+        key: str,
+        *,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        query: dict[str, str] | None = None,
+    ) -> _Reply:
         """Send one call; a GET is sent again (up to ``read_retries`` times) when its connection is
         lost, any other method never is."""
         retries = self.options.read_retries if method == "GET" else 0
         while True:
             try:
-                status, payload = await self._send(method, key, body, headers or {})
+                reply = await self._send(method, key, body, headers or {}, query or {})
             except _Lost as lost:
                 if method != "GET":
                     raise RequestUncertain(method, key, lost.cause) from lost.__cause__
@@ -350,23 +381,25 @@ class Client:
                     raise ConnectionFailed(f"connection lost: {lost.cause}") from lost.__cause__
                 retries -= 1
                 continue
-            if status >= 400:
-                raise ClientError(status, payload.decode(errors="replace").strip())
-            return payload
+            if reply.status >= 400:
+                raise ClientError(reply.status, reply.body.decode(errors="replace").strip())
+            return reply
 
     async def _send(
-        self, method: str, key: str, body: bytes | None, headers: dict[str, str]
-    ) -> tuple[int, bytes]:
-        """One exchange: the status and body, or :class:`ConnectionFailed` when nothing was sent,
-        or ``_Lost`` when the request may have reached the server."""
+        self, method: str, key: str, body: bytes | None, headers: dict[str, str], query: dict[str, str]
+    ) -> _Reply:
+        """One exchange: the reply, or :class:`ConnectionFailed` when nothing was sent, or
+        ``_Lost`` when the request may have reached the server."""
         session = self.session()
+        url = self._url(key)
         try:
             async with session.request(
-                method, self._url(key), data=body, headers={**self._auth(), **headers},
+                method, url.with_query(query) if query else url, data=body,
+                headers={**self._auth(), **headers},
                 timeout=aiohttp.ClientTimeout(total=self.options.request_timeout),
                 middlewares=_middlewares(session),
             ) as response:
-                return response.status, await response.read()
+                return _Reply(response.status, await response.read(), dict(response.headers))
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise ConnectionFailed(_describe(exc)) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -375,6 +408,12 @@ class Client:
 
     def _forget(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)
+
+
+class _Reply(NamedTuple):
+    status: int
+    body: bytes
+    headers: dict[str, str]
 
 
 class _Lost(Exception):

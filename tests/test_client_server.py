@@ -210,3 +210,29 @@ async def test_a_resume_after_a_restart_with_new_data_ends_in_the_server_state(t
         await client.close()
         await runner.stop()
         await store.close()
+
+
+async def test_glob_get_follows_pages_and_get_page_pages() -> None:
+    """The server returns glob lists in pages: ``get`` reads them all, ``get_page`` one at a time."""
+    store = Layered(memory=MemoryLayer())
+    await store.start()
+    runner = ServerRunner(store, port=0, list_limit=7)
+    port = await runner.start()
+    try:
+        async with Client(f"http://127.0.0.1:{port}") as c:
+            for i in range(20):
+                await c.set(f"p/{i}", {"i": i})
+            everything = await c.get("p/*")
+            assert [o["data"]["i"] for o in everything] == list(range(19, -1, -1))
+            first, cursor = await c.get_page("p/*", limit=5)
+            assert [o["data"]["i"] for o in first] == [19, 18, 17, 16, 15] and cursor is not None
+            await c.set("p/new", {"i": 99})  # written between two pages: before the cursor
+            second, cursor = await c.get_page("p/*", limit=5, cursor=cursor)
+            assert [o["data"]["i"] for o in second] == [14, 13, 12, 11, 10]
+            more, cursor = await c.get_page("p/*", limit=100, cursor=cursor)  # capped at list_limit
+            assert [o["data"]["i"] for o in more] == [9, 8, 7, 6, 5, 4, 3] and cursor is not None
+            rest, cursor = await c.get_page("p/*", cursor=cursor)
+            assert [o["data"]["i"] for o in rest] == [2, 1, 0] and cursor is None
+    finally:
+        await runner.stop()
+        await store.close()

@@ -1,8 +1,8 @@
 """``GET`` of a glob (PROTOCOL.md §4): one page of the list, streamed.
 
 The body stays a plain JSON array in the list's order (newest first, or what a limit filter asks),
-as ooo clients expect. At most ``limit`` items are returned (``?limit=``, 1 to the server's
-``list_limit``, which is also the default). When items follow, the response says so:
+as ooo clients expect. At most ``limit`` items are returned (``?limit=`` from 1; the server's
+``list_limit`` is the default and the most any page holds). When items follow, the response says so:
 
 * ``X-Next-Cursor: <cursor>`` and ``Link: </key?limit=N&cursor=<cursor>>; rel="next"``;
 * ``X-List-Truncated: true`` whenever the body is not the whole (rest of the) list.
@@ -53,6 +53,17 @@ def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -
     if text.isascii() and text.isdigit() and len(text) <= 18 and lo <= int(text) <= hi:
         return int(text)
     raise HTTPFailure(400, f"ooo: {name} must be a whole number from {lo} to {hi}")
+
+
+def _limit(request: web.Request, cap: int) -> int:
+    """``?limit=``: a whole number from 1; more than ``cap`` (the server's page size) means ``cap``,
+    so a client need not know the server's setting."""
+    text = request.query.get("limit")
+    if text is None or text == "":
+        return cap
+    if text.isascii() and text.isdigit() and len(text) <= 18 and int(text) >= 1:
+        return min(int(text), cap)
+    raise HTTPFailure(400, f"ooo: limit must be a whole number from 1 (a page holds at most {cap} items)")
 
 
 def encode_cursor(position: Position) -> str:
@@ -162,7 +173,7 @@ def _headers(key: str, limit: int, result: Page) -> dict[str, str]:
 async def get(server: Server, request: web.Request, key: str) -> web.StreamResponse:
     """One page of the glob ``key`` (already checked and permitted)."""
     cap = server.config.list_limit
-    limit = query_int(request, "limit", cap, 1, cap)
+    limit = _limit(request, cap)
     cursor = request.query.get("cursor")
     after = decode_cursor(cursor) if cursor else None  # an empty cursor: the first page
     view = server.filters.list_view(key)
