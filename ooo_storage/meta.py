@@ -99,6 +99,17 @@ def load_object(key: str, raw: bytes) -> Object:
     except (ValueError, TypeError) as exc:  # TypeError: {"created": null} and the like
         raise CorruptObject(f"storage: corrupt object at {key}: {exc}") from None
 
+def created_of(key: str, raw: bytes) -> int:
+    """The ``created`` stamp of stored object bytes, read from their fixed prefix when they are in
+    our own layout (no parse of the whole object: indexes built from raw values use it)."""
+    if raw.startswith(_PREFIX):
+        end = raw.find(b",", 11)
+        digits = raw[11:end]
+        if end > 11 and digits.isdigit():
+            return int(digits)
+    return load_object(key, raw).created
+
+
 _tuple_new = tuple.__new__
 
 

@@ -9,7 +9,7 @@ from operator import attrgetter
 from sortedcontainers import SortedList
 
 from ..keys import glob_prefix, has_glob, match
-from ..meta import Object, load_object
+from ..meta import Object, created_of, load_object
 
 Position = tuple[int, str]
 """``(created, path)``: the order of every list (newest first is its reverse)."""
@@ -140,8 +140,7 @@ class MemoryLayer:
     # -- pages ---------------------------------------------------------------------------------
     def _timeline(self) -> SortedList:
         if self._by_time is None:
-            get = self.get
-            self._by_time = SortedList((get(key).created, key) for key in list(self._data))  # type: ignore[union-attr]
+            self._by_time = SortedList((_created(key, value), key) for key, value in self._data.items())
             self._time_fresh.clear()
         elif self._time_fresh:
             self._by_time.update((created, key) for key, created in self._time_fresh.items())
@@ -192,5 +191,5 @@ class MemoryLayer:
 
 def _created(key: str, value: Object | bytes) -> int:
     if value.__class__ is bytes:
-        return load_object(key, value).created  # type: ignore[arg-type]
+        return created_of(key, value)  # type: ignore[arg-type]
     return value.created  # type: ignore[union-attr]
