@@ -42,8 +42,8 @@ from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ooo_storage.layers import SimpleObjectStore  # noqa: E402
-from ooo_storage.layers._files import fanout_path  # noqa: E402
+from ooo_storage.layers import SimpleObjectStore
+from ooo_storage.layers.fs import fanout_path
 
 SIZES = [(1024, "1 KiB", 500), (64 * 1024, "64 KiB", 300), (1024 * 1024, "1 MiB", 100)]
 

@@ -36,9 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adapters import Timings, _timed, arg_parser, fmt_row, print_section, raw_replace  # noqa: E402
-
-from ooo_storage.layers.erasure import ErasureStore  # noqa: E402
-from ooo_storage.layers.erasure_codec import Codec, tune_malloc  # noqa: E402
+from ooo_storage.layers.erasure.codec import Codec, tune_malloc
+from ooo_storage.layers.erasure.store import ErasureStore
 
 K, M = 4, 2
 SIZES = [(1024, "1 KiB", 300), (64 * 1024, "64 KiB", 200), (1024 * 1024, "1 MiB", 60)]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ooo_storage import Layered, LevelDBLayer, MemoryLayer  # noqa: E402
-from ooo_storage.server import serve  # noqa: E402
+from ooo_storage import Layered, LevelDBLayer, MemoryLayer
+from ooo_storage.server import serve
 
 
 async def main() -> None:

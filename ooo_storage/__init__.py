@@ -1,6 +1,16 @@
-"""ooo-storage: a layered key/value store with live watch streams, as an asyncio library and server."""
+"""ooo-storage: a layered key/value store with live watch streams, as an asyncio library and server.
+
+The public names below load on first use (PEP 562), so ``import ooo_storage.protocol`` or ``from
+ooo_storage.client import Client`` costs neither the store nor LevelDB, and ``from ooo_storage
+import keys`` is the pure key grammar alone. The tiers, from the bottom: ``errors``; ``protocol``
+(pure rules); ``locks``, ``sharded``, ``layers``, ``layered`` (the store); ``server`` (aiohttp);
+``client``; ``cli``.
+"""
 
 from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     AllLayersNil,
@@ -15,18 +25,48 @@ from .errors import (
     InvalidPattern,
     InvalidRange,
     LockNotFound,
+    NoSpace,
     NotActive,
     NotFound,
-    NoSpace,
     QuorumNotReached,
     StorageError,
     StorageUnavailable,
 )
-from .layered import Layered, Options, WatchHandle
-from .layers import LevelDBLayer, MemoryLayer
-from .meta import Event, Object
+
+if TYPE_CHECKING:
+    from .layered import Layered, Options, WatchHandle
+    from .layers import LevelDBLayer, MemoryLayer
+    from .protocol import keys
+    from .protocol.objects import Event, Object
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Layered": ".layered",
+    "Options": ".layered",
+    "WatchHandle": ".layered",
+    "MemoryLayer": ".layers",
+    "LevelDBLayer": ".layers",
+    "Object": ".protocol.objects",
+    "Event": ".protocol.objects",
+}
+_MODULES = {"keys": ".protocol.keys"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return import_module(_MODULES[name], __name__)
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY, *_MODULES])
+
 
 __all__ = [
     "Layered",
@@ -36,6 +76,7 @@ __all__ = [
     "LevelDBLayer",
     "Object",
     "Event",
+    "keys",
     "StorageError",
     "NotFound",
     "InvalidPath",

@@ -42,8 +42,8 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from . import keys
-from .client_patch import PatchError, apply_patch
+from .protocol import keys
+from .protocol.jsonpatch import PatchError, apply_patch
 
 __all__ = [
     "Client",

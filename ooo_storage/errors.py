@@ -70,7 +70,7 @@ class NotActive(StorageError):
 
 
 class InvalidGlob(StorageError):
-    """Raised by :func:`ooo_storage.keys.validate_glob` (messages start with ``key:``)."""
+    """Raised by :func:`ooo_storage.protocol.keys.validate_glob` (messages start with ``key:``)."""
 
     message = "key: invalid glob pattern"
 
@@ -110,3 +110,27 @@ class QuorumNotReached(StorageUnavailable):
     """Too few drives accepted a write; the previous value stays readable."""
 
     message = "storage: write quorum not reached"
+
+
+class MergeError(ValueError):
+    """A PATCH body that cannot be merged into the stored data (PROTOCOL.md §4.1); ``str(exc)`` is
+    the protocol message (a 400, data unchanged)."""
+
+
+class HTTPFailure(Exception):
+    """A request refused with an explicit HTTP status and protocol message; ``close`` drops the
+    connection after the answer (the rest of the request is not worth reading)."""
+
+    def __init__(self, status: int, message: str, close: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.close = close
+
+
+class FilterRejected(HTTPFailure):
+    """A filter or hook refused the operation (always 400)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
+

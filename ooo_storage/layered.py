@@ -28,7 +28,6 @@ from operator import attrgetter
 from types import TracebackType
 from typing import Any
 
-from . import jsontext, keys
 from .errors import (
     AllLayersNil,
     CantLockGlob,
@@ -48,7 +47,9 @@ from .errors import (
 from .layers.base import Layer
 from .layers.memory import MemoryLayer
 from .locks import Gate, KeyLocks
-from .meta import Event, Object, make_event, make_object, now
+from .protocol import jsontext, keys
+from .protocol.clock import now
+from .protocol.objects import Event, Object, make_event, make_object
 from .sharded import Callback, ShardedChan, WatchHandle
 
 log = logging.getLogger("ooo_storage")

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .meta import Event
+from .protocol.objects import Event
 
 try:  # a C implementation; the pure-Python fallback below gives identical results
     from fnv_hash_fast import fnv1a_32 as _fnv1a_32_c

@@ -36,8 +36,8 @@ BACKENDS: dict[str, tuple[bool, Callable[[Path], Any] | None, str | None]] = {
     "memory+leveldb-sync": (True, lambda p: LevelDBLayer(str(p / "db"), sync=True), None),
     "sos": (False, _sos, "ooo_storage.layers.sos"),
     "memory+sos": (True, _sos, "ooo_storage.layers.sos"),
-    "erasure": (False, _erasure, "ooo_storage.layers.erasure"),
-    "memory+erasure": (True, _erasure, "ooo_storage.layers.erasure"),
+    "erasure": (False, _erasure, "ooo_storage.layers.erasure.store"),
+    "memory+erasure": (True, _erasure, "ooo_storage.layers.erasure.store"),
 }
 
 

@@ -17,13 +17,7 @@ import pytest
 from aiohttp import web
 
 from ooo_storage import Layered, MemoryLayer
-from ooo_storage.client import (
-    Client,
-    ClientError,
-    ClientOptions,
-    ConnectionFailed,
-    RequestUncertain,
-)
+from ooo_storage.client import Client, ClientError, ClientOptions, ConnectionFailed, RequestUncertain
 from ooo_storage.server import ServerRunner
 
 OBJECT = b'{"created":1,"updated":0,"index":"k","data":1}'

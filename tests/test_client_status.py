@@ -17,14 +17,7 @@ from aiohttp import web
 from test_client_server import EMPTY, wait_connected
 
 from ooo_storage import Layered, MemoryLayer
-from ooo_storage.client import (
-    Client,
-    ClientError,
-    ClientOptions,
-    Connected,
-    Disconnected,
-    Status,
-)
+from ooo_storage.client import Client, ClientError, ClientOptions, Connected, Disconnected, Status
 from ooo_storage.server import ServerRunner
 
 FAST = ClientOptions(reconnect_initial=0.01, reconnect_max=0.05, heartbeat=None)

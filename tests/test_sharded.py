@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ooo_storage.meta import Event
+from ooo_storage.protocol.objects import Event
 from ooo_storage.sharded import ShardedChan, fnv1a32, fnv1a32_py
 
 

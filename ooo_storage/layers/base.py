@@ -7,7 +7,7 @@ hop on the hot path while a file or erasure-coded layer runs its blocking work i
 Conventions shared by every layer:
 
 * keys are valid keys of PROTOCOL.md §1 (``Layered`` validates before calling a layer);
-* values are :class:`~ooo_storage.meta.Object`; persistent layers store ``obj.to_json()`` and read
+* values are :class:`~ooo_storage.protocol.objects.Object`; persistent layers store ``obj.to_json()`` and read
   it back with ``meta.load_object`` (damage becomes ``CorruptObject``, a 503 naming the key);
 * ``get`` returns ``None`` for a missing key (errors are for failures, not for absence);
 * ``get_list`` returns the objects whose key matches a glob, in no particular order (``Layered``
@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Mapping
 from typing import Protocol, TypeVar, runtime_checkable
 
-from ..meta import Object
+from ..protocol.objects import Object
 
 T = TypeVar("T")
 MaybeAwaitable = T | Awaitable[T]

@@ -30,9 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 import plyvel
 
 from ..errors import NoSpace, StorageUnavailable, no_space
-from ..keys import glob_prefix, has_glob, match
-from ..meta import Object, load_object
-from ._files import TempNamer, read_marker, write_file_atomic
+from ..protocol.keys import glob_prefix, has_glob, match
+from ..protocol.objects import Object, load_object
+from .fs import TempNamer, read_marker, write_file_atomic
 
 log = logging.getLogger("ooo_storage.leveldb")
 

@@ -8,8 +8,8 @@ from operator import attrgetter
 
 from sortedcontainers import SortedList
 
-from ..keys import glob_prefix, has_glob, match
-from ..meta import Object, created_of, load_object
+from ..protocol.keys import glob_prefix, has_glob, match
+from ..protocol.objects import Object, created_of, load_object
 
 Position = tuple[int, str]
 """``(created, path)``: the order of every list (newest first is its reverse)."""

@@ -11,9 +11,9 @@ server, with the connection ``limits``.
 
 from __future__ import annotations
 
+from ..errors import FilterRejected, HTTPFailure
 from .app import SERVER_KEY, Server, create_app, server_of
 from .config import ServerConfig
-from .errors import FilterRejected, HTTPFailure
 from .runner import ServerRunner, serve
 from .streams import bearer_token
 

@@ -21,15 +21,15 @@ from aiohttp import web
 from .. import __version__
 from ..errors import NotFound
 from ..layered import Layered
+from ..protocol.filters import Filters, Limit, maybe_await
 from ..sharded import WatchHandle
 from . import explorer, rest, streams
 from .config import ServerConfig
 from .connection import Connection, Flusher
 from .errors import Handler, error_middleware, text_response
-from .filters import Filters, Limit, maybe_await
+from .hub import Pools
 from .limits import Notices, body_timeout_middleware
 from .origins import OriginPolicy
-from .pools import Pools
 from .streams import clock_frame, wants_websocket
 
 log = logging.getLogger("ooo_storage.server")

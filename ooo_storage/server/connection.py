@@ -30,8 +30,8 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
+from ..protocol.frames import PING_FRAME
 from .config import ServerConfig
-from .frames import PING_FRAME
 
 _SLICE = 64 * 1024
 """Most bytes handed to the transport in one call: what a subscriber may cost beyond the

@@ -14,30 +14,18 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from ..errors import NotActive, NotFound, StorageError, StorageUnavailable
-from ..merge import MergeError
+from ..errors import (
+    HTTPFailure,
+    MergeError,
+    NotActive,
+    NotFound,
+    StorageError,
+    StorageUnavailable,
+)
 
 log = logging.getLogger("ooo_storage.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class HTTPFailure(Exception):
-    """A request refused with an explicit status and protocol message; ``close`` drops the
-    connection after the answer (the rest of the request is not worth reading)."""
-
-    def __init__(self, status: int, message: str, close: bool = False) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.close = close
-
-
-class FilterRejected(HTTPFailure):
-    """A filter or hook refused the operation (always 400)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(400, message)
 
 
 def status_of(exc: BaseException) -> tuple[int, str]:

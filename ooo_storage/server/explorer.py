@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
-from .. import __version__, keys
+from .. import __version__
+from ..errors import HTTPFailure
+from ..protocol import keys
 from . import chunked
-from .errors import HTTPFailure
 from .lists import query_int
 from .rest import json_response
 

@@ -12,10 +12,10 @@ import signal
 import sys
 from collections.abc import Callable
 
-from .. import jsontext
 from ..errors import InvalidData
-from ..merge import MergeError, merge_json
-from .filters import parse_json
+from ..protocol import jsontext
+from ..protocol.filters import parse_json
+from ..protocol.merge import MergeError, merge_json
 from .offload import COMPACT, FAILED, INVALID, MERGE, OK, UNMERGEABLE, read_frame, write_frame
 
 _OPS: dict[bytes, Callable[..., bytes]] = {

@@ -26,8 +26,9 @@ from typing import Any, cast
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from ..errors import HTTPFailure
 from .config import ServerConfig
-from .errors import Handler, HTTPFailure
+from .errors import Handler
 
 log = logging.getLogger("ooo_storage.server")
 

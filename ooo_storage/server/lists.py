@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .. import keys
-from ..meta import Object
+from ..errors import HTTPFailure
+from ..protocol import keys
+from ..protocol.filters import ListView, read_guard
+from ..protocol.objects import Object
 from . import chunked
-from .errors import HTTPFailure
-from .filters import ListView, read_guard
 
 if TYPE_CHECKING:
     from ..layered import Layered

@@ -32,9 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
-from ..errors import InvalidData
-from ..merge import MergeError
-from .errors import HTTPFailure
+from ..errors import HTTPFailure, InvalidData
+from ..protocol.merge import MergeError
 
 INLINE_BYTES = 256 * 1024
 """JSON work on at most this many bytes of text runs inline, on the loop."""

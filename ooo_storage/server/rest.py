@@ -14,12 +14,11 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from .. import jsontext, keys
-from ..errors import NotFound
-from ..merge import merge_json
+from ..errors import HTTPFailure, NotFound
+from ..protocol import jsontext, keys
+from ..protocol.filters import parse_json, read_guard
+from ..protocol.merge import merge_json
 from . import lists, offload
-from .errors import HTTPFailure
-from .filters import parse_json, read_guard
 
 if TYPE_CHECKING:
     from .app import Server

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..errors import NotActive
-from ..meta import now
+from ..protocol.clock import now
+from ..protocol.frames import parse_version, pong_frame, ws_binary
 from .connection import Connection
 from .errors import status_of
-from .frames import parse_version, pong_frame, ws_binary
 from .rest import check_key
 
 if TYPE_CHECKING:

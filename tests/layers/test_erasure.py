@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ooo_storage.layers.erasure.drives import REPAIR_LOG
+from ooo_storage.layers.erasure.format import HEADER_SIZE, key_dir, parse_shard_name
 
 from ooo_storage.errors import StorageError, StorageUnavailable
 from ooo_storage.layers import CorruptObject, ErasureLayer, ErasureStore, QuorumNotReached
-from ooo_storage.layers._files import FormatMismatch
-from ooo_storage.layers.erasure_format import HEADER_SIZE, key_dir, parse_shard_name
-from ooo_storage.layers.erasure_io import REPAIR_LOG
-from ooo_storage.meta import Object
+from ooo_storage.layers.fs import FormatMismatch
+from ooo_storage.protocol.objects import Object
 
 K, M, N = 4, 2, 6
 BIG = 300_000  # coded (above inline_threshold), one stripe

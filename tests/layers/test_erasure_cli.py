@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from ooo_storage.layers.erasure.store import ErasureStore
 
-from ooo_storage.layers.erasure import ErasureStore
-from ooo_storage.layers.erasure_cli import ProgressBar, add_parsers
+from ooo_storage.cli.erasure import ProgressBar, add_parsers
 
 REPO = str(Path(__file__).resolve().parents[2])
 
@@ -88,7 +88,7 @@ def test_progress_bar_draws_and_throttles() -> None:
 
 def test_runs_as_a_process(drives: list[str]) -> None:
     code = (
-        "import argparse, sys; from ooo_storage.layers.erasure_cli import add_parsers; "
+        "import argparse, sys; from ooo_storage.cli.erasure import add_parsers; "
         "p = argparse.ArgumentParser(); add_parsers(p.add_subparsers()); "
         "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
     )

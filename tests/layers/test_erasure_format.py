@@ -9,9 +9,8 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from ooo_storage.layers.erasure_codec import Codec
-from ooo_storage.layers.erasure_format import (
+from ooo_storage.layers.erasure.codec import Codec
+from ooo_storage.layers.erasure.format import (
     FLAG_REPLICA,
     HEADER_SIZE,
     BadShard,

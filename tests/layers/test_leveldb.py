@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from ooo_storage import Event, Layered, LevelDBLayer, MemoryLayer, NoSpace, NotFound, StorageUnavailable
-from ooo_storage.meta import Object
+from ooo_storage.protocol.objects import Object
 
 
 async def test_locked_by_another_process(tmp_path: Path) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ooo_storage import keys
 from ooo_storage.layers import MemoryLayer
-from ooo_storage.meta import Object
+from ooo_storage.protocol import keys
+from ooo_storage.protocol.objects import Object
 
 segment = st.sampled_from(["a", "b", "c", "ab", "x1"])
 key = st.lists(segment, min_size=1, max_size=3).map("/".join)

@@ -17,8 +17,8 @@ import pytest
 
 from ooo_storage.errors import StorageError, StorageUnavailable
 from ooo_storage.layers import CorruptObject, SimpleObjectStore, SOSLayer
-from ooo_storage.layers._files import FormatMismatch
-from ooo_storage.meta import Object
+from ooo_storage.layers.fs import FormatMismatch
+from ooo_storage.protocol.objects import Object
 
 # -- golden layout and record (§5.6 item 7) ---------------------------------------------------------
 
@@ -384,7 +384,7 @@ async def test_worker_pool_cancel_waits_for_the_running_work() -> None:
     """A cancelled caller resumes only after its thread work ended (its key lock stays held)."""
     import threading
 
-    from ooo_storage.layers._files import WorkerPool
+    from ooo_storage.layers.fs import WorkerPool
 
     pool = WorkerPool(2, "test")
     started, release = threading.Event(), threading.Event()
@@ -536,7 +536,7 @@ async def test_full_durability_fsyncs_new_parent_directories(
 async def test_worker_pool_dropped_without_shutdown_stops_its_threads() -> None:
     import gc
 
-    from ooo_storage.layers._files import WorkerPool
+    from ooo_storage.layers.fs import WorkerPool
 
     pool = WorkerPool(2, "dropped")
     assert await pool.run(abs, -1) == 1

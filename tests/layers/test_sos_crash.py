@@ -15,7 +15,7 @@ import pytest
 from conftest import ForkServer, make_value, parse_value, temp_entries, temp_pids
 
 from ooo_storage.layers import SimpleObjectStore
-from ooo_storage.layers._files import TempNamer
+from ooo_storage.layers.fs import TempNamer
 
 KEY = "crash/key"
 T = TypeVar("T")

@@ -10,7 +10,7 @@ import pytest
 from conftest import ForkServer
 
 from ooo_storage.layers import SimpleObjectStore
-from ooo_storage.layers._files import TMP_DIR
+from ooo_storage.layers.fs import TMP_DIR
 
 KEYS = ["a", "ab", "a/b", "a/bc", "a/b/c", "[ab]", "a?c", "x*y", "x/y.z", "x/y-z", "é/k"]
 

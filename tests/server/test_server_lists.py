@@ -16,7 +16,7 @@ import orjson
 import pytest
 from server_live import Live, LiveFactory
 
-from ooo_storage.meta import Object
+from ooo_storage.protocol.objects import Object
 
 
 async def _page(live: Live, key: str, **query: Any) -> tuple[list[dict[str, Any]], Any]:

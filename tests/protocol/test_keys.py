@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ooo_storage import InvalidGlob, keys
+from ooo_storage import InvalidGlob
+from ooo_storage.protocol import keys
 
 VALID = [
     "test", "test/1", "a/b/c", "*", "a/b/*", "users/john-doe", "logs/2026-05-08", "data/report.json",

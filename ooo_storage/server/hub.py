@@ -1,7 +1,7 @@
 """Stream pools: one per subscribed path, fed by the store's events (PROTOCOL.md §5.3–5.7).
 
 The store calls :meth:`Pools.on_event` synchronously for every committed write, in commit order
-(``Layered.on_commit``). Matching pools are found through a :class:`~ooo_storage.keys.PatternIndex`
+(``Layered.on_commit``). Matching pools are found through a :class:`~ooo_storage.protocol.keys.PatternIndex`
 (a trie over segments, so the cost does not grow with the number of glob pools), each pool turns
 the event into at most ONE frame and appends the same bytes to every member's outbox.
 
@@ -29,16 +29,16 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
-from .. import jsontext
 from ..errors import NotActive, NotFound
-from ..keys import PatternIndex
 from ..layered import Layered
-from ..meta import Event, Object
+from ..protocol import jsontext
+from ..protocol.filters import Filters
+from ..protocol.frames import encode_frame, ws_binary
+from ..protocol.keys import PatternIndex
+from ..protocol.objects import Event, Object
+from ..protocol.views import SNAPSHOT, ListState, ObjectState
 from .config import ServerConfig
 from .connection import Connection
-from .filters import Filters
-from .frames import encode_frame, ws_binary
-from .state import SNAPSHOT, ListState, ObjectState
 
 log = logging.getLogger("ooo_storage.server")
 

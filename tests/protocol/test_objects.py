@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ooo_storage import Object
-from ooo_storage.meta import now
+from ooo_storage.protocol.clock import now
 
 
 def test_empty_object_bytes() -> None:

@@ -1,4 +1,4 @@
-"""``ooo-storage`` command line: ``serve`` here, plus the subcommands other modules register.
+"""``ooo-storage serve``: the HTTP and websocket server over a memory mirror and LevelDB.
 
 ::
 
@@ -6,56 +6,30 @@
                       [--max-body-bytes N] [--allowed-origin ORIGIN ...] [--allowed-host HOST ...]
                       [--max-connections N] [--header-timeout S] [--body-timeout S]
                       [--keepalive-timeout S] [--max-head-bytes N] [--max-line-size N]
-                      [--max-field-size N] [--max-headers N] [--no-patch] [--log-level info]
+                      [--max-field-size N] [--max-headers N] [--list-limit N] [--outbox-bytes N]
+                      [--write-timeout S] [--no-patch] [--loop auto] [--log-level info]
 
 Every option is checked while parsing: a bad value (``--port 99999``, a zero timeout, a malformed
 origin) is an argparse error (exit 2) that says what is expected.
 
 ``serve`` runs until SIGINT or SIGTERM, then stops listening, closes every websocket with 1001,
-lets in-flight requests finish and closes the store (LevelDB included). Modules that exist
-(``ooo_storage.client_cli``, ``ooo_storage.layers.erasure_cli``) add their own subcommands through
-``add_parsers(subparsers)``; every subcommand sets ``func(args) -> exit status``.
+lets in-flight requests finish and closes the store (LevelDB included). On a full disk it answers
+503 until the database can be opened.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import importlib.util
 import logging
 import math
-import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from . import __version__
-from .errors import NoSpace, StorageError
+from .. import __version__
+from ..errors import NoSpace, StorageError
 
 log = logging.getLogger("ooo_storage")
-
-PLUGINS = ("ooo_storage.client_cli", "ooo_storage.layers.erasure_cli")
-
-
-def _module_exists(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:  # a parent package is missing
-        return False
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ooo-storage", description="Layered key/value store with live JSON-patch streams."
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_serve(subparsers)
-    for name in PLUGINS:
-        if _module_exists(name):
-            importlib.import_module(name).add_parsers(subparsers)
-    return parser
-
 
 def _integer(text: str) -> int:
     try:
@@ -93,7 +67,7 @@ def _checked_by(check_name: str) -> Callable[[str], str]:
     only when the option is given: the server package is not loaded for other commands)."""
 
     def check(text: str) -> str:
-        from .server import origins
+        from ..server import origins
 
         if text != origins.ANY:
             try:
@@ -146,7 +120,7 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
     return {name: value for name in names if (value := getattr(args, name)) is not None}
 
 
-def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     summary = "serve the store over HTTP and websockets"
     serve = subparsers.add_parser("serve", help=summary, description=summary)
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
@@ -234,9 +208,9 @@ def _run(main: Coroutine[Any, Any, None], loop: str) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    from .layered import Layered
-    from .layers import LevelDBLayer, MemoryLayer
-    from .server import serve
+    from ..layered import Layered
+    from ..layers import LevelDBLayer, MemoryLayer
+    from ..server import serve
 
     embedded = None if args.memory_only else LevelDBLayer(args.data, sync=args.sync)
     store = Layered(memory=MemoryLayer(), embedded=embedded)
@@ -288,17 +262,3 @@ async def _start_when_possible(store: Any) -> None:
             log.warning("storage still unavailable: %s", exc)
         else:
             log.info("storage opened: serving")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func = getattr(args, "func", None)
-    if func is None:
-        parser.print_help(sys.stderr)
-        return 2
-    return int(func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from ooo_storage import Layered, MemoryLayer
-from ooo_storage.client_cli import add_parsers
+from ooo_storage.cli.client import add_parsers
 from ooo_storage.server import ServerRunner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ class Lines:
 
 WATCH = (
     "import argparse, sys\n"
-    "from ooo_storage.client_cli import add_parsers\n"
+    "from ooo_storage.cli.client import add_parsers\n"
     "p = argparse.ArgumentParser(); add_parsers(p.add_subparsers())\n"
     "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
 )

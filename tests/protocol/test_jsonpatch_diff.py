@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ooo_storage.meta import Object
-from ooo_storage.patches import diff, object_diff, pointer, same
+from ooo_storage.protocol.jsonpatch import diff, object_diff, pointer, same
+from ooo_storage.protocol.objects import Object
 
 json_values = st.recursive(
     st.none()

@@ -12,7 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from ooo_storage.cli import _LIMITS, _limits, build_parser
+from ooo_storage.cli import build_parser
+from ooo_storage.cli.serve import _LIMITS, _limits
 from ooo_storage.server import ServerConfig
 
 

@@ -61,11 +61,11 @@ import struct
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal, TypeVar
 
-from ..errors import CorruptObject, NoSpace, StorageError, StorageUnavailable
-from ..keys import glob_prefix, has_glob, match
-from ..locks import KeyLocks
-from ..meta import EMPTY, Object, load_object
-from ._files import (
+from ...errors import CorruptObject, NoSpace, StorageError, StorageUnavailable
+from ...locks import KeyLocks
+from ...protocol.keys import glob_prefix, has_glob, match
+from ...protocol.objects import EMPTY, Object, load_object
+from ..fs import (
     DURABILITY_LEVELS,
     TMP_DIR,
     Durability,
@@ -87,7 +87,7 @@ from ._files import (
     write_file_atomic,
     write_file_with,
 )
-from .memory import MemoryLayer
+from ..memory import MemoryLayer
 
 __all__ = ["SimpleObjectStore", "SOSLayer", "CorruptObject", "encode_record", "MAGIC", "VERSION"]
 

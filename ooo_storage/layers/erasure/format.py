@@ -22,7 +22,7 @@ import threading
 import time
 from typing import NamedTuple
 
-from ._files import crc32c
+from ..fs import crc32c
 
 MAGIC = b"ECS1"
 VERSION = 1

@@ -20,10 +20,9 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 
-from .. import jsontext, keys
-from ..errors import InvalidData
-from ..meta import Object
-from .errors import FilterRejected
+from ..errors import FilterRejected, InvalidData
+from . import jsontext, keys
+from .objects import Object
 
 T = TypeVar("T")
 Kind = Literal["write", "read_object", "read_list", "delete", "after_write"]

@@ -22,10 +22,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ..errors import CorruptObject, StorageUnavailable
-from . import _files
-from .erasure_codec import Codec
-from .erasure_format import (
+from ...errors import CorruptObject, StorageUnavailable
+from .. import fs as _files
+from .codec import Codec
+from .format import (
     DRIVE_MAGIC,
     DRIVE_MARKER,
     FLAG_REPLICA,

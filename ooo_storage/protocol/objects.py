@@ -1,29 +1,13 @@
-"""Objects, events and the process-wide clock (PROTOCOL.md §2). Pure: no I/O, no asyncio."""
+"""Objects and events (PROTOCOL.md §2), and the one path from stored bytes to an Object. Pure: no I/O."""
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal, NamedTuple
 
 import orjson
 
+from ..errors import CorruptObject
 from . import jsontext
-from .errors import CorruptObject
-
-_wall0 = time.time_ns()
-_mono0 = time.monotonic_ns()
-_last = 0
-
-
-def now() -> int:
-    """Return the next clock value: epoch ns at start + monotonic elapsed, strictly increasing."""
-    global _last
-    t = _wall0 + (time.monotonic_ns() - _mono0)
-    if t <= _last:
-        t = _last + 1
-    _last = t
-    return t
-
 
 _PREFIX = b'{"created":'
 _EMPTY_JSON = b'{"created":0,"updated":0,"index":"","data":{}}'

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ooo_storage.merge import MergeError, merge, merge_json
+from ooo_storage.protocol.merge import MergeError, merge, merge_json
 
 scalars = st.none() | st.booleans() | st.integers(-1000, 1000) | st.text(max_size=3)
 values = st.recursive(

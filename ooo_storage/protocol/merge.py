@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import MergeError
 from . import jsontext
 
 __all__ = ["MAX_DEPTH", "MergeError", "merge", "merge_json"]
@@ -29,8 +30,6 @@ MAX_DEPTH = 256
 limit (1000), wherever the merge runs, and 256 is where orjson stops encoding nested values."""
 
 
-class MergeError(ValueError):
-    """The patch cannot be merged; ``str(exc)`` is the protocol message (a 400, data unchanged)."""
 
 
 def merge(data: Any, patch: Any) -> Any:

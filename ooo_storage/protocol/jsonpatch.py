@@ -1,13 +1,19 @@
-"""Apply RFC 6902 JSON patches to decoded JSON documents. Pure: no I/O, no asyncio.
+"""RFC 6902 JSON patches: :func:`diff` builds them, :func:`apply_patch` applies them. Pure, no I/O.
 
-The client keeps the state of a subscription as plain Python values (dict, list, str, int, float,
-bool, None) and applies every ``snapshot:false`` frame with :func:`apply_patch`. All six operations
-are supported (``add``, ``remove``, ``replace``, ``move``, ``copy``, ``test``), with JSON pointers
-per RFC 6901 (``~0`` / ``~1`` escapes, ``-`` appends to an array).
+The server turns "old state → new state" of a stream into the ``data`` of a ``snapshot:false``
+frame with :func:`diff` (PROTOCOL.md §5.5); the client keeps a subscription's state as plain Python
+values and applies each such frame with :func:`apply_patch`. Documents are decoded JSON values
+(``dict``, ``list``, ``str``, ``int``, ``float``, ``bool``, ``None``).
 
-Documents are treated as immutable: :func:`apply_patch` never modifies its input, it copies only the
-containers on the path to each change and shares everything else. That keeps each state handed to a
-caller valid after the next frame arrives, at the cost of one shallow copy per level touched.
+Equality differs on purpose between the two sides. :func:`diff` compares *typed* (:func:`same`):
+``True`` is not ``1`` and ``1`` is not ``1.0``, since JSON text tells them apart and a client would
+otherwise keep a stale ``1`` where the server now has ``true``. The ``test`` operation compares as
+RFC 6902 §4.6 says (:func:`json_equal`): numbers by value, booleans apart from numbers.
+
+:func:`apply_patch` never modifies its input: it copies only the containers on the path to each
+change and shares everything else, so each state handed to a caller stays valid after the next
+frame. All six operations are supported, with JSON pointers per RFC 6901 (``~0`` / ``~1`` escapes,
+``-`` appends to an array).
 """
 
 from __future__ import annotations
@@ -15,7 +21,84 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["PatchError", "apply_patch", "parse_pointer", "json_equal"]
+from . import jsontext
+from .objects import Object
+
+__all__ = [
+    "Op",
+    "PatchError",
+    "apply_patch",
+    "diff",
+    "json_equal",
+    "object_diff",
+    "parse_pointer",
+    "pointer",
+    "same",
+]
+
+Op = dict[str, Any]
+
+
+def pointer(parent: str, token: str | int) -> str:
+    """Append one reference token to a JSON pointer (RFC 6901 escaping of ``~`` and ``/``)."""
+    text = str(token)
+    if "~" in text or "/" in text:
+        text = text.replace("~", "~0").replace("/", "~1")
+    return f"{parent}/{text}"
+
+
+def same(a: Any, b: Any) -> bool:
+    """Typed deep equality of two JSON values (``True`` is not ``1``, ``1`` is not ``1.0``)."""
+    if a.__class__ is not b.__class__:
+        return False
+    if a.__class__ is dict:
+        return a.keys() == b.keys() and all(same(v, b[k]) for k, v in a.items())
+    if a.__class__ is list:
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def diff(old: Any, new: Any) -> list[Op]:
+    """The RFC 6902 ops that transform ``old`` into ``new`` (``[]`` when they are the same).
+
+    Objects are diffed member by member and arrays index by index (extra tail elements are
+    removed from the end backwards or appended), so each op addresses the state left by the
+    previous one; a change of type is a single ``replace``. The root pointer is ``""``.
+    """
+    ops: list[Op] = []
+    _diff(old, new, "", ops)
+    return ops
+
+
+def _diff(old: Any, new: Any, path: str, ops: list[Op]) -> None:
+    if old.__class__ is dict and new.__class__ is dict:
+        for key in old:
+            if key not in new:
+                ops.append({"op": "remove", "path": pointer(path, key)})
+        for key, value in new.items():
+            if key in old:
+                _diff(old[key], value, pointer(path, key), ops)
+            else:
+                ops.append({"op": "add", "path": pointer(path, key), "value": value})
+    elif old.__class__ is list and new.__class__ is list:
+        common = min(len(old), len(new))
+        for i in range(common):
+            _diff(old[i], new[i], pointer(path, i), ops)
+        # Remove from the end backwards so every index is valid when its op is applied.
+        for i in range(len(old) - 1, common - 1, -1):
+            ops.append({"op": "remove", "path": pointer(path, i)})
+        for i in range(common, len(new)):
+            ops.append({"op": "add", "path": pointer(path, i), "value": new[i]})
+    elif not same(old, new):
+        ops.append({"op": "replace", "path": path, "value": new})
+
+
+def object_diff(old: Object, new: Object) -> list[Op]:
+    """The ops turning the object JSON (PROTOCOL.md §2.1) of ``old`` into that of ``new``.
+
+    E.g. an overwrite gives ``replace /updated`` plus the ops inside ``/data``.
+    """
+    return diff(jsontext.loads(old.to_json()), jsontext.loads(new.to_json()))
 
 _Leaf = Callable[[Any, str, Any], Any]
 

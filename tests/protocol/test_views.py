@@ -5,9 +5,9 @@ from __future__ import annotations
 import jsonpatch
 import orjson
 
-from ooo_storage.meta import Event, Object
-from ooo_storage.server.filters import ListView
-from ooo_storage.server.state import PATCH_MAX_BYTES, SNAPSHOT, ListState, ObjectState
+from ooo_storage.protocol.filters import ListView
+from ooo_storage.protocol.objects import Event, Object
+from ooo_storage.protocol.views import PATCH_MAX_BYTES, SNAPSHOT, ListState, ObjectState
 
 
 def _obj(key: str, data: object, created: int = 1, updated: int = 0) -> Object:

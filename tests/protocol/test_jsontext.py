@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ooo_storage import jsontext
+from ooo_storage.protocol import jsontext
 
 
 @given(st.integers())

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ooo_storage.client_patch import PatchError, apply_patch, json_equal, parse_pointer
+from ooo_storage.protocol.jsonpatch import PatchError, apply_patch, json_equal, parse_pointer
 
 OBJ = {"created": 1, "updated": 0, "index": "a", "path": "box/a", "data": {"n": 1}}
 

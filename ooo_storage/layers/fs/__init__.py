@@ -38,8 +38,8 @@ from typing import Any, Literal, TypeVar
 
 import google_crc32c
 
-from ..errors import StorageUnavailable
-from ..errors import no_space as no_room
+from ...errors import StorageUnavailable
+from ...errors import no_space as no_room
 
 __all__ = [
     "Durability",

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from ..errors import StorageError
-from ._files import read_marker
-from .erasure import ErasureStore
-from .erasure_format import DRIVE_MARKER
+from ..layers.erasure.format import DRIVE_MARKER
+from ..layers.erasure.store import ErasureStore
+from ..layers.fs import read_marker
 
 __all__ = ["add_parsers", "ProgressBar"]
 

@@ -25,14 +25,14 @@ from typing import Any, Literal
 
 from sortedcontainers import SortedList
 
-from ..errors import CorruptObject, QuorumNotReached, StorageUnavailable
-from ..keys import glob_prefix, has_glob, match
-from ..locks import KeyLocks
-from ..meta import Object, load_object
-from . import _files
-from .erasure_codec import DEFAULT_BACKEND, DEFAULT_STRIPE, Codec, backend_version, tune_malloc
-from .erasure_format import FLAG_REPLICA, FLAG_TOMBSTONE, Generations
-from .erasure_io import DriveSet, KeyReport, Located, ReadResult
+from ...errors import CorruptObject, QuorumNotReached, StorageUnavailable
+from ...locks import KeyLocks
+from ...protocol.keys import glob_prefix, has_glob, match
+from ...protocol.objects import Object, load_object
+from .. import fs as _files
+from .codec import DEFAULT_BACKEND, DEFAULT_STRIPE, Codec, backend_version, tune_malloc
+from .drives import DriveSet, KeyReport, Located, ReadResult
+from .format import FLAG_REPLICA, FLAG_TOMBSTONE, Generations
 
 __all__ = ["ErasureConfig", "ErasureStore", "ErasureLayer", "CorruptObject", "QuorumNotReached"]
 

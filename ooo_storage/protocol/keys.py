@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Generic, TypeVar
 
-from .errors import InvalidGlob
+from ..errors import InvalidGlob
 
 V = TypeVar("V")
 
@@ -121,7 +121,7 @@ def peer(a: str, b: str) -> bool:
 def build(pattern: str, stamp: int | None = None) -> str:
     """Replace the first ``*`` of ``pattern`` with the lowercase hex of a clock value (push keys)."""
     if stamp is None:
-        from .meta import now
+        from .clock import now
 
         stamp = now()
     return pattern.replace("*", format(stamp, "x"), 1)

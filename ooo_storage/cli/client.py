@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from .client import Client, ClientError, Connected, Status
+from ..client import Client, ClientError, Connected, Status
 
 __all__ = ["add_parsers"]
 

@@ -19,10 +19,10 @@ from typing import Any, Final
 import orjson
 from sortedcontainers import SortedList
 
-from .. import jsontext, keys
-from ..meta import Event, Object
-from ..patches import Op, diff
+from . import jsontext, keys
 from .filters import ListView, ReadObjectFn
+from .jsonpatch import Op, diff
+from .objects import Event, Object
 
 
 class _Snapshot:

@@ -1,0 +1,39 @@
+"""``ooo-storage`` command line: one subcommand module each (``serve``, ``client`` for
+get/set/push/del/watch, ``erasure`` for scrub/repair); each adds its parsers with
+``add_parsers(subparsers)`` and sets ``func(args) -> exit status``. Subcommand modules load what
+they need (the server, the store) only when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from . import client, erasure, serve
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ooo-storage", description="Layered key/value store with live JSON-patch streams."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (serve, client, erasure):
+        module.add_parsers(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return int(func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
