@@ -152,6 +152,12 @@ class Layered:
         return self._active
 
     @property
+    def mirrored(self) -> bool:
+        """True when a complete memory mirror serves reads: :meth:`peek` and :meth:`peek_list` then
+        read synchronously (otherwise they return None and reads go to the persistent layer)."""
+        return self.memory is not None
+
+    @property
     def revision(self) -> int:
         """Revision of the last committed write (store-wide, strictly increasing)."""
         return self._revision
@@ -725,7 +731,7 @@ class Layered:
                         await room.wait()
                 except TimeoutError:
                     if self._chan is not None:
-                        self._chan._count_drop(event)
+                        self._chan.count_drop(event)
                     return
             queue.put_nowait(event)
 

@@ -137,7 +137,7 @@ class ShardedChan:
                 if timer is not None:
                     timer.cancel()
                 if isinstance(item, Event):
-                    self._count_drop(item)
+                    self.count_drop(item)
                 if not fut.done():
                     fut.set_result(None)
 
@@ -183,11 +183,6 @@ class ShardedChan:
                 idle.set_result(None)
         return True
 
-    async def send(self, event: Event) -> None:
-        fut = self.put(event)
-        if fut is not None:
-            await fut
-
     def _wait_for_room(self, i: int, item: Event | _Marker, may_drop: bool) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
@@ -202,11 +197,13 @@ class ShardedChan:
             self._waiting[i].remove(entry)
         except ValueError:
             return
-        self._count_drop(entry[0])
+        self.count_drop(entry[0])
         if not entry[1].done():
             entry[1].set_result(None)
 
-    def _count_drop(self, event: Event) -> None:
+    def count_drop(self, event: Event) -> None:
+        """Count ``event`` as dropped and tell ``on_drop`` (also for drops decided by a watcher's
+        own buffer, such as ``Layered.events``)."""
         self.dropped += 1
         log.warning("event dropped (watchers too slow): %s %s", event.operation, event.key)
         if self.on_drop is not None:

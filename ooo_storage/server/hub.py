@@ -189,7 +189,7 @@ class Pools:
         self.pools[key] = pool
         self._index[key] = pool
         store = self.store
-        if store.memory is not None:
+        if store.mirrored:
             data = store.peek_list(key) if "*" in key else store.peek(key)
             pool.load(data, store.revision, self._remembered.pop(key, None))
         else:
