@@ -19,7 +19,6 @@ version a client saw before a restart never names a different state after it.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -28,6 +27,7 @@ from operator import attrgetter
 from types import TracebackType
 from typing import Any
 
+from ._utils import maybe_await
 from .errors import (
     AllLayersNil,
     CantLockGlob,
@@ -106,16 +106,6 @@ def encode_data(data: Any) -> bytes:
         raise InvalidData(f"storage: invalid data (not JSON serialisable: {exc})") from None
 
 
-def _is_async(layer: Any, name: str) -> bool:
-    return inspect.iscoroutinefunction(getattr(layer, name, None))
-
-
-async def _maybe(result: Any) -> Any:
-    if inspect.isawaitable(result):
-        return await result
-    return result
-
-
 class Layered:
     """A memory layer over a persistent layer (either may be None, not both).
 
@@ -136,15 +126,9 @@ class Layered:
         self._observers: tuple[Observer, ...] = ()
         self._reserved = 0
         self._streams: set[asyncio.Queue[Event | None]] = set()  # open ``events()`` iterators
-        emb = embedded
-        # A layer is awaited if any of its methods is a coroutine function, or if it says its
-        # writes return awaitables (LevelDB group commit).
-        self._emb_async = emb is not None and (
-            bool(getattr(emb, "async_writes", False))
-            or any(_is_async(emb, m) for m in ("get", "set", "delete"))
-        )
+        # The persistent layer's declared contract (layers.base): an asynchronous one is awaited.
         # Every layer synchronous: a write has no await point and cannot interleave with another.
-        self._sync = not self._emb_async
+        self._sync = embedded is None or not embedded.asynchronous
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
@@ -180,7 +164,7 @@ class Layered:
             self.memory.start()
         if self.embedded is not None:
             try:
-                await _maybe(self.embedded.start())
+                await maybe_await(self.embedded.start())
             except StorageError:
                 raise
             except Exception as exc:
@@ -190,7 +174,7 @@ class Layered:
                     await self._load()
                 except BaseException as exc:
                     # Not started: release the persistent layer (a database lock, executors).
-                    await _maybe(self.embedded.close())
+                    await maybe_await(self.embedded.close())
                     self.memory.clear()
                     if isinstance(exc, StorageError) or not isinstance(exc, Exception):
                         raise
@@ -209,16 +193,16 @@ class Layered:
         assert self.memory is not None and self.embedded is not None
         load_raw = getattr(self.embedded, "load_raw", None)
         if load_raw is not None:
-            self.memory.bulk_load(await _maybe(load_raw()))
+            self.memory.bulk_load(await maybe_await(load_raw()))
         else:
-            self.memory.bulk_load(await _maybe(self.embedded.load()))  # type: ignore[attr-defined]
+            self.memory.bulk_load(await maybe_await(self.embedded.load()))  # type: ignore[attr-defined]
 
     async def _saved_revision(self) -> int:
         load = getattr(self.embedded, "load_revision", None)
         if load is None:
             return 0
         try:
-            return int(await _maybe(load()))
+            return int(await maybe_await(load()))
         except Exception as exc:  # the clock still keeps revisions apart
             log.error("can't read the saved revision: %s", exc)
             return 0
@@ -244,7 +228,7 @@ class Layered:
         for stream in self._streams:
             stream.put_nowait(None)  # ends every ``async for event in store.events()``
         if self.embedded is not None:
-            await _maybe(self.embedded.close())
+            await maybe_await(self.embedded.close())
         if self.memory is not None:
             self.memory.close()
 
@@ -321,12 +305,12 @@ class Layered:
     async def _read(self, key: str) -> Object | None:
         if self.memory is not None:
             return self.memory.get(key)
-        return await _maybe(self.embedded.get(key))  # type: ignore[union-attr]
+        return await maybe_await(self.embedded.get(key))  # type: ignore[union-attr]
 
     async def _matching(self, pattern: str) -> list[Object]:
         if self.memory is not None:
             return self.memory.get_list(pattern)
-        return list(await _maybe(self.embedded.get_list(pattern)))  # type: ignore[union-attr]
+        return list(await maybe_await(self.embedded.get_list(pattern)))  # type: ignore[union-attr]
 
     async def get_list(self, pattern: str) -> list[Object]:
         """Objects matching ``pattern``, oldest first (ties by path)."""
@@ -396,7 +380,7 @@ class Layered:
             raise NotActive()
         if self.memory is not None:
             return self.memory.keys()
-        return sorted(await _maybe(self.embedded.keys()))  # type: ignore[union-attr]
+        return sorted(await maybe_await(self.embedded.keys()))  # type: ignore[union-attr]
 
     async def keys_range(self, pattern: str, from_: int, to: int) -> list[str]:
         """Keys matching ``pattern`` with ``from_ <= created <= to``, ordered by created."""
@@ -547,7 +531,7 @@ class Layered:
     async def _store(self, key: str, obj: Object) -> None:
         if self.embedded is not None:
             try:
-                await _maybe(self.embedded.set(key, obj))
+                await maybe_await(self.embedded.set(key, obj))
             except StorageError:
                 raise
             except Exception as exc:
@@ -611,7 +595,7 @@ class Layered:
         removed = 0
         if self.embedded is not None:
             try:
-                removed = await _maybe(self.embedded.delete(key_or_glob))
+                removed = await maybe_await(self.embedded.delete(key_or_glob))
             except StorageError:
                 raise
             except Exception as exc:
@@ -628,7 +612,7 @@ class Layered:
         try:
             if self.embedded is not None:
                 try:
-                    await _maybe(self.embedded.clear())
+                    await maybe_await(self.embedded.clear())
                 except Exception as exc:
                     raise StorageUnavailable(f"storage: clear failed: {exc}") from exc
             if self.memory is not None:

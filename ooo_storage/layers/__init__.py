@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import CorruptObject, QuorumNotReached
-from .base import Layer, PersistentLayer
+from .base import AsyncLayer, Layer, PersistentLayer, SyncLayer
 from .leveldb import LevelDBLayer
 from .memory import MemoryLayer
 
 __all__ = [
     "Layer",
+    "SyncLayer",
+    "AsyncLayer",
     "PersistentLayer",
     "MemoryLayer",
     "LevelDBLayer",

@@ -1,14 +1,25 @@
-"""The Layer protocol: what a storage layer must provide to sit inside :class:`~ooo_storage.Layered`.
+"""The Layer contracts: what a storage layer must provide to sit inside :class:`~ooo_storage.Layered`.
 
-Each method may be plain or ``async`` (the implementer's choice per layer); ``Layered`` inspects the
-layer once and awaits only where needed, so a synchronous layer (memory, LevelDB) costs no event-loop
-hop on the hot path while a file or erasure-coded layer runs its blocking work in its own executor.
+There are two, and every layer says which one it follows through its ``asynchronous`` attribute,
+which ``Layered`` reads once, when it is built:
+
+* :class:`SyncLayer` (``asynchronous`` false): every method returns its result. ``Layered`` calls
+  it inline with no await, so a write has no await point at all (memory, LevelDB);
+* :class:`AsyncLayer` (``asynchronous`` true): any method may return an awaitable (``async def``, or
+  a plain method returning a future), and ``Layered`` awaits every result that is one. A file or
+  erasure-coded layer runs its blocking work in its own threads this way; LevelDB with
+  ``sync=True`` is one too: its writes return futures that resolve once their group commit is
+  durable, while its reads still answer directly.
+
+A synchronous layer is also a valid asynchronous one (a value is a trivial ``MaybeAwaitable``), so
+``AsyncLayer`` is the general shape and ``SyncLayer`` the promise of never returning an awaitable.
 
 Conventions shared by every layer:
 
 * keys are valid keys of PROTOCOL.md §1 (``Layered`` validates before calling a layer);
-* values are :class:`~ooo_storage.protocol.objects.Object`; persistent layers store ``obj.to_json()`` and read
-  it back with ``meta.load_object`` (damage becomes ``CorruptObject``, a 503 naming the key);
+* values are :class:`~ooo_storage.protocol.objects.Object`; persistent layers store ``obj.to_json()``
+  and read it back with ``protocol.objects.load_object`` (damage becomes ``CorruptObject``, a 503
+  naming the key);
 * ``get`` returns ``None`` for a missing key (errors are for failures, not for absence);
 * ``get_list`` returns the objects whose key matches a glob, in no particular order (``Layered``
   sorts);
@@ -20,18 +31,47 @@ Conventions shared by every layer:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
-from typing import Protocol, TypeVar, runtime_checkable
+from collections.abc import Mapping
+from typing import Protocol, TypeAlias
 
+from .._utils import MaybeAwaitable
 from ..protocol.objects import Object
 
-T = TypeVar("T")
-MaybeAwaitable = T | Awaitable[T]
+__all__ = ["SyncLayer", "AsyncLayer", "Layer", "PersistentLayer"]
 
 
-@runtime_checkable
-class Layer(Protocol):
-    """A storage layer (memory, LevelDB, SOS, erasure-coded...)."""
+class SyncLayer(Protocol):
+    """A layer whose methods return their results directly (never an awaitable)."""
+
+    @property
+    def asynchronous(self) -> bool:
+        """False: ``Layered`` calls this layer inline."""
+        ...
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def get(self, key: str) -> Object | None: ...
+
+    def get_list(self, pattern: str) -> list[Object]: ...
+
+    def set(self, key: str, obj: Object) -> None: ...
+
+    def delete(self, key_or_glob: str) -> int: ...
+
+    def keys(self) -> list[str]: ...
+
+    def clear(self) -> None: ...
+
+
+class AsyncLayer(Protocol):
+    """A layer whose methods may return awaitables; ``Layered`` awaits each one that does."""
+
+    @property
+    def asynchronous(self) -> bool:
+        """True: ``Layered`` awaits this layer's results (under the key's lock and the gate)."""
+        ...
 
     def start(self) -> MaybeAwaitable[None]: ...
 
@@ -47,11 +87,14 @@ class Layer(Protocol):
 
     def keys(self) -> MaybeAwaitable[list[str]]: ...
 
-    def clear(self) -> MaybeAwaitable[None]: ...
+    def clear(self) -> MaybeAwaitable[object]: ...
 
 
-@runtime_checkable
-class PersistentLayer(Layer, Protocol):
+Layer: TypeAlias = SyncLayer | AsyncLayer
+"""Either contract; ``layer.asynchronous`` tells which."""
+
+
+class PersistentLayer(AsyncLayer, Protocol):
     """A layer that survives restarts. ``load`` returns every stored object (cold start).
 
     A persistent layer may also offer ``load_raw() -> Mapping[str, bytes]`` (values are object JSON

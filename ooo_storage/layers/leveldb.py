@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-import plyvel
+import plyvel  # type: ignore[import-untyped]  # plyvel ships no type information
 
 from ..errors import NoSpace, StorageUnavailable, no_space
 from ..protocol.keys import glob_prefix, has_glob, match
@@ -83,8 +83,12 @@ class LevelDBLayer:
         """Number of successful reopens after a failed write."""
 
     @property
-    def async_writes(self) -> bool:
-        """True when writes return awaitables (sync mode): ``Layered`` then takes its awaited path."""
+    def asynchronous(self) -> bool:
+        """The contract this layer follows (``layers.base``): without ``sync`` a
+        :class:`~ooo_storage.layers.base.SyncLayer`; with it an
+        :class:`~ooo_storage.layers.base.AsyncLayer` whose writes (``set``, ``delete``, ``clear``,
+        ``close``) may return awaitables that resolve once durable, while reads still answer
+        directly."""
         return self.sync
 
     # -- lifecycle -----------------------------------------------------------------------------

@@ -30,6 +30,8 @@ class MemoryLayer:
     new keys again joining it in bulk.
     """
 
+    asynchronous = False  # a SyncLayer (layers.base): Layered calls it inline
+
     def __init__(self) -> None:
         self._data: dict[str, Object | bytes] = {}
         self._index: SortedList = SortedList()

@@ -69,6 +69,10 @@ class FailingLevelDB(LevelDBLayer):
 class AsyncFailingLevelDB(FailingLevelDB):
     """The same with an async interface, so the awaited write path is covered too."""
 
+    @property
+    def asynchronous(self) -> bool:
+        return True
+
     async def get(self, key: str) -> Object | None:  # type: ignore[override]
         return super().get(key)
 

@@ -685,6 +685,8 @@ async def _wait_event(event: asyncio.Event, timeout: float | None) -> bool:
 class ErasureLayer:
     """The Layer adapter (API.md): each Object's JSON stored as the value under its key."""
 
+    asynchronous = True  # every method runs its drive work in the store's executor
+
     def __init__(self, drives: list[str] | tuple[str, ...], **ec_options: Any) -> None:
         self.store = ErasureStore(drives, **ec_options)
 

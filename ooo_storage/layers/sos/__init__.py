@@ -725,6 +725,8 @@ class SOSLayer:
     applied on top of the walk, so none is lost whichever side of the walk it fell on.
     """
 
+    asynchronous = True  # every method runs its file work in the store's worker threads
+
     def __init__(self, root: str | os.PathLike[str], **sos_options: Any) -> None:
         self.store = SimpleObjectStore(root, **sos_options)
         self._index: MemoryLayer | None = None
