@@ -2,42 +2,37 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ooo_storage import Layered, LevelDBLayer, MemoryLayer, Options
+from ooo_storage.layers import ErasureLayer, Layer, SOSLayer
 
 
-def _sos(path: Path) -> Any:
-    from ooo_storage.layers import SOSLayer
-
+def _sos(path: Path) -> Layer:
     return SOSLayer(str(path / "sos"))
 
 
-def _erasure(path: Path) -> Any:
-    from ooo_storage.layers import ErasureLayer
-
+def _erasure(path: Path) -> Layer:
     return ErasureLayer([str(path / f"drive{i}") for i in range(6)], k=4, m=2)
 
 
-def _leveldb(path: Path) -> Any:
+def _leveldb(path: Path) -> Layer:
     return LevelDBLayer(str(path / "db"))
 
 
-# name -> (has memory layer, persistent layer factory or None, module that must exist)
-BACKENDS: dict[str, tuple[bool, Callable[[Path], Any] | None, str | None]] = {
-    "memory": (True, None, None),
-    "leveldb": (False, _leveldb, None),
-    "memory+leveldb": (True, _leveldb, None),
-    "memory+leveldb-sync": (True, lambda p: LevelDBLayer(str(p / "db"), sync=True), None),
-    "sos": (False, _sos, "ooo_storage.layers.sos"),
-    "memory+sos": (True, _sos, "ooo_storage.layers.sos"),
-    "erasure": (False, _erasure, "ooo_storage.layers.erasure.store"),
-    "memory+erasure": (True, _erasure, "ooo_storage.layers.erasure.store"),
+# name -> (has memory layer, persistent layer factory or None)
+BACKENDS: dict[str, tuple[bool, Callable[[Path], Layer] | None]] = {
+    "memory": (True, None),
+    "leveldb": (False, _leveldb),
+    "memory+leveldb": (True, _leveldb),
+    "memory+leveldb-sync": (True, lambda p: LevelDBLayer(str(p / "db"), sync=True)),
+    "sos": (False, _sos),
+    "memory+sos": (True, _sos),
+    "erasure": (False, _erasure),
+    "memory+erasure": (True, _erasure),
 }
 
 
@@ -47,7 +42,7 @@ class StoreFactory:
     def __init__(self, backend: str, path: Path) -> None:
         self.backend = backend
         self.path = path
-        self.has_memory, self.persistent, _ = BACKENDS[backend]
+        self.has_memory, self.persistent = BACKENDS[backend]
         self.opened: list[Layered] = []
 
     async def open(self, options: Options | None = None) -> Layered:
@@ -63,14 +58,11 @@ class StoreFactory:
             await store.close()
 
 
-PERSISTENT = [name for name, (_, layer, _) in BACKENDS.items() if layer is not None]
+PERSISTENT = [name for name, (_, layer) in BACKENDS.items() if layer is not None]
 MIRRORED = [name for name in PERSISTENT if BACKENDS[name][0]]
 
 
 async def _factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    module = BACKENDS[request.param][2]
-    if module is not None and importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not built yet")
     f = StoreFactory(request.param, tmp_path)
     yield f
     await f.close_all()
