@@ -1,9 +1,10 @@
-"""MemoryLayer: the complete in-memory mirror that serves every read of a ``Layered`` store."""
+"""MemoryLayer: the complete in-memory mirror that serves every read of a ``Layered`` store, and
+KeyIndex, the sorted key set behind every glob read of this package (memory and the byte stores)."""
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from operator import attrgetter
 
 from sortedcontainers import SortedList
@@ -11,17 +12,92 @@ from sortedcontainers import SortedList
 from ..protocol.keys import glob_prefix, has_glob, match
 from ..protocol.objects import Object, created_of, load_object
 
+__all__ = ["KeyIndex", "MemoryLayer", "Position"]
+
 Position = tuple[int, str]
 """``(created, path)``: the order of every list (newest first is its reverse)."""
 
 _POSITION = attrgetter("created", "path")
 
 
-class MemoryLayer:
-    """A dict of objects plus a sorted key index, so a glob read scans only its literal prefix.
+class KeyIndex:
+    """A sorted set of keys, so a glob read scans only the keys under its literal prefix.
 
-    New keys wait in a set and join the sorted index in bulk at the next glob read or key listing:
-    one insert into a SortedList costs several times a whole write, a bulk merge a fraction of it.
+    New keys wait in a plain set and join the sorted list in bulk at the next ordered read: one
+    insert into a SortedList costs several times a whole memory write, a bulk merge a fraction of
+    it. Callers that already know a key is absent (a dict beside the index) use :meth:`add_new`
+    and skip the membership test.
+    """
+
+    __slots__ = ("_sorted", "_fresh")
+
+    def __init__(self, keys: Iterable[str] = ()) -> None:
+        self._sorted: SortedList[str] = SortedList(keys)
+        self._fresh: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._sorted) + len(self._fresh)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._fresh or key in self._sorted
+
+    def __iter__(self) -> Iterator[str]:
+        """Every key, in bytewise order."""
+        return iter(self._merged())
+
+    def add(self, key: str) -> None:
+        if key not in self:
+            self._fresh.add(key)
+
+    def add_new(self, key: str) -> None:
+        """Add ``key``, which the caller knows is not in the index."""
+        self._fresh.add(key)
+
+    def discard(self, key: str) -> None:
+        if key in self._fresh:
+            self._fresh.discard(key)
+        else:
+            self._sorted.discard(key)
+
+    def clear(self) -> None:
+        self._sorted.clear()
+        self._fresh.clear()
+
+    def keys(self) -> list[str]:
+        """Every key, in bytewise order."""
+        return list(self._merged())
+
+    def with_prefix(self, prefix: str) -> Iterator[str]:
+        """Keys starting with ``prefix``, in bytewise order."""
+        for key in self._merged().irange(minimum=prefix):
+            if not key.startswith(prefix):
+                break
+            yield key
+
+    def matching_keys(self, pattern: str) -> Iterator[str]:
+        """Keys matching the glob ``pattern`` in bytewise order, scanning only its literal prefix."""
+        for key in self.with_prefix(glob_prefix(pattern)):
+            if match(pattern, key):
+                yield key
+
+    def count_prefix(self, prefix: str) -> int:
+        """How many keys start with ``prefix`` (two bisections, no scan)."""
+        keys = self._merged()
+        if not prefix:
+            return len(keys)
+        # Keys of PROTOCOL §1 are ASCII below DEL, so prefix + DEL bounds the range.
+        return keys.bisect_left(prefix + "\x7f") - keys.bisect_left(prefix)
+
+    def _merged(self) -> SortedList[str]:
+        if self._fresh:
+            self._sorted.update(self._fresh)
+            self._fresh.clear()
+        return self._sorted
+
+
+class MemoryLayer:
+    """A dict of objects plus a :class:`KeyIndex`, so a glob read scans only its literal prefix.
+
     Values loaded at cold start may be held as raw object JSON and are parsed on first access:
     a restart then costs little more than iterating the persistent layer.
 
@@ -34,9 +110,8 @@ class MemoryLayer:
 
     def __init__(self) -> None:
         self._data: dict[str, Object | bytes] = {}
-        self._index: SortedList = SortedList()
-        self._fresh: set[str] = set()
-        self._by_time: SortedList | None = None  # (created, key); None until a page is asked for
+        self._index = KeyIndex()
+        self._by_time: SortedList[Position] | None = None  # None until a page is asked for
         self._time_fresh: dict[str, int] = {}  # key -> created, not yet in _by_time
 
     def start(self) -> None:
@@ -53,47 +128,44 @@ class MemoryLayer:
 
     def get(self, key: str) -> Object | None:
         value = self._data.get(key)
-        if value.__class__ is bytes:
-            value = self._data[key] = load_object(key, value)  # type: ignore[arg-type]
-        return value  # type: ignore[return-value]
+        return self._parse(key, value) if isinstance(value, bytes) else value
+
+    def _present(self, key: str) -> Object:
+        """The object of ``key``, which the caller took from the index (so it is in ``_data``)."""
+        value = self._data[key]
+        return self._parse(key, value) if isinstance(value, bytes) else value
+
+    def _parse(self, key: str, raw: bytes) -> Object:
+        """Parse a value loaded raw at cold start, once: the object replaces it."""
+        obj = self._data[key] = load_object(key, raw)
+        return obj
 
     def get_raw(self, key: str) -> bytes | None:
         """The object JSON of ``key`` without materialising it (fast single-key reads)."""
         value = self._data.get(key)
-        if value is None or value.__class__ is bytes:
-            return value  # type: ignore[return-value]
-        return value.to_json()  # type: ignore[union-attr]
+        if value is None or isinstance(value, bytes):
+            return value
+        return value.to_json()
 
     def matching_keys(self, pattern: str) -> Iterator[str]:
         """Keys matching ``pattern`` in bytewise order, scanning only its literal prefix."""
-        prefix = glob_prefix(pattern)
-        for key in self._sorted().irange(minimum=prefix):
-            if not key.startswith(prefix):
-                break
-            if match(pattern, key):
-                yield key
+        return self._index.matching_keys(pattern)
 
     def get_list(self, pattern: str) -> list[Object]:
-        get = self.get
-        return [get(key) for key in self.matching_keys(pattern)]  # type: ignore[misc]
-
-    def _sorted(self) -> SortedList:
-        if self._fresh:
-            self._index.update(self._fresh)
-            self._fresh.clear()
-        return self._index
+        present = self._present
+        return [present(key) for key in self.matching_keys(pattern)]
 
     def set(self, key: str, obj: Object) -> None:
         old = self._data.get(key)
         if old is None:
-            self._fresh.add(key)
+            self._index.add_new(key)
         if self._by_time is not None:
             if old is not None:
                 created = _created(key, old)
                 if created == obj.created:
                     self._data[key] = obj
                     return
-                self._untime(key, created)
+                self._untime(self._by_time, key, created)
             self._time_fresh[key] = obj.created
         self._data[key] = obj
 
@@ -110,37 +182,32 @@ class MemoryLayer:
 
     def _drop(self, key: str) -> None:
         old = self._data.pop(key)
-        if key in self._fresh:
-            self._fresh.discard(key)
-        else:
-            self._index.remove(key)
+        self._index.discard(key)
         if self._by_time is not None:
-            self._untime(key, _created(key, old))
+            self._untime(self._by_time, key, _created(key, old))
 
-    def _untime(self, key: str, created: int) -> None:
+    def _untime(self, timeline: SortedList[Position], key: str, created: int) -> None:
         if self._time_fresh.pop(key, None) is None:
-            self._by_time.remove((created, key))  # type: ignore[union-attr]
+            timeline.remove((created, key))
 
     def keys(self) -> list[str]:
-        return list(self._sorted())
+        return self._index.keys()
 
     def clear(self) -> None:
         self._data.clear()
         self._index.clear()
-        self._fresh.clear()
         self._by_time = None
         self._time_fresh.clear()
 
     def bulk_load(self, items: Mapping[str, Object | bytes]) -> None:
         """Replace the contents with ``items`` (objects or their JSON bytes), in one step."""
         self._data = dict(items)
-        self._index = SortedList(self._data)
-        self._fresh = set()
+        self._index = KeyIndex(self._data)
         self._by_time = None
         self._time_fresh = {}
 
     # -- pages ---------------------------------------------------------------------------------
-    def _timeline(self) -> SortedList:
+    def _timeline(self) -> SortedList[Position]:
         if self._by_time is None:
             self._by_time = SortedList((_created(key, value), key) for key, value in self._data.items())
             self._time_fresh.clear()
@@ -161,9 +228,8 @@ class MemoryLayer:
         walk visits about ``limit * total / n`` keys: it wins when ``n * n > limit * total``.
         """
         prefix = glob_prefix(pattern)
-        keys = self._sorted()
-        under = keys.bisect_left(prefix + "\x7f") - keys.bisect_left(prefix) if prefix else len(keys)
-        if under * under <= limit * max(len(keys), 1):
+        under = self._index.count_prefix(prefix)
+        if under * under <= limit * max(len(self._index), 1):
             return self._page_by_prefix(pattern, limit, after, descending)
         timeline = self._timeline()
         if descending:
@@ -171,10 +237,10 @@ class MemoryLayer:
         else:
             walk = timeline.irange(minimum=after, inclusive=(False, True))
         found: list[Object] = []
-        get = self.get
+        present = self._present
         for _, key in walk:
             if key.startswith(prefix) and match(pattern, key):
-                found.append(get(key))  # type: ignore[arg-type]
+                found.append(present(key))
                 if len(found) >= limit:
                     break
         return found
@@ -182,7 +248,7 @@ class MemoryLayer:
     def _page_by_prefix(
         self, pattern: str, limit: int, after: Position | None, descending: bool
     ) -> list[Object]:
-        objs: Iterator[Object] = (self.get(key) for key in self.matching_keys(pattern))  # type: ignore[misc]
+        objs: Iterator[Object] = map(self._present, self.matching_keys(pattern))
         if after is not None and descending:
             objs = (o for o in objs if (o.created, o.path) < after)
         elif after is not None:
@@ -192,6 +258,4 @@ class MemoryLayer:
 
 
 def _created(key: str, value: Object | bytes) -> int:
-    if value.__class__ is bytes:
-        return created_of(key, value)  # type: ignore[arg-type]
-    return value.created  # type: ignore[union-attr]
+    return created_of(key, value) if isinstance(value, bytes) else value.created

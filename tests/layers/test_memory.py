@@ -1,4 +1,5 @@
-"""MemoryLayer against a plain dict model: the lazily merged sorted index never diverges."""
+"""MemoryLayer and KeyIndex against plain dict and set models: the lazily merged sorted index never
+diverges."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ooo_storage.layers import MemoryLayer
+from ooo_storage.layers.memory import KeyIndex
 from ooo_storage.protocol import keys
 from ooo_storage.protocol.objects import Object
 
@@ -111,3 +113,23 @@ def test_page_walks_the_time_index_for_dense_patterns() -> None:
     layer.set("items/0", Object(1, 5, "0", "items/0", b"2"))  # moved to the oldest place
     assert [o.path for o in layer.page("items/*", 2, (9_999, "items/1"))] == ["items/2", "items/3"]
     assert [o.path for o in layer.page("items/*", 2, descending=False)] == ["items/0", "items/1999"]
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.sampled_from(["add", "discard", "check"]), key, glob), max_size=40))
+def test_key_index_matches_set_model(ops: list[tuple[str, str, str]]) -> None:
+    index, model = KeyIndex(["a", "b/c"]), {"a", "b/c"}
+    for kind, k, pattern in ops:
+        if kind == "add":
+            index.add(k)
+            model.add(k)
+        elif kind == "discard":
+            index.discard(k)
+            model.discard(k)
+        else:
+            prefix = keys.glob_prefix(pattern)
+            assert list(index.matching_keys(pattern)) == sorted(m for m in model if keys.match(pattern, m))
+            assert list(index.with_prefix(prefix)) == sorted(m for m in model if m.startswith(prefix))
+            assert index.count_prefix(prefix) == sum(m.startswith(prefix) for m in model)
+        assert len(index) == len(model) and (k in index) == (k in model)
+    assert index.keys() == list(index) == sorted(model)
