@@ -150,9 +150,6 @@ def verdicts(outcome: Outcome) -> list[tuple[str, bool | None, str]]:
             out.append((what, None, f"not measured: {reason}"))
         else:
             evidence = f"{ratio:.2f}x (median of per-repetition ratios)"
-            target = outcome.targets.get(name)
-            if target is not None and target.note:
-                evidence += f"; {target.note}"
             out.append((what, ratio >= factor, evidence))
     w4 = _step_keys(outcome, "W4")
     if w4:
@@ -245,7 +242,7 @@ def summarise_profile(raw: str, seconds: float, top: int = 8) -> str:
     def listing(counter: Counter[str], keep: Callable[[str], bool]) -> str:
         return "; ".join(f"`{f}` {n / samples:.0%}" for f, n in counter.most_common() if keep(f))
 
-    entry = ("ooo_storage/__main__.py", "ooo_storage/cli.py", "peers_serve.py")
+    entry = ("ooo_storage/__main__.py", "ooo_storage/cli/__init__.py", "ooo_storage/cli/serve.py")
     inclusive = [f for f, _ in total.most_common() if ("ooo_storage/" in f or "aiohttp/" in f
                  or "plyvel" in f) and not f.endswith(tuple(e + ")" for e in entry))][:top]
     loop = sum(n for f, n in total.items() if f.startswith("BaseEventLoop.run_forever "))
@@ -283,8 +280,7 @@ def render(outcome: Outcome, *, command: str, when: str, machine: str) -> str:
         ["target", "version", "run as"],
         [[_label(outcome, n),
           outcome.targets[n].version if n in outcome.targets else f"n/a: {outcome.unavailable.get(n, '?')}",
-          HOW[n] + (f" — **{outcome.targets[n].note}**" if n in outcome.targets and outcome.targets[n].note
-                    else "")]
+          HOW[n]]
          for n in names],
     )
     rep_count = sum(len(v) for v in outcome.reps.values())

@@ -165,7 +165,6 @@ class Target:
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     version: str = "?"
-    note: str = ""
     extra_ports: list[int] = field(default_factory=list)
 
     @property
@@ -224,24 +223,11 @@ def _http_ok(url: str) -> bool:
 
 
 class OooTarget(Target):
-    """``python -m ooo_storage serve`` (the ``ooo-storage`` CLI), optionally ``--sync``.
-
-    bench/peers_serve.py (the same store and server through the library) stands in when the CLI
-    does not exist yet, or for ``--sync`` while the CLI does not have it; ``note`` says so."""
+    """``python -m ooo_storage serve`` (the ``ooo-storage`` CLI), optionally ``--sync``."""
 
     def __init__(self, name: str, label: str, core: int, tmp: Path, sync: bool) -> None:
         super().__init__(name, label, "ooo", core, tmp)
         self.sync = sync
-        self.cli: list[str] = []
-        self.cli_options = ""
-        if importlib.util.find_spec("ooo_storage.__main__") is not None:
-            self.cli = [sys.executable, "-m", "ooo_storage", "serve"]
-            self.cli_options = _run(*self.cli, "--help").stdout
-        if not self.cli:
-            self.note = "no `ooo-storage serve` yet: run through bench/peers_serve.py"
-        elif sync and "--sync" not in self.cli_options:
-            self.note = ("n/a: --sync not wired in `ooo-storage serve`; measured through "
-                         "bench/peers_serve.py (`LevelDBLayer(path, sync=True)` under the same server)")
         try:
             version = importlib.metadata.version("ooo-storage")
         except importlib.metadata.PackageNotFoundError:
@@ -250,14 +236,9 @@ class OooTarget(Target):
         self.version = f"{version} (git {commit})"
 
     def command(self) -> list[str]:
-        data = str(self.tmp / self.name)
-        if self.note:
-            base = [sys.executable, str(BENCH / "peers_serve.py"), "--port", str(self.port), "--data", data]
-        else:
-            base = [*self.cli, "--host", HOST, "--port", str(self.port), "--data", data]
-            if "--log-level" in self.cli_options:
-                base += ["--log-level", "warning"]
-        return base + (["--sync"] if self.sync else [])
+        return [sys.executable, "-m", "ooo_storage", "serve", "--host", HOST, "--port", str(self.port),
+                "--data", str(self.tmp / self.name), "--log-level", "warning",
+                *(["--sync"] if self.sync else [])]
 
     def probe(self) -> bool:
         return _http_ok(f"http://{HOST}:{self.port}/?api=info")
