@@ -12,7 +12,6 @@ plain functions; write, delete and after-write filters and the subscribe hooks m
 from __future__ import annotations
 
 import inspect
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import orjson
 
 from ..errors import FilterRejected, InvalidData
 from . import jsontext, keys
+from .clock import now
 from .objects import Object
 
 T = TypeVar("T")
@@ -70,10 +70,11 @@ class Limit:
     order: Literal["desc", "asc"] = "desc"
 
     def cutoff(self) -> int | None:
-        """Items created before this clock value (ns) have expired."""
+        """Items created before this clock value (ns) have expired: read from the clock that
+        stamps ``created``, so a wall-clock step never expires or revives an item."""
         if self.max_age is None:
             return None
-        return time.time_ns() - int(self.max_age * 1e9)
+        return now() - int(self.max_age * 1e9)
 
     def trim(self, objs: list[Object]) -> list[Object]:
         """``objs`` (newest first) reduced to the items kept, newest first."""
@@ -186,10 +187,8 @@ class Filters:
             raise route_not_defined(key)
 
     def read_object(self, key: str, obj: Object) -> Object | None:
-        entry = self.find("read_object", key)
-        if entry is None or entry.fn is None:
-            return obj
-        return entry.fn(key, obj)
+        fn = self.object_fn(key)
+        return obj if fn is None else fn(key, obj)
 
     def object_fn(self, key: str) -> ReadObjectFn | None:
         entry = self.find("read_object", key)

@@ -84,10 +84,10 @@ class ObjectState:
         if old_shown.created == 0:
             # From the empty object a client gets the whole object, never a patch.
             return None if self._shown.created == 0 and event.operation == "set" else SNAPSHOT
-        old, new = old_shown.to_json(), self._shown.to_json()
-        if len(old) + len(new) > PATCH_MAX_BYTES:
+        before, after = old_shown.to_json(), self._shown.to_json()
+        if len(before) + len(after) > PATCH_MAX_BYTES:
             return SNAPSHOT
-        return diff(jsontext.loads(old), jsontext.loads(new)) or None
+        return diff(jsontext.loads(before), jsontext.loads(after)) or None
 
 
 class ListState:
@@ -103,7 +103,7 @@ class ListState:
     def __init__(self, key: str, view: ListView | None = None) -> None:
         self.key = key
         self.view = view or ListView(key)
-        self._order: SortedList = SortedList()  # (created, path), ascending
+        self._order: SortedList[tuple[int, str]] = SortedList()  # (created, path), ascending
         self._items: dict[str, tuple[Object, int]] = {}
         self._shown: Any = None  # the shown document, kept only for filtered views
 
