@@ -9,39 +9,48 @@ segments, percent-decoding) is normalised away before the key is checked.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from aiohttp import web
 
-from .. import __version__
-from ..errors import NotFound
 from ..layered import Layered
-from ..protocol.filters import Filters, Limit, maybe_await
+from ..protocol.filters import Filters, Limit
 from ..sharded import WatchHandle
-from . import explorer, rest, streams
+from . import explorer, followup, rest, streams
+from .clocks import Clocks
 from .config import ServerConfig
-from .connection import Connection, Flusher
+from .connection import Flusher
+from .context import Context
 from .errors import Handler, error_middleware, text_response
 from .hub import Pools
 from .limits import Notices, body_timeout_middleware
 from .origins import OriginPolicy
-from .streams import clock_frame, wants_websocket
+from .streams import wants_websocket
 
 log = logging.getLogger("ooo_storage.server")
 
 SERVER_KEY: web.AppKey[Server] = web.AppKey("ooo_server")
 _PATH_CHARS = re.compile(r"/[A-Za-z0-9*/._-]*").fullmatch
-_KEY_METHODS = {"GET": rest.get, "POST": rest.post, "PATCH": rest.patch, "DELETE": rest.delete}
+_KeyHandler = Callable[[Context, web.Request, str], Awaitable[web.StreamResponse]]
+_KEY_METHODS: dict[str, _KeyHandler] = {
+    "GET": rest.get,
+    "POST": rest.post,
+    "PATCH": rest.patch,
+    "DELETE": rest.delete,
+}
 _HOST_CACHE = 256  # distinct (Host, local address) verdicts remembered; an attacker only churns it
 
 
 class Server:
-    """An ooo-storage server over ``store``. Options: the fields of :class:`ServerConfig`."""
+    """An ooo-storage server over ``store``. Options: the fields of :class:`ServerConfig`.
+
+    It registers filters and hooks and builds the aiohttp application; its request handlers get
+    :attr:`context`, built once here (``context.py``).
+    """
 
     def __init__(self, store: Layered, **options: Any) -> None:
         self.store = store
@@ -50,11 +59,17 @@ class Server:
         self.notices = Notices()
         self.filters = Filters(static=self.config.static)
         self.pools = Pools(store, self.filters, self.config)
-        self.clocks: set[Connection] = set()
-        self.flusher = Flusher()
+        self.context = Context(
+            store=store,
+            config=self.config,
+            filters=self.filters,
+            pools=self.pools,
+            clocks=Clocks(self.config.tick),
+            flusher=Flusher(),
+            after_write=functools.partial(followup.after_write, store, self.filters),
+        )
         self._app: web.Application | None = None
         self._watch: WatchHandle | None = None
-        self._ticker: asyncio.Task[None] | None = None
 
     # -- filters and hooks (PROTOCOL.md §6) --------------------------------------------------
     def write_filter(self, path: str, fn: Callable[[str, Any], Any]) -> None:
@@ -75,7 +90,7 @@ class Server:
     def open_filter(self, path: str) -> None:
         """Allow write, delete and read on ``path`` (and what it matches), unchanged."""
         for kind in ("write", "delete", "read_object", "read_list"):
-            self.filters.add(kind, path)  # type: ignore[arg-type]
+            self.filters.add(kind, path)
 
     def limit_filter(
         self,
@@ -95,7 +110,7 @@ class Server:
             raise ValueError("order must be 'desc' or 'asc'")
         spec = Limit(limit, max_age, order)
         for kind in ("write", "delete", "read_object"):
-            self.filters.add(kind, path)  # type: ignore[arg-type]
+            self.filters.add(kind, path)
         self.filters.add("read_list", path, limit=spec)
         self.filters.add("after_write", path, limit=spec)
 
@@ -115,52 +130,6 @@ class Server:
     @on_unsubscribe.setter
     def on_unsubscribe(self, fn: Callable[[str], Any] | None) -> None:
         self.filters.on_unsubscribe = fn
-
-    # -- write follow-ups ---------------------------------------------------------------------
-    async def after_write(self, key: str) -> None:
-        """Run the after-write filter of ``key`` (limit trimming included); failures are logged,
-        the write itself already succeeded."""
-        entry = self.filters.after_write_entry(key)
-        if entry is None:
-            return
-        try:
-            if entry.limit is not None:
-                await self._trim(entry.path, entry.limit)
-            elif entry.fn is not None:
-                await maybe_await(entry.fn(key))
-        except Exception:
-            log.exception("after-write filter failed for %s", key)
-
-    async def _trim(self, pattern: str, limit: Limit) -> None:
-        objs = await self.store.get_list_descending(pattern)
-        kept = {o.path for o in limit.trim(objs)}
-        for obj in objs:
-            if obj.path not in kept:
-                with contextlib.suppress(NotFound):
-                    await self.store.delete_silent(obj.path)
-
-    async def unsubscribed(self, key: str) -> None:
-        hook = self.filters.on_unsubscribe
-        if hook is None:
-            return
-        try:
-            await maybe_await(hook(key))
-        except Exception:
-            log.exception("on_unsubscribe failed for %s", key)
-
-    def info(self) -> dict[str, Any]:
-        cfg = self.config
-        return {
-            "name": "ooo-storage",
-            "version": __version__,
-            "revision": self.store.revision,
-            "static": cfg.static,
-            "noPatch": cfg.no_patch,
-            "maxBodyBytes": cfg.max_body_bytes,
-            "pools": len(self.pools.pools),
-            "connections": sum(len(p.members) for p in self.pools.pools.values()),
-            "clockConnections": len(self.clocks),
-        }
 
     # -- application ----------------------------------------------------------------------------
     @property
@@ -229,6 +198,7 @@ class Server:
         return origins
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        ctx = self.context
         path = request.raw_path.partition("?")[0]
         if _PATH_CHARS(path) is None:
             return text_response(404, "ooo: not found")
@@ -238,37 +208,27 @@ class Server:
             if method != "GET":
                 return text_response(405, "ooo: method not allowed")
             if wants_websocket(request):
-                return await streams.clock(self, request)
-            return await explorer.root(self, request)
+                return await streams.clock(ctx, request)
+            return await explorer.root(ctx, request)
         handler = _KEY_METHODS.get(method)
         if handler is None:
             return text_response(405, "ooo: method not allowed")
         if method == "GET" and wants_websocket(request):
-            return await streams.subscribe(self, request, key)
-        return await handler(self, request, key)
+            return await streams.subscribe(ctx, request, key)
+        return await handler(ctx, request, key)
 
     async def _startup(self, app: web.Application) -> None:
         # In commit order, inside each write: pool versions are exact revisions.
         self._watch = self.store.on_commit(self.pools.on_event)
-        self._ticker = asyncio.create_task(self._tick())
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.tick)
-            if self.clocks:
-                frame = clock_frame()
-                for conn in list(self.clocks):
-                    conn.send(frame)
+        self.context.clocks.start()
 
     async def _shutdown(self, app: web.Application) -> None:
         """Close every websocket with 1001 so their handlers return and the runner can finish."""
-        conns = [*self.pools.connections(), *self.clocks]
+        conns = [*self.pools.connections(), *self.context.clocks.members]
         await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
 
     async def _cleanup(self, app: web.Application) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            await asyncio.gather(self._ticker, return_exceptions=True)
+        await self.context.clocks.stop()
         if self._watch is not None:
             self._watch.cancel()
 

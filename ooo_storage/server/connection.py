@@ -63,13 +63,12 @@ class Flusher:
 
 
 class Connection:
-    """A subscriber's socket. ``pool`` is set while it is a member of a stream pool."""
+    """A subscriber's socket: its outbox, its keepalive and its close."""
 
     __slots__ = (
         "ws",
         "request",
         "config",
-        "pool",
         "closed",
         "close_reason",
         "last_seen",
@@ -101,11 +100,10 @@ class Connection:
         self.ws = ws
         self.request = request
         self.config = config
-        self.pool: Any = None
         self.closed = False
         self.close_reason = ""
         self.last_seen = asyncio.get_running_loop().time()
-        self._transport: asyncio.Transport | None = request.transport  # type: ignore[assignment]
+        self._transport: asyncio.Transport | None = request.transport
         self._written = 0  # bytes handed to the transport
         self._flushed_at_check = -1
         self._ping_timer: asyncio.TimerHandle | None = None

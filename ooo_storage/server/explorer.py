@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -12,12 +12,10 @@ from aiohttp import web
 from .. import __version__
 from ..errors import HTTPFailure
 from ..protocol import keys
+from ..protocol.pages import whole_number
 from . import chunked
-from .lists import query_int
+from .context import Context
 from .rest import json_response
-
-if TYPE_CHECKING:
-    from .app import Server
 
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
@@ -25,12 +23,13 @@ MAX_PAGE_NUMBER = 10**12
 _BATCH = 1000  # keys encoded at a time for the whole listing
 
 
-async def _keys_page(server: Server, request: web.Request) -> bytes:
-    page = query_int(request, "page", 1, 1, MAX_PAGE_NUMBER)
-    limit = query_int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
-    text = request.query.get("filter", "")
+async def _keys_page(ctx: Context, request: web.Request) -> bytes:
+    query = request.query
+    page = whole_number("page", query.get("page"), 1, 1, MAX_PAGE_NUMBER)
+    limit = whole_number("limit", query.get("limit"), DEFAULT_PAGE, 1, MAX_PAGE)
+    text = query.get("filter", "")
     prefix = keys.glob_prefix(text)
-    found = [k for k in await server.store.keys() if k.startswith(prefix)]
+    found = [k for k in await ctx.store.keys() if k.startswith(prefix)]
     start = (page - 1) * limit
     return orjson.dumps(
         {
@@ -43,27 +42,40 @@ async def _keys_page(server: Server, request: web.Request) -> bytes:
     )
 
 
-async def root(server: Server, request: web.Request) -> web.StreamResponse:
+def _info(ctx: Context) -> dict[str, Any]:
+    cfg, pools = ctx.config, ctx.pools
+    return {
+        "name": "ooo-storage",
+        "version": __version__,
+        "revision": ctx.store.revision,
+        "static": cfg.static,
+        "noPatch": cfg.no_patch,
+        "maxBodyBytes": cfg.max_body_bytes,
+        "pools": len(pools.pools),
+        "connections": len(pools.connections()),
+        "clockConnections": len(ctx.clocks),
+    }
+
+
+async def root(ctx: Context, request: web.Request) -> web.StreamResponse:
     api = request.query.get("api")
     if api == "keys":
-        return json_response(await _keys_page(server, request))
+        return json_response(await _keys_page(ctx, request))
     if api == "info":
-        return json_response(orjson.dumps(server.info()))
+        return json_response(orjson.dumps(_info(ctx)))
     if api == "filters":
-        return json_response(
-            orjson.dumps({"static": server.filters.static, "filters": server.filters.describe()})
-        )
+        return json_response(orjson.dumps({"static": ctx.filters.static, "filters": ctx.filters.describe()}))
     if api == "state":
-        return json_response(orjson.dumps(server.pools.state()))
+        return json_response(orjson.dumps(ctx.pools.state()))
     if api is not None:
         raise HTTPFailure(400, f"ooo: unknown api {api!r}")
-    all_keys = await server.store.keys()
+    all_keys = await ctx.store.keys()
     wants_json = "application/json" in request.headers.get("Accept", "")
     return await chunked.send(
         request,
         _json(all_keys) if wants_json else _page(all_keys),
         content_type="application/json" if wants_json else "text/html",
-        write_timeout=server.config.write_timeout,
+        write_timeout=ctx.config.write_timeout,
     )
 
 

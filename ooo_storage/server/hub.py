@@ -3,7 +3,9 @@
 The store calls :meth:`Pools.on_event` synchronously for every committed write, in commit order
 (``Layered.on_commit``). Matching pools are found through a :class:`~ooo_storage.protocol.keys.PatternIndex`
 (a trie over segments, so the cost does not grow with the number of glob pools), each pool turns
-the event into at most ONE frame and appends the same bytes to every member's outbox.
+the event into at most ONE frame and appends the same bytes to every member's outbox. What an event
+changes is the pool's view's to say (``protocol/views.py``), the frame's bytes are
+``protocol/frames.py``'s; a connection does not know its pool: the hub maps each member to it.
 
 Joining is atomic: a pool's state, version and membership change only inside synchronous code, so
 a new member gets the pool's current state and then exactly the frames after it. A new pool is
@@ -31,12 +33,11 @@ from typing import Any
 
 from ..errors import NotActive, NotFound
 from ..layered import Layered
-from ..protocol import jsontext
 from ..protocol.filters import Filters
-from ..protocol.frames import encode_frame, ws_binary
+from ..protocol.frames import patch_frame, snapshot_frame
 from ..protocol.keys import PatternIndex
 from ..protocol.objects import Event, Object
-from ..protocol.views import SNAPSHOT, ListState, ObjectState
+from ..protocol.views import ListState, ObjectState
 from .config import ServerConfig
 from .connection import Connection
 
@@ -94,7 +95,7 @@ class Pool:
     def snapshot_frame(self) -> bytes:
         """The current state as a snapshot frame (built once per version)."""
         if self._snapshot is None:
-            self._snapshot = ws_binary(encode_frame(True, self.version, self.state.data()))
+            self._snapshot = snapshot_frame(self.version, self.state.data())
         return self._snapshot
 
     def feed(self, event: Event) -> None:
@@ -108,22 +109,23 @@ class Pool:
             return
         self.version = event.revision
         self._snapshot = None
-        if change is SNAPSHOT or self.no_patch:
+        if isinstance(change, list) and not self.no_patch:
+            frame = patch_frame(self.version, change)
+        else:  # SNAPSHOT
             frame = self.snapshot_frame()
-        else:
-            frame = ws_binary(encode_frame(False, self.version, jsontext.dumps(change)))
         for conn in list(self.members):
             conn.send(frame)
 
 
 class Pools:
-    """Every pool of a server, indexed for event routing."""
+    """Every pool of a server, indexed for event routing, and the pool each connection is in."""
 
     def __init__(self, store: Layered, filters: Filters, config: ServerConfig) -> None:
         self.store = store
         self.filters = filters
         self.config = config
         self.pools: dict[str, Pool] = {}
+        self._member_of: dict[Connection, Pool] = {}
         self._index: PatternIndex[Pool] = PatternIndex()
         self.slow_disconnects = 0
         self._remembered: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
@@ -154,16 +156,15 @@ class Pools:
             finally:
                 pool.waiting -= 1
         pool.members[conn] = None
-        conn.pool = pool
+        self._member_of[conn] = pool
         if version != pool.version:
             conn.send(pool.snapshot_frame())
         return pool
 
     def leave(self, conn: Connection) -> None:
-        pool = conn.pool
+        pool = self._member_of.pop(conn, None)
         if pool is None:
             return
-        conn.pool = None
         pool.members.pop(conn, None)
         self._prune(pool)
 
@@ -231,7 +232,7 @@ class Pools:
 
     # -- shutdown and reporting ----------------------------------------------------------------
     def connections(self) -> list[Connection]:
-        return [conn for pool in self.pools.values() for conn in pool.members]
+        return list(self._member_of)
 
     def state(self) -> dict[str, Any]:
         """``GET /?api=state``."""
@@ -249,7 +250,7 @@ class Pools:
         """A member was dropped by the server: it leaves now (counted if it was too slow)."""
         if slow:
             self.slow_disconnects += 1
-            log.warning(
-                "dropping slow subscriber of %s: %s", getattr(conn.pool, "key", "?"), conn.close_reason
-            )
+            pool = self._member_of.get(conn)
+            key = "?" if pool is None else pool.key
+            log.warning("dropping slow subscriber of %s: %s", key, conn.close_reason)
         self.leave(conn)

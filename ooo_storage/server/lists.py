@@ -1,146 +1,39 @@
-"""``GET`` of a glob (PROTOCOL.md §4): one page of the list, streamed.
+"""``GET`` of a glob (PROTOCOL.md §4): one page of the list, read from the store and streamed.
 
-The body stays a plain JSON array in the list's order (newest first, or what a limit filter asks),
-as ooo clients expect. At most ``limit`` items are returned (``?limit=`` from 1; the server's
-``list_limit`` is the default and the most any page holds). When items follow, the response says so:
-
-* ``X-Next-Cursor: <cursor>`` and ``Link: </key?limit=N&cursor=<cursor>>; rel="next"``;
-* ``X-List-Truncated: true`` whenever the body is not the whole (rest of the) list.
-
-A cursor is opaque; it names the position (``created``, ``path``) of the last item examined, and
-the page it asks for starts strictly after that position in the list's order, so pages neither
-repeat nor skip items however many writes happen between them (an item that is deleted simply
-does not appear, an item that is created later than the first page sits before the cursor).
-
-Read filters (§6): the limit filter and the read-object filter act per item, so they page like
-the rest (an item the object filter hides is skipped, the cursor still moves past it). A read-list
-filter sees the whole list and may hide, reorder or rewrite anything, so no position in its output
-is stable: such a list is cut at ``limit`` after the filter ran (``X-List-Truncated``, no cursor)
-and ``?cursor=`` is refused with 400.
+What a page holds, its cursor and its headers are the rules of :mod:`~ooo_storage.protocol.pages`;
+here the page is read from the store in the store's own order where the view allows it (a page then
+costs about its size, not the number of matches) and sent at the reader's pace (``chunked.py``).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
-from ..errors import HTTPFailure
-from ..protocol import keys
+from ..layered import Layered
 from ..protocol.filters import ListView, read_guard
 from ..protocol.objects import Object
+from ..protocol.pages import (
+    Page,
+    Position,
+    check_cursor,
+    decode_cursor,
+    json_array,
+    next_headers,
+    page,
+    page_size,
+)
 from . import chunked
-
-if TYPE_CHECKING:
-    from ..layered import Layered
-    from .app import Server
-
-Position = tuple[int, str]
-"""``(created, path)``: the order every list is sorted by."""
-
-_MAX_CURSOR = 2048
-
-
-def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    """The query parameter ``name`` as an integer in ``[lo, hi]`` (400 with the range otherwise)."""
-    text = request.query.get(name)
-    if text is None or text == "":
-        return default
-    if text.isascii() and text.isdigit() and len(text) <= 18 and lo <= int(text) <= hi:
-        return int(text)
-    raise HTTPFailure(400, f"ooo: {name} must be a whole number from {lo} to {hi}")
-
-
-def _limit(request: web.Request, cap: int) -> int:
-    """``?limit=``: a whole number from 1; more than ``cap`` (the server's page size) means ``cap``,
-    so a client need not know the server's setting."""
-    text = request.query.get("limit")
-    if text is None or text == "":
-        return cap
-    if text.isascii() and text.isdigit() and len(text) <= 18 and int(text) >= 1:
-        return min(int(text), cap)
-    raise HTTPFailure(400, f"ooo: limit must be a whole number from 1 (a page holds at most {cap} items)")
-
-
-def encode_cursor(position: Position) -> str:
-    created, path = position
-    return base64.urlsafe_b64encode(f"{created}:{path}".encode()).rstrip(b"=").decode()
-
-
-def decode_cursor(text: str) -> Position:
-    invalid = HTTPFailure(400, "ooo: invalid cursor (use the X-Next-Cursor of a previous page)")
-    if len(text) > _MAX_CURSOR:
-        raise invalid
-    try:
-        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-        created, _, path = raw.decode("ascii").partition(":")
-    except (binascii.Error, ValueError):
-        raise invalid from None
-    if not (created.isdigit() and len(created) <= 20 and keys.is_valid(path)):
-        raise invalid
-    return int(created), path
-
-
-@dataclass(frozen=True)
-class Page:
-    items: list[Object]
-    """What the response shows."""
-    after: Position | None
-    """Where the next page starts (strictly after), when one can follow."""
-    truncated: bool
-    """Items of the list are not in this page (nor before it)."""
-
-
-def _start(objs: list[Object], after: Position, descending: bool) -> int:
-    """Index of the first of ``objs`` (sorted in the list order) strictly after ``after``."""
-    lo, hi = 0, len(objs)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        here = (objs[mid].created, objs[mid].path)
-        if (here >= after) if descending else (here <= after):
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-def page(view: ListView, objs: list[Object], limit: int, after: Position | None) -> Page:
-    """The page of ``view`` for ``objs`` (every match, newest first); runs the read filters."""
-    if view.list_fn is not None:
-        shown = view.apply(objs)
-        return Page(shown[:limit], None, len(shown) > limit)
-    ordered = objs if view.limit is None else view.limit.trim(objs)
-    if not view.descending:
-        ordered = ordered[::-1]
-    i = 0 if after is None else _start(ordered, after, view.descending)
-    fn, key = view.object_fn, view.key
-    items: list[Object] = []
-    while i < len(ordered) and len(items) < limit:
-        obj = ordered[i]
-        i += 1
-        visible = obj if fn is None else fn(key, obj)
-        if visible is not None:
-            items.append(visible)
-    if i == len(ordered):
-        return Page(items, None, False)
-    last = ordered[i - 1]
-    return Page(items, (last.created, last.path), True)
+from .context import Context
 
 
 async def _page(store: Layered, view: ListView, limit: int, after: Position | None) -> Page:
-    """The page, read from the store page by page in its own order where the view allows it (a
-    page then costs about its size, not the number of matches)."""
-    key = view.key
-    if view.list_fn is not None or (view.limit is not None and view.limit.limit is None):
-        objs = await store.get_list_descending(key)  # the filter needs every item
+    """The page, read from the store page by page in its own order where the view allows it."""
+    key, kept = view.key, view.limit
+    if view.list_fn is None and kept is not None and kept.limit is not None:
+        objs = await store.get_page(key, kept.limit)  # only its newest items can ever show
         return read_guard(key, page, view, objs, limit, after)
-    if view.limit is not None:  # only its newest ``limit.limit`` items can ever show
-        assert view.limit.limit is not None
-        objs = await store.get_page(key, view.limit.limit)
+    if view.list_fn is not None or kept is not None:
+        objs = await store.get_list_descending(key)  # the filter needs every item
         return read_guard(key, page, view, objs, limit, after)
     fn = view.object_fn
     items: list[Object] = []
@@ -159,41 +52,18 @@ async def _page(store: Layered, view: ListView, limit: int, after: Position | No
             return Page(items, position, True)
 
 
-def _headers(key: str, limit: int, result: Page) -> dict[str, str]:
-    if not result.truncated:
-        return {}
-    headers = {"X-List-Truncated": "true"}
-    if result.after is not None:
-        cursor = encode_cursor(result.after)
-        headers["X-Next-Cursor"] = cursor
-        headers["Link"] = f'</{key}?limit={limit}&cursor={cursor}>; rel="next"'
-    return headers
-
-
-async def get(server: Server, request: web.Request, key: str) -> web.StreamResponse:
+async def get(ctx: Context, request: web.Request, key: str) -> web.StreamResponse:
     """One page of the glob ``key`` (already checked and permitted)."""
-    cap = server.config.list_limit
-    limit = _limit(request, cap)
+    limit = page_size(request.query.get("limit"), ctx.config.list_limit)
     cursor = request.query.get("cursor")
     after = decode_cursor(cursor) if cursor else None  # an empty cursor: the first page
-    view = server.filters.list_view(key)
-    if after is not None and view.list_fn is not None:
-        raise HTTPFailure(400, "ooo: cursor not supported: a read-list filter shapes this list")
-    result = await _page(server.store, view, limit, after)
+    view = ctx.filters.list_view(key)
+    check_cursor(view, after)
+    result = await _page(ctx.store, view, limit, after)
     return await chunked.send(
         request,
         json_array(result.items),
         content_type="application/json",
-        headers=_headers(key, limit, result),
-        write_timeout=server.config.write_timeout,
+        headers=next_headers(key, limit, result),
+        write_timeout=ctx.config.write_timeout,
     )
-
-
-def json_array(items: list[Object]) -> Iterator[bytes]:
-    """The JSON array of ``items`` in parts (each item encoded when it is about to be sent)."""
-    yield b"["
-    for i, obj in enumerate(items):
-        if i:
-            yield b","
-        yield obj.to_json()
-    yield b"]"

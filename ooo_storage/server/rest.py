@@ -8,8 +8,6 @@ Glob GETs are paged and streamed by ``lists.py``; JSON work on large bodies runs
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
@@ -19,9 +17,7 @@ from ..protocol import jsontext, keys
 from ..protocol.filters import parse_json, read_guard
 from ..protocol.merge import merge_json
 from . import lists, offload
-
-if TYPE_CHECKING:
-    from .app import Server
+from .context import Context
 
 JSON = "application/json"
 
@@ -63,12 +59,12 @@ def _index(index: str) -> web.Response:
     return json_response(orjson.dumps({"index": index}))
 
 
-async def get(server: Server, request: web.Request, key: str) -> web.StreamResponse:
+async def get(ctx: Context, request: web.Request, key: str) -> web.StreamResponse:
     check_key(key)
-    filters, store = server.filters, server.store
+    filters, store = ctx.filters, ctx.store
     filters.permit_read(key)
     if "*" in key:
-        return await lists.get(server, request, key)
+        return await lists.get(ctx, request, key)
     if filters.object_fn(key) is None:
         try:
             return json_response(await store.get_json(key))
@@ -93,31 +89,31 @@ def _large(size: int) -> bool:
     return size > offload.INLINE_BYTES
 
 
-async def post(server: Server, request: web.Request, key: str) -> web.Response:
+async def post(ctx: Context, request: web.Request, key: str) -> web.Response:
     check_key(key)
     keys.validate_glob(key)
-    entry = server.filters.write_entry(key)
-    body = await read_body(request, server.config.max_body_bytes)
+    entry = ctx.filters.write_entry(key)
+    body = await read_body(request, ctx.config.max_body_bytes)
     data: bytes | orjson.Fragment = body
     if entry is not None and entry.fn is not None:
-        data = _encoded(await server.filters.run_write(entry, key, parse_json(body)))
+        data = _encoded(await ctx.filters.run_write(entry, key, parse_json(body)))
     elif _large(len(body)):
         data = _encoded(await offload.run(offload.COMPACT, body))
-    store = server.store
+    store = ctx.store
     index = await (store.push(key, data) if keys.is_glob(key) else store.set(key, data))
-    await server.after_write(key)
+    await ctx.after_write(key)
     return _index(index)
 
 
-async def patch(server: Server, request: web.Request, key: str) -> web.Response:
+async def patch(ctx: Context, request: web.Request, key: str) -> web.Response:
     check_key(key)
     if keys.has_glob(key):
         raise HTTPFailure(400, "ooo: glob pattern not allowed for this operation")
-    entry = server.filters.write_entry(key)
-    cap = server.config.max_body_bytes
+    entry = ctx.filters.write_entry(key)
+    cap = ctx.config.max_body_bytes
     raw = await read_body(request, cap)
     body = None if _large(len(raw)) else parse_json(raw)
-    store = server.store
+    store = ctx.store
     try:
         obj = await store.get_and_lock(key)
     except NotFound:
@@ -134,17 +130,17 @@ async def patch(server: Server, request: web.Request, key: str) -> web.Response:
                 413, f"ooo: merged document too large ({len(merged)} bytes, limit {cap} bytes)"
             )
         if entry is not None and entry.fn is not None:
-            merged = await server.filters.run_write(entry, key, jsontext.loads(merged))
+            merged = await ctx.filters.run_write(entry, key, jsontext.loads(merged))
     except BaseException:
         await store.unlock(key)
         raise
     index = await store.set_and_unlock(key, _encoded(merged))  # releases the lock even on failure
-    await server.after_write(key)
+    await ctx.after_write(key)
     return _index(index)
 
 
-async def delete(server: Server, request: web.Request, key: str) -> web.Response:
+async def delete(ctx: Context, request: web.Request, key: str) -> web.Response:
     check_key(key)
-    await server.filters.check_delete(key)
-    await server.store.delete(key)  # a glob delete never raises NotFound
+    await ctx.filters.check_delete(key)
+    await ctx.store.delete(key)  # a glob delete never raises NotFound
     return web.Response(status=204)

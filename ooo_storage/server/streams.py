@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..errors import NotActive
-from ..protocol.clock import now
-from ..protocol.frames import parse_version, pong_frame, ws_binary
+from ..protocol.filters import maybe_await
+from ..protocol.frames import parse_version, pong_frame
 from .connection import Connection
+from .context import Context
 from .errors import status_of
 from .rest import check_key
-
-if TYPE_CHECKING:
-    from .app import Server
 
 log = logging.getLogger("ooo_storage.server")
 
@@ -46,14 +43,10 @@ def bearer_token(request: web.Request) -> str | None:
     return None
 
 
-def clock_frame() -> bytes:
-    return ws_binary(str(now()).encode())
-
-
 async def _open(
-    server: Server, request: web.Request, on_drop: Callable[[Connection, bool], None]
+    ctx: Context, request: web.Request, on_drop: Callable[[Connection, bool], None]
 ) -> Connection:
-    cfg = server.config
+    cfg = ctx.config
     ws = web.WebSocketResponse(
         protocols=(BEARER,),
         autoping=False,  # pongs must reach us: they are what keepalive measures
@@ -62,7 +55,7 @@ async def _open(
         timeout=cfg.close_timeout,
     )
     writer = await ws.prepare(request)
-    return Connection(ws, request, cfg, server.flusher, on_drop=on_drop, writer=writer)
+    return Connection(ws, request, cfg, ctx.flusher, on_drop=on_drop, writer=writer)
 
 
 async def _read_until_closed(conn: Connection) -> None:
@@ -76,13 +69,23 @@ async def _read_until_closed(conn: Connection) -> None:
             conn.send(pong_frame(msg.data))  # queued: never inside a frame being written
 
 
-async def subscribe(server: Server, request: web.Request, key: str) -> web.StreamResponse:
+async def _unsubscribed(ctx: Context, key: str) -> None:
+    hook = ctx.filters.on_unsubscribe
+    if hook is None:
+        return
+    try:
+        await maybe_await(hook(key))
+    except Exception:
+        log.exception("on_unsubscribe failed for %s", key)
+
+
+async def subscribe(ctx: Context, request: web.Request, key: str) -> web.StreamResponse:
     check_key(key)
-    if not server.store.active:
+    if not ctx.store.active:
         raise NotActive()  # before the upgrade: a plain 503
-    await server.filters.check_subscribe(key)
-    pools = server.pools
-    conn = await _open(server, request, pools.dropped)
+    await ctx.filters.check_subscribe(key)
+    pools = ctx.pools
+    conn = await _open(ctx, request, pools.dropped)
     joined = False
     try:
         try:
@@ -98,18 +101,18 @@ async def subscribe(server: Server, request: web.Request, key: str) -> web.Strea
         pools.leave(conn)
         await conn.close(WSCloseCode.OK, "")
         if joined:
-            await server.unsubscribed(key)
+            await _unsubscribed(ctx, key)
     return conn.ws
 
 
-async def clock(server: Server, request: web.Request) -> web.StreamResponse:
-    conn = await _open(server, request, lambda c, slow: server.clocks.discard(c))
-    server.clocks.add(conn)
+async def clock(ctx: Context, request: web.Request) -> web.StreamResponse:
+    clocks = ctx.clocks
+    conn = await _open(ctx, request, lambda c, slow: clocks.leave(c))
     try:
-        conn.send(clock_frame())
+        clocks.join(conn)
         conn.start()
         await _read_until_closed(conn)
     finally:
-        server.clocks.discard(conn)
+        clocks.leave(conn)
         await conn.close(WSCloseCode.OK, "")
     return conn.ws
