@@ -28,6 +28,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import NoSpace, StorageError
+from ..protocol.origins import ANY, normalize_origin, split_host
 
 log = logging.getLogger("ooo_storage")
 
@@ -62,16 +63,13 @@ def _seconds(text: str) -> float:
     return seconds
 
 
-def _checked_by(check_name: str) -> Callable[[str], str]:
-    """An argparse type that validates with ``ooo_storage.server.origins.<check_name>`` (imported
-    only when the option is given: the server package is not loaded for other commands)."""
+def _checked_by(rule: Callable[[str], object]) -> Callable[[str], str]:
+    """An argparse type that validates with ``rule`` (one of ``protocol.origins``), ``*`` aside."""
 
     def check(text: str) -> str:
-        from ..server import origins
-
-        if text != origins.ANY:
+        if text != ANY:
             try:
-                getattr(origins, check_name)(text)
+                rule(text)
             except ValueError as exc:
                 raise argparse.ArgumentTypeError(str(exc)) from None
         return text
@@ -144,7 +142,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "--allowed-origin",
         action="append",
         default=[],
-        type=_checked_by("normalize_origin"),
+        type=_checked_by(normalize_origin),
         metavar="ORIGIN",
         dest="allowed_origins",
         help="web page origin (scheme://host[:port]) allowed to use the server from a browser, HTTP "
@@ -154,7 +152,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "--allowed-host",
         action="append",
         default=[],
-        type=_checked_by("split_host"),
+        type=_checked_by(split_host),
         metavar="HOST",
         dest="allowed_hosts",
         help="Host name (name or name:port) to answer besides the bound address (and localhost when "

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from ..layered import Layered
 from ..protocol.filters import Filters, Limit
+from ..protocol.origins import OriginPolicy
 from ..sharded import WatchHandle
 from . import explorer, followup, rest, streams
 from .clocks import Clocks
@@ -28,7 +29,6 @@ from .context import Context
 from .errors import Handler, error_middleware, text_response
 from .hub import Pools
 from .limits import Notices, body_timeout_middleware
-from .origins import OriginPolicy
 from .streams import wants_websocket
 
 log = logging.getLogger("ooo_storage.server")
@@ -163,9 +163,9 @@ class Server:
         return app
 
     def _origin_middleware(self) -> Callable[..., Any]:
-        """Refuse (403) a request whose Host or Origin is not allowed (origins.py) before any other
-        middleware or handler runs, answer preflights, and add the CORS header that lets an
-        allowed cross-origin page read the answer."""
+        """Refuse (403) a request whose Host or Origin is not allowed (``protocol/origins.py``)
+        before any other middleware or handler runs, answer preflights, and add the CORS header
+        that lets an allowed cross-origin page read the answer."""
         cfg, policy = self.config, self.origins
         host_refusal = functools.lru_cache(_HOST_CACHE)(policy.host_refusal)
         preflight = {

@@ -20,11 +20,11 @@ class ServerConfig:
     allowed_origins: Sequence[str] = ()
     """Web page origins (``scheme://host[:port]``) that may use the server from a browser, over HTTP
     (CORS) and websockets alike; ``*`` allows any. A request with another ``Origin`` gets 403;
-    same-origin requests and requests without ``Origin`` pass (origins.py)."""
+    same-origin requests and requests without ``Origin`` pass (protocol/origins.py)."""
     allowed_hosts: Sequence[str] = ()
     """``Host`` names answered besides the address a connection arrived on (and, on a loopback
     address, ``localhost`` and any loopback IP): ``name`` for any port, ``name:port``, ``*`` for any
-    host. Other Hosts get 403: this is what defeats DNS rebinding (origins.py)."""
+    host. Other Hosts get 403: this is what defeats DNS rebinding (protocol/origins.py)."""
     max_connections: int | None = None
     """Most connections open at once, websockets included; None derives it from ``RLIMIT_NOFILE``,
     keeping a quarter of the descriptors (at least 128, or half of a tiny limit) for files: 768

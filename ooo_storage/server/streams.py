@@ -2,8 +2,9 @@
 
 Every rejection (invalid key, filters, ``on_subscribe``) happens before the upgrade, as a plain
 HTTP response; Origin and Host were checked before the handler ran, as for every request
-(``app.py``, ``origins.py``). After the upgrade the handler only reads (client frames are ignored,
-except that any frame counts as a sign of life and pings are answered); pools write the frames.
+(``app.py``, ``protocol/origins.py``). After the upgrade the handler only reads (client frames are
+ignored, except that any frame counts as a sign of life and pings are answered); pools write the
+frames.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ import aiohttp
 import pytest
 from server_live import Live, LiveFactory, next_frame
 
+from ooo_storage.protocol.origins import OriginPolicy, normalize_origin, split_host
 from ooo_storage.server import Server
-from ooo_storage.server.origins import OriginPolicy, normalize_origin, split_host
 
 EVIL = "http://evil.example"
 LOOPBACK = ("127.0.0.1", 8800)

@@ -1,7 +1,8 @@
 """Which web pages (``Origin``) and which server names (``Host``) a request may come from.
 
-Pure rules, no I/O: ``app.py`` applies them to every request, websocket upgrades included, before
-anything is read or written.
+Pure rules, no I/O: the server (``server/app.py``) applies them to every request, websocket
+upgrades included, before anything is read or written; ``ooo-storage serve`` checks its
+``--allowed-origin`` and ``--allowed-host`` values with them.
 
 - **Origin.** A browser names the page behind a request in ``Origin``. A page of another origin is
   refused (403) unless the operator allowed it (``allowed_origins``; ``*`` allows any): withholding
