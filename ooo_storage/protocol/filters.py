@@ -11,7 +11,6 @@ plain functions; write, delete and after-write filters and the subscribe hooks m
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 
+from .._utils import maybe_await
 from ..errors import FilterRejected, InvalidData
 from . import jsontext, keys
 from .clock import now
@@ -53,12 +53,6 @@ def refusing(default: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise FilterRejected(str(exc) or default) from None
-
-
-async def maybe_await(value: Any) -> Any:
-    if inspect.isawaitable(value):
-        return await value
-    return value
 
 
 @dataclass(frozen=True)

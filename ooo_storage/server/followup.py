@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import logging
 
+from .._utils import maybe_await
 from ..errors import NotFound
 from ..layered import Layered
-from ..protocol.filters import Filters, Limit, maybe_await
+from ..protocol.filters import Filters, Limit
 
 log = logging.getLogger("ooo_storage.server")
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from .._utils import maybe_await
 from ..errors import NotActive
-from ..protocol.filters import maybe_await
 from ..protocol.frames import parse_version, pong_frame
 from .connection import Connection
 from .context import Context
