@@ -32,7 +32,9 @@ import plyvel  # type: ignore[import-untyped]  # plyvel ships no type informatio
 from ..errors import NoSpace, StorageUnavailable, no_space
 from ..protocol.keys import glob_prefix, has_glob, match
 from ..protocol.objects import Object, load_object
-from .fs import TempNamer, read_marker, write_file_atomic
+from .fs.atomic import write_file_atomic
+from .fs.layout import read_marker
+from .fs.temp import TempNamer
 
 log = logging.getLogger("ooo_storage.leveldb")
 
@@ -347,6 +349,10 @@ class LevelDBLayer:
     async def _run_commits(self) -> None:
         loop = asyncio.get_running_loop()
         if self._executor is None:
+            # A concurrent.futures thread, not the file stores' WorkerPool: its daemon threads
+            # are abandoned at interpreter exit, which costs a file store at most a temp file,
+            # while this thread writes into a plyvel DB that the exiting interpreter tears down;
+            # concurrent.futures joins its threads before that, so a group in flight completes.
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="ooo-leveldb-commit")
         while self._pending:
             group, self._pending = self._pending, []

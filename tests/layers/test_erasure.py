@@ -129,15 +129,15 @@ async def test_keys_list_and_delete(ec: ErasureStore) -> None:
 async def test_one_executor_hop_per_operation(ec: ErasureStore) -> None:
     """A read is one submission; a write one per shard (in parallel) plus one for GC."""
     submits: list[str] = []
-    executor = ec._executor
-    assert executor is not None
-    real = executor.submit
+    pool = ec._pool
+    assert pool is not None
+    real = pool.submit
 
-    def counting(fn: Any, *args: Any, **kw: Any) -> Any:
+    def counting(fn: Any, *args: Any) -> Any:
         submits.append(getattr(fn, "__name__", "?"))
-        return real(fn, *args, **kw)
+        return real(fn, *args)
 
-    executor.submit = counting  # type: ignore[method-assign]
+    pool.submit = counting  # type: ignore[method-assign]
     await ec.store("hop", value(1, BIG))
     await ec.flush()
     assert submits.count("write_shard") == N and len(submits) == N + 1

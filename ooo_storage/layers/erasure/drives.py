@@ -23,7 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ...errors import CorruptObject, StorageUnavailable
-from .. import fs as _files
+from ..fs.atomic import Durability, write_all, write_file_atomic
+from ..fs.checksum import crc32c
+from ..fs.layout import FormatMismatch, ensure_marker, fanout_path, iter_fanout, read_marker, write_marker
+from ..fs.reads import read_exact
+from ..fs.temp import TMP_DIR, TempNamer, clean_temp
 from .codec import Codec
 from .format import (
     DRIVE_MAGIC,
@@ -107,8 +111,8 @@ class DriveSet:
         self,
         paths: list[str],
         codec: Codec,
-        namer: _files.TempNamer,
-        durability: _files.Durability,
+        namer: TempNamer,
+        durability: Durability,
         grace: float,
     ) -> None:
         self.paths = paths
@@ -121,7 +125,7 @@ class DriveSet:
     # -- layout ------------------------------------------------------------------------------
     def locate(self, key: str) -> Located:
         raw = key.encode()
-        fanout = _files.fanout_path(raw)
+        fanout = fanout_path(raw)
         return Located(key, raw, fanout, int(fanout[:2], 16) % self.n)
 
     def drive_of(self, loc: Located, index: int) -> int:
@@ -133,7 +137,7 @@ class DriveSet:
 
     def reachable(self, pos: int) -> bool:
         """A drive is usable when its root still holds our temp dir (absent: unmounted, replaced)."""
-        return os.path.isdir(os.path.join(self.paths[pos], _files.TMP_DIR))
+        return os.path.isdir(os.path.join(self.paths[pos], TMP_DIR))
 
     def list_versions(self, loc: Located) -> dict[int, dict[int, str]]:
         """generation -> {shard index: path} over every drive (n small directory listings)."""
@@ -210,7 +214,7 @@ class DriveSet:
                 value = self.codec.decode(ev.valid, header.object_len)
             except Exception as exc:  # pyeclib raises its own hierarchy; any failure = corrupt
                 raise _corrupt(loc, ev) from exc
-        if len(value) != header.object_len or _files.crc32c(value) != header.object_crc:
+        if len(value) != header.object_len or crc32c(value) != header.object_crc:
             raise _corrupt(loc, ev)
         return value
 
@@ -283,7 +287,7 @@ class DriveSet:
         )
         root = self.paths[pos]
         final = os.path.join(key_dir(root, loc.fanout), shard_name(generation, index))
-        _files.write_file_atomic(final, chunks, root, self.namer, self.durability)
+        write_file_atomic(final, chunks, root, self.namer, self.durability)
         return pos
 
     def remove_generation(self, loc: Located, generation: int, indexes: list[int]) -> None:
@@ -479,7 +483,7 @@ class DriveSet:
             except OSError:
                 continue
             try:
-                _files.write_all(fd, [lines])
+                write_all(fd, [lines])
             except OSError:
                 pass
             finally:
@@ -519,7 +523,7 @@ class DriveSet:
             markers.append(marker)
         stores = {m.get("store") for m in markers if m is not None}
         if len(stores) > 1:
-            raise _files.FormatMismatch(
+            raise FormatMismatch(
                 f"storage: drives belong to different stores ({', '.join(map(str, stores))})"
             )
         fresh = not stores
@@ -543,10 +547,10 @@ class DriveSet:
             if state in ("missing", "unreadable"):
                 result.offline.append(pos)
                 continue
-            tmp = os.path.join(path, _files.TMP_DIR)
+            tmp = os.path.join(path, TMP_DIR)
             os.makedirs(tmp, 0o700, exist_ok=True)
             replaced = state == "empty" and not fresh
-            marker = _files.ensure_marker(
+            marker = ensure_marker(
                 path,
                 {**required, "index": pos},
                 self.namer,
@@ -558,7 +562,7 @@ class DriveSet:
                 },
                 name=DRIVE_MARKER,
             )
-            _files.clean_temp(tmp, tmp_grace)
+            clean_temp(tmp, tmp_grace)
             if marker.get("rebuild_pending"):
                 result.replaced.append(pos)
         result.store = store_id
@@ -568,9 +572,9 @@ class DriveSet:
         """Clear the ``rebuild_pending`` flag of fully rebuilt drives."""
         for pos in positions:
             path = self.paths[pos]
-            marker = _files.read_marker(path, DRIVE_MARKER)
+            marker = read_marker(path, DRIVE_MARKER)
             if marker is not None and marker.pop("rebuild_pending", False):
-                _files.write_marker(path, marker, self.namer, DRIVE_MARKER)
+                write_marker(path, marker, self.namer, DRIVE_MARKER)
 
     def probe(self) -> list[int]:
         """Positions of drives that are unusable right now."""
@@ -608,19 +612,19 @@ class DriveStates:
 def _probe(path: str) -> tuple[str, dict[str, Any] | None]:
     """``(state, marker)``: state is marked | empty | missing | unreadable."""
     try:
-        entries = [e for e in os.listdir(path) if e != _files.TMP_DIR]
+        entries = [e for e in os.listdir(path) if e != TMP_DIR]
     except FileNotFoundError:
         return "missing", None
     except OSError:
         return "unreadable", None
     try:
-        marker = _files.read_marker(path, DRIVE_MARKER)
+        marker = read_marker(path, DRIVE_MARKER)
     except PermissionError:
         return "unreadable", None
     if marker is not None:
         return "marked", marker
     if entries:
-        raise _files.FormatMismatch(
+        raise FormatMismatch(
             f"storage: drive {path} is not empty but has no {DRIVE_MARKER}: refusing to use it"
         )
     return "empty", None
@@ -642,10 +646,10 @@ def _read_shard(path: str) -> tuple[bytes, bytes, bytes] | None:
         return None
     try:
         size = os.fstat(fd).st_size
-        head = _files.read_exact(fd, HEADER_SIZE)
+        head = read_exact(fd, HEADER_SIZE)
         key_len = int.from_bytes(head[_KEY_LEN], "little") if len(head) == HEADER_SIZE else 0
-        key = _files.read_exact(fd, key_len)
-        payload = _files.read_exact(fd, max(0, size - HEADER_SIZE - key_len))
+        key = read_exact(fd, key_len)
+        payload = read_exact(fd, max(0, size - HEADER_SIZE - key_len))
     finally:
         os.close(fd)
     return head, key, payload
@@ -661,7 +665,7 @@ def _read_head(path: str) -> tuple[ShardHeader, bytes] | None:
         raw = os.read(fd, HEADER_SIZE + 256)
         header = parse_header(raw)
         if len(raw) < HEADER_SIZE + header.key_len:
-            raw += _files.read_exact(fd, HEADER_SIZE + header.key_len - len(raw))
+            raw += read_exact(fd, HEADER_SIZE + header.key_len - len(raw))
     except (OSError, BadShard):
         return None
     finally:
@@ -671,7 +675,7 @@ def _read_head(path: str) -> tuple[ShardHeader, bytes] | None:
 
 def _iter_key_dirs(root: str) -> Iterator[tuple[str, str]]:
     """``(key dir path, "xx/yy/<60 hex>")`` for every key directory on one drive."""
-    for path, flat in _files.iter_fanout(os.path.join(root, OBJECTS_DIR)):
+    for path, flat in iter_fanout(os.path.join(root, OBJECTS_DIR)):
         yield path, f"{flat[:2]}/{flat[2:4]}/{flat[4:]}"
 
 

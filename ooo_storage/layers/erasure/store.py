@@ -19,23 +19,26 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sortedcontainers import SortedList
 
-from ...errors import CorruptObject, QuorumNotReached, StorageUnavailable
+from ...errors import CorruptObject, QuorumNotReached, StorageUnavailable, no_space
 from ...locks import KeyLocks
 from ...protocol.keys import glob_prefix, has_glob, match
 from ...protocol.objects import Object, load_object
-from .. import fs as _files
+from ..fs.atomic import DURABILITY_LEVELS, Durability
+from ..fs.checksum import crc32c
+from ..fs.temp import TempNamer
+from ..fs.workers import WorkerPool, finish
 from .codec import DEFAULT_BACKEND, DEFAULT_STRIPE, Codec, backend_version, tune_malloc
 from .drives import DriveSet, KeyReport, Located, ReadResult
 from .format import FLAG_REPLICA, FLAG_TOMBSTONE, Generations
 
 __all__ = ["ErasureConfig", "ErasureStore", "ErasureLayer", "CorruptObject", "QuorumNotReached"]
 
+T = TypeVar("T")
 RepairMode = Literal["read", "background", "off"]
 Shards = dict[int, list[bytes]]  # shard index -> payload parts
 Progress = Callable[[int, int], None]
@@ -53,7 +56,7 @@ class ErasureConfig:
     m: int = 2  #: parity shards; up to m drives may be lost
     write_quorum: int | None = None  #: shards that must land for a write to commit (None = k)
     ec_backend: str = DEFAULT_BACKEND  #: pyeclib backend (pinned in the drive markers)
-    durability: _files.Durability = "full"  #: "full" | "data" | "none", as in SOS
+    durability: Durability = "full"  #: "full" | "data" | "none", as in SOS
     repair: RepairMode = "background"  #: who rebuilds degraded objects (see :class:`ErasureStore`)
     #: values shorter than this are stored as m + 1 whole copies instead of k + m coded shards:
     #: for a 1 KiB object six files are pure overhead, three copies are cheaper and as safe.
@@ -74,8 +77,8 @@ class ErasureConfig:
             self.write_quorum = self.k
         if not self.k <= self.write_quorum <= self.k + self.m:
             raise ValueError("write_quorum must be between k and k + m")
-        if self.durability not in _files.DURABILITY_LEVELS:
-            raise ValueError(f"durability must be one of {_files.DURABILITY_LEVELS}")
+        if self.durability not in DURABILITY_LEVELS:
+            raise ValueError(f"durability must be one of {DURABILITY_LEVELS}")
         if self.repair not in ("read", "background", "off"):
             raise ValueError('repair must be "read", "background" or "off"')
 
@@ -118,12 +121,12 @@ class ErasureStore:
             raise ValueError("drives must be distinct folders")
         cfg = self.config
         self.codec = Codec(k, m, cfg.ec_backend, cfg.stripe_size)
-        self._namer = _files.TempNamer()
+        self._namer = TempNamer()
         self._io = DriveSet(self.drives, self.codec, self._namer, cfg.durability, cfg.grace)
         self._gens = Generations()
         self._locks = KeyLocks()
         self._index: SortedList = SortedList()
-        self._executor: ThreadPoolExecutor | None = None
+        self._pool: WorkerPool | None = None
         self._offline: set[int] = set()
         self._full: set[int] = set()  # drives whose last write failed for lack of space
         self._replaced: set[int] = set()  # new empty drives not yet fully rebuilt
@@ -145,19 +148,19 @@ class ErasureStore:
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Validate the drives, clean temp files, load the repair queue and build the index."""
-        if self._executor is not None:
+        if self._pool is not None:
             return
         tune_malloc()
         cfg = self.config
-        self._executor = _files.make_executor(cfg.workers or self.codec.n + 2, "ooo-erasure")
+        self._pool = WorkerPool(cfg.workers or self.codec.n + 2, "ooo-erasure")
         try:
             states = await self._run(
                 self._io.open_drives, cfg.ec_backend, backend_version(), cfg.tmp_grace
             )
             keys, logged = await self._run(lambda: (self._io.scan(), self._io.load_repairs()))
         except BaseException:
-            self._executor.shutdown(wait=False)
-            self._executor = None
+            self._pool.shutdown(wait=False)
+            self._pool = None
             raise
         self._store_id = states.store
         self._offline = set(states.offline)
@@ -179,7 +182,7 @@ class ErasureStore:
 
     async def close(self) -> None:
         """Stop the repairer, wait for pending garbage collection, release the threads."""
-        if self._executor is None:
+        if self._pool is None:
             return
         if self._repairer is not None:
             # An explicit signal, not cancel(): on Python 3.11 a cancellation that lands in the
@@ -192,8 +195,8 @@ class ErasureStore:
             await asyncio.wait({self._repairer})
             self._repairer = None
         await self._settle_tasks()
-        executor, self._executor = self._executor, None
-        await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
+        pool, self._pool = self._pool, None
+        await asyncio.to_thread(pool.shutdown, True)
 
     async def __aenter__(self) -> ErasureStore:
         await self.start()
@@ -202,10 +205,14 @@ class ErasureStore:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self._executor is None:
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the store's worker pool (one submission)."""
+        return await self._workers().run(fn, *args)
+
+    def _workers(self) -> WorkerPool:
+        if self._pool is None:
             raise StorageUnavailable("storage: erasure store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return self._pool
 
     # -- reads -------------------------------------------------------------------------------
     async def get(self, key: str) -> bytes | None:
@@ -262,7 +269,7 @@ class ErasureStore:
     async def store(self, key: str, data: bytes) -> None:
         """Write ``data`` as a new generation; :class:`QuorumNotReached` if too few drives took it."""
         data = bytes(data)
-        crc = _files.crc32c(data)
+        crc = crc32c(data)
         if len(data) < self.config.inline_threshold:
             copies = self.config.m + 1
             shards = {i: [data] for i in range(copies)}
@@ -296,9 +303,8 @@ class ErasureStore:
         """Write one generation. A caller cancelled midway still waits for the whole write: its
         shard writes run in threads and cannot be stopped, so returning early would release the
         key's lock under them and skip the commit's bookkeeping (index, GC, repair queue)."""
-        if self._executor is None:
-            raise StorageUnavailable("storage: erasure store is not open")
-        await _files.finish(asyncio.ensure_future(self._write_now(key, flags, size, crc, shards)))
+        self._workers()  # raises if the store is not open
+        await finish(asyncio.ensure_future(self._write_now(key, flags, size, crc, shards)))
 
     async def _write_now(
         self, key: str, flags: int, size: int, crc: int, shards: Shards
@@ -313,12 +319,9 @@ class ErasureStore:
             if flags & FLAG_REPLICA:
                 await self._check_drives(loc)
             generation = self._gens.next()
-            loop = asyncio.get_running_loop()
-            write = self._io.write_shard
+            submit, write = self._workers().submit, self._io.write_shard
             futures = [
-                loop.run_in_executor(
-                    self._executor, write, loc, i, flags, size, generation, crc, payload
-                )
+                submit(write, loc, i, flags, size, generation, crc, payload)
                 for i, payload in shards.items()
             ]
             # Any exception of a shard write (OSError or not) is that drive failing this write.
@@ -356,7 +359,7 @@ class ErasureStore:
             self._full.discard(pos)
             self._offline.discard(pos)
             if exc is not None:
-                (self._full if _files.no_room(exc) else self._offline).add(pos)
+                (self._full if no_space(exc) else self._offline).add(pos)
 
     def _why(self, errors: dict[int, Exception]) -> str:
         """Per-drive reasons of a failed write, and what to do about full drives."""
@@ -365,7 +368,7 @@ class ErasureStore:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
             drives.setdefault(reason, []).append(self.drives[pos])
         reasons = "; ".join(f"{reason} on {', '.join(paths)}" for reason, paths in drives.items())
-        if any(_files.no_room(exc) for exc in errors.values()):
+        if any(no_space(exc) for exc in errors.values()):
             reasons += (
                 " - free space on the full drives or add capacity"
                 " (a delete needs room too: it writes a tombstone on each drive)"
@@ -419,7 +422,7 @@ class ErasureStore:
         mode = self.config.repair
         if mode == "background" and self._wake is not None:
             self._wake.set()
-        elif mode == "read" and self._executor is not None and key not in self._repairing:
+        elif mode == "read" and self._pool is not None and key not in self._repairing:
             self._repairing.add(key)  # many readers of one degraded key start one repair
             self._spawn(self._repair_quietly(key))
 

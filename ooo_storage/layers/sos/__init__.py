@@ -21,7 +21,7 @@ but the rename may be lost on power failure); ``"none"`` is Go SOS (no fsync). R
 object to a private temp name first (``read_mode="link"``), so a concurrent overwrite or delete by
 any process, even over NFS, cannot cut the read short; ``"direct"`` opens the file itself (local
 filesystems, where an open descriptor pins the inode). Every blocking step of one logical operation
-runs in one submission to the store's own bounded worker pool (``_files.WorkerPool``); writes of
+runs in one submission to the store's own bounded worker pool (``fs.workers.WorkerPool``); writes of
 one key are serialised per process so they complete in the order they are acknowledged.
 
 Known limits:
@@ -61,32 +61,24 @@ import struct
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal, TypeVar
 
-from ...errors import CorruptObject, NoSpace, StorageError, StorageUnavailable
+from ...errors import CorruptObject, NoSpace, StorageError, StorageUnavailable, no_space
 from ...locks import KeyLocks
 from ...protocol.keys import glob_prefix, has_glob, match
 from ...protocol.objects import EMPTY, Object, load_object
-from ..fs import (
+from ..fs.atomic import (
     DURABILITY_LEVELS,
-    TMP_DIR,
     Durability,
-    TempNamer,
-    WorkerPool,
-    clean_temp,
-    crc32c,
-    ensure_marker,
-    fanout_path,
     fsync_dir,
-    hash_hex,
-    iter_fanout,
     makedirs_durable,
-    no_room,
-    read_exact,
-    read_with,
-    unlink_quiet,
     write_all,
     write_file_atomic,
     write_file_with,
 )
+from ..fs.checksum import crc32c
+from ..fs.layout import ensure_marker, fanout_path, hash_hex, iter_fanout
+from ..fs.reads import read_exact, read_with
+from ..fs.temp import TMP_DIR, TempNamer, clean_temp, unlink_quiet
+from ..fs.workers import WorkerPool
 from ..memory import MemoryLayer
 
 __all__ = ["SimpleObjectStore", "SOSLayer", "CorruptObject", "encode_record", "MAGIC", "VERSION"]
@@ -303,7 +295,7 @@ class SimpleObjectStore:
             return await pool.run(fn, *args)
         except OSError as exc:
             message = f"storage: SOS {op} {key!r} failed: {exc.strerror or exc}"
-            if no_room(exc):
+            if no_space(exc):
                 raise NoSpace(f"{message} in {self.root}: free space to store again") from exc
             raise StorageUnavailable(message) from exc
 
