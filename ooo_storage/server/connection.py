@@ -26,9 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from aiohttp import WSCloseCode, web
+from aiohttp.abc import AbstractStreamWriter
 
 from ..protocol.frames import PING_FRAME
 from .config import ServerConfig
@@ -94,8 +94,8 @@ class Connection:
         request: web.Request,
         config: ServerConfig,
         flusher: Flusher,
+        writer: AbstractStreamWriter,
         on_drop: Callable[[Connection, bool], None] | None = None,
-        writer: Any = None,
     ) -> None:
         self.ws = ws
         self.request = request
@@ -114,7 +114,7 @@ class Connection:
         self._pending: list[bytes] = []  # frames (shared bytes) not yet fully handed to the transport
         self._pending_bytes = 0
         self._head = 0  # bytes of _pending[0] already handed over
-        self._protocol: Any = request.protocol  # aiohttp's: ``writing_paused`` is its flow control
+        self._protocol = request.protocol  # aiohttp's: ``writing_paused`` is its flow control
         self._writer = writer  # what ``ws.prepare`` returned: ``drain()`` waits for the socket
         self._pump: asyncio.Task[None] | None = None
 
