@@ -1,4 +1,4 @@
-# One-command set-up: `make run` serves, `make test` tests, `make bench` measures.
+# One-command set-up: `make run` serves, `make test` tests, `make lint` checks, `make bench` measures.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -16,8 +16,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# This checkout comes first on the path (its subprocesses' too), whatever .venv's editable install
+# points at.
+test lint: export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -rs
+
+# Style, types, and the import contracts of the tiers (.importlinter); the test extras bring the tools.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/mypy --strict ooo_storage
+	$(VENV)/bin/lint-imports --no-logo
 
 run: $(STAMP)
 	$(VENV)/bin/ooo-storage serve --host $(HOST) --port $(PORT) --data $(DATA)
@@ -28,13 +38,9 @@ BENCHES := bench/core.py bench/adapters.py bench/http_writes.py bench/fanout.py 
 bench: $(STAMP)
 	@for b in $(BENCHES); do if [ -f $$b ]; then echo "== $$b"; $(PY) $$b || exit 1; fi; done
 
-# Side-by-side against etcd and NATS KV (installs them with apt/pip if missing; needs root for apt).
+# Side by side with etcd and NATS KV (bench/peers/README.md); installs them if missing (apt needs root).
 bench-peers: $(STAMP)
-	$(PY) bench/peers.py
-
-lint: $(STAMP)
-	$(PY) -m pip install --quiet --disable-pip-version-check ruff
-	$(VENV)/bin/ruff check ooo_storage tests bench examples
+	$(PY) bench/peers/peers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

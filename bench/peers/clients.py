@@ -1,4 +1,4 @@
-"""Clients of the stores compared by bench/peers.py, behind one small interface.
+"""Clients of the stores compared by bench/peers/peers.py, behind one small interface.
 
 - ``ooo``: ooo-storage over HTTP/1.1 keep-alive (bench/_load.py's raw ``HttpConnection``) and a raw
   websocket watcher (``GET /<prefix>/*``, binary frames, ``?v=<version>`` to resume).
@@ -7,7 +7,7 @@
   long-lived ``POST /v3/watch`` stream per watcher (newline-separated JSON in a chunked body),
   resumed with ``start_revision``.
 - ``nats``: NATS JetStream KV. nats-py (``js.create_key_value``) makes the bucket; the data plane
-  is a raw NATS connection (bench/peers_nats.py) sending what nats-py's KV sends: ``put`` publishes
+  is a raw NATS connection (bench/peers/nats_wire.py) sending what nats-py's KV sends: ``put`` publishes
   to ``$KV.bench.<key>`` and awaits the PubAck, ``get`` is a direct get, a watcher is the push
   consumer ``kv.watch`` creates (last value per key, then changes), a list is such a consumer's
   initial values, and a resume is a consumer from the next stream sequence.
@@ -23,19 +23,15 @@ import base64
 import contextlib
 import os
 import re
-import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _load import HOST, HttpConnection, split_frames  # noqa: E402
-from peers_nats import NatsWire, ack_info  # noqa: E402
+from bench._load import HOST, HttpConnection, split_frames
+from bench.peers.nats_wire import NatsWire, ack_info
 
 VALUE_SIZE = 150
 NATS_BUCKET = "bench"
@@ -476,13 +472,14 @@ async def watch_nats(
 
 
 class NatsPeer(Peer):
-    """Raw NATS connections (bench/peers_nats.py); nats-py only creates the KV bucket."""
+    """Raw NATS connections (bench/peers/nats_wire.py); nats-py only creates the KV bucket."""
 
     sep = "."
 
     async def prepare(self) -> None:
-        import nats
-        from nats.js.api import KeyValueConfig, StorageType
+        # nats-py is installed by bench/peers/peers.py only when NATS is measured: usually absent.
+        import nats  # type: ignore[import-not-found]
+        from nats.js.api import KeyValueConfig, StorageType  # type: ignore[import-not-found]
 
         nc = await nats.connect(f"nats://{HOST}:{self.port}", max_reconnect_attempts=0)
         try:

@@ -1,8 +1,8 @@
-"""The load generator of bench/peers.py: one workload against one store, in its own process.
+"""The load generator of bench/peers/peers.py: one workload against one store, in its own process.
 
-    python bench/peers_load.py '{"peer": "etcd", "port": 2379, "workload": "write", ...}'
+    python bench/peers/load.py '{"peer": "etcd", "port": 2379, "workload": "write", ...}'
 
-bench/peers.py runs it pinned to the load-generator core. It prints ``MARK start`` and ``MARK end``
+bench/peers/peers.py runs it pinned to the load-generator core. It prints ``MARK start`` and ``MARK end``
 around the measured window (so that the caller can sample CPU use exactly there) and finally one line
 ``RESULT <json>``; a failure is ``RESULT {"error": "..."}``. Workloads (parameters in the JSON):
 
@@ -32,9 +32,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __name__ == "__main__":
+    # Import bench/ as a package of the repository root (a script's own directory is otherwise first
+    # on sys.path); bench/hostile.py imports this module too, and its sys.path is its own business.
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-from peers_clients import PEERS, Conn, Peer, Watcher, sequences, timestamps, value  # noqa: E402
+from bench.peers.clients import PEERS, Conn, Peer, Watcher, sequences, timestamps, value  # noqa: E402
 
 READ_KEYS = 1000
 WRITE_KEYS = 1000

@@ -1,4 +1,4 @@
-"""A minimal NATS client connection for the load generator of bench/peers.py.
+"""A minimal NATS client connection for the load generator of bench/peers/peers.py.
 
 nats-py costs the measuring process several times what the NATS server spends per message, so with
 one load-generator core it, not the server, would set every NATS figure. This speaks just enough of
@@ -14,7 +14,7 @@ import itertools
 import os
 from collections.abc import Callable
 
-from _load import HOST
+from bench._load import HOST
 
 OnMessage = Callable[[bytes, bytes, bytes, bytes], None]
 """``(subject, reply, headers, payload)`` of one delivered message (``headers`` empty for MSG)."""

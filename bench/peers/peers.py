@@ -1,10 +1,10 @@
 """ooo-storage next to etcd and NATS JetStream KV for "store JSON, watch it live", on one machine.
 
-    .venv/bin/python bench/peers.py [--quick] [--reps 3] [--no-results]     # or: make bench-peers
+    .venv/bin/python bench/peers/peers.py [--quick] [--reps 3] [--no-results]     # or: make bench-peers
 
 Installs what is missing (Debian ``etcd-server``, ``nats-server``; PyPI ``nats-py``, ``py-spy``), starts
 every target on 127.0.0.1 with a temporary data directory, each server pinned to core 0 and every
-load generator (bench/peers_load.py, one process per measurement) pinned to core 1, and runs the
+load generator (bench/peers/load.py, one process per measurement) pinned to core 1, and runs the
 workloads W1–W5 with the targets interleaved (A B C, A B C, ...). Each cell is the median of the
 repetitions with min–max; a repetition is marked contended when something other than the server and
 the generator used more than 15 % of either core during its window (from /proc/stat and
@@ -25,16 +25,20 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Import bench/ as a package of the repository root, so that both `python bench/peers/peers.py` and
+# `python -m bench.peers.peers` work (a script's own directory is otherwise first on sys.path).
+sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-import peers_report  # noqa: E402
-from peers_targets import (  # noqa: E402
+from bench._load import replace_section  # noqa: E402
+from bench.peers import report  # noqa: E402
+from bench.peers.targets import (  # noqa: E402
     BENCH,
+    PEERS,
     EtcdTarget,
     Installer,
     NatsTarget,
@@ -170,12 +174,12 @@ def usage(a: Sample, b: Sample) -> tuple[float, tuple[float, float]]:
 
 
 async def generate(target: Target, workload: str, spec: dict[str, Any], timeout: float,
-                   on_start: Callable[[], Awaitable[None]] | None = None) -> Rep:
-    """Run bench/peers_load.py for one workload against ``target``, pinned to the load core;
+                   on_start: Callable[[], Coroutine[Any, Any, None]] | None = None) -> Rep:
+    """Run bench/peers/load.py for one workload against ``target``, pinned to the load core;
     ``on_start`` runs when the measured window opens."""
     full = {"peer": target.peer, "port": target.port, "workload": workload, **spec}
     process = await asyncio.create_subprocess_exec(
-        "taskset", "-c", str(LOAD_CORE), sys.executable, str(BENCH / "peers_load.py"), json.dumps(full),
+        "taskset", "-c", str(LOAD_CORE), sys.executable, str(PEERS / "load.py"), json.dumps(full),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     track(process.pid)
@@ -224,13 +228,17 @@ def log(message: str) -> None:
     print(f"[peers {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def prepare(tmp: Path, only: set[str]) -> tuple[dict[str, Target], dict[str, str]]:
-    """Install what is missing and start every target; return the running ones and why others are not."""
+def prepare(tmp: Path, only: set[str], profile: bool) -> tuple[dict[str, Target], dict[str, str]]:
+    """Install what the targets in ``only`` (and the profiles, if wanted) miss, and start those
+    targets; return the running ones and why others are not."""
     installer = Installer(log)
     unavailable: dict[str, str] = {}
-    missing_etcd = installer.apt("etcd", "etcd-server", "etcd-client")
-    missing_nats = installer.apt("nats-server", "nats-server") or installer.pip("nats", "nats-py")
-    if not shutil.which("py-spy") and not (Path(sys.executable).parent / "py-spy").exists():
+    missing: dict[str, str | None] = {}
+    if "etcd" in only:
+        missing["etcd"] = installer.apt("etcd", "etcd-server", "etcd-client")
+    if "nats" in only:
+        missing["nats"] = installer.apt("nats-server", "nats-server") or installer.pip("nats", "nats-py")
+    if profile and not shutil.which("py-spy") and not (Path(sys.executable).parent / "py-spy").exists():
         installer.pip("py_spy", "py-spy")  # a binary, no module; optional: only the profiles need it
     candidates: list[tuple[str, Any]] = [
         ("ooo", lambda: OooTarget("ooo", "ooo-storage", SERVER_CORE, tmp, sync=False)),
@@ -242,7 +250,7 @@ def prepare(tmp: Path, only: set[str]) -> tuple[dict[str, Target], dict[str, str
     for name, make in candidates:
         if name not in only:
             continue
-        reason = {"etcd": missing_etcd, "nats": missing_nats}.get(name)
+        reason = missing.get(name)
         if reason:
             unavailable[name] = reason
             continue
@@ -261,7 +269,7 @@ def prepare(tmp: Path, only: set[str]) -> tuple[dict[str, Target], dict[str, str
 async def run(args: argparse.Namespace, tmp: Path) -> Outcome:
     started = time.monotonic()
     deadline = started + args.budget
-    targets, unavailable = prepare(tmp, set(args.targets.split(",")))
+    targets, unavailable = prepare(tmp, set(args.targets.split(",")), profile=not args.no_profile)
     plan = steps(args.quick)
     outcome = Outcome(args, targets, unavailable, plan, tmp=str(tmp))
     for name, target in list(targets.items()):
@@ -280,7 +288,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> Outcome:
                     continue
                 rep = await generate(targets[name], step.workload, step.spec, step.timeout)
                 outcome.reps.setdefault(key, []).append(rep)
-                log(f"{key[0]} rep {r + 1} {name}: " + peers_report.brief(rep.result)
+                log(f"{key[0]} rep {r + 1} {name}: " + report.brief(rep.result)
                     + (" (contended)" if rep.contended else ""))
     if not args.no_profile and time.monotonic() < deadline + 60:
         outcome.profiles = await profile(outcome)
@@ -293,8 +301,8 @@ async def profile(outcome: Outcome) -> list[tuple[str, str]]:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         return [("profile", "py-spy not available")]
-    found = []
-    for title, target_name, step_key in peers_report.profile_wanted(outcome):
+    found: list[tuple[str, str]] = []
+    for title, target_name, step_key in report.profile_wanted(outcome):
         target = outcome.targets.get(target_name)
         step = next((s for s in outcome.steps if f"{s.id} {s.variant}" == step_key), None)
         if target is None or step is None:
@@ -318,7 +326,7 @@ async def profile(outcome: Outcome) -> list[tuple[str, str]]:
         spec = {**step.spec, "seconds": PROFILE_SECONDS + 1.0}
         rep = await generate(target, step.workload, spec, step.timeout + 30, on_start=record)
         text = out.read_text() if out.exists() else ""
-        summary = peers_report.summarise_profile(text, PROFILE_SECONDS) if text else "py-spy produced nothing"
+        summary = report.summarise_profile(text, PROFILE_SECONDS) if text else "py-spy produced nothing"
         if rep.error:
             summary += f" (load: error: {rep.error})"
         found.append((title, summary))
@@ -341,20 +349,18 @@ def main() -> None:
         log("fewer than 2 cores: server and load generator will share a core")
     os.sched_setaffinity(0, {LOAD_CORE if (os.cpu_count() or 1) > LOAD_CORE else 0})
     install_cleanup()
-    command = "make bench-peers  # or: .venv/bin/python bench/peers.py " + shlex.join(sys.argv[1:])
+    command = "make bench-peers  # or: .venv/bin/python bench/peers/peers.py " + shlex.join(sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="ooo-peers-") as tmp:
         try:
             outcome = asyncio.run(run(args, Path(tmp)))
         finally:
             kill_all()
-    text = peers_report.render(outcome, command=command.rstrip(),
+    text = report.render(outcome, command=command.rstrip(),
                                when=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
                                machine=f"{platform.machine()}, {os.cpu_count()} cores, "
                                        f"Python {platform.python_version()}")
     print(f"## {SECTION}\n\n{text}")
     if not args.no_results:
-        from _load import replace_section
-
         replace_section(BENCH / "RESULTS.md", SECTION, text)
         log("bench/RESULTS.md updated")
 

@@ -1,4 +1,4 @@
-"""Markdown for bench/peers.py: one table per workload, the issue's targets, profile summaries."""
+"""Markdown for bench/peers/peers.py: one table per workload, the issue's targets, profile summaries."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from _load import table
+from bench._load import table
 
 if TYPE_CHECKING:
-    from peers import Outcome, Rep
+    from bench.peers.peers import Outcome, Rep
 
 GEN_BOUND = 0.85  # generator CPU (cores) from which a rate is the instrument's limit, not the server's
 
@@ -289,7 +289,7 @@ def render(outcome: Outcome, *, command: str, when: str, machine: str) -> str:
         f"Run {when} on {machine}; {args.reps} repetition(s){' (--quick)' if args.quick else ''}, "
         f"{outcome.seconds:.0f} s in all. Command: `{command}`.",
         "",
-        "Each server is pinned to core 0 (`taskset -c 0`), each load generator (bench/peers_load.py, a new "
+        "Each server is pinned to core 0 (`taskset -c 0`), each load generator (bench/peers/load.py, a new "
         "process per measurement) to core 1. The generator speaks raw protocols (HTTP/1.1 + websocket for "
         "ooo-storage, HTTP/1.1 for etcd's JSON gateway, the NATS text protocol sending exactly what "
         "nats-py's KV sends; nats-py only creates the bucket), because with nats-py or aiohttp the "

@@ -1,4 +1,4 @@
-"""The servers compared by bench/peers.py: install, start pinned to the server core, stop, clean up.
+"""The servers compared by bench/peers/peers.py: install, start pinned to the server core, stop, clean up.
 
 Every target listens on 127.0.0.1 on free ports with its data in a temporary directory, and runs
 under ``taskset -c <core>``. Processes are stopped by PID (SIGTERM, then SIGKILL after a timeout);
@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
+PEERS = Path(__file__).resolve().parent
+BENCH = PEERS.parent
 ROOT = BENCH.parent
 HOST = "127.0.0.1"
 
@@ -96,7 +97,8 @@ def install_cleanup() -> None:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 # Installation
@@ -159,7 +161,7 @@ class Target:
 
     name: str
     label: str
-    peer: str  # client kind in peers_clients.PEERS
+    peer: str  # client kind in bench.peers.clients.PEERS
     core: int
     tmp: Path
     port: int = 0
@@ -219,7 +221,8 @@ class Target:
 
 def _http_ok(url: str) -> bool:
     with urllib.request.urlopen(url, timeout=1) as reply:
-        return reply.status == 200
+        status: int = reply.status
+        return status == 200
 
 
 class OooTarget(Target):
