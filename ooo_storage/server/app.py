@@ -16,9 +16,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from ..layered import Layered
-from ..protocol.filters import Filters, Limit
+from ..protocol.filters import (
+    AfterWriteFn,
+    DeleteFn,
+    Filters,
+    Limit,
+    ReadListFn,
+    ReadObjectFn,
+    WriteFn,
+)
 from ..protocol.origins import OriginPolicy
 from ..sharded import WatchHandle
 from . import explorer, followup, rest, streams
@@ -26,7 +35,7 @@ from .clocks import Clocks
 from .config import ServerConfig
 from .connection import Flusher
 from .context import Context
-from .errors import Handler, error_middleware, text_response
+from .errors import error_middleware, text_response
 from .hub import Pools
 from .limits import Notices, body_timeout_middleware
 from .streams import wants_websocket
@@ -72,19 +81,19 @@ class Server:
         self._watch: WatchHandle | None = None
 
     # -- filters and hooks (PROTOCOL.md §6) --------------------------------------------------
-    def write_filter(self, path: str, fn: Callable[[str, Any], Any]) -> None:
+    def write_filter(self, path: str, fn: WriteFn) -> None:
         self.filters.add("write", path, fn)
 
-    def read_object_filter(self, path: str, fn: Callable[..., Any]) -> None:
+    def read_object_filter(self, path: str, fn: ReadObjectFn) -> None:
         self.filters.add("read_object", path, fn)
 
-    def read_list_filter(self, path: str, fn: Callable[..., Any]) -> None:
+    def read_list_filter(self, path: str, fn: ReadListFn) -> None:
         self.filters.add("read_list", path, fn)
 
-    def delete_filter(self, path: str, fn: Callable[[str], Any]) -> None:
+    def delete_filter(self, path: str, fn: DeleteFn) -> None:
         self.filters.add("delete", path, fn)
 
-    def after_write_filter(self, path: str, fn: Callable[[str], Any]) -> None:
+    def after_write_filter(self, path: str, fn: AfterWriteFn) -> None:
         self.filters.add("after_write", path, fn)
 
     def open_filter(self, path: str) -> None:
@@ -162,7 +171,7 @@ class Server:
         app.on_cleanup.append(self._cleanup)
         return app
 
-    def _origin_middleware(self) -> Callable[..., Any]:
+    def _origin_middleware(self) -> Middleware:
         """Refuse (403) a request whose Host or Origin is not allowed (``protocol/origins.py``)
         before any other middleware or handler runs, answer preflights, and add the CORS header
         that lets an allowed cross-origin page read the answer."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Middleware
 
 
 @dataclass
@@ -69,7 +72,7 @@ class ServerConfig:
     """Request headers a preflight from an allowed origin is told it may send."""
     max_msg_size: int = 1024 * 1024
     """Largest client→server websocket message (such frames are ignored anyway)."""
-    middlewares: Sequence[Any] = field(default_factory=tuple)
+    middlewares: Sequence[Middleware] = field(default_factory=tuple)
     """Extra aiohttp middlewares; they run for every route, websocket upgrades included."""
     list_limit: int = 1000
     """Most items one glob GET returns, and the largest ``?limit=``; more → a cursor (lists.py)."""

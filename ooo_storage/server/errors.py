@@ -9,10 +9,10 @@ malformed requests itself, before any handler runs, and logs each as an ERROR wi
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Handler
 
 from ..errors import (
     HTTPFailure,
@@ -24,9 +24,6 @@ from ..errors import (
 )
 
 log = logging.getLogger("ooo_storage.server")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 def status_of(exc: BaseException) -> tuple[int, str]:
     """HTTP status and body for an exception raised while serving a request."""

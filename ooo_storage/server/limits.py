@@ -21,14 +21,14 @@ import asyncio
 import logging
 import resource
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_protocol import RequestHandler
 
 from ..errors import HTTPFailure
 from .config import ServerConfig
-from .errors import Handler
 
 log = logging.getLogger("ooo_storage.server")
 
@@ -279,7 +279,7 @@ class _BodyWatch:
         self.handle.cancel()
 
 
-def body_timeout_middleware(timeout: float, notices: Notices) -> Callable[..., Any]:
+def body_timeout_middleware(timeout: float, notices: Notices) -> Middleware:
     """A middleware ending requests whose body stalls (408 when the connection can still hear it).
 
     Requests whose body is already complete (most) pay one check. Runs inside ``error_middleware``
