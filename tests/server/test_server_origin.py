@@ -39,7 +39,7 @@ def test_malformed_origins_are_refused_with_a_reason(text: str) -> None:
     with pytest.raises(ValueError, match="origin"):
         normalize_origin(text)
     with pytest.raises(ValueError):
-        Server(None, allowed_origins=[text])  # type: ignore[arg-type]
+        Server(None, allowed_origins=[text])  # type: ignore[arg-type]  # refused before any store is needed
 
 
 def test_hosts_split_into_name_and_port() -> None:
