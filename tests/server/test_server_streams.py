@@ -122,11 +122,12 @@ async def test_version_resume_skips_initial_frame(live: Live) -> None:
 
 
 async def test_resume_after_pool_was_pruned(live: Live) -> None:
+    ends = stream_ends(live)
     await live.request("POST", "gone/1", 1)
     first = Follower(await live.ws("gone/*"))
     await first.step()
-    await first.ws.close()
-    await wait_pruned(live)
+    await close_stream(first.ws, ends, "gone/*")
+    assert live.server.pools.pools == {}
     await live.request("POST", "unrelated", 1)
     resumed = Follower(await live.ws(f"gone/*?v={first.version}"))
     await no_frame(resumed.ws)
@@ -135,18 +136,26 @@ async def test_resume_after_pool_was_pruned(live: Live) -> None:
     assert (await resumed.step())["snapshot"] is False
     assert resumed.state == await live.get("gone/*")
     # a change while nobody listened: the state differs, so a snapshot
-    await resumed.ws.close()
-    await wait_pruned(live)
+    await close_stream(resumed.ws, ends, "gone/*")
+    assert live.server.pools.pools == {}
     await live.request("POST", "gone/3", 3)
     again = Follower(await live.ws(f"gone/*?v={resumed.version}"))
     assert (await again.step())["snapshot"] is True
     assert again.state == await live.get("gone/*")
 
 
-async def wait_pruned(live: Live) -> None:
-    async with asyncio.timeout(5):
-        while live.server.pools.pools:
-            await asyncio.sleep(0.01)
+def stream_ends(live: Live) -> asyncio.Queue[str]:
+    """The key of each stream the server lets go from now on, put once the stream has left its
+    pool (and an emptied pool was pruned): the server runs ``on_unsubscribe`` after that."""
+    ends: asyncio.Queue[str] = asyncio.Queue()
+    live.server.on_unsubscribe = ends.put_nowait
+    return ends
+
+
+async def close_stream(ws: aiohttp.ClientWebSocketResponse, ends: asyncio.Queue[str], key: str) -> None:
+    """Close ``ws`` and wait until the server is done with its stream."""
+    await ws.close()
+    assert await asyncio.wait_for(ends.get(), 5) == key
 
 
 async def test_single_key_resume(live: Live) -> None:
@@ -194,18 +203,21 @@ async def test_many_subscribers_converge(live: Live) -> None:
 async def test_join_during_writes_is_consistent(live: Live) -> None:
     """Subscribers joining while writes stream in never miss or duplicate an event."""
     stop = asyncio.Event()
+    wrote = asyncio.Event()
 
     async def writer() -> None:
         i = 0
         while not stop.is_set():
             await live.request("POST", f"race/{i % 20}", {"i": i})
+            wrote.set()
             i += 1
 
     task = asyncio.create_task(writer())
     followers = []
     for _ in range(20):
         followers.append(Follower(await live.ws("race/*")))
-        await asyncio.sleep(0.01)
+        wrote.clear()
+        await asyncio.wait_for(wrote.wait(), 5)  # a write commits between two joins
     stop.set()
     await task
     expected = await live.get("race/*")
@@ -254,23 +266,34 @@ async def test_bearer_subprotocol(live: Live) -> None:
 
 async def test_pong_timeout_drops_silent_client(make_live: LiveFactory) -> None:
     live = await make_live(ping_interval=0.05, pong_timeout=0.3)
-    # autoping=False and never reading: the client answers no ping.
-    ws = await live.ws("quiet", autoping=False)
-    alive = await live.ws("quiet")  # autoping: answers pings while it reads
+    # Both read with autoping=False: one answers every ping itself, the other none.
+    alive = await live.ws("quiet", autoping=False)
+    silent = await live.ws("quiet", autoping=False)
     frames: asyncio.Queue[bytes] = asyncio.Queue()
+    # Pings come at least ping_interval apart, so 8 answered pings span 0.35 s or more: longer
+    # than pong_timeout, which a client that answers none does not outlive (it gets at most 6).
+    outlived = asyncio.Event()
 
     async def pump() -> None:
+        answered = 0
         async for msg in alive:
-            frames.put_nowait(msg.data)
+            if msg.type is aiohttp.WSMsgType.PING:
+                await alive.pong(msg.data)
+                answered += 1
+                if answered == 8:
+                    outlived.set()
+            else:
+                frames.put_nowait(msg.data)
 
     reader = asyncio.create_task(pump())
-    await asyncio.sleep(0.8)
     msgs = []
     with contextlib.suppress(aiohttp.ClientConnectionResetError):
-        while not ws.closed:
-            msgs.append((await ws.receive(timeout=2)).type)
+        async with asyncio.timeout(5):
+            while not silent.closed:
+                msgs.append((await silent.receive()).type)
     assert aiohttp.WSMsgType.PING in msgs
     assert msgs[-1] in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    await asyncio.wait_for(outlived.wait(), 5)
     await live.request("POST", "quiet", 1)
     async with asyncio.timeout(5):
         assert orjson.loads(await frames.get())["data"]["created"] == 0
@@ -280,8 +303,9 @@ async def test_pong_timeout_drops_silent_client(make_live: LiveFactory) -> None:
 
 
 async def test_empty_pools_pruned(live: Live) -> None:
+    ends = stream_ends(live)
     ws = await live.ws("prune/*")
     await next_frame(ws)
     assert len(live.server.pools.pools) == 1
-    await ws.close()
-    await wait_pruned(live)
+    await close_stream(ws, ends, "prune/*")
+    assert live.server.pools.pools == {}
