@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
-from typing import Any
 
 import aiohttp
 import orjson
@@ -14,6 +14,28 @@ from server_live import Follower, LiveFactory, next_frame
 
 from ooo_storage import Layered, MemoryLayer
 from ooo_storage.server import ServerRunner
+
+
+class Logged(logging.Handler):
+    """``with Logged(logger, text):`` sets :attr:`seen` once ``logger`` logs a message containing
+    ``text`` (how a test awaits what the server only reports in its log)."""
+
+    def __init__(self, logger: logging.Logger, text: str) -> None:
+        super().__init__()
+        self.logger = logger
+        self.text = text
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+    def __enter__(self) -> Logged:
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
 
 
 @pytest.mark.parametrize(
@@ -32,31 +54,28 @@ async def test_stalled_subscriber_dropped_others_keep_receiving(
     await reader.step()
 
     async def consume() -> None:
-        while True:
+        # Keeps reading (so this subscriber keeps up) until the write marked "last" arrives.
+        while not reader.state or reader.state[0]["data"]["i"] != "last":
             await reader.step(timeout=30)
 
     consuming = asyncio.create_task(consume())
     blob = "x" * 64 * 1024
-    state: dict[str, Any] = {}
-    async with asyncio.timeout(30):
-        for i in range(400):
-            if i < 200:
+    dropped = Logged(logging.getLogger("ooo_storage.server"), "dropping slow subscriber")
+    with dropped:
+        async with asyncio.timeout(30):
+            for i in range(200):
+                if dropped.seen.is_set():
+                    break
                 await live.request("POST", "big/*", {"i": i, "blob": blob})
-            else:
-                await asyncio.sleep(0.05)
-            state = orjson.loads((await live.request("GET", "?api=state"))[1])
-            if state["slowDisconnects"]:
-                break
+            await dropped.seen.wait()  # with write_timeout, the drop may come after the last write
+    state = orjson.loads((await live.request("GET", "?api=state"))[1])
     assert state["slowDisconnects"] == 1
     assert [(p["key"], p["connections"]) for p in state["pools"]] == [("big/*", 1)]
     assert reason in caplog.text
     await live.request("POST", "big/*", {"i": "last"})
     expected = await live.get("big/*")
-    async with asyncio.timeout(30):
-        while reader.state != expected:
-            await asyncio.sleep(0.05)
-    consuming.cancel()
-    await asyncio.gather(consuming, return_exceptions=True)
+    await asyncio.wait_for(consuming, 30)
+    assert reader.state == expected
     assert reader.ws.closed is False
     async with asyncio.timeout(10):
         await _until_closed(stalled)
