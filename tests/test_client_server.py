@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,9 @@ import pytest
 
 from ooo_storage import Layered, LevelDBLayer, MemoryLayer
 from ooo_storage.client import Client, ClientError, ClientOptions, Entry, Subscription
-from ooo_storage.server import ServerRunner
+from ooo_storage.server import Server, ServerRunner
+from ooo_storage.server.connection import Connection
+from ooo_storage.server.hub import Pool
 
 FAST = ClientOptions(reconnect_initial=0.01, reconnect_max=0.05, heartbeat=None)
 EMPTY = {"created": 0, "updated": 0, "index": "", "data": {}}
@@ -50,6 +53,31 @@ async def wait_connected(client: Client, key: str, count: int) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"pool {key!r} never had {count} connections")
+
+
+class Joins:
+    """Counts the streams that joined a pool of one server, so that a test can await a join: a
+    stream resumed with ``?v=`` while nothing changed gets no frame to wait for. Wraps that
+    server's ``Pools.join``; create it before the streams connect."""
+
+    def __init__(self, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.counts: Counter[str] = Counter()
+        self._changed = asyncio.Condition()
+        join = server.pools.join
+
+        async def counted(key: str, conn: Connection, version: int | None) -> Pool:
+            pool = await join(key, conn, version)
+            self.counts[key] += 1
+            async with self._changed:
+                self._changed.notify_all()
+            return pool
+
+        monkeypatch.setattr(server.pools, "join", counted)
+
+    async def reach(self, key: str, count: int) -> None:
+        """Return once ``count`` streams of ``key`` have joined their pool (within 5 s)."""
+        async with asyncio.timeout(5), self._changed:
+            await self._changed.wait_for(lambda: self.counts[key] >= count)
 
 
 async def one(client: Client, key: str) -> Entry:
@@ -133,7 +161,9 @@ async def test_subscribe_glob_follows_random_writes(client: Client) -> None:
                 await anext(sub)
 
 
-async def test_resume_with_version_gets_no_initial_frame(store: Layered) -> None:
+async def test_resume_with_version_gets_no_initial_frame(
+    store: Layered, monkeypatch: pytest.MonkeyPatch
+) -> None:
     runner = ServerRunner(store, port=0)
     port = await runner.start()
     async with Client(runner.url, options=FAST) as other:
@@ -141,10 +171,11 @@ async def test_resume_with_version_gets_no_initial_frame(store: Layered) -> None
         states = [await next_state(sub)]
         await runner.stop()  # the connection drops; the client retries until the server is back
         runner = ServerRunner(store, port=port)
+        joins = Joins(runner.server, monkeypatch)
         await runner.start()
         try:
             next_frame = asyncio.ensure_future(next_state(sub))
-            await wait_connected(other, "resume/me", 1)
+            await joins.reach("resume/me", 1)
             await other.set("resume/me", 1)
             states.append(await next_frame)
         finally:
@@ -172,7 +203,9 @@ async def test_heartbeat_pings_are_answered(runner: ServerRunner) -> None:
         assert sub.connections == 1
 
 
-async def test_a_resume_after_a_restart_with_new_data_ends_in_the_server_state(tmp_path: Path) -> None:
+async def test_a_resume_after_a_restart_with_new_data_ends_in_the_server_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The issue's repro: the client held {"on": true} while the restarted server held {"on": false};
     the next patch then applied to the stale state. Whatever the server sends on the resumed stream,
     the client must end up equal to GET."""
@@ -198,8 +231,9 @@ async def test_a_resume_after_a_restart_with_new_data_ends_in_the_server_state(t
             await store.set("other", store.revision)
         await store.set("flag", {"on": False})
         runner = ServerRunner(store, port=port)
+        joins = Joins(runner.server, monkeypatch)
         await runner.start()
-        await wait_connected(client, "flag", 1)
+        await joins.reach("flag", 1)
         await client.set("flag", {"on": False, "n": 2})
         states = [await pending]
         async with asyncio.timeout(5):
