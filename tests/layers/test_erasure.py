@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ooo_storage.layers.erasure.drives import REPAIR_LOG
-from ooo_storage.layers.erasure.format import HEADER_SIZE, key_dir, parse_shard_name
 
 from ooo_storage.errors import StorageError, StorageUnavailable
 from ooo_storage.layers import CorruptObject, ErasureLayer, ErasureStore, QuorumNotReached
+from ooo_storage.layers.erasure.drives import REPAIR_LOG
+from ooo_storage.layers.erasure.format import HEADER_SIZE, key_dir, parse_shard_name
 from ooo_storage.layers.fs import FormatMismatch
 from ooo_storage.protocol.objects import Object
 
@@ -145,7 +145,7 @@ async def test_one_executor_hop_per_operation(ec: ErasureStore) -> None:
     assert await ec.get("hop") == value(1, BIG)
     assert submits == ["read"]
     submits.clear()
-    await ec.get_many([f"x{i}" for i in range(10)])
+    await ec.mget([f"x{i}" for i in range(10)])
     assert submits == ["read_many"]
 
 

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from ooo_storage.layers.erasure.store import ErasureStore
 
 from ooo_storage.cli.erasure import ProgressBar, add_parsers
+from ooo_storage.layers.erasure.store import ErasureStore
 
 REPO = str(Path(__file__).resolve().parents[2])
 

@@ -9,6 +9,7 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from ooo_storage.layers.erasure.codec import Codec
 from ooo_storage.layers.erasure.format import (
     FLAG_REPLICA,

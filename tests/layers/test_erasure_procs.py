@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 from conftest import ForkServer, emit, make_value, parse_value
-from ooo_storage.layers.erasure.format import parse_shard_name
-from ooo_storage.layers.erasure.store import ErasureStore
 
 from ooo_storage.errors import StorageError
+from ooo_storage.layers.erasure.format import parse_shard_name
+from ooo_storage.layers.erasure.store import ErasureStore
 
 N = 6
 BIG = (1 << 20) + 300_000  # two stripes, six shard files

@@ -11,11 +11,11 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import temp_entries
-from ooo_storage.layers.erasure.format import parse_shard_name
 
 from ooo_storage import Layered, MemoryLayer
 from ooo_storage.errors import CorruptObject, NoSpace, NotFound, QuorumNotReached, StorageUnavailable
 from ooo_storage.layers import ErasureLayer, SOSLayer
+from ooo_storage.layers.erasure.format import parse_shard_name
 from ooo_storage.server import Server, ServerRunner
 
 LayerFactory = Callable[[Path], Any]

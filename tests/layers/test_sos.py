@@ -424,7 +424,7 @@ async def test_rename_keeps_a_source_replaced_meanwhile(
     sos: SimpleObjectStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """If another writer replaces ``old`` while it is being copied, rename keeps that newer value."""
-    from ooo_storage.layers.sos import encode_key
+    from ooo_storage.layers.sos.record import encode_key
 
     other = SimpleObjectStore(sos.root)
     await other.start()

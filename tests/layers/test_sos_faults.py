@@ -225,13 +225,13 @@ async def test_corruption_is_detected_never_returned(tmp_path: Path, kind: str, 
 
 
 def _decode_record(raw: bytes, key: bytes) -> bytes:
-    from ooo_storage.layers.sos import _read_record
+    from ooo_storage.layers.sos.record import read_record
 
     fd = os.memfd_create("record")
     try:
         os.write(fd, raw)
         os.lseek(fd, 0, os.SEEK_SET)
-        return _read_record(fd, len(raw), key, None)[1]
+        return read_record(fd, len(raw), key, None)[1]
     finally:
         os.close(fd)
 
@@ -240,19 +240,19 @@ def _decode_record(raw: bytes, key: bytes) -> bytes:
 @given(
     key=st.binary(max_size=300),
     pattern=st.binary(min_size=1, max_size=16),
-    size=st.integers(0, 2000) | st.integers(65_000, 70_000),  # both read paths of _read_record
+    size=st.integers(0, 2000) | st.integers(65_000, 70_000),  # both read paths of read_record
     where=st.floats(0, 1, exclude_max=True),
     mask=st.integers(1, 255),
 )
 def test_any_single_byte_error_is_detected(
     key: bytes, pattern: bytes, size: int, where: float, mask: int
 ) -> None:
-    from ooo_storage.layers.sos import _Bad, encode_record
+    from ooo_storage.layers.sos.record import BadRecord, encode_record
 
     value = (pattern * (size // len(pattern) + 1))[:size]
     raw = encode_record(key, value) + value
     assert _decode_record(raw, key) == value
     damaged = bytearray(raw)
     damaged[int(where * len(raw))] ^= mask
-    with pytest.raises(_Bad):
+    with pytest.raises(BadRecord):
         _decode_record(bytes(damaged), key)

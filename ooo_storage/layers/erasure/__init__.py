@@ -1,9 +1,21 @@
 """The erasure-coded blob store (ADAPTERS.md): objects cut into k data + m parity shards spread
-over several directories ("drives"); ``format`` (on-disk records), ``codec`` (pyeclib),
-``drives`` (shard I/O, markers, the repair log), ``store`` (ErasureStore and its Layer)."""
+over several directories ("drives"). ``format`` (on-disk records), ``codec`` (pyeclib), ``drives``
+(shard I/O, markers, the repair log), ``store`` (ErasureStore, the byte store); its Layer is the
+blob adapter, :class:`ErasureLayer`."""
 
 from __future__ import annotations
 
-from .store import ErasureLayer, ErasureStore
+from typing import Any
 
-__all__ = ["ErasureLayer", "ErasureStore"]
+from ..blob import BlobLayer
+from .store import ErasureConfig, ErasureStore
+
+__all__ = ["ErasureConfig", "ErasureLayer", "ErasureStore"]
+
+
+class ErasureLayer(BlobLayer[ErasureStore]):
+    """The Layer over an :class:`ErasureStore` on ``drives`` (``ec_options``: its options, such as
+    ``k``, ``m``, ``write_quorum``)."""
+
+    def __init__(self, drives: list[str] | tuple[str, ...], **ec_options: Any) -> None:
+        super().__init__(ErasureStore(drives, **ec_options))

@@ -521,7 +521,7 @@ class DriveSet:
             state, marker = _probe(path)
             states.append(state)
             markers.append(marker)
-        stores = {m.get("store") for m in markers if m is not None}
+        stores: set[Any] = {m.get("store") for m in markers if m is not None}  # JSON values
         if len(stores) > 1:
             raise FormatMismatch(
                 f"storage: drives belong to different stores ({', '.join(map(str, stores))})"

@@ -49,7 +49,7 @@ class ShardHeader(NamedTuple):
     version: int
     k: int
     m: int
-    index: int
+    index: int  # type: ignore[assignment]  # the format's name; shadows tuple.index (never called)
     flags: int
     key_len: int
     object_len: int

@@ -1,42 +1,38 @@
-"""Erasure-coded blob store over k + m drive folders, and its Layer adapter (ADAPTERS §5.3).
+"""ErasureStore: the erasure-coded byte store over k + m drive folders (ADAPTERS §5.3).
 
-:class:`ErasureStore` is the byte store: every write is a new generation of k + m shard files
-(small objects: m + 1 whole copies; deletes: a tombstone on every drive), written in parallel, one
-executor task per drive, and committed once ``write_quorum`` drives hold it. Shards are never
-rewritten in place: a crash leaves the old generation intact and readers fall back to it. Reads
-need any k valid shards, so the store keeps working with up to m drives gone; the repair queue
-(in memory, and logged on the healthy drives) remembers what to rebuild when they return.
+Every write is a new generation of k + m shard files (small objects: m + 1 whole copies; deletes:
+a tombstone on every drive), written in parallel, one worker task per drive, and committed once
+``write_quorum`` drives hold it. Shards are never rewritten in place: a crash leaves the old
+generation intact and readers fall back to it. Reads need any k valid shards, so the store keeps
+working with up to m drives gone; the repair queue (in memory, and logged on the healthy drives)
+remembers what to rebuild when they return.
 
-:class:`ErasureLayer` stores each Object's JSON as the value under its key.
-
-The blocking work lives in :mod:`.erasure_io` (one executor submission per logical operation),
-the coding in :mod:`.erasure_codec`, the file format in :mod:`.erasure_format`.
+The blocking work lives in :mod:`.drives` (one worker submission per logical operation), the
+coding in :mod:`.codec`, the file format in :mod:`.format`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from sortedcontainers import SortedList
-
 from ...errors import CorruptObject, QuorumNotReached, StorageUnavailable, no_space
 from ...locks import KeyLocks
-from ...protocol.keys import glob_prefix, has_glob, match
-from ...protocol.objects import Object, load_object
 from ..fs.atomic import DURABILITY_LEVELS, Durability
 from ..fs.checksum import crc32c
 from ..fs.temp import TempNamer
 from ..fs.workers import WorkerPool, finish
+from ..memory import KeyIndex
 from .codec import DEFAULT_BACKEND, DEFAULT_STRIPE, Codec, backend_version, tune_malloc
 from .drives import DriveSet, KeyReport, Located, ReadResult
 from .format import FLAG_REPLICA, FLAG_TOMBSTONE, Generations
 
-__all__ = ["ErasureConfig", "ErasureStore", "ErasureLayer", "CorruptObject", "QuorumNotReached"]
+__all__ = ["ErasureConfig", "ErasureStore", "CorruptObject", "QuorumNotReached"]
 
 T = TypeVar("T")
 RepairMode = Literal["read", "background", "off"]
@@ -95,9 +91,9 @@ class ErasureStore:
     kept up to date by this process's writes.
 
     Known limits: keys written by other processes after :meth:`start` are readable with
-    :meth:`get` but missing from ``keys()`` until a restart; a glob delete of the Layer adapter
-    is key by key, not atomic; a drive swapped with another one *while running* is only noticed
-    at the next start (writes check a drive's ``.tmp``, not its marker); :func:`tune_malloc`
+    :meth:`get` but missing from ``keys()`` until a restart; :meth:`mdelete` (a glob delete of
+    the Layer) is key by key, not atomic; a drive swapped with another one *while running* is only
+    noticed at the next start (writes check a drive's ``.tmp``, not its marker); :func:`tune_malloc`
     changes glibc's thresholds for the whole process; a delete writes a tombstone on every drive,
     so when more than ``k + m - write_quorum`` drives are full, deletes are refused like writes
     (:class:`QuorumNotReached` naming the full drives): free space on the drives or add capacity.
@@ -125,7 +121,7 @@ class ErasureStore:
         self._io = DriveSet(self.drives, self.codec, self._namer, cfg.durability, cfg.grace)
         self._gens = Generations()
         self._locks = KeyLocks()
-        self._index: SortedList = SortedList()
+        self._index = KeyIndex()
         self._pool: WorkerPool | None = None
         self._offline: set[int] = set()
         self._full: set[int] = set()  # drives whose last write failed for lack of space
@@ -165,7 +161,7 @@ class ErasureStore:
         self._store_id = states.store
         self._offline = set(states.offline)
         self._replaced = set(states.replaced)
-        self._index = SortedList(key for key, exists in keys.items() if exists)
+        self._index = KeyIndex(key for key, exists in keys.items() if exists)
         for key in logged:
             self._queue.setdefault(key, 1)
         self._log_dirty = bool(logged)
@@ -227,36 +223,31 @@ class ErasureStore:
         value = await self.get(key)
         return None if value is None else value.decode()
 
-    async def get_many(self, keys: list[str]) -> dict[str, bytes]:
-        """Values of existing ``keys`` (missing ones left out), one executor hop per batch."""
-        out: dict[str, bytes] = {}
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Values of ``keys`` in order (None where missing), one executor hop per batch."""
+        out: list[bytes | None] = []
         locate = self._io.locate
         for start in range(0, len(keys), _BATCH):
             locs = [locate(key) for key in keys[start : start + _BATCH]]
             for loc, result in await self._run(self._io.read_many, locs):
                 if result.degraded:
                     self._enqueue(loc.key)
-                if result.value is not None:
-                    out[loc.key] = result.value
+                out.append(result.value)
         return out
+
+    async def load_all(self) -> dict[str, bytes]:
+        """Every key of the index and its value (cold start of :class:`ErasureLayer`)."""
+        keys = await self.keys()
+        values = await self.mget(keys)
+        return {key: value for key, value in zip(keys, values, strict=True) if value is not None}
 
     async def keys(self, prefix: str = "") -> list[str]:
         """Keys of this store in ascending order (from the index)."""
-        return list(self._with_prefix(prefix))
+        return list(self._index.with_prefix(prefix))
 
-    async def list(self, pattern: str) -> list[str]:
+    async def list(self, pattern: str) -> builtins.list[str]:
         """Keys matching the glob ``pattern`` of PROTOCOL §1.3, ascending."""
-        return self.matching(pattern)
-
-    def matching(self, pattern: str) -> list[str]:
-        """Synchronous :meth:`list` (the index is in memory)."""
-        return [key for key in self._with_prefix(glob_prefix(pattern)) if match(pattern, key)]
-
-    def _with_prefix(self, prefix: str) -> Iterator[str]:
-        for key in self._index.irange(minimum=prefix):
-            if not key.startswith(prefix):
-                break
-            yield key
+        return builtins.list(self._index.matching_keys(pattern))
 
     async def check(self, key: str) -> str:
         """``"ok"`` (readable, maybe degraded) | ``"corrupted"`` | ``"missing"``, every shard verified."""
@@ -296,6 +287,19 @@ class ErasureStore:
                 return False
         await self._write(key, FLAG_TOMBSTONE, 0, 0, {i: [] for i in range(self.codec.n)})
         return True
+
+    async def mdelete(self, keys: Sequence[str]) -> int:
+        """Delete ``keys`` (not atomically), a few at a time so the drives' work overlaps; return
+        how many existed."""
+        removed = 0
+        for start in range(0, len(keys), _BATCH_DELETES):
+            batch = keys[start : start + _BATCH_DELETES]
+            removed += sum(await asyncio.gather(*(self.delete(key) for key in batch)))
+        return removed
+
+    async def clear(self) -> int:
+        """Delete every key of the index; return how many existed."""
+        return await self.mdelete(await self.keys())
 
     async def _write(
         self, key: str, flags: int, size: int, crc: int, shards: Shards
@@ -344,7 +348,7 @@ class ErasureStore:
                 )
             if flags & FLAG_TOMBSTONE:
                 self._index.discard(key)
-            elif key not in self._index:
+            else:
                 self._index.add(key)
             if failed:
                 self._queue[key] = self._queue.get(key, 0) + len(failed)
@@ -363,7 +367,7 @@ class ErasureStore:
 
     def _why(self, errors: dict[int, Exception]) -> str:
         """Per-drive reasons of a failed write, and what to do about full drives."""
-        drives: dict[str, list[str]] = {}  # reason -> drives that failed for it
+        drives: dict[str, builtins.list[str]] = {}  # reason -> drives that failed for it
         for pos, exc in sorted(errors.items()):
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
             drives.setdefault(reason, []).append(self.drives[pos])
@@ -389,7 +393,7 @@ class ErasureStore:
             )
 
     async def _after_commit(
-        self, loc: Located, generation: int, flags: int, failed: list[int], done: list[int]
+        self, loc: Located, generation: int, flags: int, failed: builtins.list[int], done: builtins.list[int]
     ) -> None:
         """Off the request path: drop older generations and log shards a repair must restore."""
         drop_tombstone = bool(flags & FLAG_TOMBSTONE) and not failed
@@ -510,7 +514,7 @@ class ErasureStore:
             ("checked", "degraded", "lost", "missing_shards", "corrupt_shards", "rebuilt", "removed"),
             0,
         )
-        corrupt_files: list[str] = []
+        corrupt_files: builtins.list[str] = []
         totals["corrupt_files"] = corrupt_files  # which files failed their CRC (first 100)
         for done, key in enumerate(keys, 1):
             if self._stop is not None and self._stop.is_set():
@@ -659,7 +663,7 @@ class ErasureStore:
             "m": self.codec.m,
         }
 
-    def _offline_paths(self) -> list[str]:
+    def _offline_paths(self) -> builtins.list[str]:
         return [self.drives[pos] for pos in sorted(self._offline)]
 
 
@@ -683,54 +687,3 @@ async def _wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     finally:
         waiter.cancel()
     return event.is_set()
-
-
-class ErasureLayer:
-    """The Layer adapter (API.md): each Object's JSON stored as the value under its key."""
-
-    asynchronous = True  # every method runs its drive work in the store's executor
-
-    def __init__(self, drives: list[str] | tuple[str, ...], **ec_options: Any) -> None:
-        self.store = ErasureStore(drives, **ec_options)
-
-    async def start(self) -> None:
-        await self.store.start()
-
-    async def close(self) -> None:
-        await self.store.close()
-
-    async def get(self, key: str) -> Object | None:
-        raw = await self.store.get(key)
-        return None if raw is None else load_object(key, raw)
-
-    async def get_list(self, pattern: str) -> list[Object]:
-        raw = await self.store.get_many(self.store.matching(pattern))
-        return [load_object(key, value) for key, value in raw.items()]
-
-    async def set(self, key: str, obj: Object) -> None:
-        await self.store.store(key, obj.to_json())
-
-    async def delete(self, key_or_glob: str) -> int:
-        """Delete a key, or every key matching a glob (key by key: not atomic across keys)."""
-        if not has_glob(key_or_glob):
-            return int(await self.store.delete(key_or_glob))
-        return await self._delete_all(self.store.matching(key_or_glob))
-
-    async def keys(self) -> list[str]:
-        return await self.store.keys()
-
-    async def clear(self) -> None:
-        await self._delete_all(await self.store.keys())
-
-    async def _delete_all(self, keys: list[str]) -> int:
-        removed = 0
-        for start in range(0, len(keys), _BATCH_DELETES):  # bounded concurrency: drives overlap
-            batch = keys[start : start + _BATCH_DELETES]
-            removed += sum(await asyncio.gather(*(self.store.delete(k) for k in batch)))
-        return removed
-
-    async def load_raw(self) -> Mapping[str, bytes]:
-        return await self.store.get_many(await self.store.keys())
-
-    async def load(self) -> dict[str, Object]:
-        return {key: load_object(key, raw) for key, raw in (await self.load_raw()).items()}
