@@ -40,8 +40,8 @@ if __name__ == "__main__":  # run as a script: make bench/ importable as a packa
 from bench._hostile_raw import Http, open_many
 from bench._hostile_server import cores, pinning
 from bench._load import HOST
-from bench.peers_load import percentiles
-from bench.peers_targets import ROOT, track, untrack
+from bench.peers.load import percentiles
+from bench.peers.targets import ROOT, track, untrack
 
 # The child side
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench._load import HttpConnection, Target
-from bench.peers_targets import stop, track
+from bench.peers.targets import stop, track
 
 SERVER_CORE, LOAD_CORE = 0, 1
 STOP_TIMEOUT = 20.0

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Self
 
 HOST = "127.0.0.1"
 BENCH = Path(__file__).resolve().parent
@@ -228,7 +229,7 @@ class HttpConnection:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def open(cls, port: int) -> HttpConnection:
+    async def open(cls, port: int) -> Self:
         return cls(*await asyncio.open_connection(HOST, port))
 
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:

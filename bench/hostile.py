@@ -90,7 +90,7 @@ from bench._load import (  # noqa: E402
     connect_subscribers,
     table,
 )
-from bench.peers_targets import install_cleanup  # noqa: E402
+from bench.peers.targets import install_cleanup  # noqa: E402
 
 VICTIMS = [f"/victim/{i}" for i in range(4)]
 VICTIM_INTERVAL = 0.02
