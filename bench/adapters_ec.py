@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adapters import Timings, _timed, arg_parser, fmt_row, print_section, raw_replace  # noqa: E402
+
 from ooo_storage.layers.erasure.codec import Codec, tune_malloc
 from ooo_storage.layers.erasure.store import ErasureStore
 
