@@ -1,14 +1,16 @@
 """The erasure-coded blob store (ADAPTERS.md): objects cut into k data + m parity shards spread
 over several directories ("drives"). ``format`` (on-disk records), ``codec`` (pyeclib), ``drives``
-(shard I/O, markers, the repair log), ``store`` (ErasureStore, the byte store); its Layer is the
-blob adapter, :class:`ErasureLayer`."""
+(blocking shard I/O, markers, the repair log), ``config`` (ErasureConfig), ``repair`` (the repair
+queue, the background repairer, scrub and repair passes), ``store`` (ErasureStore, the byte store);
+its Layer is the blob adapter, :class:`ErasureLayer`."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..blob import BlobLayer
-from .store import ErasureConfig, ErasureStore
+from .config import ErasureConfig
+from .store import ErasureStore
 
 __all__ = ["ErasureConfig", "ErasureLayer", "ErasureStore"]
 
