@@ -120,8 +120,13 @@ class Gate:
             self._waiting_exclusive += 1
             try:
                 await self._cond.wait_for(lambda: not self._exclusive and not self._shared)
-            finally:
+            except BaseException:
+                # Shared holders queued behind this waiter would wait for a wake-up that no
+                # release will send: give it now.
                 self._waiting_exclusive -= 1
+                self._cond.notify_all()
+                raise
+            self._waiting_exclusive -= 1
             self._exclusive = True
 
     async def release_exclusive(self) -> None:

@@ -166,3 +166,16 @@ async def test_a_waiting_exclusive_blocks_new_shared_holders() -> None:
     assert log == ["exclusive", "late shared"]
     await gate.release_shared()
     assert gate.idle
+
+
+async def test_a_cancelled_exclusive_waiter_lets_the_shared_holders_behind_it_go() -> None:
+    """A glob delete cancelled while it waits for the gate must not leave the writers queued
+    behind it blocked forever (they waited for a wake-up no release would send)."""
+    gate = Gate()
+    await gate.acquire_shared()
+    exclusive = await queued(gate.acquire_exclusive)
+    late = await queued(gate.acquire_shared)
+    exclusive.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await exclusive
+    await asyncio.wait_for(late, 5)
