@@ -18,7 +18,7 @@ from typing import Any, Literal
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from ..layered import Layered
+from ..layered import Layered, WatchHandle
 from ..protocol.filters import (
     AfterWriteFn,
     DeleteFn,
@@ -29,7 +29,6 @@ from ..protocol.filters import (
     WriteFn,
 )
 from ..protocol.origins import OriginPolicy
-from ..sharded import WatchHandle
 from . import explorer, followup, rest, streams
 from .clocks import Clocks
 from .config import ServerConfig
