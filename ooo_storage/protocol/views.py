@@ -95,7 +95,8 @@ class ListState:
     asks for ascending), the order of its snapshot, of GET and of every positional patch.
 
     With a limit filter the items are limited here too, so positions are those clients see; items
-    older than ``max_age`` leave at the next event of the pool (with a ``remove``), never silently.
+    older than ``max_age`` leave at the next event of the pool, whatever it changes (with a
+    ``remove``), never silently.
     """
 
     __slots__ = ("key", "view", "_order", "_items", "_shown")
@@ -150,11 +151,8 @@ class ListState:
         limit = self.view.limit
         if limit is not None:
             cutoff = limit.cutoff()
-            if cutoff is not None:
-                if obj.created < cutoff:
-                    return
-                while self._order and self._order[0][0] < cutoff:
-                    self._remove(self._order[0][1], ops)
+            if cutoff is not None and obj.created < cutoff:
+                return  # already expired: never shown
             if limit.limit is not None and len(self._order) >= limit.limit:
                 if (obj.created, obj.path) < self._order[0]:
                     return  # older than everything kept: never shown
@@ -184,9 +182,19 @@ class ListState:
             self._remove(obj.path, ops)
             self._insert(obj, revision, ops)
 
+    def _expire(self, ops: list[Op]) -> None:
+        """Remove the items older than the limit filter's ``max_age``, as GET leaves them out."""
+        limit = self.view.limit
+        cutoff = None if limit is None else limit.cutoff()
+        if cutoff is None:
+            return
+        while self._order and self._order[0][0] < cutoff:
+            self._remove(self._order[0][1], ops)
+
     def apply(self, event: Event) -> Change:
         ops: list[Op] = []
         snapshot = False
+        self._expire(ops)  # at every event of the pool, whatever it changes
         if event.operation == "set":
             assert event.object is not None
             self._set(event.object, event.revision, ops)

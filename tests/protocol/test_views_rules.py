@@ -273,16 +273,20 @@ class ManualLimit(Limit):
         return None if self.max_age is None else self.now[0] - int(self.max_age * S)
 
 
-def test_list_max_age_items_expire_at_the_next_insert_with_a_remove() -> None:
+def test_list_max_age_items_expire_at_the_next_event_of_the_pool_with_a_remove() -> None:
     limit = ManualLimit(max_age=10, now=[15 * S])
     a, b, c, d = items(("a", 1), ("b", 6), ("c", 7), ("d", 20))
     sub = list_pool([a, b, c], 5, ListView("l/*", limit=limit))
     assert sub.values() == [7, 6]  # a was already older than 10 s
     limit.now[0] = 17 * S  # b expires; nothing is sent until an event comes
     assert sub.values() == [7, 6]
-    assert sub.apply(put(a, 6)) is None  # an expired item is never shown
-    assert ops(sub.apply(put(d, 7))) == [("remove", "/1"), ("add", "/0")]
+    # Any event of the pool, even one that shows nothing itself (an expired item is never shown)
+    assert ops(sub.apply(put(a, 6))) == [("remove", "/1")]
+    assert ops(sub.apply(put(d, 7))) == [("add", "/0")]
     assert sub.values() == [20, 7]
+    limit.now[0] = 18 * S  # c expires: a replace of d brings its remove too
+    assert ops(sub.apply(put(d._replace(updated=18 * S, data=b"21"), 8))) == [("remove", "/1"), ("replace", "/0")]
+    assert sub.values() == [21]
 
 
 def test_filtered_list_views_send_the_diff_of_the_shown_document() -> None:
