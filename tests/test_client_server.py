@@ -43,18 +43,6 @@ async def next_state(sub: Subscription) -> Any:
     return await asyncio.wait_for(anext(sub), 5)
 
 
-async def wait_connected(client: Client, key: str, count: int) -> None:
-    """Wait until the server's pool for ``key`` has ``count`` connections (it has no event for it)."""
-    session = client.session()
-    for _ in range(500):
-        async with session.get(client.base_url.with_query(api="state")) as response:
-            state = await response.json()
-        if any(p["key"] == key and p["connections"] == count for p in state["pools"]):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"pool {key!r} never had {count} connections")
-
-
 class Joins:
     """Counts the streams that joined a pool of one server, so that a test can await a join: a
     stream resumed with ``?v=`` while nothing changed gets no frame to wait for. Wraps that

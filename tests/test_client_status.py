@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from test_client_server import EMPTY, wait_connected
+from test_client_server import EMPTY, Joins
 
 from ooo_storage import Layered, MemoryLayer
 from ooo_storage.client import Client, ClientError, ClientOptions, Connected, Disconnected, Status
@@ -102,8 +102,9 @@ async def close_streams(runner: ServerRunner, code: int, reason: str) -> None:
     [(1001, "server shutdown"), (1008, "slow consumer: outbox full"), (1011, "write timeout")],
 )
 async def test_a_close_from_the_server_is_reported_and_the_stream_resumes(
-    runner: ServerRunner, client: Client, code: int, reason: str
+    runner: ServerRunner, client: Client, code: int, reason: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    joins = Joins(runner.server, monkeypatch)
     watch = Watch(client, "box")
     assert await watch.connected() == EMPTY
     await close_streams(runner, code, reason)
@@ -117,7 +118,7 @@ async def test_a_close_from_the_server_is_reported_and_the_stream_resumes(
     assert back == Connected("box", 1, resumed=True, reconnect=True)
     assert str(back) == "box: reconnected (resumed, attempt 1)"
     assert watch.sub.status is back
-    await wait_connected(client, "box", 1)
+    await joins.reach("box", 2)  # the resumed stream joined (it gets no frame to wait for)
     await client.set("box", 7)
     assert (await watch.state())["data"] == 7  # the state kept across the resume took the patch
     await watch.sub.close()
@@ -257,16 +258,19 @@ async def test_close_cuts_a_backoff_wait_short(runner: ServerRunner) -> None:
         await asyncio.wait_for(watch.task, 5)  # the iteration ends now, not in a minute
 
 
-async def test_a_patch_without_a_state_resubscribes_for_a_snapshot(client: Client) -> None:
+async def test_a_patch_without_a_state_resubscribes_for_a_snapshot(
+    runner: ServerRunner, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Resuming with a version but no state: the first patch cannot apply, so the client says so
     and starts again without ?v= instead of building a state from nothing."""
+    joins = Joins(runner.server, monkeypatch)
     async with client.subscribe("doc") as first:
         await anext(first)
         await client.set("doc", {"n": 1})
         await anext(first)
         watch = Watch(client, "doc", version=first.version)
         assert await watch.status() == Connected("doc", 0, resumed=True, reconnect=False)
-        await wait_connected(client, "doc", 2)
+        await joins.reach("doc", 2)
         await client.set("doc", {"n": 2})  # a patch against {"n": 1}, which this subscription lacks
         lost = await watch.status()
         assert isinstance(lost, Disconnected) and lost.resync and lost.attempt == 1
