@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, cast
 
 from ._utils import maybe_await
 from .errors import (
@@ -44,13 +44,13 @@ from .errors import (
     StorageError,
     StorageUnavailable,
 )
-from .layers.base import Layer
+from .layers.base import Layer, PersistentLayer, RawLoader, RevisionKeeper, SyncLayer
 from .layers.memory import MemoryLayer
 from .locks import Gate, KeyLocks
 from .protocol import jsontext, keys
 from .protocol.clock import now
-from .protocol.objects import Event, Object, make_event, make_object
-from .sharded import Callback, ShardedChan, WatchHandle
+from .protocol.objects import Event, Object, Operation, make_event, make_object
+from .sharded import Callback, ShardedChan
 
 log = logging.getLogger("ooo_storage")
 
@@ -86,6 +86,12 @@ _RESERVE = 1 << 20
 """Revisions reserved in the persistent layer at a time (one durable write per ``_RESERVE``)."""
 
 Observer = Callable[[Event], None]
+
+
+class WatchHandle(Protocol):
+    """What ``watch`` and ``on_commit`` return: ``cancel()`` stops the deliveries."""
+
+    def cancel(self) -> None: ...
 
 
 def encode_data(data: Any) -> bytes:
@@ -129,6 +135,8 @@ class Layered:
         # The persistent layer's declared contract (layers.base): an asynchronous one is awaited.
         # Every layer synchronous: a write has no await point and cannot interleave with another.
         self._sync = embedded is None or not embedded.asynchronous
+        self._sync_layer = cast(SyncLayer, embedded) if self._sync else None
+        self._keeps_revision = isinstance(embedded, RevisionKeeper)
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
@@ -191,18 +199,17 @@ class Layered:
 
     async def _load(self) -> None:
         assert self.memory is not None and self.embedded is not None
-        load_raw = getattr(self.embedded, "load_raw", None)
-        if load_raw is not None:
-            self.memory.bulk_load(await maybe_await(load_raw()))
+        if isinstance(self.embedded, RawLoader):
+            self.memory.bulk_load(await maybe_await(self.embedded.load_raw()))
         else:
-            self.memory.bulk_load(await maybe_await(self.embedded.load()))  # type: ignore[attr-defined]
+            layer = cast(PersistentLayer, self.embedded)
+            self.memory.bulk_load(await maybe_await(layer.load()))
 
     async def _saved_revision(self) -> int:
-        load = getattr(self.embedded, "load_revision", None)
-        if load is None:
+        if not isinstance(self.embedded, RevisionKeeper):
             return 0
         try:
-            return int(await maybe_await(load()))
+            return int(await maybe_await(self.embedded.load_revision()))
         except Exception as exc:  # the clock still keeps revisions apart
             log.error("can't read the saved revision: %s", exc)
             return 0
@@ -210,13 +217,17 @@ class Layered:
     def _reserve(self) -> None:
         """Reserve the next block of revisions in the persistent layer (if it can keep one)."""
         self._reserved = self._revision + _RESERVE
-        save = getattr(self.embedded, "save_revision", None)
-        if save is None:
+        if not self._keeps_revision:
             return
         try:
-            save(self._reserved)
+            cast(RevisionKeeper, self.embedded).save_revision(self._reserved)
         except Exception as exc:  # a full disk must not fail the write that got here
             log.error("can't save the revision reservation: %s", exc)
+
+    def _persistent(self) -> Layer:
+        """The persistent layer, where reads go without a memory mirror (one of the two exists)."""
+        assert self.embedded is not None
+        return self.embedded
 
     async def close(self) -> None:
         """Deliver queued events (bounded), then close the layers. Idempotent."""
@@ -305,12 +316,12 @@ class Layered:
     async def _read(self, key: str) -> Object | None:
         if self.memory is not None:
             return self.memory.get(key)
-        return await maybe_await(self.embedded.get(key))  # type: ignore[union-attr]
+        return await maybe_await(self._persistent().get(key))
 
     async def _matching(self, pattern: str) -> list[Object]:
         if self.memory is not None:
             return self.memory.get_list(pattern)
-        return list(await maybe_await(self.embedded.get_list(pattern)))  # type: ignore[union-attr]
+        return list(await maybe_await(self._persistent().get_list(pattern)))
 
     async def get_list(self, pattern: str) -> list[Object]:
         """Objects matching ``pattern``, oldest first (ties by path)."""
@@ -380,7 +391,7 @@ class Layered:
             raise NotActive()
         if self.memory is not None:
             return self.memory.keys()
-        return sorted(await maybe_await(self.embedded.keys()))  # type: ignore[union-attr]
+        return sorted(await maybe_await(self._persistent().keys()))
 
     async def keys_range(self, pattern: str, from_: int, to: int) -> list[str]:
         """Keys matching ``pattern`` with ``from_ <= created <= to``, ordered by created."""
@@ -486,9 +497,9 @@ class Layered:
         self, key: str, raw: bytes, stamps: tuple[int, int] | None
     ) -> tuple[Object, asyncio.Future[None] | None]:
         """The whole write with synchronous layers, in one step (this is the hot path)."""
-        memory, embedded = self.memory, self.embedded
-        old = memory.get(key) if memory is not None else embedded.get(key)  # type: ignore[union-attr]
-        obj = self._build(key, raw, stamps, old)  # type: ignore[arg-type]
+        memory, embedded = self.memory, self._sync_layer
+        old = memory.get(key) if memory is not None else cast(SyncLayer, embedded).get(key)
+        obj = self._build(key, raw, stamps, old)
         if embedded is not None:
             try:
                 embedded.set(key, obj)
@@ -622,7 +633,7 @@ class Layered:
 
     # -- events --------------------------------------------------------------------------------
     def _publish(
-        self, key: str, op: str, obj: Object | None, broadcast: bool = True
+        self, key: str, op: Operation, obj: Object | None, broadcast: bool = True
     ) -> asyncio.Future[None] | None:
         """Assign the revision, tell the observers and queue the event, synchronously right after
         the commit."""
@@ -640,7 +651,7 @@ class Layered:
         for quiet in self._no_broadcast:
             if keys.peer(quiet, key):
                 return None
-        event = make_event(key, op, obj, self._revision)  # type: ignore[arg-type]
+        event = make_event(key, op, obj, self._revision)
         for observer in self._observers:
             try:
                 observer(event)
@@ -667,7 +678,7 @@ class Layered:
         (exceptions are logged). ``cancel()`` on the returned handle stops it.
         """
         self._observers = (*self._observers, observer)
-        return _Observation(self, observer)  # type: ignore[return-value]
+        return _Observation(self, observer)
 
     def _unobserve(self, observer: Observer) -> None:
         self._observers = tuple(o for o in self._observers if o is not observer)
@@ -679,7 +690,7 @@ class Layered:
         self._watchers.append(entry)
         if self._chan is not None:
             slot[0] = self._chan.subscribe(callback)
-        return _StoreWatch(self, entry)  # type: ignore[return-value]
+        return _StoreWatch(self, entry)
 
     def _unwatch(self, entry: tuple[Callback, list[WatchHandle | None]]) -> None:
         if entry in self._watchers:

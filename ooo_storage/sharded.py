@@ -22,11 +22,6 @@ from typing import Any
 
 from .protocol.objects import Event
 
-try:  # a C implementation; the pure-Python fallback below gives identical results
-    from fnv_hash_fast import fnv1a_32 as _fnv1a_32_c
-except ImportError:  # pragma: no cover - exercised only where the wheel is missing
-    _fnv1a_32_c = None
-
 log = logging.getLogger("ooo_storage.events")
 
 Callback = Callable[[Event], Awaitable[Any] | Any]
@@ -45,7 +40,11 @@ def fnv1a32_py(data: bytes) -> int:
     return h
 
 
-fnv1a32: Callable[[bytes], int] = _fnv1a_32_c or fnv1a32_py
+fnv1a32: Callable[[bytes], int]
+try:  # a C implementation; the pure-Python reference above gives identical results
+    from fnv_hash_fast import fnv1a_32 as fnv1a32
+except ImportError:  # pragma: no cover - exercised only where the wheel is missing
+    fnv1a32 = fnv1a32_py
 
 
 class _Marker:
@@ -243,16 +242,16 @@ class ShardedChan:
                 queue.append(moved)
                 if not fut.done():
                     fut.set_result(None)
-            if item.__class__ is _Marker:
-                if not item.future.done():  # type: ignore[union-attr]
-                    item.future.set_result(None)  # type: ignore[union-attr]
+            if isinstance(item, _Marker):
+                if not item.future.done():
+                    item.future.set_result(None)
                 continue
             for callback, is_async in self._watchers:
                 try:
-                    result = callback(item)  # type: ignore[arg-type]
+                    result = callback(item)
                     if is_async or (result is not None and inspect.isawaitable(result)):
                         await result
                 except asyncio.CancelledError:
                     raise
                 except Exception:
-                    log.exception("watcher failed on %s %s", item.operation, item.key)  # type: ignore[union-attr]
+                    log.exception("watcher failed on %s %s", item.operation, item.key)

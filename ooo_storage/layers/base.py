@@ -32,12 +32,12 @@ Conventions shared by every layer:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol, TypeAlias
+from typing import Protocol, TypeAlias, runtime_checkable
 
 from .._utils import MaybeAwaitable
 from ..protocol.objects import Object
 
-__all__ = ["SyncLayer", "AsyncLayer", "Layer", "PersistentLayer"]
+__all__ = ["SyncLayer", "AsyncLayer", "Layer", "PersistentLayer", "RawLoader", "RevisionKeeper"]
 
 
 class SyncLayer(Protocol):
@@ -103,3 +103,22 @@ class PersistentLayer(AsyncLayer, Protocol):
     """
 
     def load(self) -> MaybeAwaitable[Mapping[str, Object]]: ...
+
+
+@runtime_checkable
+class RawLoader(Protocol):
+    """Optional: ``load_raw()`` returns every stored object as its JSON bytes (values are parsed
+    on first access), so a cold start costs little more than iterating the store."""
+
+    def load_raw(self) -> MaybeAwaitable[Mapping[str, bytes]]: ...
+
+
+@runtime_checkable
+class RevisionKeeper(Protocol):
+    """Optional: the layer keeps the store's revision reservation durably (see ``Layered``), so
+    revisions never repeat for the life of its data, restarts included."""
+
+    def load_revision(self) -> MaybeAwaitable[int]: ...
+
+    def save_revision(self, revision: int) -> None: ...
+

@@ -18,7 +18,7 @@ class Object(NamedTuple):
 
     created: int
     updated: int
-    index: str
+    index: str  # type: ignore[assignment]  # PROTOCOL §2.1's name; it shadows tuple.index
     path: str
     data: bytes
 
@@ -99,7 +99,7 @@ _tuple_new = tuple.__new__
 
 def make_object(created: int, updated: int, index: str, path: str, data: bytes) -> Object:
     """``Object(...)`` without the NamedTuple keyword machinery (a third of the cost; hot paths)."""
-    return _tuple_new(Object, (created, updated, index, path, data))  # type: ignore[return-value]
+    return _tuple_new(Object, (created, updated, index, path, data))
 
 
 def _needs_escape(s: str) -> bool:
@@ -149,4 +149,4 @@ class Event(NamedTuple):
 
 def make_event(key: str, operation: Operation, obj: Object | None, revision: int) -> Event:
     """``Event(...)`` for the hot path (see :func:`make_object`)."""
-    return _tuple_new(Event, (key, operation, obj, revision))  # type: ignore[return-value]
+    return _tuple_new(Event, (key, operation, obj, revision))
