@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, NamedTuple, NotRequired, Self, TypedDict
+from typing import Any, NamedTuple, NotRequired, Self, TypedDict, cast
 
 import aiohttp
 import orjson
@@ -257,7 +257,7 @@ class Client:
         """The object at ``key``, or for a key with a ``*`` the whole list of matches, newest first
         (read page by page: the server returns lists in pages, see :meth:`get_page`)."""
         if "*" not in key:
-            return orjson.loads(await self._request("GET", key))  # type: ignore[no-any-return]
+            return cast(Entry, orjson.loads(await self._request("GET", key)))
         items: list[Entry] = []
         cursor: str | None = None
         while True:
@@ -300,7 +300,7 @@ class Client:
     async def keys(self) -> list[str]:
         """Every stored key, bytewise ascending."""
         body = await self._request("GET", "", headers={"Accept": "application/json"})
-        return orjson.loads(body)["keys"]  # type: ignore[no-any-return]
+        return cast(list[str], orjson.loads(body)["keys"])
 
     # Websocket streams (PROTOCOL.md §5)
 
@@ -351,7 +351,7 @@ class Client:
         reply = await self._request(
             method, key, body=body, headers={"Content-Type": "application/json"}
         )
-        return orjson.loads(reply)["index"]  # type: ignore[no-any-return]
+        return cast(str, orjson.loads(reply)["index"])
 
     async def _request(
         self, method: str, key: str, *, body: bytes | None = None, headers: dict[str, str] | None = None

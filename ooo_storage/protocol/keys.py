@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from functools import lru_cache
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from ..errors import InvalidGlob
 
@@ -301,4 +301,4 @@ class PatternIndex(Generic[V]):
             nodes = found
         for node in nodes:
             if node.has_value:
-                yield node.value  # type: ignore[misc]
+                yield cast(V, node.value)  # set together with has_value
