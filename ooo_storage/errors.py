@@ -121,11 +121,14 @@ class HTTPFailure(Exception):
     """A request refused with an explicit HTTP status and protocol message; ``close`` drops the
     connection after the answer (the rest of the request is not worth reading)."""
 
-    def __init__(self, status: int, message: str, close: bool = False) -> None:
+    def __init__(
+        self, status: int, message: str, close: bool = False, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.close = close
+        self.headers = headers or {}
 
 
 class FilterRejected(HTTPFailure):
@@ -133,4 +136,26 @@ class FilterRejected(HTTPFailure):
 
     def __init__(self, message: str) -> None:
         super().__init__(400, message)
+
+
+class Unauthorized(HTTPFailure):
+    """Missing or bad credentials (401, with ``WWW-Authenticate: Bearer``)."""
+
+    def __init__(self, message: str) -> None:
+        challenge = 'Bearer realm="ooo-storage"'
+        if "a token is required" not in message:
+            challenge += ', error="invalid_token"'
+        super().__init__(401, message, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(HTTPFailure):
+    """Known credentials without the right for this path (403, naming the right and the path)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(403, message)
+
+
+class PolicyError(ValueError):
+    """An access policy that cannot be used (bad TOML, unknown keys, bad rules, unreadable key
+    file); ``str(exc)`` says where and what. A policy is applied whole or not at all."""
 

@@ -1,0 +1,468 @@
+"""Who may do what: principals, rules and the decision (issue 9). Pure: no I/O, no asyncio.
+
+A **policy** names principals and gives each a list of rules ``{paths = [globs], rights = [...]}``:
+
+* **tokens**: opaque bearer tokens, kept only as the SHA-256 hex of the token (compared in constant
+  time); each token has a name and its own rules;
+* **JWTs**: tokens signed by the application's own login (HS256 with a shared secret, RS256/ES256
+  with a public key); every valid JWT gets the JWT rules, in whose paths ``{claim}`` is replaced by
+  that claim of the token (``users/{sub}/*``); a claim that is not a plain key segment (empty, with a
+  ``/`` or a ``*``, or not a string or number) makes the path match nothing;
+* **anonymous**: what a request without a token may do (nothing unless the policy says so).
+
+Rights: ``read`` (GET of a key or glob, websocket subscribe), ``write`` (POST, PATCH, push),
+``delete`` (DELETE of a key or glob), ``admin`` (``GET /``: key listings, every ``?api=`` route).
+
+The decision: a request on a **key** is allowed when a rule with that right has a path that matches
+the key (PROTOCOL §1.3). A request on a **glob** (GET, subscribe, DELETE, push) is allowed only when a
+rule's path *covers* the requested glob segment by segment: same number of segments, and each rule
+segment covers the requested one — it is equal to it, or it is ``*``, or it matches it as a literal,
+or it has one ``*`` (``p*s``) and the requested segment's text before its first ``*`` starts with
+``p`` while its text after its last ``*`` ends with ``s`` (then every key the requested segment can
+match, the rule segment matches too). So ``DELETE /*`` by someone with delete on ``public/*`` is
+refused, and ``GET /users/a*`` is allowed by a rule on ``users/*``. The admin routes need a rule that
+grants ``admin`` (its paths do not matter); key listings show only the keys the principal may read.
+
+Namespaces (0-stor) are declared path prefixes (``acme/``): the server keeps usage per namespace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+from ..errors import Forbidden, PolicyError, Unauthorized
+from .keys import is_valid, match
+
+__all__ = [
+    "RIGHTS",
+    "Right",
+    "Rule",
+    "Principal",
+    "Namespace",
+    "JWTConfig",
+    "Policy",
+    "covers",
+    "token_digest",
+]
+
+Right = Literal["read", "write", "delete", "admin"]
+RIGHTS: tuple[Right, ...] = ("read", "write", "delete", "admin")
+
+ANONYMOUS = "anonymous"
+_CLAIM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
+
+
+def token_digest(token: str) -> str:
+    """The SHA-256 hex of a token: what a policy file keeps instead of the token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# -- coverage --------------------------------------------------------------------------------------
+
+
+def _covers_segment(rule: str, asked: str) -> bool:
+    if rule == asked or rule == "*":
+        return True
+    if "*" not in rule:
+        return False
+    if "*" not in asked:
+        return match(rule, asked)
+    if rule.count("*") != 1:
+        return False
+    prefix, _, suffix = rule.partition("*")
+    head, tail = asked.partition("*")[0], asked.rpartition("*")[2]
+    return head.startswith(prefix) and tail.endswith(suffix)
+
+
+def covers(rule: str, asked: str) -> bool:
+    """True when every key ``asked`` can match, ``rule`` matches too (see the module docstring);
+    for a key without ``*`` this is plain :func:`~ooo_storage.protocol.keys.match`."""
+    if "*" not in asked:
+        return match(rule, asked)
+    rule_segs, asked_segs = rule.split("/"), asked.split("/")
+    if len(rule_segs) != len(asked_segs):
+        return False
+    return all(_covers_segment(r, a) for r, a in zip(rule_segs, asked_segs, strict=True))
+
+
+# -- principals and rules --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Rights on paths (globs; ``{claim}`` placeholders for JWT rules)."""
+
+    paths: tuple[str, ...]
+    rights: frozenset[Right]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request is: a token's name, ``jwt:<sub>`` or ``anonymous``, with its rules resolved
+    (JWT claims substituted), ready for :meth:`Policy.allows`."""
+
+    name: str
+    kind: Literal["token", "jwt", "anonymous"]
+    rules: tuple[Rule, ...]
+
+    def paths(self, right: Right) -> Iterable[str]:
+        for rule in self.rules:
+            if right in rule.rights:
+                yield from rule.paths
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    prefix: str
+
+
+@dataclass(frozen=True)
+class JWTConfig:
+    """How JWTs are checked: the algorithms accepted and the key (a shared secret or a public key
+    in PEM), plus optional ``audience``/``issuer`` and the clock ``leeway`` in seconds."""
+
+    algorithms: tuple[str, ...]
+    key: str | bytes
+    audience: str | None = None
+    issuer: str | None = None
+    leeway: float = 0.0
+    rules: tuple[Rule, ...] = ()
+
+
+def _substitute(path: str, claims: Mapping[str, Any]) -> str | None:
+    """``path`` with each ``{claim}`` replaced, or None when a claim is missing or not a plain key
+    segment (a ``sub`` of ``*`` or ``a/b`` must not widen what the rule grants)."""
+
+    def value(found: re.Match[str]) -> str:
+        raw = claims.get(found.group(1))
+        if isinstance(raw, bool) or not isinstance(raw, str | int):
+            raise KeyError(found.group(1))
+        text = str(raw)
+        if not _SEGMENT.fullmatch(text):
+            raise KeyError(found.group(1))
+        return text
+
+    try:
+        resolved = _CLAIM.sub(value, path)
+    except KeyError:
+        return None
+    return resolved if is_valid(resolved) else None
+
+
+def resolve_rules(rules: Sequence[Rule], claims: Mapping[str, Any]) -> tuple[Rule, ...]:
+    """``rules`` with their ``{claim}`` placeholders filled from ``claims`` (paths that cannot be
+    filled are dropped, never widened)."""
+    resolved = []
+    for rule in rules:
+        paths = tuple(p for p in (_substitute(path, claims) for path in rule.paths) if p is not None)
+        if paths:
+            resolved.append(Rule(paths, rule.rights))
+    return tuple(resolved)
+
+
+# -- the policy ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Policy:
+    """An immutable access policy; build it with :meth:`load`, :meth:`from_toml` or
+    :meth:`from_dict` (validated: a bad policy raises :class:`PolicyError`, never half-applies)."""
+
+    tokens: Mapping[str, tuple[str, tuple[Rule, ...]]] = field(default_factory=dict)
+    """SHA-256 hex of a token → (its name, its rules)."""
+    jwt: JWTConfig | None = None
+    anonymous: tuple[Rule, ...] = ()
+    namespaces: tuple[Namespace, ...] = ()
+
+    # -- building ---------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str, env: Mapping[str, str] | None = None) -> Policy:
+        """The policy of the TOML file ``path`` (``secret_file``/``public_key_file`` relative to it;
+        ``secret_env`` read from ``env``, default ``os.environ``)."""
+        import os
+        from pathlib import Path
+
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PolicyError(f"auth: can't read {path}: {exc.strerror}") from None
+        return cls.from_toml(text, base=str(Path(path).parent), env=os.environ if env is None else env,
+                             source=path)
+
+    @classmethod
+    def from_toml(
+        cls, text: str, base: str = ".", env: Mapping[str, str] | None = None, source: str = "policy"
+    ) -> Policy:
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise PolicyError(f"auth: {source}: not valid TOML: {exc}") from None
+        return cls.from_dict(doc, base=base, env=env or {}, source=source)
+
+    @classmethod
+    def from_dict(
+        cls,
+        doc: Mapping[str, Any],
+        base: str = ".",
+        env: Mapping[str, str] | None = None,
+        source: str = "policy",
+    ) -> Policy:
+        """Validate ``doc`` (the TOML document as dicts and lists) and build the policy.
+
+        Shape: ``[[tokens]] name, sha256, rules``; ``[jwt] algorithms, secret | secret_file |
+        secret_env | public_key_file, audience, issuer, leeway, rules``; ``[anonymous] rules``;
+        ``[[namespaces]] name, prefix``; a rule is ``{paths = [...], rights = [...]}``.
+        """
+        return _Builder(base, env or {}, source).policy(doc)
+
+    # -- deciding ----------------------------------------------------------------------------------
+    def authenticate(self, token: str | None) -> Principal:
+        """The principal of a request's bearer token (anonymous without one).
+
+        Raises :class:`Unauthorized` (401) for a token the policy does not know, a JWT whose
+        signature, audience or issuer is wrong, or one that has expired.
+        """
+        if token is None:
+            return self.anonymous_principal()
+        principal = self.principal_for_token(token)
+        if principal is not None:
+            return principal
+        if self.jwt is not None and token.count(".") == 2:
+            return self.jwt_principal(self._verify(token, self.jwt))
+        raise Unauthorized("ooo: unauthorized: unknown token")
+
+    @staticmethod
+    def _verify(token: str, config: JWTConfig) -> Mapping[str, Any]:
+        import jwt  # PyJWT, loaded only by policies that accept JWTs
+
+        try:
+            claims = jwt.decode(
+                token,
+                config.key,
+                algorithms=list(config.algorithms),
+                audience=config.audience,
+                issuer=config.issuer,
+                leeway=config.leeway,
+                options={"verify_aud": config.audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("ooo: unauthorized: token expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"ooo: unauthorized: invalid token ({exc})") from None
+        return cast(Mapping[str, Any], claims)
+
+    def principal_for_token(self, token: str) -> Principal | None:
+        """The principal of an opaque token, or None if no token of the policy has that digest."""
+        digest = token_digest(token)
+        found: tuple[str, tuple[Rule, ...]] | None = None
+        for known, entry in self.tokens.items():  # constant time per entry, every entry compared
+            if hmac.compare_digest(known, digest):
+                found = entry
+        if found is None:
+            return None
+        return Principal(found[0], "token", found[1])
+
+    def anonymous_principal(self) -> Principal:
+        return Principal(ANONYMOUS, "anonymous", self.anonymous)
+
+    def jwt_principal(self, claims: Mapping[str, Any]) -> Principal:
+        """The principal of a verified JWT's claims (its rules filled from them)."""
+        assert self.jwt is not None
+        sub = claims.get("sub")
+        name = f"jwt:{sub}" if isinstance(sub, str | int) and not isinstance(sub, bool) else "jwt"
+        return Principal(name, "jwt", resolve_rules(self.jwt.rules, claims))
+
+    @staticmethod
+    def allows(principal: Principal, right: Right, key: str) -> bool:
+        """Whether ``principal`` has ``right`` on ``key`` (a key, or a glob by coverage)."""
+        if right == "admin":
+            return any("admin" in rule.rights for rule in principal.rules)
+        return any(covers(path, key) for path in principal.paths(right))
+
+    def check(self, principal: Principal, right: Right, key: str) -> None:
+        """Raise :class:`Forbidden` (403, naming the right and the path) unless allowed."""
+        if not self.allows(principal, right, key):
+            shown = key or "/"
+            raise Forbidden(f"ooo: forbidden: {principal.name} may not {right} {shown}")
+
+    @staticmethod
+    def reader(principal: Principal) -> Callable[[str], bool]:
+        """A fast test of which keys ``principal`` may read (key listings)."""
+        paths = tuple(principal.paths("read"))
+        return lambda key: any(match(path, key) for path in paths)
+
+    def namespace_of(self, key: str) -> Namespace | None:
+        """The namespace whose prefix ``key`` starts with (the longest, if they nest)."""
+        best: Namespace | None = None
+        for ns in self.namespaces:
+            if key.startswith(ns.prefix) and (best is None or len(ns.prefix) > len(best.prefix)):
+                best = ns
+        return best
+
+
+class _Builder:
+    """Validates a policy document, naming what is wrong and where."""
+
+    def __init__(self, base: str, env: Mapping[str, str], source: str) -> None:
+        self.base = base
+        self.env = env
+        self.source = source
+
+    def fail(self, where: str, what: str) -> PolicyError:
+        return PolicyError(f"auth: {self.source}: {where}: {what}")
+
+    def policy(self, doc: Mapping[str, Any]) -> Policy:
+        unknown = set(doc) - {"tokens", "jwt", "anonymous", "namespaces"}
+        if unknown:
+            raise self.fail("top level", f"unknown section(s) {sorted(unknown)}")
+        tokens: dict[str, tuple[str, tuple[Rule, ...]]] = {}
+        names: set[str] = set()
+        for i, entry in enumerate(self.table_list(doc.get("tokens", []), "tokens")):
+            where = f"tokens[{i}]"
+            self.only(entry, where, {"name", "sha256", "rules"})
+            name = self.text(entry, "name", where)
+            digest = self.text(entry, "sha256", where).lower()
+            if not _HEX64.fullmatch(digest):
+                raise self.fail(where, "sha256 must be 64 hex digits (`ooo-storage token new` prints it)")
+            if digest in tokens or name in names:
+                raise self.fail(where, f"token {name!r} is listed twice")
+            names.add(name)
+            tokens[digest] = (name, self.rules(entry.get("rules", []), f"{where}.rules", claims=False))
+        anonymous: tuple[Rule, ...] = ()
+        if "anonymous" in doc:
+            entry = self.table(doc["anonymous"], "anonymous")
+            self.only(entry, "anonymous", {"rules"})
+            anonymous = self.rules(entry.get("rules", []), "anonymous.rules", claims=False)
+        jwt = self.jwt(doc["jwt"]) if "jwt" in doc else None
+        namespaces = self.namespaces(doc.get("namespaces", []))
+        return Policy(tokens, jwt, anonymous, namespaces)
+
+    def jwt(self, raw: Any) -> JWTConfig:
+        entry = self.table(raw, "jwt")
+        self.only(
+            entry,
+            "jwt",
+            {"algorithms", "secret", "secret_file", "secret_env", "public_key_file", "audience", "issuer",
+             "leeway", "rules"},
+        )
+        algorithms = tuple(self.texts(entry.get("algorithms", ["HS256"]), "jwt.algorithms"))
+        bad = [a for a in algorithms if a not in JWT_ALGORITHMS]
+        if bad or not algorithms:
+            known = ", ".join(JWT_ALGORITHMS)
+            raise self.fail("jwt.algorithms", f"use some of {known} (got {bad or 'none'})")
+        symmetric = {a.startswith("HS") for a in algorithms}
+        if len(symmetric) != 1:
+            raise self.fail("jwt.algorithms", "HS* (shared secret) and RS*/ES* (public key) cannot be mixed")
+        sources = [k for k in ("secret", "secret_file", "secret_env", "public_key_file") if k in entry]
+        if len(sources) != 1:
+            raise self.fail("jwt", "give exactly one of secret, secret_file, secret_env, public_key_file")
+        source = sources[0]
+        if symmetric == {True} and source == "public_key_file":
+            raise self.fail("jwt", "HS* algorithms need a shared secret, not public_key_file")
+        if symmetric == {False} and source != "public_key_file":
+            raise self.fail("jwt", "RS*/ES* algorithms need public_key_file")
+        key = self.jwt_key(entry, source)
+        leeway = entry.get("leeway", 0)
+        if isinstance(leeway, bool) or not isinstance(leeway, int | float) or leeway < 0:
+            raise self.fail("jwt.leeway", "seconds, a number >= 0")
+        audience = self.optional_text(entry, "audience", "jwt")
+        issuer = self.optional_text(entry, "issuer", "jwt")
+        rules = self.rules(entry.get("rules", []), "jwt.rules", claims=True)
+        return JWTConfig(algorithms, key, audience, issuer, float(leeway), rules)
+
+    def jwt_key(self, entry: Mapping[str, Any], source: str) -> str | bytes:
+        from pathlib import Path
+
+        if source == "secret":
+            key = self.text(entry, "secret", "jwt")
+        elif source == "secret_env":
+            name = self.text(entry, "secret_env", "jwt")
+            if not self.env.get(name):
+                raise self.fail("jwt.secret_env", f"environment variable {name} is not set")
+            key = self.env[name]
+        else:
+            name = self.text(entry, source, "jwt")
+            path = Path(self.base, name)
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise self.fail(f"jwt.{source}", f"can't read {path}: {exc.strerror}") from None
+            if source == "public_key_file":
+                return data
+            key = data.decode(errors="replace").strip()
+        if len(key.encode()) < 32:
+            raise self.fail("jwt", "the shared secret must be at least 32 bytes")
+        return key
+
+    def namespaces(self, raw: Any) -> tuple[Namespace, ...]:
+        found: list[Namespace] = []
+        for i, entry in enumerate(self.table_list(raw, "namespaces")):
+            where = f"namespaces[{i}]"
+            self.only(entry, where, {"name", "prefix"})
+            name, prefix = self.text(entry, "name", where), self.text(entry, "prefix", where)
+            if not prefix.endswith("/") or not is_valid(prefix[:-1]) or "*" in prefix:
+                raise self.fail(where, f"prefix {prefix!r} must be a key path ending in '/', without '*'")
+            if any(ns.name == name or ns.prefix == prefix for ns in found):
+                raise self.fail(where, f"namespace {name!r} or prefix {prefix!r} is listed twice")
+            found.append(Namespace(name, prefix))
+        return tuple(found)
+
+    def rules(self, raw: Any, where: str, claims: bool) -> tuple[Rule, ...]:
+        rules = []
+        for i, entry in enumerate(self.table_list(raw, where)):
+            here = f"{where}[{i}]"
+            self.only(entry, here, {"paths", "rights"})
+            paths = tuple(self.texts(entry.get("paths"), f"{here}.paths"))
+            rights = self.texts(entry.get("rights"), f"{here}.rights")
+            wrong = [r for r in rights if r not in RIGHTS]
+            if wrong or not rights:
+                raise self.fail(f"{here}.rights", f"rights are {', '.join(RIGHTS)} (got {wrong or 'none'})")
+            for path in paths:
+                plain = _CLAIM.sub("x", path) if claims else path
+                if not is_valid(plain) or "{" in plain or "}" in plain:
+                    hint = " ({claim} placeholders only in [jwt] rules)" if "{" in path else ""
+                    raise self.fail(f"{here}.paths", f"{path!r} is not a valid key or glob{hint}")
+            if not paths:
+                raise self.fail(f"{here}.paths", "at least one path")
+            rules.append(Rule(paths, frozenset(cast(list[Right], rights))))
+        return tuple(rules)
+
+    # -- small validators --------------------------------------------------------------------------
+    def table(self, raw: Any, where: str) -> Mapping[str, Any]:
+        if not isinstance(raw, Mapping):
+            raise self.fail(where, "must be a table")
+        return raw
+
+    def table_list(self, raw: Any, where: str) -> list[Mapping[str, Any]]:
+        if not isinstance(raw, list) or not all(isinstance(e, Mapping) for e in raw):
+            raise self.fail(where, "must be a list of tables")
+        return raw
+
+    def only(self, entry: Mapping[str, Any], where: str, allowed: set[str]) -> None:
+        unknown = set(entry) - allowed
+        if unknown:
+            raise self.fail(where, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+
+    def text(self, entry: Mapping[str, Any], key: str, where: str) -> str:
+        value = entry.get(key)
+        if not isinstance(value, str) or not value:
+            raise self.fail(f"{where}.{key}", "a non-empty string is required")
+        return value
+
+    def optional_text(self, entry: Mapping[str, Any], key: str, where: str) -> str | None:
+        return self.text(entry, key, where) if key in entry else None
+
+    def texts(self, raw: Any, where: str) -> list[str]:
+        if not isinstance(raw, list) or not all(isinstance(v, str) and v for v in raw):
+            raise self.fail(where, "a list of non-empty strings is required")
+        return list(raw)
