@@ -302,6 +302,16 @@ class Client:
         body = await self._request("GET", "", headers={"Accept": "application/json"})
         return cast(list[str], orjson.loads(body)["keys"])
 
+    async def stats(self) -> dict[str, Any]:
+        """The usage of each namespace the server's policy declares (``GET /?api=stats``, which
+        needs the ``admin`` right): ``{"namespaces": [{"name", "prefix", "objects", "bytes",
+        "requests": {"lastHour", "last24h", "perHour"}}], "since", "at"}``, where ``bytes`` is the
+        size of the stored JSON data, ``perHour`` holds 24 counts, oldest first, the last for the
+        current hour so far, and ``since``/``at`` are epoch seconds (counting started, the answer).
+        A token without ``admin`` gets :class:`ClientError` 403, none or a bad one 401."""
+        reply = await self._exchange("GET", "", query={"api": "stats"})
+        return cast(dict[str, Any], orjson.loads(reply.body))
+
     # Websocket streams (PROTOCOL.md §5)
 
     def subscribe(
