@@ -1,7 +1,7 @@
 """``ooo-storage`` command line: one subcommand module each (``serve``, ``client`` for
-get/set/push/del/watch, ``erasure`` for scrub/repair); each adds its parsers with
-``add_parsers(subparsers)`` and sets ``func(args) -> exit status``. Subcommand modules load what
-they need (the server, the store) only when they run.
+get/set/push/del/watch/stats, ``token`` for new/hash, ``erasure`` for scrub/repair); each adds its
+parsers with ``add_parsers(subparsers)`` and sets ``func(args) -> exit status``. Subcommand modules
+load what they need (the server, the store) only when they run.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import client, erasure, serve
+from . import client, erasure, serve, token
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (serve, client, erasure):
+    for module in (serve, client, token, erasure):
         module.add_parsers(subparsers)
     return parser
 
