@@ -8,9 +8,18 @@
                       [--keepalive-timeout S] [--max-head-bytes N] [--max-line-size N]
                       [--max-field-size N] [--max-headers N] [--list-limit N] [--outbox-bytes N]
                       [--write-timeout S] [--no-patch] [--loop auto] [--log-level info]
+                      [--auth FILE | --insecure-no-auth] [--tls-cert FILE --tls-key FILE]
 
 Every option is checked while parsing: a bad value (``--port 99999``, a zero timeout, a malformed
 origin) is an argparse error (exit 2) that says what is expected.
+
+Access control (``--auth FILE``, a policy of ``protocol/access.py``) is loaded and validated before
+anything starts: a file that cannot be used is one line on stderr and exit status 1, never a server
+running with part of a policy. ``SIGHUP`` reloads the file: a good file replaces the whole policy at
+once (``Server.set_policy``), a bad one is logged and the previous policy stays in force. Like
+Redis's protected mode, a server bound to an address other than loopback refuses to start without
+``--auth`` unless told ``--insecure-no-auth``. ``--tls-cert``/``--tls-key`` serve HTTPS and
+``wss://``; files that cannot be read or do not belong together are exit status 1 too.
 
 ``serve`` runs until SIGINT or SIGTERM, then stops listening, closes every websocket with 1001,
 lets in-flight requests finish and closes the store (LevelDB included). On a full disk it answers
@@ -23,12 +32,21 @@ import argparse
 import asyncio
 import logging
 import math
+import signal
+import ssl
+import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..errors import NoSpace, StorageError
-from ..protocol.origins import ANY, normalize_origin, split_host
+from ..errors import NoSpace, PolicyError, StorageError
+from ..protocol.access import Policy, Rule
+from ..protocol.origins import ANY, names_address, normalize_origin, split_host
+
+if TYPE_CHECKING:
+    from ..server import Server
 
 log = logging.getLogger("ooo_storage")
 
@@ -161,6 +179,22 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     for flag, kind, metavar, text in _LIMITS:
         serve.add_argument(flag, type=kind, metavar=metavar, help=text)
+    access = serve.add_mutually_exclusive_group()
+    access.add_argument(
+        "--auth",
+        metavar="FILE",
+        help="access policy (TOML: tokens, JWTs, anonymous rules, namespaces), checked at start; "
+        "SIGHUP reloads it (a bad new file keeps the old policy); `ooo-storage token new` makes tokens",
+    )
+    access.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve without --auth on an address other than loopback: anyone who can reach the port "
+        "may read, write and delete every key (without it, such a server refuses to start)",
+    )
+    serve.add_argument("--tls-cert", metavar="FILE",
+                       help="certificate chain (PEM): serve HTTPS and wss:// (with --tls-key)")
+    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM, unencrypted)")
     serve.add_argument("--no-patch", action="store_true", help="send snapshots instead of patches")
     serve.add_argument(
         "--loop",
@@ -177,12 +211,34 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     serve.set_defaults(func=run_serve)
 
 
+class _Refused(Exception):
+    """A reason not to start, said on one line; ``status`` is the exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class _Access:
+    """What guards the server, settled before it starts: the policy (and its file) and TLS."""
+
+    policy: Policy | None = None
+    path: str | None = None
+    tls: ssl.SSLContext | None = None
+
+
 def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        _run(_serve(args), args.loop)
+        access = _access(args)
+    except _Refused as exc:
+        print(f"ooo-storage: {exc}", file=sys.stderr)
+        return exc.status
+    try:
+        _run(_serve(args, access), args.loop)
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down
         return 130
     except (OSError, StorageError) as exc:  # port in use, database locked or unwritable...
@@ -205,10 +261,118 @@ def _run(main: Coroutine[Any, Any, None], loop: str) -> None:
     asyncio.run(main)
 
 
-async def _serve(args: argparse.Namespace) -> None:
+def _access(args: argparse.Namespace) -> _Access:
+    """The policy and TLS context of the command line, or :class:`_Refused` saying why not."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise _Refused("serve: --tls-cert and --tls-key go together: give both or neither", status=2)
+    policy = path = None
+    if args.auth is not None:
+        path = str(Path(args.auth).absolute())  # SIGHUP reloads the same file
+        policy = load_policy(path)
+        log.info("auth: %s: %s", args.auth, describe(policy))
+    elif not is_loopback(args.host):
+        if not args.insecure_no_auth:
+            raise _Refused(
+                f"serve: refusing to serve {args.host} without --auth: anyone who can reach it could "
+                "read, overwrite and delete every key. Give --auth FILE (tokens from `ooo-storage token "
+                "new`), bind to 127.0.0.1, or pass --insecure-no-auth to serve it unprotected anyway"
+            )
+        log.warning("serving %s without access control (--insecure-no-auth): anyone who can reach it "
+                    "may read, write and delete every key", args.host)
+    tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert is not None else None
+    return _Access(policy, path, tls)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``--host`` binds only to loopback: 127.0.0.0/8, ::1 or ``localhost``. Any other name
+    or address (``0.0.0.0``, ``::``, a LAN address, a host name) can be reached from elsewhere."""
+    # A loopback Host name is one that names the loopback address (protocol/origins.py).
+    return names_address(host.lower(), "127.0.0.1")
+
+
+def load_policy(path: str) -> Policy:
+    """:meth:`Policy.load`, every failure a :class:`_Refused` of one line."""
+    try:
+        return Policy.load(path)
+    except (PolicyError, ValueError) as exc:  # ValueError: a file that is not UTF-8 text
+        raise _Refused(_one_line(exc)) from None
+
+
+def _one_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, PolicyError) else f"auth: {type(exc).__name__}: {text}"
+
+
+def describe(policy: Policy) -> str:
+    """What a policy lets in, for the log: counts, names and paths, never a token, digest or secret."""
+    tokens = len(policy.tokens)
+    parts = [f"{tokens} token{'' if tokens == 1 else 's'}"]
+    if policy.jwt is None:
+        parts.append("no JWT")
+    else:
+        algorithms = ",".join(policy.jwt.algorithms)
+        parts.append(f"JWT {algorithms} ({_rules(policy.jwt.rules)})")
+    parts.append(f"anonymous: {_rules(policy.anonymous)}")
+    shown = [f"{ns.name}={ns.prefix}" for ns in policy.namespaces[:_SHOWN]]
+    more = len(policy.namespaces) - len(shown)
+    parts.append("namespaces: " + (", ".join(shown) + (f" (+{more} more)" if more > 0 else "") or "none"))
+    return "; ".join(parts)
+
+
+_SHOWN = 8  # rules or namespaces named in the log line; the rest are counted
+
+
+def _rules(rules: tuple[Rule, ...]) -> str:
+    if not rules:
+        return "nothing"
+    shown = [f"{'+'.join(sorted(r.rights))} on {' '.join(r.paths)}" for r in rules[:_SHOWN]]
+    more = len(rules) - len(shown)
+    return ", ".join(shown) + (f" (+{more} more rules)" if more > 0 else "")
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server TLS context for the PEM files ``cert`` and ``key``, or :class:`_Refused` naming the
+    file that cannot be used and why."""
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        try:
+            Path(path).open("rb").close()
+        except OSError as exc:
+            raise _Refused(f"serve: {flag} {path}: can't read it: {exc.strerror}") from None
+
+    def no_passphrase() -> str:  # OpenSSL would otherwise ask for one on the terminal
+        raise _Refused(f"serve: --tls-key {key} is encrypted: give it without a passphrase "
+                       "(openssl pkey -in KEY -out PLAIN)")
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key, password=no_passphrase)
+    except ssl.SSLError as exc:
+        raise _Refused(
+            f"serve: --tls-cert {cert} with --tls-key {key}: {exc.reason or exc} (both must be PEM, "
+            "the key the certificate's own)"
+        ) from None
+    return context
+
+
+def _reload(server: Server, path: str) -> None:
+    """SIGHUP: the policy file again, applied whole, or the old policy kept and the reason logged."""
+    try:
+        policy = load_policy(path)
+    except _Refused as exc:
+        log.error("auth: reload failed, the previous policy stays in force: %s", exc)
+        return
+    except Exception as exc:  # whatever goes wrong, a reload must not take the server down
+        log.error("auth: reload failed, the previous policy stays in force: %s", _one_line(exc))
+        return
+    closed = server.set_policy(policy)
+    log.info("auth: reloaded %s: %s; %d open stream%s it refuses closed", path, describe(policy), closed,
+             "" if closed == 1 else "s")
+
+
+async def _serve(args: argparse.Namespace, access: _Access) -> None:
     from ..layered import Layered
     from ..layers import LevelDBLayer, MemoryLayer
-    from ..server import serve
+    from ..server import Server, serve
 
     embedded = None if args.memory_only else LevelDBLayer(args.data, sync=args.sync)
     store = Layered(memory=MemoryLayer(), embedded=embedded)
@@ -219,20 +383,31 @@ async def _serve(args: argparse.Namespace) -> None:
         # Opening LevelDB writes (its log becomes a table): serve 503s until there is room.
         log.error("%s: serving 503 until the database can be opened (retrying)", exc)
         starting = asyncio.create_task(_start_when_possible(store))
+    server = Server(
+        store,
+        static=args.static,
+        no_patch=args.no_patch,
+        max_body_bytes=args.max_body_bytes,
+        allowed_origins=tuple(args.allowed_origins),
+        allowed_hosts=tuple(args.allowed_hosts),
+        auth=access.policy,
+        **_limits(args),
+    )
+    loop = asyncio.get_running_loop()
+    if access.path is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload, server, access.path)
+    scheme = "http" if access.tls is None else "https"
     try:
         await serve(
             store,
             args.host,
             args.port,
-            static=args.static,
-            no_patch=args.no_patch,
-            max_body_bytes=args.max_body_bytes,
-            allowed_origins=tuple(args.allowed_origins),
-            allowed_hosts=tuple(args.allowed_hosts),
-            **_limits(args),
+            server=server,
+            ssl_context=access.tls,
             ready=lambda port: log.info(
-                "ooo-storage %s serving on http://%s:%d (%s)",
+                "ooo-storage %s serving on %s://%s:%d (%s)",
                 __version__,
+                scheme,
                 args.host,
                 port,
                 "memory only"
@@ -241,6 +416,8 @@ async def _serve(args: argparse.Namespace) -> None:
             ),
         )
     finally:
+        if access.path is not None:
+            loop.remove_signal_handler(signal.SIGHUP)
         if starting is not None:
             starting.cancel()
             await asyncio.gather(starting, return_exceptions=True)

@@ -8,6 +8,11 @@
 The store stays open: whoever opened it closes it (after ``stop``). The socket listens through a
 :class:`~.limits.ConnectionGate`: the connection limit and the request-head limits of the config
 apply to what it serves.
+
+``ssl_context`` (an :class:`ssl.SSLContext` for a server, with its certificate chain loaded) serves
+HTTPS and ``wss://`` on the same port. A TLS handshake must end within the config's
+``header_timeout``, like a request head, so connections that never finish one do not pile up: they
+are not counted by the connection limit until the handshake is done.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -47,17 +53,21 @@ class ServerRunner:
         port: int = 8800,
         *,
         server: Server | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         **options: Any,
     ) -> None:
         self.server = server or Server(store, **options)
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "http" if self.ssl_context is None else "https"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
 
     async def start(self) -> int:
         quiet_bad_requests()
@@ -68,8 +78,12 @@ class ServerRunner:
         assert runner.server is not None
         gate = ConnectionGate(runner.server, self.server.config, self.server.notices)
         try:
+            tls: dict[str, Any] = {}
+            if self.ssl_context is not None:
+                tls = {"ssl": self.ssl_context,
+                       "ssl_handshake_timeout": self.server.config.header_timeout}
             listener = await asyncio.get_running_loop().create_server(
-                gate, self.host, self.port, reuse_address=True
+                gate, self.host, self.port, reuse_address=True, **tls
             )
         except BaseException:
             await runner.cleanup()
@@ -106,11 +120,13 @@ async def serve(
     server: Server | None = None,
     stop: asyncio.Event | None = None,
     ready: Callable[[int], Any] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
     **options: Any,
 ) -> None:
     """Serve until ``stop`` is set or SIGINT/SIGTERM arrives, then shut down cleanly.
 
-    ``ready(port)`` is called once listening. The store is not closed here.
+    ``ready(port)`` is called once listening. The store is not closed here. ``ssl_context``: see
+    :class:`ServerRunner`.
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -121,7 +137,7 @@ async def serve(
             installed.append(sig)
         except (NotImplementedError, RuntimeError):  # not the main thread / platform
             pass
-    runner = ServerRunner(store, host, port, server=server, **options)
+    runner = ServerRunner(store, host, port, server=server, ssl_context=ssl_context, **options)
     try:
         bound = await runner.start()
         if ready is not None:
