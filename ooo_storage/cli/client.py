@@ -1,4 +1,4 @@
-"""The client subcommands of ``ooo-storage``: ``get``, ``set``, ``push``, ``del`` and ``watch``.
+"""The client subcommands of ``ooo-storage``: ``get``, ``set``, ``push``, ``del``, ``watch``, ``stats``.
 
 ::
 
@@ -7,18 +7,24 @@
     ooo-storage push  URL PATTERN VALUE  store VALUE under a fresh key; print its index
     ooo-storage del   URL KEY            delete the key (or every match of a glob)
     ooo-storage watch URL KEY            print the state as one JSON line after every change
+    ooo-storage stats URL                print the server's usage per namespace (GET /?api=stats)
 
-Exit status: 0 on success, 1 when the server answers with an error or cannot be reached (the message
-goes to stderr), 2 for a bad argument, 130 when interrupted. ``watch`` keeps stdout for states and
-reports every disconnect (with the close code and reason, or the connection error) and every
-reconnect on stderr, so a stream that keeps failing is never silent. ``ooo_storage.cli`` owns the
-parser and calls :func:`add_parsers`.
+Each takes ``--token TOKEN``, or the ``OOO_TOKEN`` environment variable when the flag is not given
+(``--token ''`` sends none): a bearer token for a server started with ``--auth``.
+
+Exit status (:data:`EPILOG`): 0 on success, 1 when the server answers with an error or cannot be
+reached (the message goes to stderr), 2 for a bad argument, 3 when the server wants a (valid) token
+(401), 4 when the token may not do this (403), 130 when interrupted. ``watch`` keeps stdout for
+states and reports every disconnect (with the close code and reason, or the connection error) and
+every reconnect on stderr, so a stream that keeps failing is never silent. ``ooo_storage.cli`` owns
+the parser and calls :func:`add_parsers`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,46 +33,69 @@ import orjson
 
 from ..client import Client, ClientError, Connected, Status
 
-__all__ = ["add_parsers"]
+__all__ = ["add_parsers", "EPILOG", "UNAUTHORIZED", "FORBIDDEN"]
 
 _Command = Callable[[Client, argparse.Namespace], Awaitable[Any]]
+
+TOKEN_ENV = "OOO_TOKEN"
+UNAUTHORIZED = 3
+"""Exit status when the server answers 401: no token, an unknown one, an expired or badly signed JWT."""
+FORBIDDEN = 4
+"""Exit status when the server answers 403: the token (or anonymous) lacks the right on that path."""
+_AUTH_EXITS = {401: UNAUTHORIZED, 403: FORBIDDEN}
+EPILOG = (
+    f"The token comes from --token, else from ${TOKEN_ENV} (--token '' sends none). "
+    "Exit status: 0 done; 1 the server answered with an error or could not be reached; 2 bad "
+    f"argument; {UNAUTHORIZED} unauthorized (401: no token, or one the server does not accept); "
+    f"{FORBIDDEN} forbidden (403: the token may not do this on this path); 130 interrupted. "
+    "Errors print the server's reason on stderr."
+)
 
 
 def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the client subcommands; each sets ``func(args) -> exit status``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("url", metavar="URL", help="server base URL, e.g. http://127.0.0.1:8800")
-    common.add_argument("key", metavar="KEY", help="key, or glob pattern such as users/*")
-    common.add_argument("--token", help="bearer token (Authorization header, websocket sub-protocol)")
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument("url", metavar="URL", help="server base URL, e.g. http://127.0.0.1:8800")
+    server.add_argument("--token", help=f"bearer token (Authorization header, websocket sub-protocol); "
+                        f"default: ${TOKEN_ENV}")
+    key = argparse.ArgumentParser(add_help=False)
+    key.add_argument("key", metavar="KEY", help="key, or glob pattern such as users/*")
     value = argparse.ArgumentParser(add_help=False)
     value.add_argument("value", metavar="VALUE", help="JSON text, or - to read it from stdin")
 
     def add(name: str, command: _Command, summary: str, *parents: argparse.ArgumentParser) -> Any:
-        parser = subparsers.add_parser(name, help=summary, description=summary,
-                                       parents=[common, *parents])
+        parser = subparsers.add_parser(name, help=summary, description=summary, epilog=EPILOG,
+                                       parents=[server, *parents])
         parser.set_defaults(func=lambda args: _run(command, args))
         return parser
 
-    add("get", _get, "print the object at KEY, or the list matching a glob, as JSON")
-    add("set", _set, "store VALUE at KEY and print its index", value)
-    add("push", _push, "store VALUE under a fresh key of the glob KEY and print its index", value)
-    add("del", _delete, "delete KEY, or every key matching a glob")
-    watch = add("watch", _watch, "print the state of KEY as one JSON line after every change")
+    add("get", _get, "print the object at KEY, or the list matching a glob, as JSON", key)
+    add("set", _set, "store VALUE at KEY and print its index", key, value)
+    add("push", _push, "store VALUE under a fresh key of the glob KEY and print its index", key, value)
+    add("del", _delete, "delete KEY, or every key matching a glob", key)
+    watch = add("watch", _watch, "print the state of KEY as one JSON line after every change", key)
     watch.add_argument("--count", type=int, metavar="N", help="exit after N states")
     watch.add_argument("--no-reconnect", action="store_true",
                        help="exit when the server closes the stream instead of reconnecting")
+    add("stats", _stats, "print the server's usage per namespace as JSON (GET /?api=stats; needs admin)")
+
+
+def token_of(args: argparse.Namespace) -> str | None:
+    """``--token``, else ``$OOO_TOKEN``; an empty token is none."""
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+    return token or None
 
 
 def _run(command: _Command, args: argparse.Namespace) -> int:
     async def main() -> Any:
-        async with Client(args.url, token=args.token) as client:
+        async with Client(args.url, token=token_of(args)) as client:
             return await command(client, args)
 
     try:
         asyncio.run(main())
     except ClientError as exc:
         print(f"ooo-storage: {exc}", file=sys.stderr)
-        return 1
+        return _AUTH_EXITS.get(exc.status, 1)
     except ValueError as exc:
         print(f"ooo-storage: {exc}", file=sys.stderr)
         return 2
@@ -116,9 +145,33 @@ async def _watch(client: Client, args: argparse.Namespace) -> None:
         raise ValueError("--count must be positive")
     seen = 0
     subscription = client.subscribe(args.key, reconnect=not args.no_reconnect, on_status=_report)
-    async with subscription:
-        async for state in subscription:
-            _print(state)
-            seen += 1
-            if seen == args.count:
-                return
+    try:
+        async with subscription:
+            async for state in subscription:
+                _print(state)
+                seen += 1
+                if seen == args.count:
+                    return
+    except ClientError as exc:
+        if exc.status in _AUTH_EXITS:
+            raise await _refusal(client, args.key, exc) from None
+        raise
+
+
+async def _refusal(client: Client, key: str, refused: ClientError) -> ClientError:
+    """The server's reason for refusing to let ``key`` be watched (401/403).
+
+    A refused websocket upgrade gives only a status (aiohttp does not read its body), and the
+    server decides a subscription as it decides a GET of the same key (both need ``read``), so a
+    GET asks for the reason; if it is not refused the same way, the upgrade's status is all we say.
+    """
+    try:
+        await (client.get_page(key, limit=1) if "*" in key else client.get(key))
+    except ClientError as exc:
+        if exc.status == refused.status:
+            return ClientError(exc.status, f"subscription refused: {exc.message}")
+    return refused
+
+
+async def _stats(client: Client, args: argparse.Namespace) -> None:
+    _print(await client.stats())

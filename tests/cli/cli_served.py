@@ -1,18 +1,29 @@
-"""``ooo-storage serve`` as a real process, for the CLI tests: started, read, signalled, stopped.
+"""Servers for the CLI tests.
 
-Its log (stderr) is read line by line, so a test waits for what the server says it did (serving,
-a reload) instead of sleeping.
+:class:`Served` is ``ooo-storage serve`` as a real process: started, read, signalled, stopped. Its
+log (stderr) is read line by line, so a test waits for what the server says it did (serving, a
+reload) instead of sleeping. :class:`Background` is a server on its own event loop in a thread, for
+the client commands, which call ``asyncio.run`` themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Coroutine
 from pathlib import Path
 from types import TracebackType
+from typing import IO, Any, TypeVar
+
+from ooo_storage import Layered, MemoryLayer
+from ooo_storage.server import ServerRunner
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVING = re.compile(r"serving on (https?)://(\S+):(\d+)")
@@ -88,3 +99,62 @@ class Served:
             if self.process.returncode is None:
                 self.process.kill()
                 await self.process.wait()
+
+
+class Background:
+    """A server on its own event loop in a thread, which a test can stop and start again;
+    ``options`` are the server's (``auth=policy`` ...)."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.store = self.call(self._open_store())
+        self.runner: ServerRunner | None = None
+        self.port = 0
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    @staticmethod
+    async def _open_store() -> Layered:
+        store = Layered(memory=MemoryLayer())
+        await store.start()
+        return store
+
+    def start(self) -> str:
+        """Serve (again, on the same port once it has one) and return the URL."""
+        self.runner = ServerRunner(self.store, port=self.port, **self.options)
+        self.port = self.call(self.runner.start())
+        return self.runner.url
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            self.call(self.runner.stop())
+            self.runner = None
+
+    def close(self) -> None:
+        self.stop()
+        self.call(self.store.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class Lines:
+    """The lines of a child's pipe, read by a thread so that a test waits with a timeout."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.queue.put(line)
+
+    def next(self) -> str:
+        try:
+            return self.queue.get(timeout=10)
+        except queue.Empty:
+            raise AssertionError("no line within 10 s") from None

@@ -7,83 +7,20 @@ its own event loop in a background thread (which a test may stop and start again
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import io
-import queue
 import subprocess
 import sys
-import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, TypeVar
 
 import orjson
 import pytest
+from cli_served import Background, Lines
 
-from ooo_storage import Layered, MemoryLayer
 from ooo_storage.cli.client import add_parsers
-from ooo_storage.server import ServerRunner
 
 ROOT = Path(__file__).resolve().parents[1]
-T = TypeVar("T")
-
-
-class Background:
-    """A server on its own event loop in a thread, which a test can stop and start again."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.store = self.call(self._open_store())
-        self.runner: ServerRunner | None = None
-        self.port = 0
-
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    @staticmethod
-    async def _open_store() -> Layered:
-        store = Layered(memory=MemoryLayer())
-        await store.start()
-        return store
-
-    def start(self) -> str:
-        """Serve (again, on the same port once it has one) and return the URL."""
-        self.runner = ServerRunner(self.store, port=self.port)
-        self.port = self.call(self.runner.start())
-        return self.runner.url
-
-    def stop(self) -> None:
-        if self.runner is not None:
-            self.call(self.runner.stop())
-            self.runner = None
-
-    def close(self) -> None:
-        self.stop()
-        self.call(self.store.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-class Lines:
-    """The lines of a child's pipe, read by a thread so that a test waits with a timeout."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.queue: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
-
-    def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.queue.put(line)
-
-    def next(self) -> str:
-        try:
-            return self.queue.get(timeout=10)
-        except queue.Empty:
-            raise AssertionError("no line within 10 s") from None
 
 
 WATCH = (
