@@ -25,6 +25,7 @@ from ..errors import (
 
 log = logging.getLogger("ooo_storage.server")
 
+
 def status_of(exc: BaseException) -> tuple[int, str]:
     """HTTP status and body for an exception raised while serving a request."""
     if isinstance(exc, HTTPFailure):
@@ -42,6 +43,19 @@ def text_response(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=message, content_type="text/plain")
 
 
+def response_for(exc: BaseException) -> web.Response:
+    """The plain-text response for ``exc``: its status and message, plus an :class:`HTTPFailure`'s
+    own headers (``WWW-Authenticate`` of a 401) and its ``close``."""
+    status, message = status_of(exc)
+    response = text_response(status, message)
+    if isinstance(exc, HTTPFailure):
+        if exc.headers:
+            response.headers.update(exc.headers)
+        if exc.close:
+            response.force_close()
+    return response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -54,10 +68,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             log.info("%s %.200s refused: %d %.300r", request.method, request.path, status, message)
         else:
             log.error("%s %s failed: %r", request.method, request.path, exc, exc_info=status == 500)
-        response = text_response(status, message)
-        if isinstance(exc, HTTPFailure) and exc.close:
-            response.force_close()
-        return response
+        return response_for(exc)
 
 
 class BadRequestLogFilter(logging.Filter):
