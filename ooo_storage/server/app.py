@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -19,6 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from ..layered import Layered, WatchHandle
+from ..protocol.access import Policy
 from ..protocol.filters import (
     AfterWriteFn,
     DeleteFn,
@@ -30,6 +30,7 @@ from ..protocol.filters import (
 )
 from ..protocol.origins import OriginPolicy
 from . import explorer, followup, rest, streams
+from .auth import Guard
 from .clocks import Clocks
 from .config import ServerConfig
 from .connection import Flusher
@@ -42,7 +43,6 @@ from .streams import wants_websocket
 log = logging.getLogger("ooo_storage.server")
 
 SERVER_KEY: web.AppKey[Server] = web.AppKey("ooo_server")
-_PATH_CHARS = re.compile(r"/[A-Za-z0-9*/._-]*").fullmatch
 _KeyHandler = Callable[[Context, web.Request, str], Awaitable[web.StreamResponse]]
 _KEY_METHODS: dict[str, _KeyHandler] = {
     "GET": rest.get,
@@ -67,6 +67,7 @@ class Server:
         self.notices = Notices()
         self.filters = Filters(static=self.config.static)
         self.pools = Pools(store, self.filters, self.config)
+        self.guard = Guard(store, self.config.auth)
         self.context = Context(
             store=store,
             config=self.config,
@@ -75,6 +76,7 @@ class Server:
             clocks=Clocks(self.config.tick),
             flusher=Flusher(),
             after_write=functools.partial(followup.after_write, store, self.filters),
+            guard=self.guard,
         )
         self._app: web.Application | None = None
         self._watch: WatchHandle | None = None
@@ -139,6 +141,22 @@ class Server:
     def on_unsubscribe(self, fn: Callable[[str], Any] | None) -> None:
         self.filters.on_unsubscribe = fn
 
+    # -- access control (auth.py) --------------------------------------------------------------
+    @property
+    def policy(self) -> Policy | None:
+        """The access policy in force (None: no access control)."""
+        return self.guard.policy
+
+    def set_policy(self, policy: Policy | None) -> int:
+        """Use ``policy`` from now on (the CLI's SIGHUP reload), atomically: a request already past
+        authentication finishes under the policy it started with, every new one gets the new one.
+        Open streams are checked again as if they subscribed now (their token authenticated again,
+        expiry included): those the new policy refuses are closed with 1008 and the reason.
+        Returns how many were closed. ``None`` turns access control off (everyone may do
+        everything): the server must have been built with a policy or without, it works both ways."""
+        self.guard.swap(policy)
+        return self.guard.recheck([*self.pools.connections(), *self.context.clocks.members])
+
     # -- application ----------------------------------------------------------------------------
     @property
     def app(self) -> web.Application:
@@ -152,6 +170,7 @@ class Server:
             middlewares=[
                 self._origin_middleware(),
                 error_middleware,
+                self.guard.middleware(),
                 body_timeout_middleware(cfg.body_timeout, self.notices),
                 *cfg.middlewares,
             ],
@@ -207,10 +226,9 @@ class Server:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         ctx = self.context
-        path = request.raw_path.partition("?")[0]
-        if _PATH_CHARS(path) is None:
+        key = rest.request_key(request)
+        if key is None:
             return text_response(404, "ooo: not found")
-        key = path[1:]
         method = request.method
         if not key:
             if method != "GET":
@@ -229,6 +247,7 @@ class Server:
         # In commit order, inside each write: pool versions are exact revisions.
         self._watch = self.store.on_commit(self.pools.on_event)
         self.context.clocks.start()
+        self.guard.start()
 
     async def _shutdown(self, app: web.Application) -> None:
         """Close every websocket with 1001 so their handlers return and the runner can finish."""
@@ -237,6 +256,7 @@ class Server:
 
     async def _cleanup(self, app: web.Application) -> None:
         await self.context.clocks.stop()
+        await self.guard.stop()
         if self._watch is not None:
             self._watch.cancel()
 

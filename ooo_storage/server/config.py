@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from aiohttp.typedefs import Middleware
 
+    from ..protocol.access import Policy
+
 
 @dataclass
 class ServerConfig:
@@ -76,3 +78,8 @@ class ServerConfig:
     """Extra aiohttp middlewares; they run for every route, websocket upgrades included."""
     list_limit: int = 1000
     """Most items one glob GET returns, and the largest ``?limit=``; more → a cursor (lists.py)."""
+    auth: Policy | None = None
+    """Who may do what (``protocol/access.py``; ``Policy.load(path)`` or ``Policy.from_dict``),
+    checked for every route, websockets included, before filters run and before a body is read
+    (``auth.py``). None: everyone may do everything, as before. This is the policy the server
+    starts with; ``Server.set_policy`` replaces it at run time."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..layered import Layered
 from ..protocol.filters import Filters
@@ -17,6 +18,9 @@ from .clocks import Clocks
 from .config import ServerConfig
 from .connection import Flusher
 from .hub import Pools
+
+if TYPE_CHECKING:  # auth.py imports the handlers, which import this module
+    from .auth import Guard
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,3 +39,6 @@ class Context:
     """Writes the frames queued for every websocket during one event-loop iteration."""
     after_write: Callable[[str], Awaitable[None]]
     """``after_write(key)``: the follow-up of a successful POST or PATCH (``followup.py``)."""
+    guard: Guard
+    """The access policy in force (None: no access control) and the usage counter (``auth.py``);
+    ``request[auth.PRINCIPAL]`` is who a request is."""

@@ -1,4 +1,7 @@
-"""``GET /`` (PROTOCOL.md §4): the key listing as JSON, the ``?api=`` endpoints, the HTML explorer."""
+"""``GET /`` (PROTOCOL.md §4): the key listing as JSON, the ``?api=`` endpoints, the HTML explorer.
+
+Under an access policy these need ``admin`` (``auth.py`` checked it), and the key listings show only
+the keys the principal may read."""
 
 from __future__ import annotations
 
@@ -12,8 +15,10 @@ from aiohttp import web
 from .. import __version__
 from ..errors import HTTPFailure
 from ..protocol import keys
+from ..protocol.access import Policy
 from ..protocol.pages import whole_number
 from . import chunked
+from .auth import principal_of
 from .context import Context
 from .rest import json_response
 
@@ -23,13 +28,23 @@ MAX_PAGE_NUMBER = 10**12
 _BATCH = 1000  # keys encoded at a time for the whole listing
 
 
+async def _readable_keys(ctx: Context, request: web.Request) -> list[str]:
+    """Every key of the store the request's principal may read (all of them without a policy)."""
+    found = await ctx.store.keys()
+    principal = principal_of(request)
+    if principal is None:
+        return found
+    readable = Policy.reader(principal)
+    return [k for k in found if readable(k)]
+
+
 async def _keys_page(ctx: Context, request: web.Request) -> bytes:
     query = request.query
     page = whole_number("page", query.get("page"), 1, 1, MAX_PAGE_NUMBER)
     limit = whole_number("limit", query.get("limit"), DEFAULT_PAGE, 1, MAX_PAGE)
     text = query.get("filter", "")
     prefix = keys.glob_prefix(text)
-    found = [k for k in await ctx.store.keys() if k.startswith(prefix)]
+    found = [k for k in await _readable_keys(ctx, request) if k.startswith(prefix)]
     start = (page - 1) * limit
     return orjson.dumps(
         {
@@ -67,9 +82,11 @@ async def root(ctx: Context, request: web.Request) -> web.StreamResponse:
         return json_response(orjson.dumps({"static": ctx.filters.static, "filters": ctx.filters.describe()}))
     if api == "state":
         return json_response(orjson.dumps(ctx.pools.state()))
+    if api == "stats":
+        return json_response(orjson.dumps(await ctx.guard.stats()))
     if api is not None:
         raise HTTPFailure(400, f"ooo: unknown api {api!r}")
-    all_keys = await ctx.store.keys()
+    all_keys = await _readable_keys(ctx, request)
     wants_json = "application/json" in request.headers.get("Accept", "")
     return await chunked.send(
         request,

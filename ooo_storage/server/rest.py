@@ -8,6 +8,8 @@ Glob GETs are paged and streamed by ``lists.py``; JSON work on large bodies runs
 
 from __future__ import annotations
 
+import re
+
 import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
@@ -20,6 +22,15 @@ from . import lists, offload
 from .context import Context
 
 JSON = "application/json"
+_PATH_CHARS = re.compile(r"/[A-Za-z0-9*/._-]*").fullmatch
+
+
+def request_key(request: web.Request) -> str | None:
+    """The key a request names: its raw path without the leading ``/`` (``""`` for ``/``), nothing
+    normalised away (``.`` segments, percent-decoding); None when the path has characters no key
+    can have (PROTOCOL.md §4: 404)."""
+    path = request.raw_path.partition("?")[0]
+    return path[1:] if _PATH_CHARS(path) is not None else None
 
 
 def json_response(body: bytes, status: int = 200) -> web.Response:

@@ -1,8 +1,9 @@
 """Websocket handlers of PROTOCOL.md §5: key/glob subscriptions and the clock stream on ``/``.
 
 Every rejection (invalid key, filters, ``on_subscribe``) happens before the upgrade, as a plain
-HTTP response; Origin and Host were checked before the handler ran, as for every request
-(``app.py``, ``protocol/origins.py``). After the upgrade the handler only reads (client frames are
+HTTP response; Origin and Host, and the access policy (``read`` on the key; any known principal
+for the clock), were checked before the handler ran, as for every request (``app.py``,
+``auth.py``). After the upgrade the handler only reads (client frames are
 ignored, except that any frame counts as a sign of life and pings are answered); pools write the
 frames.
 """
@@ -34,7 +35,8 @@ def wants_websocket(request: web.Request) -> bool:
 
 def bearer_token(request: web.Request) -> str | None:
     """The token of a ``Sec-WebSocket-Protocol: bearer, <token>`` offer (or an ``Authorization:
-    Bearer <token>`` header), for authentication middlewares and hooks."""
+    Bearer <token>`` header): what the access policy authenticates (``auth.py``), also for
+    middlewares and hooks of your own."""
     offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
     if len(offered) >= 2 and offered[0] == BEARER and offered[1]:
         return offered[1]
