@@ -24,20 +24,38 @@ and the 59 before it, so it does not drop to zero on the hour).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..protocol.access import Namespace
-from ..protocol.keys import match
-from ..protocol.objects import Event, Object
+from ..protocol.keys import glob_prefix, match
+from ..protocol.objects import Event, Object, load_object
 
-__all__ = ["Usage"]
+__all__ = ["Stored", "Usage"]
+
+Stored = Object | tuple[str, bytes | None]
+"""What :meth:`Usage.load` counts: an object, or a key with its stored object JSON as the memory
+layer holds it after a start (``MemoryLayer.get_raw``; None, a key gone meanwhile, is skipped),
+measured without being parsed."""
+
+_HEAD = re.compile(rb'\{"created":-?\d+,"updated":-?\d+,"index":"[^"\\]*"(?:,"path":"[^"\\]*")?,"data":')
+"""The layout ``Object.to_json`` writes, up to the data (keys never need escaping)."""
 
 HOURS = 24
 """Hourly buckets kept: the rolling window of ``perHour`` and ``last24h``."""
 MINUTES = 60
 """Minute buckets kept, for ``lastHour``."""
+
+
+def data_size(key: str, raw: bytes) -> int:
+    """``len(load_object(key, raw).data)``, read from the layout of the stored bytes when they are
+    in our own (a restart then parses nothing), parsed otherwise."""
+    head = _HEAD.match(raw)
+    if head is not None and raw.endswith(b"}") and len(raw) > head.end() + 1:
+        return len(raw) - head.end() - 1
+    return len(load_object(key, raw).data)
 
 
 class _Window:
@@ -127,8 +145,9 @@ class _Tally:
 class Usage:
     """Objects, bytes and requests per namespace.
 
-    Wiring: :meth:`load` once at start with the stored objects (any objects: those outside every
-    namespace are skipped), :meth:`on_event` as a ``Layered.on_commit`` observer,
+    Wiring: :meth:`load` once at start with what is stored (objects, or for a start that parses
+    nothing the memory layer's raw values: ``((k, memory.get_raw(k)) for k in memory.keys())``;
+    keys outside every namespace are skipped), :meth:`on_event` as a ``Layered.on_commit`` observer,
     :meth:`count_request` on every REST request and subscription, :meth:`snapshot` for
     ``?api=stats``, :meth:`reconfigure` when a policy reload changes the namespaces. A write the
     store makes without an event (``delete_silent``, keys of ``no_broadcast_keys``) is not seen;
@@ -186,16 +205,26 @@ class Usage:
         return None if tally is None else tally.namespace
 
     # -- objects and bytes ---------------------------------------------------------------------
-    def load(self, objects: Iterable[Object]) -> None:
-        """Replace the objects and bytes of every namespace with those of ``objects`` (the store's
-        content; ``obj.path`` is the key). Request counts are kept."""
+    def load(self, stored: Iterable[Stored]) -> None:
+        """Replace the objects and bytes of every namespace with those of ``stored`` (the store's
+        content: objects, whose ``path`` is the key, or ``(key, stored JSON)`` pairs, see
+        :data:`Stored`; those outside every namespace are skipped). Request counts are kept.
+
+        Collect ``stored`` with no ``await`` before this call (``store.memory.keys()`` and
+        ``get_raw``): a write in between would be counted twice or not at all."""
         for emptied in self._tallies:
             emptied.sizes = {}
             emptied.bytes = 0
-        for obj in objects:
-            tally = self._tally(obj.path)
-            if tally is not None:
-                tally.put(obj.path, len(obj.data))
+        for item in stored:
+            if isinstance(item, Object):
+                tally = self._tally(item.path)
+                if tally is not None:
+                    tally.put(item.path, len(item.data))
+            else:
+                key, raw = item
+                tally = self._tally(key)
+                if tally is not None and raw is not None:
+                    tally.put(key, data_size(key, raw))
 
     def on_event(self, event: Event) -> None:
         """Apply one committed write: a ``set`` (new object), a single-key ``del`` or a glob delete
@@ -215,9 +244,10 @@ class Usage:
                 tally.remove(key)
 
     def _delete_glob(self, glob: str) -> None:
+        literal = glob_prefix(glob)
         for tally in self._tallies:
             if tally.may_hold(glob):
-                for key in [k for k in tally.sizes if match(glob, k)]:
+                for key in [k for k in tally.sizes if k.startswith(literal) and match(glob, k)]:
                     tally.remove(key)
 
     # -- requests ------------------------------------------------------------------------------
@@ -243,8 +273,9 @@ class Usage:
             "at": now,
         }
 
-    def reconfigure(self, namespaces: Sequence[Namespace], objects: Iterable[Object]) -> None:
+    def reconfigure(self, namespaces: Sequence[Namespace], stored: Iterable[Stored]) -> None:
         """Switch to new namespaces (a policy reload) and recount objects and bytes from
-        ``objects``; a namespace that keeps its name keeps its request counts."""
+        ``stored`` (as for :meth:`load`); a namespace that keeps its name keeps its request
+        counts, a new one starts from zero."""
         self._declare(namespaces, {t.namespace.name: t for t in self._tallies})
-        self.load(objects)
+        self.load(stored)
