@@ -302,6 +302,24 @@ async def test_middlewares_and_hooks_see_the_principal(make_live: LiveFactory) -
     assert seen == ["t"]
 
 
+async def test_failures_raised_by_middlewares_keep_their_headers(make_live: LiveFactory) -> None:
+    """errors.py, the one place exceptions become responses, sends an HTTPFailure's own headers."""
+    from ooo_storage.errors import HTTPFailure, Unauthorized
+
+    @web.middleware
+    async def own_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/teapot":
+            raise HTTPFailure(418, "ooo: short and stout", headers={"X-Why": "tea"})
+        raise Unauthorized("ooo: unauthorized: a token is required by my middleware")
+
+    live = await make_live(middlewares=[own_auth])
+    status, headers, body = await call(live, "GET", "a/1")
+    assert (status, body) == (401, b"ooo: unauthorized: a token is required by my middleware")
+    assert headers["WWW-Authenticate"] == 'Bearer realm="ooo-storage"'
+    status, headers, _ = await call(live, "GET", "teapot")
+    assert (status, headers["X-Why"]) == (418, "tea")
+
+
 # -- JWTs ------------------------------------------------------------------------------------------
 
 SECRET = "a-shared-secret-of-at-least-32-bytes!"
