@@ -1,11 +1,15 @@
 // Drive the npm `ooo-client` package against a server and print what it observed as one JSON line.
 //
-//   node [--experimental-websocket] ooo_client_check.mjs HOST:PORT
+//   node [--experimental-websocket] ooo_client_check.mjs HOST:PORT [AUTH_HOST:PORT TOKEN]
 //
 // The scenarios follow the package's own browser spec (test/oooClientSpec.js), run in Node: a
 // `document` stand-in receives the page-lifecycle listeners the client registers, and Node's
 // WebSocket and fetch replace the browser's. Each scenario yields what the client delivered to
 // `onmessage` (deep-copied, as the spec does), or {"error": ...}; tests/compat asserts on it.
+//
+// With AUTH_HOST and TOKEN, the auth scenarios run too, against a server with an access policy
+// where TOKEN may read secure/* and anonymous requests may only write there: the client offers
+// ['bearer', TOKEN] as its sub-protocols, as a page would.
 import ooo from 'ooo-client'
 
 globalThis.document ??= new EventTarget()
@@ -18,7 +22,7 @@ if (duplex && !duplex.set) {
   Object.defineProperty(Request.prototype, 'duplex', { ...duplex, set () {} })
 }
 
-const host = process.argv[2]
+const [host, authHost, token] = process.argv.slice(2)
 const copy = (value) => JSON.parse(JSON.stringify(value))
 const TIMEOUT_MS = 8000
 
@@ -54,11 +58,36 @@ const watch = (path, { protocols = [], act = async () => {}, done, extra = () =>
     }
   })
 
-const http = () => {
+const http = (server = host) => {
   const client = ooo()
-  client.httpUrl = `http://${host}`
+  client.httpUrl = `http://${server}`
   return client
 }
+
+// Subscribe expecting the server to refuse the upgrade, and report what the page can see.
+// ooo-client binds its socket's onerror when it connects (inside ooo()), so a handler set on the
+// client afterwards never hears of the first failure; listen on the socket itself. A browser then
+// fires close (1006) and ooo-client retries every reconnectInterval; Node 20's WebSocket fires no
+// close after a failed handshake, so only the error is certain.
+const refused = (url, protocols) => new Promise((resolve, reject) => {
+  const client = ooo(url, false, protocols)
+  client.reconnectInterval = 60000 // the refusal is what is observed; process.exit ends any retry
+  const seen = { opened: false, msgs: [] }
+  const timer = setTimeout(() => {
+    client.close()
+    reject(new Error(`not refused within ${TIMEOUT_MS} ms: ${JSON.stringify(seen)}`))
+  }, TIMEOUT_MS)
+  client.onopen = () => { seen.opened = true }
+  client.onmessage = (msg) => { seen.msgs.push(copy(msg)) }
+  client.ws.addEventListener('error', (event) => {
+    clearTimeout(timer)
+    seen.event = event.type
+    // No client.close() here: closing a socket from its own failure makes Node 20 fire the error
+    // again, endlessly. Marking the close as wanted is enough to stop ooo-client's retries.
+    client.forcedClose = true
+    resolve(seen)
+  }, { once: true })
+})
 
 const scenarios = {
   // One key: empty snapshot, create, update, delete.
@@ -148,6 +177,38 @@ const scenarios = {
     return { items }
   },
 }
+
+const authScenarios = {
+  // The token may read secure/*: a snapshot of the seeded value, then a change written anonymously.
+  tokenAllowed: () => {
+    const url = `${authHost}/secure/thing`
+    return new Promise((resolve, reject) => {
+      const client = ooo(url, false, ['bearer', token])
+      const msgs = []
+      const timer = setTimeout(() => {
+        client.close()
+        reject(new Error(`timed out with ${JSON.stringify(msgs)}`))
+      }, TIMEOUT_MS)
+      client.onopen = async () => {
+        try { await http(authHost).publish('secure/thing', { name: 'updated' }) } catch (err) { reject(err) }
+      }
+      client.onmessage = (msg) => {
+        msgs.push(copy(msg))
+        if (msgs.length === 2) {
+          clearTimeout(timer)
+          const protocol = client.ws.protocol
+          client.close()
+          resolve({ msgs, protocol })
+        }
+      }
+      client.onerror = (err) => { clearTimeout(timer); client.close(); reject(new Error(`error: ${err.type}`)) }
+    })
+  },
+  noToken: () => refused(`${authHost}/secure/thing`, []),
+  wrongToken: () => refused(`${authHost}/secure/thing`, ['bearer', 'wrong-' + token]),
+  tokenElsewhere: () => refused(`${authHost}/other/thing`, ['bearer', token]),
+}
+if (authHost) Object.assign(scenarios, authScenarios)
 
 const results = {}
 for (const [name, run] of Object.entries(scenarios)) {

@@ -2,7 +2,11 @@
 
 The package is installed once with npm into tests/compat/node_modules (git-ignored, pinned by
 package-lock.json), then ooo_client_check.mjs runs the scenarios of the package's own spec in Node
-against our server and prints what the client saw; the assertions below are the spec's.
+against our server and prints what the client saw; the assertions below are the spec's. A second
+server has an access policy: the client connects with ``ooo(url, false, ["bearer", token])``.
+
+Node is required, not optional: without it these tests fail and say so (a skip would let CI pass
+without ever running the JS client).
 """
 
 from __future__ import annotations
@@ -19,32 +23,44 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from ooo_storage import Layered, MemoryLayer
+from ooo_storage.protocol.access import Policy, token_digest
 from ooo_storage.server import create_app
 
 HERE = Path(__file__).resolve().parent
-NODE = shutil.which("node")
-NPM = shutil.which("npm")
-
-pytestmark = pytest.mark.skipif(
-    NODE is None or NPM is None,
-    reason="node and npm must be on PATH to run the npm ooo-client package against the server",
-)
+TOKEN = "browser-token-0123456789abcdefghijklmnopqrstuvwxyz"
+# The token may read secure/*; anonymous requests (the client's REST calls carry no token) may only
+# write there: a page must show its token to subscribe.
+POLICY = Policy.from_dict({
+    "tokens": [{"name": "browser", "sha256": token_digest(TOKEN),
+                "rules": [{"paths": ["secure/*"], "rights": ["read"]}]}],
+    "anonymous": {"rules": [{"paths": ["secure/*"], "rights": ["write"]}]},
+})
 
 EMPTY = {"created": 0, "updated": 0, "index": "", "data": {}}
+
+
+def required(program: str) -> str:
+    """The path of ``program``, or a test failure naming what is missing and why it is needed."""
+    path = shutil.which(program)
+    if path is None:
+        pytest.fail(f"{program} is not on PATH: tests/compat runs the npm ooo-client package in Node "
+                    "against the server; install Node.js 20 or later with npm (.ci/run does)",
+                    pytrace=False)
+    return path
 
 
 @pytest.fixture(scope="module")
 def node_command() -> list[str]:
     """``node`` with the flags this version needs, after installing ooo-client if not cached."""
-    assert NODE is not None and NPM is not None
+    node = required("node")
     if not (HERE / "node_modules" / "ooo-client" / "package.json").exists():
-        subprocess.run([NPM, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=HERE,
-                       check=True, timeout=300)
+        subprocess.run([required("npm"), "install", "--no-audit", "--no-fund", "--loglevel=error"],
+                       cwd=HERE, check=True, timeout=300)
     # Node 20 hides its (browser-compatible) WebSocket behind a flag; later versions expose it.
-    probe = subprocess.run([NODE, "-p", "typeof WebSocket"], capture_output=True, text=True,
+    probe = subprocess.run([node, "-p", "typeof WebSocket"], capture_output=True, text=True,
                            check=True, timeout=30)
     flags = ["--experimental-websocket"] if probe.stdout.strip() == "undefined" else []
-    return [NODE, *flags, "--no-warnings", "--import", "./bundler_resolve.mjs",
+    return [node, *flags, "--no-warnings", "--import", "./bundler_resolve.mjs",
             str(HERE / "ooo_client_check.mjs")]
 
 
@@ -60,9 +76,21 @@ async def host() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def seen(node_command: list[str], host: str) -> dict[str, Any]:
+async def auth_host() -> AsyncIterator[str]:
+    async with Layered(memory=MemoryLayer()) as store:
+        await store.set("secure/thing", {"name": "seeded"})
+        server = TestServer(create_app(store, auth=POLICY), host="127.0.0.1")
+        await server.start_server()
+        try:
+            yield f"127.0.0.1:{server.port}"
+        finally:
+            await server.close()
+
+
+@pytest.fixture
+async def seen(node_command: list[str], host: str, auth_host: str) -> dict[str, Any]:
     process = await asyncio.create_subprocess_exec(
-        *node_command, host, cwd=HERE, stdout=asyncio.subprocess.PIPE,
+        *node_command, host, auth_host, TOKEN, cwd=HERE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
@@ -125,3 +153,14 @@ async def test_ooo_client_against_our_server(seen: dict[str, Any]) -> None:
     assert [i["data"]["name"] for i in items[3]] == ["a thing in box 1"]
     assert [i["data"]["name"] for i in items[4]] == ["a thing in box 2", "a thing in box 1"]
     assert items[5]["data"]["name"] == "a thing in box 2"
+
+
+async def test_ooo_client_with_a_token(seen: dict[str, Any]) -> None:
+    allowed = ok(seen, "tokenAllowed")
+    assert allowed["protocol"] == "bearer"
+    assert [m["data"] for m in allowed["msgs"]] == [{"name": "seeded"}, {"name": "updated"}]
+    # Refused before the upgrade (401 without a token or with a wrong one, 403 on a path the token
+    # may not read): the page's socket fails, it never opens nor gets a frame. A page cannot tell
+    # these apart, nor from a network error: the WebSocket API hides the status.
+    for name in ("noToken", "wrongToken", "tokenElsewhere"):
+        assert ok(seen, name) == {"opened": False, "msgs": [], "event": "error"}, name
