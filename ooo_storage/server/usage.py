@@ -186,17 +186,20 @@ class Usage:
 
     # -- which namespace -----------------------------------------------------------------------
     def _tally(self, key: str) -> _Tally | None:
-        """The tally of the longest declared prefix ``key`` starts with: one look-up per ``/``."""
-        found = None
-        by_prefix = self._by_prefix
+        """The tally of the longest declared prefix ``key`` starts with: one look-up per ``/``,
+        down to the depth of the deepest prefix (on every write: kept lean)."""
         end = key.find("/")
-        for _ in range(self._depth):
+        if end < 0:
+            return None
+        by_prefix = self._by_prefix
+        found = by_prefix.get(key[: end + 1])
+        deeper = self._depth - 1
+        while deeper > 0:
+            end = key.find("/", end + 1)
             if end < 0:
                 break
-            tally = by_prefix.get(key[: end + 1])
-            if tally is not None:
-                found = tally
-            end = key.find("/", end + 1)
+            found = by_prefix.get(key[: end + 1], found)
+            deeper -= 1
         return found
 
     def namespace_of(self, key: str) -> Namespace | None:
@@ -235,7 +238,9 @@ class Usage:
             if tally is not None:
                 obj = event.object
                 assert obj is not None, "a set event carries its object"
-                tally.put(key, len(obj.data))
+                sizes, size = tally.sizes, len(obj.data)  # tally.put, inlined: every write
+                tally.bytes += size - sizes.get(key, 0)
+                sizes[key] = size
         elif "*" in key:  # Layered deletes every key a key with a "*" matches
             self._delete_glob(key)
         else:
