@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import math
 import signal
 import ssl
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -232,6 +233,9 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.auth is not None:
+        # Until the event loop takes SIGHUP over (_reload_on_sighup), one must not kill the server.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         access = _access(args)
     except _Refused as exc:
@@ -270,6 +274,8 @@ def _access(args: argparse.Namespace) -> _Access:
         path = str(Path(args.auth).absolute())  # SIGHUP reloads the same file
         policy = load_policy(path)
         log.info("auth: %s: %s", args.auth, describe(policy))
+        if not _grants_anything(policy):
+            log.warning("auth: %s grants no right to anyone: every request will be refused", args.auth)
     elif not is_loopback(args.host):
         if not args.insecure_no_auth:
             raise _Refused(
@@ -281,6 +287,11 @@ def _access(args: argparse.Namespace) -> _Access:
                     "may read, write and delete every key", args.host)
     tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert is not None else None
     return _Access(policy, path, tls)
+
+
+def _grants_anything(policy: Policy) -> bool:
+    jwt_rules = policy.jwt.rules if policy.jwt is not None else ()
+    return bool(policy.anonymous or jwt_rules or any(rules for _, rules in policy.tokens.values()))
 
 
 def is_loopback(host: str) -> bool:
@@ -376,13 +387,6 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
 
     embedded = None if args.memory_only else LevelDBLayer(args.data, sync=args.sync)
     store = Layered(memory=MemoryLayer(), embedded=embedded)
-    starting: asyncio.Task[None] | None = None
-    try:
-        await store.start()
-    except NoSpace as exc:
-        # Opening LevelDB writes (its log becomes a table): serve 503s until there is room.
-        log.error("%s: serving 503 until the database can be opened (retrying)", exc)
-        starting = asyncio.create_task(_start_when_possible(store))
     server = Server(
         store,
         static=args.static,
@@ -393,36 +397,54 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
         auth=access.policy,
         **_limits(args),
     )
-    loop = asyncio.get_running_loop()
-    if access.path is not None:
-        loop.add_signal_handler(signal.SIGHUP, _reload, server, access.path)
     scheme = "http" if access.tls is None else "https"
-    try:
-        await serve(
-            store,
-            args.host,
-            args.port,
-            server=server,
-            ssl_context=access.tls,
-            ready=lambda port: log.info(
-                "ooo-storage %s serving on %s://%s:%d (%s)",
-                __version__,
-                scheme,
+    with _reload_on_sighup(server, access.path):
+        starting: asyncio.Task[None] | None = None
+        try:
+            await store.start()
+        except NoSpace as exc:
+            # Opening LevelDB writes (its log becomes a table): serve 503s until there is room.
+            log.error("%s: serving 503 until the database can be opened (retrying)", exc)
+            starting = asyncio.create_task(_start_when_possible(store))
+        try:
+            await serve(
+                store,
                 args.host,
-                port,
-                "memory only"
-                if args.memory_only
-                else f"LevelDB at {args.data}{', durable writes' if args.sync else ''}",
-            ),
-        )
+                args.port,
+                server=server,
+                ssl_context=access.tls,
+                ready=lambda port: log.info(
+                    "ooo-storage %s serving on %s://%s:%d (%s)",
+                    __version__,
+                    scheme,
+                    args.host,
+                    port,
+                    "memory only"
+                    if args.memory_only
+                    else f"LevelDB at {args.data}{', durable writes' if args.sync else ''}",
+                ),
+            )
+        finally:
+            if starting is not None:
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+            await store.close()
+            log.info("stopped")
+
+
+@contextlib.contextmanager
+def _reload_on_sighup(server: Server, path: str | None) -> Iterator[None]:
+    """SIGHUP reloads the policy file while inside. Installed before the store opens, which can
+    take a while: a SIGHUP meanwhile must reload, not kill the process (its default action)."""
+    if path is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, _reload, server, path)
+    try:
+        yield
     finally:
-        if access.path is not None:
-            loop.remove_signal_handler(signal.SIGHUP)
-        if starting is not None:
-            starting.cancel()
-            await asyncio.gather(starting, return_exceptions=True)
-        await store.close()
-        log.info("stopped")
+        loop.remove_signal_handler(signal.SIGHUP)
 
 
 async def _start_when_possible(store: Any) -> None:

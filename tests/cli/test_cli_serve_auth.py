@@ -6,6 +6,7 @@ Every server here is a real ``serve`` process; what a policy allows is measured 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from cli_served import Served, refused
+from cli_served import ROOT, SERVING, Served, refused
 
 from ooo_storage.cli.serve import describe, is_loopback
 from ooo_storage.protocol.access import Policy, token_digest
@@ -121,6 +122,14 @@ async def test_the_policy_applies_and_is_logged_without_secrets(auth_file: Path)
         assert secret not in text
 
 
+async def test_a_policy_that_grants_nothing_is_served_with_a_warning(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.toml"
+    empty.write_text(f'[[tokens]]\nname = "idle"\nsha256 = "{token_digest(ALICE)}"\n')
+    async with Served("--auth", str(empty)) as served, aiohttp.ClientSession() as http:
+        assert any("grants no right to anyone: every request will be refused" in line for line in served.log)
+        assert await status(http, "GET", f"{served.url}/k", ALICE) == 403
+
+
 def test_describe_counts_and_never_shows_secrets() -> None:
     assert describe(Policy()) == "0 tokens; no JWT; anonymous: nothing; namespaces: none"
     many = Policy.from_dict({
@@ -183,6 +192,23 @@ async def test_sighup_with_a_bad_file_keeps_the_old_policy(auth_file: Path) -> N
         assert "No such file or directory" in failed.string
         assert await status(http, "POST", f"{base}/a/2", ALICE) == 200
     assert await served.stop() == 0
+
+
+async def test_sighup_while_starting_does_not_kill_the_server(auth_file: Path) -> None:
+    served = Served("--auth", str(auth_file), port=0)
+    served.argv[served.argv.index("--memory-only")] = "--data"  # LevelDB: a start that takes a while
+    served.argv.insert(served.argv.index("--data") + 1, str(auth_file.parent / "db"))
+    try:
+        served.process = await asyncio.create_subprocess_exec(
+            *served.argv, cwd=ROOT, stderr=asyncio.subprocess.PIPE)
+        await served.wait_for("auth: ")  # the policy is loaded: the process is starting
+        served.signal(signal.SIGHUP)
+        found = await served.wait_for(SERVING.pattern)
+        served.port = int(found.group(3))
+        async with aiohttp.ClientSession() as http:
+            assert await status(http, "POST", f"{served.url}/a/1", ALICE) == 200
+    finally:
+        assert await served.stop() == 0
 
 
 # -- safe by default --------------------------------------------------------------------------------
