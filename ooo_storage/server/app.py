@@ -247,7 +247,7 @@ class Server:
         # In commit order, inside each write: pool versions are exact revisions.
         self._watch = self.store.on_commit(self.pools.on_event)
         self.context.clocks.start()
-        self.guard.start()
+        await self.guard.start()
 
     async def _shutdown(self, app: web.Application) -> None:
         """Close every websocket with 1001 so their handlers return and the runner can finish."""

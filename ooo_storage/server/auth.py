@@ -30,15 +30,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Handler, Middleware
 
-from ..errors import Forbidden, HTTPFailure, NotFound, Unauthorized
+from ..errors import Forbidden, HTTPFailure, NotActive, NotFound, Unauthorized
 from ..layered import Layered, WatchHandle
 from ..protocol import keys
 from ..protocol.access import Namespace, Policy, Principal, Right, token_digest
-from ..protocol.objects import Object
 from .errors import response_for
 from .rest import request_key
 from .streams import bearer_token, wants_websocket
-from .usage import Usage
+from .usage import Stored, Usage
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -188,9 +187,15 @@ class Guard:
         self._follow(policy)
 
     # -- lifecycle (the application's startup and cleanup) -------------------------------------
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Start counting usage: before the server listens, the namespaces' objects are counted
+        (one pass over the keys; ~0.6 s for 200 000 namespaced keys after a restart), so no
+        request waits behind that pass (unless the store opens later: then the first
+        ``?api=stats`` counts)."""
         self._started = True
         self._follow(self.policy)
+        if self._loading is not None:
+            await asyncio.gather(self._loading, return_exceptions=True)  # a failure is logged
 
     async def stop(self) -> None:
         self._started = False
@@ -309,10 +314,9 @@ class Guard:
         return self._loading
 
     async def _load(self) -> None:
-        """Count the stored objects of the namespaces: read through the store's public names until
-        no write committed during the read (with the memory mirror nothing here waits, so the first
-        read is whole); events from then on are the commit observer's. Redone if the namespaces
-        changed meanwhile."""
+        """Count the stored objects of the namespaces: read until no write committed during the
+        read (with the memory mirror nothing here waits, so the first read is whole); events from
+        then on are the commit observer's. Redone if the namespaces changed meanwhile."""
         try:
             while not self._loaded:
                 usage, namespaces, generation = self.usage, self._namespaces, self._generation
@@ -334,13 +338,18 @@ class Guard:
 _LOAD_ATTEMPTS = 5
 
 
-async def _stored(store: Layered, prefixes: tuple[str, ...]) -> list[Object]:
-    """The stored objects whose keys start with one of ``prefixes``, at any depth."""
-    found = [k for k in await store.keys() if k.startswith(prefixes)]
-    if store.mirrored:
-        return [obj for obj in map(store.peek, found) if obj is not None]
-    objects = []
-    for key in found:
+async def _stored(store: Layered, prefixes: tuple[str, ...]) -> list[Stored]:
+    """What is stored under one of ``prefixes``, at any depth: with the memory mirror, its raw
+    values (nothing parsed, nothing awaited, so one consistent read); otherwise the objects, read
+    one by one (the caller retries when a write committed meanwhile)."""
+    if not store.active:
+        raise NotActive()
+    memory = store.memory
+    if memory is not None:
+        every = memory.keys()  # a MemoryLayer is not iterable
+        return [(k, memory.get_raw(k)) for k in every if k.startswith(prefixes)]
+    objects: list[Stored] = []
+    for key in [k for k in await store.keys() if k.startswith(prefixes)]:
         with contextlib.suppress(NotFound):  # deleted since keys(): the revision check retries
             objects.append(await store.get(key))
     return objects

@@ -28,9 +28,12 @@ MAX_PAGE_NUMBER = 10**12
 _BATCH = 1000  # keys encoded at a time for the whole listing
 
 
-async def _readable_keys(ctx: Context, request: web.Request) -> list[str]:
-    """Every key of the store the request's principal may read (all of them without a policy)."""
+async def _readable_keys(ctx: Context, request: web.Request, prefix: str = "") -> list[str]:
+    """The keys starting with ``prefix`` that the request's principal may read (every one of them
+    without a policy)."""
     found = await ctx.store.keys()
+    if prefix:
+        found = [k for k in found if k.startswith(prefix)]  # the cheap test first
     principal = principal_of(request)
     if principal is None:
         return found
@@ -43,8 +46,7 @@ async def _keys_page(ctx: Context, request: web.Request) -> bytes:
     page = whole_number("page", query.get("page"), 1, 1, MAX_PAGE_NUMBER)
     limit = whole_number("limit", query.get("limit"), DEFAULT_PAGE, 1, MAX_PAGE)
     text = query.get("filter", "")
-    prefix = keys.glob_prefix(text)
-    found = [k for k in await _readable_keys(ctx, request) if k.startswith(prefix)]
+    found = await _readable_keys(ctx, request, keys.glob_prefix(text))
     start = (page - 1) * limit
     return orjson.dumps(
         {

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from server_live import Live, LiveFactory, next_frame
 
-from ooo_storage import Layered, MemoryLayer
+from ooo_storage import Layered, LevelDBLayer, MemoryLayer
 from ooo_storage.protocol.access import RIGHTS, Policy, token_digest
 from ooo_storage.server import ServerRunner
 from ooo_storage.server.auth import PRINCIPAL
@@ -630,9 +630,12 @@ async def stats_of(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
 
 
 async def with_server(
-    policy: Policy, fill: dict[str, Any], check: Callable[[Layered, Any, aiohttp.ClientSession, str], Awaitable[None]]
+    policy: Policy,
+    fill: dict[str, Any],
+    check: Callable[[Layered, Any, aiohttp.ClientSession, str], Awaitable[None]],
+    store: Layered | None = None,
 ) -> None:
-    store = Layered(memory=MemoryLayer())
+    store = store or Layered(memory=MemoryLayer())
     await store.start()
     for key, value in fill.items():
         await store.set(key, value)
@@ -645,7 +648,10 @@ async def with_server(
         await store.close()
 
 
-async def test_usage_counts_stored_objects_at_every_depth_then_follows_writes_and_requests() -> None:
+@pytest.mark.parametrize("backend", ["memory", "leveldb"], ids=["mirrored", "leveldb without mirror"])
+async def test_usage_counts_stored_objects_at_every_depth_then_follows_writes_and_requests(
+    backend: str, tmp_path: Path
+) -> None:
     namespaces = [{"name": "acme", "prefix": "acme/"}, {"name": "deep", "prefix": "acme/deep/"}]
     fill = {"acme/1": {"v": 1}, "acme/x/y/z": [1, 2, 3], "acme/deep/1": '"abc"', "other/1": 1, "acme": 0}
 
@@ -665,7 +671,30 @@ async def test_usage_counts_stored_objects_at_every_depth_then_follows_writes_an
         async with session.get(f"{base}/?api=stats", headers=bearer("reader")) as resp:
             assert resp.status == 403  # admin only
 
-    await with_server(usage_policy(namespaces), fill, check)
+    if backend == "memory":
+        store = Layered(memory=MemoryLayer())
+    else:
+        store = Layered(embedded=LevelDBLayer(str(tmp_path / "db")))
+    await with_server(usage_policy(namespaces), fill, check, store)
+
+
+async def test_usage_is_counted_once_the_store_opens() -> None:
+    """A server may start before its store (waiting for disk space): ?api=stats is then 503, and
+    the first one after the store opened counts what it holds."""
+    store = Layered(memory=MemoryLayer())
+    runner, session, base = await serving(store, usage_policy([{"name": "acme", "prefix": "acme/"}]))
+    try:
+        async with session.get(f"{base}/?api=stats", headers=bearer("root")) as resp:
+            assert (resp.status, await resp.text()) == (503, "storage: storage is not active")
+        await store.start()
+        await store.set("acme/1", 1)
+        assert await stats_of(session, base) == {"acme": (1, 1, 0)}
+        await store.set("acme/2", 22)
+        assert await stats_of(session, base) == {"acme": (2, 3, 0)}
+    finally:
+        await session.close()
+        await runner.stop()
+        await store.close()
 
 
 async def test_a_new_policy_recounts_usage_for_its_namespaces() -> None:
