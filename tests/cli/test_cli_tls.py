@@ -6,6 +6,7 @@ with its own CA would; files that cannot serve TLS stop the start with one line.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import os
@@ -121,6 +122,19 @@ async def test_the_client_commands_speak_https(pem: tuple[Path, Path]) -> None:
         command = [sys.executable, "-m", "ooo_storage", "get", served.url, "k"]
         done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
         assert done.returncode == 0 and orjson.loads(done.stdout)["data"] == "over tls"
+
+
+async def test_a_tls_handshake_that_never_comes_is_cut_at_the_header_timeout(pem: tuple[Path, Path]) -> None:
+    """A connection that sends no ClientHello is not yet counted by the connection limit: it must
+    not hold its socket for asyncio's default minute."""
+    cert, key = pem
+    async with Served("--tls-cert", str(cert), "--tls-key", str(key), "--header-timeout", "0.5") as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
+        assert loop.time() - began < 5
+        writer.close()
 
 
 async def test_server_runner_serves_tls(pem: tuple[Path, Path]) -> None:
