@@ -78,6 +78,9 @@ class ServerConfig:
     """Extra aiohttp middlewares; they run for every route, websocket upgrades included."""
     list_limit: int = 1000
     """Most items one glob GET returns, and the largest ``?limit=``; more → a cursor (lists.py)."""
+    max_subscription_items: int = 100_000
+    """Most items a glob subscription may hold: a glob matching more is refused (413) rather than
+    kept in memory and sent whole (hub.py); read such a glob with GET pages."""
     auth: Policy | None = None
     """Who may do what (``protocol/access.py``; ``Policy.load(path)`` or ``Policy.from_dict``),
     checked for every route, websockets included, before filters run and before a body is read
