@@ -1,14 +1,15 @@
 // Drive the npm `ooo-client` package against a server and print what it observed as one JSON line.
 //
-//   node [--experimental-websocket] ooo_client_check.mjs HOST:PORT [AUTH_HOST:PORT TOKEN]
+//   node [--experimental-websocket] ooo_client_check.mjs HOST:PORT
+//   node [--experimental-websocket] ooo_client_check.mjs --auth HOST:PORT TOKEN
 //
 // The scenarios follow the package's own browser spec (test/oooClientSpec.js), run in Node: a
 // `document` stand-in receives the page-lifecycle listeners the client registers, and Node's
 // WebSocket and fetch replace the browser's. Each scenario yields what the client delivered to
 // `onmessage` (deep-copied, as the spec does), or {"error": ...}; tests/compat asserts on it.
 //
-// With AUTH_HOST and TOKEN, the auth scenarios run too, against a server with an access policy
-// where TOKEN may read secure/* and anonymous requests may only write there: the client offers
+// With --auth, the auth scenarios run instead, against a server with an access policy where TOKEN
+// may read secure/* and anonymous requests may only write there: the client offers
 // ['bearer', TOKEN] as its sub-protocols, as a page would.
 import ooo from 'ooo-client'
 
@@ -22,7 +23,8 @@ if (duplex && !duplex.set) {
   Object.defineProperty(Request.prototype, 'duplex', { ...duplex, set () {} })
 }
 
-const [host, authHost, token] = process.argv.slice(2)
+const auth = process.argv[2] === '--auth'
+const [host, token] = process.argv.slice(auth ? 3 : 2)
 const copy = (value) => JSON.parse(JSON.stringify(value))
 const TIMEOUT_MS = 8000
 
@@ -58,9 +60,9 @@ const watch = (path, { protocols = [], act = async () => {}, done, extra = () =>
     }
   })
 
-const http = (server = host) => {
+const http = () => {
   const client = ooo()
-  client.httpUrl = `http://${server}`
+  client.httpUrl = `http://${host}`
   return client
 }
 
@@ -181,7 +183,7 @@ const scenarios = {
 const authScenarios = {
   // The token may read secure/*: a snapshot of the seeded value, then a change written anonymously.
   tokenAllowed: () => {
-    const url = `${authHost}/secure/thing`
+    const url = `${host}/secure/thing`
     return new Promise((resolve, reject) => {
       const client = ooo(url, false, ['bearer', token])
       const msgs = []
@@ -190,7 +192,7 @@ const authScenarios = {
         reject(new Error(`timed out with ${JSON.stringify(msgs)}`))
       }, TIMEOUT_MS)
       client.onopen = async () => {
-        try { await http(authHost).publish('secure/thing', { name: 'updated' }) } catch (err) { reject(err) }
+        try { await http().publish('secure/thing', { name: 'updated' }) } catch (err) { reject(err) }
       }
       client.onmessage = (msg) => {
         msgs.push(copy(msg))
@@ -204,14 +206,13 @@ const authScenarios = {
       client.onerror = (err) => { clearTimeout(timer); client.close(); reject(new Error(`error: ${err.type}`)) }
     })
   },
-  noToken: () => refused(`${authHost}/secure/thing`, []),
-  wrongToken: () => refused(`${authHost}/secure/thing`, ['bearer', 'wrong-' + token]),
-  tokenElsewhere: () => refused(`${authHost}/other/thing`, ['bearer', token]),
+  noToken: () => refused(`${host}/secure/thing`, []),
+  wrongToken: () => refused(`${host}/secure/thing`, ['bearer', 'wrong-' + token]),
+  tokenElsewhere: () => refused(`${host}/other/thing`, ['bearer', token]),
 }
-if (authHost) Object.assign(scenarios, authScenarios)
 
 const results = {}
-for (const [name, run] of Object.entries(scenarios)) {
+for (const [name, run] of Object.entries(auth ? authScenarios : scenarios)) {
   try {
     results[name] = await run()
   } catch (err) {

@@ -88,9 +88,19 @@ async def auth_host() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def seen(node_command: list[str], host: str, auth_host: str) -> dict[str, Any]:
+async def seen(node_command: list[str], host: str) -> dict[str, Any]:
+    return await run_node(node_command, host)
+
+
+@pytest.fixture
+async def seen_with_auth(node_command: list[str], auth_host: str) -> dict[str, Any]:
+    return await run_node(node_command, "--auth", auth_host, TOKEN)
+
+
+async def run_node(node_command: list[str], *argv: str) -> dict[str, Any]:
+    """What ooo_client_check.mjs reports: scenario name → what the client saw."""
     process = await asyncio.create_subprocess_exec(
-        *node_command, host, auth_host, TOKEN, cwd=HERE, stdout=asyncio.subprocess.PIPE,
+        *node_command, *argv, cwd=HERE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
@@ -155,7 +165,8 @@ async def test_ooo_client_against_our_server(seen: dict[str, Any]) -> None:
     assert items[5]["data"]["name"] == "a thing in box 2"
 
 
-async def test_ooo_client_with_a_token(seen: dict[str, Any]) -> None:
+async def test_ooo_client_with_a_token(seen_with_auth: dict[str, Any]) -> None:
+    seen = seen_with_auth
     allowed = ok(seen, "tokenAllowed")
     assert allowed["protocol"] == "bearer"
     assert [m["data"] for m in allowed["msgs"]] == [{"name": "seeded"}, {"name": "updated"}]
