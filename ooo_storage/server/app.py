@@ -54,7 +54,8 @@ _HOST_CACHE = 256  # distinct (Host, local address) verdicts remembered; an atta
 
 
 class Server:
-    """An ooo-storage server over ``store``. Options: the fields of :class:`ServerConfig`.
+    """An ooo-storage server over ``store``. Options: the fields of :class:`ServerConfig`
+    (``auth=Policy`` for access control, swapped at run time with :meth:`set_policy`).
 
     It registers filters and hooks and builds the aiohttp application; its request handlers get
     :attr:`context`, built once here (``context.py``).
@@ -269,7 +270,8 @@ def _local_address(request: web.Request) -> tuple[str, int] | None:
 
 
 def create_app(store: Layered, **options: Any) -> web.Application:
-    """The aiohttp application of a new :class:`Server`; reach it with ``app[SERVER_KEY]``."""
+    """The aiohttp application of a new :class:`Server`; reach it with ``app[SERVER_KEY]``.
+    ``create_app(store, auth=Policy.load("auth.toml"))`` enforces an access policy."""
     return Server(store, **options).app
 
 

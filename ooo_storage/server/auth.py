@@ -237,7 +237,7 @@ class Guard:
         return guard
 
     def _refuse(self, request: web.Request, who: str, exc: HTTPFailure) -> web.Response:
-        self.denied(who, request.method, request.path, exc)
+        self.denied(who, request.method, request.rel_url.raw_path, exc)  # as sent: no decoded newline
         response = response_for(exc)
         if not request.content.is_eof():
             response.force_close()  # a refused body is not worth reading

@@ -473,6 +473,8 @@ async def test_denied_requests_are_logged_once_per_principal_and_path_never_with
         assert (await call(live, "GET", "a/1", None))[0] == 401
     assert (await call(live, "GET", "b/2", "tok"))[0] == 403
     assert await ws_status(live, "b/1", "tok") == 403  # the same principal and path: no new line
+    assert (await call(live, "GET", "a/%0Aforged%20line", "tok"))[0] == 404  # no key: not a denial
+    assert (await call(live, "GET", "b/%0Aforged", "unknown"))[0] == 401
     assert await subscribe(live, "a/1", protocols=("bearer", secret_token)) == 401
 
     lines = [r.getMessage() for r in caplog.records if r.name == "ooo_storage.server.auth"]
@@ -481,6 +483,7 @@ async def test_denied_requests_are_logged_once_per_principal_and_path_never_with
         f"denied GET /a/1 to token sha256:{token_digest(secret_token)[:12]}: 401 ooo: unauthorized: unknown token",
         "denied GET /a/1 to anonymous: 401 ooo: unauthorized: a token is required to read a/1",
         "denied GET /b/2 to t: 403 ooo: forbidden: t may not read b/2",
+        f"denied GET /b/%0Aforged to token sha256:{token_digest('unknown')[:12]}: 401 ooo: unauthorized: unknown token",
     ]
     assert secret_token not in caplog.text
     assert "refused" not in caplog.text  # not logged a second time, per request, by errors.py
