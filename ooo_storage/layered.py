@@ -313,6 +313,14 @@ class Layered:
         objs.sort(key=_ORDER, reverse=True)
         return objs
 
+    def peek_scan(self, pattern: str, after: str | None, visit: int) -> tuple[list[Object], str | None]:
+        """Synchronous, bounded part of a memory glob read: the objects matching ``pattern`` among
+        at most ``visit`` keys after the key ``after`` (bytewise order), and the key to resume
+        after (None when done). For building large stream states in steps that yield the event
+        loop; requires a memory mirror (:attr:`mirrored`)."""
+        assert self.memory is not None
+        return self.memory.scan(pattern, after, visit)
+
     async def _read(self, key: str) -> Object | None:
         if self.memory is not None:
             return self.memory.get(key)

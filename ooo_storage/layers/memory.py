@@ -74,6 +74,27 @@ class KeyIndex:
                 break
             yield key
 
+    def scan(self, pattern: str, after: str | None, visit: int) -> tuple[list[str], str | None]:
+        """Up to ``visit`` keys under ``pattern``'s literal prefix strictly after ``after``, in
+        bytewise order: those matching ``pattern``, and the last key visited (None once the prefix
+        range is done). Each call starts afresh from ``after``, so keys added or removed between
+        calls are simply met or not: a scan can be resumed across writes."""
+        prefix = glob_prefix(pattern)
+        keys = self._merged()
+        start = prefix if after is None or after < prefix else after
+        found: list[str] = []
+        last: str | None = None
+        for key in keys.irange(minimum=start, inclusive=(after is None or after < prefix, True)):
+            if not key.startswith(prefix):
+                return found, None
+            last = key
+            if match(pattern, key):
+                found.append(key)
+            visit -= 1
+            if visit <= 0:
+                return found, last
+        return found, None
+
     def matching_keys(self, pattern: str) -> Iterator[str]:
         """Keys matching the glob ``pattern`` in bytewise order, scanning only its literal prefix."""
         for key in self.with_prefix(glob_prefix(pattern)):
@@ -154,6 +175,12 @@ class MemoryLayer:
     def get_list(self, pattern: str) -> list[Object]:
         present = self._present
         return [present(key) for key in self.matching_keys(pattern)]
+
+    def scan(self, pattern: str, after: str | None, visit: int) -> tuple[list[Object], str | None]:
+        """:meth:`KeyIndex.scan` with the objects: a bounded, resumable glob read."""
+        keys, last = self._index.scan(pattern, after, visit)
+        present = self._present
+        return [present(key) for key in keys], last
 
     def set(self, key: str, obj: Object) -> None:
         old = self._data.get(key)

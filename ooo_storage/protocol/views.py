@@ -125,13 +125,19 @@ class ListState:
 
     def load(self, objs: list[Object], revision: int) -> None:
         """Start from ``objs`` (newest first) as of ``revision``."""
-        self._order.clear()
-        self._items.clear()
+        self.load_read([(obj, revision) for obj in objs])
+
+    def load_read(self, entries: list[tuple[Object, int]]) -> None:
+        """Start from objects each read at its own store revision (a state built in steps while
+        writes went on): an event is then applied to an item only if it is newer than the item's
+        read, so the events of the build, replayed afterwards, change exactly what the reads
+        missed."""
+        entries.sort(key=lambda e: (e[0].created, e[0].path), reverse=True)
         if self.view.limit is not None:
-            objs = self.view.limit.trim(objs)
-        for obj in objs:
-            self._items[obj.path] = (obj, revision)
-            self._order.add((obj.created, obj.path))
+            kept = {o.path for o in self.view.limit.trim([o for o, _ in entries])}
+            entries = [e for e in entries if e[0].path in kept]
+        self._items = {obj.path: (obj, rev) for obj, rev in entries}
+        self._order = SortedList((obj.created, obj.path) for obj, _ in entries)
         if not self.view.plain:
             data = self.data()
             self._shown = jsontext.loads(data) if len(data) <= PATCH_MAX_BYTES else None
@@ -171,6 +177,8 @@ class ListState:
         if current is None:
             self._insert(obj, revision, ops)
             return
+        if current[1] >= revision:
+            return  # this item was read after the event: already part of it
         old = current[0]
         if old.to_json() == obj.to_json():
             return  # already part of the snapshot this pool was built from
@@ -199,7 +207,8 @@ class ListState:
             assert event.object is not None
             self._set(event.object, event.revision, ops)
         elif event.object is not None:  # single-key delete
-            if event.key in self._items:
+            current = self._items.get(event.key)
+            if current is not None and current[1] < event.revision:  # not read after it
                 self._remove(event.key, ops)
         else:  # glob delete: remove what was written before it, then one snapshot
             doomed = [

@@ -29,9 +29,10 @@ import asyncio
 import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Coroutine
 from typing import Any
 
-from ..errors import NotActive, NotFound
+from ..errors import HTTPFailure, NotActive, NotFound
 from ..layered import Layered
 from ..protocol.filters import Filters
 from ..protocol.frames import patch_frame, snapshot_frame
@@ -45,6 +46,10 @@ log = logging.getLogger("ooo_storage.server")
 
 _LOAD_ATTEMPTS = 5
 _REMEMBERED = 4096  # pruned pools whose version can be taken back
+SCAN_STEP = 4096
+"""Keys a glob pool's build visits between two yields of the event loop: a glob over a large store
+is read in steps, so other requests are served meanwhile (it held the loop ~2 s per subscription
+over 200 000 keys)."""
 
 
 def _digest(data: bytes) -> bytes:
@@ -89,6 +94,9 @@ class Pool:
         self.state.load(data, revision)
         self.base = self.version = revision
         self._snapshot = None
+        self.take_back(remembered)
+
+    def take_back(self, remembered: tuple[int, bytes] | None) -> None:
         if remembered is not None and remembered[1] == _digest(self.state.data()):
             self.version = remembered[0]
 
@@ -190,14 +198,90 @@ class Pools:
         self.pools[key] = pool
         self._index[key] = pool
         store = self.store
-        if store.mirrored:
-            data = store.peek_list(key) if "*" in key else store.peek(key)
-            pool.load(data, store.revision, self._remembered.pop(key, None))
+        if not store.mirrored:
+            self._start_loading(pool, self._load(pool))
+        elif "*" not in key:
+            pool.load(store.peek(key), store.revision, self._remembered.pop(key, None))
         else:
-            pool.buffer = []
-            pool.loading = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().create_task(self._load(pool))
+            revision = store.revision
+            objs, last = store.peek_scan(key, None, SCAN_STEP)
+            entries = [(obj, revision) for obj in objs]
+            if last is None:  # the whole glob in one step: no await between read and join
+                try:
+                    self._check_size(pool, len(entries))
+                except HTTPFailure:
+                    self._forget(pool)
+                    raise
+                assert isinstance(pool.state, ListState)
+                pool.state.load_read(entries)
+                pool.base = pool.version = revision
+                pool.take_back(self._remembered.pop(key, None))
+            else:
+                pool.base = revision
+                self._start_loading(pool, self._scan(pool, entries, last))
         return pool
+
+    def _start_loading(self, pool: Pool, build: Coroutine[Any, Any, None]) -> None:
+        """Build ``pool`` in the background; events meanwhile are buffered and replayed."""
+        loop = asyncio.get_running_loop()
+        pool.buffer = []
+        pool.loading = loop.create_future()
+        loop.create_task(build)
+
+    async def _scan(self, pool: Pool, entries: list[tuple[Object, int]], last: str | None) -> None:
+        """Read a large glob in steps of :data:`SCAN_STEP` keys, each object tagged with the
+        revision it was read at, then replay the writes of the build (``ListState.load_read``)."""
+        assert pool.loading is not None and pool.buffer is not None
+        store = self.store
+        try:
+            while last is not None:
+                await asyncio.sleep(0)  # let the other requests in
+                revision = store.revision
+                objs, last = store.peek_scan(pool.key, last, SCAN_STEP)
+                entries.extend((obj, revision) for obj in objs)
+                self._check_size(pool, len(entries))
+            state = pool.state
+            assert isinstance(state, ListState)
+            state.load_read(entries)
+            self._finish_loading(pool, store.revision)
+        except Exception as exc:
+            self._fail_loading(pool, exc)
+
+    def _finish_loading(self, pool: Pool, revision: int) -> None:
+        """Replay the buffered writes, then the state is exact as of ``revision``."""
+        assert pool.loading is not None and pool.buffer is not None
+        buffered, pool.buffer = pool.buffer, None
+        for event in buffered:
+            pool.feed(event)
+        pool.version = revision
+        pool._snapshot = None
+        pool.take_back(self._remembered.pop(pool.key, None))
+        pool.loading.set_result(None)
+        pool.loading = None
+        self._prune(pool)
+
+    def _check_size(self, pool: Pool, items: int) -> None:
+        cap = self.config.max_subscription_items
+        if items > cap:
+            raise HTTPFailure(
+                413,
+                f"ooo: {pool.key} matches more than {cap} items: subscribe to a narrower glob, "
+                "or read it with GET pages",
+            )
+
+    def _fail_loading(self, pool: Pool, exc: Exception) -> None:
+        assert pool.loading is not None
+        pool.loading.set_exception(exc)
+        pool.loading.exception()  # retrieved: waiters get it through join
+        pool.loading = None
+        pool.buffer = None
+        self._forget(pool)
+
+    def _forget(self, pool: Pool) -> None:
+        """Unregister a pool whose build failed (it is neither kept nor remembered)."""
+        if self.pools.get(pool.key) is pool:
+            del self.pools[pool.key]
+            self._index.pop(pool.key)
 
     async def _load(self, pool: Pool) -> None:
         """Asynchronous build (no memory layer): retry until no write committed during the read;
@@ -210,17 +294,12 @@ class Pools:
                 data = await self._read(pool.key)
                 if self.store.revision == revision:
                     break
-            pool.load(data, revision, self._remembered.pop(pool.key, None))
-            buffered, pool.buffer = pool.buffer, None
-            for event in buffered:
-                pool.feed(event)
-            pool.loading.set_result(None)
+            if isinstance(data, list):
+                self._check_size(pool, len(data))
+            pool.load(data, revision)
+            self._finish_loading(pool, revision)
         except Exception as exc:
-            pool.loading.set_exception(exc)
-            pool.loading.exception()  # retrieved: waiters get it through join
-        finally:
-            pool.loading = None
-            self._prune(pool)
+            self._fail_loading(pool, exc)
 
     async def _read(self, key: str) -> list[Object] | Object | None:
         if "*" in key:

@@ -133,3 +133,19 @@ def test_key_index_matches_set_model(ops: list[tuple[str, str, str]]) -> None:
             assert index.count_prefix(prefix) == sum(m.startswith(prefix) for m in model)
         assert len(index) == len(model) and (k in index) == (k in model)
     assert index.keys() == list(index) == sorted(model)
+
+
+@settings(max_examples=200)
+@given(st.lists(key, max_size=30), glob, st.integers(1, 5))
+def test_scan_in_steps_finds_what_matching_keys_finds(keys_: list[str], pattern: str, step: int) -> None:
+    layer = MemoryLayer()
+    for k in keys_:
+        layer.set(k, obj(k, 1))
+    found: list[str] = []
+    after: str | None = None
+    while True:
+        objs, after = layer.scan(pattern, after, step)
+        found.extend(o.path for o in objs)
+        if after is None:
+            break
+    assert found == list(layer.matching_keys(pattern))
