@@ -15,13 +15,16 @@ Rights: ``read`` (GET of a key or glob, websocket subscribe), ``write`` (POST, P
 
 The decision: a request on a **key** is allowed when a rule with that right has a path that matches
 the key (PROTOCOL §1.3). A request on a **glob** (GET, subscribe, DELETE, push) is allowed only when a
-rule's path *covers* the requested glob segment by segment: same number of segments, and each rule
-segment covers the requested one — it is equal to it, or it is ``*``, or it matches it as a literal,
-or it has one ``*`` (``p*s``) and the requested segment's text before its first ``*`` starts with
-``p`` while its text after its last ``*`` ends with ``s`` (then every key the requested segment can
-match, the rule segment matches too). So ``DELETE /*`` by someone with delete on ``public/*`` is
-refused, and ``GET /users/a*`` is allowed by a rule on ``users/*``. The admin routes need a rule that
-grants ``admin`` (its paths do not matter); key listings show only the keys the principal may read.
+rule's path *covers* the requested glob: every key the glob can match, the rule matches too. That
+is exactly when the rule, as a pattern, matches the requested glob read as text (its ``*`` ordinary
+characters: a literal of the rule never equals ``*``, so only the rule's own ``*`` can absorb them).
+So ``DELETE /*`` by someone with delete on ``public/*`` is refused, ``GET /users/a*`` is allowed by a
+rule on ``users/*``, and ``bb*a`` by ``b*a*``. The admin routes need a rule that grants ``admin``
+(its paths do not matter); key listings show only the keys the principal may read.
+
+Principals are compiled once (their paths indexed per right in a :class:`PatternIndex`), so a
+decision costs about the length of the key, not the number of rules; opaque tokens are found by
+their digest, and verified JWTs are remembered (bounded) until they expire.
 
 Namespaces (0-stor) are declared path prefixes (``acme/``): the server keeps usage per namespace.
 """
@@ -29,15 +32,16 @@ Namespaces (0-stor) are declared path prefixes (``acme/``): the server keeps usa
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
+import time
 import tomllib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from ..errors import Forbidden, PolicyError, Unauthorized
-from .keys import is_valid, match
+from .keys import PatternIndex, is_valid, match
 
 __all__ = [
     "RIGHTS",
@@ -58,6 +62,7 @@ ANONYMOUS = "anonymous"
 _CLAIM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_VERIFIED = 4096  # verified JWTs remembered per policy
 JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
 
 
@@ -69,29 +74,9 @@ def token_digest(token: str) -> str:
 # -- coverage --------------------------------------------------------------------------------------
 
 
-def _covers_segment(rule: str, asked: str) -> bool:
-    if rule == asked or rule == "*":
-        return True
-    if "*" not in rule:
-        return False
-    if "*" not in asked:
-        return match(rule, asked)
-    if rule.count("*") != 1:
-        return False
-    prefix, _, suffix = rule.partition("*")
-    head, tail = asked.partition("*")[0], asked.rpartition("*")[2]
-    return head.startswith(prefix) and tail.endswith(suffix)
-
-
 def covers(rule: str, asked: str) -> bool:
-    """True when every key ``asked`` can match, ``rule`` matches too (see the module docstring);
-    for a key without ``*`` this is plain :func:`~ooo_storage.protocol.keys.match`."""
-    if "*" not in asked:
-        return match(rule, asked)
-    rule_segs, asked_segs = rule.split("/"), asked.split("/")
-    if len(rule_segs) != len(asked_segs):
-        return False
-    return all(_covers_segment(r, a) for r, a in zip(rule_segs, asked_segs, strict=True))
+    """True when every key ``asked`` (a key or a glob) can match, ``rule`` matches too."""
+    return match(rule, asked)
 
 
 # -- principals and rules --------------------------------------------------------------------------
@@ -108,16 +93,33 @@ class Rule:
 @dataclass(frozen=True)
 class Principal:
     """Who a request is: a token's name, ``jwt:<sub>`` or ``anonymous``, with its rules resolved
-    (JWT claims substituted), ready for :meth:`Policy.allows`."""
+    (JWT claims substituted) and compiled for :meth:`Policy.allows`."""
 
     name: str
     kind: Literal["token", "jwt", "anonymous"]
     rules: tuple[Rule, ...]
+    _paths: Mapping[Right, PatternIndex[bool]] = field(init=False, repr=False, compare=False)
+    admin: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        indexes: dict[Right, PatternIndex[bool]] = {}
+        for rule in self.rules:
+            for right in rule.rights:
+                index = indexes.setdefault(right, PatternIndex())
+                for path in rule.paths:
+                    index[path] = True
+        object.__setattr__(self, "_paths", indexes)
+        object.__setattr__(self, "admin", any("admin" in rule.rights for rule in self.rules))
 
     def paths(self, right: Right) -> Iterable[str]:
         for rule in self.rules:
             if right in rule.rights:
                 yield from rule.paths
+
+    def may(self, right: Right, key: str) -> bool:
+        """Whether one of the paths with ``right`` covers ``key`` (a key or a glob)."""
+        index = self._paths.get(right)
+        return index is not None and next(index.matching(key, as_text=True), False)
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,17 @@ class Policy:
     jwt: JWTConfig | None = None
     anonymous: tuple[Rule, ...] = ()
     namespaces: tuple[Namespace, ...] = ()
+    _principals: dict[str, Principal] = field(init=False, repr=False, compare=False)
+    _anonymous: Principal = field(init=False, repr=False, compare=False)
+    _verified: OrderedDict[str, tuple[Principal, float | None]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        principals = {d: Principal(name, "token", rules) for d, (name, rules) in self.tokens.items()}
+        object.__setattr__(self, "_principals", principals)
+        object.__setattr__(self, "_anonymous", Principal(ANONYMOUS, "anonymous", self.anonymous))
+        object.__setattr__(self, "_verified", OrderedDict())
 
     # -- building ---------------------------------------------------------------------------------
     @classmethod
@@ -196,6 +209,8 @@ class Policy:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise PolicyError(f"auth: can't read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise PolicyError(f"auth: {path}: not UTF-8 text") from None
         return cls.from_toml(text, base=str(Path(path).parent), env=os.environ if env is None else env,
                              source=path)
 
@@ -233,13 +248,32 @@ class Policy:
         signature, audience or issuer is wrong, or one that has expired.
         """
         if token is None:
-            return self.anonymous_principal()
+            return self._anonymous
         principal = self.principal_for_token(token)
         if principal is not None:
             return principal
         if self.jwt is not None and token.count(".") == 2:
-            return self.jwt_principal(self._verify(token, self.jwt))
+            return self._jwt(token, self.jwt)
         raise Unauthorized("ooo: unauthorized: unknown token")
+
+    def _jwt(self, token: str, config: JWTConfig) -> Principal:
+        """A JWT's principal: verified once, then remembered until it expires (a signature check
+        costs tens of microseconds; a client sends the same token with every request)."""
+        known = self._verified.get(token)
+        if known is not None:
+            principal, expires = known
+            if expires is None or time.time() <= expires + config.leeway:
+                return principal
+            del self._verified[token]
+            raise Unauthorized("ooo: unauthorized: token expired")
+        claims = self._verify(token, config)
+        principal = self.jwt_principal(claims)
+        exp = claims.get("exp")
+        expires = float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+        self._verified[token] = (principal, expires)
+        if len(self._verified) > _VERIFIED:
+            self._verified.popitem(last=False)
+        return principal
 
     @staticmethod
     def _verify(token: str, config: JWTConfig) -> Mapping[str, Any]:
@@ -257,23 +291,20 @@ class Policy:
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("ooo: unauthorized: token expired") from None
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:  # bad signature, audience, issuer, format, key type...
             raise Unauthorized(f"ooo: unauthorized: invalid token ({exc})") from None
         return cast(Mapping[str, Any], claims)
 
     def principal_for_token(self, token: str) -> Principal | None:
-        """The principal of an opaque token, or None if no token of the policy has that digest."""
-        digest = token_digest(token)
-        found: tuple[str, tuple[Rule, ...]] | None = None
-        for known, entry in self.tokens.items():  # constant time per entry, every entry compared
-            if hmac.compare_digest(known, digest):
-                found = entry
-        if found is None:
-            return None
-        return Principal(found[0], "token", found[1])
+        """The principal of an opaque token, or None if no token of the policy has that digest.
+
+        Found by its SHA-256 in a dict: how long the lookup takes can tell an attacker about the
+        digest of what *they* sent, which says nothing about any stored token (SHA-256 is not
+        reversible), so no constant-time loop is needed."""
+        return self._principals.get(token_digest(token))
 
     def anonymous_principal(self) -> Principal:
-        return Principal(ANONYMOUS, "anonymous", self.anonymous)
+        return self._anonymous
 
     def jwt_principal(self, claims: Mapping[str, Any]) -> Principal:
         """The principal of a verified JWT's claims (its rules filled from them)."""
@@ -286,8 +317,8 @@ class Policy:
     def allows(principal: Principal, right: Right, key: str) -> bool:
         """Whether ``principal`` has ``right`` on ``key`` (a key, or a glob by coverage)."""
         if right == "admin":
-            return any("admin" in rule.rights for rule in principal.rules)
-        return any(covers(path, key) for path in principal.paths(right))
+            return principal.admin
+        return principal.may(right, key)
 
     def check(self, principal: Principal, right: Right, key: str) -> None:
         """Raise :class:`Forbidden` (403, naming the right and the path) unless allowed."""
@@ -298,8 +329,7 @@ class Policy:
     @staticmethod
     def reader(principal: Principal) -> Callable[[str], bool]:
         """A fast test of which keys ``principal`` may read (key listings)."""
-        paths = tuple(principal.paths("read"))
-        return lambda key: any(match(path, key) for path in paths)
+        return lambda key: principal.may("read", key)
 
     def namespace_of(self, key: str) -> Namespace | None:
         """The namespace whose prefix ``key`` starts with (the longest, if they nest)."""
@@ -398,11 +428,21 @@ class _Builder:
             except OSError as exc:
                 raise self.fail(f"jwt.{source}", f"can't read {path}: {exc.strerror}") from None
             if source == "public_key_file":
+                self.public_key(data, path)
                 return data
             key = data.decode(errors="replace").strip()
         if len(key.encode()) < 32:
             raise self.fail("jwt", "the shared secret must be at least 32 bytes")
         return key
+
+    def public_key(self, data: bytes, path: object) -> None:
+        """Refuse a public key file that is not a PEM public key (else every JWT would fail later)."""
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        try:
+            load_pem_public_key(data)
+        except (ValueError, TypeError) as exc:
+            raise self.fail("jwt.public_key_file", f"{path} is not a PEM public key ({exc})") from None
 
     def namespaces(self, raw: Any) -> tuple[Namespace, ...]:
         found: list[Namespace] = []

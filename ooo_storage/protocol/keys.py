@@ -274,17 +274,19 @@ class PatternIndex(Generic[V]):
             node = parent
         return value
 
-    def matching(self, key: str) -> Iterator[V]:
+    def matching(self, key: str, as_text: bool = False) -> Iterator[V]:
         """Values of the patterns that ``key`` matches (``match(pattern, key)``).
 
         ``key`` may itself be a glob (a glob delete): then every pattern that could share a key
         with it is included — those that ``peer`` it and possibly a few more (two wildcard
-        segments are assumed to overlap); callers check their own items.
+        segments are assumed to overlap); callers check their own items. With ``as_text`` a glob
+        ``key`` is read as plain text instead (its ``*`` an ordinary character that only a
+        pattern's ``*`` can absorb): exactly the patterns that cover every key the glob can match.
         """
         nodes = [self._root]
         for seg in key.split("/"):
             found: list[_Node[V]] = []
-            glob = "*" in seg
+            glob = not as_text and "*" in seg
             for node in nodes:
                 if glob:
                     found.extend(c for lit, c in node.literal.items() if match(seg, lit))

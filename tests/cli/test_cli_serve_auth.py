@@ -74,7 +74,7 @@ async def status(http: aiohttp.ClientSession, method: str, url: str, token: str 
          "ooo-storage: auth: {path}: anonymous.rules[0].rights: rights are read, write, delete, admin"),
         ("[jwt]\nsecret = 'short'\n", "ooo-storage: auth: {path}: jwt: the shared secret must be at least 32 bytes"),
         ("[acl]\n", "ooo-storage: auth: {path}: top level: unknown section(s) ['acl']"),
-        (b"\xff\xfe not text", "ooo-storage: auth: UnicodeDecodeError: "),
+        (b"\xff\xfe not text", "ooo-storage: auth: {path}: not UTF-8 text"),
     ],
 )
 def test_a_bad_policy_file_is_one_line_and_exit_1(tmp_path: Path, content: str | bytes, message: str) -> None:
