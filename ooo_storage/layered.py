@@ -130,6 +130,7 @@ class Layered:
         self._chan: ShardedChan | None = None
         self._watchers: list[tuple[Callback, list[WatchHandle | None]]] = []
         self._observers: tuple[Observer, ...] = ()
+        self._silent_observers: tuple[Observer, ...] = ()
         self._reserved = 0
         self._streams: set[asyncio.Queue[Event | None]] = set()  # open ``events()`` iterators
         # The persistent layer's declared contract (layers.base): an asynchronous one is awaited.
@@ -654,18 +655,27 @@ class Layered:
                 opts.after_write_op(key, op)
             except Exception:
                 log.exception("after_write_op hook failed for %s", key)
-        if not broadcast or self._chan is None:
+        if not broadcast or self._chan is None or (self._no_broadcast and self._quiet(key)):
+            if self._silent_observers:
+                event = make_event(key, op, obj, self._revision)
+                for observer in self._silent_observers:
+                    self._tell(observer, event)
             return None
-        for quiet in self._no_broadcast:
-            if keys.peer(quiet, key):
-                return None
         event = make_event(key, op, obj, self._revision)
         for observer in self._observers:
-            try:
-                observer(event)
-            except Exception:
-                log.exception("commit observer failed on %s %s", op, key)
+            self._tell(observer, event)
         return self._chan.put(event)
+
+    def _quiet(self, key: str) -> bool:
+        """A write that emits no event (``no_broadcast_keys``)."""
+        return any(keys.peer(quiet, key) for quiet in self._no_broadcast)
+
+    @staticmethod
+    def _tell(observer: Observer, event: Event) -> None:
+        try:
+            observer(event)
+        except Exception:
+            log.exception("commit observer failed on %s %s", event.operation, event.key)
 
     async def _finish(self, key: str, waiter: asyncio.Future[None] | None) -> None:
         if waiter is not None:
@@ -677,19 +687,25 @@ class Layered:
             except Exception:
                 log.exception("after_write hook failed for %s", key)
 
-    def on_commit(self, observer: Observer) -> WatchHandle:
+    def on_commit(self, observer: Observer, silent: bool = False) -> WatchHandle:
         """Call ``observer(event)`` synchronously for every event, in commit (revision) order,
         inside the write itself, before the writer's call returns.
 
         For components that must see one total order, such as the server's stream pools. The
         observer runs on the writer's time: it must be fast, must not block and should not raise
-        (exceptions are logged). ``cancel()`` on the returned handle stops it.
+        (exceptions are logged). With ``silent`` it also sees the writes that emit no event
+        (``delete_silent``, ``no_broadcast_keys``), as events of their own: for bookkeeping of
+        what is stored rather than of what watchers are shown. ``cancel()`` on the returned handle
+        stops it.
         """
         self._observers = (*self._observers, observer)
+        if silent:
+            self._silent_observers = (*self._silent_observers, observer)
         return _Observation(self, observer)
 
     def _unobserve(self, observer: Observer) -> None:
         self._observers = tuple(o for o in self._observers if o is not observer)
+        self._silent_observers = tuple(o for o in self._silent_observers if o is not observer)
 
     def watch(self, callback: Callback) -> WatchHandle:
         """Call ``callback(event)`` (sync or async) for every event; events of one key in order."""

@@ -508,3 +508,19 @@ async def test_events_iterator_buffer_drops_when_full(factory: StoreFactory) -> 
     assert store.dropped == 2
     assert [(await anext(stream)).key for _ in range(2)] == ["b/1", "b/2"]
     await stream.aclose()
+
+
+async def test_silent_commit_observers_see_writes_that_emit_no_event(factory: StoreFactory) -> None:
+    """Bookkeeping observers (usage per namespace) must see delete_silent and no_broadcast writes;
+    the stream pools (plain observers) must not."""
+    store = await factory.open(Options(no_broadcast_keys=("quiet/*",)))
+    loud: list[tuple[str, str]] = []
+    every: list[tuple[str, str]] = []
+    store.on_commit(lambda e: loud.append((e.operation, e.key)))
+    store.on_commit(lambda e: every.append((e.operation, e.key)), silent=True)
+    await store.set("k", 1)
+    await store.set("quiet/1", 1)
+    await store.delete_silent("k")
+    await store.delete("quiet/1")
+    assert loud == [("set", "k")]
+    assert every == [("set", "k"), ("set", "quiet/1"), ("del", "k"), ("del", "quiet/1")]

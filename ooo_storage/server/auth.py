@@ -302,7 +302,7 @@ class Guard:
         if not self._started:
             return
         if self._observer is None:
-            self._observer = self.store.on_commit(self.usage.on_event)
+            self._observer = self.store.on_commit(self.usage.on_event, silent=True)  # trims too
         if self.store.active:  # otherwise counted by the first ?api=stats once it is
             self._load_soon()
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from ooo_storage import Layered, LevelDBLayer, MemoryLayer, NotFound
+from ooo_storage import Layered, LevelDBLayer, MemoryLayer, NotFound, Options
 from ooo_storage.protocol import jsontext, keys
 from ooo_storage.protocol.access import Namespace, Policy
 from ooo_storage.protocol.objects import Event, Object, load_object, make_object
@@ -473,3 +473,21 @@ async def test_a_real_store_as_commit_observer_matches_a_recount(tmp_path: Path,
         await store.clear()
         restarted.load(())
         assert without_requests(restarted) == await recount(store, ACME)
+
+
+async def test_silent_writes_are_counted_too(tmp_path: Path) -> None:
+    """Writes without an event (delete_silent: a limit filter's trimming; no_broadcast_keys) still
+    change what is stored: usage registered with ``silent=True`` follows them."""
+    usage = Usage(ACME)
+    store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(str(tmp_path / "db")))
+    await store.start(Options(no_broadcast_keys=("acme/quiet/*",)))
+    try:
+        store.on_commit(usage.on_event, silent=True)
+        for i in range(5):
+            await store.set(f"acme/{i}", {"i": i})
+        await store.set("acme/quiet/1", {"q": 1})
+        await store.delete_silent("acme/0")
+        await store.delete_silent("acme/1")
+        assert without_requests(usage) == await recount(store, ACME)
+    finally:
+        await store.close()
