@@ -18,6 +18,7 @@ frame. All six operations are supported, with JSON pointers per RFC 6901 (``~0``
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -100,7 +101,7 @@ def object_diff(old: Object, new: Object) -> list[Op]:
     """
     return diff(jsontext.loads(old.to_json()), jsontext.loads(new.to_json()))
 
-_Leaf = Callable[[Any, str, Any], Any]
+_Leaf = Callable[[Any, str, Any], None]
 
 
 class PatchError(ValueError):
@@ -119,25 +120,28 @@ def parse_pointer(pointer: str) -> list[str]:
 def apply_patch(doc: Any, patch: Iterable[Mapping[str, Any]]) -> Any:
     """Return ``doc`` with every operation of ``patch`` applied in order; ``doc`` is left unchanged.
 
-    Raises :class:`PatchError` when an operation is malformed or does not apply; operations are
-    atomic as a whole only in the sense that the input is never modified.
+    Containers on the path to a change are copied once per patch, then changed in place by the
+    following operations of the same patch: a patch of n operations on one array costs one copy of
+    it, not n (37 000 removes took seconds). Raises :class:`PatchError` when an operation is
+    malformed or does not apply; the input is never modified.
     """
+    owned: dict[int, Any] = {}  # containers this call made (kept alive, so ids are not reused)
     for op in patch:
-        doc = _apply_op(doc, op)
+        doc = _apply_op(doc, op, owned)
     return doc
 
 
-def _apply_op(doc: Any, op: Mapping[str, Any]) -> Any:
+def _apply_op(doc: Any, op: Mapping[str, Any], owned: dict[int, Any]) -> Any:
     if not isinstance(op, Mapping):
         raise PatchError(f"patch operation must be an object, got {op!r}")
     name = op.get("op")
     path = parse_pointer(_member(op, "path"))
     if name == "add":
-        return _rebuild(doc, path, _add, _member(op, "value"))
+        return _change(doc, path, _add, _member(op, "value"), owned)
     if name == "remove":
-        return _rebuild(doc, path, _remove, None)
+        return _change(doc, path, _remove, None, owned)
     if name == "replace":
-        return _rebuild(doc, path, _replace, _member(op, "value"))
+        return _change(doc, path, _replace, _member(op, "value"), owned)
     if name == "test":
         expected = _member(op, "value")
         if not json_equal(_resolve(doc, path), expected):
@@ -151,8 +155,10 @@ def _apply_op(doc: Any, op: Mapping[str, Any]) -> Any:
                 raise PatchError(f"cannot move {op['from']!r} into its own child {op['path']!r}")
             if path == source:
                 return doc
-            doc = _rebuild(doc, source, _remove, None)
-        return _rebuild(doc, path, _add, value)
+            doc = _change(doc, source, _remove, None, owned)
+        else:  # two places must not share a container that later operations change in place
+            value = copy.deepcopy(value)
+        return _change(doc, path, _add, value, owned)
     raise PatchError(f"unknown patch operation {name!r}")
 
 
@@ -193,50 +199,64 @@ def _resolve(doc: Any, path: list[str]) -> Any:
     return doc
 
 
-def _add(node: Any, token: str, value: Any) -> Any:
+def _own(node: Any, owned: dict[int, Any]) -> Any:
+    """``node`` itself if this call made it, else a shallow copy that this call now owns."""
+    if id(node) in owned:
+        return node
     if isinstance(node, dict):
-        return {**node, token: value}
-    if isinstance(node, list):
-        index = _index(node, token, insert=True)
-        return [*node[:index], value, *node[index:]]
-    raise PatchError(f"cannot add {token!r} to a {type(node).__name__}")
+        node = dict(node)
+    elif isinstance(node, list):
+        node = list(node)
+    else:
+        return node
+    owned[id(node)] = node
+    return node
 
 
-def _remove(node: Any, token: str, _value: Any) -> Any:
+def _add(node: Any, token: str, value: Any) -> None:
+    if isinstance(node, dict):
+        node[token] = value
+    elif isinstance(node, list):
+        node.insert(_index(node, token, insert=True), value)
+    else:
+        raise PatchError(f"cannot add {token!r} to a {type(node).__name__}")
+
+
+def _remove(node: Any, token: str, _value: Any) -> None:
     _child(node, token)  # the target must exist
     if isinstance(node, dict):
-        return {k: v for k, v in node.items() if k != token}
-    index = _index(node, token)
-    return [*node[:index], *node[index + 1 :]]
+        del node[token]
+    else:
+        del node[_index(node, token)]
 
 
-def _replace(node: Any, token: str, value: Any) -> Any:
+def _replace(node: Any, token: str, value: Any) -> None:
     _child(node, token)  # the target must exist
     if isinstance(node, dict):
-        return {**node, token: value}
-    copy = list(node)
-    copy[_index(node, token)] = value
-    return copy
+        node[token] = value
+    else:
+        node[_index(node, token)] = value
 
 
-def _rebuild(doc: Any, path: list[str], leaf: _Leaf, value: Any) -> Any:
-    """Apply ``leaf(parent, last_token, value)`` at ``path`` and copy the containers above it.
-
-    Iterative rather than recursive so that a deeply nested document cannot hit the recursion limit.
-    """
+def _change(doc: Any, path: list[str], leaf: _Leaf, value: Any, owned: dict[int, Any]) -> Any:
+    """Apply ``leaf(parent, last_token, value)`` at ``path``, in place in containers this call
+    owns (copying, once, the ones it does not). Iterative: deep documents cannot hit the
+    recursion limit."""
     if not path:
         if leaf is _remove:
             raise PatchError("cannot remove the whole document")
         return value
-    parents: list[tuple[Any, str]] = []
-    node = doc
+    root = node = _own(doc, owned)
     for token in path[:-1]:
-        parents.append((node, token))
-        node = _child(node, token)
-    new = leaf(node, path[-1], value)
-    for parent, token in reversed(parents):
-        new = _replace(parent, token, new)
-    return new
+        child = _child(node, token)
+        mine = _own(child, owned)
+        if mine is not child:
+            _replace(node, token, mine)
+        node = mine
+    if not isinstance(node, dict | list):
+        raise PatchError(f"cannot change {path[-1]!r} inside a {type(node).__name__}")
+    leaf(node, path[-1], value)
+    return root
 
 
 def json_equal(a: Any, b: Any) -> bool:

@@ -129,9 +129,12 @@ OPS = st.one_of(
 ORACLE_ERRORS = (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError)
 
 
-@settings(max_examples=300, deadline=None)
-@given(JSON, st.lists(OPS, min_size=1, max_size=4))
+@settings(max_examples=400, deadline=None)
+@given(JSON, st.lists(OPS, min_size=1, max_size=6))
 def test_agrees_with_jsonpatch(doc: Any, patch: list[dict[str, Any]]) -> None:
+    """Same result or same refusal as the oracle; and neither the document nor the patch's own
+    values are ever changed, although a patch changes the containers it copied in place."""
+    before, ops_before = copy.deepcopy(doc), copy.deepcopy(patch)
     try:
         expected = jsonpatch.apply_patch(copy.deepcopy(doc), patch)
     except ORACLE_ERRORS:
@@ -143,3 +146,16 @@ def test_agrees_with_jsonpatch(doc: Any, patch: list[dict[str, Any]]) -> None:
     except PatchError:
         got = PatchError
     assert got == expected
+    assert doc == before and patch == ops_before
+
+
+def test_a_copied_value_does_not_share_its_containers() -> None:
+    doc = {"a": {"x": [1]}}
+    patch = [
+        {"op": "add", "path": "/a/x/-", "value": 5},  # /a and /a/x now copies made by this call
+        {"op": "copy", "from": "/a", "path": "/b"},
+        {"op": "add", "path": "/b/x/-", "value": 2},
+        {"op": "add", "path": "/b/y", "value": 3},
+    ]
+    assert apply_patch(doc, patch) == {"a": {"x": [1, 5]}, "b": {"x": [1, 5, 2], "y": 3}}
+    assert doc == {"a": {"x": [1]}}

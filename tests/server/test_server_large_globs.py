@@ -66,3 +66,16 @@ async def test_a_glob_larger_than_the_subscription_limit_is_refused(make_live: L
     assert msg.type is aiohttp.WSMsgType.CLOSE
     assert "matches more than 50 items" in (msg.extra or "")
     assert "many/*" not in live.server.pools.pools
+
+
+async def test_a_patch_larger_than_the_document_is_sent_as_a_snapshot(make_live: LiveFactory) -> None:
+    live = await make_live()
+    await live.store.set("arr", list(range(5000)))
+    follower = Follower(await live.ws("arr"))
+    await follower.step()
+    await live.store.set("arr", [])  # 5 000 removes: far more bytes than the new document
+    frame = await follower.step()
+    assert frame["snapshot"] is True and follower.state["data"] == []
+    await live.store.set("arr", [1])  # small changes stay patches
+    frame = await follower.step()
+    assert frame["snapshot"] is False and follower.state["data"] == [1]
