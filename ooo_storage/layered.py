@@ -370,18 +370,31 @@ class Layered:
         of the last object of the previous page. Pages neither repeat nor skip objects across
         writes made between them. With a memory layer a page costs about its own size, not the
         number of matches (see ``MemoryLayer.page``)."""
+        return (await self.page_within(pattern, limit, after, descending))[0]
+
+    async def page_within(
+        self,
+        pattern: str,
+        limit: int,
+        after: tuple[int, str] | None = None,
+        descending: bool = True,
+        visit: int | None = None,
+    ) -> tuple[list[Object], tuple[int, str] | None]:
+        """:meth:`get_page` that visits at most ``visit`` keys of the memory mirror: the objects
+        found and, when the budget ran out before the page filled, the position to go on from
+        (pass it as ``after``). For servers, which must bound the work of one request."""
         self._check_pattern(pattern)
         if limit <= 0:
             raise InvalidLimit()
         if self.memory is not None:
-            return self.memory.page(pattern, limit, after, descending)
+            return self.memory.page_within(pattern, limit, after, descending, visit)
         objs = await self._matching(pattern)
         objs.sort(key=_ORDER, reverse=descending)
         if after is not None and descending:
             objs = [o for o in objs if (o.created, o.path) < after]
         elif after is not None:
             objs = [o for o in objs if (o.created, o.path) > after]
-        return objs[:limit]
+        return objs[:limit], None
 
     async def get_n_range(self, pattern: str, limit: int, from_: int, to: int) -> list[Object]:
         """Up to ``limit`` newest objects with ``from_ <= created <= to``, newest first."""

@@ -247,17 +247,32 @@ class MemoryLayer:
         self, pattern: str, limit: int, after: Position | None = None, descending: bool = True
     ) -> list[Object]:
         """Up to ``limit`` objects matching ``pattern`` in list order (newest first unless
-        ``descending`` is False), strictly after position ``after``.
+        ``descending`` is False), strictly after position ``after`` (see :meth:`page_within`)."""
+        return self.page_within(pattern, limit, after, descending)[0]
+
+    def page_within(
+        self,
+        pattern: str,
+        limit: int,
+        after: Position | None = None,
+        descending: bool = True,
+        visit: int | None = None,
+    ) -> tuple[list[Object], Position | None]:
+        """:meth:`page`, visiting at most ``visit`` keys: the objects found, and the position to
+        go on from when the budget ran out first (None when the page is complete or the list
+        ends). A client pages on from there, so a glob that matches few of many keys costs each
+        request at most ``visit`` keys instead of a walk of the whole store.
 
         Two ways, whichever visits fewer keys: the keys under the pattern's literal prefix, of
         which the ``limit`` first are kept (a heap); or the time index walked from ``after``,
         skipping keys that do not match. With ``n`` keys under the prefix out of ``total``, the
-        walk visits about ``limit * total / n`` keys: it wins when ``n * n > limit * total``.
+        walk visits about ``limit * total / n`` keys: it wins when ``n * n > limit * total``
+        (the prefix scan then visits at most ``sqrt(limit * total)`` keys, budget or not).
         """
         prefix = glob_prefix(pattern)
         under = self._index.count_prefix(prefix)
         if under * under <= limit * max(len(self._index), 1):
-            return self._page_by_prefix(pattern, limit, after, descending)
+            return self._page_by_prefix(pattern, limit, after, descending), None
         timeline = self._timeline()
         if descending:
             walk = timeline.irange(maximum=after, inclusive=(True, False), reverse=True)
@@ -265,12 +280,17 @@ class MemoryLayer:
             walk = timeline.irange(minimum=after, inclusive=(False, True))
         found: list[Object] = []
         present = self._present
-        for _, key in walk:
+        budget = -1 if visit is None else visit
+        for position in walk:
+            key = position[1]
             if key.startswith(prefix) and match(pattern, key):
                 found.append(present(key))
                 if len(found) >= limit:
-                    break
-        return found
+                    return found, None
+            budget -= 1
+            if budget == 0:
+                return found, position
+        return found, None
 
     def _page_by_prefix(
         self, pattern: str, limit: int, after: Position | None, descending: bool

@@ -25,6 +25,11 @@ from ..protocol.pages import (
 from . import chunked
 from .context import Context
 
+PAGE_VISIT = 20_000
+"""Keys a page may visit in the store: a glob that matches few of many keys gets a short page
+(possibly empty) with a cursor to go on from, instead of one request walking the whole store."""
+_ROUNDS = 8  # reads of one page when a read-object filter hides items
+
 
 async def _page(store: Layered, view: ListView, limit: int, after: Position | None) -> Page:
     """The page, read from the store page by page in its own order where the view allows it."""
@@ -38,18 +43,21 @@ async def _page(store: Layered, view: ListView, limit: int, after: Position | No
     fn = view.object_fn
     items: list[Object] = []
     position = after
-    while True:
+    for _ in range(_ROUNDS):
         want = limit - len(items)
-        batch = await store.get_page(key, want + 1, position)
+        batch, resume = await store.page_within(key, want + 1, position, visit=PAGE_VISIT)
         for obj in batch[:want]:
             position = (obj.created, obj.path)
             visible = obj if fn is None else read_guard(key, fn, key, obj)
             if visible is not None:
                 items.append(visible)
+        if resume is not None and len(batch) <= want:
+            return Page(items, resume, True)  # the visit budget ran out: go on from there
         if len(batch) <= want:
             return Page(items, None, False)
         if len(items) >= limit:
             return Page(items, position, True)
+    return Page(items, position, True)  # a read-object filter hid many: the rest next time
 
 
 async def get(ctx: Context, request: web.Request, key: str) -> web.StreamResponse:

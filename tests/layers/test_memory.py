@@ -149,3 +149,31 @@ def test_scan_in_steps_finds_what_matching_keys_finds(keys_: list[str], pattern:
         if after is None:
             break
     assert found == list(layer.matching_keys(pattern))
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(key, st.integers(0, 6)), max_size=40), glob, st.integers(1, 4), st.integers(1, 5),
+       st.booleans())
+def test_pages_within_a_visit_budget_resume_to_the_same_list(
+    items: list[tuple[str, int]], pattern: str, limit: int, visit: int, descending: bool
+) -> None:
+    """Short pages that stop when the budget runs out, resumed from where they stopped, give
+    exactly the list that unbounded pages give."""
+    layer = MemoryLayer()
+    for k, created in items:
+        layer.set(k, Object(created, 0, keys.last_index(k), k, b"1"))
+    expected = sorted((o for o in (layer.get(k) for k in layer.matching_keys(pattern)) if o),
+                      key=lambda o: (o.created, o.path), reverse=descending)
+    got: list[Object] = []
+    after = None
+    for _ in range(1000):
+        objs, resume = layer.page_within(pattern, limit, after, descending, visit)
+        assert len(objs) <= limit
+        got.extend(objs)
+        if resume is not None:
+            after = resume
+        elif len(objs) == limit:
+            after = (objs[-1].created, objs[-1].path)
+        else:
+            break
+    assert got == expected

@@ -237,3 +237,31 @@ async def test_a_peer_that_reads_nothing_holds_one_chunk_then_is_cut_off(
     finally:
         sock.close()
     assert received < 20_000_000 // 4, received
+
+
+async def test_a_sparse_glob_pages_within_a_visit_budget(
+    make_live: LiveFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A glob that matches few of many keys costs each request a bounded walk: short (even empty)
+    pages with a cursor to go on from; followed to the end they hold exactly the matches."""
+    from ooo_storage.server import lists
+
+    monkeypatch.setattr(lists, "PAGE_VISIT", 50)
+    live = await make_live()
+    for i in range(400):
+        await live.store.set(f"items/{i}", i)
+    await live.store.set("x/k1", 1)
+    for i in range(400, 420):
+        await live.store.set(f"items/{i}", i)
+    got: list[str] = []
+    cursor: str | None = None
+    requests = 0
+    while True:
+        items, headers = await _page(live, "*/k1", limit=1, **({"cursor": cursor} if cursor else {}))
+        requests += 1
+        got.extend(o["path"] for o in items)
+        cursor = headers.get("X-Next-Cursor")
+        if cursor is None:
+            break
+    assert got == ["x/k1"]
+    assert requests >= 421 // 50  # each request walked at most 50 keys
