@@ -127,72 +127,94 @@ def build(pattern: str, stamp: int | None = None) -> str:
     return pattern.replace("*", format(stamp, "x"), 1)
 
 
-class _Wild(Generic[V]):
-    """The wildcard children of one trie node, bucketed so that a key segment meets only the
-    patterns that can match it: ``*`` always, ``ab*`` under prefix ``ab``, ``*ab`` under suffix
-    ``ab``; only patterns with neither (``*a*``) are tried one by one."""
+_GRAM = 3  # an inner literal is indexed by its first characters, up to this many
 
-    __slots__ = ("nodes", "star", "by_prefix", "by_suffix", "other")
+
+class _Wild(Generic[V]):
+    """The wildcard children of one trie node, bucketed by each pattern's longest literal part, so
+    a key segment meets only the patterns that can match it: ``ab*`` under prefix ``ab``, ``*ab``
+    under suffix ``ab``, ``*abc*`` and ``u*abc*`` under the inner ``abc`` (looked up through the
+    short substrings of the segment), ``*`` always. A bucket holds only patterns that share their
+    longest literal, so many distinct globs cost a few look-ups, not one match each."""
+
+    __slots__ = ("nodes", "star", "by_prefix", "by_suffix", "by_inner", "_inner_sizes")
 
     def __init__(self) -> None:
         self.nodes: dict[str, _Node[V]] = {}
         self.star: _Node[V] | None = None
         self.by_prefix: dict[str, dict[str, _Node[V]]] = {}
         self.by_suffix: dict[str, dict[str, _Node[V]]] = {}
-        self.other: dict[str, _Node[V]] = {}
+        self.by_inner: dict[str, dict[str, _Node[V]]] = {}
+        self._inner_sizes: dict[int, int] = {}  # gram length -> patterns indexed with it
 
-    def _bucket(self, pat: str, create: bool = False) -> dict[str, _Node[V]]:
-        first, _, rest = pat.partition("*")
-        last = rest.rpartition("*")[2]
-        if first:
-            table, name = self.by_prefix, first
-        elif last:
-            table, name = self.by_suffix, last
-        else:
-            return self.other
-        bucket = table.get(name)
-        if bucket is None:
-            bucket = {}
-            if create:
-                table[name] = bucket
-        return bucket
+    @staticmethod
+    def _anchor(pat: str) -> tuple[str, str] | None:
+        """(table, name) a pattern is filed under: its longest literal part (None for ``*``)."""
+        parts = pat.split("*")
+        first, last, inner = parts[0], parts[-1], max(parts[1:-1], key=len, default="")
+        best = max(len(first), len(last), len(inner))
+        if best == 0:
+            return None
+        if len(first) == best:
+            return "prefix", first
+        if len(last) == best:
+            return "suffix", last
+        return "inner", inner[:_GRAM]
+
+    def _table(self, kind: str) -> dict[str, dict[str, _Node[V]]]:
+        return {"prefix": self.by_prefix, "suffix": self.by_suffix}.get(kind, self.by_inner)
 
     def add(self, pat: str) -> _Node[V]:
         node = self.nodes[pat] = _Node()
-        if pat == "*":
+        anchor = self._anchor(pat)
+        if anchor is None:
             self.star = node
-        else:
-            self._bucket(pat, create=True)[pat] = node
+            return node
+        kind, name = anchor
+        self._table(kind).setdefault(name, {})[pat] = node
+        if kind == "inner":
+            self._inner_sizes[len(name)] = self._inner_sizes.get(len(name), 0) + 1
         return node
 
     def remove(self, pat: str) -> None:
         del self.nodes[pat]
-        if pat == "*":
+        anchor = self._anchor(pat)
+        if anchor is None:
             self.star = None
             return
-        bucket = self._bucket(pat)
-        bucket.pop(pat, None)
-        if not bucket and bucket is not self.other:
-            first = pat.partition("*")[0]
-            table, name = (self.by_prefix, first) if first else (self.by_suffix, pat.rpartition("*")[2])
-            table.pop(name, None)
+        kind, name = anchor
+        table = self._table(kind)
+        bucket = table[name]
+        del bucket[pat]
+        if not bucket:
+            del table[name]
+        if kind == "inner":
+            left = self._inner_sizes[len(name)] - 1
+            if left:
+                self._inner_sizes[len(name)] = left
+            else:
+                del self._inner_sizes[len(name)]
 
     def matching(self, seg: str) -> Iterator[_Node[V]]:
         if self.star is not None:
             yield self.star
+        candidates: list[dict[str, _Node[V]]] = []
         if self.by_prefix:
-            for end in range(1, len(seg) + 1):
-                for pat, node in self.by_prefix.get(seg[:end], {}).items():
-                    if match(pat, seg):
-                        yield node
+            candidates.extend(b for end in range(1, len(seg) + 1) if (b := self.by_prefix.get(seg[:end])))
         if self.by_suffix:
-            for start in range(len(seg)):
-                for pat, node in self.by_suffix.get(seg[start:], {}).items():
-                    if match(pat, seg):
-                        yield node
-        for pat, node in self.other.items():
-            if match(pat, seg):
-                yield node
+            candidates.extend(b for start in range(len(seg)) if (b := self.by_suffix.get(seg[start:])))
+        if self.by_inner:
+            seen: set[str] = set()
+            for size in self._inner_sizes:
+                for start in range(len(seg) - size + 1):
+                    gram = seg[start : start + size]
+                    if gram not in seen and (b := self.by_inner.get(gram)):
+                        seen.add(gram)
+                        candidates.append(b)
+        for bucket in candidates:
+            for pat, node in bucket.items():
+                if match(pat, seg):
+                    yield node
 
 
 class _Node(Generic[V]):
@@ -209,10 +231,10 @@ class PatternIndex(Generic[V]):
     """Keys and globs (patterns), each with a value, found by the keys they may concern.
 
     A trie over ``/``-segments: literal segments are dict lookups and wildcard segments are
-    bucketed by their literal prefix or suffix, so finding the patterns that match one key costs
-    about the key's length, not the number of patterns (5 000 subscriptions on ``g/<n>/*`` or on
-    ``users/*<n>`` cost a few lookups per write). Only segment patterns with neither a literal
-    prefix nor suffix (``*a*``) are tried one by one.
+    bucketed by their longest literal part, so finding the patterns that match one key costs
+    about the key's length, not the number of patterns (5 000 subscriptions on ``g/<n>/*``,
+    ``users/*<n>``, ``*<n>*/x`` or ``u*<n>*/*`` cost a few look-ups per write). Only patterns
+    sharing their longest literal are tried one by one.
     """
 
     __slots__ = ("_root", "_size")
