@@ -31,9 +31,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import math
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Callable, Coroutine, Iterator
@@ -80,6 +82,39 @@ def _seconds(text: str) -> float:
     if not (seconds > 0 and math.isfinite(seconds)):
         raise argparse.ArgumentTypeError(f"{text} must be a positive, finite number of seconds")
     return seconds
+
+
+def _host(text: str) -> str:
+    """An address to bind: a text made of digits and dots, or holding a colon, must be an IP
+    address (``999.1.1.1`` would otherwise be looked up as a host name and fail only at bind)."""
+    if text and (":" in text or not text.strip("0123456789.")):
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+    return text
+
+
+class _Storage(argparse.Action):
+    """``--data``, ``--sync`` and ``--memory-only``: stored as usual (a flag when ``nargs=0``), but
+    ``--memory-only`` with either of the others is an argparse error, in whichever order they come,
+    instead of a server that silently ignores the directory or the durability it was asked for."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        flag = self.option_strings[0]
+        given: tuple[str, ...] = getattr(namespace, "storage_flags", ())
+        for other in given:
+            if (other == _MEMORY_ONLY) != (flag == _MEMORY_ONLY):
+                raise argparse.ArgumentError(
+                    self, f"not allowed with argument {other}: --memory-only keeps nothing on disk")
+        namespace.storage_flags = (*given, flag)
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+
+_MEMORY_ONLY = "--memory-only"
 
 
 def _checked_by(rule: Callable[[str], object]) -> Callable[[str], str]:
@@ -140,13 +175,18 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
 def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     summary = "serve the store over HTTP and websockets"
     serve = subparsers.add_parser("serve", help=summary, description=summary)
-    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--host", type=_host, default="127.0.0.1",
+                       help="interface to bind: an IP address or a host name (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8800, help="port (default 8800; 0 = any free)")
-    serve.add_argument("--data", default="./data", help="LevelDB directory (default ./data)")
-    serve.add_argument("--memory-only", action="store_true", help="keep nothing on disk")
+    serve.add_argument("--data", action=_Storage, default="./data",
+                       help="LevelDB directory (default ./data)")
+    serve.add_argument("--memory-only", action=_Storage, nargs=0, default=False,
+                       help="keep nothing on disk (not with --data or --sync)")
     serve.add_argument(
         "--sync",
-        action="store_true",
+        action=_Storage,
+        nargs=0,
+        default=False,
         help="durable writes: acknowledge only once on disk (concurrent writes share one fsync)",
     )
     serve.add_argument("--static", action="store_true", help="refuse every route without a matching filter")
@@ -243,6 +283,9 @@ def run_serve(args: argparse.Namespace) -> int:
         return exc.status
     try:
         _run(_serve(args, access), args.loop)
+    except _Refused as exc:  # could not listen
+        print(f"ooo-storage: {exc}", file=sys.stderr)
+        return exc.status
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down
         return 130
     except (OSError, StorageError) as exc:  # port in use, database locked or unwritable...
@@ -398,6 +441,22 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
         **_limits(args),
     )
     scheme = "http" if access.tls is None else "https"
+    listening = False
+
+    def ready(port: int) -> None:
+        nonlocal listening
+        listening = True
+        log.info(
+            "ooo-storage %s serving on %s://%s:%d (%s)",
+            __version__,
+            scheme,
+            args.host,
+            port,
+            "memory only"
+            if args.memory_only
+            else f"LevelDB at {args.data}{', durable writes' if args.sync else ''}",
+        )
+
     with _reload_on_sighup(server, access.path):
         starting: asyncio.Task[None] | None = None
         try:
@@ -413,23 +472,26 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
                 args.port,
                 server=server,
                 ssl_context=access.tls,
-                ready=lambda port: log.info(
-                    "ooo-storage %s serving on %s://%s:%d (%s)",
-                    __version__,
-                    scheme,
-                    args.host,
-                    port,
-                    "memory only"
-                    if args.memory_only
-                    else f"LevelDB at {args.data}{', durable writes' if args.sync else ''}",
-                ),
+                ready=ready,
             )
+        except OSError as exc:
+            if listening:
+                raise
+            raise _Refused(_cannot_listen(args.host, args.port, exc)) from None
         finally:
             if starting is not None:
                 starting.cancel()
                 await asyncio.gather(starting, return_exceptions=True)
             await store.close()
-            log.info("stopped")
+            if listening:  # a server that never listened did not stop: its error says why
+                log.info("stopped")
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> str:
+    """Why the server could not listen, naming the option to change."""
+    if isinstance(exc, socket.gaierror):
+        return f"serve: --host {host}: no such host or address ({exc.strerror})"
+    return f"serve: cannot listen on --host {host} --port {port}: {exc.strerror or exc}"
 
 
 @contextlib.contextmanager
