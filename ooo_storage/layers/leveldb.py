@@ -21,6 +21,7 @@ filesystem has some room, with a backoff of up to ``_RETRY_MAX`` seconds between
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -46,6 +47,10 @@ _RETRY_MIN = 0.05
 _RETRY_MAX = 5.0
 _MIN_FREE = 64 << 10  # below this many free bytes a reopen is not even tried
 _REVISION_FILE = "ooo-revision"  # beside LevelDB's own files, which it leaves alone
+_RESERVE_FILE = "ooo-reserve"
+DEFAULT_RESERVE = 32 << 20
+"""What ``ooo-storage serve`` keeps aside for the day the disk fills (see ``reserve_bytes``): more
+than LevelDB's 4 MiB log, which a reopen turns into a table."""
 
 
 def _error(prefix: str, exc: BaseException) -> StorageUnavailable:
@@ -65,9 +70,18 @@ class LevelDBLayer:
     ``sync=True`` makes every write durable before it is acknowledged.
     """
 
-    def __init__(self, path: str | os.PathLike[str], sync: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], sync: bool = False, reserve_bytes: int = 0
+    ) -> None:
         self.path = os.fspath(path)
         self.sync = sync
+        self.reserve_bytes = reserve_bytes
+        """Size of the emergency reserve file kept beside the database (0, the library's default:
+        none; ``serve`` keeps :data:`DEFAULT_RESERVE`). When the disk fills, the reserve is released so the database can recover and deletes can free space;
+        until there is room for it again, writes that add data are refused and deletes accepted.
+        Without it, a disk filled by the database itself could not be cleaned through the API,
+        nor the database opened again after a restart."""
+        self._low_space = False
         self._db: plyvel.DB | None = None
         # group commit state (sync mode only)
         self._pending: list[tuple[Ops, asyncio.Future[None]]] = []
@@ -105,7 +119,93 @@ class LevelDBLayer:
             ) from exc
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise StorageUnavailable(f"storage: database directory {self.path} is not writable")
-        self._db = self._open()
+        try:
+            self._db = self._open()
+        except NoSpace:
+            if not self._release_reserve():
+                raise
+            self._db = self._open()  # the reserve made room for the log's recovery
+        released_before = os.path.exists(self._reserve_path)
+        if not self._keep_reserve():
+            if released_before:  # emptied when the disk filled, not rebuilt since
+                self._low_space = True
+            elif self.reserve_bytes > 0:
+                log.warning(
+                    "%s: no room for the %d-byte reserve: a disk this full may need cleaning by hand",
+                    self.path,
+                    self.reserve_bytes,
+                )
+
+    # -- the emergency reserve -----------------------------------------------------------------
+    def _free_bytes(self) -> int:
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return 0
+        return st.f_bavail * st.f_frsize
+
+    @property
+    def _reserve_path(self) -> str:
+        return os.path.join(self.path, _RESERVE_FILE)
+
+    def _keep_reserve(self) -> bool:
+        """Make sure the reserve holds its bytes (allocated when there is room for twice its
+        size); True if it does."""
+        if self.reserve_bytes <= 0:
+            return True
+        path = self._reserve_path
+        try:
+            if os.path.getsize(path) >= self.reserve_bytes:
+                return True
+        except FileNotFoundError:
+            pass
+        if self._free_bytes() < 2 * self.reserve_bytes:
+            return False
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self.reserve_bytes)  # really allocated, not sparse
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("%s: can't allocate the %d-byte reserve: %s", self.path, self.reserve_bytes, exc)
+            with contextlib.suppress(OSError):
+                os.truncate(path, 0)
+            return False
+        return True
+
+    def _release_reserve(self) -> bool:
+        """Give the reserve's space back (the disk is full); True if it held any. The emptied file
+        stays, so that a restart knows the reserve is spent."""
+        try:
+            if os.path.getsize(self._reserve_path) == 0:
+                return False
+            os.truncate(self._reserve_path, 0)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.error("%s: can't release the reserve: %s", self.path, exc)
+            return False
+        self._low_space = True
+        log.warning(
+            "%s: disk full: released the %d-byte reserve so the database can recover; writes that "
+            "add data are refused and deletes accepted until there is room for it again",
+            self.path,
+            self.reserve_bytes,
+        )
+        return True
+
+    def _room_to_grow(self) -> None:
+        """While the reserve is spent, refuse writes that add data unless it could be rebuilt."""
+        if self._keep_reserve():
+            self._low_space = False
+            log.warning("%s: room again: reserve rebuilt, writes accepted", self.path)
+            return
+        raise NoSpace(
+            "storage: no space left on device: the disk is nearly full; writes are refused and "
+            "deletes accepted until there is room again (free space, or delete keys)"
+        )
 
     def _open(self) -> plyvel.DB:
         try:
@@ -162,10 +262,13 @@ class LevelDBLayer:
         return self._failure
 
     # -- failure and recovery ------------------------------------------------------------------
-    def _writable(self) -> plyvel.DB:
-        """The database, once it can be trusted with a write (reopened after a failure)."""
+    def _writable(self, grows: bool = True) -> plyvel.DB:
+        """The database, once it can be trusted with a write (reopened after a failure); a write
+        that adds data (``grows``) also needs room while the reserve is spent."""
         if self._failure is not None:
             self._recover()
+        if grows and self._low_space:
+            self._room_to_grow()
         return self.db
 
     def _failed(self, ops: Ops, exc: BaseException, prefix: str) -> StorageUnavailable:
@@ -184,6 +287,8 @@ class LevelDBLayer:
             self._failure = error
             self._retry_at = 0.0
             self._retry_delay = _RETRY_MIN
+        if isinstance(error, NoSpace):
+            self._release_reserve()
         return error
 
     def _refused(self, why: object) -> StorageUnavailable:
@@ -287,7 +392,7 @@ class LevelDBLayer:
         if self.sync:
             return self._commit([(key.encode(), obj.to_json())])
         db = self._db
-        if db is None or self._failure is not None:
+        if db is None or self._failure is not None or self._low_space:
             db = self._writable()
         k = key.encode()
         try:
@@ -317,10 +422,10 @@ class LevelDBLayer:
         return None
 
     def _apply(self, ops: Ops, prefix: str) -> None:
-        """Write ``ops`` inline as one batch (non-sync mode)."""
+        """Write ``ops`` (deletes) inline as one batch (non-sync mode)."""
         if not ops:
             return
-        db = self._writable()
+        db = self._writable(grows=False)
         try:
             with db.write_batch() as batch:
                 for k, v in ops:
@@ -330,6 +435,19 @@ class LevelDBLayer:
                         batch.put(k, v)
         except plyvel.Error as exc:
             raise self._failed(ops, exc, prefix) from exc
+        if self._low_space:
+            self._reclaim(db, ops)
+
+    def _reclaim(self, db: plyvel.DB, ops: Ops) -> None:
+        """Compact the range of deleted keys now: LevelDB frees the space of deleted data only
+        when it compacts, and while the disk is nearly full that space is what writes wait for."""
+        keys = [k for k, v in ops if v is None]
+        if not keys:
+            return
+        try:
+            db.compact_range(start=min(keys), stop=max(keys))
+        except plyvel.Error as exc:
+            log.warning("%s: compaction after deletes failed: %s", self.path, exc)
 
     # -- group commit (sync mode) --------------------------------------------------------------
     async def _commit_count(self, ops: Ops) -> int:
@@ -359,7 +477,14 @@ class LevelDBLayer:
             try:
                 if self._failure is not None:
                     self._recover()  # inline: no group is being written while we are here
+                if self._low_space:
+                    group = self._without_growth(group)
+                    if not group:
+                        continue
                 await loop.run_in_executor(self._executor, self._write_group, group)
+                if self._low_space:
+                    ops = [op for ops, _ in group for op in ops]
+                    await loop.run_in_executor(self._executor, self._reclaim, self.db, ops)
             except Exception as exc:
                 if isinstance(exc, StorageUnavailable):
                     error = exc
@@ -374,6 +499,23 @@ class LevelDBLayer:
                 for _, fut in group:
                     if not fut.done():
                         fut.set_result(None)
+
+    def _without_growth(
+        self, group: list[tuple[Ops, asyncio.Future[None]]]
+    ) -> list[tuple[Ops, asyncio.Future[None]]]:
+        """The writes of ``group`` that may go while the reserve is spent: deletes always, the
+        others only if there is room again (they fail with NoSpace otherwise)."""
+        try:
+            self._room_to_grow()
+            return group
+        except NoSpace as refusal:
+            kept = []
+            for ops, fut in group:
+                if all(v is None for _, v in ops):
+                    kept.append((ops, fut))
+                elif not fut.done():
+                    fut.set_exception(refusal)
+            return kept
 
     def _write_group(self, group: list[tuple[Ops, asyncio.Future[None]]]) -> None:
         # Runs in the commit thread; plyvel releases the GIL while LevelDB writes and syncs.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -256,3 +257,76 @@ async def test_failed_write_that_reached_the_log_is_undone(tmp_path: Path) -> No
     await again.start()
     assert await again.keys() == ["k", "other"] and (await again.get("k")).value == 1
     await again.close()
+
+
+async def _reopened(write: Any, *args: Any) -> None:
+    """Retry ``write`` while the layer waits to reopen after a failed write (a short backoff)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 10
+    while True:
+        try:
+            await write(*args)
+            return
+        except StorageUnavailable as exc:
+            if "recovers from a failed write" not in str(exc) or loop.time() > end:
+                raise
+        await asyncio.sleep(0.02)  # the backoff has no event to wait on
+
+
+def _noise(n: int) -> str:
+    return os.urandom(n // 2).hex()  # incompressible: tables take the room they say
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["default", "sync"])
+async def test_a_disk_filled_by_the_database_itself_can_be_cleaned_and_reopened(tmpfs: Any, sync: bool) -> None:
+    """No other file to delete: the reserve beside the database is released when the disk fills,
+    so the database recovers, deletes free space (writes wait meanwhile), a restart opens it, and
+    writes resume once there is room for the reserve again."""
+    root = tmpfs("24m")
+    path = root / "db"
+    layer = LevelDBLayer(path, sync=sync, reserve_bytes=6 << 20)  # above LevelDB's 4 MiB log
+    store = Layered(memory=MemoryLayer(), embedded=layer)
+    await store.start()
+    assert (path / "ooo-reserve").stat().st_size == 6 << 20
+    n = 0
+    with pytest.raises(NoSpace):
+        while True:
+            await store.set(f"fill/{n}", {"x": _noise(20_000)})
+            n += 1
+    assert (path / "ooo-reserve").stat().st_size == 0  # released (the empty file remembers it)
+    with pytest.raises(NoSpace, match="deletes accepted"):
+        await _reopened(store.set, "more/1", 1)  # reopened, but no room to grow
+    await store.close()
+
+    store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(path, sync=sync, reserve_bytes=6 << 20))
+    await store.start()  # opens: the reserve's room is there for the log's recovery
+    assert len(await store.keys()) == n
+    await store.delete("fill/*")  # deletes are accepted, and compacted away
+    await _accepted(store.set, "more/1", 1)
+    assert (path / "ooo-reserve").stat().st_size == 6 << 20  # rebuilt once there was room
+    await store.close()
+
+
+async def test_start_on_a_disk_filled_by_something_else_uses_the_reserve(tmpfs: Any) -> None:
+    root = tmpfs("16m")
+    path = root / "db"
+    store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(path, reserve_bytes=6 << 20))
+    await store.start()
+    for i in range(20):
+        await store.set(f"k/{i}", {"x": _noise(10_000)})  # in the log: the next open must recover it
+    await store.close()
+    fd = os.open(root / "ballast", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 65536):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(path, reserve_bytes=6 << 20))
+    await store.start()  # it used to fail: no room to turn the log into a table
+    assert len(await store.keys()) == 20
+    with pytest.raises(NoSpace, match="deletes accepted"):
+        await store.set("new", 1)
+    await store.delete("k/1")
+    await store.close()
