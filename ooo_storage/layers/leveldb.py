@@ -77,8 +77,9 @@ class LevelDBLayer:
         self.sync = sync
         self.reserve_bytes = reserve_bytes
         """Size of the emergency reserve file kept beside the database (0, the library's default:
-        none; ``serve`` keeps :data:`DEFAULT_RESERVE`). When the disk fills, the reserve is released so the database can recover and deletes can free space;
-        until there is room for it again, writes that add data are refused and deletes accepted.
+        none; ``serve`` keeps :data:`DEFAULT_RESERVE`). When the disk fills, the reserve is
+        released so the database can recover and deletes can free space; until there is room for
+        it again, writes that add data are refused and deletes accepted.
         Without it, a disk filled by the database itself could not be cleaned through the API,
         nor the database opened again after a restart."""
         self._low_space = False
