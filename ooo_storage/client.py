@@ -20,6 +20,9 @@ JSON patches, and reconnects with ``?v=<last version>`` and exponential backoff,
 that missed nothing costs no snapshot. Every disconnect and reconnect is reported as a
 :class:`Disconnected` or :class:`Connected` status; a patch that does not apply drops the state and
 resubscribes for a fresh snapshot instead of patching a state that no longer matches the server's.
+What a reconnect would meet again ends the subscription with an error instead of a retry loop: a
+frame over ``ClientOptions.max_frame_bytes`` (:class:`FrameTooLarge`), a refused upgrade, a close by
+which the server refuses the subscription (a glob with too many items).
 
 Values are any JSON-serialisable Python value, encoded with orjson; ``bytes`` are sent verbatim as
 JSON text (handy to forward a document without decoding it). Unlike :class:`~ooo_storage.Layered`,
@@ -32,6 +35,7 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -51,6 +55,7 @@ __all__ = [
     "ClientError",
     "ConnectionFailed",
     "RequestUncertain",
+    "FrameTooLarge",
     "Connected",
     "Disconnected",
     "Status",
@@ -116,6 +121,30 @@ class RequestUncertain(ClientError):
         return f"outcome unknown: {self.message}"
 
 
+class FrameTooLarge(ClientError):
+    """A subscription received a frame larger than ``ClientOptions.max_frame_bytes`` (a snapshot
+    of a big glob, a huge value). The next connection would get the same frame, so the
+    subscription ends instead of reconnecting forever. ``size`` is the frame's length in bytes
+    (None when unknown), ``limit`` the limit it broke, ``remedy`` how to raise it; ``status`` is 0.
+    """
+
+    def __init__(self, key: str, size: int | None, limit: int,
+                 remedy: str = "raise ClientOptions.max_frame_bytes above it (0 = no limit)") -> None:
+        frame = "a frame" if size is None else f"a frame of {_bytes(size)}"
+        super().__init__(0, f"{key}: the server sent {frame}, over the limit of {_bytes(limit)}: "
+                            f"{remedy}")
+        self.key = key
+        self.size = size
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return f"frame too large: {self.message}"
+
+
+def _bytes(count: int) -> str:
+    return f"{count} bytes" + (f" ({count / 2**20:.1f} MiB)" if count >= 2**20 else "")
+
+
 @dataclass(frozen=True)
 class ClientOptions:
     """Tuning of a :class:`Client`. The defaults suit a server on a LAN or the same host."""
@@ -137,6 +166,7 @@ class ClientOptions:
     #: None relies on the server's own pings.
     heartbeat: float | None = 30.0
     #: Largest frame accepted on a subscription (a snapshot of a big list can be large); 0 = no limit.
+    #: A larger frame ends the subscription with :class:`FrameTooLarge` (it would come again).
     max_frame_bytes: int = 64 * 1024 * 1024
 
 
@@ -327,11 +357,14 @@ class Client:
         ``version`` resumes from a version seen earlier (no initial frame if nothing changed).
         ``on_status`` is called with a :class:`Connected` or :class:`Disconnected` on every
         connection and every loss of one (a plain function, run in the iterating task; ``print``
-        will do). The subscription reconnects after network errors and any close of the stream;
-        an upgrade refused with a 4xx status other than 408 and 429 cannot succeed by retrying,
-        so it raises :class:`ClientError` with that status. ``reconnect=False`` ends the iteration
-        when the server closes the stream and raises :class:`ConnectionFailed` when it cannot
-        connect.
+        will do). The subscription reconnects after network errors and any close of the stream
+        but those that retrying cannot get past: an upgrade refused with a 4xx status other than
+        408 and 429, or a close by which the server refuses the subscription (a close code
+        4000 + such a status, 1009, a glob over the server's item limit), raise
+        :class:`ClientError` with that status (413 for the too large); a frame over
+        ``max_frame_bytes`` raises :class:`FrameTooLarge`. Each of these closes is reported first
+        as a :class:`Disconnected` with no delay. ``reconnect=False`` ends the iteration when the
+        server closes the stream and raises :class:`ConnectionFailed` when it cannot connect.
         """
         self._url(key)  # validate now rather than on first iteration
         subscription = Subscription(self, key, version=version, reconnect=reconnect,
@@ -536,12 +569,27 @@ class Subscription(AsyncIterator[Any]):
                                   aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                 code, reason = _close_of(ws, message)
                 await self._disconnect()
-                if not self._reconnect:
+                final = self._final(message, code, reason)
+                if final is not None or not self._reconnect:
                     self._report(Disconnected(self.key, reason, code=code))
+                    if final is not None:
+                        await self.close()
+                        raise final
                     break
                 await self._lost(Disconnected(self.key, reason, code=code))
         await self.close()
         raise StopAsyncIteration
+
+    def _final(self, message: aiohttp.WSMessage, code: int, reason: str) -> ClientError | None:
+        """The error that ends the subscription when the next connection would end the same way:
+        a frame above our own ``max_frame_bytes`` (aiohttp closes with 1009 for it), or a close by
+        which the server refuses the subscription (:func:`_refusal`); None for every other close."""
+        if message.type is aiohttp.WSMsgType.ERROR and code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
+            found = _FRAME_SIZE.search(reason)
+            size = int(found.group(1)) if found else None
+            return FrameTooLarge(self.key, size, self._client.options.max_frame_bytes)
+        status = _refusal(code, reason)
+        return None if status is None else ClientError(status, f"subscription refused: {reason}")
 
     def _on_frame(self, raw: bytes | str) -> Exception | None:
         """Apply one frame to the state; on failure drop the state and return why."""
@@ -575,7 +623,7 @@ class Subscription(AsyncIterator[Any]):
                 )
             except aiohttp.WSServerHandshakeError as exc:
                 reason = exc.message if exc.status < 400 else _reason_phrase(exc.status)
-                if 400 <= exc.status < 500 and exc.status not in (408, 429):
+                if 400 <= exc.status < 500 and exc.status not in _RETRIED:
                     await self.close()  # retrying cannot help: bad key, refused, unauthorised ...
                     raise ClientError(exc.status, f"subscription refused: {reason}") from exc
                 status: Disconnected = Disconnected(self.key, reason, status=exc.status, error=exc)
@@ -647,6 +695,32 @@ def _close_of(ws: aiohttp.ClientWebSocketResponse, message: aiohttp.WSMessage) -
         return code, _describe(error)
     cause = ws.exception()
     return 1006, f"connection lost: {_describe(cause)}" if cause else "connection lost"
+
+
+_FRAME_SIZE = re.compile(r"Message size (\d+) exceeds limit")
+"""How aiohttp states the size of a frame above ``max_msg_size`` (its ``WebSocketError`` 1009)."""
+_TOO_MANY_ITEMS = re.compile(r"matches more than \d+ items")
+"""The reason of the close by which ooo-storage refuses a glob over its ``max_subscription_items``
+(server/hub.py); it closes with 1011, which otherwise means a failure worth retrying."""
+_RETRIED = (408, 429)
+"""4xx statuses that can pass: a timeout, too many requests. Any other 4xx is final."""
+
+
+def _refusal(code: int, reason: str) -> int | None:
+    """The HTTP status of a close by which the server refuses the subscription for good, None for
+    a close that a reconnect may get past (shutdown, slow consumer, write timeout, lost connection).
+
+    Final: a close code 4400..4499 (4000 + a 4xx status, as a server says after the upgrade what
+    it would have said before it: 4413 too large, 4403 forbidden), except 4408 and 4429 as for a
+    refused upgrade; 1009, by which the server says what we sent is too big; and ooo-storage's
+    close of a glob with too many items.
+    """
+    status = code - 4000
+    if 400 <= status < 500:
+        return None if status in _RETRIED else status
+    if code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG or _TOO_MANY_ITEMS.search(reason):
+        return HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value
+    return None
 
 
 def _reason_phrase(status: int) -> str:

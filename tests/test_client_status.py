@@ -9,6 +9,8 @@ retry can help, and stop with a ``ClientError`` where it cannot.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +19,15 @@ from aiohttp import web
 from test_client_server import EMPTY, Joins
 
 from ooo_storage import Layered, MemoryLayer
-from ooo_storage.client import Client, ClientError, ClientOptions, Connected, Disconnected, Status
+from ooo_storage.client import (
+    Client,
+    ClientError,
+    ClientOptions,
+    Connected,
+    Disconnected,
+    FrameTooLarge,
+    Status,
+)
 from ooo_storage.server import ServerRunner
 
 FAST = ClientOptions(reconnect_initial=0.01, reconnect_max=0.05, heartbeat=None)
@@ -225,25 +235,111 @@ async def test_a_server_error_on_the_upgrade_is_reported_and_retried(
     await watch.sub.close()
 
 
-async def test_a_frame_above_the_client_limit_is_reported_every_time_with_growing_delays(
-    runner: ServerRunner,
+async def test_a_frame_above_the_client_limit_is_reported_once_and_ends_the_subscription(
+    runner: ServerRunner, gate: Gate
 ) -> None:
-    options = ClientOptions(reconnect_initial=0.01, reconnect_factor=2, reconnect_max=1,
-                            reconnect_jitter=0, heartbeat=None, max_frame_bytes=1000)
+    """The next connection would get the same frame (a snapshot of the same big value), so the
+    subscription says why and stops instead of reconnecting, and rebuilding it, forever."""
+    options = dataclasses.replace(FAST, max_frame_bytes=1000)
     async with Client(runner.url, options=options) as client:
         watch = Watch(client, "big")
         await watch.connected()
         await client.set("big", "x" * 2000)
-        lost: list[Disconnected] = []
-        while len(lost) < 3:
-            status = await watch.status()
-            if isinstance(status, Disconnected):
-                lost.append(status)
-        assert [(s.code, s.attempt, s.delay) for s in lost] == [
-            (1009, 1, 0.01), (1009, 2, 0.02), (1009, 3, 0.04)
-        ]
-        assert "exceeds limit 1000" in lost[0].reason
-        await watch.sub.close()
+        lost = await watch.status()
+        with pytest.raises(FrameTooLarge) as caught:
+            await asyncio.wait_for(watch.task, 5)
+    error = caught.value
+    frame = error.size
+    assert frame is not None and frame > 2000  # the snapshot: the value and its metadata
+    assert isinstance(lost, Disconnected)
+    assert (lost.code, lost.delay, lost.attempt) == (1009, None, 0)
+    assert lost.reason == f"Message size {frame} exceeds limit 1000"
+    assert str(lost) == f"big: disconnected (close 1009: {lost.reason}); not reconnecting"
+    assert (error.key, error.limit, error.status) == ("big", 1000, 0)
+    assert str(error) == (f"frame too large: big: the server sent a frame of {frame} bytes, over the "
+                          "limit of 1000 bytes: raise ClientOptions.max_frame_bytes above it (0 = no limit)")
+    assert watch.statuses.empty() and len(gate.transports) == 1  # never reconnected
+
+
+async def test_a_first_snapshot_above_the_limit_ends_the_subscription_even_without_reconnect(
+    runner: ServerRunner, store: Layered
+) -> None:
+    for i in range(20):
+        await store.set(f"many/{i}", {"pad": "y" * 100})
+    options = dataclasses.replace(FAST, max_frame_bytes=1000)
+    async with Client(runner.url, options=options) as client:
+        with pytest.raises(FrameTooLarge) as caught:
+            await asyncio.wait_for(anext(client.subscribe("many/*", reconnect=False)), 5)
+    assert caught.value.size is not None and caught.value.size > 2000
+
+
+async def test_the_server_lets_go_of_a_subscriber_that_closed_with_1009(
+    runner: ServerRunner, store: Layered, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    left = asyncio.Event()
+    runner.server.on_unsubscribe = lambda key: left.set()
+    await store.set("big", {"pad": "x" * (4 * 1024 * 1024)})  # fed to the socket in slices
+    options = dataclasses.replace(FAST, max_frame_bytes=1024 * 1024)
+    async with Client(runner.url, options=options) as small:
+        with pytest.raises(FrameTooLarge):
+            await asyncio.wait_for(anext(small.subscribe("big")), 5)
+    await asyncio.wait_for(left.wait(), 5)
+    assert runner.server.pools.connections() == []
+    async with client.subscribe("big") as sub:  # a subscriber that takes it still gets it whole
+        assert len((await asyncio.wait_for(anext(sub), 10))["data"]["pad"]) == 4 * 1024 * 1024
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_glob_the_server_refuses_as_too_large_is_not_retried(store: Layered, gate: Gate) -> None:
+    """ooo-storage closes a glob over its ``max_subscription_items`` after the upgrade, with the
+    reason: a retry would rebuild the glob on the server only to be refused again."""
+    for i in range(60):
+        await store.set(f"many/{i}", i)
+    runner = ServerRunner(store, port=0, middlewares=[gate.middleware], max_subscription_items=50)
+    async with runner, Client(runner.url, options=FAST) as client:
+        watch = Watch(client, "many/*")
+        assert await watch.status() == Connected("many/*", 0, resumed=False, reconnect=False)
+        lost = await watch.status()
+        assert isinstance(lost, Disconnected) and lost.delay is None
+        assert "matches more than 50 items" in lost.reason
+        with pytest.raises(ClientError) as caught:
+            await asyncio.wait_for(watch.task, 5)
+    assert caught.value.status == 413
+    assert caught.value.message == f"subscription refused: {lost.reason}"
+    assert len(gate.transports) == 1 and watch.statuses.empty()
+
+
+@pytest.mark.parametrize(
+    ("code", "status"), [(4403, 403), (4404, 404), (4413, 413), (1009, 413)]
+)
+async def test_a_close_that_says_retrying_cannot_help_ends_the_subscription(
+    runner: ServerRunner, gate: Gate, client: Client, code: int, status: int
+) -> None:
+    """A close code 4000 + a 4xx status says after the upgrade what a refused upgrade says before
+    it; 1009 says the stream cannot go on."""
+    watch = Watch(client, "box")
+    await watch.connected()
+    await close_streams(runner, code, "not for you")
+    lost = await watch.status()
+    assert isinstance(lost, Disconnected) and (lost.code, lost.delay) == (code, None)
+    with pytest.raises(ClientError) as caught:
+        await asyncio.wait_for(watch.task, 5)
+    assert (caught.value.status, caught.value.message) == (status, "subscription refused: not for you")
+    assert len(gate.transports) == 1
+
+
+@pytest.mark.parametrize("code", [4408, 4429, 4500, 4000])
+async def test_a_close_that_may_pass_is_retried(
+    runner: ServerRunner, client: Client, code: int
+) -> None:
+    watch = Watch(client, "box")
+    await watch.connected()
+    await close_streams(runner, code, "later")
+    lost = await watch.status()
+    assert isinstance(lost, Disconnected) and (lost.code, lost.attempt) == (code, 1)
+    assert lost.delay is not None
+    assert await watch.status() == Connected("box", 1, resumed=True, reconnect=True)
+    await watch.sub.close()
 
 
 async def test_close_cuts_a_backoff_wait_short(runner: ServerRunner) -> None:

@@ -16,8 +16,10 @@ Exit status (:data:`EPILOG`): 0 on success, 1 when the server answers with an er
 reached (the message goes to stderr), 2 for a bad argument, 3 when the server wants a (valid) token
 (401), 4 when the token may not do this (403), 130 when interrupted. ``watch`` keeps stdout for
 states and reports every disconnect (with the close code and reason, or the connection error) and
-every reconnect on stderr, so a stream that keeps failing is never silent. ``ooo_storage.cli`` owns
-the parser and calls :func:`add_parsers`.
+every reconnect on stderr, so a stream that keeps failing is never silent; it exits 1 where
+reconnecting cannot help: a frame above ``--max-frame-bytes`` (64 MiB; the message says to raise
+it), a subscription the server refuses (a glob over its item limit). ``ooo_storage.cli`` owns the
+parser and calls :func:`add_parsers`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from typing import Any
 
 import orjson
 
-from ..client import Client, ClientError, Connected, Status
+from ..client import Client, ClientError, ClientOptions, Connected, FrameTooLarge, Status
+from .serve import _integer
 
 __all__ = ["add_parsers", "EPILOG", "UNAUTHORIZED", "FORBIDDEN"]
 
@@ -63,21 +66,33 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     value = argparse.ArgumentParser(add_help=False)
     value.add_argument("value", metavar="VALUE", help="JSON text, or - to read it from stdin")
 
-    def add(name: str, command: _Command, summary: str, *parents: argparse.ArgumentParser) -> Any:
+    def add(name: str, command: _Command, summary: str, *parents: argparse.ArgumentParser,
+            options: Callable[[argparse.Namespace], ClientOptions] = lambda args: ClientOptions()) -> Any:
         parser = subparsers.add_parser(name, help=summary, description=summary, epilog=EPILOG,
                                        parents=[server, *parents])
-        parser.set_defaults(func=lambda args: _run(command, args))
+        parser.set_defaults(func=lambda args: _run(command, args, options(args)))
         return parser
 
     add("get", _get, "print the object at KEY, or the list matching a glob, as JSON", key)
     add("set", _set, "store VALUE at KEY and print its index", key, value)
     add("push", _push, "store VALUE under a fresh key of the glob KEY and print its index", key, value)
     add("del", _delete, "delete KEY, or every key matching a glob", key)
-    watch = add("watch", _watch, "print the state of KEY as one JSON line after every change", key)
+    watch = add("watch", _watch, "print the state of KEY as one JSON line after every change", key,
+                options=lambda args: ClientOptions(max_frame_bytes=args.max_frame_bytes))
     watch.add_argument("--count", type=int, metavar="N", help="exit after N states")
     watch.add_argument("--no-reconnect", action="store_true",
                        help="exit when the server closes the stream instead of reconnecting")
+    watch.add_argument("--max-frame-bytes", type=_frame_limit, default=ClientOptions.max_frame_bytes,
+                       metavar="N", help="largest frame accepted, e.g. the snapshot of a big glob; a "
+                       f"larger one exits 1 (default {ClientOptions.max_frame_bytes}; 0 = no limit)")
     add("stats", _stats, "print the server's usage per namespace as JSON (GET /?api=stats; needs admin)")
+
+
+def _frame_limit(text: str) -> int:
+    limit = _integer(text)
+    if limit < 0:
+        raise argparse.ArgumentTypeError(f"{limit} is not a number of bytes (0 = no limit)")
+    return limit
 
 
 def token_of(args: argparse.Namespace) -> str | None:
@@ -86,9 +101,9 @@ def token_of(args: argparse.Namespace) -> str | None:
     return token or None
 
 
-def _run(command: _Command, args: argparse.Namespace) -> int:
+def _run(command: _Command, args: argparse.Namespace, options: ClientOptions) -> int:
     async def main() -> Any:
-        async with Client(args.url, token=token_of(args)) as client:
+        async with Client(args.url, token=token_of(args), options=options) as client:
             return await command(client, args)
 
     try:
@@ -152,6 +167,9 @@ async def _watch(client: Client, args: argparse.Namespace) -> None:
                 seen += 1
                 if seen == args.count:
                     return
+    except FrameTooLarge as exc:
+        raise FrameTooLarge(exc.key, exc.size, exc.limit,
+                            remedy="give --max-frame-bytes N above it (0 = no limit)") from None
     except ClientError as exc:
         if exc.status in _AUTH_EXITS:
             raise await _refusal(client, args.key, exc) from None
