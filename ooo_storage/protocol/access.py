@@ -67,8 +67,11 @@ JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256",
 
 
 def token_digest(token: str) -> str:
-    """The SHA-256 hex of a token: what a policy file keeps instead of the token."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    """The SHA-256 hex of a token: what a policy file keeps instead of the token.
+
+    A header that was not UTF-8 reaches us with lone surrogates (aiohttp's surrogateescape):
+    ``surrogatepass`` hashes it to some digest no policy holds, an unknown token, not a crash."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # -- coverage --------------------------------------------------------------------------------------
@@ -252,7 +255,7 @@ class Policy:
         principal = self.principal_for_token(token)
         if principal is not None:
             return principal
-        if self.jwt is not None and token.count(".") == 2:
+        if self.jwt is not None and token.count(".") == 2 and token.isascii():  # JWTs are base64url
             return self._jwt(token, self.jwt)
         raise Unauthorized("ooo: unauthorized: unknown token")
 
