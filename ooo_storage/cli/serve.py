@@ -4,7 +4,8 @@
 
     ooo-storage serve [--host 127.0.0.1] [--port 8800] [--data ./data] [--memory-only] [--sync] [--static]
                       [--max-body-bytes N] [--allowed-origin ORIGIN ...] [--allowed-host HOST ...]
-                      [--max-connections N] [--header-timeout S] [--body-timeout S]
+                      [--max-connections N] [--max-connections-per-client N]
+                      [--max-buffered-body-bytes N] [--header-timeout S] [--body-timeout S]
                       [--keepalive-timeout S] [--max-head-bytes N] [--max-line-size N]
                       [--max-field-size N] [--max-headers N] [--list-limit N] [--outbox-bytes N]
                       [--write-timeout S] [--no-patch] [--loop auto] [--log-level info]
@@ -71,6 +72,13 @@ def _positive(text: str) -> int:
     number = _integer(text)
     if number < 1:
         raise argparse.ArgumentTypeError(f"{number} must be a positive integer")
+    return number
+
+
+def _non_negative(text: str) -> int:
+    number = _integer(text)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{number} must be 0 or a positive integer")
     return number
 
 
@@ -142,6 +150,21 @@ _LIMITS: tuple[tuple[str, Callable[[str], Any], str, str], ...] = (
         "it for files: 768 under ulimit -n 1024); at the limit the oldest connection waiting for a "
         "request is closed, or a new one refused with 503 when all are busy",
     ),
+    (
+        "--max-connections-per-client",
+        _positive,
+        "N",
+        "most connections one client address may keep busy (open websockets, requests in "
+        "progress); more are refused with 503 (default: three quarters of --max-connections, so "
+        "that others keep room). Behind a reverse proxy all clients share its address: raise it",
+    ),
+    (
+        "--max-buffered-body-bytes",
+        _positive,
+        "N",
+        "most request-body bytes buffered at once over all requests, at least --max-body-bytes; "
+        "a body over 64 KiB that does not fit is refused with 503 and Retry-After (default 268435456)",
+    ),
     ("--header-timeout", _seconds, "S", "seconds a request head may take from its first byte (default 10)"),
     ("--body-timeout", _seconds, "S", "a request body that receives nothing for S seconds ends (default 30)"),
     ("--keepalive-timeout", _seconds, "S", "seconds a connection may idle between requests (default 75)"),
@@ -188,6 +211,14 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         nargs=0,
         default=False,
         help="durable writes: acknowledge only once on disk (concurrent writes share one fsync)",
+    )
+    serve.add_argument(
+        "--reserve-bytes",
+        type=_non_negative,
+        default=None,
+        metavar="N",
+        help="disk space kept aside beside the database for the day the disk fills: released then, "
+        "so that LevelDB can recover and deletes can free space (default 32 MiB; 0: none)",
     )
     serve.add_argument("--static", action="store_true", help="refuse every route without a matching filter")
     serve.add_argument(
@@ -426,9 +457,13 @@ def _reload(server: Server, path: str) -> None:
 async def _serve(args: argparse.Namespace, access: _Access) -> None:
     from ..layered import Layered
     from ..layers import LevelDBLayer, MemoryLayer
+    from ..layers.leveldb import DEFAULT_RESERVE
     from ..server import Server, serve
 
-    embedded = None if args.memory_only else LevelDBLayer(args.data, sync=args.sync)
+    reserve = DEFAULT_RESERVE if args.reserve_bytes is None else args.reserve_bytes
+    embedded = (
+        None if args.memory_only else LevelDBLayer(args.data, sync=args.sync, reserve_bytes=reserve)
+    )
     store = Layered(memory=MemoryLayer(), embedded=embedded)
     server = Server(
         store,

@@ -3,7 +3,14 @@
 One catch-all route dispatches on method and path: PROTOCOL.md §4 wants ``//`` paths and globs
 answered with 400, characters outside ``[A-Za-z0-9*/._-]`` with 404 and unknown methods with 405,
 which aiohttp's router would not give us. The raw request path is used, so nothing (``.``
-segments, percent-decoding) is normalised away before the key is checked.
+segments, percent-decoding) is normalised away before the key is checked. ``HEAD`` on a key is
+answered like ``GET``, without the body.
+
+A request whose body is refused before it is read whole closes its connection at once: aiohttp
+would otherwise keep reading (and decompressing, on the event loop) what follows for up to 10 s
+("lingering"), which let a stream of small gzip bombs stall the server although each got its 413.
+A request that announces a body over ``max_body_bytes`` with ``Expect: 100-continue`` is refused
+before the client is told to send it.
 """
 
 from __future__ import annotations
@@ -14,10 +21,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.typedefs import Handler, Middleware
 
 from ..layered import Layered, WatchHandle
+from ..protocol import keys
 from ..protocol.access import Policy
 from ..protocol.filters import (
     AfterWriteFn,
@@ -30,14 +38,14 @@ from ..protocol.filters import (
 )
 from ..protocol.origins import OriginPolicy
 from . import explorer, followup, rest, streams
-from .auth import Guard
+from .auth import Guard, decide, principal_of
 from .clocks import Clocks
 from .config import ServerConfig
 from .connection import Flusher
 from .context import Context
-from .errors import error_middleware, text_response
+from .errors import FAILURE_INTERVAL, Notices, error_middleware, response_for, text_response
 from .hub import Pools
-from .limits import Notices, body_timeout_middleware
+from .limits import BodyBudget, ClientShare, body_middleware, per_client_limit
 from .streams import wants_websocket
 
 log = logging.getLogger("ooo_storage.server")
@@ -49,7 +57,9 @@ _KEY_METHODS: dict[str, _KeyHandler] = {
     "POST": rest.post,
     "PATCH": rest.patch,
     "DELETE": rest.delete,
+    "HEAD": rest.get,  # aiohttp sends the head of the response only
 }
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _HOST_CACHE = 256  # distinct (Host, local address) verdicts remembered; an attacker only churns it
 
 
@@ -66,6 +76,9 @@ class Server:
         self.config = ServerConfig(**options)
         self.origins = OriginPolicy.of(self.config.allowed_origins, self.config.allowed_hosts)
         self.notices = Notices()
+        self.failures = Notices(FAILURE_INTERVAL)
+        self.share = ClientShare(per_client_limit(self.config), self.notices)
+        self.budget = BodyBudget(self.config.body_budget, self.notices)
         self.filters = Filters(static=self.config.static)
         self.pools = Pools(store, self.filters, self.config)
         self.guard = Guard(store, self.config.auth)
@@ -169,10 +182,11 @@ class Server:
         cfg = self.config
         app = web.Application(
             middlewares=[
+                self.share.middleware(),
                 self._origin_middleware(),
-                error_middleware,
+                error_middleware(self.failures),
                 self.guard.middleware(),
-                body_timeout_middleware(cfg.body_timeout, self.notices),
+                body_middleware(cfg.body_timeout, self.budget, self.notices),
                 *cfg.middlewares,
             ],
             client_max_size=cfg.max_body_bytes + 1,
@@ -181,10 +195,11 @@ class Server:
                 "max_line_size": cfg.max_line_size,
                 "max_field_size": cfg.max_field_size,
                 "max_headers": cfg.max_headers,
+                "lingering_time": 0,  # a body not read whole closes the connection (module doc)
             },
         )
         app[SERVER_KEY] = self
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch, expect_handler=self._expect)
         app.on_startup.append(self._startup)
         app.on_shutdown.append(self._shutdown)
         app.on_cleanup.append(self._cleanup)
@@ -242,7 +257,36 @@ class Server:
             return text_response(405, "ooo: method not allowed")
         if method == "GET" and wants_websocket(request):
             return await streams.subscribe(ctx, request, key)
+        if method == "HEAD":
+            self._authorize_head(request, key)
         return await handler(ctx, request, key)
+
+    def _authorize_head(self, request: web.Request, key: str) -> None:
+        """A HEAD reads (status, length): it needs ``read`` like a GET. The guard's
+        ``auth.required_right`` knows GET only and lets other methods through for the handler to
+        refuse, so HEAD is checked here."""
+        policy, principal = self.guard.policy, principal_of(request)
+        if policy is not None and principal is not None and keys.is_valid(key):
+            decide(policy, principal, "read", key)
+
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: a POST or PATCH announcing a body over ``max_body_bytes`` gets
+        its 413 now, not after being told to send the body; others get ``100 Continue`` (aiohttp's
+        default). Runs before the middlewares, like aiohttp's own."""
+        expect = request.headers.get("Expect", "")
+        if request.version != HttpVersion11:
+            return None
+        if expect.lower() != "100-continue":
+            return text_response(417, f"ooo: unknown Expect: {expect:.100}")
+        length, cap = request.content_length, self.config.max_body_bytes
+        if request.method in ("POST", "PATCH") and length is not None and length > cap:
+            refusal = rest.too_large(cap)
+            log.info("%s %.200s refused: %d %.300r", request.method, request.path, refusal.status,
+                     refusal.message)
+            return response_for(refusal)
+        await request.writer.write(_CONTINUE)
+        request.writer.output_size = 0  # the response proper starts after it (as aiohttp does)
+        return None
 
     async def _startup(self, app: web.Application) -> None:
         # In commit order, inside each write: pool versions are exact revisions.

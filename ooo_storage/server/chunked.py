@@ -8,6 +8,9 @@ socket: memory per slow reader is one chunk plus the transport's buffer, and the
 other requests between chunks. A peer that reads nothing for ``write_timeout`` seconds is cut off.
 
 A body that fits in one chunk is sent as an ordinary response with a ``Content-Length``.
+:func:`send_bytes` sends bytes already in memory and shared (a large stored object, whose ``data``
+every reader gets) the same way, slice by slice, with their ``Content-Length``: a reader costs one
+slice, not a copy of its own. A ``HEAD`` gets the head of the response only.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from aiohttp import web
 
@@ -59,9 +62,40 @@ async def send(
         return web.Response(body=first, content_type=content_type, headers=headers)
     response = web.StreamResponse(headers=headers)
     response.content_type = content_type
+    return await _paced(request, response, itertools.chain((first, following), chunks), write_timeout)
+
+
+async def send_bytes(
+    request: web.Request, parts: Sequence[bytes], *, content_type: str, write_timeout: float
+) -> web.StreamResponse:
+    """Answer ``request`` with the concatenation of ``parts`` and its ``Content-Length``, each part
+    sent in slices of :data:`CHUNK_BYTES` that are views of it, never copies."""
+    response = web.StreamResponse()
+    response.content_type = content_type
+    response.content_length = sum(len(part) for part in parts)
+    return await _paced(request, response, _slices(parts), write_timeout)
+
+
+def _slices(parts: Sequence[bytes]) -> Iterator[memoryview]:
+    for part in parts:
+        view = memoryview(part)
+        for start in range(0, len(view), CHUNK_BYTES):
+            yield view[start : start + CHUNK_BYTES]
+
+
+async def _paced(
+    request: web.Request,
+    response: web.StreamResponse,
+    chunks: Iterable[bytes | memoryview],
+    write_timeout: float,
+) -> web.StreamResponse:
+    """Prepare ``response`` and write ``chunks`` one by one, each once the previous ones drained;
+    cut the connection when the peer takes nothing for ``write_timeout``."""
     try:
         await response.prepare(request)
-        for chunk in itertools.chain((first, following), chunks):
+        if request.method == "HEAD":
+            return response  # aiohttp would send what is written, HEAD or not
+        for chunk in chunks:
             async with asyncio.timeout(write_timeout):
                 await response.write(chunk)
     except TimeoutError:

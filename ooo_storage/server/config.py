@@ -22,6 +22,11 @@ class ServerConfig:
     """Send every change as a snapshot instead of a JSON patch."""
     max_body_bytes: int = 10 * 1024 * 1024
     """Largest accepted POST/PATCH body; larger → 413."""
+    max_buffered_body_bytes: int = 256 * 1024 * 1024
+    """Most request-body bytes buffered at once over all requests. Bodies up to 64 KiB take nothing
+    from it; a larger body that does not fit now is refused with 503 and ``Retry-After``
+    (limits.py). A value below ``max_body_bytes`` counts as ``max_body_bytes``: a body of the
+    largest size must fit."""
     allowed_origins: Sequence[str] = ()
     """Web page origins (``scheme://host[:port]``) that may use the server from a browser, over HTTP
     (CORS) and websockets alike; ``*`` allows any. A request with another ``Origin`` gets 403;
@@ -37,6 +42,12 @@ class ServerConfig:
     the new one refused (503) if all are busy. Applies when served by ``ServerRunner`` / ``serve``
     (limits.py), like ``header_timeout`` and ``max_head_bytes``; the other limits apply however the
     application is served."""
+    max_connections_per_client: int | None = None
+    """Most connections one client (one remote address) may keep busy, each open websocket and each
+    request in progress counting; more are refused with 503 (idle connections need no cap: the
+    connection limit closes them to make room). None: three quarters of ``max_connections``, so
+    that other clients always keep a quarter. Behind a reverse proxy every client has the proxy's
+    address: raise it there."""
     header_timeout: float = 10.0
     """Seconds a request head may take from its first byte; then 408 and the connection is closed."""
     max_head_bytes: int = 32 * 1024
@@ -86,3 +97,12 @@ class ServerConfig:
     checked for every route, websockets included, before filters run and before a body is read
     (``auth.py``). None: everyone may do everything, as before. This is the policy the server
     starts with; ``Server.set_policy`` replaces it at run time."""
+
+    def __post_init__(self) -> None:
+        if self.max_connections_per_client is not None and self.max_connections_per_client < 1:
+            raise ValueError("max_connections_per_client must be at least 1")
+
+    @property
+    def body_budget(self) -> int:
+        """``max_buffered_body_bytes``, at least ``max_body_bytes``."""
+        return max(self.max_buffered_body_bytes, self.max_body_bytes)

@@ -1,5 +1,5 @@
 """What one client connection may cost: how many connections, how long and how large a request head,
-how long a stalled request body.
+how long a stalled request body; and what all of them together may buffer of request bodies.
 
 aiohttp already caps each request line and header (``max_line_size``, ``max_field_size``,
 ``max_headers``: app.py passes them as handler arguments) and closes connections idle between
@@ -12,7 +12,12 @@ enough of them used every file descriptor, after which nobody else was served an
   (408 / 431, then close), and keeps at most ``max_connections`` open: at the limit it closes the
   oldest connection that is only waiting for a request head, or refuses the new one (503) when every
   connection is busy, and says so in the log (once a minute at most).
-- :func:`body_timeout_middleware` ends a request whose body receives nothing for ``body_timeout``.
+- :class:`ClientShare` keeps one client (one remote address) from holding more than its share of
+  the connections busy: 768 idle websockets of one client used to leave every other client a 503.
+  Idle connections need no such cap: the gate closes them to make room.
+- :func:`body_middleware` ends a request whose body receives nothing for ``body_timeout``, and
+  gives it a :class:`BodyHold` on the server's :class:`BodyBudget`: 200 uploads of 10 MiB that
+  never finished used to hold 2 GB.
 """
 
 from __future__ import annotations
@@ -29,11 +34,10 @@ from aiohttp.web_protocol import RequestHandler
 
 from ..errors import HTTPFailure
 from .config import ServerConfig
+from .errors import Busy, Notices, response_for
 
 log = logging.getLogger("ooo_storage.server")
 
-NOTICE_INTERVAL = 60.0
-"""Seconds between two log lines about the same kind of limit being hit."""
 FD_HEADROOM_SHARE = 4
 FD_HEADROOM_MIN = 128
 UNLIMITED_FDS_CONNECTIONS = 65536
@@ -55,25 +59,13 @@ def default_max_connections() -> int:
     return connections_for(soft)
 
 
-class Notices:
-    """Log lines about limits being hit, at most one per kind per ``interval`` seconds, each saying
-    how many times it happened since the previous line (an attack must not flood the log)."""
-
-    def __init__(self, interval: float = NOTICE_INTERVAL) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._count: dict[str, int] = {}
-
-    def __call__(self, level: int, kind: str, message: str) -> None:
-        count = self._count.get(kind, 0) + 1
-        now = asyncio.get_running_loop().time()
-        last = self._last.get(kind)
-        if last is not None and now - last < self.interval:
-            self._count[kind] = count
-            return
-        self._last[kind], self._count[kind] = now, 0
-        since = f" ({count} times in the last {self.interval:g} s)" if last is not None else ""
-        log.log(level, "%s%s", message, since)
+def per_client_limit(config: ServerConfig) -> int:
+    """``max_connections_per_client``, or three quarters of the connection limit (at least one):
+    the last quarter always stays for the other clients."""
+    if config.max_connections_per_client is not None:
+        return config.max_connections_per_client
+    limit = config.max_connections or default_max_connections()
+    return limit - limit // 4
 
 
 def raw_response(status: int, reason: str, message: str) -> bytes:
@@ -279,17 +271,118 @@ class _BodyWatch:
         self.handle.cancel()
 
 
-def body_timeout_middleware(timeout: float, notices: Notices) -> Middleware:
-    """A middleware ending requests whose body stalls (408 when the connection can still hear it).
+class ClientShare:
+    """Requests in progress per remote address, a websocket for as long as it is open: a client
+    asking for more than ``limit`` at once is refused (503, connection closed) until one of its
+    own ends. Behind a reverse proxy every client has the proxy's address."""
+
+    def __init__(self, limit: int, notices: Notices) -> None:
+        self.limit = limit
+        self.notices = notices
+        self.busy: dict[str, int] = {}  # only addresses with a request in progress
+
+    def middleware(self) -> Middleware:
+        busy, limit = self.busy, self.limit
+
+        @web.middleware
+        async def client_share(request: web.Request, handler: Handler) -> web.StreamResponse:
+            who = request.remote or ""
+            count = busy.get(who, 0)
+            if count >= limit:
+                return self._refuse(who)
+            busy[who] = count + 1
+            try:
+                return await handler(request)
+            finally:
+                if (left := busy[who] - 1) > 0:
+                    busy[who] = left
+                else:
+                    del busy[who]
+
+        return client_share
+
+    def _refuse(self, who: str) -> web.StreamResponse:
+        self.notices(
+            logging.WARNING,
+            "per-client",
+            f"{who} keeps {self.limit} connections busy, its limit: refusing its further requests "
+            "with 503; raise --max-connections-per-client if many clients share this address (a "
+            "reverse proxy)",
+        )
+        return response_for(Busy(f"ooo: too many busy connections from {who} (limit {self.limit} "
+                                 "per client), retry later"))
+
+
+FREE_BODY_BYTES = 64 * 1024
+"""Bodies up to this size take nothing from the :class:`BodyBudget`: small requests are never
+refused because of large uploads (what all of them buffer at once is bounded by the connection
+limit: 48 MiB for 768 connections)."""
+
+
+class BodyBudget:
+    """Request-body bytes the server buffers at once, over all requests (``max_buffered_body_bytes``).
+
+    A body larger than :data:`FREE_BODY_BYTES` reserves its size as it arrives (its whole
+    ``Content-Length`` at once when there is one, so that a body that cannot fit is refused before
+    it is sent) and keeps it until its request ends."""
+
+    def __init__(self, limit: int, notices: Notices) -> None:
+        self.limit = limit
+        self.notices = notices
+        self.used = 0
+
+
+class BodyHold:
+    """What one request holds of the :class:`BodyBudget`; released when the request ends."""
+
+    __slots__ = ("budget", "held")
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.held = 0
+
+    def grow_to(self, size: int) -> None:
+        """Hold ``size`` bytes for this body, or raise :class:`Busy` (503) when the budget cannot."""
+        if size <= self.held or size <= FREE_BODY_BYTES:
+            return
+        budget = self.budget
+        extra = size - self.held
+        if budget.used + extra > budget.limit:
+            budget.notices(
+                logging.WARNING,
+                "body-budget",
+                f"request bodies being received hold {budget.used} of {budget.limit} bytes: refusing "
+                "larger ones with 503; raise --max-buffered-body-bytes if this load is legitimate",
+            )
+            raise Busy(f"ooo: server busy receiving other large request bodies (a body of {size} "
+                       f"bytes does not fit in the {budget.limit}-byte budget now), retry later")
+        budget.used += extra
+        self.held = size
+
+    def release(self) -> None:
+        self.budget.used -= self.held
+        self.held = 0
+
+
+BODY_HOLD: web.RequestKey[BodyHold] = web.RequestKey("ooo_body_hold", BodyHold)
+"""``request.get(BODY_HOLD)``: the request's hold on the body budget (absent when its body had
+arrived whole before the handler ran: then it is already in memory, and small)."""
+
+
+def body_middleware(timeout: float, budget: BodyBudget, notices: Notices) -> Middleware:
+    """A middleware for requests whose body is still arriving: it ends those whose body stalls (408
+    when the connection can still hear it), and gives each a :class:`BodyHold`, released however
+    the request ends (answered, refused, or its client gone).
 
     Requests whose body is already complete (most) pay one check. Runs inside ``error_middleware``
     so that the failed read becomes that 408 instead of an internal error."""
 
     @web.middleware
-    async def body_timeout(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def body(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.content.is_eof():
             return await handler(request)
         watch = _BodyWatch(request, timeout, notices)
+        hold = request[BODY_HOLD] = BodyHold(budget)
         try:
             return await handler(request)
         except Exception:
@@ -298,5 +391,6 @@ def body_timeout_middleware(timeout: float, notices: Notices) -> Middleware:
             raise
         finally:
             watch.cancel()
+            hold.release()
 
-    return body_timeout
+    return body

@@ -4,6 +4,10 @@ Each handler receives a key already known to use only allowed characters; it val
 asks the filters, calls the store and answers. Exceptions become responses in ``errors.py``.
 Glob GETs are paged and streamed by ``lists.py``; JSON work on large bodies runs off the event loop
 (``offload.py``), and a PATCH may not make a document larger than a POST could.
+
+Large objects are sent at the reader's pace (``chunked.py``) without a copy of their own: 100
+clients that asked for a 9 MB object and never read used to hold 1.8 GB. Request bodies are read
+within the server's body budget (``limits.py``), in an encoding aiohttp decodes.
 """
 
 from __future__ import annotations
@@ -12,17 +16,25 @@ import re
 
 import orjson
 from aiohttp import web
+from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
 from aiohttp.web_protocol import RequestPayloadError
 
 from ..errors import HTTPFailure, NotFound
 from ..protocol import jsontext, keys
 from ..protocol.filters import parse_json, read_guard
 from ..protocol.merge import merge_json
-from . import lists, offload
+from ..protocol.objects import Object
+from . import chunked, lists, offload
 from .context import Context
+from .errors import ClientGone
+from .limits import BODY_HOLD
 
 JSON = "application/json"
 _PATH_CHARS = re.compile(r"/[A-Za-z0-9*/._-]*").fullmatch
+DECODED = ("gzip", "deflate", *(["br"] if HAS_BROTLI else []), *(["zstd"] if HAS_ZSTD else []))
+"""The ``Content-Encoding`` values aiohttp decodes (besides ``identity``); it passes any other
+through undecoded, which would be stored as if it were the JSON."""
+_ACCEPTED = {"", "identity", *DECODED}
 
 
 def request_key(request: web.Request) -> str | None:
@@ -42,20 +54,45 @@ def check_key(key: str) -> None:
         raise HTTPFailure(400, "ooo: key is not valid")
 
 
+def too_large(cap: int) -> HTTPFailure:
+    return HTTPFailure(413, f"ooo: request body too large (limit {cap} bytes)", close=True)
+
+
+def check_encoding(request: web.Request) -> None:
+    """Refuse (415) a ``Content-Encoding`` the server cannot decode, naming those it can."""
+    encoding = request.headers.get("Content-Encoding", "")
+    if encoding.lower() not in _ACCEPTED:
+        raise HTTPFailure(
+            415,
+            f"ooo: unsupported Content-Encoding {encoding[:100]!r} (accepted: identity, "
+            f"{', '.join(DECODED)})",
+            close=True,
+        )
+
+
 async def read_body(request: web.Request, cap: int) -> bytes:
     """The request body, refusing (413) anything over ``cap`` bytes (decoded) without buffering it
-    all, and (400) a body its ``Content-Encoding`` does not decode."""
-    too_large = HTTPFailure(413, f"ooo: request body too large (limit {cap} bytes)", close=True)
-    if request.content_length is not None and request.content_length > cap:
-        raise too_large
+    all, (415) an encoding it cannot decode, (400) a body its ``Content-Encoding`` does not decode,
+    and (503) a large body the server's body budget cannot hold now (``limits.BodyHold``)."""
+    check_encoding(request)
+    length = request.content_length
+    if length is not None and length > cap:
+        raise too_large(cap)
+    hold = request.get(BODY_HOLD)  # None: the body arrived whole, small, before the handler ran
+    if hold is not None and length is not None:
+        hold.grow_to(length)
     chunks: list[bytes] = []
     size = 0
     try:
         async for chunk in request.content.iter_any():
             size += len(chunk)
             if size > cap:
-                raise too_large
+                raise too_large(cap)
+            if hold is not None:
+                hold.grow_to(size)
             chunks.append(chunk)
+    except ConnectionError:  # aiohttp's "Connection lost": nobody is left to answer
+        raise ClientGone() from None
     except RequestPayloadError:
         # Nothing more is read from this body: without the end marked, aiohttp would read on
         # after the answer, meet the same error and log it as an unhandled exception.
@@ -76,18 +113,27 @@ async def get(ctx: Context, request: web.Request, key: str) -> web.StreamRespons
     filters.permit_read(key)
     if "*" in key:
         return await lists.get(ctx, request, key)
-    if filters.object_fn(key) is None:
-        try:
-            return json_response(await store.get_json(key))
-        except NotFound:
-            raise HTTPFailure(404, "ooo: empty key") from None
     try:
-        obj = read_guard(key, filters.read_object, key, await store.get(key))
+        obj: Object | None = await store.get(key)
     except NotFound:
         obj = None
+    if obj is not None and filters.object_fn(key) is not None:
+        obj = read_guard(key, filters.read_object, key, obj)
     if obj is None:
         raise HTTPFailure(404, "ooo: empty key")
-    return json_response(obj.to_json())
+    if len(obj.data) <= chunked.CHUNK_BYTES:
+        return json_response(obj.to_json())
+    return await send_object(ctx, request, obj)
+
+
+async def send_object(ctx: Context, request: web.Request, obj: Object) -> web.StreamResponse:
+    """A large object's JSON (PROTOCOL §2.1, exactly the bytes of ``obj.to_json()``) sent as its
+    head, its ``data`` (the stored bytes, shared by every reader) and its closing brace, at the
+    reader's pace."""
+    head = obj._replace(data=b"").to_json()[:-1]  # §2.1: "data" is the last member
+    return await chunked.send_bytes(
+        request, (head, obj.data, b"}"), content_type=JSON, write_timeout=ctx.config.write_timeout
+    )
 
 
 def _encoded(text: bytes) -> orjson.Fragment:

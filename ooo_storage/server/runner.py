@@ -91,8 +91,10 @@ class ServerRunner:
         self._runner, self._listener = runner, listener
         if listener.sockets:
             self.port = listener.sockets[0].getsockname()[1]
-        source = "--max-connections" if self.server.config.max_connections else "from ulimit -n"
-        log.info("accepting at most %d connections (%s)", gate.limit, source)
+        config = self.server.config
+        source = "--max-connections" if config.max_connections else "from ulimit -n"
+        log.info("accepting at most %d connections (%s), %d busy per client address", gate.limit,
+                 source, self.server.share.limit)
         return self.port
 
     async def stop(self) -> None:
