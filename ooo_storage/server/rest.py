@@ -21,7 +21,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from ..errors import HTTPFailure, NotFound
 from ..protocol import jsontext, keys
-from ..protocol.filters import parse_json, read_guard
+from ..protocol.filters import Entry, parse_json, read_guard
 from ..protocol.merge import merge_json
 from ..protocol.objects import Object
 from . import chunked, lists, offload
@@ -103,27 +103,35 @@ async def read_body(request: web.Request, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-def _index(index: str) -> web.Response:
-    return json_response(orjson.dumps({"index": index}))
+def index_json(index: str) -> bytes:
+    """The body of a successful POST or PATCH (PROTOCOL.md §4)."""
+    return orjson.dumps({"index": index})
 
 
 async def get(ctx: Context, request: web.Request, key: str) -> web.StreamResponse:
     check_key(key)
-    filters, store = ctx.filters, ctx.store
-    filters.permit_read(key)
+    ctx.filters.permit_read(key)
     if "*" in key:
         return await lists.get(ctx, request, key)
+    obj = await read_object(ctx, key)
+    if len(obj.data) <= chunked.CHUNK_BYTES:
+        return json_response(obj.to_json())
+    return await send_object(ctx, request, obj)
+
+
+async def read_object(ctx: Context, key: str) -> Object:
+    """The object a GET of the single key ``key`` answers with, its read filter applied (404 when
+    there is none). The key is checked and the read permitted already (shared with ``front.py``)."""
+    filters = ctx.filters
     try:
-        obj: Object | None = await store.get(key)
+        obj: Object | None = await ctx.store.get(key)
     except NotFound:
         obj = None
     if obj is not None and filters.object_fn(key) is not None:
         obj = read_guard(key, filters.read_object, key, obj)
     if obj is None:
         raise HTTPFailure(404, "ooo: empty key")
-    if len(obj.data) <= chunked.CHUNK_BYTES:
-        return json_response(obj.to_json())
-    return await send_object(ctx, request, obj)
+    return obj
 
 
 async def send_object(ctx: Context, request: web.Request, obj: Object) -> web.StreamResponse:
@@ -147,10 +155,21 @@ def _large(size: int) -> bool:
 
 
 async def post(ctx: Context, request: web.Request, key: str) -> web.Response:
+    entry = post_entry(ctx, key)
+    body = await read_body(request, ctx.config.max_body_bytes)
+    return json_response(await post_body(ctx, key, entry, body))
+
+
+def post_entry(ctx: Context, key: str) -> Entry | None:
+    """What a POST on ``key`` must pass before its body is read: the key, and the write filter
+    (None: none; refused in static mode)."""
     check_key(key)
     keys.validate_glob(key)
-    entry = ctx.filters.write_entry(key)
-    body = await read_body(request, ctx.config.max_body_bytes)
+    return ctx.filters.write_entry(key)
+
+
+async def post_body(ctx: Context, key: str, entry: Entry | None, body: bytes) -> bytes:
+    """Store the body of a POST on ``key`` (a push for a glob), run its follow-up; the answer's body."""
     data: bytes | orjson.Fragment = body
     if entry is not None and entry.fn is not None:
         data = _encoded(await ctx.filters.run_write(entry, key, parse_json(body)))
@@ -159,16 +178,26 @@ async def post(ctx: Context, request: web.Request, key: str) -> web.Response:
     store = ctx.store
     index = await (store.push(key, data) if keys.is_glob(key) else store.set(key, data))
     await ctx.after_write(key)
-    return _index(index)
+    return index_json(index)
 
 
 async def patch(ctx: Context, request: web.Request, key: str) -> web.Response:
+    entry = patch_entry(ctx, key)
+    raw = await read_body(request, ctx.config.max_body_bytes)
+    return json_response(await patch_body(ctx, key, entry, raw))
+
+
+def patch_entry(ctx: Context, key: str) -> Entry | None:
+    """What a PATCH on ``key`` must pass before its body is read (see :func:`post_entry`)."""
     check_key(key)
     if keys.has_glob(key):
         raise HTTPFailure(400, "ooo: glob pattern not allowed for this operation")
-    entry = ctx.filters.write_entry(key)
+    return ctx.filters.write_entry(key)
+
+
+async def patch_body(ctx: Context, key: str, entry: Entry | None, raw: bytes) -> bytes:
+    """Merge the body of a PATCH into ``key``'s document, run its follow-up; the answer's body."""
     cap = ctx.config.max_body_bytes
-    raw = await read_body(request, cap)
     body = None if _large(len(raw)) else parse_json(raw)
     store = ctx.store
     try:
@@ -193,11 +222,16 @@ async def patch(ctx: Context, request: web.Request, key: str) -> web.Response:
         raise
     index = await store.set_and_unlock(key, _encoded(merged))  # releases the lock even on failure
     await ctx.after_write(key)
-    return _index(index)
+    return index_json(index)
 
 
 async def delete(ctx: Context, request: web.Request, key: str) -> web.Response:
+    await remove(ctx, key)
+    return web.Response(status=204)
+
+
+async def remove(ctx: Context, key: str) -> None:
+    """A DELETE of ``key`` (shared with ``front.py``)."""
     check_key(key)
     await ctx.filters.check_delete(key)
     await ctx.store.delete(key)  # a glob delete never raises NotFound
-    return web.Response(status=204)
