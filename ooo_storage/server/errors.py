@@ -133,20 +133,26 @@ def error_middleware(failures: Notices) -> Middleware:
         except web.HTTPException:
             raise
         except Exception as exc:
-            status, message = status_of(exc)
-            if isinstance(exc, ClientGone):
-                log.info("%s %.200s from %s: %s", request.method, request.path, request.remote,
-                         message)
-            elif status < 500 or isinstance(exc, Busy):
-                log.info("%s %.200s refused: %d %.300r", request.method, request.path, status, message)
-            elif status == 500:
-                log.error("%s %s failed: %r", request.method, request.path, exc, exc_info=True)
-            else:
-                failures(logging.ERROR, f"{status} {message}",
-                         f"{request.method} {request.path:.200} failed: {exc!r:.300}")
+            log_error(failures, request.method, request.path, request.remote, exc)
             return response_for(exc)
 
     return errors
+
+
+def log_error(
+    failures: Notices, method: str, path: str, remote: str | None, exc: BaseException
+) -> None:
+    """Log ``exc``, raised while serving ``method path`` from ``remote``, by whose fault it is (module
+    doc); shared by :func:`error_middleware` and the lean front (``front.py``)."""
+    status, message = status_of(exc)
+    if isinstance(exc, ClientGone):
+        log.info("%s %.200s from %s: %s", method, path, remote, message)
+    elif status < 500 or isinstance(exc, Busy):
+        log.info("%s %.200s refused: %d %.300r", method, path, status, message)
+    elif status == 500:
+        log.error("%s %s failed: %r", method, path, exc, exc_info=exc)
+    else:
+        failures(logging.ERROR, f"{status} {message}", f"{method} {path:.200} failed: {exc!r:.300}")
 
 
 class BadRequestLogFilter(logging.Filter):
