@@ -158,6 +158,12 @@ class GuardedConnection(asyncio.Protocol):
             transport.write(raw_response(503, "Service Unavailable", busy))
             transport.close()
             return
+        self.attach(transport)
+
+    def attach(self, transport: asyncio.Transport) -> None:
+        """Serve ``transport``, admitted already, with a new aiohttp handler (the lean front hands
+        its connections over this way, ``front.py``)."""
+        self.transport = transport
         self.handler = self.gate.factory()
         self.handler.connection_made(transport)
 
