@@ -43,13 +43,19 @@ class _Window:
     level: int
     message: str
     count: int
+    loop: asyncio.AbstractEventLoop
+    """The loop that ends the interval: once it no longer runs, the window's end never comes."""
 
 
 class Notices:
     """Log lines about something that repeats (a limit hit, a storage failure), at most one per
     kind per ``interval`` seconds: the first is logged at once, the others of the interval are
     counted and said in one line when it ends (an attack or a full disk must not flood the log,
-    and the count says how bad it was). Memory: one entry per kind seen in the last interval."""
+    and the count says how bad it was). Memory: one entry per kind seen in the last interval.
+
+    Outside a running loop there is nothing to end an interval with, so every line is logged; a
+    window left open by a loop that stopped (a server started again in a new loop) is closed at
+    the next notice of its kind instead of silencing that kind for good."""
 
     def __init__(self, interval: float = NOTICE_INTERVAL) -> None:
         self.interval = interval
@@ -57,6 +63,9 @@ class Notices:
 
     def __call__(self, level: int, kind: str, message: str) -> None:
         window = self._windows.get(kind)
+        if window is not None and not window.loop.is_running():
+            self._close(kind, window)  # its loop stopped before the interval ended
+            window = self._windows.get(kind)
         if window is not None:
             window.level, window.message, window.count = level, message, window.count + 1
             return
@@ -64,11 +73,17 @@ class Notices:
         self._open(kind, level, message)
 
     def _open(self, kind: str, level: int, message: str) -> None:
-        asyncio.get_running_loop().call_later(self.interval, self._close, kind)
-        self._windows[kind] = _Window(level, message, 0)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop to end an interval: nothing is counted, each line is said
+        window = self._windows[kind] = _Window(level, message, 0, loop)
+        loop.call_later(self.interval, self._close, kind, window)
 
-    def _close(self, kind: str) -> None:
-        window = self._windows.pop(kind)
+    def _close(self, kind: str, window: _Window) -> None:
+        if self._windows.get(kind) is not window:
+            return  # already closed
+        del self._windows[kind]
         if window.count:  # still happening: say how often, and count the next interval
             log.log(window.level, "%s (%d more time%s in the last %g s)", window.message,
                     window.count, "" if window.count == 1 else "s", self.interval)
