@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Middleware
@@ -98,9 +98,18 @@ class ServerConfig:
     (``auth.py``). None: everyone may do everything, as before. This is the policy the server
     starts with; ``Server.set_policy`` replaces it at run time."""
 
+    http_engine: Literal["lean", "aiohttp"] = "aiohttp"
+    """Who serves HTTP when run by ``ServerRunner`` / ``serve``: ``lean`` answers the plain
+    requests on one key (GET, POST, PATCH, DELETE) with its own HTTP/1.1 front and hands every
+    other connection to aiohttp from the first request it does not serve (``front.py``); with
+    ``middlewares`` or TLS aiohttp serves everything. ``aiohttp``: aiohttp serves everything (the
+    default until the lean front has proved itself)."""
+
     def __post_init__(self) -> None:
         if self.max_connections_per_client is not None and self.max_connections_per_client < 1:
             raise ValueError("max_connections_per_client must be at least 1")
+        if self.http_engine not in ("lean", "aiohttp"):
+            raise ValueError(f"http_engine must be 'lean' or 'aiohttp', not {self.http_engine!r}")
 
     @property
     def body_budget(self) -> int:

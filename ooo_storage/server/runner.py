@@ -13,6 +13,9 @@ apply to what it serves.
 HTTPS and ``wss://`` on the same port. A TLS handshake must end within the config's
 ``header_timeout``, like a request head, so connections that never finish one do not pile up: they
 are not counted by the connection limit until the handshake is done.
+
+With ``http_engine="lean"`` (the default) the plain requests on one key are answered by the lean
+front (``front.py``) and the rest handed to aiohttp on the same connection; TLS is aiohttp's alone.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from aiohttp import web
 from ..layered import Layered
 from .app import Server
 from .errors import BadRequestLogFilter
-from .limits import ConnectionGate
+from .front import lean_factory
+from .limits import ConnectionGate, GuardedConnection
 
 log = logging.getLogger("ooo_storage.server")
 
@@ -82,8 +86,11 @@ class ServerRunner:
             if self.ssl_context is not None:
                 tls = {"ssl": self.ssl_context,
                        "ssl_handshake_timeout": self.server.config.header_timeout}
+            factory: Callable[[], GuardedConnection] = gate
+            if self.ssl_context is None and self.server.config.http_engine == "lean":
+                factory = lean_factory(self.server, gate)
             listener = await asyncio.get_running_loop().create_server(
-                gate, self.host, self.port, reuse_address=True, **tls
+                factory, self.host, self.port, reuse_address=True, **tls
             )
         except BaseException:
             await runner.cleanup()
