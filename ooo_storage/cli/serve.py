@@ -8,7 +8,7 @@
                       [--max-buffered-body-bytes N] [--header-timeout S] [--body-timeout S]
                       [--keepalive-timeout S] [--max-head-bytes N] [--max-line-size N]
                       [--max-field-size N] [--max-headers N] [--list-limit N] [--outbox-bytes N]
-                      [--write-timeout S] [--no-patch] [--loop auto] [--log-level info]
+                      [--write-timeout S] [--no-patch] [--loop auto] [--http-engine E] [--log-level info]
                       [--auth FILE | --insecure-no-auth] [--tls-cert FILE --tls-key FILE]
 
 Every option is checked while parsing: a bad value (``--port 99999``, a zero timeout, a malformed
@@ -275,6 +275,13 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         help="event loop (default auto: uvloop when installed, it serves HTTP markedly faster)",
     )
     serve.add_argument(
+        "--http-engine",
+        default=None,
+        choices=("lean", "aiohttp"),
+        help="who serves HTTP: lean (a lean front answers GET, POST, PATCH and DELETE on one key and "
+        "hands everything else to aiohttp) or aiohttp (aiohttp serves all; default: ServerConfig's)",
+    )
+    serve.add_argument(
         "--log-level",
         default="info",
         choices=("debug", "info", "warning", "error"),
@@ -473,6 +480,7 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
         allowed_origins=tuple(args.allowed_origins),
         allowed_hosts=tuple(args.allowed_hosts),
         auth=access.policy,
+        **({} if args.http_engine is None else {"http_engine": args.http_engine}),
         **_limits(args),
     )
     scheme = "http" if access.tls is None else "https"
