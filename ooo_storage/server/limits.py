@@ -292,7 +292,9 @@ class ClientShare:
 
         @web.middleware
         async def client_share(request: web.Request, handler: Handler) -> web.StreamResponse:
-            who = request.remote or ""
+            who = request.remote
+            if not who:  # no address (a unix socket): nothing tells its clients apart, no cap
+                return await handler(request)
             count = busy.get(who, 0)
             if count >= limit:
                 return self._refuse(who)

@@ -14,13 +14,17 @@ import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from server_live import Live, LiveFactory
 
+from ooo_storage import Layered, MemoryLayer
 from ooo_storage.protocol.access import Policy, token_digest
-from ooo_storage.server import chunked
+from ooo_storage.server import Server, chunked
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 LARGE = 3 * 1024 * 1024  # well over chunked.CHUNK_BYTES
@@ -280,6 +284,27 @@ async def test_one_client_may_keep_only_its_share_of_connections_busy(
 async def test_the_per_client_cap_defaults_to_three_quarters_of_the_connections(make_live: LiveFactory) -> None:
     live = await make_live(max_connections=8)
     assert live.server.share.limit == 6
+
+
+async def test_clients_without_an_address_are_not_capped_together(tmp_path: Path) -> None:
+    """On a unix socket no client has an address (``request.remote`` is empty): they used to share
+    one count, so that the per-client cap became a cap on all of them."""
+    store = Layered(memory=MemoryLayer())
+    await store.start()
+    server = Server(store, max_connections_per_client=1)
+    runner = web.AppRunner(server.app)
+    await runner.setup()
+    path = str(tmp_path / "s.sock")
+    await web.UnixSite(runner, path).start()
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path)) as http:
+            first = await http.ws_connect("http://localhost/a")
+            async with http.get("http://localhost/k") as resp:
+                assert (resp.status, await resp.text()) == (404, "ooo: empty key")
+            await first.close()
+    finally:
+        await runner.cleanup()
+        await store.close()
 
 
 # -- 4. gzip bombs ---------------------------------------------------------------------------------
