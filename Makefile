@@ -33,7 +33,7 @@ run: $(STAMP)
 	$(VENV)/bin/ooo-storage serve --host $(HOST) --port $(PORT) --data $(DATA)
 
 # Every benchmark, one after the other; each prints a markdown table (figures go to bench/RESULTS.md).
-BENCHES := bench/core.py bench/adapters.py bench/http_writes.py bench/fanout.py bench/hostile.py
+BENCHES := bench/core.py bench/adapters.py bench/http_writes.py bench/http_front.py bench/fanout.py bench/hostile.py
 
 bench: $(STAMP)
 	@for b in $(BENCHES); do if [ -f $$b ]; then echo "== $$b"; $(PY) $$b || exit 1; fi; done
