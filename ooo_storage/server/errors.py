@@ -167,7 +167,10 @@ def log_error(
     elif status == 500:
         log.error("%s %s failed: %r", method, path, exc, exc_info=exc)
     else:
-        failures(logging.ERROR, f"{status} {message}", f"{method} {path:.200} failed: {exc!r:.300}")
+        # Grouped by kind of failure, not by message: the messages of one episode differ ("next
+        # attempt in 0.37 s"), which made one ERROR line per request again.
+        kind = f"{status} {type(exc).__name__}"
+        failures(logging.ERROR, kind, f"{method} {path:.200} failed: {exc!r:.300}")
 
 
 class BadRequestLogFilter(logging.Filter):

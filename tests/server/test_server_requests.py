@@ -15,6 +15,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -22,9 +23,9 @@ import pytest
 from aiohttp import web
 from server_live import Live, LiveFactory
 
-from ooo_storage import Layered, MemoryLayer
+from ooo_storage import Layered, LevelDBLayer, MemoryLayer
 from ooo_storage.protocol.access import Policy, token_digest
-from ooo_storage.server import Server, chunked
+from ooo_storage.server import Server, ServerRunner, chunked
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 LARGE = 3 * 1024 * 1024  # well over chunked.CHUNK_BYTES
@@ -482,3 +483,33 @@ async def test_an_unknown_expect_gets_417(live: Live) -> None:
         assert status == 417
         assert text == b"ooo: unknown Expect: something-else"
     assert (await live.request("GET", "k"))[0] == 404
+
+
+async def test_a_full_disk_is_one_error_line_however_many_writes_fail(
+    tmpfs: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real LevelDB on a small tmpfs that fills up: every later write gets a 503 whose message
+    changes ("next attempt in 0.37 s"), and still the log has one ERROR line about them."""
+    root = tmpfs("3m")
+    (root / "ballast").write_bytes(b"\0" * 600_000)
+    store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(str(root / "db")))
+    await store.start()
+    runner = ServerRunner(store, "127.0.0.1", 0, server=Server(store, shutdown_timeout=1.0))
+    await runner.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            refused = 0
+            for n in range(1000):
+                async with http.post(f"{runner.url}/fill/{n}", data=orjson.dumps({"x": "x" * 20_000})) as r:
+                    if r.status == 503:
+                        refused += 1
+                        if refused == 40:
+                            break
+                    else:
+                        assert r.status == 200, await r.text()
+            assert refused == 40, "the filesystem never filled up"
+    finally:
+        await runner.stop()
+        await store.close()
+    failed = [r for r in caplog.records if r.name == "ooo_storage.server" and r.levelno >= logging.ERROR]
+    assert len(failed) == 1, "\n".join(r.getMessage() for r in failed)
