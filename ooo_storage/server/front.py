@@ -75,7 +75,7 @@ class _Request:
 
     __slots__ = ("method", "key", "body", "size", "host", "origin", "token")
 
-    def __init__(self, method: str, key: str, body: bytes, size: int, host: str | None,
+    def __init__(self, method: str, key: str, body: bytes, size: int, host: str,
                  origin: str | None, token: str | None) -> None:
         self.method = method
         self.key = key
@@ -297,9 +297,11 @@ class Front(GuardedConnection):
         elif method in (b"POST", b"PATCH"):
             raise _Handover()
         host, origin, token = headers.get(b"host"), headers.get(b"origin"), headers.get(b"authorization")
+        if host is None:
+            raise _Handover()  # aiohttp refuses an HTTP/1.1 request without one
         return _Request(
             method.decode(), url[1:], b"", size,
-            None if host is None else host.decode(),
+            host.decode(),
             None if origin is None else origin.decode(),
             None if token is None else token.decode(),
         )
