@@ -66,6 +66,8 @@ class ServerRunner:
         self.ssl_context = ssl_context
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
+        self.gate: ConnectionGate | None = None
+        """The connections being served (``gate.open``), once started."""
 
     @property
     def url(self) -> str:
@@ -95,7 +97,7 @@ class ServerRunner:
         except BaseException:
             await runner.cleanup()
             raise
-        self._runner, self._listener = runner, listener
+        self._runner, self._listener, self.gate = runner, listener, gate
         if listener.sockets:
             self.port = listener.sockets[0].getsockname()[1]
         config = self.server.config
