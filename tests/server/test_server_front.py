@@ -1,0 +1,282 @@
+"""The lean HTTP front (server/front.py): the same bytes on the wire as aiohttp, pipelining in order,
+a connection handed to aiohttp mid-way, bounded memory for a client that does not read, and a
+client gone mid-body. Real servers on 127.0.0.1 over real stores, raw sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from ooo_storage import Layered, MemoryLayer
+from ooo_storage.protocol.access import RIGHTS, Policy, token_digest
+from ooo_storage.server import Server, ServerRunner
+from ooo_storage.server.front import MAX_PENDING, Front
+
+HOST = b"Host: 127.0.0.1\r\n"
+END = b"GET /end HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+"""A last request answered by aiohttp with ``Connection: close`` on both engines: read to EOF."""
+DOC = orjson.dumps({"name": "Ada Lovelace", "email": "ada@example.org", "age": 36, "tags": ["math", "poetry"],
+                    "address": {"city": "London", "street": "St James's Square 12"}, "ok": True})
+EVERYWHERE = ["*", "*/*", "*/*/*"]
+
+
+def req(method: str, path: str, body: bytes | None = None, headers: bytes = HOST, version: str = "1.1") -> bytes:
+    head = f"{method} {path} HTTP/{version}\r\n".encode() + headers
+    if body is not None:
+        head += b"Content-Length: %d\r\n" % len(body)
+    return head + b"\r\n" + (body or b"")
+
+
+def masked(raw: bytes) -> bytes:
+    """``raw`` without what differs between two servers: the Date, the port in messages."""
+    raw = re.sub(rb"Date: [^\r]*", b"Date: -", raw)
+    raw = re.sub(rb'"(created|updated)":\d+', rb'"\1":-', raw)  # the times of each write
+    return re.sub(rb"127\.0\.0\.1:\d+", b"127.0.0.1:PORT", raw)
+
+
+async def exchange(port: int, data: bytes, end: bytes = END) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data + end)
+    try:
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+class Pair:
+    """The same requests on two servers: aiohttp's and the front's, each over its own memory store
+    (so that each sees the same history: the times inside objects aside, the same answers)."""
+
+    def __init__(self, plain: ServerRunner, lean: ServerRunner) -> None:
+        self.plain, self.lean = plain, lean
+        self.store = lean.server.store
+
+    async def both(self, data: bytes, end: bytes = END) -> tuple[bytes, bytes]:
+        """What aiohttp answers to ``data`` on a new connection, then what the front answers."""
+        old = await exchange(self.plain.port, data, end)
+        new = await exchange(self.lean.port, data, end)
+        return masked(old), masked(new)
+
+
+@pytest.fixture
+async def pair_factory() -> AsyncIterator[Any]:
+    opened: list[tuple[Layered, ServerRunner]] = []
+
+    async def make(**options: Any) -> Pair:
+        runners = []
+        for engine in ("aiohttp", "lean"):
+            store = Layered(memory=MemoryLayer())
+            await store.start()
+            server = Server(store, shutdown_timeout=1.0, http_engine=engine, **options)
+            runner = ServerRunner(store, "127.0.0.1", 0, server=server)
+            await runner.start()
+            runners.append(runner)
+            opened.append((store, runner))
+        return Pair(*runners)
+
+    yield make
+    for store, runner in opened:
+        await runner.stop()
+        await store.close()
+
+
+def fronts(runner: ServerRunner) -> list[Front]:
+    assert runner.gate is not None
+    return [c for c in runner.gate.open if isinstance(c, Front)]
+
+
+# Byte for byte what aiohttp answers
+
+
+CASES = {
+    "post": req("POST", "/front/a", DOC),
+    "get": req("POST", "/front/a", DOC) + req("GET", "/front/a"),
+    "get-missing": req("GET", "/front/missing"),
+    "bad-key": req("POST", "/front//bad", DOC) + req("GET", "/front/a/"),
+    "bad-chars": req("GET", "/front/%41"),
+    "405": req("PUT", "/front/a", DOC),
+    "head": req("HEAD", "/front/a"),
+    "413": req("POST", "/front/a", b"[" + b"1," * 600 + b"1]"),
+    "bad-json": req("POST", "/front/a", b"{nope"),
+    "empty-body": req("POST", "/front/a", b""),
+    "no-length": b"POST /front/a HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "patch": req("POST", "/front/p", DOC) + req("PATCH", "/front/p", b'{"age": 37}') + req("GET", "/front/p"),
+    "patch-missing": req("PATCH", "/front/none", b'{"age": 37}'),
+    "patch-glob": req("PATCH", "/front/*", b'{"age": 37}'),
+    "delete": req("POST", "/front/d", DOC) + req("DELETE", "/front/d") + req("DELETE", "/front/d"),
+    "glob-get": req("GET", "/front/*"),
+    "query": req("GET", "/front/a?limit=1"),
+    "bad-host": req("GET", "/front/a", headers=b"Host: evil.example\r\n"),
+    "no-host": req("GET", "/front/a", headers=b""),
+    "http10": req("GET", "/front/a", version="1.0"),
+    "keep-alive": req("GET", "/front/a", headers=HOST + b"Connection: keep-alive\r\n"),
+    "close": req("GET", "/front/a", headers=HOST + b"Connection: close\r\n"),
+    "malformed": b"GET /front/a HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n",
+    "bare-lf": b"GET /front/a HTTP/1.1\nHost: 127.0.0.1\n\n",
+    "origin-allowed": req("GET", "/front/a", headers=HOST + b"Origin: http://good.example\r\n")
+    + req("GET", "/front/none", headers=HOST + b"Origin: http://good.example\r\n")
+    + req("DELETE", "/front/none", headers=HOST + b"Origin: http://good.example\r\n"),
+    "origin-refused": req("POST", "/front/o", DOC, headers=HOST + b"Origin: http://evil.example\r\n"),
+    "chunked": b"POST /front/a HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    "gzip": req("POST", "/front/a", b"{}", headers=HOST + b"Content-Encoding: gzip\r\n"),
+    "upgrade-missing": req("GET", "/front/a", headers=HOST + b"Upgrade: websocket\r\nConnection: Upgrade\r\n"),
+    "push": req("POST", "/front/logs/*", DOC) + req("DELETE", "/front/logs/*"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_the_front_answers_byte_for_byte_like_aiohttp(pair_factory: Any, case: str) -> None:
+    pair = await pair_factory(max_body_bytes=1000, allowed_origins=["http://good.example"])
+    old, new = await pair.both(CASES[case])
+    if case == "push":  # a push makes a new key each time: its index differs
+        old, new = (re.sub(rb'"index":"[^"]*"', b'"index":"-"', b) for b in (old, new))
+    assert new == old
+    assert new.startswith(b"HTTP/1.")
+
+
+async def test_a_full_disk_and_a_missing_store_answer_like_aiohttp(pair_factory: Any) -> None:
+    pair = await pair_factory()
+    for runner in (pair.plain, pair.lean):
+        await runner.server.store.close()  # 503, "not active", for every request
+    for data in (req("POST", "/front/a", DOC), req("GET", "/front/a"), req("DELETE", "/front/a")):
+        old, new = await pair.both(data)
+        assert new == old
+        assert new.startswith(b"HTTP/1.1 503 ")
+
+
+def policy() -> Policy:
+    return Policy.from_dict({
+        "tokens": [
+            {"name": "root", "sha256": token_digest("root"), "rules": [{"paths": EVERYWHERE, "rights": list(RIGHTS)}]},
+            {"name": "reader", "sha256": token_digest("reader"), "rules": [{"paths": EVERYWHERE, "rights": ["read"]}]},
+        ],
+    })
+
+
+@pytest.mark.parametrize(
+    ("token", "status"), [(None, b"401"), ("wrong", b"401"), ("reader", b"403"), ("root", b"200")]
+)
+async def test_an_access_policy_answers_like_aiohttp(pair_factory: Any, token: str | None, status: bytes) -> None:
+    pair = await pair_factory(auth=policy())
+    auth = b"" if token is None else f"Authorization: Bearer {token}\r\n".encode()
+    old, new = await pair.both(req("POST", "/front/a", DOC, headers=HOST + auth))
+    assert new == old
+    assert new.startswith(b"HTTP/1.1 " + status)
+
+
+# Pipelining, handover
+
+
+def responses(raw: bytes) -> list[tuple[int, bytes]]:
+    """(status, body) of each response of a byte stream (every response has a length or none)."""
+    out = []
+    while raw:
+        head, _, raw = raw.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        match = re.search(rb"\r\nContent-Length: (\d+)", head)
+        size = int(match.group(1)) if match else 0
+        out.append((status, raw[:size]))
+        raw = raw[size:]
+    return out
+
+
+async def test_sixteen_pipelined_requests_get_sixteen_answers_in_order(pair_factory: Any) -> None:
+    pair = await pair_factory()
+    writes = b"".join(req("POST", f"/pipe/{i}", orjson.dumps({"i": i})) for i in range(16))
+    reads = b"".join(req("GET", f"/pipe/{i}") for i in range(16))
+    raw = await exchange(pair.lean.port, writes + reads)
+    answers = responses(raw)
+    assert len(answers) == 33  # and the END request's 404
+    assert answers[:16] == [(200, b'{"index":"%d"}' % i) for i in range(16)]
+    assert [orjson.loads(body)["data"] for _, body in answers[16:32]] == [{"i": i} for i in range(16)]
+    assert [s for s, _ in answers[16:32]] == [200] * 16
+
+
+async def test_a_connection_is_handed_to_aiohttp_mid_way_and_keeps_its_order(pair_factory: Any) -> None:
+    pair = await pair_factory()
+    data = (req("POST", "/hand/a", DOC) + req("GET", "/hand/a") + req("GET", "/?api=filters")
+            + req("GET", "/hand/a") + req("DELETE", "/hand/a"))
+    old, new = await pair.both(data)
+    assert new == old
+    answers = responses(await exchange(pair.lean.port, data))
+    assert [s for s, _ in answers] == [200, 200, 200, 200, 204, 404]
+    assert orjson.loads(answers[2][1]) == {"static": False, "filters": []}
+
+
+async def test_a_websocket_upgrade_after_fast_requests_is_served_by_aiohttp(pair_factory: Any) -> None:
+    pair = await pair_factory()
+    upgrade = (b"GET /ws/a HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.lean.port)
+    try:
+        writer.write(req("POST", "/ws/a", DOC) + req("GET", "/ws/a") + upgrade)
+        first = await asyncio.wait_for(reader.readuntil(b"HTTP/1.1 101 Switching Protocols\r\n"), 10)
+        assert [s for s, _ in responses(first.rpartition(b"HTTP/1.1 101")[0])] == [200, 200]
+        rest = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in rest
+        frame = await asyncio.wait_for(reader.read(2), 10)  # the snapshot frame (binary, unmasked)
+        assert frame[0] == 0x82
+    finally:
+        writer.close()
+
+
+# Flow control, clients gone
+
+
+async def test_a_client_that_does_not_read_costs_bounded_memory(pair_factory: Any) -> None:
+    pair = await pair_factory()
+    big = orjson.dumps({"blob": "x" * 60_000})
+    await pair.store.set("slow/a", big)
+    count = 3000  # ~180 MB of answers if they were all produced
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.lean.port)
+    writer.transport.set_write_buffer_limits(high=1 << 30)  # the client keeps writing, never reads
+    try:
+        writer.write(req("GET", "/slow/a") * count)
+        [front] = fronts(pair.lean)
+        stalled = 0
+        last = -1
+        while stalled < 20:  # until the server stops producing answers (nobody reads them)
+            await asyncio.sleep(0.05)
+            progress = (len(front.queue), front.transport.get_write_buffer_size() if front.transport else 0,
+                        len(front.buf))
+            stalled = stalled + 1 if progress == last else 0
+            last = progress  # type: ignore[assignment]
+        assert front.reading is False
+        assert len(front.queue) <= MAX_PENDING
+        assert front.transport is not None
+        assert front.transport.get_write_buffer_size() <= 4 * len(big) + 256 * 1024
+        assert len(front.buf) <= 512 * 1024
+        received = 0
+        while received < count:  # reading now gets every answer, in order
+            line = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert line.startswith(b"HTTP/1.1 200 OK")
+            size = int(re.search(rb"Content-Length: (\d+)", line).group(1))  # type: ignore[union-attr]
+            await reader.readexactly(size)
+            received += 1
+    finally:
+        writer.close()
+
+
+async def test_a_client_gone_mid_body_writes_nothing_and_frees_its_connection(
+    pair_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    pair = await pair_factory()
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.lean.port)
+    writer.write(req("POST", "/gone/a", DOC)[:-10])
+    await writer.drain()
+    while not fronts(pair.lean) or not fronts(pair.lean)[0].buf:
+        await asyncio.sleep(0.01)
+    writer.close()
+    await writer.wait_closed()
+    while fronts(pair.lean):  # the gate lets it go
+        await asyncio.sleep(0.01)
+    assert await pair.store.keys() == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    status = await exchange(pair.lean.port, req("POST", "/gone/b", DOC))
+    assert responses(status)[0] == (200, b'{"index":"b"}')
