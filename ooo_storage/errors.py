@@ -112,6 +112,26 @@ class QuorumNotReached(StorageUnavailable):
     message = "storage: write quorum not reached"
 
 
+class JournalError(StorageError):
+    """A journal (``ooo_storage.journal``) refused an operation; ``str(exc)`` says what to do."""
+
+    message = "journal: error"
+
+
+class JournalFull(JournalError):
+    """An append needs a new segment and ``max_files`` are in use with live items (``when_full``
+    is ``"error"``): consume and delete items, then prune, or allow eviction."""
+
+    message = "journal: full"
+
+
+class HistoryTrimmed(JournalError):
+    """Entries from the requested position on were pruned before anyone read them: the caller
+    must start again from a snapshot."""
+
+    message = "journal: history trimmed, start from a snapshot"
+
+
 class MergeError(ValueError):
     """A PATCH body that cannot be merged into the stored data (PROTOCOL.md §4.1); ``str(exc)`` is
     the protocol message (a 400, data unchanged)."""
