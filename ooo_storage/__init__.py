@@ -3,8 +3,8 @@
 The public names below load on first use (PEP 562), so ``import ooo_storage.protocol`` or ``from
 ooo_storage.client import Client`` costs neither the store nor LevelDB, and ``from ooo_storage
 import keys`` is the pure key grammar alone. The tiers, from the bottom: ``errors``; ``protocol``
-(pure rules); ``locks``, ``sharded``, ``layers``, ``layered`` (the store); ``server`` (aiohttp);
-``client``; ``cli``.
+(pure rules); ``locks``, ``journal`` (the durable log), ``sharded``, ``layers``, ``layered`` (the
+store); ``server`` (aiohttp); ``client``; ``cli``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .journal import Journal, JournalQueue
     from .layered import Layered, Options, WatchHandle
     from .layers import LevelDBLayer, MemoryLayer
     from .protocol import keys
@@ -47,6 +48,8 @@ _LAZY = {
     "WatchHandle": ".layered",
     "MemoryLayer": ".layers",
     "LevelDBLayer": ".layers",
+    "Journal": ".journal",
+    "JournalQueue": ".journal",
     "Object": ".protocol.objects",
     "Event": ".protocol.objects",
 }
@@ -74,6 +77,8 @@ __all__ = [
     "WatchHandle",
     "MemoryLayer",
     "LevelDBLayer",
+    "Journal",
+    "JournalQueue",
     "Object",
     "Event",
     "keys",
