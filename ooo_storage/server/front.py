@@ -52,6 +52,8 @@ MAX_PENDING = 16
 """Requests parsed ahead of their answers (pipelining) before the front stops reading."""
 MAX_BUFFERED = 256 * 1024
 """Bytes of parsed requests waiting for their answers before the front stops reading."""
+FLUSH_BYTES = 64 * 1024
+"""Answers of pipelined requests are written together up to this size."""
 _HOST_CACHE = 256
 _METHODS = frozenset({b"GET", b"POST", b"PATCH", b"DELETE"})
 _KEY_URL = re.compile(r"/[A-Za-z0-9*/._-]+").fullmatch
@@ -151,6 +153,9 @@ class Front(GuardedConnection):
         self.writable: asyncio.Future[None] | None = None  # set while the transport's buffer is full
         self.lost = False
         self.closing = False  # the answer being written ends the connection
+        self.out: list[bytes] = []  # answers not written yet (pipelined requests: one write)
+        self.out_bytes = 0
+        self.flush_soon = False
         self.active_at = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
         self.stall_timer: asyncio.TimerHandle | None = None
@@ -309,10 +314,12 @@ class Front(GuardedConnection):
     def _incomplete(self, start: int, head: bool) -> None:
         """The request at ``start`` is not all here: wait for the rest, within the config's time."""
         buf = self.buf
-        if head and (len(buf) - start > self.lean.max_head or b"\n\n" in buf[start:]):
+        if start == len(buf):
+            return
+        if head and (len(buf) - start > self.lean.max_head or buf.find(b"\n\n", start) >= 0):
             self._hand_over_soon()  # too large, or lines ended by a bare LF: aiohttp's to refuse
             return
-        if start == len(buf) or self.stall_timer is not None:
+        if self.stall_timer is not None:
             return
         cfg = self.gate.config
         timeout = cfg.header_timeout if head else cfg.body_timeout
@@ -343,17 +350,23 @@ class Front(GuardedConnection):
                 queue.popleft()
                 del buf[: request.size]
                 self.scan -= request.size
-                transport = self.transport
-                assert transport is not None
-                transport.write(answer)
+                self.out.append(answer)
+                self.out_bytes += len(answer)
                 if self.closing:
-                    transport.close()
+                    self._flush()
+                    assert self.transport is not None
+                    self.transport.close()
                     return
-                if self.writable is not None:
-                    await self.writable
                 if not queue and not self.hand_over:
                     self._resume_reading()
                     self._parse()
+                if not queue or self.writable is not None or self.out_bytes >= FLUSH_BYTES:
+                    self._flush()
+                    if self.writable is not None:
+                        await self.writable
+                elif not self.flush_soon:  # answers of pipelined requests go out together, unless
+                    self.flush_soon = True  # a request makes the worker wait: then at once
+                    asyncio.get_running_loop().call_soon(self._flush_soon)
         finally:
             self.worker = None
             self.active_at = asyncio.get_running_loop().time()
@@ -411,6 +424,18 @@ class Front(GuardedConnection):
             else:
                 del share.busy[who]
 
+    def _flush(self) -> None:
+        """Write the answers not written yet, in one call."""
+        out = self.out
+        if out and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+            self.out_bytes = 0
+
+    def _flush_soon(self) -> None:
+        self.flush_soon = False
+        self._flush()
+
     # -- handing over to aiohttp ---------------------------------------------------------------
     def _hand_over_soon(self) -> None:
         """Hand the connection over once every queued request is answered."""
@@ -423,6 +448,7 @@ class Front(GuardedConnection):
         if self.handler is not None or transport is None or transport.is_closing():
             return
         self._cancel_timers()
+        self._flush()  # every earlier answer goes before aiohttp's
         rest_bytes = bytes(self.buf)
         self.buf.clear()
         self.queue.clear()
