@@ -149,22 +149,32 @@ class SegmentLog:
         """``(index, raw entries)`` of the whole entries of ``seg`` from ``start`` on, in pieces of
         at most ``max_chunk`` bytes."""
         stop = seg.first + seg.index_bytes() // ENTRY_SIZE
-        step = max(1, self.options.max_chunk // ENTRY_SIZE)
+        step = max(1, min(_CHUNK_ENTRIES, self.options.max_chunk // ENTRY_SIZE))
         for lo in range(start, stop, step):
             yield lo, seg.raw_entries(lo, min(stop, lo + step))
 
     def _scan(self, seg: Segment, newest: bool) -> None:
         """Count the entries of ``seg``. The newest segment is checked entry by entry, data
-        included, and cut after the last good entry (a torn tail); an older one is trusted when
-        its last entry checks out (reads check every item anyway), and checked like the newest
-        otherwise (it was the newest when the system went down)."""
+        included, and cut after the last entry whose data checks out (what follows is a torn
+        tail; a damaged item before it is kept, and reported when read). An older segment is
+        trusted when its last entry checks out (reads check every item anyway), and checked like
+        the newest otherwise (it was the newest when the system went down)."""
         if not newest and self._trust(seg):
             return
+        last_good: Entry | None = None
         for lo, raw in self._entry_batches(seg, seg.first):
-            if self._accept(seg, lo, raw, check_data=True) < len(raw) // ENTRY_SIZE:
+            entries = self._accept(seg, lo, raw)
+            last_good = next(self._good_data(seg, entries[::-1]), last_good)
+            if len(entries) < len(raw) // ENTRY_SIZE:
                 break
+        if last_good is None:
+            seg.count = seg.deleted = seg.data_end = 0
+        elif last_good.index + 1 < seg.stop:
+            seg.count, seg.data_end = last_good.index + 1 - seg.first, last_good.end
+            seg.last_tag, seg.last_stamp = last_good.tag, last_good.stamp
         if seg.index_bytes() != seg.count * ENTRY_SIZE or os.fstat(seg.dat_fd).st_size != seg.data_end:
             self._cut(seg)
+            self._recount(seg)
 
     def _trust(self, seg: Segment) -> bool:
         """Take the counters of ``seg`` from its last entry, if that entry is whole and in place."""
@@ -177,10 +187,9 @@ class SegmentLog:
         self._recount(seg)
         return True
 
-    def _accept(self, seg: Segment, lo: int, raw: bytes, check_data: bool = False) -> int:
+    def _accept(self, seg: Segment, lo: int, raw: bytes) -> list[Entry]:
         """Add the valid entries of ``raw`` (entries ``lo`` on) to ``seg``'s counters, stopping at
-        the first that is torn, out of place, or (``check_data``) whose data does not check out;
-        returns how many were accepted."""
+        the first that is torn or out of place; returns the accepted ones."""
         entries: list[Entry] = []
         for position in range(0, len(raw) - ENTRY_SIZE + 1, ENTRY_SIZE):
             entry = unpack(raw, position)
@@ -188,40 +197,20 @@ class SegmentLog:
             if entry is None or entry.index != lo + len(entries) or entry.offset != expected_offset:
                 break
             entries.append(entry)
-        if check_data:
-            entries = self._with_good_data(seg, entries)
         if entries:
             seg.count += len(entries)
             seg.deleted += count_deleted(raw[: len(entries) * ENTRY_SIZE])
             seg.data_end = entries[-1].end
             seg.last_tag, seg.last_stamp = entries[-1].tag, entries[-1].stamp
-        return len(entries)
+        return entries
 
-    def _with_good_data(self, seg: Segment, entries: list[Entry]) -> list[Entry]:
-        """The leading ``entries`` whose data is all there and passes its CRC."""
-        good: list[Entry] = []
-        for run in self._runs(entries):
-            span = pread_exact(seg.dat_fd, run[-1].end - run[0].offset, run[0].offset)
-            view = memoryview(span)
-            for entry in run:
-                start = entry.offset - run[0].offset
-                piece = view[start : start + entry.length]
-                if len(piece) < entry.length or crc32c(bytes(piece)) != entry.data_crc:
-                    return good
-                good.append(entry)
-        return good
-
-    def _runs(self, entries: list[Entry]) -> Iterator[list[Entry]]:
-        """``entries`` (contiguous in the data file) in runs whose data spans at most
-        ``max_chunk`` bytes (or one entry)."""
-        run: list[Entry] = []
+    def _good_data(self, seg: Segment, entries: list[Entry]) -> Iterator[Entry]:
+        """Those of ``entries`` whose data is all there and passes its CRC, read one entry at a
+        time (the newest segment is checked from its end: usually only its last entry is read)."""
         for entry in entries:
-            if run and entry.end - run[0].offset > self.options.max_chunk:
-                yield run
-                run = []
-            run.append(entry)
-        if run:
-            yield run
+            item = pread_exact(seg.dat_fd, entry.length, entry.offset)
+            if len(item) == entry.length and crc32c(item) == entry.data_crc:
+                yield entry
 
     def _cut(self, seg: Segment) -> None:
         """Drop what follows the accepted entries of ``seg`` (a torn tail), durably."""
@@ -358,7 +347,7 @@ class SegmentLog:
         while True:
             seg = self.segments[-1]
             for lo, raw in self._entry_batches(seg, seg.stop):
-                accepted = self._accept(seg, lo, raw)
+                accepted = len(self._accept(seg, lo, raw))
                 added += accepted
                 if accepted < len(raw) // ENTRY_SIZE:
                     break
