@@ -7,10 +7,13 @@ and pipelining (answers in request order), parsing each request head with ``http
 the work with the very functions the aiohttp handlers call (``rest.py``), so stores, filters,
 hooks, events and revisions are the same, and errors become the same answers (``errors.py``).
 
-It serves only the plain case: a request it does not fully reproduce (any other method or path,
-a query string, a glob GET, HTTP/1.0, ``Upgrade``, ``Expect``, ``Transfer-Encoding``,
-``Content-Encoding``, ``Origin`` refused, a Host refused, an access policy that refuses, a body over
-64 KiB or over the limit, a head that does not parse or is large...) hands the connection over to
+It serves only the plain case, the one aiohttp's middlewares let through untouched (Host and
+Origin allowed, with the CORS headers of an allowed origin; the access policy's authentication,
+decision and usage count, ``auth.py``'s functions; the per-client share): a request it does not
+fully reproduce (any other method or path, a query string, a glob GET, HTTP/1.0, ``Upgrade``,
+``Expect``, ``Transfer-Encoding``, ``Content-Encoding``, a Host or Origin refused, an access policy
+that refuses, a body over 64 KiB or over the limit, a head that does not parse or is large...)
+hands the connection over to
 aiohttp for the rest of its life: the bytes from that request's first byte on are fed to a new
 aiohttp handler, behind the same :class:`~.limits.GuardedConnection` limits, after every earlier
 answer was written. It decides from the request head alone, before anything has an effect, so
@@ -40,8 +43,10 @@ from aiohttp.http import SERVER_SOFTWARE
 
 from ..errors import HTTPFailure
 from . import chunked, rest
+from .auth import decide, required_right
 from .errors import log_error, status_of
 from .limits import ConnectionGate, GuardedConnection, raw_response
+from .streams import BEARER
 
 if TYPE_CHECKING:
     from .app import Server
@@ -285,7 +290,7 @@ class Front(GuardedConnection):
             or b"transfer-encoding" in headers
             or b"content-encoding" in headers
             or b"sec-websocket-protocol" in headers
-            or headers.get(b"connection", b"keep-alive").lower() != b"keep-alive"
+            or headers.get(b"connection", b"keep-alive").strip().lower() != b"keep-alive"
         ):
             raise _Handover()
         url = cb.url.decode()
@@ -294,6 +299,7 @@ class Front(GuardedConnection):
         length = headers.get(b"content-length")
         size = 0
         if length is not None:
+            length = length.strip()
             if not length.isdigit() or len(length) > 7:
                 raise _Handover()
             size = int(length)
@@ -306,9 +312,9 @@ class Front(GuardedConnection):
             raise _Handover()  # aiohttp refuses an HTTP/1.1 request without one
         return _Request(
             method.decode(), url[1:], b"", size,
-            host.decode(),
-            None if origin is None else origin.decode(),
-            None if token is None else token.decode(),
+            host.strip().decode(),
+            None if origin is None else origin.strip().decode(),
+            None if token is None else token.strip().decode(),
         )
 
     def _incomplete(self, start: int, head: bool) -> None:
@@ -386,14 +392,14 @@ class Front(GuardedConnection):
             allow = server.origins.cors_origin(request.origin)
             if allow is not None:
                 cors = f"Access-Control-Allow-Origin: {allow}\r\nVary: Origin\r\n".encode()
-        if server.guard.policy is not None:
-            raise _Handover()
+        method, key = request.method, request.key
         share, who = server.share, self.remote
         busy = share.busy.get(who, 0)
         if busy >= share.limit:
             raise _Handover()
+        if server.guard.policy is not None:
+            self._admit(request)
         share.busy[who] = busy + 1
-        method, key = request.method, request.key
         try:
             if method == "GET":
                 rest.check_key(key)
@@ -435,6 +441,23 @@ class Front(GuardedConnection):
     def _flush_soon(self) -> None:
         self.flush_soon = False
         self._flush()
+
+    def _admit(self, request: _Request) -> None:
+        """What ``auth.Guard``'s middleware does for a request it lets in (the same functions, the
+        same usage count); _Handover when it would refuse, for aiohttp to answer, log and count."""
+        guard = self.lean.server.guard
+        policy = guard.policy
+        assert policy is not None
+        method, key = request.method, request.key
+        need = required_right(method, key, False)
+        try:
+            principal = policy.authenticate(_bearer(request.token))
+            decide(policy, principal, need, key)
+        except Exception:
+            raise _Handover() from None
+        usage = guard.usage
+        if usage is not None and need is not None:
+            usage.count_request(key)
 
     # -- handing over to aiohttp ---------------------------------------------------------------
     def _hand_over_soon(self) -> None:
@@ -492,6 +515,17 @@ class Front(GuardedConnection):
             if timer is not None:
                 timer.cancel()
         self.idle_timer = self.stall_timer = None
+
+
+def _bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, as ``streams.bearer_token`` reads it
+    (requests with ``Sec-WebSocket-Protocol`` are aiohttp's)."""
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == BEARER and token:
+        return token.strip()
+    return None
 
 
 def lean_json(lean: Lean, body: bytes, cors: bytes = b"") -> bytes:
