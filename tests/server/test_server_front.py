@@ -156,18 +156,65 @@ def policy() -> Policy:
             {"name": "root", "sha256": token_digest("root"), "rules": [{"paths": EVERYWHERE, "rights": list(RIGHTS)}]},
             {"name": "reader", "sha256": token_digest("reader"), "rules": [{"paths": EVERYWHERE, "rights": ["read"]}]},
         ],
+        "anonymous": {"rules": [{"paths": ["open/*"], "rights": ["read"]}]},
+        "namespaces": [{"name": "front", "prefix": "front/"}],
     })
 
 
+def bearer(token: str | None) -> bytes:
+    return HOST if token is None else HOST + f"Authorization: Bearer {token}\r\n".encode()
+
+
 @pytest.mark.parametrize(
-    ("token", "status"), [(None, b"401"), ("wrong", b"401"), ("reader", b"403"), ("root", b"200")]
+    ("token", "method", "status"),
+    [(None, "POST", b"401"), ("wrong", "POST", b"401"), ("reader", "POST", b"403"), ("root", "POST", b"200"),
+     ("reader", "GET", b"200"), ("reader", "DELETE", b"403"), (None, "GET", b"401"), ("root", "DELETE", b"204"),
+     ("root", "PATCH", b"200"), ("reader", "PATCH", b"403"), ("root", "GET", b"200")],
 )
-async def test_an_access_policy_answers_like_aiohttp(pair_factory: Any, token: str | None, status: bytes) -> None:
+async def test_an_access_policy_answers_like_aiohttp(
+    pair_factory: Any, token: str | None, method: str, status: bytes
+) -> None:
     pair = await pair_factory(auth=policy())
-    auth = b"" if token is None else f"Authorization: Bearer {token}\r\n".encode()
-    old, new = await pair.both(req("POST", "/front/a", DOC, headers=HOST + auth))
+    setup = req("POST", "/front/a", DOC, headers=bearer("root"))
+    body = b'{"age": 1}' if method in ("POST", "PATCH") else None
+    old, new = await pair.both(setup + req(method, "/front/a", body, headers=bearer(token)))
     assert new == old
-    assert new.startswith(b"HTTP/1.1 " + status)
+    assert new.split(b"HTTP/1.1 ")[2].startswith(status)
+
+
+async def test_anonymous_reads_allowed_by_the_policy_and_usage_counts_match(pair_factory: Any) -> None:
+    pair = await pair_factory(auth=policy())
+    data = (req("POST", "/front/a", DOC, headers=bearer("root")) + req("GET", "/front/a", headers=bearer("root"))
+            + req("GET", "/open/x") + req("GET", "/front/a", headers=bearer("reader")) * 3
+            + req("GET", "/front/a"))
+    old, new = await pair.both(data)
+    assert new == old
+    stats = []
+    for runner in (pair.plain, pair.lean):
+        report = responses(await exchange(runner.port, req("GET", "/?api=stats", headers=bearer("root"))))[0][1]
+        stats.append(orjson.loads(report)["namespaces"])
+    assert stats[0] == stats[1]
+    assert stats[1][0]["requests"]["lastHour"] == 5  # the anonymous GET of front/a was refused
+
+
+@pytest.mark.parametrize("options", [{}, {"auth": policy()}, {"allowed_origins": ["http://good.example"]}])
+async def test_plain_requests_stay_on_the_front(pair_factory: Any, options: dict[str, Any]) -> None:
+    pair = await pair_factory(**options)
+    headers = bearer("root") + (b"Origin: http://good.example\r\n" if "allowed_origins" in options else b"")
+    data = (req("POST", "/stay/a", DOC, headers=headers) + req("GET", "/stay/a", headers=headers)
+            + req("PATCH", "/stay/a", b"{}", headers=headers) + req("DELETE", "/stay/a", headers=headers)
+            + req("GET", "/stay/a", headers=headers))
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.lean.port)
+    try:
+        writer.write(data)
+        raw = b""
+        while raw.count(b"HTTP/1.1 ") < 5:
+            raw += await asyncio.wait_for(reader.read(65536), 10)
+        assert [s for s, _ in responses(raw)] == [200, 200, 200, 204, 404]
+        [front] = fronts(pair.lean)
+        assert front.handler is None  # no aiohttp handler: the front answered them all
+    finally:
+        writer.close()
 
 
 # Pipelining, handover
