@@ -161,6 +161,7 @@ class Front(GuardedConnection):
         self.out: list[bytes] = []  # answers not written yet (pipelined requests: one write)
         self.out_bytes = 0
         self.flush_soon = False
+        self.stopping = False  # the server stops: answer what is queued, then close
         self.active_at = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
         self.stall_timer: asyncio.TimerHandle | None = None
@@ -363,7 +364,7 @@ class Front(GuardedConnection):
                     assert self.transport is not None
                     self.transport.close()
                     return
-                if not queue and not self.hand_over:
+                if not queue and not self.hand_over and not self.stopping:
                     self._resume_reading()
                     self._parse()
                 if not queue or self.writable is not None or self.out_bytes >= FLUSH_BYTES:
@@ -376,6 +377,9 @@ class Front(GuardedConnection):
         finally:
             self.worker = None
             self.active_at = asyncio.get_running_loop().time()
+        if self.stopping:
+            self.abort()
+            return
         if self.hand_over and not self.lost:
             self._hand_over()
 
@@ -551,6 +555,27 @@ def lean_failure(lean: Lean, exc: BaseException, cors: bytes = b"") -> bytes:
         b"%s%s%s\r\n%s"
     ) % (status, _REASONS.get(status, "").encode(), extra, cors, len(body), lean.date(), _SERVER,
          close, body)
+
+
+async def shutdown(gate: ConnectionGate, timeout: float) -> None:
+    """Close the connections the front serves itself when the server stops (aiohttp closes those it
+    was handed): idle ones now, busy ones once their queued requests are answered, or after
+    ``timeout`` seconds."""
+    busy: list[asyncio.Task[None]] = []
+    for conn in list(gate.open):
+        if not isinstance(conn, Front) or conn.handler is not None:
+            continue
+        if conn.worker is None:
+            conn.abort()
+        else:
+            conn.stopping = True
+            conn._pause_reading()
+            busy.append(conn.worker)
+    if busy:
+        await asyncio.wait(busy, timeout=timeout)
+    for conn in list(gate.open):
+        if isinstance(conn, Front) and conn.handler is None:
+            conn.abort()
 
 
 def lean_factory(server: Server, gate: ConnectionGate) -> Callable[[], GuardedConnection]:

@@ -30,9 +30,9 @@ from typing import Any
 from aiohttp import web
 
 from ..layered import Layered
+from . import front
 from .app import Server
 from .errors import BadRequestLogFilter
-from .front import lean_factory
 from .limits import ConnectionGate, GuardedConnection
 
 log = logging.getLogger("ooo_storage.server")
@@ -90,7 +90,7 @@ class ServerRunner:
                        "ssl_handshake_timeout": self.server.config.header_timeout}
             factory: Callable[[], GuardedConnection] = gate
             if self.ssl_context is None and self.server.config.http_engine == "lean":
-                factory = lean_factory(self.server, gate)
+                factory = front.lean_factory(self.server, gate)
             listener = await asyncio.get_running_loop().create_server(
                 factory, self.host, self.port, reuse_address=True, **tls
             )
@@ -111,6 +111,8 @@ class ServerRunner:
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
+        if self.gate is not None:
+            await front.shutdown(self.gate, self.server.config.shutdown_timeout)
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
