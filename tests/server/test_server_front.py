@@ -327,3 +327,16 @@ async def test_a_client_gone_mid_body_writes_nothing_and_frees_its_connection(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     status = await exchange(pair.lean.port, req("POST", "/gone/b", DOC))
     assert responses(status)[0] == (200, b'{"index":"b"}')
+
+
+async def test_stopping_the_server_closes_the_fronts_connections(pair_factory: Any) -> None:
+    pair = await pair_factory()
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.lean.port)
+    try:
+        writer.write(req("POST", "/stop/a", DOC))
+        assert responses(await asyncio.wait_for(reader.readuntil(b'{"index":"a"}'), 10))[0][0] == 200
+        await asyncio.wait_for(pair.lean.stop(), 10)
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, not left open on a stopped server
+        assert pair.lean.gate is not None and not pair.lean.gate.open
+    finally:
+        writer.close()
