@@ -89,9 +89,9 @@ async def small_window_socket(port: int) -> socket.socket:
     return sock
 
 
-async def large_object(live: Live, key: str = "big") -> bytes:
-    """Store a value of about :data:`LARGE` bytes; return the object's JSON as the store makes it."""
-    value = {"text": "x" * LARGE, "n": 1, "nested": {"a": [1, 2, 3]}}
+async def large_object(live: Live, key: str = "big", size: int = LARGE) -> bytes:
+    """Store a value of about ``size`` bytes; return the object's JSON as the store makes it."""
+    value = {"text": "x" * size, "n": 1, "nested": {"a": [1, 2, 3]}}
     assert (await live.request("POST", key, value))[0] == 200
     return (await live.store.get(key)).to_json()
 
@@ -153,7 +153,7 @@ async def test_a_reader_that_reads_nothing_is_cut_after_write_timeout(
 ) -> None:
     caplog.set_level(logging.INFO, "ooo_storage.server")
     live = await make_live(write_timeout=0.3)
-    expected = await large_object(live)
+    expected = await large_object(live, size=8_000_000)  # more than the kernel's buffers can hold (4 MiB)
     port = live.runner.port
     sock = await small_window_socket(port)
     loop = asyncio.get_running_loop()
