@@ -157,9 +157,13 @@ class Journal:
                 await self.wait(index)
 
     async def wait(self, index: int) -> None:
-        """Return once item ``index`` has been appended (by any process)."""
+        """Return once item ``index`` has been appended (by any process); JournalError when the
+        journal is (or gets) closed."""
+        if self.log.closed:
+            raise JournalError("journal: closed")
         self._indexer.start()
-        while self.log.next_index <= index:
+        self._refresh()  # appends made before the indexer watched, or since its last look
+        while self.log.closed or self.log.next_index <= index:
             if self.log.closed:
                 raise JournalError("journal: closed")
             if self._changed is None:

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CorruptObject, HistoryTrimmed, JournalFull, NotFound
+from ..errors import CorruptObject, HistoryTrimmed, JournalError, JournalFull, NotFound
 from .format import ENTRY_SIZE, Entry, count_deleted, crc32c, pack, unpack
 from .options import JournalOptions
 from .segment import FileLock, Segment, pread_exact, pwrite_all, segment_pattern
@@ -125,7 +125,7 @@ class SegmentLog:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         if self.closed:
-            raise ValueError("journal: closed")
+            raise JournalError(f"journal: {self.directory} is closed")
         if self._lock is None:
             yield
             return
@@ -479,8 +479,9 @@ class SegmentLog:
         index = self.first_index if start is None else start
         while index < self.next_index:
             chunk = self.chunk(index)
-            yield from chunk
             index = chunk.next
+            yield from chunk
+            del chunk  # before the next one is read
 
     def seek(self, tag: int) -> int:
         """The index of the first entry whose tag is greater than ``tag`` (``next_index`` if

@@ -3,8 +3,8 @@
 - ``crash DIR ROUND``: appends self-checking items with ``sync=True`` (single appends, batches and
   concurrent appends that share an fsync) until killed, printing ``ACK <index> <seq>`` for each
   item once its append has returned.
-- ``append DIR WRITER COUNT``: appends ``W<writer>:<seq>`` items (with the file lock) in small
-  batches, then prints ``DONE``.
+- ``append DIR WRITER COUNT``: prints ``READY``, waits for a line on stdin, appends
+  ``W<writer>:<seq>`` items (with the file lock) in small paced batches, then prints ``DONE``.
 """
 
 from __future__ import annotations
@@ -46,10 +46,12 @@ async def crash(directory: str, round_: int) -> None:
 
 
 async def append(directory: str, writer: int, count: int) -> None:
-    async with Journal(directory, max_file_size=64 << 10, max_files=1000) as journal:
+    async with Journal(directory, max_file_size=8 << 10, max_files=1000) as journal:
+        print("READY", flush=True)
+        sys.stdin.readline()  # both writers start together
         for seq in range(0, count, 5):
             await journal.append(*(b"W%d:%d" % (writer, s) for s in range(seq, min(count, seq + 5))))
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)  # pacing, so that the two writers interleave
     print("DONE", flush=True)
 
 
