@@ -133,9 +133,9 @@ class SegmentLog:
             yield
 
     def _load(self) -> None:
-        firsts = sorted(
-            int(m.group(1)) for m in map(self._pattern.fullmatch, os.listdir(self.directory)) if m
-        )
+        names = os.listdir(self.directory)
+        firsts = sorted(int(m.group(1)) for m in map(self._pattern.fullmatch, names) if m)
+        self._remove_orphans(names, firsts)
         if not firsts:
             self._new_segment(0)
             return
@@ -144,6 +144,14 @@ class SegmentLog:
             self.segments.append(seg)
             self._scan(seg, newest=first == firsts[-1])
         self._lost_below = self.first_index
+
+    def _remove_orphans(self, names: list[str], firsts: list[int]) -> None:
+        """Remove data files without an index file: left by a prune or a segment creation that
+        died half-way (both happen under the lock, which we hold)."""
+        indexed = {f"{self.options.prefix}_{first:020d}.dat" for first in firsts}
+        for name in names:
+            if name.endswith(".dat") and self._pattern.fullmatch(name[:-4] + ".idx") and name not in indexed:
+                (self.directory / name).unlink(missing_ok=True)
 
     def _entry_batches(self, seg: Segment, start: int) -> Iterator[tuple[int, bytes]]:
         """``(index, raw entries)`` of the whole entries of ``seg`` from ``start`` on, in pieces of

@@ -80,6 +80,16 @@ def test_a_torn_tail_is_cut_at_open_and_never_returned(tmp_path: Path, damage: s
     assert dat.stat().st_size == len(b"firstsecondthird"[: 5 + 6 + 5 * (kept == 3)]) + len(b"after")
 
 
+def test_a_data_file_left_without_its_index_is_removed(tmp_path: Path) -> None:
+    with SegmentLog(tmp_path) as log:
+        log.append(b"kept")
+    orphan = tmp_path / f"journal_{7:020d}.dat"  # a prune that died between its two unlinks
+    orphan.write_bytes(b"old data")
+    with SegmentLog(tmp_path) as log:
+        assert list(log.scan()) == [(0, b"kept")]
+    assert not orphan.exists()
+
+
 def test_damage_in_an_older_item_is_reported_not_returned(tmp_path: Path) -> None:
     with SegmentLog(tmp_path) as log:
         log.append(b"one", b"two", b"three")
