@@ -28,6 +28,13 @@ from ooo_storage.protocol.access import Policy, token_digest
 from ooo_storage.server import Server, ServerRunner, chunked
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+@pytest.fixture(params=["lean", "aiohttp"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """Both HTTP engines (conftest.py): the lean front must keep every limit tested here."""
+    return str(request.param)
+
 LARGE = 3 * 1024 * 1024  # well over chunked.CHUNK_BYTES
 
 
