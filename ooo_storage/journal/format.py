@@ -20,7 +20,9 @@ import google_crc32c
 
 ENTRY = struct.Struct("<QQQQIIII")
 ENTRY_SIZE = ENTRY.size  # 48
-_CRC_COVERS = ENTRY_SIZE - 8  # entry_crc covers every field before it
+_HEAD = struct.Struct("<QQQQII")  # the fields entry_crc covers
+_TAIL = struct.Struct("<II")
+_CRC_COVERS = _HEAD.size
 FLAGS_OFFSET = ENTRY_SIZE - 4
 DELETED = 1
 DELETED_BYTE = bytes([DELETED])
@@ -52,8 +54,8 @@ class Entry:
 
 def pack(index: int, tag: int, stamp: int, offset: int, item: bytes) -> bytes:
     """The 48 bytes of a live entry for ``item`` stored at ``offset``."""
-    head = ENTRY.pack(index, tag, stamp, offset, len(item), crc32c(item), 0, 0)[:_CRC_COVERS]
-    return head + struct.pack("<II", crc32c(head), 0)
+    head = _HEAD.pack(index, tag, stamp, offset, len(item), crc32c(item))
+    return head + _TAIL.pack(crc32c(head), 0)
 
 
 def unpack(buffer: bytes | memoryview, position: int = 0) -> Entry | None:

@@ -69,6 +69,7 @@ class SegmentLog:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.fsync = self.options.sync if fsync is None else fsync
+        self._max_item = self.options.max_item
         self._pattern = segment_pattern(self.options.prefix)
         self._lock = FileLock(self.directory / f"{self.options.prefix}.lock") if self.options.lock else None
         self.segments: list[Segment] = []
@@ -122,15 +123,11 @@ class SegmentLog:
         return next(self._live(self.next_index - 1, -1), None)
 
     # -- opening -------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        """The write lock (a no-op without ``lock``); JournalError once closed."""
         if self.closed:
             raise JournalError(f"journal: {self.directory} is closed")
-        if self._lock is None:
-            yield
-            return
-        with self._lock:
-            yield
+        return self._lock or contextlib.nullcontext()
 
     def _load(self) -> None:
         names = os.listdir(self.directory)
@@ -238,15 +235,18 @@ class SegmentLog:
     # -- appending -----------------------------------------------------------------------------
     def append(self, *items: bytes) -> int:
         """Append ``items`` (each with the tag of the entry before it); returns the first index."""
-        return self.append_tagged(*((None, item) for item in items))
+        return self._append([(None, item) for item in items])
 
     def append_tagged(self, *records: Record) -> int:
         """Append ``(tag, item)`` records; tags must never decrease along the journal (None keeps
         the previous one). Returns the index of the first record."""
+        return self._append(records)
+
+    def _append(self, records: Sequence[Record]) -> int:
         self._check_items(records)
         with self._locked():
-            if self._lock is not None:
-                self.refresh(cut=True)  # other writers may have appended or rotated
+            if self._lock is not None and self._lock.claimed() != self.next_index:
+                self.refresh(cut=True)  # another writer appended, rotated, or died half-way
             resolved = self._resolve_tags(records)
             first = self.next_index
             if resolved:
@@ -256,10 +256,11 @@ class SegmentLog:
         return first
 
     def _check_items(self, records: Sequence[Record]) -> None:
+        max_item = self._max_item
         for _, item in records:
             if not isinstance(item, bytes):
                 raise TypeError(f"journal: items are bytes, not {type(item).__name__}")
-            if len(item) > self.options.max_item:
+            if len(item) > max_item:
                 raise ValueError(
                     f"journal: an item of {len(item)} bytes is larger than max_chunk or "
                     f"max_file_size allow ({self.options.max_item}); split it or raise them"
@@ -281,6 +282,8 @@ class SegmentLog:
     def _write(self, records: list[tuple[int, bytes]]) -> None:
         groups = self._plan(records)
         self._make_room(len(groups) - 1)
+        if self._lock is not None:
+            self._lock.claim(self.next_index + len(records))
         stamp = time.time_ns()
         for number, group in enumerate(groups):
             if number:
@@ -326,6 +329,8 @@ class SegmentLog:
                 f"journal: one append of {new_segments} segments cannot fit in {limit} files of "
                 f"{self.options.max_file_size} bytes; append fewer items at once"
             )
+        if len(self.segments) + new_segments > limit:
+            self._forget_vanished()  # pruned by another process
         while len(self.segments) + new_segments > limit:
             oldest = self.segments[0]
             self._recount(oldest)

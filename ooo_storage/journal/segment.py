@@ -25,10 +25,12 @@ def segment_pattern(prefix: str) -> re.Pattern[str]:
 
 def pwrite_all(fd: int, data: bytes, offset: int) -> None:
     """Write all of ``data`` at ``offset`` (``os.pwrite`` may write less than asked)."""
-    view = memoryview(data)
-    while view:
-        done = os.pwrite(fd, view, offset)
-        view, offset = view[done:], offset + done
+    done = os.pwrite(fd, data, offset)
+    if done < len(data):
+        view = memoryview(data)[done:]
+        while view:
+            done = os.pwrite(fd, view, offset := offset + done)
+            view = view[done:]
 
 
 def pread_exact(fd: int, size: int, offset: int) -> bytes:
@@ -147,6 +149,11 @@ class FileLock:
     ``flock`` (not ``lockf``): it belongs to the open file, so two journals opened on one
     directory in the same process exclude each other too; Linux maps it to POSIX locks on NFS.
     The lock is never held across an ``await``.
+
+    The file also holds the *claim*: the ``next_index`` the last writer was about to reach,
+    written before its data. A writer whose own ``next_index`` equals the claim knows that nobody
+    appended, rotated, or died half-way since its last write, and skips re-reading the index
+    files: two syscalls instead of a handful per append. Claims only grow, as indexes do.
     """
 
     def __init__(self, path: Path) -> None:
@@ -159,6 +166,14 @@ class FileLock:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def claimed(self) -> int | None:
+        """The last claim (None before the first one)."""
+        raw = os.pread(self.fd, 8, 0)
+        return int.from_bytes(raw, "little") if len(raw) == 8 else None
+
+    def claim(self, next_index: int) -> None:
+        pwrite_all(self.fd, next_index.to_bytes(8, "little"), 0)
 
     def close(self) -> None:
         os.close(self.fd)

