@@ -201,7 +201,9 @@ async def test_readers_that_read_nothing_share_the_stored_bytes(live: Live) -> N
         tracemalloc.stop()
         for sock in socks:
             sock.close()
-    assert held < 10 * LARGE, f"{held / 1e6:.0f} MB held for 100 readers of a {LARGE / 1e6:.0f} MB value"
+    # A copy each is 100 copies (315 MB); a slice each measures ~16 MB. Fewer than 30 copies: no
+    # copy per reader, with room for what the kernel leaves in the transports' buffers.
+    assert held < 30 * LARGE, f"{held / 1e6:.0f} MB held for 100 readers of a {LARGE / 1e6:.0f} MB value"
 
 
 # -- 2. the body budget ----------------------------------------------------------------------------
