@@ -189,3 +189,15 @@ def test_two_logs_with_the_lock_append_without_overlap(tmp_path: Path) -> None:
         assert one.refresh() >= 0 and two.refresh() >= 0
         assert [item for _, item in one.scan()] == [b"n%d" % n for n in range(40)]
         assert one.next_index == two.next_index == 40
+
+
+def test_a_co_writer_that_died_half_way_is_cut_by_the_next_writer(tmp_path: Path) -> None:
+    with SegmentLog(tmp_path) as one, SegmentLog(tmp_path) as two:
+        one.append(b"a", b"b")
+        two.append(b"c" * 10, b"d" * 10)  # "two" dies in the middle of writing its entries:
+        idx = _files(tmp_path, ".idx")[0]
+        os.truncate(idx, 3 * ENTRY_SIZE + 30)
+        assert one.append(b"e") == 3  # entry 2 is whole and kept, the torn half of 3 is cut
+        assert list(one.scan()) == [(0, b"a"), (1, b"b"), (2, b"c" * 10), (3, b"e")]
+    with SegmentLog(tmp_path) as log:
+        assert [item for _, item in log.scan()] == [b"a", b"b", b"c" * 10, b"e"]
