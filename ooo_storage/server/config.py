@@ -98,12 +98,12 @@ class ServerConfig:
     (``auth.py``). None: everyone may do everything, as before. This is the policy the server
     starts with; ``Server.set_policy`` replaces it at run time."""
 
-    http_engine: Literal["lean", "aiohttp"] = "aiohttp"
+    http_engine: Literal["lean", "aiohttp"] = "lean"
     """Who serves HTTP when run by ``ServerRunner`` / ``serve``: ``lean`` answers the plain
     requests on one key (GET, POST, PATCH, DELETE) with its own HTTP/1.1 front and hands every
     other connection to aiohttp from the first request it does not serve (``front.py``); with
     ``middlewares`` or TLS aiohttp serves everything. ``aiohttp``: aiohttp serves everything (the
-    default until the lean front has proved itself)."""
+    old path, for comparison and as a fallback)."""
 
     def __post_init__(self) -> None:
         if self.max_connections_per_client is not None and self.max_connections_per_client < 1:
