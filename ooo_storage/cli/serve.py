@@ -8,7 +8,7 @@
                       [--max-buffered-body-bytes N] [--header-timeout S] [--body-timeout S]
                       [--keepalive-timeout S] [--max-head-bytes N] [--max-line-size N]
                       [--max-field-size N] [--max-headers N] [--list-limit N] [--outbox-bytes N]
-                      [--write-timeout S] [--no-patch] [--loop auto] [--http-engine E] [--log-level info]
+                      [--write-timeout S] [--no-patch] [--loop auto] [--http-engine lean] [--log-level info]
                       [--auth FILE | --insecure-no-auth] [--tls-cert FILE --tls-key FILE]
 
 Every option is checked while parsing: a bad value (``--port 99999``, a zero timeout, a malformed
@@ -276,10 +276,10 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     serve.add_argument(
         "--http-engine",
-        default=None,
+        default="lean",
         choices=("lean", "aiohttp"),
-        help="who serves HTTP: lean (a lean front answers GET, POST, PATCH and DELETE on one key and "
-        "hands everything else to aiohttp) or aiohttp (aiohttp serves all; default: ServerConfig's)",
+        help="who serves HTTP (default lean: a lean front answers GET, POST, PATCH and DELETE on one "
+        "key and hands everything else to aiohttp; aiohttp: aiohttp serves all, the old path)",
     )
     serve.add_argument(
         "--log-level",
@@ -480,7 +480,7 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
         allowed_origins=tuple(args.allowed_origins),
         allowed_hosts=tuple(args.allowed_hosts),
         auth=access.policy,
-        **({} if args.http_engine is None else {"http_engine": args.http_engine}),
+        http_engine=args.http_engine,
         **_limits(args),
     )
     scheme = "http" if access.tls is None else "https"
