@@ -333,6 +333,7 @@ async def test_a_gzip_bomb_gets_413_and_the_connection_is_closed(make_live: Live
         status, _, text = await response(reader)
         assert (status, text) == (413, b"ooo: request body too large (limit 65536 bytes)")
         assert await until_closed(reader, timeout=5) == b""  # the server closed; it lingered 10 s
+    assert live.server.budget.used == 0  # what the body held of the budget is released on refusal
     assert (await live.request("GET", "bomb"))[0] == 404
 
 
