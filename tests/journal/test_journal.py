@@ -73,13 +73,28 @@ async def test_close_wakes_followers(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("indexer", ["poll", "inotify"])
 async def test_the_indexer_sees_another_writer(tmp_path: Path, indexer: str) -> None:
-    """A second log on the directory (its own files and lock) stands for another process."""
-    async with Journal(tmp_path, indexer=indexer, indexer_rate=0.05 if indexer == "poll" else 30) as journal:
-        follower = asyncio.create_task(_take(journal, 3))
+    """A second log on the directory (its own files and lock) stands for another process. With
+    inotify the poll is set to 30 s: only inotify can wake the follower within the timeout."""
+    rate = 0.05 if indexer == "poll" else 30
+    async with Journal(tmp_path, indexer=indexer, indexer_rate=rate) as journal:
+        received = asyncio.Event()
+
+        async def take() -> list[bytes]:
+            got = []
+            async for _, item in journal.follow(0):
+                got.append(item)
+                received.set()
+                if len(got) == 4:
+                    return got
+            raise AssertionError("follow() ended")
+
+        follower = asyncio.create_task(take())
+        await journal.append(b"own")
+        await received.wait()  # the follower got it and now sleeps, waiting for index 1
         with SegmentLog(tmp_path, journal.options) as other:
             other.append(b"from", b"another")
             other.append(b"writer")
-        assert await asyncio.wait_for(follower, 5) == [(0, b"from"), (1, b"another"), (2, b"writer")]
+        assert await asyncio.wait_for(follower, 5) == [b"own", b"from", b"another", b"writer"]
         assert journal._indexer.watching is (indexer == "inotify")
 
 
