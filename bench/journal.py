@@ -7,6 +7,7 @@ temp directory):
 
 * ``raw write`` — ``os.write`` of each item to one file (no index, no CRC): the floor of any log;
 * ``journal`` — ``await Journal.append(item)``, one item per call, no fsync (lock on, as shipped);
+* ``journal no lock`` — the same with ``lock=False`` (one process owns the directory);
 * ``journal x64`` — ``append(*64 items)``: one write of data and one of entries per 64 items;
 * ``raw write+fsync`` — write then ``fsync`` per item, one writer;
 * ``journal sync`` — ``sync=True``, one append in flight: each one waits for its own fsync;
@@ -72,9 +73,9 @@ def _raw_fsync(batch: int) -> Case:
     return case
 
 
-def _journal(sync: bool, batch: int = 1, tasks: int = 1) -> Case:
+def _journal(sync: bool, batch: int = 1, tasks: int = 1, lock: bool = True) -> Case:
     async def case(directory: Path, item: bytes, seconds: float) -> tuple[int, str]:
-        options = JournalOptions(sync=sync, max_file_size=256 << 20, max_files=64)
+        options = JournalOptions(sync=sync, max_file_size=256 << 20, max_files=64, lock=lock)
         async with Journal(directory, options) as journal:
             deadline = time.perf_counter() + seconds
             items = (item,) * batch
@@ -97,6 +98,7 @@ def _journal(sync: bool, batch: int = 1, tasks: int = 1) -> Case:
 CASES: dict[str, Case] = {
     "raw write": raw_write,
     "journal": _journal(sync=False),
+    "journal no lock": _journal(sync=False, lock=False),
     f"journal x{GROUP}": _journal(sync=False, batch=GROUP),
     "raw write+fsync": _raw_fsync(1),
     "journal sync": _journal(sync=True),
@@ -106,6 +108,7 @@ CASES: dict[str, Case] = {
 
 BASELINE = {  # the raw case each journal case is compared with
     "journal": "raw write",
+    "journal no lock": "raw write",
     f"journal x{GROUP}": "raw write",
     "journal sync": "raw write+fsync",
     f"journal sync x{GROUP}": f"raw write+fsync /{GROUP}",

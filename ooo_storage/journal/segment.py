@@ -18,6 +18,10 @@ from .format import DELETED_BYTE, ENTRY_SIZE, FLAGS_OFFSET, Entry, unpack
 _OPEN = os.O_RDWR | os.O_CLOEXEC
 
 
+# fdatasync: appended bytes and the new file size, without the timestamps fsync also writes.
+_datasync = getattr(os, "fdatasync", os.fsync)
+
+
 def segment_pattern(prefix: str) -> re.Pattern[str]:
     """Matches the index file names of a journal with ``prefix``; group 1 is the first index."""
     return re.compile(re.escape(prefix) + r"_(\d{20})\.idx")
@@ -127,10 +131,10 @@ class Segment:
         self.count, self.data_end = count, data_end
 
     def sync_data(self) -> None:
-        os.fsync(self.dat_fd)
+        _datasync(self.dat_fd)
 
     def sync_index(self) -> None:
-        os.fsync(self.idx_fd)
+        _datasync(self.idx_fd)
 
     def close(self) -> None:
         for fd in (self.idx_fd, self.dat_fd):
