@@ -555,9 +555,9 @@ class SegmentLog:
         """Remove the segments whose items are all deleted (by any process) and, with
         ``max_age`` (seconds), those whose newest item is older than that; the newest segment is
         kept. Returns how many segments were removed."""
-        before = len(self.segments)
         with self._locked():
             self.refresh(cut=self._lock is not None)
+            before = len(self.segments)
             self._drop_deleted()
             if max_age is not None:
                 oldest_kept = time.time_ns() - int(max_age * 1e9)

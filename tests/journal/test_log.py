@@ -201,3 +201,18 @@ def test_a_co_writer_that_died_half_way_is_cut_by_the_next_writer(tmp_path: Path
         assert list(one.scan()) == [(0, b"a"), (1, b"b"), (2, b"c" * 10), (3, b"e")]
     with SegmentLog(tmp_path) as log:
         assert [item for _, item in log.scan()] == [b"a", b"b", b"c" * 10, b"e"]
+
+
+def test_prune_counts_deletes_made_by_another_process(tmp_path: Path) -> None:
+    options = JournalOptions(max_files=8, max_file_size=400, max_chunk=400)
+    with SegmentLog(tmp_path, options) as producer, SegmentLog(tmp_path, options) as consumer:
+        for _ in range(6):
+            producer.append(b"w" * 150)  # segments of 2 items: [0, 1] [2, 3] [4, 5]
+        consumer.refresh()
+        consumer.delete(2, 3)  # not the oldest segment: the consumer leaves it to prune
+        assert producer.length == 6  # the producer has not met those deletes yet
+        assert producer.prune() == 1  # it reads the flags: [2, 3] is all deleted
+        assert [index for index, _ in producer.scan()] == [0, 1, 4, 5]
+        consumer.delete(0, 1)  # the oldest segment: dropped at once by the consumer
+        assert producer.prune() == 0
+        assert [index for index, _ in producer.scan()] == [4, 5]
