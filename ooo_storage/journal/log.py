@@ -56,7 +56,10 @@ class SegmentLog:
 
     With ``fsync`` (default: ``options.sync``) every write is durable before it returns;
     without it nothing is fsynced here, and :meth:`take_dirty`/:meth:`sync_files` let a caller
-    (the asyncio :class:`~ooo_storage.journal.Journal`) sync in another thread.
+    (the asyncio :class:`~ooo_storage.journal.Journal`) sync in another thread. One thread uses
+    a log at a time (other processes may share the directory through the lock). Writes hold the
+    lock for their ``pwrite`` calls only; a prune, or an append that finds the journal full,
+    holds it while it reads the deleted flags of the older segments.
     """
 
     def __init__(

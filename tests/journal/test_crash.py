@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import select
 import signal
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from journal_child import crash, parse_crash_item
 
 from ooo_storage.journal import SegmentLog
@@ -30,6 +32,10 @@ def _run_and_kill(directory: Path, round_: int, rng: random.Random) -> dict[int,
             os._exit(1)
     os.close(write_end)
     with os.fdopen(read_end) as out:
+        if not select.select([out], [], [], 30)[0]:  # never hang on a child stuck at start
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked writer printed nothing in 30 s")
         first = out.readline()  # the writer is up and appending
         assert first.startswith("ACK"), f"the writer failed to start: {first!r}"
         time.sleep(rng.uniform(0.002, 0.05))  # the crash point, not a synchronisation
