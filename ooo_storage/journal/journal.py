@@ -89,25 +89,45 @@ class Journal:
 
         With ``sync`` it returns once they are durable. Raises JournalFull when there is no room
         (``when_full="error"``), ValueError for an item larger than ``max_chunk``."""
-        first = self.log.append(*items)
-        await self._written()
+        first = self.append_nowait(*items)
+        if self.options.sync:
+            await self._commit()
         return first
 
     async def append_tagged(self, *records: Record) -> int:
         """Append ``(tag, item)`` records: the tag is a u64 that never decreases along the
         journal (a revision, a timestamp) and :meth:`seek` finds the first entry after a tag."""
-        first = self.log.append_tagged(*records)
-        await self._written()
-        return first
-
-    async def _written(self) -> None:
-        self._notify()
+        first = self.append_tagged_nowait(*records)
         if self.options.sync:
             await self._commit()
-        elif self.log.segments[-1].first != self._tail:
+        return first
+
+    def append_nowait(self, *items: bytes) -> int:
+        """:meth:`append` without waiting for the disk, even with ``sync``: for a caller that
+        appends inside its own commit and then awaits :meth:`flush` (followers see the items at
+        once; durability comes with the flush)."""
+        first = self.log.append(*items)
+        self._written()
+        return first
+
+    def append_tagged_nowait(self, *records: Record) -> int:
+        """:meth:`append_tagged` without waiting for the disk (see :meth:`append_nowait`)."""
+        first = self.log.append_tagged(*records)
+        self._written()
+        return first
+
+    def _written(self) -> None:
+        self._notify()
+        if not self.options.sync and self.log.segments[-1].first != self._tail:
             self._tail = self.log.segments[-1].first
             self._sync_wanted = True  # a segment was sealed: fsync it in the background
             self._start_committer()
+
+    async def flush(self) -> None:
+        """Return once everything appended or deleted so far is durable (fsynced), whatever
+        ``sync`` says: appends made with ``sync=False`` or with :meth:`append_nowait` become
+        durable together, in one group."""
+        await self._commit()
 
     def delete(self, *indexes: int) -> int:
         """Mark ``indexes`` deleted (ignoring absent ones); returns how many were live. With

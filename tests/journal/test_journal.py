@@ -43,6 +43,20 @@ async def test_sync_appends_share_fsyncs_and_survive_reopen(tmp_path: Path) -> N
         assert sorted(log.read(*range(50))) == sorted(b"%d" % n for n in range(50))
 
 
+@pytest.mark.parametrize("sync", [False, True])
+async def test_appends_without_waiting_then_one_flush(tmp_path: Path, sync: bool) -> None:
+    async with Journal(tmp_path, sync=sync) as journal:
+        follower = asyncio.create_task(_take(journal, 10))
+        for number in range(10):  # as a store's commit would, on the loop
+            journal.append_tagged_nowait((number, b"event %d" % number))
+        assert journal.commits == 0
+        await asyncio.gather(journal.flush(), journal.flush())
+        assert journal.commits == 1  # one fsync round for all of them
+        assert [item for _, item in await asyncio.wait_for(follower, 5)] == [
+            b"event %d" % n for n in range(10)
+        ]
+
+
 async def test_resume_after_a_tag_across_a_restart(tmp_path: Path) -> None:
     async with Journal(tmp_path) as journal:
         for revision in (3, 7, 8, 12):
