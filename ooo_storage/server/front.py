@@ -436,9 +436,9 @@ class Front(GuardedConnection):
 
     def _flush(self) -> None:
         """Write the answers not written yet, in one call."""
-        out = self.out
-        if out and self.transport is not None:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out, transport = self.out, self.transport
+        if out and transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
             self.out_bytes = 0
 
@@ -490,7 +490,7 @@ class Front(GuardedConnection):
 
     # -- flow control and timers ---------------------------------------------------------------
     def _pause_reading(self) -> None:
-        if self.reading and self.transport is not None:
+        if self.reading and self.transport is not None and not self.transport.is_closing():
             self.reading = False
             self.transport.pause_reading()
 
