@@ -249,13 +249,10 @@ class Journal:
         if self.log.closed:
             return
         self._indexer.stop()
-        if self._committer is not None:
-            await asyncio.shield(self._committer)
-        if not self.options.sync:
-            self._sync_wanted = True  # what was written reaches the disk before close returns
-            self._start_committer()
-            assert self._committer is not None
-            await asyncio.shield(self._committer)
+        self._sync_wanted = True  # what was written reaches the disk before close returns
+        self._start_committer()
+        assert self._committer is not None
+        await asyncio.shield(self._committer)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
