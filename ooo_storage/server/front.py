@@ -44,7 +44,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from ..errors import HTTPFailure
 from . import chunked, rest
 from .auth import decide, required_right
-from .errors import log_error, status_of
+from .errors import ClientGone, log_error, status_of
 from .limits import ConnectionGate, GuardedConnection, raw_response
 from .streams import BEARER
 
@@ -162,6 +162,7 @@ class Front(GuardedConnection):
         self.out_bytes = 0
         self.flush_soon = False
         self.stopping = False  # the server stops: answer what is queued, then close
+        self.partial: _Request | None = None  # a request whose body is still arriving
         self.active_at = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
         self.stall_timer: asyncio.TimerHandle | None = None
@@ -203,6 +204,10 @@ class Front(GuardedConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.queue.clear()
+        partial = self.partial
+        if partial is not None and self.handler is None:  # one INFO line, as from rest.read_body
+            failures = self.lean.server.failures
+            log_error(failures, partial.method, "/" + partial.key, self.remote, ClientGone())
         self._cancel_timers()
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
@@ -257,8 +262,10 @@ class Front(GuardedConnection):
                 return
             body_end = end + 4 + request.size
             if len(buf) < body_end:
+                self.partial = request
                 self._incomplete(start, head=False)
                 return
+            self.partial = None
             if request.size:
                 request.body = bytes(buf[end + 4 : body_end])
             request.size = body_end - start
