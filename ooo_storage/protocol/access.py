@@ -24,7 +24,8 @@ rule on ``users/*``, and ``bb*a`` by ``b*a*``. The admin routes need a rule that
 
 Principals are compiled once (their paths indexed per right in a :class:`PatternIndex`), so a
 decision costs about the length of the key, not the number of rules; opaque tokens are found by
-their digest, and verified JWTs are remembered (bounded) until they expire.
+their digest, then remembered as sent (no SHA-256 per request), and verified JWTs are remembered
+(bounded) until they expire.
 
 Namespaces (0-stor) are declared path prefixes (``acme/``): the server keeps usage per namespace.
 """
@@ -102,16 +103,23 @@ class Principal:
     kind: Literal["token", "jwt", "anonymous"]
     rules: tuple[Rule, ...]
     _paths: Mapping[Right, PatternIndex[bool]] = field(init=False, repr=False, compare=False)
+    _plain: Mapping[Right, frozenset[str]] = field(init=False, repr=False, compare=False)
     admin: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         indexes: dict[Right, PatternIndex[bool]] = {}
+        plain: dict[Right, set[str]] = {}
         for rule in self.rules:
             for right in rule.rights:
                 index = indexes.setdefault(right, PatternIndex())
                 for path in rule.paths:
                     index[path] = True
+                    if "*" not in path:
+                        plain.setdefault(right, set()).add(path)
+                    elif path.endswith("/*") and "*" not in path[:-2]:
+                        plain.setdefault(right, set()).add(path[:-1])
         object.__setattr__(self, "_paths", indexes)
+        object.__setattr__(self, "_plain", {right: frozenset(paths) for right, paths in plain.items()})
         object.__setattr__(self, "admin", any("admin" in rule.rights for rule in self.rules))
 
     def paths(self, right: Right) -> Iterable[str]:
@@ -120,7 +128,15 @@ class Principal:
                 yield from rule.paths
 
     def may(self, right: Right, key: str) -> bool:
-        """Whether one of the paths with ``right`` covers ``key`` (a key or a glob)."""
+        """Whether one of the paths with ``right`` covers ``key`` (a key or a glob).
+
+        The paths of the commonest shapes are tried first with one set look-up each, as they
+        decide most requests: a literal key, which covers only itself, and ``<literal>/*``
+        (``users/ana/*``: the rule filed as ``users/ana/``), which covers whatever has no ``/``
+        after that prefix. The other paths, and refusals, go through the index."""
+        plain = self._plain.get(right)
+        if plain is not None and (key in plain or key[: key.rfind("/") + 1] in plain):
+            return True
         index = self._paths.get(right)
         return index is not None and next(index.matching(key, as_text=True), False)
 
@@ -189,6 +205,7 @@ class Policy:
     anonymous: tuple[Rule, ...] = ()
     namespaces: tuple[Namespace, ...] = ()
     _principals: dict[str, Principal] = field(init=False, repr=False, compare=False)
+    _known: dict[str, Principal] = field(init=False, repr=False, compare=False)
     _anonymous: Principal = field(init=False, repr=False, compare=False)
     _verified: OrderedDict[str, tuple[Principal, float | None]] = field(
         init=False, repr=False, compare=False
@@ -197,6 +214,7 @@ class Policy:
     def __post_init__(self) -> None:
         principals = {d: Principal(name, "token", rules) for d, (name, rules) in self.tokens.items()}
         object.__setattr__(self, "_principals", principals)
+        object.__setattr__(self, "_known", {})
         object.__setattr__(self, "_anonymous", Principal(ANONYMOUS, "anonymous", self.anonymous))
         object.__setattr__(self, "_verified", OrderedDict())
 
@@ -252,8 +270,16 @@ class Policy:
         """
         if token is None:
             return self._anonymous
+        known = self._known.get(token)  # a client sends the same token with every request
+        if known is not None:
+            return known
+        if self.jwt is not None and token in self._verified:  # not an opaque token: it was verified
+            return self._jwt(token, self.jwt)
         principal = self.principal_for_token(token)
         if principal is not None:
+            # Only tokens of the policy are remembered: at most one string per digest, so this
+            # holds no more entries than the policy has tokens, whatever clients send.
+            self._known[token] = principal
             return principal
         if self.jwt is not None and token.count(".") == 2 and token.isascii():  # JWTs are base64url
             return self._jwt(token, self.jwt)

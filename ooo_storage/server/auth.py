@@ -78,6 +78,18 @@ def required_right(method: str, key: str, websocket: bool) -> Need | None:
     return None
 
 
+def _asked(request: web.Request) -> tuple[str, Need | None]:
+    """The key ``request`` names and what it needs (:func:`required_right`), in one pass: this runs
+    for every request. The key is :func:`~.rest.request_key`'s, left unchecked here because
+    ``required_right`` validates it (a path :func:`~.rest.request_key` refuses is never a valid key:
+    None, the handler says why); the headers are read only for ``/`` (the clock stream)."""
+    path = request.raw_path.partition("?")[0]
+    if path[:1] != "/":
+        return "", None
+    key = path[1:]
+    return key, required_right(request.method, key, not key and wants_websocket(request))
+
+
 def decide(policy: Policy, principal: Principal, need: Need | None, key: str) -> None:
     """Raise :class:`Forbidden` (403) unless ``principal`` may do what ``need`` says on ``key``;
     :class:`Unauthorized` (401) instead for an anonymous request, which a token might let in."""
@@ -217,15 +229,14 @@ class Guard:
             policy = self.policy
             if policy is None:
                 return await handler(request)
-            key = request_key(request)
-            need = None if key is None else required_right(request.method, key, wants_websocket(request))
+            key, need = _asked(request)
             token = bearer_token(request)
             try:
                 principal = policy.authenticate(token)
             except Unauthorized as exc:
                 return self._refuse(request, _who(token), exc)
             try:
-                decide(policy, principal, need, key or "")
+                decide(policy, principal, need, key)
             except (Unauthorized, Forbidden) as exc:
                 return self._refuse(request, principal.name, exc)
             request[PRINCIPAL] = principal

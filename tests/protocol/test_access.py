@@ -430,6 +430,63 @@ def test_a_glob_needs_one_rule_that_covers_it() -> None:
         Policy.from_dict({}).check(deleter, "delete", "*")
 
 
+# The commonest rule shapes, a literal key and <literal>/*, are decided by a set look-up before the
+# index (Principal.may): each case below on both sides of that shortcut.
+SHORTCUT_CASES = [
+    ("a/b/c", True), ("a/b/*", True), ("a/b/c*", True), ("a/b/*c", True), ("a/b", True),
+    ("a/b/c/d", False), ("a/b/*/d", False), ("a/bc/d", False), ("a/b*", False), ("a/*", False),
+    ("a", False), ("x/a/b/c", False), ("a/b/c/a/b", False), ("a/bb", False), ("b", False),
+]
+
+
+@pytest.mark.parametrize(("asked", "covered"), SHORTCUT_CASES)
+def test_literal_and_prefix_star_rules_cover_exactly(asked: str, covered: bool) -> None:
+    who = principal((["a/b/*", "a/b", "q/*x"], ["write"]), (["zz/*", "zz"], ["read"]))
+    assert Policy.allows(who, "write", asked) is covered
+    assert not Policy.allows(who, "read", asked)  # another right's paths never answer
+
+
+def test_a_literal_rule_covers_only_itself() -> None:
+    who = principal((["a/b", "c"], ["read"]))
+    assert [k for k in ["a/b", "c", "a/b/c", "a/*", "a", "c/d", "*", "a/b*"] if Policy.allows(who, "read", k)] \
+        == ["a/b", "c"]
+
+
+def test_a_known_token_is_the_same_principal_on_every_request() -> None:
+    """Tokens are remembered after their first request (no SHA-256 each time): the same principal
+    every time, a token shaped like a JWT stays the opaque token it is, and unknown tokens, even
+    after known ones and one character away from them, stay 401."""
+    policy = Policy.from_dict({"tokens": [token("t"), token("dotted", token_digest("x.y.z"))],
+                               "jwt": {"secret": SECRET, "rules": READ_A}})
+    first, dotted = policy.authenticate("tok"), policy.authenticate("x.y.z")
+    for _ in range(3):
+        assert policy.authenticate("tok") is first and first.name == "t"
+        assert policy.authenticate("x.y.z") is dotted and (dotted.name, dotted.kind) == ("dotted", "token")
+        for bearer in ("to", "tokk", "Tok", "x.y.Z"):
+            with pytest.raises(Unauthorized):
+                policy.authenticate(bearer)
+
+
+def test_refused_tokens_are_not_remembered() -> None:
+    """Memory stays bounded whatever clients send: 20 000 distinct unknown tokens leave nothing
+    behind (only a policy's own tokens are remembered)."""
+    import tracemalloc
+
+    policy = Policy.from_dict({"tokens": [token()]})
+    policy.authenticate("tok")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for i in range(20_000):
+            with pytest.raises(Unauthorized):
+                policy.authenticate(f"unknown-{i:06d}-" + "x" * 30)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert grown < 100_000, grown  # a remembered refusal would be ~100 B each: 2 MB
+
+
 def test_reader_lists_only_readable_keys() -> None:
     who = principal((["a/*", "b/c"], ["read"]), (["z/*"], ["write"]))
     keys = ["a/1", "a/2/3", "b/c", "b/d", "z/1", "x"]
