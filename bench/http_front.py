@@ -170,7 +170,8 @@ class Run:
     """One wrk run against one server, with the CPU it and the server used."""
 
     requests: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # wrk's measured duration
+    wall: float = 1.0  # the CPU accounting window: wrk's whole run
     server_cpu: float = 0.0  # seconds
     wrk_cpu: float = 0.0  # seconds
     foreign: tuple[float, float] = (0.0, 0.0)  # other processes' share of the server / the load core
@@ -209,7 +210,8 @@ def measure(target: Target, workload: Workload, seconds: int) -> Run:
     done = subprocess.run(wrk_command(target, workload, seconds), capture_output=True, text=True,
                           cwd=WRK_DIR, timeout=seconds + 60, check=False)
     wall = time.monotonic() - started
-    run = Run(server_cpu=(process_ticks(target.pid) - ticks) / HZ, wrk_cpu=children_cpu() - wrk_before)
+    run = Run(wall=wall, server_cpu=(process_ticks(target.pid) - ticks) / HZ,
+              wrk_cpu=children_cpu() - wrk_before)
     server_share = run.server_cpu / wall
     cores = [(after - before) / HZ / wall for before, after in zip(busy, cpu_busy(), strict=True)]
     run.foreign = (max(0.0, cores[SERVER_CORE] - server_share),
@@ -315,17 +317,24 @@ def spread(values: Sequence[float], digits: int = 0) -> str:
     return f"{median(values):,.{digits}f} ({min(values):,.{digits}f}–{max(values):,.{digits}f})"
 
 
+def latency_ms(values: Sequence[int]) -> str:
+    """The median of wrk's percentiles; 0 is wrk's "no answer" (bench/wrk/common.lua), left out."""
+    known = [value for value in values if value > 0]
+    return f"{median(known) / 1e3:.1f}" if known else "n/a"
+
+
 def cell_row(cell: Cell) -> list[str]:
     good = cell.good
     label = cell.target.label if cell.target.name == "etcd" else f"`{cell.target.name}`"
     if not good:
-        return [cell.workload.title, label, "n/a", "n/a", "n/a", "n/a", "n/a", errors_text(cell), "", ""]
+        return [cell.workload.title, label, *["n/a"] * 6, errors_text(cell), "", ""]
     cpu = [run.cpu_us for run in good]
     return [
         cell.workload.title, label, spread([run.rate for run in good]), spread(cpu, 1),
         f"{1e6 / median(cpu):,.0f}",
-        f"{median([r.p50_us for r in good]) / 1e3:.2f} / {median([r.p99_us for r in good]) / 1e3:.1f}",
-        f"{median([run.wrk_cpu / run.seconds for run in good]):.0%}", errors_text(cell),
+        f"{latency_ms([r.p50_us for r in good])} / {latency_ms([r.p99_us for r in good])}",
+        f"{median([run.server_cpu / run.wall for run in good]):.0%}",
+        f"{median([run.wrk_cpu / run.wall for run in good]):.0%}", errors_text(cell),
         f"{median([run.foreign[0] for run in good]):.0%} / {median([run.foreign[1] for run in good]):.0%}",
         str(len(good)),
     ]
@@ -426,10 +435,19 @@ def yes(met: bool) -> str:
     return "met" if met else "**not met**"
 
 
+LEGEND = [
+    "Cells: medians over the rounds without errors (min–max). req/s/core = 1e6 / server µs CPU per "
+    "request: the rate one core would serve at that cost. server core / wrk core: the share of a core "
+    "each used during the run; others: the share of cores 0 / 1 other processes took (the machine is "
+    "shared), which moves req/s far more than CPU per request.",
+    f"Pipelined latencies are per batch of {PIPELINE} requests; n/a where wrk gave none (its "
+    "percentiles are 0 once its coordinated-omission correction falls below the minimum).",
+]
+
+
 def report(cells: Sequence[Cell], notes: Sequence[str], header: Sequence[str]) -> str:
-    headers = ["workload", "server", "req/s median (min–max)", "server µs CPU/req median (min–max)",
-               "req/s per core (1e6/µs)", "p50 / p99 ms", "wrk CPU", "bad rounds", "others' load core 0 / 1",
-               "rounds"]
+    headers = ["workload", "server", "req/s (min–max)", "server µs CPU/req (min–max)", "req/s/core",
+               "p50 / p99 ms", "server core", "wrk core", "bad rounds", "others core 0 / 1", "rounds"]
     parts = [*header, "", table(headers, [cell_row(cell) for cell in cells])]
     rows = comparisons(cells)
     if rows:
@@ -443,8 +461,7 @@ def report(cells: Sequence[Cell], notes: Sequence[str], header: Sequence[str]) -
         parts += ["", "Issue 10's targets (absolute rates from server CPU per request, i.e. per core; "
                       "ratios of req/s in the same rounds):", "",
                   table(["target", "server", "measured", ""], goals)]
-    if notes:
-        parts += ["", *(f"- {note}" for note in notes)]
+    parts += ["", *(f"- {note}" for note in [*LEGEND, *notes])]
     return "\n".join(parts)
 
 

@@ -63,6 +63,8 @@ function done(summary, latency, requests)
    for status, count in pairs(seen) do
       table.insert(parts, string.format('"%d":%d', status, count))
    end
+   -- latency:percentile() is 0 when wrk's coordinated-omission correction put samples below the
+   -- recorded minimum (its walk starts there): long pipelined batches under load. 0 reads as n/a.
    local e = summary.errors
    io.write(string.format(
       'WRK_RESULT {"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"max_us":%d,' ..
