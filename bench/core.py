@@ -1,9 +1,15 @@
 """Core benchmark: Layered over LevelDB vs raw plyvel, in one process and one run.
 
     .venv/bin/python bench/core.py [--keys 100000] [--cold-keys 200000] [--rounds 3]
+    .venv/bin/python bench/core.py --instructions [--sets 20000] [--uvloop]
 
 Targets (issue 2): set >= 0.25x raw put (also with 64 concurrent tasks), get >= 300k/s,
 cold start >= 0.5x raw iteration. Each figure is the best of --rounds runs (least disturbed).
+
+``--instructions`` counts CPU instructions per operation instead (callgrind, which machine load does
+not disturb): each case runs twice under valgrind, with a few and with ``--sets`` more operations,
+and the difference is divided by ``--sets``. Kernel work (LevelDB's write() per put) is not
+counted. Run it with ``PYTHONPATH=<other checkout>`` to count another version of the store.
 """
 
 from __future__ import annotations
@@ -11,7 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -149,6 +158,79 @@ async def cold_start(path: Path, n: int) -> float:
     return dt
 
 
+# -- instruction counts (callgrind) -----------------------------------------------------------
+
+CASES = {
+    "raw": "raw plyvel put",
+    "set": "Layered.set (bytes JSON, 1 task)",
+    "set-dict": "Layered.set (dict, 1 task)",
+    "set-64": "Layered.set (bytes JSON, 64 tasks per loop iteration, 1 set each)",
+}
+
+
+async def _cg_sets(case: str, n: int, base: Path) -> None:
+    store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(base / "db"))
+    await store.start()
+    keys = [f"users/{i}" for i in range(n)]
+    data = orjson.loads(PAYLOAD) if case == "set-dict" else PAYLOAD
+    if case == "set-64":
+        loop = asyncio.get_running_loop()
+        for i in range(0, n, 64):
+            tasks = [loop.create_task(store.set(k, data)) for k in keys[i : i + 64]]
+            for task in tasks:
+                await task
+    else:
+        for k in keys:
+            await store.set(k, data)
+    await store.close()
+
+
+def _cg_child(case: str, n: int, use_uvloop: bool) -> None:
+    """The measured process: ``n`` operations of ``case``."""
+    base = Path(tempfile.mkdtemp(prefix="ooo-cg-"))
+    try:
+        if case == "raw":
+            db = plyvel.DB(str(base / "db"), create_if_missing=True)
+            value = b'{"created":1,"updated":0,"index":"1","path":"users/1","data":%b}' % PAYLOAD
+            for k in [f"users/{i}".encode() for i in range(n)]:
+                db.put(k, value)
+            db.close()
+        elif use_uvloop:
+            import uvloop
+
+            uvloop.run(_cg_sets(case, n, base))
+        else:
+            asyncio.run(_cg_sets(case, n, base))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _instructions(case: str, n: int, use_uvloop: bool) -> int:
+    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+           __file__, "--cg-child", case, str(n)] + (["--uvloop"] if use_uvloop else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+    found = re.search(r"Collected : (\d+)", out)
+    if found is None:
+        raise SystemExit(f"callgrind gave no count:\n{out}")
+    return int(found.group(1))
+
+
+def instructions(sets: int, use_uvloop: bool) -> None:
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install -y valgrind)")
+    import ooo_storage
+
+    print(f"\ninstructions per operation (callgrind), {sets} operations, "
+          f"{'uvloop' if use_uvloop else 'asyncio'} loop, store from {Path(ooo_storage.__file__).parent}\n")
+    print("| operation | instructions/op | ratio raw/op |")
+    print("|---|---:|---:|")
+    raw = 0.0
+    for case, label in CASES.items():
+        per_op = (_instructions(case, 1000 + sets, use_uvloop) - _instructions(case, 1000, use_uvloop)) / sets
+        raw = raw or per_op
+        print(f"| {label} | {per_op / 1000:.1f} k | {raw / per_op:.2f}x |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -156,7 +238,17 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--cold-keys", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--instructions", action="store_true", help="count instructions (callgrind)")
+    parser.add_argument("--sets", type=int, default=20_000, help="operations counted per case")
+    parser.add_argument("--uvloop", action="store_true", help="run the store under uvloop")
+    parser.add_argument("--cg-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cg_child:
+        _cg_child(args.cg_child[0], int(args.cg_child[1]), args.uvloop)
+        return
+    if args.instructions:
+        instructions(args.sets, args.uvloop)
+        return
     n, rounds = args.keys, args.rounds
     keys = [f"users/{i}" for i in range(n)]
     base = Path(tempfile.mkdtemp(prefix="ooo-bench-"))

@@ -6,6 +6,15 @@ every layer is synchronous: nothing can interleave then) → write the persisten
 a failed write needs no memory rollback and no reader ever sees a value that is then rolled back: on
 failure memory is untouched, no event is emitted and no hook runs.
 
+Writes arriving in the same event-loop iteration share one batch of the persistent layer (when it
+can write one: :class:`~ooo_storage.layers.base.BatchWriter`, LevelDB's ``WriteBatch``). The first
+write of an iteration is committed inline as above, so an isolated write never waits; writes of
+other tasks in that iteration queue and are committed together at the start of the next one: the
+batch is written, then each write is applied to memory, gets its revision and queues its event, in
+arrival order, and only then are the writers resumed. A failed batch fails every write in it and
+leaves memory untouched. Any other write (a delete, a write under a key's lock, a glob delete,
+``clear``) commits the queued batch first, so commits keep the order of arrival.
+
 Glob deletes and ``clear`` take the store-wide gate exclusively (no set interleaves with them). A glob
 delete also waits until every earlier event has reached the watchers before it emits its one event,
 so a watcher never sees an older set of a matching key after the glob delete.
@@ -44,7 +53,7 @@ from .errors import (
     StorageError,
     StorageUnavailable,
 )
-from .layers.base import Layer, PersistentLayer, RawLoader, RevisionKeeper, SyncLayer
+from .layers.base import BatchWriter, Layer, PersistentLayer, RawLoader, RevisionKeeper, SyncLayer
 from .layers.memory import MemoryLayer
 from .locks import Gate, KeyLocks
 from .protocol import jsontext, keys
@@ -87,11 +96,24 @@ _RESERVE = 1 << 20
 
 Observer = Callable[[Event], None]
 
+_NOBODY = object()
+_Done = asyncio.Future[tuple[Object, "asyncio.Future[None] | None"]]
+"""What a queued writer awaits: its object and the event queue's wait (see ``_publish``)."""
+_Queued = tuple[str, bytes, "tuple[int, int] | None", _Done]
+"""A write waiting for the next batch: key, data, stamps, and the future its writer awaits."""
+_current_task = asyncio.current_task
+
 
 class WatchHandle(Protocol):
     """What ``watch`` and ``on_commit`` return: ``cancel()`` stops the deliveries."""
 
     def cancel(self) -> None: ...
+
+
+def _unavailable(exc: Exception, prefix: str) -> StorageError:
+    """``exc`` as the store reports a failed layer call: a StorageError as is, anything else as
+    StorageUnavailable (a 503) with ``prefix``."""
+    return exc if isinstance(exc, StorageError) else StorageUnavailable(f"{prefix}: {exc}")
 
 
 def encode_data(data: Any) -> bytes:
@@ -138,6 +160,14 @@ class Layered:
         self._sync = embedded is None or not embedded.asynchronous
         self._sync_layer = cast(SyncLayer, embedded) if self._sync else None
         self._keeps_revision = isinstance(embedded, RevisionKeeper)
+        # Batching (see the module docstring): the layer that writes batches, the writes queued
+        # for the next one, and the task of this iteration's first write (_NOBODY: no write yet;
+        # the end of the iteration is marked by ``_tick``, scheduled by that first write).
+        batches = self._sync and isinstance(embedded, BatchWriter)
+        self._batcher = cast(BatchWriter, embedded) if batches else None
+        self._queued: list[_Queued] | None = None
+        self._first: object = _NOBODY
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
@@ -196,6 +226,8 @@ class Layered:
         for callback, slot in self._watchers:
             slot[0] = self._chan.subscribe(callback)
         self._chan.start()
+        self._loop = asyncio.get_running_loop()
+        self._first = _NOBODY
         self._active = True
 
     async def _load(self) -> None:
@@ -234,6 +266,7 @@ class Layered:
         """Deliver queued events (bounded), then close the layers. Idempotent."""
         if not self._active:
             return
+        self._settle()
         self._active = False
         if self._chan is not None:
             await self._chan.close()
@@ -455,6 +488,7 @@ class Layered:
             raise CantLockGlob()
         await self._locks.acquire(key)
         try:
+            self._settle()  # a queued write of this key lands before the lock holder reads it
             obj = await self._read(key)
         except BaseException:
             self._locks.release(key)
@@ -498,13 +532,17 @@ class Layered:
             obj, waiter = await self._write_awaiting(key, raw, stamps, locked)
         elif not locked and not self._locks.busy(key) and self._gate.idle:
             # Every layer is synchronous and nobody holds the key: nothing can interleave.
-            obj, waiter = self._commit_now(key, raw, stamps)
+            if self._batcher is None or (self._queued is None and self._first_of_iteration()):
+                obj, waiter = self._commit_now(key, raw, stamps)
+            else:
+                obj, waiter = await self._join(key, raw, stamps)
         else:
             if not locked:
                 await self._locks.acquire(key)
             try:
                 await self._gate.acquire_shared()
                 try:
+                    self._settle()
                     obj, waiter = self._commit_now(key, raw, stamps)
                 finally:
                     await self._gate.release_shared()
@@ -532,6 +570,77 @@ class Layered:
         if memory is not None:
             memory.set(key, obj)
         return obj, self._publish(key, "set", obj)
+
+    # -- batches -------------------------------------------------------------------------------
+    def _first_of_iteration(self) -> bool:
+        """Whether a write may be committed inline: it is the first of this loop iteration (or
+        another of the same task, which cannot have two writes waiting at once)."""
+        task = _current_task()
+        first = self._first
+        if first is _NOBODY:
+            self._first = task
+            assert self._loop is not None
+            self._loop.call_soon(self._tick)
+            return True
+        return first is task
+
+    def _join(self, key: str, raw: bytes, stamps: tuple[int, int] | None) -> _Done:
+        """Queue a write for the batch committed at the start of the next iteration (``_tick``)."""
+        assert self._loop is not None
+        fut: _Done = self._loop.create_future()
+        if self._queued is None:
+            self._queued = [(key, raw, stamps, fut)]
+        else:
+            self._queued.append((key, raw, stamps, fut))
+        return fut
+
+    def _tick(self) -> None:
+        """The end of the iteration in which a write was made: commit the queued batch."""
+        self._first = _NOBODY
+        self._settle()
+
+    def _settle(self) -> None:
+        """Commit the queued writes now, as one batch (before any write that does not queue)."""
+        queued = self._queued
+        if queued is None:
+            return
+        self._queued = None
+        built = self._build_batch(queued)
+        if not built:
+            return
+        assert self._batcher is not None
+        try:
+            self._batcher.set_many([(key, obj) for key, obj, _ in built])
+        except Exception as exc:
+            error = _unavailable(exc, "storage: write failed")
+            for _, _, fut in built:
+                fut.set_exception(error)
+            return
+        memory = self.memory
+        for key, obj, fut in built:
+            if memory is not None:
+                memory.set(key, obj)
+            fut.set_result((obj, self._publish(key, "set", obj)))
+
+    def _build_batch(self, queued: list[_Queued]) -> list[tuple[str, Object, _Done]]:
+        """The objects of the queued writes, each built over the one before it in the batch (a
+        write whose old object cannot be read fails alone; a cancelled writer's write is dropped)."""
+        memory, layer = self.memory, self._sync_layer
+        built = []
+        latest: dict[str, Object] = {}
+        for key, raw, stamps, fut in queued:
+            if fut.done():
+                continue
+            try:
+                old = latest.get(key)
+                if old is None:
+                    old = memory.get(key) if memory is not None else cast(SyncLayer, layer).get(key)
+            except Exception as exc:
+                fut.set_exception(_unavailable(exc, "storage: read failed"))
+                continue
+            obj = latest[key] = self._build(key, raw, stamps, old)
+            built.append((key, obj, fut))
+        return built
 
     async def _write_awaiting(
         self, key: str, raw: bytes, stamps: tuple[int, int] | None, locked: bool
@@ -588,6 +697,7 @@ class Layered:
         async with self._locks.hold(key):
             await self._gate.acquire_shared()
             try:
+                self._settle()
                 old = await self._read(key)
                 if old is None:
                     raise NotFound()
@@ -600,6 +710,7 @@ class Layered:
     async def _delete_glob(self, pattern: str, broadcast: bool) -> None:
         await self._gate.acquire_exclusive()
         try:
+            self._settle()
             removed = await self._remove(pattern)
             if not removed:
                 return
@@ -643,6 +754,7 @@ class Layered:
             raise NotActive()
         await self._gate.acquire_exclusive()
         try:
+            self._settle()
             if self.embedded is not None:
                 try:
                     await maybe_await(self.embedded.clear())

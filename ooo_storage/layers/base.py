@@ -31,13 +31,15 @@ Conventions shared by every layer:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol, TypeAlias, runtime_checkable
 
 from .._utils import MaybeAwaitable
 from ..protocol.objects import Object
 
-__all__ = ["SyncLayer", "AsyncLayer", "Layer", "PersistentLayer", "RawLoader", "RevisionKeeper"]
+__all__ = [
+    "SyncLayer", "AsyncLayer", "Layer", "PersistentLayer", "RawLoader", "RevisionKeeper", "BatchWriter",
+]
 
 
 class SyncLayer(Protocol):
@@ -122,3 +124,12 @@ class RevisionKeeper(Protocol):
 
     def save_revision(self, revision: int) -> None: ...
 
+
+
+@runtime_checkable
+class BatchWriter(Protocol):
+    """Optional, for a :class:`SyncLayer`: ``set_many`` writes several objects in one step (one
+    LevelDB ``WriteBatch``), all or none: on failure it raises and none of them is acknowledged.
+    ``Layered`` then commits the writes arriving in one event-loop iteration together."""
+
+    def set_many(self, items: Sequence[tuple[str, Object]]) -> None: ...

@@ -1,7 +1,9 @@
 """LevelDBLayer: the default persistent layer, LevelDB through plyvel.
 
 Without ``sync`` every call runs inline on the event loop: a plyvel call takes a few microseconds, far
-less than a thread hop. With ``sync=True`` (durable writes) writes use *group commit*: each write joins
+less than a thread hop; ``set_many`` writes the sets that ``Layered`` gathered from one event-loop
+iteration as one ``WriteBatch`` (one log record and one ``write()`` instead of one per put).
+With ``sync=True`` (durable writes) writes use *group commit*: each write joins
 the pending group and waits; one committer writes the whole group as one ``WriteBatch(sync=True)`` in a
 dedicated thread, so many concurrent writers share one fsync and the event loop never blocks on disk.
 A write is acknowledged only once its batch is durable; a failed batch fails every write in it.
@@ -25,7 +27,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import plyvel  # type: ignore[import-untyped]  # plyvel ships no type information
@@ -90,6 +92,8 @@ class LevelDBLayer:
         self._executor: ThreadPoolExecutor | None = None
         self.commits = 0
         """Number of durable batches written (sync mode): writes / commits = group size."""
+        self.batches = 0
+        """Number of ``set_many`` batches written (non-sync mode: the writes of one iteration)."""
         # failure state: why writes are refused (None while healthy), the keys of the failed
         # writes with the value they had before, and when the next reopen may be tried
         self._failure: StorageUnavailable | None = None
@@ -402,6 +406,14 @@ class LevelDBLayer:
             raise self._failed([(k, None)], exc, "storage: write failed") from exc
         return None
 
+    def set_many(self, items: Sequence[tuple[str, Object]]) -> None:
+        """Write ``items`` as one batch, all or none (non-sync mode; see
+        :class:`~ooo_storage.layers.base.BatchWriter`)."""
+        if self.sync:
+            raise TypeError("set_many is for the non-sync mode (sync mode batches by itself)")
+        self._apply([(key.encode(), obj.to_json()) for key, obj in items], "storage: write failed", True)
+        self.batches += 1
+
     def delete(self, key_or_glob: str) -> int | Awaitable[int]:
         db = self.db
         if has_glob(key_or_glob):
@@ -422,11 +434,11 @@ class LevelDBLayer:
         self._apply(ops, "storage: clear failed")
         return None
 
-    def _apply(self, ops: Ops, prefix: str) -> None:
-        """Write ``ops`` (deletes) inline as one batch (non-sync mode)."""
+    def _apply(self, ops: Ops, prefix: str, grows: bool = False) -> None:
+        """Write ``ops`` inline as one batch (non-sync mode); ``grows`` if any of them adds data."""
         if not ops:
             return
-        db = self._writable(grows=False)
+        db = self._writable(grows)
         try:
             with db.write_batch() as batch:
                 for k, v in ops:
