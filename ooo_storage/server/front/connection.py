@@ -1,0 +1,373 @@
+"""One connection of the lean front (package doc): its requests parsed and answered in order, or
+handed over to aiohttp."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+from ...errors import HTTPFailure
+from .. import chunked, rest
+from ..auth import decide, required_right
+from ..errors import ClientGone, log_error
+from ..limits import GuardedConnection, raw_response
+from .wire import SERVER_LINE, NotOurs, Request, bearer, failure_answer, json_answer, read_head
+
+if TYPE_CHECKING:
+    from . import Lean
+
+MAX_PENDING = 16
+"""Requests parsed ahead of their answers (pipelining) before the front stops reading."""
+MAX_BUFFERED = 256 * 1024
+"""Bytes of parsed requests waiting for their answers before the front stops reading."""
+FLUSH_BYTES = 64 * 1024
+"""Answers of pipelined requests are written together up to this size."""
+
+
+class Front(GuardedConnection):
+    """One connection: served here while its requests qualify, then by aiohttp (``self.handler``
+    set by :meth:`GuardedConnection.attach`, every call forwarded)."""
+
+    def __init__(self, lean: Lean) -> None:
+        super().__init__(lean.gate)
+        self.lean = lean
+        self.buf = bytearray()
+        self.scan = 0  # bytes of ``buf`` parsed into ``queue`` (the rest: an incomplete request)
+        self.queue: deque[Request] = deque()
+        self.worker: asyncio.Task[None] | None = None
+        self.local: tuple[str, int] | None = None
+        self.remote = ""
+        self.hand_over = False  # a request that is not ours waits behind ``queue``
+        self.reading = True
+        self.writable: asyncio.Future[None] | None = None  # set while the transport's buffer is full
+        self.lost = False
+        self.closing = False  # the answer being written ends the connection
+        self.out: list[bytes] = []  # answers not written yet (pipelined requests: one write)
+        self.out_bytes = 0
+        self.flush_soon = False
+        self.stopping = False  # the server stops: answer what is queued, then close
+        self.partial: Request | None = None  # a request whose body is still arriving
+        self.active_at = 0.0
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.stall_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        if not self.gate.admit(self):
+            busy = "ooo: too many connections, retry later"
+            transport.write(raw_response(503, "Service Unavailable", busy))
+            transport.close()
+            return
+        sockname = transport.get_extra_info("sockname")
+        self.local = (sockname[0], sockname[1]) if isinstance(sockname, tuple) else None
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if isinstance(peer, tuple) else ""
+        loop = asyncio.get_running_loop()
+        self.active_at = loop.time()
+        self.idle_timer = loop.call_later(self.gate.config.keepalive_timeout, self._idle_check)
+
+    def data_received(self, data: bytes) -> None:
+        if self.handler is not None:
+            super().data_received(data)
+            return
+        self.buf += data
+        if self.worker is None and not self.queue:
+            self._parse()
+            if self.queue and self.worker is None:
+                self.worker = asyncio.get_running_loop().create_task(self._work())
+        else:
+            self._parse()
+
+    def eof_received(self) -> None:
+        if self.handler is not None:
+            super().eof_received()
+        # None: the transport closes, as under aiohttp
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.queue.clear()
+        partial = self.partial
+        if partial is not None and self.handler is None:  # one INFO line, as from rest.read_body
+            failures = self.lean.server.failures
+            log_error(failures, partial.method, "/" + partial.key, self.remote, ClientGone())
+        self._cancel_timers()
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+        super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.handler is not None:
+            super().pause_writing()
+        elif self.writable is None:
+            self.writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.handler is not None:
+            super().resume_writing()
+            return
+        writable, self.writable = self.writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    # -- the gate's view -----------------------------------------------------------------------
+    def waiting(self) -> bool:
+        if self.handler is not None:
+            return super().waiting()
+        return not self.queue and self.worker is None
+
+    def abort(self) -> None:
+        if self.handler is not None:
+            super().abort()
+            return
+        self._cancel_timers()
+        if self.transport is not None:
+            self.transport.close()
+
+    def stop(self) -> asyncio.Task[None] | None:
+        """The server stops: close now when idle, else once the queued requests are answered (the
+        task to wait for)."""
+        if self.worker is None:
+            self.abort()
+            return None
+        self.stopping = True
+        self._pause_reading()
+        return self.worker
+
+    # -- parsing -------------------------------------------------------------------------------
+    def _parse(self) -> None:
+        """Parse every complete request of the buffer into the queue, until one is not ours."""
+        buf, lean = self.buf, self.lean
+        while not self.hand_over:
+            if len(self.queue) >= MAX_PENDING or self.scan >= MAX_BUFFERED:
+                self._pause_reading()
+                return
+            start = self.scan
+            end = buf.find(b"\r\n\r\n", start)
+            if end < 0:
+                self._incomplete(start, head=True)
+                return
+            head = bytes(buf[start : end + 4])
+            try:
+                request = read_head(head, lean.max_head, lean.max_headers, lean.max_body)
+            except NotOurs:
+                self._hand_over_soon()
+                return
+            body_end = end + 4 + request.size
+            if len(buf) < body_end:
+                self.partial = request
+                self._incomplete(start, head=False)
+                return
+            self.partial = None
+            if request.size:
+                request.body = bytes(buf[end + 4 : body_end])
+            request.size = body_end - start
+            self.scan = body_end
+            self.queue.append(request)
+            if self.stall_timer is not None:
+                self.stall_timer.cancel()
+                self.stall_timer = None
+
+    def _incomplete(self, start: int, head: bool) -> None:
+        """The request at ``start`` is not all here: wait for the rest, within the config's time."""
+        buf = self.buf
+        if start == len(buf):
+            return
+        if head and (len(buf) - start > self.lean.max_head or buf.find(b"\n\n", start) >= 0):
+            self._hand_over_soon()  # too large, or lines ended by a bare LF: aiohttp's to refuse
+            return
+        if self.stall_timer is not None:
+            return
+        cfg = self.gate.config
+        timeout = cfg.header_timeout if head else cfg.body_timeout
+        self.stall_timer = asyncio.get_running_loop().call_later(timeout, self._stalled, head)
+
+    def _stalled(self, head: bool) -> None:
+        self.stall_timer = None
+        if self.handler is None and self.scan < len(self.buf):
+            self._hand_over_soon()
+            if head and self.handler is not None:
+                self._head_done()
+                self._head_timed_out()  # aiohttp's handler waits for this head: 408, as it would
+
+    # -- answering -----------------------------------------------------------------------------
+    async def _work(self) -> None:
+        """Answer the queued requests in order (one task per burst of requests)."""
+        queue, buf = self.queue, self.buf
+        try:
+            while queue and not self.lost:
+                request = queue[0]
+                try:
+                    answer = await self._answer(request)
+                except NotOurs:
+                    self.hand_over = True
+                    break
+                if self.lost:
+                    break
+                queue.popleft()
+                del buf[: request.size]
+                self.scan -= request.size
+                self.out.append(answer)
+                self.out_bytes += len(answer)
+                if self.closing:
+                    self._flush()
+                    assert self.transport is not None
+                    self.transport.close()
+                    return
+                if not queue and not self.hand_over and not self.stopping:
+                    self._resume_reading()
+                    self._parse()
+                if not queue or self.writable is not None or self.out_bytes >= FLUSH_BYTES:
+                    self._flush()
+                    if self.writable is not None:
+                        await self.writable
+                elif not self.flush_soon:  # answers of pipelined requests go out together, unless
+                    self.flush_soon = True  # a request makes the worker wait: then at once
+                    asyncio.get_running_loop().call_soon(self._flush_soon)
+        finally:
+            self.worker = None
+            self.active_at = asyncio.get_running_loop().time()
+        if self.stopping:
+            self.abort()
+            return
+        if self.hand_over and not self.lost:
+            self._hand_over()
+
+    async def _answer(self, request: Request) -> bytes:
+        """The complete answer to ``request`` (NotOurs before any effect when it is aiohttp's)."""
+        lean = self.lean
+        server, ctx, dates = lean.server, lean.context, lean.dates
+        if lean.host_refusal(request.host, self.local) is not None:
+            raise NotOurs()
+        cors: bytes = b""
+        if request.origin is not None:
+            if server.origins.origin_refusal(request.origin, request.host) is not None:
+                raise NotOurs()
+            allow = server.origins.cors_origin(request.origin)
+            if allow is not None:
+                cors = f"Access-Control-Allow-Origin: {allow}\r\nVary: Origin\r\n".encode()
+        method, key = request.method, request.key
+        share, who = server.share, self.remote
+        busy = share.busy.get(who, 0)
+        if busy >= share.limit:
+            raise NotOurs()
+        if server.guard.policy is not None:
+            self._admit(request)
+        share.busy[who] = busy + 1
+        try:
+            if method == "GET":
+                rest.check_key(key)
+                ctx.filters.permit_read(key)
+                if ctx.filters.object_fn(key) is not None:
+                    raise NotOurs()  # it may need aiohttp's sending of a large object
+                obj = await rest.read_object(ctx, key)
+                if len(obj.data) > chunked.CHUNK_BYTES:
+                    raise NotOurs()  # sent at the reader's pace by aiohttp (the read was free)
+                return json_answer(dates.line(), obj.to_json(), cors)
+            if method == "POST":
+                entry = rest.post_entry(ctx, key)
+                return json_answer(dates.line(), await rest.post_body(ctx, key, entry, request.body), cors)
+            if method == "PATCH":
+                entry = rest.patch_entry(ctx, key)
+                return json_answer(dates.line(), await rest.patch_body(ctx, key, entry, request.body), cors)
+            await rest.remove(ctx, key)
+            return b"HTTP/1.1 204 No Content\r\n%s%s%s\r\n" % (cors, dates.line(), SERVER_LINE)
+        except NotOurs:
+            raise
+        except Exception as exc:
+            log_error(server.failures, method, "/" + key, who, exc)
+            self.closing = isinstance(exc, HTTPFailure) and exc.close
+            return failure_answer(dates.line(), exc, cors)
+        finally:
+            if (left := share.busy[who] - 1) > 0:
+                share.busy[who] = left
+            else:
+                del share.busy[who]
+
+    def _flush(self) -> None:
+        """Write the answers not written yet, in one call."""
+        out, transport = self.out, self.transport
+        if out and transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+            self.out_bytes = 0
+
+    def _flush_soon(self) -> None:
+        self.flush_soon = False
+        self._flush()
+
+    def _admit(self, request: Request) -> None:
+        """What ``auth.Guard``'s middleware does for a request it lets in (the same functions, the
+        same usage count); NotOurs when it would refuse, for aiohttp to answer, log and count."""
+        guard = self.lean.server.guard
+        policy = guard.policy
+        assert policy is not None
+        method, key = request.method, request.key
+        need = required_right(method, key, False)
+        try:
+            principal = policy.authenticate(bearer(request.token))
+            decide(policy, principal, need, key)
+        except Exception:
+            raise NotOurs() from None
+        usage = guard.usage
+        if usage is not None and need is not None:
+            usage.count_request(key)
+
+    # -- handing over to aiohttp ---------------------------------------------------------------
+    def _hand_over_soon(self) -> None:
+        """Hand the connection over once every queued request is answered."""
+        self.hand_over = True
+        if not self.queue and self.worker is None:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        transport = self.transport
+        if self.handler is not None or transport is None or transport.is_closing():
+            return
+        self._cancel_timers()
+        self._flush()  # every earlier answer goes before aiohttp's
+        rest_bytes = bytes(self.buf)
+        self.buf.clear()
+        self.queue.clear()
+        self._resume_reading()
+        writable = self.writable
+        self.writable = None
+        self.attach(transport)
+        if writable is not None and self.handler is not None:
+            self.handler.pause_writing()  # still paused: aiohttp's writes wait like ours did
+        if rest_bytes:
+            super().data_received(rest_bytes)
+
+    # -- flow control and timers ---------------------------------------------------------------
+    def _pause_reading(self) -> None:
+        if self.reading and self.transport is not None and not self.transport.is_closing():
+            self.reading = False
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if not self.reading and self.transport is not None and not self.transport.is_closing():
+            self.reading = True
+            self.transport.resume_reading()
+
+    def _idle_check(self) -> None:
+        """Close a connection idle for ``keepalive_timeout`` (no request, nothing pending)."""
+        self.idle_timer = None
+        if self.handler is not None or self.transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        timeout = self.gate.config.keepalive_timeout
+        idle = not self.queue and self.worker is None and not self.buf
+        due = self.active_at + timeout
+        if idle and loop.time() >= due:
+            self.transport.close()
+            return
+        self.idle_timer = loop.call_at(max(due, loop.time() + 0.5) if idle else loop.time() + timeout,
+                                       self._idle_check)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self.idle_timer, self.stall_timer):
+            if timer is not None:
+                timer.cancel()
+        self.idle_timer = self.stall_timer = None

@@ -1,0 +1,173 @@
+"""The bytes the lean front reads and writes: request heads (``httptools``) and answers, exactly as
+aiohttp puts them on the wire (status line, header order, ``Date``, ``Server``, ``Connection: close``)."""
+
+from __future__ import annotations
+
+import http
+import re
+
+import httptools
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE
+
+from ...errors import HTTPFailure
+from ..errors import status_of
+from ..streams import BEARER
+
+MAX_BODY = 64 * 1024
+"""Largest request body served here; larger ones go to aiohttp (its body budget and timeouts)."""
+_METHODS = frozenset({b"GET", b"POST", b"PATCH", b"DELETE"})
+KEY_URL = re.compile(r"/[A-Za-z0-9*/._-]+").fullmatch
+"""A path naming a key (``rest.request_key``'s characters), without a query string."""
+_OUR_HEADERS = frozenset(
+    {b"host", b"content-length", b"connection", b"origin", b"upgrade", b"expect",
+     b"transfer-encoding", b"content-encoding", b"authorization", b"sec-websocket-protocol"}
+)
+"""Headers that decide whether and how a request is served here (all others are ignored, as by
+the aiohttp handlers)."""
+SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n".encode()
+_REASONS = {s.value: s.phrase for s in http.HTTPStatus}
+
+
+class NotOurs(Exception):
+    """The request at hand is aiohttp's (raised before anything had an effect)."""
+
+
+class Request:
+    """One parsed request, waiting for its answer."""
+
+    __slots__ = ("method", "key", "body", "size", "host", "origin", "token")
+
+    def __init__(self, method: str, key: str, body: bytes, size: int, host: str,
+                 origin: str | None, token: str | None) -> None:
+        self.method = method
+        self.key = key
+        self.body = body
+        self.size = size  # bytes of head and body: what to drop from the buffer once answered
+        self.host = host
+        self.origin = origin
+        self.token = token
+
+
+class _Head:
+    """``httptools`` callbacks for one request head: the URL and the headers the front reads."""
+
+    __slots__ = ("url", "headers", "bad")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.bad = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in _OUR_HEADERS:
+            if name in self.headers:
+                self.bad = True  # a repeated header: aiohttp's own reading decides
+            self.headers[name] = value
+
+
+def read_head(head: bytes, max_head: int, max_headers: int, max_body: int) -> Request:
+    """The request of a complete ``head`` (its ``size`` the body's length), or NotOurs when the
+    front does not serve it: only requests it answers exactly as aiohttp would qualify."""
+    if len(head) > max_head or not head.isascii():
+        raise NotOurs()
+    cb = _Head()
+    parser = httptools.HttpRequestParser(cb)
+    try:
+        parser.feed_data(head)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        raise NotOurs() from None
+    method = parser.get_method()
+    headers = cb.headers
+    if (
+        cb.bad
+        or method not in _METHODS
+        or parser.get_http_version() != "1.1"
+        or head.count(b"\r\n") - 2 > max_headers
+        or b"upgrade" in headers
+        or b"expect" in headers
+        or b"transfer-encoding" in headers
+        or b"content-encoding" in headers
+        or b"sec-websocket-protocol" in headers
+        or headers.get(b"connection", b"keep-alive").strip().lower() != b"keep-alive"
+    ):
+        raise NotOurs()
+    url = cb.url.decode()
+    if KEY_URL(url) is None or (method == b"GET" and "*" in url):
+        raise NotOurs()  # query strings, "/", globs to list: aiohttp's
+    length = headers.get(b"content-length")
+    size = 0
+    if length is not None:
+        length = length.strip()
+        if not length.isdigit() or len(length) > 7:
+            raise NotOurs()
+        size = int(length)
+        if size > max_body or (size and method in (b"GET", b"DELETE")):
+            raise NotOurs()
+    elif method in (b"POST", b"PATCH"):
+        raise NotOurs()
+    host, origin, token = headers.get(b"host"), headers.get(b"origin"), headers.get(b"authorization")
+    if host is None:
+        raise NotOurs()  # aiohttp refuses an HTTP/1.1 request without one
+    return Request(
+        method.decode(), url[1:], b"", size,
+        host.strip().decode(),
+        None if origin is None else origin.strip().decode(),
+        None if token is None else token.strip().decode(),
+    )
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, as ``streams.bearer_token`` reads it
+    (requests with ``Sec-WebSocket-Protocol`` are aiohttp's)."""
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == BEARER and token:
+        return token.strip()
+    return None
+
+
+class Dates:
+    """The ``Date`` header line, as aiohttp writes it (computed once per second)."""
+
+    __slots__ = ("_text", "_line")
+
+    def __init__(self) -> None:
+        self._text = ""
+        self._line = b""
+
+    def line(self) -> bytes:
+        text = rfc822_formatted_time()
+        if text is not self._text:
+            self._text, self._line = text, f"Date: {text}\r\n".encode()
+        return self._line
+
+
+def json_answer(date: bytes, body: bytes, cors: bytes = b"") -> bytes:
+    """A 200 answer with a JSON body, as aiohttp's ``rest.json_response`` goes on the wire."""
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n%s%s\r\n%s" % (
+        cors, len(body), date, SERVER_LINE, body
+    )
+
+
+def failure_answer(date: bytes, exc: BaseException, cors: bytes = b"") -> bytes:
+    """The answer ``errors.response_for(exc)`` puts on the wire (its headers, its close)."""
+    status, message = status_of(exc)
+    body = message.encode()
+    extra = b""
+    close = b""
+    if isinstance(exc, HTTPFailure):
+        if exc.headers:
+            extra = "".join(f"{k}: {v}\r\n" for k, v in exc.headers.items()).encode()
+        if exc.close:
+            close = b"Connection: close\r\n"
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n%s%sContent-Length: %d\r\n"
+        b"%s%s%s\r\n%s"
+    ) % (status, _REASONS.get(status, "").encode(), extra, cors, len(body), date, SERVER_LINE,
+         close, body)
