@@ -107,8 +107,8 @@ async def _serve_once(data: Path, body: bytes | None) -> bytes:
     assert proc.stderr is not None
     try:
         async with asyncio.timeout(20):
-            while not (found := re.search(rb"serving on http://[\d.]+:(\d+)", await proc.stderr.readline())):
-                pass
+            while not (found := re.search(rb"serving on http://[\d.]+:(\d+)", line := await proc.stderr.readline())):
+                assert line, f"serve exited before serving (exit code {await proc.wait()})"
         url = f"http://127.0.0.1:{int(found.group(1))}/cli/key"
         async with aiohttp.ClientSession() as http:
             ws = await http.ws_connect(url.replace("http", "ws"))
