@@ -164,6 +164,7 @@ CASES = {
     "raw": "raw plyvel put",
     "set": "Layered.set (bytes JSON, 1 task)",
     "set-dict": "Layered.set (dict, 1 task)",
+    "set-iso": "Layered.set (bytes JSON, 1 task, one set per loop iteration)",
     "set-64": "Layered.set (bytes JSON, 64 tasks per loop iteration, 1 set each)",
 }
 
@@ -179,6 +180,10 @@ async def _cg_sets(case: str, n: int, base: Path) -> None:
             tasks = [loop.create_task(store.set(k, data)) for k in keys[i : i + 64]]
             for task in tasks:
                 await task
+    elif case == "set-iso":
+        for k in keys:
+            await store.set(k, data)
+            await asyncio.sleep(0)  # (the sleep is counted too, with the old store as well)
     else:
         for k in keys:
             await store.set(k, data)
@@ -215,7 +220,7 @@ def _instructions(case: str, n: int, use_uvloop: bool) -> int:
     return int(found.group(1))
 
 
-def instructions(sets: int, use_uvloop: bool) -> None:
+def instructions(sets: int, use_uvloop: bool, cases: list[str]) -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install -y valgrind)")
     import ooo_storage
@@ -226,9 +231,12 @@ def instructions(sets: int, use_uvloop: bool) -> None:
     print("|---|---:|---:|")
     raw = 0.0
     for case, label in CASES.items():
+        if case not in cases:
+            continue
         per_op = (_instructions(case, 1000 + sets, use_uvloop) - _instructions(case, 1000, use_uvloop)) / sets
-        raw = raw or per_op
-        print(f"| {label} | {per_op / 1000:.1f} k | {raw / per_op:.2f}x |", flush=True)
+        raw = per_op if case == "raw" else raw
+        ratio = f"{raw / per_op:.2f}x" if raw else ""
+        print(f"| {label} | {per_op / 1000:.1f} k | {ratio} |", flush=True)
 
 
 def main() -> None:
@@ -241,13 +249,14 @@ def main() -> None:
     parser.add_argument("--instructions", action="store_true", help="count instructions (callgrind)")
     parser.add_argument("--sets", type=int, default=20_000, help="operations counted per case")
     parser.add_argument("--uvloop", action="store_true", help="run the store under uvloop")
+    parser.add_argument("--case", action="append", choices=sorted(CASES), help="count only these")
     parser.add_argument("--cg-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cg_child:
         _cg_child(args.cg_child[0], int(args.cg_child[1]), args.uvloop)
         return
     if args.instructions:
-        instructions(args.sets, args.uvloop)
+        instructions(args.sets, args.uvloop, args.case or list(CASES))
         return
     n, rounds = args.keys, args.rounds
     keys = [f"users/{i}" for i in range(n)]

@@ -36,6 +36,8 @@ from operator import attrgetter
 from types import TracebackType
 from typing import Any, Protocol, cast
 
+import orjson
+
 from ._utils import maybe_await
 from .errors import (
     AllLayersNil,
@@ -62,6 +64,8 @@ from .protocol.objects import Event, Object, Operation, make_event, make_object
 from .sharded import Callback, ShardedChan
 
 log = logging.getLogger("ooo_storage")
+
+_loads, _dumps, _JSONDecodeError = orjson.loads, orjson.dumps, orjson.JSONDecodeError
 
 __all__ = ["Layered", "Options", "WatchHandle", "encode_data"]
 
@@ -102,6 +106,8 @@ _Done = asyncio.Future[tuple[Object, "asyncio.Future[None] | None"]]
 _Queued = tuple[str, bytes, "tuple[int, int] | None", _Done]
 """A write waiting for the next batch: key, data, stamps, and the future its writer awaits."""
 _current_task = asyncio.current_task
+_is_valid = keys.is_valid
+_tuple_new = tuple.__new__
 
 
 class WatchHandle(Protocol):
@@ -118,6 +124,16 @@ def _unavailable(exc: Exception, prefix: str) -> StorageError:
 
 def encode_data(data: Any) -> bytes:
     """Compact JSON bytes for a data argument: JSON text (bytes/str) or any orjson-serialisable value."""
+    if type(data) is bytes:
+        # Fast path: text that orjson reads and writes back unchanged is compact JSON whose every
+        # number orjson kept (a number it changes, such as an integer beyond 64 bits read as a
+        # float, is written back differently), so it needs neither jsontext's number check nor a
+        # new copy. Anything else takes the exact path below (and gets its error message there).
+        try:
+            if _dumps(_loads(data)) == data:
+                return data
+        except (_JSONDecodeError, TypeError):
+            pass
     if isinstance(data, bytes | bytearray | memoryview | str):
         if not data:
             raise InvalidData()
@@ -460,10 +476,25 @@ class Layered:
     # -- writes --------------------------------------------------------------------------------
     async def set(self, key: str, data: Any) -> str:
         """Create or overwrite ``key``; returns its index."""
-        self._check(key)
-        if keys.is_glob(key):
+        if not self._active:
+            raise NotActive()
+        if not _is_valid(key):
+            raise InvalidPath()
+        if key == "*" or key.endswith("/*"):  # keys.is_glob, inline: this is the hot path
             raise GlobNotAllowed()
-        return await self._write(key, encode_data(data))
+        raw = encode_data(data)
+        if (
+            self._sync
+            and not self._locks.busy(key)
+            and self._gate.idle
+            and (self._batcher is None or (self._queued is None and self._first_of_iteration()))
+        ):
+            # ``_write``'s inline case without its coroutine
+            obj, waiter = self._commit_now(key, raw, None)
+            if waiter is not None or self.options.after_write is not None:
+                await self._finish(key, waiter)
+            return obj.index
+        return await self._write(key, raw)
 
     async def push(self, pattern: str, data: Any) -> str:
         """Store ``data`` under a new key made from ``pattern`` (``logs/*``); returns the new index."""
@@ -559,7 +590,13 @@ class Layered:
         """The whole write with synchronous layers, in one step (this is the hot path)."""
         memory, embedded = self.memory, self._sync_layer
         old = memory.get(key) if memory is not None else cast(SyncLayer, embedded).get(key)
-        obj = self._build(key, raw, stamps, old)
+        if stamps is not None:  # ``_build``, inline
+            created, updated = stamps
+        elif old is None:
+            created, updated = now(), 0
+        else:
+            created, updated = old.created, now()
+        obj = _tuple_new(Object, (created, updated, key.rpartition("/")[2], key, raw))  # make_object
         if embedded is not None:
             try:
                 embedded.set(key, obj)
@@ -575,14 +612,12 @@ class Layered:
     def _first_of_iteration(self) -> bool:
         """Whether a write may be committed inline: it is the first of this loop iteration (or
         another of the same task, which cannot have two writes waiting at once)."""
-        task = _current_task()
         first = self._first
         if first is _NOBODY:
-            self._first = task
-            assert self._loop is not None
-            self._loop.call_soon(self._tick)
+            self._first = _current_task()
+            cast(asyncio.AbstractEventLoop, self._loop).call_soon(self._tick)
             return True
-        return first is task
+        return first is _current_task()
 
     def _join(self, key: str, raw: bytes, stamps: tuple[int, int] | None) -> _Done:
         """Queue a write for the batch committed at the start of the next iteration (``_tick``)."""
@@ -786,9 +821,12 @@ class Layered:
                 for observer in self._silent_observers:
                     self._tell(observer, event)
             return None
-        event = make_event(key, op, obj, self._revision)
+        event = _tuple_new(Event, (key, op, obj, self._revision))  # make_event, inline
         for observer in self._observers:
-            self._tell(observer, event)
+            try:  # ``_tell``, inline
+                observer(event)
+            except Exception:
+                log.exception("commit observer failed on %s %s", op, key)
         return self._chan.put(event)
 
     def _quiet(self, key: str) -> bool:

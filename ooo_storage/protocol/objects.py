@@ -29,12 +29,17 @@ class Object(NamedTuple):
 
     def to_json(self) -> bytes:
         """The exact object bytes of PROTOCOL.md §2.1 (``path`` omitted when empty)."""
-        index, path = self.index, self.path
-        if _needs_escape(index) or _needs_escape(path):
+        created, updated, index, path, data = self
+        both = index + path  # the store's keys never need escaping; hand-built objects might
+        if '"' in both or "\\" in both or not both.isprintable():
             return self._to_json_escaped()
-        stamps = f'{{"created":{self.created},"updated":{self.updated},"index":"{index}"'
-        head = f'{stamps},"path":"{path}","data":' if path else f'{stamps},"data":'
-        return b"%b%b}" % (head.encode(), self.data)
+        if path:
+            return b'{"created":%d,"updated":%d,"index":"%b","path":"%b","data":%b}' % (
+                created, updated, index.encode(), path.encode(), data,
+            )
+        return b'{"created":%d,"updated":%d,"index":"%b","data":%b}' % (
+            created, updated, index.encode(), data,
+        )
 
     def _to_json_escaped(self) -> bytes:
         # Only objects built by hand can get here: keys in the store are [A-Za-z0-9*/._-].
@@ -100,11 +105,6 @@ _tuple_new = tuple.__new__
 def make_object(created: int, updated: int, index: str, path: str, data: bytes) -> Object:
     """``Object(...)`` without the NamedTuple keyword machinery (a third of the cost; hot paths)."""
     return _tuple_new(Object, (created, updated, index, path, data))
-
-
-def _needs_escape(s: str) -> bool:
-    # Keys in the store never need JSON escaping; hand-built objects might. Non-ASCII is fine raw.
-    return '"' in s or "\\" in s or not s.isprintable()
 
 
 def _parse_own(raw: bytes) -> Object:
