@@ -60,14 +60,20 @@ async def _page(store: Layered, view: ListView, limit: int, after: Position | No
     return Page(items, position, True)  # a read-object filter hid many: the rest next time
 
 
-async def get(ctx: Context, request: web.Request, key: str) -> web.StreamResponse:
-    """One page of the glob ``key`` (already checked and permitted)."""
-    limit = page_size(request.query.get("limit"), ctx.config.list_limit)
-    cursor = request.query.get("cursor")
+async def read(ctx: Context, key: str, limit_text: str | None, cursor: str | None) -> tuple[Page, int]:
+    """The page of the glob ``key`` (already checked and permitted) that ``?limit=`` and
+    ``?cursor=`` ask for (their texts, None when absent), and its size limit: what both HTTP
+    engines answer (aiohttp's handler below, the lean front)."""
+    limit = page_size(limit_text, ctx.config.list_limit)
     after = decode_cursor(cursor) if cursor else None  # an empty cursor: the first page
     view = ctx.filters.list_view(key)
     check_cursor(view, after)
-    result = await _page(ctx.store, view, limit, after)
+    return await _page(ctx.store, view, limit, after), limit
+
+
+async def get(ctx: Context, request: web.Request, key: str) -> web.StreamResponse:
+    """One page of the glob ``key`` (already checked and permitted)."""
+    result, limit = await read(ctx, key, request.query.get("limit"), request.query.get("cursor"))
     return await chunked.send(
         request,
         json_array(result.items),
