@@ -81,6 +81,10 @@ LIST_ITEMS = 100
 HZ = os.sysconf("SC_CLK_TCK")
 DOCUMENT = (b'{"name":"Ada Lovelace","email":"ada@example.com","age":36,"tags":["math","engines"],'
             b'"active":true,"note":"' + b"x" * 42 + b'"}')  # the 150 B document of bench/wrk/common.lua
+PYTHON = [sys.executable, "-P"]
+"""The interpreter that runs a tree's server, with ``PYTHONPATH`` set to the tree (``tree_env``): ``-P``
+keeps ``python -m`` from putting its working directory (this checkout) first on sys.path, which ran
+this tree's code whatever PYTHONPATH said."""
 MODES = {"memory": ["--memory-only"], "data": ["--data"], "sync": ["--data", "--sync"]}
 
 
@@ -125,10 +129,20 @@ def tree_env(tree: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(tree)}
 
 
+def check_tree(tree: Path) -> None:
+    """Exit unless ``PYTHON`` imports ``ooo_storage`` from ``tree``."""
+    done = subprocess.run([*PYTHON, "-c", "import ooo_storage; print(ooo_storage.__file__)"],
+                          capture_output=True, text=True, env=tree_env(tree), cwd=ROOT, timeout=60,
+                          check=False)
+    found = Path(done.stdout.strip() or "?").resolve()
+    if not found.is_relative_to(tree):
+        sys.exit(f"ooo_storage imports from {found}, not from {tree}: {done.stderr.strip()[-200:]}")
+
+
 def http_engines(tree: Path) -> list[str] | None:
     """The choices of ``serve --http-engine`` in ``tree``, or None when its serve has no such flag."""
-    done = subprocess.run([sys.executable, "-m", "ooo_storage", "serve", "--help"], capture_output=True,
-                          text=True, env=tree_env(tree), cwd=tree, timeout=60, check=False)
+    done = subprocess.run([*PYTHON, "-m", "ooo_storage", "serve", "--help"], capture_output=True,
+                          text=True, env=tree_env(tree), cwd=ROOT, timeout=60, check=False)
     found = re.search(r"--http-engine\s*\{([^}]*)\}", done.stdout)
     if found:
         return found.group(1).split(",")
@@ -149,7 +163,7 @@ class OooServer(OooTarget):
         storage = [arg if arg != "--data" else f"--data={self.tmp / self.name}" for arg in MODES[self.mode]]
         engine = ["--http-engine", self.engine] if self.flag else []
         # env re-sets PYTHONPATH and execs, as taskset does: the PID read in /proc is the server's.
-        return ["env", f"PYTHONPATH={self.tree}", sys.executable, "-m", "ooo_storage", "serve",
+        return ["env", f"PYTHONPATH={self.tree}", *PYTHON, "-m", "ooo_storage", "serve",
                 "--host", HOST, "--port", str(self.port), *storage, *engine, "--log-level", "warning"]
 
     def preload(self) -> None:
@@ -490,8 +504,8 @@ def servers_for(trees: Sequence[tuple[str, Path]], engines: Sequence[str], modes
 
 def start_all(servers: Sequence[OooServer], etcd: EtcdTarget | None, notes: list[str]) -> EtcdTarget | None:
     for server in servers:
-        log(f"start {server.label}: {shlex.join(server.command())}")
         server.start()
+        log(f"started {server.label} (pid {server.pid}): {shlex.join(server.command())}")
         server.preload()
     if etcd is None:
         return None
@@ -527,15 +541,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def header_lines(args: argparse.Namespace, trees: Sequence[tuple[str, Path]],
-                 etcd: Target | None) -> list[str]:
+def header_lines(args: argparse.Namespace, versions: list[str], etcd: Target | None) -> list[str]:
+    """Date, machine, command, versions (``versions``: the trees', read when their servers started)."""
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
     wrk_version = ((wrk.stdout or wrk.stderr).splitlines() or ["wrk ?"])[0]
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or "?")
-    versions = [f"{label} = {tree} (git {git_commit(tree)})" for label, tree in trees]
     if etcd is not None:
-        versions.append(f"etcd {etcd.version}")
+        versions = [*versions, f"etcd {etcd.version}"]
     return [
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {cpu}, {os.cpu_count()} cores; "
         f"`{shlex.join(['.venv/bin/python', 'bench/http_front.py', *sys.argv[1:]])}`",
@@ -552,6 +565,9 @@ def main() -> None:
         sys.exit("bench/http_front.py needs wrk, the HTTP load generator: apt-get install -y wrk "
                  "(Debian package wrk)")
     trees = [("main", ROOT)] + ([("baseline", args.baseline.resolve())] if args.baseline else [])
+    for _, tree in trees:
+        check_tree(tree)
+    versions = [f"{label} = {tree} (git {git_commit(tree)})" for label, tree in trees]
     install_cleanup()
     notes: list[str] = []
     etcd: EtcdTarget | None = None
@@ -569,7 +585,7 @@ def main() -> None:
             run_rounds(cells, args.rounds, args.seconds, args.warmup)
         finally:
             kill_all()
-    print(report(cells, notes, header_lines(args, trees, etcd)))
+    print(report(cells, notes, header_lines(args, versions, etcd)))
 
 
 if __name__ == "__main__":
