@@ -126,6 +126,12 @@ class Connection:
         return buffered + self._pending_bytes
 
     # -- sending (synchronous: called from the broadcast path) ----------------------------------
+    @property
+    def gone(self) -> bool:
+        """Closed by us, or its socket closed by the peer (nobody reads what it would be sent)."""
+        transport = self._transport
+        return self.closed or transport is None or transport.is_closing()
+
     def send(self, frame: bytes) -> None:
         """Queue one complete websocket frame; drop the connection if too much already waits."""
         if self.closed:
