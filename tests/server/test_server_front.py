@@ -5,6 +5,7 @@ client gone mid-body. Real servers on 127.0.0.1 over real stores, raw sockets.""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -15,6 +16,8 @@ import pytest
 
 from ooo_storage import Layered, MemoryLayer
 from ooo_storage.protocol.access import RIGHTS, Policy, token_digest
+from ooo_storage.protocol.objects import Object
+from ooo_storage.protocol.pages import encode_cursor
 from ooo_storage.server import Server, ServerRunner
 from ooo_storage.server.front import MAX_PENDING, Front
 
@@ -34,10 +37,19 @@ def req(method: str, path: str, body: bytes | None = None, headers: bytes = HOST
 
 
 def masked(raw: bytes) -> bytes:
-    """``raw`` without what differs between two servers: the Date, the port in messages."""
+    """``raw`` without what differs between two servers: the Date, the port in messages, the times
+    of each write (in objects, and in list cursors, which keep the path they name)."""
     raw = re.sub(rb"Date: [^\r]*", b"Date: -", raw)
-    raw = re.sub(rb'"(created|updated)":\d+', rb'"\1":-', raw)  # the times of each write
+    raw = re.sub(rb'"(created|updated)":\d+', rb'"\1":-', raw)
+    raw = re.sub(rb"(X-Next-Cursor: |cursor=)([A-Za-z0-9_-]+)", _cursor_path, raw)
     return re.sub(rb"127\.0\.0\.1:\d+", b"127.0.0.1:PORT", raw)
+
+
+def _cursor_path(match: re.Match[bytes]) -> bytes:
+    cursor = match.group(2)
+    created, _, path = base64.urlsafe_b64decode(cursor + b"=" * (-len(cursor) % 4)).partition(b":")
+    assert created.isdigit()
+    return match.group(1) + b"<" + path + b">"
 
 
 async def exchange(port: int, data: bytes, end: bytes = END) -> bytes:
@@ -150,9 +162,9 @@ async def test_a_full_disk_and_a_missing_store_answer_like_aiohttp(pair_factory:
         assert new.startswith(b"HTTP/1.1 503 ")
 
 
-def policy() -> Policy:
+def policy(*tokens: dict[str, Any]) -> Policy:
     return Policy.from_dict({
-        "tokens": [
+        "tokens": [*tokens,
             {"name": "root", "sha256": token_digest("root"), "rules": [{"paths": EVERYWHERE, "rights": list(RIGHTS)}]},
             {"name": "reader", "sha256": token_digest("reader"), "rules": [{"paths": EVERYWHERE, "rights": ["read"]}]},
         ],
@@ -204,17 +216,155 @@ async def test_plain_requests_stay_on_the_front(pair_factory: Any, options: dict
     data = (req("POST", "/stay/a", DOC, headers=headers) + req("GET", "/stay/a", headers=headers)
             + req("PATCH", "/stay/a", b"{}", headers=headers) + req("DELETE", "/stay/a", headers=headers)
             + req("GET", "/stay/a", headers=headers))
+    lists = (fill("stay", 100, headers=headers) + req("GET", "/stay/*", headers=headers)
+             + req("GET", "/stay/*?limit=10", headers=headers)
+             + req("GET", f"/stay/*?cursor={ALL}&limit=3", headers=headers)
+             + req("GET", "/stay/*?limit=0", headers=headers) + req("GET", "/st*/0", headers=headers))
     reader, writer = await asyncio.open_connection("127.0.0.1", pair.lean.port)
     try:
-        writer.write(data)
+        writer.write(data + lists)
         raw = b""
-        while raw.count(b"HTTP/1.1 ") < 5:
+        while raw.count(b"HTTP/1.1 ") < 110:
             raw += await asyncio.wait_for(reader.read(65536), 10)
-        assert [s for s, _ in responses(raw)] == [200, 200, 200, 204, 404]
+        answers = responses(raw)
+        assert [s for s, _ in answers[:5]] == [200, 200, 200, 204, 404]
+        assert [s for s, _ in answers[105:]] == [200, 200, 200, 400, 200]
+        assert [len(orjson.loads(b)) for _, b in answers[105:108]] == [100, 10, 3]
         [front] = fronts(pair.lean)
         assert front.handler is None  # no aiohttp handler: the front answered them all
     finally:
         writer.close()
+
+
+# Glob GETs: pages of a list
+
+
+def fill(prefix: str, n: int, doc: bytes = DOC, headers: bytes = HOST) -> bytes:
+    """Pipelined POSTs of ``prefix/000``... in order (so that both servers list them in the same
+    order, whatever the clock: newest first, ties by path)."""
+    return b"".join(req("POST", f"/{prefix}/{i:03}", doc, headers=headers) for i in range(n))
+
+
+ALL = encode_cursor((2**62, "z"))  # before every item (newest first): the whole list
+NONE = encode_cursor((0, "a"))  # after every item: nothing left
+LIST_CASES = {
+    "empty": req("GET", "/none/*"),
+    "one": fill("one", 1) + req("GET", "/one/*"),
+    "hundred": fill("many", 100) + req("GET", "/many/*"),
+    "limit": fill("many", 100) + req("GET", "/many/*?limit=10"),
+    "limit-over-cap": fill("many", 30) + req("GET", "/many/*?limit=999999"),
+    "limit-empty": fill("many", 3) + req("GET", "/many/*?limit="),
+    "cursor-empty": fill("many", 3) + req("GET", "/many/*?cursor="),
+    "cursor-all": fill("many", 12) + req("GET", f"/many/*?limit=5&cursor={ALL}"),
+    "cursor-first": fill("many", 12) + req("GET", f"/many/*?cursor={ALL}&limit=5"),
+    "cursor-end": fill("many", 12) + req("GET", f"/many/*?cursor={NONE}"),
+    "cap-truncated": fill("many", 30) + req("GET", "/many/*"),
+    "bad-limit": req("GET", "/many/*?limit=0") + req("GET", "/many/*?limit=abc") + req("GET", "/many/*?limit=-1")
+    + req("GET", "/many/*?limit=1%30"),
+    "bad-cursor": req("GET", "/many/*?cursor=abc") + req("GET", "/many/*?cursor=!!") + req("GET", "/many/*?cursor=a+b"),
+    "other-query": fill("many", 3) + req("GET", "/many/*?limit=1&limit=2") + req("GET", "/many/*?foo=1")
+    + req("GET", "/many/*?") + req("GET", "/many/*?limit=1;cursor=") + req("GET", "/many/*?limit"),
+    "glob-mid": fill("mid/a", 2) + fill("mid/b", 1) + req("GET", "/mid/*/000") + req("GET", "/mid/*/*"),
+    "glob-bad": req("GET", "/mid/**") + req("GET", "/mid/a*") + req("GET", "/mid//*")
+    + req("POST", "/mid/a/000?limit=1", DOC) + req("DELETE", "/mid/*?limit=1"),
+    "origin": fill("many", 12) + req("GET", "/many/*?limit=5", headers=HOST + b"Origin: http://good.example\r\n"),
+    "pipelined": b"".join(fill("p", 3) + req("GET", f"/p/*?limit={i}") for i in range(1, 4)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LIST_CASES))
+async def test_glob_gets_answer_byte_for_byte_like_aiohttp(pair_factory: Any, case: str) -> None:
+    pair = await pair_factory(list_limit=20, allowed_origins=["http://good.example"])
+    old, new = await pair.both(LIST_CASES[case])
+    assert new == old
+    assert new.startswith(b"HTTP/1.")
+
+
+def even_only(key: str, obj: Object) -> Object | None:
+    return obj if int(obj.path[-3:]) % 2 == 0 else None
+
+
+FILTERS = {
+    "none": lambda server: None,
+    "read-object": lambda server: server.read_object_filter("f/*", even_only),
+    "read-list": lambda server: server.read_list_filter("f/*", lambda key, objs: objs[::-1]),
+    "limit": lambda server: server.limit_filter("f/*", limit=9),
+    "limit-asc": lambda server: server.limit_filter("f/*", limit=9, order="asc"),
+    "refusing": lambda server: server.read_object_filter("f/*", lambda key, obj: 1 // 0),
+}
+
+
+@pytest.mark.parametrize("filters", sorted(FILTERS))
+async def test_pages_followed_by_their_cursors_answer_like_aiohttp(pair_factory: Any, filters: str) -> None:
+    pair = await pair_factory()
+    pages: list[list[bytes]] = []
+    for runner in (pair.plain, pair.lean):
+        FILTERS[filters](runner.server)
+        assert (await exchange(runner.port, fill("f", 14))).count(b"HTTP/1.1 200 OK") == 14
+        raw = await exchange(runner.port, req("GET", "/f/*?limit=4"))
+        walk = [raw]
+        while (cursor := re.search(rb"X-Next-Cursor: ([A-Za-z0-9_-]+)", raw)) is not None:
+            raw = await exchange(runner.port, req("GET", f"/f/*?limit=4&cursor={cursor.group(1).decode()}"))
+            walk.append(raw)
+        raw = await exchange(runner.port, req("GET", f"/f/*?cursor={ALL}"))  # refused under a read-list filter
+        pages.append([masked(page) for page in [*walk, raw]])
+    assert pages[1] == pages[0]
+    assert len(pages[1]) > 1 or filters in ("read-list", "refusing")
+
+
+async def test_a_page_too_large_for_one_chunk_is_streamed_by_aiohttp(pair_factory: Any) -> None:
+    pair = await pair_factory()
+    big = orjson.dumps({"blob": "x" * 3000})
+    data = fill("big", 30, big) + req("GET", "/big/*") + req("GET", "/big/*?limit=2")
+    old, new = await pair.both(data)
+    assert new == old
+    assert b"Transfer-Encoding: chunked" in new  # more than chunked.CHUNK_BYTES: sent at the reader's pace
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.lean.port)
+    try:
+        writer.write(req("GET", "/big/*?limit=2") + req("GET", "/big/*"))
+        await asyncio.wait_for(reader.readuntil(b"Transfer-Encoding: chunked"), 10)
+        [front] = fronts(pair.lean)
+        assert front.handler is not None  # handed over
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("token", "path", "status"),
+    [("reader", "/front/*", b"200"), ("root", "/front/*?limit=2", b"200"), (None, "/front/*", b"401"),
+     ("wrong", "/front/*", b"401"), (None, "/open/*", b"200"), ("reader", "/*", b"200"),
+     ("reader", "/front/*?limit=0", b"400"), ("writer", "/front/*", b"403"), ("writer", "/w/*", b"200")],
+)
+async def test_glob_gets_under_an_access_policy_answer_like_aiohttp(
+    pair_factory: Any, token: str | None, path: str, status: bytes
+) -> None:
+    writer = {"name": "writer", "sha256": token_digest("writer"),
+              "rules": [{"paths": ["w/*"], "rights": ["read", "write"]}]}
+    pair = await pair_factory(auth=policy(writer))
+    setup = (fill("front", 5, headers=bearer("root")) + fill("open", 2, headers=bearer("root"))
+             + fill("w", 2, headers=bearer("root")))
+    old, new = await pair.both(setup + req("GET", path, headers=bearer(token)))
+    assert new == old
+    assert new.split(b"HTTP/1.1 ")[10].startswith(status)
+    stats = []
+    for runner in (pair.plain, pair.lean):
+        report = responses(await exchange(runner.port, req("GET", "/?api=stats", headers=bearer("root"))))[0][1]
+        stats.append(orjson.loads(report)["namespaces"])
+    assert stats[1] == stats[0]
+
+
+async def test_a_large_object_handed_over_is_counted_once(pair_factory: Any) -> None:
+    pair = await pair_factory(auth=policy())
+    for runner in (pair.plain, pair.lean):
+        await runner.server.store.set("front/big", orjson.dumps({"blob": "x" * 100_000}))
+    old, new = await pair.both(req("GET", "/front/big", headers=bearer("reader")))
+    assert new == old
+    stats = []
+    for runner in (pair.plain, pair.lean):
+        report = responses(await exchange(runner.port, req("GET", "/?api=stats", headers=bearer("root"))))[0][1]
+        stats.append(orjson.loads(report)["namespaces"])
+    assert stats[1] == stats[0]
+    assert stats[1][0]["requests"]["lastHour"] == 1
 
 
 # Pipelining, handover

@@ -1,24 +1,27 @@
 """The lean HTTP/1.1 front (issue 10): the hot key routes without aiohttp's request machinery.
 
-``GET``, ``POST``, ``PATCH`` and ``DELETE`` on one key cost about twice as much CPU through aiohttp
-(its request objects, the middleware chain, the catch-all dispatch, response building) as the work
-they do. A :class:`Front` serves each connection of the listening socket itself, with keep-alive
-and pipelining (answers in request order), parsing each request head with ``httptools`` and doing
-the work with the very functions the aiohttp handlers call (``rest.py``), so stores, filters,
-hooks, events and revisions are the same, and errors become the same answers (``errors.py``).
+``GET``, ``POST``, ``PATCH`` and ``DELETE`` on one key (and ``GET`` of a page of a glob list) cost
+about twice as much CPU through aiohttp (its request objects, the middleware chain, the catch-all
+dispatch, response building) as the work they do. A :class:`Front` serves each connection of the
+listening socket itself, with keep-alive and pipelining (answers in request order), parsing each
+request head with ``httptools`` and doing the work with the very functions the aiohttp handlers
+call (``rest.py``, ``lists.read``), so stores, filters, hooks, events and revisions are the same,
+and errors become the same answers (``errors.py``).
 
 It serves only the plain case, the one aiohttp's middlewares let through untouched (Host and
 Origin allowed, with the CORS headers of an allowed origin; the access policy's authentication,
 decision and usage count, ``auth.py``'s functions; the per-client share): a request it does not
-fully reproduce (any other method or path, a query string, a glob GET, HTTP/1.0, ``Upgrade``,
-``Expect``, ``Transfer-Encoding``, ``Content-Encoding``, a Host or Origin refused, an access policy
-that refuses, a body over 64 KiB or over the limit, a head that does not parse or is large...)
-hands the connection over to
-aiohttp for the rest of its life: the bytes from that request's first byte on are fed to a new
-aiohttp handler, behind the same :class:`~.limits.GuardedConnection` limits, after every earlier
-answer was written. It decides from the request head alone, before anything has an effect, so
-aiohttp sees the request as if it had served the connection from its start, and answers it with
-its own bytes (a malformed head gets aiohttp's 400).
+fully reproduce (any other method or path, a query string other than a glob GET's plain
+``limit``/``cursor``, HTTP/1.0, ``Upgrade``, ``Expect``, ``Transfer-Encoding``,
+``Content-Encoding``, a Host or Origin refused, an access policy that refuses, a body over 64 KiB
+or over the limit, a head that does not parse or is large, an object or a page of a list that
+``chunked.py`` would send at the reader's pace...) hands the connection over to aiohttp for the
+rest of its life: the bytes from that request's first byte on are fed to a new aiohttp handler,
+behind the same :class:`~.limits.GuardedConnection` limits, after every earlier answer was written.
+It decides before anything has an effect (from the request head, or after a read, which has
+none; the request's usage is counted only once it is known to be served here), so aiohttp sees
+the request as if it had served the connection from its start, and answers it with its own bytes
+(a malformed head gets aiohttp's 400).
 
 Limits are the gate's: a :class:`Front` is one of its connections (``max_connections``); an idle
 connection is closed after ``keepalive_timeout``; a request head or body still incomplete after

@@ -8,11 +8,21 @@ from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from ...errors import HTTPFailure
-from .. import chunked, rest
+from ...protocol.pages import json_array, next_headers
+from .. import chunked, lists, rest
 from ..auth import decide, required_right
 from ..errors import ClientGone, log_error
 from ..limits import GuardedConnection, raw_response
-from .wire import SERVER_LINE, NotOurs, Request, bearer, failure_answer, json_answer, read_head
+from .wire import (
+    SERVER_LINE,
+    NotOurs,
+    Request,
+    bearer,
+    failure_answer,
+    header_lines,
+    json_answer,
+    read_head,
+)
 
 if TYPE_CHECKING:
     from . import Lean
@@ -238,7 +248,7 @@ class Front(GuardedConnection):
     async def _answer(self, request: Request) -> bytes:
         """The complete answer to ``request`` (NotOurs before any effect when it is aiohttp's)."""
         lean = self.lean
-        server, ctx, dates = lean.server, lean.context, lean.dates
+        server, dates = lean.server, lean.dates
         if lean.host_refusal(request.host, self.local) is not None:
             raise NotOurs()
         cors: bytes = b""
@@ -253,38 +263,63 @@ class Front(GuardedConnection):
         busy = share.busy.get(who, 0)
         if busy >= share.limit:
             raise NotOurs()
-        if server.guard.policy is not None:
-            self._admit(request)
+        counted = server.guard.policy is not None and self._admit(request)
         share.busy[who] = busy + 1
         try:
-            if method == "GET":
-                rest.check_key(key)
-                ctx.filters.permit_read(key)
-                if ctx.filters.object_fn(key) is not None:
-                    raise NotOurs()  # it may need aiohttp's sending of a large object
-                obj = await rest.read_object(ctx, key)
-                if len(obj.data) > chunked.CHUNK_BYTES:
-                    raise NotOurs()  # sent at the reader's pace by aiohttp (the read was free)
-                return json_answer(dates.line(), obj.to_json(), cors)
-            if method == "POST":
-                entry = rest.post_entry(ctx, key)
-                return json_answer(dates.line(), await rest.post_body(ctx, key, entry, request.body), cors)
-            if method == "PATCH":
-                entry = rest.patch_entry(ctx, key)
-                return json_answer(dates.line(), await rest.patch_body(ctx, key, entry, request.body), cors)
-            await rest.remove(ctx, key)
-            return b"HTTP/1.1 204 No Content\r\n%s%s%s\r\n" % (cors, dates.line(), SERVER_LINE)
+            answer = await self._serve(request, cors)
         except NotOurs:
             raise
         except Exception as exc:
             log_error(server.failures, method, "/" + key, who, exc)
             self.closing = isinstance(exc, HTTPFailure) and exc.close
-            return failure_answer(dates.line(), exc, cors)
+            answer = failure_answer(dates.line(), exc, cors)
         finally:
             if (left := share.busy[who] - 1) > 0:
                 share.busy[who] = left
             else:
                 del share.busy[who]
+        if counted and (usage := server.guard.usage) is not None:
+            usage.count_request(key)  # once the request is known to be ours: aiohttp counts the others
+        return answer
+
+    async def _serve(self, request: Request, cors: bytes) -> bytes:
+        """The answer to an admitted request (NotOurs before any effect when it is aiohttp's)."""
+        lean = self.lean
+        ctx, dates = lean.context, lean.dates
+        method, key = request.method, request.key
+        if method == "GET":
+            rest.check_key(key)
+            ctx.filters.permit_read(key)
+            if "*" in key:
+                return await self._list(request, cors)
+            if ctx.filters.object_fn(key) is not None:
+                raise NotOurs()  # it may need aiohttp's sending of a large object
+            obj = await rest.read_object(ctx, key)
+            if len(obj.data) > chunked.CHUNK_BYTES:
+                raise NotOurs()  # sent at the reader's pace by aiohttp (the read was free)
+            return json_answer(dates.line(), obj.to_json(), cors)
+        if method == "POST":
+            entry = rest.post_entry(ctx, key)
+            return json_answer(dates.line(), await rest.post_body(ctx, key, entry, request.body), cors)
+        if method == "PATCH":
+            entry = rest.patch_entry(ctx, key)
+            return json_answer(dates.line(), await rest.patch_body(ctx, key, entry, request.body), cors)
+        await rest.remove(ctx, key)
+        return b"HTTP/1.1 204 No Content\r\n%s%s%s\r\n" % (cors, dates.line(), SERVER_LINE)
+
+    async def _list(self, request: Request, cors: bytes) -> bytes:
+        """A page of a glob, as ``lists.get`` answers it when the page fits in one chunk; NotOurs
+        when ``chunked.send`` would stream it (aiohttp reads it again and sends it at the reader's
+        pace: reading a page has no effect)."""
+        lean = self.lean
+        key, query = request.key, request.query or {}
+        result, limit = await lists.read(lean.context, key, query.get("limit"), query.get("cursor"))
+        chunks = chunked._chunks(json_array(result.items))  # the very rule of chunked.send
+        body = next(chunks)
+        if next(chunks, None) is not None:
+            raise NotOurs()
+        extra = header_lines(next_headers(key, limit, result))
+        return json_answer(lean.dates.line(), body, cors, extra)
 
     def _flush(self) -> None:
         """Write the answers not written yet, in one call."""
@@ -298,9 +333,11 @@ class Front(GuardedConnection):
         self.flush_soon = False
         self._flush()
 
-    def _admit(self, request: Request) -> None:
-        """What ``auth.Guard``'s middleware does for a request it lets in (the same functions, the
-        same usage count); NotOurs when it would refuse, for aiohttp to answer, log and count."""
+    def _admit(self, request: Request) -> bool:
+        """What ``auth.Guard``'s middleware does for a request it lets in (the same functions);
+        NotOurs when it would refuse, for aiohttp to answer, log and count. True when the request
+        counts in the usage (counted once answered here: a request handed over is aiohttp's to
+        count)."""
         guard = self.lean.server.guard
         policy = guard.policy
         assert policy is not None
@@ -311,9 +348,7 @@ class Front(GuardedConnection):
             decide(policy, principal, need, key)
         except Exception:
             raise NotOurs() from None
-        usage = guard.usage
-        if usage is not None and need is not None:
-            usage.count_request(key)
+        return guard.usage is not None and need is not None
 
     # -- handing over to aiohttp ---------------------------------------------------------------
     def _hand_over_soon(self) -> None:

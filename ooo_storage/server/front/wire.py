@@ -19,6 +19,9 @@ MAX_BODY = 64 * 1024
 _METHODS = frozenset({b"GET", b"POST", b"PATCH", b"DELETE"})
 KEY_URL = re.compile(r"/[A-Za-z0-9*/._-]+").fullmatch
 """A path naming a key (``rest.request_key``'s characters), without a query string."""
+_LIST_QUERY = re.compile(r"(limit|cursor)=[A-Za-z0-9_-]*(&(limit|cursor)=[A-Za-z0-9_-]*)?").fullmatch
+"""The query strings of a glob GET served here: ``limit`` and ``cursor`` (cursors are URL-safe
+base64), each once, nothing to percent-decode, so that each reads as ``request.query.get`` would."""
 _OUR_HEADERS = frozenset(
     {b"host", b"content-length", b"connection", b"origin", b"upgrade", b"expect",
      b"transfer-encoding", b"content-encoding", b"authorization", b"sec-websocket-protocol"}
@@ -36,10 +39,10 @@ class NotOurs(Exception):
 class Request:
     """One parsed request, waiting for its answer."""
 
-    __slots__ = ("method", "key", "body", "size", "host", "origin", "token")
+    __slots__ = ("method", "key", "body", "size", "host", "origin", "token", "query")
 
     def __init__(self, method: str, key: str, body: bytes, size: int, host: str,
-                 origin: str | None, token: str | None) -> None:
+                 origin: str | None, token: str | None, query: dict[str, str] | None = None) -> None:
         self.method = method
         self.key = key
         self.body = body
@@ -47,6 +50,7 @@ class Request:
         self.host = host
         self.origin = origin
         self.token = token
+        self.query = query  # a glob GET's ``limit`` and ``cursor`` (None: no query string)
 
 
 class _Head:
@@ -96,9 +100,12 @@ def read_head(head: bytes, max_head: int, max_headers: int, max_body: int) -> Re
         or headers.get(b"connection", b"keep-alive").strip().lower() != b"keep-alive"
     ):
         raise NotOurs()
-    url = cb.url.decode()
-    if KEY_URL(url) is None or (method == b"GET" and "*" in url):
-        raise NotOurs()  # query strings, "/", globs to list: aiohttp's
+    url, mark, text = cb.url.decode().partition("?")
+    if KEY_URL(url) is None:
+        raise NotOurs()  # "/", paths no key has: aiohttp's
+    query = list_query(text) if mark else None
+    if query is not None and (method != b"GET" or "*" not in url):
+        raise NotOurs()  # a query string on anything but a glob GET: aiohttp's
     length = headers.get(b"content-length")
     size = 0
     if length is not None:
@@ -118,7 +125,22 @@ def read_head(head: bytes, max_head: int, max_headers: int, max_body: int) -> Re
         host.strip().decode(),
         None if origin is None else origin.strip().decode(),
         None if token is None else token.strip().decode(),
+        query,
     )
+
+
+def list_query(text: str) -> dict[str, str]:
+    """The parameters of a glob GET's query string ``text``, or NotOurs unless it is
+    :data:`_LIST_QUERY`'s (anything else, aiohttp's ``request.query`` reads)."""
+    if _LIST_QUERY(text) is None:
+        raise NotOurs()
+    query: dict[str, str] = {}
+    for pair in text.split("&"):
+        name, _, value = pair.partition("=")
+        if name in query:
+            raise NotOurs()  # a parameter twice
+        query[name] = value
+    return query
 
 
 def bearer(authorization: str | None) -> str | None:
@@ -148,11 +170,17 @@ class Dates:
         return self._line
 
 
-def json_answer(date: bytes, body: bytes, cors: bytes = b"") -> bytes:
-    """A 200 answer with a JSON body, as aiohttp's ``rest.json_response`` goes on the wire."""
-    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n%s%s\r\n%s" % (
-        cors, len(body), date, SERVER_LINE, body
+def json_answer(date: bytes, body: bytes, cors: bytes = b"", extra: bytes = b"") -> bytes:
+    """A 200 answer with a JSON body, as aiohttp's ``rest.json_response`` goes on the wire (the
+    handler's own ``extra`` header lines first, as ``web.Response(headers=...)`` writes them)."""
+    return b"HTTP/1.1 200 OK\r\n%sContent-Type: application/json\r\n%sContent-Length: %d\r\n%s%s\r\n%s" % (
+        extra, cors, len(body), date, SERVER_LINE, body
     )
+
+
+def header_lines(headers: dict[str, str]) -> bytes:
+    """``headers`` as lines of a response head, in their order."""
+    return "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
 
 
 def failure_answer(date: bytes, exc: BaseException, cors: bytes = b"") -> bytes:
@@ -163,7 +191,7 @@ def failure_answer(date: bytes, exc: BaseException, cors: bytes = b"") -> bytes:
     close = b""
     if isinstance(exc, HTTPFailure):
         if exc.headers:
-            extra = "".join(f"{k}: {v}\r\n" for k, v in exc.headers.items()).encode()
+            extra = header_lines(exc.headers)
         if exc.close:
             close = b"Connection: close\r\n"
     return (
