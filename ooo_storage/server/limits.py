@@ -330,9 +330,10 @@ limit: 48 MiB for 768 connections)."""
 class BodyBudget:
     """Request-body bytes the server buffers at once, over all requests (``max_buffered_body_bytes``).
 
-    A body larger than :data:`FREE_BODY_BYTES` reserves its size as it arrives (its whole
-    ``Content-Length`` at once when there is one, so that a body that cannot fit is refused before
-    it is sent) and keeps it until its request ends."""
+    A body larger than :data:`FREE_BODY_BYTES` holds what has arrived of it, until its request
+    ends: what is buffered, not what is announced. Holding a ``Content-Length`` at once let 30
+    connections announcing 10 MiB and sending a byte a second refuse every other large upload for
+    as long as they liked; now a client must really send what it holds."""
 
     def __init__(self, limit: int, notices: Notices) -> None:
         self.limit = limit

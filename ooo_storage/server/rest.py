@@ -79,8 +79,6 @@ async def read_body(request: web.Request, cap: int) -> bytes:
     if length is not None and length > cap:
         raise too_large(cap)
     hold = request.get(BODY_HOLD)  # None: the body arrived whole, small, before the handler ran
-    if hold is not None and length is not None:
-        hold.grow_to(length)
     chunks: list[bytes] = []
     size = 0
     try:

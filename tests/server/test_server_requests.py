@@ -7,6 +7,7 @@ Real servers on 127.0.0.1, raw sockets where the bytes on the wire matter."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import logging
 import socket
@@ -220,11 +221,12 @@ async def test_a_large_body_that_does_not_fit_the_budget_gets_503(make_live: Liv
     live = await make_live(max_body_bytes=UPLOAD, max_buffered_body_bytes=1024 * KIB)
     port, budget = live.runner.port, live.server.budget
     body = upload_body()
+    sent = UPLOAD - 1000
     async with connection(port) as (first_reader, first):
-        first.write(head(port, "POST", "/first", Content_Length=len(body)) + body[:1000])
-        await until(lambda: budget.used == UPLOAD)  # its whole Content-Length is held
+        first.write(head(port, "POST", "/first", Content_Length=len(body)) + body[:sent])
+        await until(lambda: budget.used == sent)  # what has arrived is held
         async with connection(port) as (reader, writer):
-            writer.write(head(port, "POST", "/second", Content_Length=len(body)) + body[:1000])
+            writer.write(head(port, "POST", "/second", Content_Length=len(body)) + body[:sent])
             status, headers, text = await response(reader)
             assert status == 503
             assert headers["retry-after"].isdigit()
@@ -232,7 +234,7 @@ async def test_a_large_body_that_does_not_fit_the_budget_gets_503(make_live: Liv
             assert await until_closed(reader) == b""  # connection closed
         small = {"s": "x" * 60_000}  # ≤ 64 KiB: never refused because of large uploads
         assert (await live.request("POST", "small", small))[0] == 200
-        first.write(body[1000:])
+        first.write(body[sent:])
         status, _, _ = await response(first_reader)
         assert status == 200
     assert (await live.get("first"))["data"] == orjson.loads(body)
@@ -246,21 +248,21 @@ async def test_the_budget_is_released_when_the_client_vanishes_mid_body(make_liv
     body = upload_body()
     for _ in range(3):  # would exhaust the budget if any hold leaked
         async with connection(port) as (_, writer):
-            writer.write(head(port, "POST", "/gone", Content_Length=len(body)) + body[:1000])
-            await until(lambda: budget.used == UPLOAD)
+            writer.write(head(port, "POST", "/gone", Content_Length=len(body)) + body[: UPLOAD - 1000])
+            await until(lambda: budget.used == UPLOAD - 1000)
         await until(lambda: budget.used == 0)
     assert (await live.request("POST", "after", body))[0] == 200
     assert (await live.request("GET", "gone"))[0] == 404
 
 
 async def test_a_large_chunked_body_is_counted_as_it_arrives(make_live: LiveFactory) -> None:
-    """Without a Content-Length the body holds what has arrived, and is refused once it cannot."""
+    """A chunked body holds what has arrived, and is refused once it cannot."""
     live = await make_live(max_body_bytes=UPLOAD, max_buffered_body_bytes=1024 * KIB)
     port, budget = live.runner.port, live.server.budget
     body = upload_body()
     async with connection(port) as (_, first):
-        first.write(head(port, "POST", "/first", Content_Length=len(body)) + body[:1000])
-        await until(lambda: budget.used == UPLOAD)
+        first.write(head(port, "POST", "/first", Content_Length=len(body)) + body[: UPLOAD - 1000])
+        await until(lambda: budget.used == UPLOAD - 1000)
         async with connection(port) as (reader, writer):
             writer.write(head(port, "POST", "/second", Transfer_Encoding="chunked"))
             piece = body[: 100 * KIB]
@@ -269,6 +271,21 @@ async def test_a_large_chunked_body_is_counted_as_it_arrives(make_live: LiveFact
             status, headers, _ = await response(reader)
             assert (status, "retry-after" in headers) == (503, True)
     await until(lambda: budget.used == 0)
+
+
+async def test_announcing_large_bodies_holds_nothing(make_live: LiveFactory) -> None:
+    """30 connections announcing a large body and sending a byte now and then used to hold their
+    whole Content-Length each, and every other large upload got 503 for as long as they liked."""
+    live = await make_live(max_body_bytes=UPLOAD, max_buffered_body_bytes=1024 * KIB)
+    port, budget = live.runner.port, live.server.budget
+    body = upload_body()
+    async with contextlib.AsyncExitStack() as stack:
+        for i in range(30):
+            _, writer = await stack.enter_async_context(connection(port))
+            writer.write(head(port, "POST", f"/slow{i}", Content_Length=len(body)) + body[:100])
+        await until(lambda: live.server.share.busy.get("127.0.0.1", 0) >= 30)  # all being read
+        assert budget.used == 0  # 100 B each: under the free size, nothing held
+        assert (await live.request("POST", "large", body))[0] == 200
 
 
 # -- 3. the per-client cap -------------------------------------------------------------------------
