@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -105,7 +106,10 @@ _Done = asyncio.Future[tuple[Object, "asyncio.Future[None] | None"]]
 """What a queued writer awaits: its object and the event queue's wait (see ``_publish``)."""
 _Queued = tuple[str, bytes, "tuple[int, int] | None", _Done]
 """A write waiting for the next batch: key, data, stamps, and the future its writer awaits."""
-_current_task = asyncio.current_task
+if sys.version_info >= (3, 12):
+    _task_of: Callable[[asyncio.AbstractEventLoop], object] = asyncio.current_task  # in C
+else:  # what asyncio.current_task reads, without its Python frame and loop lookup
+    _task_of = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
 _is_valid = keys.is_valid
 _tuple_new = tuple.__new__
 
@@ -487,7 +491,11 @@ class Layered:
             self._sync
             and not self._locks.busy(key)
             and self._gate.idle
-            and (self._batcher is None or (self._queued is None and self._first_of_iteration()))
+            and (
+                self._batcher is None
+                or (self._queued is None and self._first is _task_of(self._loop))
+                or self._first_of_iteration()
+            )
         ):
             # ``_write``'s inline case without its coroutine
             obj, waiter = self._commit_now(key, raw, None)
@@ -563,7 +571,7 @@ class Layered:
             obj, waiter = await self._write_awaiting(key, raw, stamps, locked)
         elif not locked and not self._locks.busy(key) and self._gate.idle:
             # Every layer is synchronous and nobody holds the key: nothing can interleave.
-            if self._batcher is None or (self._queued is None and self._first_of_iteration()):
+            if self._batcher is None or self._first_of_iteration():
                 obj, waiter = self._commit_now(key, raw, stamps)
             else:
                 obj, waiter = await self._join(key, raw, stamps)
@@ -612,12 +620,15 @@ class Layered:
     def _first_of_iteration(self) -> bool:
         """Whether a write may be committed inline: it is the first of this loop iteration (or
         another of the same task, which cannot have two writes waiting at once)."""
+        if self._queued is not None:
+            return False
+        loop = cast(asyncio.AbstractEventLoop, self._loop)
         first = self._first
         if first is _NOBODY:
-            self._first = _current_task()
-            cast(asyncio.AbstractEventLoop, self._loop).call_soon(self._tick)
+            self._first = _task_of(loop)
+            loop.call_soon(self._tick)
             return True
-        return first is _current_task()
+        return first is _task_of(loop)
 
     def _join(self, key: str, raw: bytes, stamps: tuple[int, int] | None) -> _Done:
         """Queue a write for the batch committed at the start of the next iteration (``_tick``)."""
