@@ -37,10 +37,13 @@ def bearer_token(request: web.Request) -> str | None:
     """The token of a ``Sec-WebSocket-Protocol: bearer, <token>`` offer (or an ``Authorization:
     Bearer <token>`` header): what the access policy authenticates (``auth.py``), also for
     middlewares and hooks of your own."""
-    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-    if len(offered) >= 2 and offered[0] == BEARER and offered[1]:
-        return offered[1]
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    headers = request.headers
+    protocols = headers.get("Sec-WebSocket-Protocol")
+    if protocols is not None:  # plain HTTP requests (most) skip the split
+        offered = [p.strip() for p in protocols.split(",")]
+        if len(offered) >= 2 and offered[0] == BEARER and offered[1]:
+            return offered[1]
+    scheme, _, token = headers.get("Authorization", "").partition(" ")
     if scheme.lower() == BEARER and token:
         return token.strip()
     return None
