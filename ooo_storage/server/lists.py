@@ -71,13 +71,33 @@ async def read(ctx: Context, key: str, limit_text: str | None, cursor: str | Non
     return await _page(ctx.store, view, limit, after), limit
 
 
+def one_chunk(items: list[Object]) -> bytes | None:
+    """The JSON array of ``items`` (:func:`json_array`'s bytes) when it is sent as one plain
+    response, at most :data:`chunked.CHUNK_BYTES` (what ``chunked.send`` makes of a body no larger);
+    None, once the items encoded so far are over, when it is sent at the reader's pace: the rule both
+    HTTP engines answer by."""
+    parts: list[bytes] = []
+    size = 1  # "]"
+    for obj in items:
+        part = obj.to_json()
+        size += len(part) + 1  # and its "[" or ","
+        if size > chunked.CHUNK_BYTES:
+            return None
+        parts.append(part)
+    return b"[%s]" % b",".join(parts)
+
+
 async def get(ctx: Context, request: web.Request, key: str) -> web.StreamResponse:
     """One page of the glob ``key`` (already checked and permitted)."""
     result, limit = await read(ctx, key, request.query.get("limit"), request.query.get("cursor"))
+    headers = next_headers(key, limit, result)
+    body = one_chunk(result.items)
+    if body is not None:
+        return web.Response(body=body, content_type="application/json", headers=headers)
     return await chunked.send(
         request,
         json_array(result.items),
         content_type="application/json",
-        headers=next_headers(key, limit, result),
+        headers=headers,
         write_timeout=ctx.config.write_timeout,
     )
