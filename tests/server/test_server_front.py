@@ -19,6 +19,7 @@ from ooo_storage.protocol.access import RIGHTS, Policy, token_digest
 from ooo_storage.protocol.objects import Object
 from ooo_storage.protocol.pages import encode_cursor
 from ooo_storage.server import Server, ServerRunner
+from ooo_storage.server.chunked import CHUNK_BYTES
 from ooo_storage.server.front import MAX_PENDING, Front
 
 HOST = b"Host: 127.0.0.1\r\n"
@@ -327,6 +328,24 @@ async def test_a_page_too_large_for_one_chunk_is_streamed_by_aiohttp(pair_factor
         assert front.handler is not None  # handed over
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("over", [0, 1])
+async def test_a_page_of_exactly_one_chunk_is_plain_one_byte_more_is_streamed(pair_factory: Any, over: int) -> None:
+    pair = await pair_factory()
+    await pair.lean.server.store.set("size/a", orjson.dumps({"b": ""}))  # its list with no data: the size of the rest
+    length = re.search(rb"Content-Length: (\d+)", await exchange(pair.lean.port, req("GET", "/size/*")))
+    assert length is not None
+    size = int(length.group(1))
+    doc = orjson.dumps({"b": "x" * (CHUNK_BYTES + over - size)})
+    for runner in (pair.plain, pair.lean):
+        await runner.server.store.set("edge/a", doc)
+    old, new = await pair.both(req("GET", "/edge/*"))
+    assert new == old
+    if over:
+        assert b"Transfer-Encoding: chunked" in new
+    else:
+        assert b"Content-Length: %d\r\n" % CHUNK_BYTES in new
 
 
 @pytest.mark.parametrize(

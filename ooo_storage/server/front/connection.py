@@ -8,7 +8,7 @@ from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from ...errors import HTTPFailure
-from ...protocol.pages import json_array, next_headers
+from ...protocol.pages import next_headers
 from .. import chunked, lists, rest
 from ..auth import decide, required_right
 from ..errors import ClientGone, log_error
@@ -308,15 +308,14 @@ class Front(GuardedConnection):
         return b"HTTP/1.1 204 No Content\r\n%s%s%s\r\n" % (cors, dates.line(), SERVER_LINE)
 
     async def _list(self, request: Request, cors: bytes) -> bytes:
-        """A page of a glob, as ``lists.get`` answers it when the page fits in one chunk; NotOurs
-        when ``chunked.send`` would stream it (aiohttp reads it again and sends it at the reader's
-        pace: reading a page has no effect)."""
+        """A page of a glob, as ``lists.get`` answers it when the page is one chunk; NotOurs when
+        it is streamed (aiohttp reads it again and sends it at the reader's pace: reading a page
+        has no effect)."""
         lean = self.lean
         key, query = request.key, request.query or {}
         result, limit = await lists.read(lean.context, key, query.get("limit"), query.get("cursor"))
-        chunks = chunked._chunks(json_array(result.items))  # the very rule of chunked.send
-        body = next(chunks)
-        if next(chunks, None) is not None:
+        body = lists.one_chunk(result.items)
+        if body is None:
             raise NotOurs()
         extra = header_lines(next_headers(key, limit, result))
         return json_answer(lean.dates.line(), body, cors, extra)
