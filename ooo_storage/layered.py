@@ -832,13 +832,17 @@ class Layered:
                 for observer in self._silent_observers:
                     self._tell(observer, event)
             return None
+        observers, watched = self._observers, self._watchers
+        if not observers and not watched:
+            return None  # nobody to tell: no event to build or to route
         event = _tuple_new(Event, (key, op, obj, self._revision))  # make_event, inline
-        for observer in self._observers:
+        for observer in observers:
             try:  # ``_tell``, inline
                 observer(event)
             except Exception:
                 log.exception("commit observer failed on %s %s", op, key)
-        return self._chan.put(event)
+        # Without watchers (a server has only observers) the shards would carry it to nobody.
+        return self._chan.put(event) if watched else None
 
     def _quiet(self, key: str) -> bool:
         """A write that emits no event (``no_broadcast_keys``)."""
@@ -882,7 +886,8 @@ class Layered:
         self._silent_observers = tuple(o for o in self._silent_observers if o is not observer)
 
     def watch(self, callback: Callback) -> WatchHandle:
-        """Call ``callback(event)`` (sync or async) for every event; events of one key in order."""
+        """Call ``callback(event)`` (sync or async) for every event committed from now on; events
+        of one key in order."""
         slot: list[WatchHandle | None] = [None]
         entry = (callback, slot)
         self._watchers.append(entry)

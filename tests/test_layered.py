@@ -524,3 +524,29 @@ async def test_silent_commit_observers_see_writes_that_emit_no_event(factory: St
     await store.delete("quiet/1")
     assert loud == [("set", "k")]
     assert every == [("set", "k"), ("set", "quiet/1"), ("del", "k"), ("del", "quiet/1")]
+
+
+_TEXTS = [
+    b'{"a":1}', b'{"a": 1}', b"123456789012345678901234567890", b"-9223372036854775809", b"18446744073709551616",
+    b"[1e-400]", b"1e999", b'{"a":"\\u00e9"}', b"1.0", b"1e5", b"0.1", b"-0", b"5e-324", b"1.7976931348623157e308",
+    b'"\\ud800"', b"NaN", b"[1] x", b"\xef\xbb\xbf{}", b'"\xff"', b'{"a":1,"a":2}', b'{"k":"\\/"}',
+    b"[" * 300 + b"]" * 300, b"[" * 1100 + b"]" * 1100, b" 1", b"1 ",
+]
+
+
+@pytest.mark.parametrize("text", _TEXTS, ids=range(len(_TEXTS)))
+def test_json_bytes_are_stored_exactly_as_the_exact_path_stores_them(text: bytes) -> None:
+    """encode_data's fast path (bytes orjson writes back unchanged) gives the exact path's result:
+    the same bytes, or the same refusal."""
+    from ooo_storage.layered import encode_data
+    from ooo_storage.protocol import jsontext
+
+    try:
+        expected: object = jsontext.dumps(jsontext.loads(text))
+    except (ValueError, TypeError):
+        expected = InvalidData
+    try:
+        got: object = encode_data(text)
+    except InvalidData:
+        got = InvalidData
+    assert got == expected

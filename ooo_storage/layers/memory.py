@@ -185,7 +185,7 @@ class MemoryLayer:
     def set(self, key: str, obj: Object) -> None:
         old = self._data.get(key)
         if old is None:
-            self._index.add_new(key)
+            self._index._fresh.add(key)  # KeyIndex.add_new, inline: a new key joins in bulk later
         if self._by_time is not None:
             if old is not None:
                 created = _created(key, old)
