@@ -7,7 +7,7 @@ A **policy** names principals and gives each a list of rules ``{paths = [globs],
 * **JWTs**: tokens signed by the application's own login (HS256 with a shared secret, RS256/ES256
   with a public key); every valid JWT gets the JWT rules, in whose paths ``{claim}`` is replaced by
   that claim of the token (``users/{sub}/*``); a claim that is not a plain key segment (empty, with a
-  ``/`` or a ``*``, or not a string or number) makes the path match nothing;
+  ``/`` or a ``*``, ``.`` or ``..``, or not a string or number) makes the path match nothing;
 * **anonymous**: what a request without a token may do (nothing unless the policy says so).
 
 Rights: ``read`` (GET of a key or glob, websocket subscribe), ``write`` (POST, PATCH, push),
@@ -63,6 +63,7 @@ ANONYMOUS = "anonymous"
 _CLAIM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_DOTS = (".", "..")  # valid key segments, but read as "here" and "up" by whatever maps keys to paths
 _VERIFIED = 4096  # verified JWTs remembered per policy
 JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
 
@@ -162,21 +163,28 @@ class JWTConfig:
 
 def _substitute(path: str, claims: Mapping[str, Any]) -> str | None:
     """``path`` with each ``{claim}`` replaced, or None when a claim is missing or not a plain key
-    segment (a ``sub`` of ``*`` or ``a/b`` must not widen what the rule grants)."""
+    segment (a ``sub`` of ``*`` or ``a/b`` must not widen what the rule grants, and ``..`` must not
+    name a neighbour's subtree to anything downstream that reads keys as file paths)."""
 
     def value(found: re.Match[str]) -> str:
         raw = claims.get(found.group(1))
         if isinstance(raw, bool) or not isinstance(raw, str | int):
             raise KeyError(found.group(1))
         text = str(raw)
-        if not _SEGMENT.fullmatch(text):
+        if not _SEGMENT.fullmatch(text) or text in _DOTS:
             raise KeyError(found.group(1))
         return text
 
+    segments = path.split("/")
     try:
-        resolved = _CLAIM.sub(value, path)
+        for i, segment in enumerate(segments):
+            if "{" in segment:
+                segments[i] = filled = _CLAIM.sub(value, segment)
+                if filled in _DOTS:  # ".{sub}" with a "." claim
+                    return None
     except KeyError:
         return None
+    resolved = "/".join(segments)
     return resolved if is_valid(resolved) else None
 
 

@@ -95,12 +95,25 @@ def _seg_match(parts: tuple[str, ...], seg: str) -> bool:
     return True
 
 
+@lru_cache(maxsize=4096)
+def _last_star(pattern: str) -> str | None:
+    """``prefix`` when ``pattern`` is ``prefix*`` with ``prefix`` empty or ending in ``/`` and no
+    other ``*``: the commonest glob (``users/*``), matched without splitting the key."""
+    prefix = pattern[:-1]
+    if pattern.endswith("*") and "*" not in prefix and (not prefix or prefix.endswith("/")):
+        return prefix
+    return None
+
+
 def match(pattern: str, key: str) -> bool:
     """True if ``key`` matches ``pattern`` (equal, or segment-wise glob match)."""
     if pattern == key:
         return True
     if "*" not in pattern:
         return False
+    prefix = _last_star(pattern)
+    if prefix is not None:  # ~10x faster than the segment walk: a page of `a/*` visits many keys
+        return key.startswith(prefix) and "/" not in key[len(prefix) :]
     count, segs = _segments(pattern)
     if pattern == "*":
         return "/" not in key

@@ -230,14 +230,25 @@ def test_a_hostile_sub_grants_nothing_through_its_placeholder(sub: str) -> None:
     assert policy.allows(who, "read", "public/x")
 
 
-@pytest.mark.parametrize(("sub", "literal"), [("..", "users/../x"), (".", "users/./x"), ("7", None)])
-def test_dots_are_plain_segments_matched_literally(sub: str, literal: str | None) -> None:
-    """``.`` and ``..`` are valid key segments (keys are not file paths): the rule then reaches
-    only keys with that literal segment, never a neighbour."""
+@pytest.mark.parametrize("sub", ["..", "."])
+def test_dot_claims_are_not_plain_segments_and_grant_nothing(sub: str) -> None:
+    """``.`` and ``..`` are valid key segments, but whatever maps keys to file paths or URLs
+    downstream reads them as "here" and "up": as a claim they match nothing (``users/{sub}/*``
+    with ``sub = ".."`` must not grant ``users/../x``). Only the rule's other paths remain."""
+    policy = hs_policy()
+    who = policy.authenticate(hs({"sub": sub, "team": "red"}))
+    assert granted(policy, who) == {"teams/red/x"}
+    assert not policy.allows(who, "write", f"users/{sub}/notes")
+    assert not policy.allows(who, "read", f"users/{sub}/*")
+    assert policy.allows(who, "read", "public/x")
+
+
+@pytest.mark.parametrize("sub", ["...", ".a", "a.", "a..b", "7"])
+def test_other_segments_with_dots_are_plain_and_matched_literally(sub: str) -> None:
     policy = hs_policy()
     who = policy.authenticate(hs({"sub": sub}))
-    assert granted(policy, who) == ({literal} if literal else set())
     assert policy.allows(who, "write", f"users/{sub}/notes")
+    assert not policy.allows(who, "write", "users/x/notes")
 
 
 @pytest.mark.parametrize("team", [7, -1, 0])

@@ -91,7 +91,8 @@ def semantic_covers(rule: str, asked: str, wide: bool = False) -> bool:
 def fill_claims(path: str, claims: dict[str, Any]) -> str | None:
     """``path`` with each ``{name}`` replaced by that claim, scanned by hand (one pass: a value is
     never scanned again); None when a claim is missing, not a string or integer, empty, holds a
-    ``/`` or a ``*``, or the result is not a valid path."""
+    ``/`` or a ``*``, is ``.`` or ``..``, a segment with a placeholder becomes ``.`` or ``..``, or
+    the result is not a valid path."""
     out, rest = [], path
     while "{" in rest:
         before, _, after = rest.partition("{")
@@ -100,10 +101,13 @@ def fill_claims(path: str, claims: dict[str, Any]) -> str | None:
         if isinstance(value, bool) or not isinstance(value, str | int):
             return None
         text = str(value)
-        if not text or "/" in text or "*" in text:
+        if not text or "/" in text or "*" in text or text in (".", ".."):
             return None
         out += [before, text]
     filled = "".join(out) + rest
+    for rule_segment, segment in zip(path.split("/"), filled.split("/"), strict=True):
+        if "{" in rule_segment and segment in (".", ".."):
+            return None
     return filled if keys.is_valid(filled) else None
 
 
@@ -200,7 +204,7 @@ def valid_rule_path(path: str) -> bool:
 
 
 # Claim placeholders, alone or glued to literal text, in JWT rule paths.
-CLAIM_SEGMENTS = ["{sub}", "{team}", "a{sub}", "{sub}*", "{team}b", "{sub}-{team}"]
+CLAIM_SEGMENTS = ["{sub}", "{team}", "a{sub}", "{sub}*", "{team}b", "{sub}-{team}", "{sub}{team}", ".{sub}"]
 # Hostile and ordinary claim values: every one must resolve to a plain segment or drop the path.
 SUBS = st.one_of(
     st.sampled_from(["a", "b", "ab", "a.b", "..", ".", "a-b", "7", "A"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import string
 
 import pytest
@@ -190,3 +191,30 @@ def test_many_distinct_globs_cost_few_matches_per_key(shape: str, monkeypatch: p
         found = sorted(index.matching(key))
         assert found == sorted(p for p in pats if real(p, key))
         assert calls <= 60, (key, calls)
+
+
+def test_the_trailing_star_shortcut_agrees_with_the_segment_walk() -> None:
+    """``prefix/*`` is matched without splitting the key; every pattern and key over a small
+    alphabet (up to 5 and 4 characters) gets the answer of the general segment walk."""
+
+    def walk(pattern: str, key: str) -> bool:
+        if pattern == key:
+            return True
+        if "*" not in pattern:
+            return False
+        if pattern == "*":
+            return "/" not in key
+        count, segs = keys._segments(pattern)
+        parts = key.split("/")
+        return len(parts) == count and all(
+            seg is None or keys._seg_match(seg, part) for seg, part in zip(segs, parts, strict=True)
+        )
+
+    checked = 0
+    for length in range(6):
+        for pattern in map("".join, itertools.product("ab/*", repeat=length)):
+            for size in range(5):
+                for key in map("".join, itertools.product("ab/", repeat=size)):
+                    assert keys.match(pattern, key) == walk(pattern, key), (pattern, key)
+                    checked += 1
+    assert checked > 100_000

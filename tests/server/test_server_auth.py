@@ -21,6 +21,7 @@ from aiohttp.typedefs import Handler
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from server_live import Live, LiveFactory, next_frame
+from yarl import URL
 
 from ooo_storage import Layered, LevelDBLayer, MemoryLayer
 from ooo_storage.protocol.access import RIGHTS, Policy, token_digest
@@ -392,6 +393,19 @@ async def test_es256_jwts_are_checked_with_the_public_key(make_live: LiveFactory
     assert (status, body) == (401, b"ooo: unauthorized: token expired")
     hs = hs256({"sub": "42"})  # an HS256 token against an ES256 policy: refused, whatever its secret
     assert (await call(live, "GET", "users/42/x", hs))[0] == 401
+
+
+@pytest.mark.parametrize("sub", ["..", "."])
+async def test_a_dot_sub_reaches_no_key_through_its_placeholder(make_live: LiveFactory, sub: str) -> None:
+    """``users/{sub}/*`` with ``sub = ".."`` granted ``POST /users/../x`` (a valid key, but "up"
+    to whatever maps keys to paths or URLs): a dot claim matches nothing."""
+    live = await make_live(auth=jwt_policy(algorithms=["HS256"], secret=SECRET))
+    token = hs256({"sub": sub})
+    url = URL(f"{live.base}/users/{sub}/x", encoded=True)  # as sent: no client-side ".." folding
+    async with live.http.post(url, data=b"1", headers=bearer(token)) as resp:
+        assert (resp.status, await resp.read()) == (403, f"ooo: forbidden: jwt:{sub} may not write users/{sub}/x".encode())
+    assert await live.store.keys() == []
+    assert (await call(live, "GET", "shared/x", token))[0] == 404  # the token's other paths still apply
 
 
 # -- anonymous ---------------------------------------------------------------------------------------
