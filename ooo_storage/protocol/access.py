@@ -251,7 +251,16 @@ class Policy:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise PolicyError(f"auth: {source}: not valid TOML: {exc}") from None
-        return cls.from_dict(doc, base=base, env=env or {}, source=source)
+        policy = cls.from_dict(doc, base=base, env=env or {}, source=source)  # what is wrong, first
+        if not any(section in doc for section in ("tokens", "jwt", "anonymous")):
+            # An empty file is far likelier an editor's half-written save than a wish to lock
+            # everyone out (every request 401, every stream closed): refused, the old policy stays.
+            raise PolicyError(
+                f"auth: {source}: no principal: add [[tokens]] (`ooo-storage token new` prints them), "
+                "a [jwt] section or an [anonymous] section; to let nobody do anything, say so with "
+                "[anonymous] rules = []"
+            )
+        return policy
 
     @classmethod
     def from_dict(

@@ -75,6 +75,8 @@ async def status(http: aiohttp.ClientSession, method: str, url: str, token: str 
         ("[jwt]\nsecret = 'short'\n", "ooo-storage: auth: {path}: jwt: the shared secret must be at least 32 bytes"),
         ("[acl]\n", "ooo-storage: auth: {path}: top level: unknown section(s) ['acl']"),
         (b"\xff\xfe not text", "ooo-storage: auth: {path}: not UTF-8 text"),
+        ("", "ooo-storage: auth: {path}: no principal: add [[tokens]] (`ooo-storage token new` prints them), "
+             "a [jwt] section or an [anonymous] section; to let nobody do anything, say so with [anonymous] rules = []"),
     ],
 )
 def test_a_bad_policy_file_is_one_line_and_exit_1(tmp_path: Path, content: str | bytes, message: str) -> None:
@@ -191,6 +193,35 @@ async def test_sighup_with_a_bad_file_keeps_the_old_policy(auth_file: Path) -> N
         failed = await served.wait_for("auth: reload failed")
         assert "No such file or directory" in failed.string
         assert await status(http, "POST", f"{base}/a/2", ALICE) == 200
+    assert await served.stop() == 0
+
+
+async def test_sighup_with_a_truncated_file_keeps_the_old_policy_and_the_streams(auth_file: Path) -> None:
+    """An editor truncating the file as a SIGHUP arrives used to lock everyone out (a file with no
+    principal is a valid policy that refuses everything: every request 401, every stream closed).
+    Refused like any bad file; saying "nobody may do anything" takes an explicit [anonymous]."""
+    async with Served("--auth", str(auth_file)) as served, aiohttp.ClientSession() as http:
+        base = served.url
+        ws = await http.ws_connect(f"{base.replace('http', 'ws')}/a/1", protocols=("bearer", ALICE))
+        assert (await ws.receive(timeout=5)).type is aiohttp.WSMsgType.BINARY
+
+        auth_file.write_text("")
+        served.signal(signal.SIGHUP)
+        failed = await served.wait_for("auth: reload failed")
+        assert failed.string.rstrip().endswith(
+            f"auth: reload failed, the previous policy stays in force: auth: {auth_file.absolute()}: no principal: "
+            "add [[tokens]] (`ooo-storage token new` prints them), a [jwt] section or an [anonymous] section; "
+            "to let nobody do anything, say so with [anonymous] rules = []")
+        assert await status(http, "POST", f"{base}/a/1", ALICE) == 200
+        assert (await ws.receive(timeout=5)).type is aiohttp.WSMsgType.BINARY  # still open: the change arrives
+
+        auth_file.write_text("[anonymous]\nrules = []\n")  # nobody may do anything: said explicitly
+        served.signal(signal.SIGHUP)
+        reloaded = await served.wait_for(r"auth: reloaded (\S+): (.*)")
+        assert reloaded.group(2).endswith("; 1 open stream it refuses closed")
+        closing = await ws.receive(timeout=5)
+        assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1008
+        assert await status(http, "GET", f"{base}/a/1", ALICE) == 401
     assert await served.stop() == 0
 
 

@@ -248,8 +248,24 @@ def test_from_toml_and_load_build_equal_policies(tmp_path: Path) -> None:
     assert Policy.from_toml(GOOD_TOML, base=str(tmp_path)) == Policy.load(str(path))
 
 
-def test_an_empty_file_is_a_policy_that_allows_nothing(tmp_path: Path) -> None:
-    policy = Policy.load(str(write_policy(tmp_path, "")))
+@pytest.mark.parametrize("text", ["", "\n# all gone\n", '[[namespaces]]\nname = "a"\nprefix = "a/"\n'])
+def test_a_file_that_names_no_principal_is_refused_saying_what_to_add(tmp_path: Path, text: str) -> None:
+    """An editor truncating the file as a SIGHUP arrives must not lock everyone out (every request
+    401, every stream closed): a file without [[tokens]], [jwt] or [anonymous] is refused."""
+    path = write_policy(tmp_path, text)
+    with pytest.raises(PolicyError) as caught:
+        Policy.load(str(path))
+    assert str(caught.value) == (
+        f"auth: {path}: no principal: add [[tokens]] (`ooo-storage token new` prints them), a [jwt] "
+        "section or an [anonymous] section; to let nobody do anything, say so with [anonymous] rules = []"
+    )
+
+
+@pytest.mark.parametrize("text", ["[anonymous]\nrules = []\n", "[anonymous]\n"])
+def test_an_explicit_anonymous_section_without_rules_is_a_policy_that_allows_nothing(
+    tmp_path: Path, text: str
+) -> None:
+    policy = Policy.load(str(write_policy(tmp_path, text)))
     anonymous = policy.authenticate(None)
     assert not any(policy.allows(anonymous, right, "a") for right in RIGHTS)
     with pytest.raises(Unauthorized):
