@@ -65,7 +65,14 @@ _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _DOTS = (".", "..")  # valid key segments, but read as "here" and "up" by whatever maps keys to paths
 _VERIFIED = 4096  # verified JWTs remembered per policy
+_NUMERIC_DATES = ("exp", "nbf", "iat")
+_NEVER = 2.0**53  # an exp this far away (285 million years) is as good as none (and fits a float)
 JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
+
+
+def _is_number(value: object) -> bool:
+    """A JSON number: an int or a float, not a bool (``True`` is not ``1`` in a JWT)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def token_digest(token: str) -> str:
@@ -314,8 +321,8 @@ class Policy:
             raise Unauthorized("ooo: unauthorized: token expired")
         claims = self._verify(token, config)
         principal = self.jwt_principal(claims)
-        exp = claims.get("exp")
-        expires = float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+        exp = claims.get("exp")  # a number (checked by _verify), or absent: never expires
+        expires = float(exp) if exp is not None and exp < _NEVER else None
         self._verified[token] = (principal, expires)
         if len(self._verified) > _VERIFIED:
             self._verified.popitem(last=False)
@@ -339,6 +346,14 @@ class Policy:
             raise Unauthorized("ooo: unauthorized: token expired") from None
         except jwt.PyJWTError as exc:  # bad signature, audience, issuer, format, key type...
             raise Unauthorized(f"ooo: unauthorized: invalid token ({exc})") from None
+        for name in _NUMERIC_DATES:
+            # PyJWT checks int(claim): a string "1700000000" passes its check, but would be
+            # remembered as never expiring. RFC 7519 makes these a JSON number: anything else is
+            # refused outright rather than read one way here and another way there.
+            if name in claims and not _is_number(claims[name]):
+                raise Unauthorized(
+                    f"ooo: unauthorized: invalid token ({name} must be a number of seconds, a NumericDate)"
+                )
         return cast(Mapping[str, Any], claims)
 
     def principal_for_token(self, token: str) -> Principal | None:

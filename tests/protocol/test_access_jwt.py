@@ -76,6 +76,57 @@ def test_leeway_accepts_a_token_that_expired_within_it() -> None:
     unauthorized(hs_policy(leeway=1), token, "token expired")
 
 
+def raw_jwt(payload: bytes, key: str = SECRET) -> str:
+    """An HS256 JWT of exactly ``payload`` (PyJWT's encoder would refuse some of these claims)."""
+
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signed = b64(b'{"alg":"HS256","typ":"JWT"}') + b"." + b64(payload)
+    signature = hmac.new(key.encode(), signed, hashlib.sha256).digest()
+    return (signed + b"." + b64(signature)).decode()
+
+
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [("exp", '"{soon}"'), ("nbf", '"{past}"'), ("iat", '"{past}"'), ("nbf", "true"), ("iat", "false")],
+)
+def test_a_numeric_date_that_is_not_a_json_number_is_401(claim: str, value: str) -> None:
+    """RFC 7519: ``exp``, ``nbf`` and ``iat`` are JSON numbers. PyJWT accepts all of these (it
+    converts with ``int()``); the policy remembered a string ``exp`` as never expiring, so such a
+    token, once used, was a token for ever. Refused, whatever the string says."""
+    text = value.format(soon=now() + 60, past=now() - 600)
+    token = raw_jwt(f'{{"sub":"ann","{claim}":{text}}}'.encode())
+    jwt.decode(token, SECRET, algorithms=["HS256"])  # PyJWT alone lets it through
+    policy = hs_policy()
+    reason = f"invalid token ({claim} must be a number of seconds, a NumericDate)"
+    unauthorized(policy, token, reason)
+    unauthorized(policy, token, reason)  # and it is not remembered as valid either
+
+
+def test_a_string_exp_does_not_outlive_its_expiry() -> None:
+    """The outsider's case: used once while valid, then past its expiry."""
+    policy = hs_policy(leeway=0)
+    token = raw_jwt(f'{{"sub":"ann","exp":"{now() + 3}"}}'.encode())
+    unauthorized(policy, token, "invalid token (exp must be a number of seconds, a NumericDate)")
+    unauthorized(policy, token, "invalid token")
+
+
+@pytest.mark.parametrize("exp", ["1e999", "1" + "0" * 400])
+def test_an_exp_out_of_any_range_is_a_401_or_a_token_that_never_expires_never_a_crash(exp: str) -> None:
+    """``1e999`` is infinity to Python's JSON parser (PyJWT refuses it); an integer of 400 digits
+    passes PyJWT's check and used to raise OverflowError (a 500) when remembered as a float."""
+    token = raw_jwt(f'{{"sub":"ann","exp":{exp}}}'.encode())
+    policy = hs_policy()
+    try:
+        who = policy.authenticate(token)
+    except Unauthorized as exc:
+        assert exc.message.startswith("ooo: unauthorized: invalid token")
+        return
+    assert who.name == "jwt:ann"
+    assert policy.authenticate(token) is who
+
+
 def test_a_token_not_yet_valid_is_401() -> None:
     unauthorized(hs_policy(), hs({"sub": "ann", "nbf": now() + 600}), "invalid token")
 

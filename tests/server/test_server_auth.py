@@ -395,6 +395,17 @@ async def test_es256_jwts_are_checked_with_the_public_key(make_live: LiveFactory
     assert (await call(live, "GET", "users/42/x", hs))[0] == 401
 
 
+async def test_a_jwt_whose_exp_is_a_string_is_401_not_a_token_for_ever(make_live: LiveFactory) -> None:
+    """PyJWT accepts ``"exp": "<digits>"`` (it converts with ``int()``); the policy remembered such
+    a token as never expiring, so it kept working after its expiry. A NumericDate is a JSON number."""
+    live = await make_live(auth=jwt_policy(algorithms=["HS256"], secret=SECRET))
+    token = jwt.encode({"sub": "ana", "exp": str(int(time.time()) + 3)}, SECRET, algorithm="HS256")
+    status, headers, body = await call(live, "GET", "users/ana/x", token)
+    assert (status, body) == (401, b"ooo: unauthorized: invalid token (exp must be a number of seconds, a NumericDate)")
+    assert headers["WWW-Authenticate"].startswith("Bearer ")
+    assert await ws_status(live, "users/ana/x", token) == 401
+
+
 @pytest.mark.parametrize("sub", ["..", "."])
 async def test_a_dot_sub_reaches_no_key_through_its_placeholder(make_live: LiveFactory, sub: str) -> None:
     """``users/{sub}/*`` with ``sub = ".."`` granted ``POST /users/../x`` (a valid key, but "up"
