@@ -53,6 +53,7 @@ __all__ = [
     "JWTConfig",
     "Policy",
     "covers",
+    "shown",
     "token_digest",
 ]
 
@@ -81,6 +82,15 @@ def token_digest(token: str) -> str:
     A header that was not UTF-8 reaches us with lone surrogates (aiohttp's surrogateescape):
     ``surrogatepass`` hashes it to some digest no policy holds, an unknown token, not a crash."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def shown(name: str) -> str:
+    """``name`` as logs and refusals show it: its non-printable characters (newlines, other
+    control characters) escaped as ``repr`` would, so a JWT ``sub`` of ``"ana\\n"`` cannot split a
+    log line or forge one."""
+    if name.isprintable():
+        return name
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
 # -- coverage --------------------------------------------------------------------------------------
@@ -384,8 +394,7 @@ class Policy:
     def check(self, principal: Principal, right: Right, key: str) -> None:
         """Raise :class:`Forbidden` (403, naming the right and the path) unless allowed."""
         if not self.allows(principal, right, key):
-            shown = key or "/"
-            raise Forbidden(f"ooo: forbidden: {principal.name} may not {right} {shown}")
+            raise Forbidden(f"ooo: forbidden: {shown(principal.name)} may not {right} {key or '/'}")
 
     @staticmethod
     def reader(principal: Principal) -> Callable[[str], bool]:

@@ -33,7 +33,7 @@ from aiohttp.typedefs import Handler, Middleware
 from ..errors import Forbidden, HTTPFailure, NotActive, NotFound, Unauthorized
 from ..layered import Layered, WatchHandle
 from ..protocol import keys
-from ..protocol.access import Namespace, Policy, Principal, Right, token_digest
+from ..protocol.access import Namespace, Policy, Principal, Right, shown, token_digest
 from .errors import response_for
 from .rest import request_key
 from .streams import bearer_token, wants_websocket
@@ -153,8 +153,9 @@ class DeniedLog:
             self._logged.popitem(last=False)
         self._lines += 1
         level = logging.INFO if failure.status == 401 and who == "anonymous" else logging.WARNING
-        log.log(level, "denied %s %.200s to %s: %d %.300s", method, path, who, failure.status,
-                failure.message)
+        # Names and reasons quote JWT claims: a "sub" with a newline must not forge a log line.
+        log.log(level, "denied %s %.200s to %s: %d %.300s", method, shown(path), shown(who), failure.status,
+                shown(failure.message))
 
     def _roll(self, now: float) -> None:
         if now - self._window < self.interval:

@@ -517,3 +517,18 @@ def test_forbidden_is_403_naming_who_what_and_where() -> None:
     assert caught.value.status == 403
     assert caught.value.message == "ooo: forbidden: t may not write a/1"
     policy.check(who, "read", "a/1")  # allowed: no exception
+
+
+@pytest.mark.parametrize(
+    ("name", "seen"),
+    [("ana\n", "ana\\n"), ("a\r\nWARNING forged", "a\\r\\nWARNING forged"), ("x\x1b[2J\x00", "x\\x1b[2J\\x00"),
+     ("\u2028é", "\\u2028é")],
+)
+def test_forbidden_shows_the_name_with_control_characters_escaped(name: str, seen: str) -> None:
+    """A name (a JWT's ``sub``, a token's name) cannot split the refusal or the log line quoting it."""
+    policy = Policy.from_dict({"tokens": [token(name=name)]})
+    who = policy.authenticate("tok")
+    with pytest.raises(Forbidden) as caught:
+        policy.check(who, "write", "a/1")
+    assert caught.value.message == f"ooo: forbidden: {seen} may not write a/1"
+    assert caught.value.message.isprintable()

@@ -406,6 +406,20 @@ async def test_a_jwt_whose_exp_is_a_string_is_401_not_a_token_for_ever(make_live
     assert await ws_status(live, "users/ana/x", token) == 401
 
 
+async def test_a_sub_with_control_characters_cannot_split_the_log_line_or_the_refusal(
+    make_live: LiveFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ooo_storage")
+    live = await make_live(auth=jwt_policy(algorithms=["HS256"], secret=SECRET))
+    forger = hs256({"sub": "ana\ndenied GET /x to admin: 403 forged\r\x1b[2K"})
+    status, _, body = await call(live, "POST", "users/bob/x", forger, b"1")
+    shown = r"jwt:ana\ndenied GET /x to admin: 403 forged\r\x1b[2K"
+    assert (status, body.decode()) == (403, f"ooo: forbidden: {shown} may not write users/bob/x")
+    lines = [r.getMessage() for r in caplog.records if r.name == "ooo_storage.server.auth"]
+    assert lines == [f"denied POST /users/bob/x to {shown}: 403 ooo: forbidden: {shown} may not write users/bob/x"]
+    assert all(line.isprintable() for line in lines)
+
+
 @pytest.mark.parametrize("sub", ["..", "."])
 async def test_a_dot_sub_reaches_no_key_through_its_placeholder(make_live: LiveFactory, sub: str) -> None:
     """``users/{sub}/*`` with ``sub = ".."`` granted ``POST /users/../x`` (a valid key, but "up"
