@@ -319,6 +319,19 @@ class Policy:
             return self._jwt(token, self.jwt)
         raise Unauthorized("ooo: unauthorized: unknown token")
 
+    def expiry(self, token: str | None) -> float | None:
+        """When ``token`` stops being accepted (``time.time()`` seconds: a JWT's ``exp`` plus the
+        leeway), or None when it does not expire (opaque tokens, anonymous, a JWT without ``exp``):
+        what an open stream is closed at. Raises :class:`Unauthorized` like :meth:`authenticate`
+        for a token not accepted now."""
+        self.authenticate(token)  # a JWT is then in _verified (just checked or remembered)
+        if token is None or self.jwt is None:
+            return None
+        known = self._verified.get(token)
+        if known is None or known[1] is None:
+            return None
+        return known[1] + self.jwt.leeway
+
     def _jwt(self, token: str, config: JWTConfig) -> Principal:
         """A JWT's principal: verified once, then remembered until it expires (a signature check
         costs tens of microseconds; a client sends the same token with every request)."""

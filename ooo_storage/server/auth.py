@@ -280,6 +280,14 @@ class Guard:
             log.warning("auth: new policy: closed %d stream(s) it no longer allows", closed)
         return closed
 
+    def expire(self, conn: Connection) -> Expiry:
+        """Close ``conn`` (1008, ``ooo: unauthorized: token expired``) once its token expires: a
+        stream outlives no JWT (its ``exp`` plus the leeway); opaque tokens and anonymous never
+        expire. Call it once the stream has started; cancel what it returns when the stream ends."""
+        expiry = Expiry(self, conn)
+        expiry.arm()
+        return expiry
+
     # -- usage of the namespaces -----------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:
         """``?api=stats``: the usage of every namespace, once it has been counted from the store."""
@@ -345,6 +353,39 @@ class Guard:
                     self._loaded = True
         finally:
             self._loading = None
+
+
+class Expiry:
+    """The timer that closes one stream when its token expires. When it fires, the token is
+    authenticated again by the policy then in force (a SIGHUP may have changed the leeway, or
+    turned access control off): refused, the stream is closed with the reason; still accepted
+    (the clocks of the loop and of ``time.time()`` differ a little), the timer is set again."""
+
+    __slots__ = ("_guard", "_conn", "_timer")
+
+    def __init__(self, guard: Guard, conn: Connection) -> None:
+        self._guard = guard
+        self._conn = conn
+        self._timer: asyncio.TimerHandle | None = None
+
+    def arm(self) -> None:
+        self._timer = None
+        policy, conn = self._guard.policy, self._conn
+        if policy is None or conn.closed:
+            return
+        try:
+            expires = policy.expiry(bearer_token(conn.request))
+        except Unauthorized as exc:
+            conn.drop(WSCloseCode.POLICY_VIOLATION, exc.message)
+            return
+        if expires is not None:
+            delay = max(expires - time.time(), 0.0)
+            self._timer = asyncio.get_running_loop().call_later(delay, self.arm)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 _LOAD_ATTEMPTS = 5

@@ -5,7 +5,7 @@ HTTP response; Origin and Host, and the access policy (``read`` on the key; any 
 for the clock), were checked before the handler ran, as for every request (``app.py``,
 ``auth.py``). After the upgrade the handler only reads (client frames are
 ignored, except that any frame counts as a sign of life and pings are answered); pools write the
-frames.
+frames. A stream ends when its token expires (``auth.Guard.expire``: closed with 1008).
 """
 
 from __future__ import annotations
@@ -102,7 +102,11 @@ async def subscribe(ctx: Context, request: web.Request, key: str) -> web.StreamR
             await conn.close(WSCloseCode.INTERNAL_ERROR, message)
             return conn.ws
         conn.start()
-        await _read_until_closed(conn)
+        expiry = ctx.guard.expire(conn)
+        try:
+            await _read_until_closed(conn)
+        finally:
+            expiry.cancel()
     finally:
         pools.leave(conn)
         await conn.close(WSCloseCode.OK, "")
@@ -117,7 +121,11 @@ async def clock(ctx: Context, request: web.Request) -> web.StreamResponse:
     try:
         clocks.join(conn)
         conn.start()
-        await _read_until_closed(conn)
+        expiry = ctx.guard.expire(conn)
+        try:
+            await _read_until_closed(conn)
+        finally:
+            expiry.cancel()
     finally:
         clocks.leave(conn)
         await conn.close(WSCloseCode.OK, "")

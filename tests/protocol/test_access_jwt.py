@@ -127,6 +127,19 @@ def test_an_exp_out_of_any_range_is_a_401_or_a_token_that_never_expires_never_a_
     assert policy.authenticate(token) is who
 
 
+def test_expiry_is_exp_plus_the_leeway() -> None:
+    exp = now() + 60
+    token = hs({"sub": "ann", "exp": exp})
+    assert hs_policy().expiry(token) == exp
+    assert hs_policy(leeway=5).expiry(token) == exp + 5
+    assert hs_policy().expiry(hs({"sub": "ann"})) is None
+    assert hs_policy().expiry(raw_jwt(b'{"sub":"ann","exp":1' + b"0" * 400 + b"}")) is None  # as good as never
+    assert hs_policy().expiry(None) is None
+    unauthorized(hs_policy(), hs({"sub": "ann", "exp": now() - 60}), "token expired")
+    with pytest.raises(Unauthorized):
+        hs_policy().expiry(hs({"sub": "ann", "exp": now() - 60}))
+
+
 def test_a_token_not_yet_valid_is_401() -> None:
     unauthorized(hs_policy(), hs({"sub": "ann", "nbf": now() + 600}), "invalid token")
 

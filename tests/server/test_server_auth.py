@@ -433,6 +433,43 @@ async def test_a_dot_sub_reaches_no_key_through_its_placeholder(make_live: LiveF
     assert (await call(live, "GET", "shared/x", token))[0] == 404  # the token's other paths still apply
 
 
+async def closed_by_server(ws: aiohttp.ClientWebSocketResponse, timeout: float) -> tuple[float, aiohttp.WSMessage]:
+    """When (``time.time()``) the server's close frame arrived, and the frame; frames before it are skipped."""
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await ws.receive()
+            if msg.type is not aiohttp.WSMsgType.BINARY:
+                return time.time(), msg
+
+
+async def test_open_streams_are_closed_when_their_token_expires(make_live: LiveFactory) -> None:
+    """A stream lives no longer than its JWT (``exp`` plus the leeway): key streams and the clock
+    stream alike, closed with 1008 and the reason; a stream of an opaque token stays open."""
+    doc = {"jwt": {"secret": SECRET, "leeway": 1, "rules": [{"paths": ["users/{sub}/*"], "rights": ["read", "write"]}]},
+           "tokens": [{"name": "t", "sha256": token_digest("tok"), "rules": [{"paths": ["users/*/*"], "rights": ["read"]}]}]}
+    live = await make_live(auth=Policy.from_dict(doc))
+    exp = int(time.time()) + 2
+    token = jwt.encode({"sub": "ana", "exp": exp}, SECRET, algorithm="HS256")
+    key_stream = await subscribe(live, "users/ana/x", protocols=("bearer", token))
+    clock = await subscribe(live, "", headers=bearer(token))
+    lasting = await subscribe(live, "users/ana/x", headers=bearer("tok"))
+    assert not isinstance(key_stream, int) and not isinstance(clock, int) and not isinstance(lasting, int)
+    assert time.time() < exp, "the server took the token's whole lifetime to open the streams"
+    assert (await call(live, "POST", "users/ana/x", token, b"1"))[0] == 200
+    for ws in (key_stream, lasting):  # open, and receiving, while the token is valid
+        assert (await next_frame(ws))["data"]["data"] == 1
+
+    for ws in (key_stream, clock):
+        at, msg = await closed_by_server(ws, timeout=exp + 1 + 10 - time.time())
+        assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 1008, "ooo: unauthorized: token expired")
+        assert at >= exp + 1  # not before exp + leeway
+    assert (await call(live, "POST", "users/ana/x", "tok", b"2"))[0] == 403  # read only
+    await live.store.set("users/ana/x", 2)
+    patch = (await next_frame(lasting))["data"]  # the opaque token's stream still receives changes
+    assert {"op": "replace", "path": "/data", "value": 2} in patch
+    await lasting.close()
+
+
 # -- anonymous ---------------------------------------------------------------------------------------
 
 
