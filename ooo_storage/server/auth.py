@@ -58,42 +58,49 @@ def principal_of(request: web.Request) -> Principal | None:
     return request.get(PRINCIPAL)
 
 
+_METHOD_RIGHTS: dict[str, Right] = {"GET": "read", "POST": "write", "PATCH": "write", "DELETE": "delete"}
+
+
 def required_right(method: str, key: str, websocket: bool) -> Need | None:
     """What a request on ``key`` (``""`` for ``/``) needs: ``read`` for a GET or a subscription,
     ``write`` for POST and PATCH (a push on ``logs/*`` covers the glob), ``delete`` for DELETE,
     ``admin`` for ``GET /`` (listings, every ``?api=``), :data:`ANY` for the clock stream. None when
     the request is refused anyway, whoever asks (405, an invalid key: 400), so the handler says why."""
+    need = method_need(method, key, websocket)
+    return None if key and not keys.is_valid(key) else need
+
+
+def method_need(method: str, key: str, websocket: bool) -> Need | None:
+    """:func:`required_right` without reading ``key`` beyond whether it is empty: for an invalid
+    key, what its method would need. :func:`decide` lets an invalid key through rather than refuse
+    it (the handler, which checks the key anyway, answers 400), so a caller that decides with this
+    validates the key only for a request it would refuse, not for every request."""
     if not key:
         if method != "GET":
             return None
         return ANY if websocket else "admin"
-    if not keys.is_valid(key):
-        return None
-    if method == "GET":
-        return "read"
-    if method in ("POST", "PATCH"):
-        return "write"
-    if method == "DELETE":
-        return "delete"
-    return None
+    return _METHOD_RIGHTS.get(method)
 
 
 def _asked(request: web.Request) -> tuple[str, Need | None]:
-    """The key ``request`` names and what it needs (:func:`required_right`), in one pass: this runs
-    for every request. The key is :func:`~.rest.request_key`'s, left unchecked here because
-    ``required_right`` validates it (a path :func:`~.rest.request_key` refuses is never a valid key:
-    None, the handler says why); the headers are read only for ``/`` (the clock stream)."""
+    """The key ``request`` names and what it needs (:func:`method_need`), in one pass: this runs
+    for every request. The key is :func:`~.rest.request_key`'s, left unchecked here: :func:`decide`
+    checks it only before a refusal (a path :func:`~.rest.request_key` refuses is never a valid
+    key: let through, the handler says why); the headers are read only for ``/`` (the clock stream)."""
     path = request.raw_path.partition("?")[0]
     if path[:1] != "/":
         return "", None
     key = path[1:]
-    return key, required_right(request.method, key, not key and wants_websocket(request))
+    return key, method_need(request.method, key, not key and wants_websocket(request))
 
 
 def decide(policy: Policy, principal: Principal, need: Need | None, key: str) -> None:
     """Raise :class:`Forbidden` (403) unless ``principal`` may do what ``need`` says on ``key``;
-    :class:`Unauthorized` (401) instead for an anonymous request, which a token might let in."""
+    :class:`Unauthorized` (401) instead for an anonymous request, which a token might let in. An
+    invalid ``key`` is let through: it is refused whoever asks, and its handler says why (400)."""
     if need is None or need == ANY or policy.allows(principal, need, key):
+        return
+    if key and not keys.is_valid(key):
         return
     if principal.kind == "anonymous":
         raise Unauthorized(f"ooo: unauthorized: a token is required to {need} {key or '/'}")
@@ -242,7 +249,7 @@ class Guard:
                 return self._refuse(request, principal.name, exc)
             request[PRINCIPAL] = principal
             usage = self.usage
-            if usage is not None and key and need is not None:
+            if usage is not None and key and need is not None and keys.is_valid(key):
                 usage.count_request(key)
             return await handler(request)
 

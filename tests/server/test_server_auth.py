@@ -185,6 +185,32 @@ async def test_invalid_paths_and_methods_keep_their_own_answers(make_live: LiveF
     assert (await call(live, "GET", "a/1", "unknown"))[0] == 401  # bad credentials first, always
 
 
+async def test_an_invalid_key_is_400_even_for_those_who_may_not_touch_it_and_counts_nowhere(
+    make_live: LiveFactory,
+) -> None:
+    """The guard validates a key only before refusing it (a valid key needs no check of its own
+    there): a principal without the right, or anonymous, still gets the handler's 400 for a key no
+    one may use, and such a request is not counted in its namespace's usage."""
+    live = await make_live(auth=Policy.from_dict(one_right_each()))
+
+    async def requests_in_a() -> int:
+        status, _, body = await call(live, "GET", "?api=stats", token_of("admin"))
+        assert status == 200
+        return int(orjson.loads(body)["namespaces"][0]["requests"]["lastHour"])
+
+    before = await requests_in_a()
+    for token in (token_of("write"), None):  # neither may read
+        for key in ("a//b", "a/**", "a/b/", "-a"):
+            status, _, body = await call(live, "GET", key, token)
+            assert (status, body) == (400, b"ooo: key is not valid"), (key, token)
+    assert (await call(live, "POST", "a//b", token_of("read"), b"1"))[0] == 400
+    assert (await call(live, "DELETE", "a/b/", token_of("write")))[0] == 400
+    assert (await call(live, "GET", "a//b", "unknown"))[0] == 401  # bad credentials first, always
+    assert await requests_in_a() == before
+    assert (await call(live, "GET", "a/1", token_of("read")))[0] == 404  # a valid key counts
+    assert await requests_in_a() == before + 1
+
+
 async def test_refusals_come_before_filters_and_before_the_body(make_live: LiveFactory) -> None:
     live = await make_live(auth=single(["a/*"], ["read"]))
     filtered: list[str] = []
