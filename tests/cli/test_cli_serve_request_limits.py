@@ -48,7 +48,7 @@ async def test_the_served_process_applies_them() -> None:
     async with Served(*argv) as served, aiohttp.ClientSession() as http:
         reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
         try:
-            writer.write(upload("/a", body, 1000))
+            writer.write(upload("/a", body, 599_000))  # held as it arrives
             async with asyncio.timeout(10):
                 while True:  # until the upload is in progress (nothing tells it from outside)
                     async with http.get(f"{served.url}/k") as resp:
@@ -59,12 +59,14 @@ async def test_the_served_process_applies_them() -> None:
                     await asyncio.sleep(0.02)
             assert text.endswith("(limit 1 per client), retry later"), text
             other = await asyncio.open_connection("127.0.0.1", served.port, local_addr=("127.0.0.2", 0))
-            other[1].write(upload("/b", body, 1000))
+            # 599 000 + 401 001 > 1 000 000: /b goes over the budget with its last byte, so
+            # nothing of it is left unread when the refusal closes the connection
+            other[1].write(upload("/b", body, 401_001))
             refusal = await asyncio.wait_for(other[0].read(), 10)
             other[1].close()
             assert refusal.startswith(b"HTTP/1.1 503 "), refusal
             assert b"does not fit in the 1000000-byte budget now" in refusal
-            writer.write(body[1000:])
+            writer.write(body[599_000:])
             assert (await reader.readline()).startswith(b"HTTP/1.1 200 ")
         finally:
             writer.close()
