@@ -8,6 +8,7 @@ import asyncio
 import base64
 import logging
 import re
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -515,3 +516,70 @@ async def test_stopping_the_server_closes_the_fronts_connections(pair_factory: A
         assert pair.lean.gate is not None and not pair.lean.gate.open
     finally:
         writer.close()
+
+
+async def test_a_pending_handover_reads_nothing_more(pair_factory: Any) -> None:
+    """Answers a client does not read hold a request for aiohttp back: the front stops reading
+    until it can hand over (it kept reading, and one connection made it buffer 1 GB in 2 s)."""
+    pair = await pair_factory()
+    await pair.store.set("held/a", orjson.dumps({"blob": "x" * 60_000}))
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the answers cannot all fit
+    client.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", pair.lean.port))
+    reader, writer = await asyncio.open_connection(sock=client)
+    writer.transport.set_write_buffer_limits(high=1 << 30)
+    try:
+        async with asyncio.timeout(10):
+            while not fronts(pair.lean):
+                await asyncio.sleep(0.01)
+        [front] = fronts(pair.lean)
+        assert front.transport is not None
+        front.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        writer.write(req("GET", "/held/a") * 8 + req("GET", "/?api=info"))
+        async with asyncio.timeout(10):
+            while not front.hand_over or front.writable is None:  # stuck behind unread answers
+                await asyncio.sleep(0.01)
+        junk = b"x" * (1 << 20)
+        for _ in range(64):  # 64 MiB more: what the kernel's buffers cannot all take
+            writer.write(junk)
+            await asyncio.sleep(0)
+        stalled, last = 0, -1
+        while stalled < 10:  # until the server takes nothing more
+            await asyncio.sleep(0.05)
+            size = len(front.buf)
+            stalled, last = (stalled + 1 if size == last else 0), size
+        assert front.handler is None and front.reading is False
+        assert len(front.buf) < 16 << 20, len(front.buf)
+    finally:
+        writer.close()
+
+
+async def test_an_upload_in_progress_is_not_idle(pair_factory: Any) -> None:
+    """At the connection limit the gate closes idle connections, not one whose body is arriving
+    (the front called an upload idle, and it was cut to make room)."""
+    pair = await pair_factory()
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.lean.port)
+    try:
+        writer.write(req("POST", "/up/a", DOC)[:-5])
+        async with asyncio.timeout(10):
+            while not fronts(pair.lean) or fronts(pair.lean)[0].partial is None:
+                await asyncio.sleep(0.01)
+        [front] = fronts(pair.lean)
+        assert not front.waiting()
+        writer.write(req("POST", "/up/a", DOC)[-5:])
+        answer = await asyncio.wait_for(reader.readuntil(b'{"index":"a"}'), 10)
+        assert responses(answer)[0][0] == 200
+        assert front.waiting()
+    finally:
+        writer.close()
+
+
+async def test_a_head_with_a_bare_lf_is_refused_at_once(pair_factory: Any) -> None:
+    """A header line ended by a bare LF: aiohttp's 400 at once, as without the front (it waited
+    for the header timeout)."""
+    pair = await pair_factory()
+    data = b"GET /lf/a HTTP/1.1\r\nHost: 127.0.0.1\n\r\n"
+    async with asyncio.timeout(5):  # the header timeout is 10 s; nothing follows the head
+        old, new = await pair.both(data, end=b"")
+    assert new == old and new.split(b"\r\n")[0].endswith(b" 400 Bad Request")

@@ -4,6 +4,7 @@ handed over to aiohttp."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
@@ -31,6 +32,9 @@ MAX_PENDING = 16
 """Requests parsed ahead of their answers (pipelining) before the front stops reading."""
 MAX_BUFFERED = 256 * 1024
 """Bytes of parsed requests waiting for their answers before the front stops reading."""
+_BARE_LF = re.compile(rb"(?<!\r)\n").search
+"""A line ended by a bare LF: aiohttp refuses such a head at once (the front would wait for a
+``\r\n\r\n`` that never comes)."""
 FLUSH_BYTES = 64 * 1024
 """Answers of pipelined requests are written together up to this size."""
 
@@ -84,6 +88,9 @@ class Front(GuardedConnection):
             super().data_received(data)
             return
         self.buf += data
+        if self.hand_over:  # what follows is aiohttp's, once the queue is answered: hold it back
+            self._pause_reading()
+            return
         if self.worker is None and not self.queue:
             self._parse()
             if self.queue and self.worker is None:
@@ -126,7 +133,8 @@ class Front(GuardedConnection):
     def waiting(self) -> bool:
         if self.handler is not None:
             return super().waiting()
-        return not self.queue and self.worker is None
+        # a request whose body is arriving is busy, as under aiohttp (the gate closed uploads)
+        return not self.queue and self.worker is None and self.partial is None
 
     def abort(self) -> None:
         if self.handler is not None:
@@ -185,7 +193,7 @@ class Front(GuardedConnection):
         buf = self.buf
         if start == len(buf):
             return
-        if head and (len(buf) - start > self.lean.max_head or buf.find(b"\n\n", start) >= 0):
+        if head and (len(buf) - start > self.lean.max_head or _BARE_LF(buf, start) is not None):
             self._hand_over_soon()  # too large, or lines ended by a bare LF: aiohttp's to refuse
             return
         if self.stall_timer is not None:
@@ -351,8 +359,10 @@ class Front(GuardedConnection):
 
     # -- handing over to aiohttp ---------------------------------------------------------------
     def _hand_over_soon(self) -> None:
-        """Hand the connection over once every queued request is answered."""
+        """Hand the connection over once every queued request is answered; read nothing more
+        until then (a client not reading its answers kept sending, and the front buffered 1 GB)."""
         self.hand_over = True
+        self._pause_reading()
         if not self.queue and self.worker is None:
             self._hand_over()
 
