@@ -211,6 +211,41 @@ async def test_an_invalid_key_is_400_even_for_those_who_may_not_touch_it_and_cou
     assert await requests_in_a() == before + 1
 
 
+@pytest.mark.parametrize(
+    ("token", "method", "key", "outcome"),
+    [
+        (token_of("read"), "GET", "a/1", True),
+        (token_of("read"), "GET", "b/1", True),  # usage.count_request finds (here, no) namespace
+        (token_of("write"), "POST", "a/1", True),
+        (token_of("write"), "PATCH", "a/*", True),
+        (token_of("delete"), "DELETE", "a/*", True),
+        (token_of("admin"), "GET", "", False),
+        (token_of("read"), "POST", "a/1", "ooo: forbidden: read may not write a/1"),
+        (token_of("write"), "GET", "", "ooo: forbidden: write may not admin /"),
+        (None, "GET", "a/1", "ooo: unauthorized: a token is required to read a/1"),
+        ("unknown", "GET", "a/1", "ooo: unauthorized: unknown token"),
+        (token_of("write"), "GET", "a//b", False),  # invalid: let through for the handler's 400
+        (None, "DELETE", "a/**", False),
+        (token_of("read"), "PUT", "a/1", False),  # 405 whoever asks
+    ],
+)
+def test_guard_admit_decides_as_the_middleware_does(token: str | None, method: str, key: str, outcome: Any) -> None:
+    """``Guard.admit``, the lean front's whole check in one call: True when the request counts in
+    a namespace's usage, or the refusal the middleware would answer."""
+    from ooo_storage.errors import HTTPFailure
+    from ooo_storage.server.auth import Guard
+
+    guard = Guard(Layered(memory=MemoryLayer()), None)
+    assert guard.admit(token, method, key) is False  # no policy: everything passes, nothing counted
+    guard.swap(Policy.from_dict(one_right_each()))
+    if isinstance(outcome, bool):
+        assert guard.admit(token, method, key) is outcome
+    else:
+        with pytest.raises(HTTPFailure) as refused:
+            guard.admit(token, method, key)
+        assert refused.value.message == outcome
+
+
 async def test_refusals_come_before_filters_and_before_the_body(make_live: LiveFactory) -> None:
     live = await make_live(auth=single(["a/*"], ["read"]))
     filtered: list[str] = []
