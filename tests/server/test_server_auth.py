@@ -506,10 +506,10 @@ async def closed_by_server(ws: aiohttp.ClientWebSocketResponse, timeout: float) 
 async def test_open_streams_are_closed_when_their_token_expires(make_live: LiveFactory) -> None:
     """A stream lives no longer than its JWT (``exp`` plus the leeway): key streams and the clock
     stream alike, closed with 1008 and the reason; a stream of an opaque token stays open."""
-    doc = {"jwt": {"secret": SECRET, "leeway": 1, "rules": [{"paths": ["users/{sub}/*"], "rights": ["read", "write"]}]},
+    doc = {"jwt": {"secret": SECRET, "leeway": 0.5, "rules": [{"paths": ["users/{sub}/*"], "rights": ["read", "write"]}]},
            "tokens": [{"name": "t", "sha256": token_digest("tok"), "rules": [{"paths": ["users/*/*"], "rights": ["read"]}]}]}
     live = await make_live(auth=Policy.from_dict(doc))
-    exp = int(time.time()) + 2
+    exp = time.time() + 1.2  # a NumericDate may have a fraction
     token = jwt.encode({"sub": "ana", "exp": exp}, SECRET, algorithm="HS256")
     key_stream = await subscribe(live, "users/ana/x", protocols=("bearer", token))
     clock = await subscribe(live, "", headers=bearer(token))
@@ -521,9 +521,9 @@ async def test_open_streams_are_closed_when_their_token_expires(make_live: LiveF
         assert (await next_frame(ws))["data"]["data"] == 1
 
     for ws in (key_stream, clock):
-        at, msg = await closed_by_server(ws, timeout=exp + 1 + 10 - time.time())
+        at, msg = await closed_by_server(ws, timeout=exp + 0.5 + 10 - time.time())
         assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 1008, "ooo: unauthorized: token expired")
-        assert at >= exp + 1  # not before exp + leeway
+        assert at >= exp + 0.5  # not before exp + leeway
     assert (await call(live, "POST", "users/ana/x", "tok", b"2"))[0] == 403  # read only
     await live.store.set("users/ana/x", 2)
     patch = (await next_frame(lasting))["data"]  # the opaque token's stream still receives changes
