@@ -7,6 +7,9 @@ costs about its size, not the number of matches) and sent at the reader's pace (
 
 from __future__ import annotations
 
+from operator import itemgetter
+
+import orjson
 from aiohttp import web
 
 from ..layered import Layered
@@ -74,17 +77,29 @@ async def read(ctx: Context, key: str, limit_text: str | None, cursor: str | Non
 def one_chunk(items: list[Object]) -> bytes | None:
     """The JSON array of ``items`` (:func:`json_array`'s bytes) when it is sent as one plain
     response, at most :data:`chunked.CHUNK_BYTES` (what ``chunked.send`` makes of a body no larger);
-    None, once the items encoded so far are over, when it is sent at the reader's pace: the rule both
-    HTTP engines answer by."""
-    parts: list[bytes] = []
-    size = 1  # "]"
-    for obj in items:
-        part = obj.to_json()
-        size += len(part) + 1  # and its "[" or ","
-        if size > chunked.CHUNK_BYTES:
-            return None
-        parts.append(part)
-    return b"[%s]" % b",".join(parts)
+    None when it is sent at the reader's pace: the rule both HTTP engines answer by."""
+    if sum(map(len, map(_DATA, items))) > chunked.CHUNK_BYTES:
+        return None  # over before any encoding (a page of large objects is never built whole)
+    try:
+        body = orjson.dumps(list(map(_as_dict, items)))
+    except TypeError:  # an int orjson cannot write (over 64 bits; hand-built objects only)
+        body = b"[%s]" % b",".join([obj.to_json() for obj in items])
+    return None if len(body) > chunked.CHUNK_BYTES else body
+
+
+_DATA = itemgetter(4)  # Object.data
+
+
+def _as_dict(obj: Object) -> dict[str, object]:
+    """``obj`` as orjson writes :meth:`Object.to_json`'s bytes (one ``orjson.dumps`` for a whole
+    page costs half of an ``Object.to_json`` per item): the same keys in the same order, ``path``
+    omitted when empty, ``data`` as it is stored, and strings escaped as ``to_json`` escapes them
+    (by orjson)."""
+    created, updated, index, path, data = obj
+    if path:
+        return {"created": created, "updated": updated, "index": index, "path": path,
+                "data": orjson.Fragment(data)}
+    return {"created": created, "updated": updated, "index": index, "data": orjson.Fragment(data)}
 
 
 async def get(ctx: Context, request: web.Request, key: str) -> web.StreamResponse:

@@ -18,8 +18,8 @@ import pytest
 from ooo_storage import Layered, MemoryLayer
 from ooo_storage.protocol.access import RIGHTS, Policy, token_digest
 from ooo_storage.protocol.objects import Object
-from ooo_storage.protocol.pages import encode_cursor
-from ooo_storage.server import Server, ServerRunner
+from ooo_storage.protocol.pages import encode_cursor, json_array
+from ooo_storage.server import Server, ServerRunner, lists
 from ooo_storage.server.chunked import CHUNK_BYTES
 from ooo_storage.server.front import MAX_PENDING, Front
 
@@ -312,6 +312,31 @@ async def test_pages_followed_by_their_cursors_answer_like_aiohttp(pair_factory:
         pages.append([masked(page) for page in [*walk, raw]])
     assert pages[1] == pages[0]
     assert len(pages[1]) > 1 or filters in ("read-list", "refusing")
+
+
+ODD_OBJECTS = [
+    Object(1, 0, "a", "", b"{}"),  # no path: omitted
+    Object(2, 3, 'q"u\\o', 'x/q"u\\o', b'"s"'),  # escaped by orjson in to_json
+    Object(3, 0, "t\tab\x7f\u2028", "t\tab\x7f\u2028", b"[1,2]"),  # control and non-printable
+    Object(4, 0, "\u00e9t\u00e9", "\u00e9t\u00e9", '{"v":"\u00e9"}'.encode()),  # printable, not ASCII
+    Object(2**64, -(2**63) - 1, "big", "n/big", b"null"),  # over 64 bits: orjson cannot write it
+    Object(-5, 2**63 - 1, "i", "n/i", b"0"),
+]
+
+
+@pytest.mark.parametrize("start", range(len(ODD_OBJECTS)))
+def test_one_chunk_writes_json_arrays_bytes(start: int) -> None:
+    """A page sent as one chunk is the bytes of the streamed array (``Object.to_json`` per item),
+    whatever its objects hold: paths omitted or escaped, ints of any size."""
+    items = ODD_OBJECTS[start:] + ODD_OBJECTS[:start]
+    for count in range(len(items) + 1):
+        assert lists.one_chunk(items[:count]) == b"".join(json_array(items[:count]))
+
+
+def test_one_chunk_refuses_a_page_over_one_chunk_by_its_data_alone() -> None:
+    fill_ = b'"%s"' % (b"x" * (CHUNK_BYTES - 2))
+    assert lists.one_chunk([Object(1, 0, "a", "", fill_)]) is None  # the data is the limit: the object is over
+    assert lists.one_chunk([Object(1, 0, "a", "", fill_[:-60] + b'"')]) is not None
 
 
 async def test_a_page_too_large_for_one_chunk_is_streamed_by_aiohttp(pair_factory: Any) -> None:
