@@ -73,8 +73,9 @@ class ServerConfig:
     GET whose reader takes nothing for this long is cut."""
     outbox_bytes: int = 8 * 1024 * 1024
     """Bytes that may wait for one subscriber that does not keep up (shared frames, counted per
-    subscriber); one more frame then drops it (close code 1008). A single frame larger than this is
-    still delivered to a subscriber that reads (connection.py)."""
+    subscriber); one more frame then conflates it: its queued frames are dropped and it gets one
+    fresh snapshot when its socket drains (a clock stream is dropped, 1008). A single frame larger
+    than this is still delivered to a subscriber that reads (connection.py)."""
     close_timeout: float = 2.0
     """How long a close handshake may take before the transport is aborted."""
     shutdown_timeout: float = 10.0

@@ -10,11 +10,18 @@ high-water mark (aiohttp pauses writing), frames stay queued here as shared refe
 pump task hands them to the transport in slices as the socket drains. So a slow or stalled
 subscriber holds at most the transport's high-water mark plus one slice of private memory,
 whatever the frame sizes. The outbox bound (``outbox_bytes``) is on what waits behind the socket,
-not on one frame: a frame larger than the outbox is still delivered to a subscriber that reads,
-and a subscriber is dropped (close code 1008) only when more than ``outbox_bytes`` are already
-waiting for it and another frame comes. One whose socket makes no progress for ``write_timeout``
-seconds is dropped too (1011). Nobody ever awaits a subscriber on the broadcast path, so a slow
-one never delays the others or the store.
+not on one frame: a frame larger than the outbox is still delivered to a subscriber that reads.
+
+When more than ``outbox_bytes`` already wait and another frame comes, the subscriber is
+*conflated*, not dropped: its queued frames are thrown away (except one already partly handed to
+the transport: a websocket frame is written whole), it is marked behind and gets no data frame
+(they would patch a state it does not have) until its socket drains; then its
+:class:`Conflater` (the pool hub) gives it ONE snapshot frame at the pool's current version, and
+patches follow from there. A phone on a bad network catches up instead of looping through
+reconnects, and what it costs stays bounded by the outbox plus one frame. A connection without a
+conflater (the clock stream) is dropped as before (1008). One whose socket makes no progress for
+``write_timeout`` seconds is dropped (1011), behind or not. Nobody ever awaits a subscriber on the
+broadcast path, so a slow one never delays the others or the store.
 
 aiohttp's own writes (pongs, the close frame) are synchronous ``transport.write`` calls of whole
 frames; ours never leave a frame half written while the pump is idle... except inside a large
@@ -26,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractStreamWriter
@@ -38,6 +46,22 @@ _SLICE = 64 * 1024
 transport's high-water mark (its frames otherwise stay shared)."""
 
 log = logging.getLogger("ooo_storage.server")
+
+
+def is_data(frame: bytes) -> bool:
+    """Whether ``frame`` carries data (a snapshot or a patch), not a control frame (ping, pong):
+    control frames still go to a subscriber that is behind."""
+    return not frame[0] & 0x08
+
+
+class Conflater(Protocol):
+    """Who brings a conflated subscriber back (the pool hub)."""
+
+    def conflated(self, conn: Connection) -> None:
+        """``conn``'s queued frames were dropped: it is behind (counted, reported)."""
+
+    def catch_up(self, conn: Connection) -> bytes | None:
+        """The snapshot frame ``conn`` gets now that its socket drained; None if it has no pool."""
 
 
 class Flusher:
@@ -86,6 +110,8 @@ class Connection:
         "_protocol",
         "_writer",
         "_pump",
+        "_behind",
+        "conflater",
     )
 
     def __init__(
@@ -117,6 +143,8 @@ class Connection:
         self._protocol = request.protocol  # aiohttp's: ``writing_paused`` is its flow control
         self._writer = writer  # what ``ws.prepare`` returned: ``drain()`` waits for the socket
         self._pump: asyncio.Task[None] | None = None
+        self._behind = False  # conflated: no data frame until the snapshot that catches it up
+        self.conflater: Conflater | None = None  # set by whoever sends it data frames
 
     @property
     def queued_bytes(self) -> int:
@@ -132,17 +160,30 @@ class Connection:
         transport = self._transport
         return self.closed or transport is None or transport.is_closing()
 
+    @property
+    def behind(self) -> bool:
+        """Conflated and waiting for its socket to drain (then it gets a fresh snapshot)."""
+        return self._behind
+
     def send(self, frame: bytes) -> None:
-        """Queue one complete websocket frame; drop the connection if too much already waits."""
+        """Queue one complete websocket frame; when too much already waits, conflate (or drop
+        a connection that has no conflater)."""
         if self.closed:
             return
         transport = self._transport
         if transport is None or transport.is_closing():
             self.drop(WSCloseCode.GOING_AWAY, "connection lost")
             return
+        data = is_data(frame)
+        if self._behind and data:
+            return  # it would patch a state the subscriber does not have
         if self._pending_bytes > self.config.outbox_bytes:
-            self.drop(WSCloseCode.POLICY_VIOLATION, "slow consumer: outbox full", slow=True)
-            return
+            if self.conflater is None:
+                self.drop(WSCloseCode.POLICY_VIOLATION, "slow consumer: outbox full", slow=True)
+                return
+            self._conflate(self.conflater)
+            if data:
+                return
         if not self._pending and self._pump is None:
             self._flusher.mark(self)
         self._pending.append(frame)
@@ -167,12 +208,43 @@ class Connection:
                 self._written += len(data)
             else:
                 self._write_slices(transport)
-        if pending and self._pump is None:
+        if pending:
+            self._start_pump()
+        self._watch_progress(transport)
+
+    def _start_pump(self) -> None:
+        if self._pump is None:
             self._pump = asyncio.get_running_loop().create_task(self._drain_pending())
-        if self._write_timer is None and (pending or transport.get_write_buffer_size()):
+
+    def _watch_progress(self, transport: asyncio.Transport) -> None:
+        """Arm the write timeout while something waits for the socket."""
+        if self._write_timer is None and (self._pending or transport.get_write_buffer_size()):
             self._write_timer = asyncio.get_running_loop().call_later(
                 self.config.write_timeout, self._check_progress
             )
+
+    def _conflate(self, conflater: Conflater) -> None:
+        """Drop the queued frames but one partly handed over, and catch up once the socket drains."""
+        pending = self._pending
+        if self._head:
+            head = pending[0]
+            pending[1:] = []
+            self._pending_bytes = len(head) - self._head
+        else:
+            pending.clear()
+            self._pending_bytes = 0
+        self._behind = True
+        conflater.conflated(self)
+        self._start_pump()
+
+    def _catch_up(self, transport: asyncio.Transport) -> None:
+        """The socket drained: queue the pool's current snapshot (patches follow from its version)."""
+        self._behind = False
+        frame = None if self.conflater is None else self.conflater.catch_up(self)
+        if frame is not None:
+            self._pending.append(frame)
+            self._pending_bytes += len(frame)
+            self._watch_progress(transport)
 
     def _write_slices(self, transport: asyncio.Transport) -> None:
         pending = self._pending
@@ -188,13 +260,16 @@ class Connection:
                 self._head = 0
 
     async def _drain_pending(self) -> None:
-        """The pump of a subscriber that does not keep up: write more each time the socket drains."""
+        """The pump of a subscriber that does not keep up: write more each time the socket drains;
+        one that is behind gets its snapshot once everything before it was handed over."""
         try:
-            while self._pending and not self.closed:
+            while (self._pending or self._behind) and not self.closed:
                 await self._writer.drain()
                 transport = self._transport
                 if self.closed or transport is None or transport.is_closing():
                     break
+                if self._behind and not self._pending:
+                    self._catch_up(transport)
                 self._write_slices(transport)
         except (ConnectionError, RuntimeError):
             self.drop(WSCloseCode.GOING_AWAY, "connection lost")

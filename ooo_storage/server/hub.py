@@ -82,6 +82,7 @@ class Pool:
         "loading",
         "buffer",
         "waiting",
+        "conflations",
         "_snapshot",
     )
 
@@ -95,6 +96,7 @@ class Pool:
         self.loading: asyncio.Future[None] | None = None
         self.buffer: list[Event] | None = None
         self.waiting: dict[Connection, None] = {}  # joining while the pool is built
+        self.conflations = 0  # members whose queued frames were dropped for one snapshot
         self._snapshot: bytes | None = None
 
     @property
@@ -153,6 +155,7 @@ class Pools:
         self._member_of: dict[Connection, Pool] = {}
         self._index: PatternIndex[Pool] = PatternIndex()
         self.slow_disconnects = 0
+        self.conflations = 0  # in all pools, pruned ones included
         self._remembered: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
         self._turns: deque[asyncio.Future[None]] = deque()  # build steps waiting for their turn
         self._turner: asyncio.Task[None] | None = None
@@ -187,6 +190,7 @@ class Pools:
                 self._built(conn)
         pool.members[conn] = None
         self._member_of[conn] = pool
+        conn.conflater = self
         if version != pool.version:
             conn.send(pool.snapshot_frame())
         return pool
@@ -377,14 +381,36 @@ class Pools:
     def state(self) -> dict[str, Any]:
         """``GET /?api=state``."""
         pools = [
-            {"key": p.key, "connections": len(p.members), "version": format(p.version, "x")}
+            {
+                "key": p.key,
+                "connections": len(p.members),
+                "version": format(p.version, "x"),
+                "conflations": p.conflations,
+            }
             for p in self.pools.values()
         ]
         return {
             "pools": pools,
             "totalConnections": sum(p["connections"] for p in pools),
             "slowDisconnects": self.slow_disconnects,
+            "conflations": self.conflations,
         }
+
+    # -- conflation (connection.Conflater) -----------------------------------------------------
+    def conflated(self, conn: Connection) -> None:
+        """A member's outbox overflowed: its patches were dropped, it waits for a snapshot."""
+        pool = self._member_of.get(conn)
+        if pool is None:
+            return
+        pool.conflations += 1
+        self.conflations += 1
+        log.debug("subscriber of %s is behind: its queued frames are replaced by one snapshot", pool.key)
+
+    def catch_up(self, conn: Connection) -> bytes | None:
+        """The frame a conflated member gets when its socket drains: the pool's snapshot at its
+        current version (cached per version, so members catching up together share the bytes)."""
+        pool = self._member_of.get(conn)
+        return None if pool is None else pool.snapshot_frame()
 
     def dropped(self, conn: Connection, slow: bool) -> None:
         """A member was dropped by the server: it leaves now (counted if it was too slow)."""

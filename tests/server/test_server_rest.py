@@ -183,6 +183,7 @@ async def test_root(live: Live) -> None:
         "pools": [],
         "totalConnections": 0,
         "slowDisconnects": 0,
+        "conflations": 0,
     }
     async with live.http.get(live.base + "/") as resp:
         assert resp.status == 200 and resp.content_type == "text/html"
