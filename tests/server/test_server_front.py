@@ -141,6 +141,13 @@ CASES = {
     "gzip": req("POST", "/front/a", b"{}", headers=HOST + b"Content-Encoding: gzip\r\n"),
     "upgrade-missing": req("GET", "/front/a", headers=HOST + b"Upgrade: websocket\r\nConnection: Upgrade\r\n"),
     "push": req("POST", "/front/logs/*", DOC) + req("DELETE", "/front/logs/*"),
+    "head-found": req("POST", "/front/h", DOC) + req("HEAD", "/front/h") + req("GET", "/front/h"),
+    "head-bad-key": req("HEAD", "/front//bad") + req("HEAD", "/front/%41") + req("HEAD", "/front/a/"),
+    "head-glob": req("POST", "/front/g/a", DOC) + req("HEAD", "/front/g/*") + req("HEAD", "/front/g/*?limit=1")
+    + req("HEAD", "/front/g/*?limit=0") + req("HEAD", "/front/none/*"),
+    "head-body": req("HEAD", "/front/a", b"{}"),
+    "head-origin": req("POST", "/front/h", DOC) + req("HEAD", "/front/h", headers=HOST + b"Origin: http://good.example\r\n")
+    + req("HEAD", "/front/h", headers=HOST + b"Origin: http://evil.example\r\n"),
 }
 
 
@@ -167,6 +174,7 @@ async def test_a_full_disk_and_a_missing_store_answer_like_aiohttp(pair_factory:
 def policy(*tokens: dict[str, Any]) -> Policy:
     return Policy.from_dict({
         "tokens": [*tokens,
+            {"name": "none", "sha256": token_digest("none"), "rules": [{"paths": ["open/*"], "rights": ["read"]}]},
             {"name": "root", "sha256": token_digest("root"), "rules": [{"paths": EVERYWHERE, "rights": list(RIGHTS)}]},
             {"name": "reader", "sha256": token_digest("reader"), "rules": [{"paths": EVERYWHERE, "rights": ["read"]}]},
         ],
@@ -183,7 +191,8 @@ def bearer(token: str | None) -> bytes:
     ("token", "method", "status"),
     [(None, "POST", b"401"), ("wrong", "POST", b"401"), ("reader", "POST", b"403"), ("root", "POST", b"200"),
      ("reader", "GET", b"200"), ("reader", "DELETE", b"403"), (None, "GET", b"401"), ("root", "DELETE", b"204"),
-     ("root", "PATCH", b"200"), ("reader", "PATCH", b"403"), ("root", "GET", b"200")],
+     ("root", "PATCH", b"200"), ("reader", "PATCH", b"403"), ("root", "GET", b"200"),
+     ("reader", "HEAD", b"200"), (None, "HEAD", b"401"), ("wrong", "HEAD", b"401"), ("none", "HEAD", b"403")],
 )
 async def test_an_access_policy_answers_like_aiohttp(
     pair_factory: Any, token: str | None, method: str, status: bytes
@@ -200,7 +209,7 @@ async def test_anonymous_reads_allowed_by_the_policy_and_usage_counts_match(pair
     pair = await pair_factory(auth=policy())
     data = (req("POST", "/front/a", DOC, headers=bearer("root")) + req("GET", "/front/a", headers=bearer("root"))
             + req("GET", "/open/x") + req("GET", "/front/a", headers=bearer("reader")) * 3
-            + req("GET", "/front/a"))
+            + req("GET", "/front/a") + req("HEAD", "/front/a", headers=bearer("reader")))  # a HEAD counts nowhere
     old, new = await pair.both(data)
     assert new == old
     stats = []
@@ -234,6 +243,29 @@ async def test_plain_requests_stay_on_the_front(pair_factory: Any, options: dict
         assert [len(orjson.loads(b)) for _, b in answers[105:108]] == [100, 10, 3]
         [front] = fronts(pair.lean)
         assert front.handler is None  # no aiohttp handler: the front answered them all
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("options", [{}, {"auth": policy()}, {"allowed_origins": ["http://good.example"]}])
+async def test_heads_stay_on_the_front(pair_factory: Any, options: dict[str, Any]) -> None:
+    """A HEAD is answered here, its head only: the connection goes on with the next request."""
+    pair = await pair_factory(**options)
+    headers = bearer("root") + (b"Origin: http://good.example\r\n" if "allowed_origins" in options else b"")
+    data = (req("POST", "/hs/a", DOC, headers=headers) + req("HEAD", "/hs/a", headers=headers)
+            + req("HEAD", "/hs/none", headers=headers) + req("HEAD", "/hs/*", headers=headers)
+            + req("GET", "/hs/a", headers=headers))
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.lean.port)
+    try:
+        writer.write(data)
+        raw = b""
+        while not raw.endswith(b'"data":' + orjson.dumps(orjson.loads(DOC)) + b"}"):
+            raw += await asyncio.wait_for(reader.read(65536), 10)
+        heads = raw.split(b"\r\n\r\n")
+        assert [h.split(b" ", 2)[1] for h in heads[1:4]] == [b"200", b"404", b"200"]
+        assert heads[2].startswith(b"HTTP/1.1 ") and heads[3].startswith(b"HTTP/1.1 ")  # no body between
+        [front] = fronts(pair.lean)
+        assert front.handler is None  # the front answered them all
     finally:
         writer.close()
 

@@ -20,6 +20,7 @@ from .wire import (
     Request,
     bearer,
     failure_answer,
+    head_only,
     header_lines,
     json_answer,
     read_head,
@@ -288,14 +289,14 @@ class Front(GuardedConnection):
                 del share.busy[who]
         if counted and (usage := server.guard.usage) is not None:
             usage.count_request(key)  # once the request is known to be ours: aiohttp counts the others
-        return answer
+        return head_only(answer) if method == "HEAD" else answer
 
     async def _serve(self, request: Request, cors: bytes) -> bytes:
         """The answer to an admitted request (NotOurs before any effect when it is aiohttp's)."""
         lean = self.lean
         ctx, dates = lean.context, lean.dates
         method, key = request.method, request.key
-        if method == "GET":
+        if method == "GET" or method == "HEAD":  # app.py: rest.get answers both
             rest.check_key(key)
             ctx.filters.permit_read(key)
             if "*" in key:
@@ -349,13 +350,14 @@ class Front(GuardedConnection):
         policy = guard.policy
         assert policy is not None
         method, key = request.method, request.key
-        need = required_right(method, key, False)
+        head = method == "HEAD"  # needs read like a GET (app.py _authorize_head), counted nowhere
+        need = required_right("GET" if head else method, key, False)
         try:
             principal = policy.authenticate(bearer(request.token))
             decide(policy, principal, need, key)
         except Exception:
             raise NotOurs() from None
-        return guard.usage is not None and need is not None
+        return guard.usage is not None and need is not None and not head
 
     # -- handing over to aiohttp ---------------------------------------------------------------
     def _hand_over_soon(self) -> None:

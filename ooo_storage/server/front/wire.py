@@ -16,7 +16,7 @@ from ..streams import BEARER
 
 MAX_BODY = 64 * 1024
 """Largest request body served here; larger ones go to aiohttp (its body budget and timeouts)."""
-_METHODS = frozenset({b"GET", b"POST", b"PATCH", b"DELETE"})
+_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PATCH", b"DELETE"})
 KEY_URL = re.compile(r"/[A-Za-z0-9*/._-]+").fullmatch
 """A path naming a key (``rest.request_key``'s characters), without a query string."""
 _LIST_QUERY = re.compile(r"(limit|cursor)=[A-Za-z0-9_-]*(&(limit|cursor)=[A-Za-z0-9_-]*)?").fullmatch
@@ -104,8 +104,8 @@ def read_head(head: bytes, max_head: int, max_headers: int, max_body: int) -> Re
     if KEY_URL(url) is None:
         raise NotOurs()  # "/", paths no key has: aiohttp's
     query = list_query(text) if mark else None
-    if query is not None and (method != b"GET" or "*" not in url):
-        raise NotOurs()  # a query string on anything but a glob GET: aiohttp's
+    if query is not None and (method not in (b"GET", b"HEAD") or "*" not in url):
+        raise NotOurs()  # a query string on anything but a glob GET (or HEAD): aiohttp's
     length = headers.get(b"content-length")
     size = 0
     if length is not None:
@@ -113,7 +113,7 @@ def read_head(head: bytes, max_head: int, max_headers: int, max_body: int) -> Re
         if not length.isdigit() or len(length) > 7:
             raise NotOurs()
         size = int(length)
-        if size > max_body or (size and method in (b"GET", b"DELETE")):
+        if size > max_body or (size and method in (b"GET", b"HEAD", b"DELETE")):
             raise NotOurs()
     elif method in (b"POST", b"PATCH"):
         raise NotOurs()
@@ -168,6 +168,12 @@ class Dates:
         if text is not self._text:
             self._text, self._line = text, f"Date: {text}\r\n".encode()
         return self._line
+
+
+def head_only(answer: bytes) -> bytes:
+    """The head of ``answer``: what aiohttp sends of a response to a ``HEAD`` (its
+    ``Content-Length`` still that of the body a ``GET`` gets)."""
+    return answer[: answer.index(b"\r\n\r\n") + 4]
 
 
 def json_answer(date: bytes, body: bytes, cors: bytes = b"", extra: bytes = b"") -> bytes:
