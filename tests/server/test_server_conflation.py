@@ -19,9 +19,7 @@ from server_live import Follower, Live, LiveFactory
 from ooo_storage.server.connection import Connection
 
 OUTBOX = 64 * 1024
-WRITES = 6_000
 KEYS = 4
-BLOB = "x" * 2000  # ~2 KB per write: 12 MB in all, more than loopback socket buffers take
 
 
 class RawSubscriber:
@@ -170,13 +168,26 @@ async def _state(live: Live) -> dict[str, Any]:
     return result
 
 
-async def test_stalled_subscriber_is_conflated_not_dropped(make_live: LiveFactory) -> None:
-    live = await make_live(outbox_bytes=OUTBOX, write_timeout=30.0)
+@pytest.mark.parametrize(
+    ("writes", "size", "outbox"),
+    [
+        (6_000, 2_000, OUTBOX),  # 12 MB in all, more than loopback socket buffers take
+        # frames larger than a slice: conflation meets frames partly handed over (an outbox of a
+        # few frames, so that the subscribers that read keep up)
+        (120, 200_000, 2 * 1024 * 1024),
+    ],
+)
+async def test_stalled_subscriber_is_conflated_not_dropped(
+    make_live: LiveFactory, writes: int, size: int, outbox: int
+) -> None:
+    live = await make_live(outbox_bytes=outbox, write_timeout=30.0)
     for k in range(KEYS):
         await live.request("POST", f"c/{k}", {"n": -1})
     stalled = await RawSubscriber.open(live, "c/*")
+    twin = await RawSubscriber.open(live, "c/*")  # stalls too: both catch up with the same bytes
     first = await live.get("c/*")
     await stalled.until(first)  # its first snapshot; from now on it reads nothing
+    await twin.until(first)
     others = [Ordered(Follower(await live.ws("c/*"))) for _ in range(2)]
     for other in others:
         await other.follower.step()
@@ -186,16 +197,17 @@ async def test_stalled_subscriber_is_conflated_not_dropped(make_live: LiveFactor
     high_water = transport.get_write_buffer_limits()[1]
 
     most_queued = 0
+    blob = "x" * size
 
     async def write(k: int) -> None:
         nonlocal most_queued
-        for n in range(WRITES // KEYS):
-            status, _ = await live.request("POST", f"c/{k}", {"n": n, "blob": BLOB})
+        for n in range(writes // KEYS):
+            status, _ = await live.request("POST", f"c/{k}", {"n": n, "blob": blob})
             assert status in (200, 201)
             assert not conn.closed, conn.close_reason
             most_queued = max(most_queued, conn.queued_bytes)
 
-    last = {"n": WRITES // KEYS - 1, "blob": BLOB}
+    last = {"n": writes // KEYS - 1, "blob": blob}
 
     def done(state: Any) -> bool:
         return all(item["data"] == last for item in state)
@@ -209,25 +221,33 @@ async def test_stalled_subscriber_is_conflated_not_dropped(make_live: LiveFactor
     for other in others:  # every patch, in order
         assert other.follower.state == expected
         assert other.versions == sorted(set(other.versions))
-        assert len(other.versions) == WRITES
+        assert len(other.versions) == writes
 
     state = await _state(live)
-    assert state["slowDisconnects"] == 0 and state["totalConnections"] == 3
+    assert state["slowDisconnects"] == 0 and state["totalConnections"] == 4
     assert state["conflations"] >= 1
     assert [(p["key"], p["conflations"]) for p in state["pools"]] == [("c/*", state["conflations"])]
     assert not conn.closed
+    twin_conn = _server_side(live, twin)
+    assert conn.behind and twin_conn.behind  # conflated, waiting for their sockets to drain
+    pools = live.server.pools
+    assert pools.catch_up(conn) is pools.catch_up(twin_conn)  # one snapshot, encoded once
 
     # memory stays bounded: the outbox plus one frame (a snapshot is the largest), beyond what the
     # transport holds (its high-water mark plus the one write that crossed it)
     biggest = len(live.server.pools.pools["c/*"].snapshot_frame())
-    assert most_queued <= OUTBOX + biggest + high_water + 64 * 1024, most_queued
+    assert most_queued <= outbox + biggest + high_water + 64 * 1024, most_queued
 
     async with asyncio.timeout(30):
         await stalled.until(expected)
     assert stalled.snapshots >= 2  # caught up with a snapshot after the first
-    assert stalled.frames < WRITES  # its queued patches were dropped, not all delivered
+    assert stalled.frames < writes  # its queued patches were dropped, not all delivered
     assert not conn.closed
+    async with asyncio.timeout(30):
+        await twin.until(expected)
+    assert twin.snapshots >= 2
     stalled.sock.close()
+    twin.sock.close()
 
 
 @pytest.mark.parametrize("outbox", [OUTBOX, 64 * 1024 * 1024])
