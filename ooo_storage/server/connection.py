@@ -181,6 +181,8 @@ class Connection:
             if self.conflater is None:
                 self.drop(WSCloseCode.POLICY_VIOLATION, "slow consumer: outbox full", slow=True)
                 return
+            if self._behind:
+                return  # a large frame is being finished: not even a pong is kept (memory bound)
             self._conflate(self.conflater)
             if data:
                 return
