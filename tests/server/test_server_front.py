@@ -640,3 +640,46 @@ async def test_a_head_with_a_bare_lf_is_refused_at_once(pair_factory: Any) -> No
     async with asyncio.timeout(5):  # the header timeout is 10 s; nothing follows the head
         old, new = await pair.both(data, end=b"")
     assert new == old and new.split(b"\r\n")[0].endswith(b" 400 Bad Request")
+
+
+async def closed_after(reader: asyncio.StreamReader, limit: float) -> float:
+    """Seconds until the server ends the connection (whatever it says first), at most ``limit``."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    try:
+        async with asyncio.timeout(limit):
+            while await reader.read(65536):
+                pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return limit
+    return loop.time() - start
+
+
+@pytest.mark.parametrize("engine", ["lean", "aiohttp"])
+@pytest.mark.parametrize("head_in_pieces", [False, True])
+async def test_a_stalled_body_is_closed_after_body_timeout_as_under_aiohttp(
+    pair_factory: Any, engine: str, head_in_pieces: bool
+) -> None:
+    """A body that stops arriving is closed about ``body_timeout`` after its head, on both engines:
+    the front held it its own ``body_timeout`` before aiohttp started another one (twice in all),
+    and a head that arrived in pieces kept its ``header_timeout`` for the body."""
+    timeout = 0.5
+    pair = await pair_factory(body_timeout=timeout, header_timeout=3.0)
+    runner = pair.lean if engine == "lean" else pair.plain
+    data = req("POST", "/stall/a", DOC)
+    head_end = data.index(b"\r\n\r\n") + 4
+    reader, writer = await asyncio.open_connection("127.0.0.1", runner.port)
+    try:
+        if head_in_pieces:
+            writer.write(data[:20])
+            await writer.drain()
+            await asyncio.sleep(0.2)  # a slow client: the head's second piece comes later
+        writer.write(data[20 if head_in_pieces else 0 : head_end + 10])  # the head, then 10 bytes of body
+        await writer.drain()
+        elapsed = await closed_after(reader, 4 * timeout)
+    finally:
+        writer.close()
+    assert elapsed < 1.5 * timeout, f"closed after {elapsed:.2f} s, body_timeout {timeout} s"
+    assert await runner.server.store.keys() == []

@@ -24,8 +24,10 @@ the request as if it had served the connection from its start, and answers it wi
 (a malformed head gets aiohttp's 400).
 
 Limits are the gate's: a :class:`Front` is one of its connections (``max_connections``); an idle
-connection is closed after ``keepalive_timeout``; a request head or body still incomplete after
-``header_timeout`` / ``body_timeout`` is handed over (a head gets aiohttp's 408 at once); a client
+connection is closed after ``keepalive_timeout``; a request head still incomplete after
+``header_timeout`` is handed over and gets aiohttp's 408 at once; a body still incomplete a
+sixteenth of ``body_timeout`` after its head is handed over with what arrived, for aiohttp's body
+watch to time (a stalled body is closed after about ``body_timeout``, as under aiohttp); a client
 that does not read makes the front stop reading once 16 requests wait (pipelining) or the socket's
 buffer is full, so memory stays bounded.
 

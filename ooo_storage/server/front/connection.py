@@ -38,6 +38,11 @@ _BARE_LF = re.compile(rb"(?<!\r)\n").search
 ``\r\n\r\n`` that never comes)."""
 FLUSH_BYTES = 64 * 1024
 """Answers of pipelined requests are written together up to this size."""
+BODY_PATIENCE = 1 / 16
+"""The share of ``body_timeout`` a body may take here before the request goes to aiohttp, whose
+body watch then allows ``body_timeout`` of silence: a stalled body is closed after about
+``1 + BODY_PATIENCE`` times ``body_timeout``, as under aiohttp (the front waited the whole
+``body_timeout`` first, and aiohttp as long again)."""
 
 
 class Front(GuardedConnection):
@@ -66,6 +71,7 @@ class Front(GuardedConnection):
         self.active_at = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
         self.stall_timer: asyncio.TimerHandle | None = None
+        self.stall_head = False  # the stall timer times a request head (else a body)
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -198,9 +204,12 @@ class Front(GuardedConnection):
             self._hand_over_soon()  # too large, or lines ended by a bare LF: aiohttp's to refuse
             return
         if self.stall_timer is not None:
-            return
+            if self.stall_head == head:
+                return
+            self.stall_timer.cancel()  # the head is complete: its body has a time of its own
         cfg = self.gate.config
-        timeout = cfg.header_timeout if head else cfg.body_timeout
+        timeout = cfg.header_timeout if head else cfg.body_timeout * BODY_PATIENCE
+        self.stall_head = head
         self.stall_timer = asyncio.get_running_loop().call_later(timeout, self._stalled, head)
 
     def _stalled(self, head: bool) -> None:
