@@ -109,9 +109,11 @@ class KeyIndex:
         lo = keys.bisect_left(prefix)
         hi = keys.bisect_left(_successor(prefix)) if prefix else len(keys)
         under = keys[lo:hi]
-        depth = len(prefix)
-        if pattern == prefix + "*" and (not prefix or prefix.endswith("/")):
-            return [key for key in under if key.find("/", depth) < 0]  # ``users/*``: one level
+        if pattern == prefix + "*" and (not prefix or prefix.endswith("/")):  # ``users/*``: one level
+            if "".join(under).count("/") == len(under) * prefix.count("/"):
+                return under  # no key deeper than the pattern (the usual page): nothing to filter
+            depth = len(prefix)
+            return [key for key in under if key.find("/", depth) < 0]
         return [key for key in under if match(pattern, key)]
 
     def count_prefix(self, prefix: str) -> int:

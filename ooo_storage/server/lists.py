@@ -49,11 +49,16 @@ async def _page(store: Layered, view: ListView, limit: int, after: Position | No
     for _ in range(_ROUNDS):
         want = limit - len(items)
         batch, resume = await store.page_within(key, want + 1, position, visit=PAGE_VISIT)
-        for obj in batch[:want]:
-            position = (obj.created, obj.path)
-            visible = obj if fn is None else read_guard(key, fn, key, obj)
-            if visible is not None:
-                items.append(visible)
+        taken = batch[:want]
+        if fn is None:
+            items += taken  # no filter: the batch as read
+        else:
+            for obj in taken:
+                visible = read_guard(key, fn, key, obj)
+                if visible is not None:
+                    items.append(visible)
+        if taken:
+            position = (taken[-1].created, taken[-1].path)
         if resume is not None and len(batch) <= want:
             return Page(items, resume, True)  # the visit budget ran out: go on from there
         if len(batch) <= want:
