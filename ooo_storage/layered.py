@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from types import TracebackType
@@ -45,6 +46,7 @@ from .errors import (
     CantLockGlob,
     GlobNotAllowed,
     GlobRequired,
+    HistoryTrimmed,
     InvalidData,
     InvalidLimit,
     InvalidPath,
@@ -56,6 +58,7 @@ from .errors import (
     StorageError,
     StorageUnavailable,
 )
+from .journal import Journal, JournalOptions
 from .layers.base import BatchWriter, Layer, PersistentLayer, RawLoader, RevisionKeeper, SyncLayer
 from .layers.memory import MemoryLayer
 from .locks import Gate, KeyLocks
@@ -68,7 +71,7 @@ log = logging.getLogger("ooo_storage")
 
 _loads, _dumps, _JSONDecodeError = orjson.loads, orjson.dumps, orjson.JSONDecodeError
 
-__all__ = ["Layered", "Options", "WatchHandle", "encode_data"]
+__all__ = ["HistoryOptions", "Layered", "Options", "WatchHandle", "encode_data"]
 
 
 @dataclass
@@ -154,16 +157,194 @@ def encode_data(data: Any) -> bytes:
         raise InvalidData(f"storage: invalid data (not JSON serialisable: {exc})") from None
 
 
+# -- event history -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HistoryOptions:
+    """Where and how much of the event history a store keeps (``Layered(..., history=...)``).
+
+    Every committed event (revision, operation, key and the object's stored JSON) is appended to a
+    journal (:mod:`ooo_storage.journal`) in ``directory`` inside the write itself, so that
+    ``events(pattern, since=revision)`` can replay what a client missed, across restarts. It is
+    bounded: at most ``max_bytes`` on disk (the oldest of its ``files`` segments is evicted when the
+    newest is full) and, with ``max_age`` seconds, events older than that are pruned every
+    ``max_age / 4`` seconds (at most every minute). An event larger than one segment
+    (``max_bytes / files``) is not kept: replaying across it raises HistoryTrimmed.
+
+    ``durable``: whether a write is acknowledged only once its event is on disk. None (the default)
+    follows the persistent layer: durable when its writes are awaited (``LevelDBLayer(sync=True)``,
+    where the event's fsync follows the write's in the same step); otherwise the event is written
+    on the loop into the page cache like the LevelDB write itself, and reaches the disk later.
+    """
+
+    directory: str | os.PathLike[str]
+    max_bytes: int = 64 << 20
+    max_age: float | None = None
+    durable: bool | None = None
+    files: int = 8
+
+    def __post_init__(self) -> None:
+        if self.files < 2:
+            raise ValueError("history: files must be at least 2")
+        if self.max_bytes < self.files * 4096:
+            raise ValueError(f"history: max_bytes must be at least {self.files * 4096}")
+        if self.max_age is not None and not self.max_age > 0:
+            raise ValueError("history: max_age must be a positive number of seconds")
+
+    def journal(self) -> JournalOptions:
+        size = self.max_bytes // self.files
+        # One owner (the store, itself behind the database lock): no flock per append. Durability
+        # comes from ``flush`` when wanted; sealed segments are fsynced in the background anyway.
+        return JournalOptions(
+            max_files=self.files, max_file_size=size, max_chunk=size, prefix="events",
+            lock=False, sync=False, when_full="evict",
+        )
+
+
+_STATE = "history.json"
+"""Beside the journal: the revision reservation of the last run that kept history, and the floor."""
+
+
+class _History:
+    """The journal of a running store: records events, says how far back it is complete, replays.
+
+    ``floor``: every event with a revision above it is in the journal (or was evicted, which the
+    oldest kept entry tells). It rises when an event cannot be kept (too large, a failed write) and,
+    at start, to the starting revision when the journal may have missed writes: a first start, or
+    a run without history since the last one with it (the revision reservation the persistent
+    layer holds differs from the one saved here). Layers that keep no revision give no such proof:
+    after a restart, history then starts afresh.
+    """
+
+    def __init__(self, options: HistoryOptions, durable: bool) -> None:
+        self.options = options
+        self.durable = durable
+        self.journal = Journal(options.directory, options.journal())
+        self.floor = 0
+        self._state = self.journal.directory / _STATE
+        self._reserved = 0
+        self._pruner: asyncio.Task[None] | None = None
+        self._append = self.journal.append_tagged_nowait
+        self._max_item = self.journal.options.max_item
+
+    def open(self, saved_reservation: int, revision: int) -> int:
+        """Decide the floor; returns the revision the store must continue above."""
+        try:
+            state = _loads(self._state.read_bytes())
+        except (OSError, _JSONDecodeError):
+            state = None
+        continuous = (
+            isinstance(state, dict) and saved_reservation and state.get("reserved") == saved_reservation
+        )
+        revision = max(revision, self.journal.log.last_tag)
+        self.floor = int(state.get("floor", 0)) if continuous and isinstance(state, dict) else revision
+        if self.options.max_age is not None:
+            self._pruner = asyncio.get_running_loop().create_task(self._prune(self.options.max_age))
+        return revision
+
+    def reserved(self, reservation: int) -> None:
+        """The store reserved revisions up to ``reservation`` in its persistent layer."""
+        self._reserved = reservation
+        self._save()
+
+    def _save(self) -> None:
+        temp = self._state.with_suffix(".tmp")
+        try:
+            temp.write_bytes(_dumps({"reserved": self._reserved, "floor": self.floor}))
+            os.replace(temp, self._state)
+        except OSError as exc:
+            log.error("history: can't save %s: %s", self._state, exc)
+
+    def _lost(self, revision: int, why: object) -> None:
+        log.error("history: event %d not kept (replays across it raise HistoryTrimmed): %s", revision, why)
+        self.floor = revision
+        self._save()
+
+    def record(self, key: str, op: str, obj: Object | None, revision: int) -> None:
+        """Append one event (inline: a ``pwrite`` into the page cache)."""
+        if obj is None:
+            item = _dumps((revision, op, key))
+        else:
+            head = _dumps((revision, op, key, obj.created, obj.updated, obj.index, obj.path))
+            item = b"%b\n%b" % (head, obj.data)
+        if len(item) > self._max_item:
+            self._lost(revision, f"{len(item)} bytes, more than a segment holds")
+            return
+        try:
+            self._append((revision, item))
+        except Exception as exc:  # the write is committed: it must not fail for its history
+            self._lost(revision, exc)
+
+    def oldest_floor(self) -> int:
+        """The revision above which the journal holds every event."""
+        log_ = self.journal.log
+        first = log_.segments[0]
+        if not first.count:
+            return self.floor
+        return max(self.floor, self.journal.entry(first.first).tag - 1)
+
+    def replay(self, since: int, upto: int) -> Iterator[Event]:
+        """The kept events with ``since < revision <= upto``, one chunk in memory at a time."""
+        log_ = self.journal.log
+        index = log_.seek(since)
+        while index < log_.next_index:
+            chunk = log_.chunk(index)
+            index = chunk.next
+            for _, item in chunk:
+                event = _decode(item)
+                if event.revision > upto:
+                    return
+                yield event
+
+    async def _prune(self, max_age: float) -> None:
+        while True:
+            await asyncio.sleep(min(max_age / 4, 60.0))
+            try:
+                self.journal.prune(max_age)
+            except Exception as exc:
+                log.error("history: prune failed: %s", exc)
+
+    async def close(self) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
+            await asyncio.gather(self._pruner, return_exceptions=True)
+        await self.journal.close()
+
+
+def _decode(item: bytes) -> Event:
+    """An event as :meth:`_History.record` wrote it."""
+    head, _, data = item.partition(b"\n")
+    fields = _loads(head)
+    if len(fields) == 3:
+        return make_event(fields[2], fields[1], None, fields[0])
+    revision, op, key, created, updated, index, path = fields
+    return make_event(key, op, make_object(created, updated, index, path, data), revision)
+
+
 class Layered:
     """A memory layer over a persistent layer (either may be None, not both).
 
     With a memory layer, every read is served from memory (``start`` loads the persistent layer into
     it); without one, reads go to the persistent layer.
+
+    ``history``: keep a bounded, durable journal of the events (:class:`HistoryOptions`), so that
+    ``events(pattern, since=revision)`` replays what came after ``revision``, also after a restart.
+    Without it nothing is recorded and a write costs what it did.
     """
 
-    def __init__(self, memory: MemoryLayer | None = None, embedded: Layer | None = None) -> None:
+    def __init__(
+        self,
+        memory: MemoryLayer | None = None,
+        embedded: Layer | None = None,
+        history: HistoryOptions | None = None,
+    ) -> None:
         self.memory = memory
         self.embedded = embedded
+        self.history_options = history
+        self._history: _History | None = None
+        self._history_durable = False
+        """A durable history: writes take the awaited path and wait for the journal's fsync."""
+        self.failure: str | None = None
+        """Why the last ``start`` failed (None once started): NotActive says it."""
         self.options = Options()
         self._active = False
         self._revision = 0
@@ -178,6 +359,11 @@ class Layered:
         # The persistent layer's declared contract (layers.base): an asynchronous one is awaited.
         # Every layer synchronous: a write has no await point and cannot interleave with another.
         self._sync = embedded is None or not embedded.asynchronous
+        if history is not None:
+            durable = history.durable
+            self._history_durable = not self._sync if durable is None else durable
+            # A durable history waits for the journal's fsync after the write: the awaited path.
+            self._sync = self._sync and not self._history_durable
         self._sync_layer = cast(SyncLayer, embedded) if self._sync else None
         self._keeps_revision = isinstance(embedded, RevisionKeeper)
         # Batching (see the module docstring): the layer that writes batches, the writes queued
@@ -216,6 +402,14 @@ class Layered:
             raise AllLayersNil()
         if self._active:
             return
+        try:
+            await self._start(options)
+        except BaseException as exc:
+            self.failure = str(exc).removeprefix("storage: ") or type(exc).__name__
+            raise
+        self.failure = None
+
+    async def _start(self, options: Options | None) -> None:
         opts = options or Options()
         self.options = opts
         self._no_broadcast = tuple(opts.no_broadcast_keys)
@@ -238,7 +432,10 @@ class Layered:
                     if isinstance(exc, StorageError) or not isinstance(exc, Exception):
                         raise
                     raise StorageUnavailable(f"storage: can't start persistent layer: {exc}") from exc
-        self._revision = max(self._revision, time.time_ns() // 1000, await self._saved_revision())
+        saved = await self._saved_revision()
+        self._revision = max(self._revision, time.time_ns() // 1000, saved)
+        if self.history_options is not None:
+            await self._open_history(self.history_options, saved)
         self._reserve()
         self._chan = ShardedChan(
             opts.workers, opts.queue_size, opts.drop_timeout, opts.lossless_watch, opts.on_drop
@@ -249,6 +446,21 @@ class Layered:
         self._loop = asyncio.get_running_loop()
         self._first = _NOBODY
         self._active = True
+
+    async def _open_history(self, options: HistoryOptions, saved: int) -> None:
+        try:
+            history = _History(options, self._history_durable)
+            self._revision = history.open(saved, self._revision)
+        except BaseException as exc:
+            if self.embedded is not None:
+                await maybe_await(self.embedded.close())
+            if self.memory is not None:
+                self.memory.clear()
+            if isinstance(exc, StorageError) or not isinstance(exc, Exception):
+                raise
+            where = options.directory
+            raise StorageUnavailable(f"storage: can't open the history in {where}: {exc}") from exc
+        self._history = history
 
     async def _load(self) -> None:
         assert self.memory is not None and self.embedded is not None
@@ -270,12 +482,13 @@ class Layered:
     def _reserve(self) -> None:
         """Reserve the next block of revisions in the persistent layer (if it can keep one)."""
         self._reserved = self._revision + _RESERVE
-        if not self._keeps_revision:
-            return
-        try:
-            cast(RevisionKeeper, self.embedded).save_revision(self._reserved)
-        except Exception as exc:  # a full disk must not fail the write that got here
-            log.error("can't save the revision reservation: %s", exc)
+        if self._keeps_revision:
+            try:
+                cast(RevisionKeeper, self.embedded).save_revision(self._reserved)
+            except Exception as exc:  # a full disk must not fail the write that got here
+                log.error("can't save the revision reservation: %s", exc)
+        if self._history is not None:  # after the layer: a reservation it lacks breaks continuity
+            self._history.reserved(self._reserved if self._keeps_revision else 0)
 
     def _persistent(self) -> Layer:
         """The persistent layer, where reads go without a memory mirror (one of the two exists)."""
@@ -292,6 +505,9 @@ class Layered:
             await self._chan.close()
         for stream in self._streams:
             stream.put_nowait(None)  # ends every ``async for event in store.events()``
+        if self._history is not None:
+            history, self._history = self._history, None
+            await history.close()
         if self.embedded is not None:
             await maybe_await(self.embedded.close())
         if self.memory is not None:
@@ -310,9 +526,15 @@ class Layered:
         await self.close()
 
     # -- checks --------------------------------------------------------------------------------
+    def _not_active(self) -> NotActive:
+        """NotActive, saying why when ``start`` failed (a full disk: free space, it retries)."""
+        if self.failure is None:
+            return NotActive()
+        return NotActive(f"storage: not active: {self.failure}")
+
     def _check(self, key: str) -> None:
         if not self._active:
-            raise NotActive()
+            raise self._not_active()
         if not keys.is_valid(key):
             raise InvalidPath()
 
@@ -463,7 +685,7 @@ class Layered:
     async def keys(self) -> list[str]:
         """Every key, bytewise ascending."""
         if not self._active:
-            raise NotActive()
+            raise self._not_active()
         if self.memory is not None:
             return self.memory.keys()
         return sorted(await maybe_await(self._persistent().keys()))
@@ -481,7 +703,7 @@ class Layered:
     async def set(self, key: str, data: Any) -> str:
         """Create or overwrite ``key``; returns its index."""
         if not self._active:
-            raise NotActive()
+            raise self._not_active()
         if not _is_valid(key):
             raise InvalidPath()
         if key == "*" or key.endswith("/*"):  # keys.is_glob, inline: this is the hot path
@@ -559,7 +781,7 @@ class Layered:
     async def unlock(self, key: str) -> None:
         """Release ``key``'s lock (from any task)."""
         if not self._active:
-            raise NotActive()
+            raise self._not_active()
         if not self._locks.locked(key):
             raise LockNotFound()
         self._locks.release(key)
@@ -569,6 +791,8 @@ class Layered:
     ) -> str:
         if not self._sync:
             obj, waiter = await self._write_awaiting(key, raw, stamps, locked)
+            if self._history_durable:
+                await self._history_flush()
         elif not locked and not self._locks.busy(key) and self._gate.idle:
             # Every layer is synchronous and nobody holds the key: nothing can interleave.
             if self._batcher is None or self._first_of_iteration():
@@ -751,6 +975,8 @@ class Layered:
                 waiter = self._publish(key, "del", old, broadcast)
             finally:
                 await self._gate.release_shared()
+        if self._history_durable:
+            await self._history_flush()
         await self._finish(key, waiter)
 
     async def _delete_glob(self, pattern: str, broadcast: bool) -> None:
@@ -766,7 +992,15 @@ class Layered:
             waiter = self._publish(pattern, "del", None, broadcast)
         finally:
             await self._gate.release_exclusive()
+        if self._history_durable:
+            await self._history_flush()
         await self._finish(pattern, waiter)
+
+    async def _history_flush(self) -> None:
+        """Wait until the events recorded so far are durable (one fsync shared by the writers)."""
+        history = self._history
+        if history is not None:
+            await history.journal.flush()
 
     async def _drain(self) -> None:
         assert self._chan is not None
@@ -797,7 +1031,7 @@ class Layered:
     async def clear(self) -> None:
         """Remove every key from every layer. Emits no events (an administrative reset)."""
         if not self._active:
-            raise NotActive()
+            raise self._not_active()
         await self._gate.acquire_exclusive()
         try:
             self._settle()
@@ -820,6 +1054,9 @@ class Layered:
         self._revision += 1
         if self._revision >= self._reserved:
             self._reserve()
+        history = self._history
+        if history is not None and broadcast and not (self._no_broadcast and self._quiet(key)):
+            history.record(key, op, obj, self._revision)
         opts = self.options
         if opts.after_write_op is not None:
             try:
@@ -902,13 +1139,25 @@ class Layered:
         if handle is not None:
             handle.cancel()
 
-    async def events(self, pattern: str | None = None) -> AsyncIterator[Event]:
+    async def events(self, pattern: str | None = None, since: int | None = None) -> AsyncIterator[Event]:
         """Iterate the events whose key peers ``pattern`` (every event without one).
 
         The iterator has its own bounded buffer (``queue_size``); when it is full the delivering shard
         waits for it (and, unless ``lossless_watch``, the event is dropped after ``drop_timeout``).
         The iteration ends when the store closes.
+
+        With ``since`` (a revision, from an event or :attr:`revision`) it first replays the kept
+        events after ``since`` from the history, then goes on live, without a gap or a duplicate
+        at the seam: it subscribes first, replays up to the revision of that moment and skips the
+        live events at or below it. HistoryTrimmed (a StorageError) when the history no longer
+        reaches back to ``since``: start from a snapshot instead. StorageError without a history
+        (``Layered(history=HistoryOptions(...))``).
         """
+        if since is not None and self._history is None:
+            raise StorageError(
+                "storage: events(since=...) needs an event history: "
+                "Layered(..., history=HistoryOptions(directory))"
+            )
         opts = self.options
         # Bounded by ``deliver``, not by the queue, so that ``close`` can always add its sentinel.
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
@@ -936,15 +1185,37 @@ class Layered:
         handle = self.watch(deliver)
         self._streams.add(queue)
         try:
+            seen = 0  # live events up to this revision were replayed (or came before the start)
+            if since is not None:
+                seen = self._revision
+                for old in self._replay(since, seen):
+                    if pattern is None or keys.peer(pattern, old.key):
+                        yield old
             while True:
                 event = await queue.get()
                 room.set()
                 if event is None:  # the store closed
                     return
-                yield event
+                if event.revision > seen:
+                    yield event
         finally:
             self._streams.discard(queue)
             handle.cancel()
+
+
+    def _replay(self, since: int, upto: int) -> Iterator[Event]:
+        """The recorded events with ``since < revision <= upto`` (HistoryTrimmed when the history
+        does not reach back to ``since``)."""
+        history = self._history
+        if history is None:
+            raise StorageError("storage: the store closed")
+        floor = history.oldest_floor()
+        if since < floor:
+            raise HistoryTrimmed(
+                f"storage: history trimmed: events after revision {since} are no longer all kept "
+                f"(the history starts after {floor}); start from a snapshot"
+            )
+        return history.replay(since, upto)
 
 
 class _Observation:

@@ -1,0 +1,282 @@
+"""Event history (issue 11): ``Layered(history=HistoryOptions(dir))`` records every committed event in
+a journal, and ``events(pattern, since=revision)`` replays what came after ``revision`` (also after
+a restart), then goes on live with no gap and no duplicate; HistoryTrimmed when the history no longer
+reaches back that far. Real LevelDB and a real journal in tmp dirs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from ooo_storage import Event, Layered, LevelDBLayer, MemoryLayer, NoSpace, NotActive, StorageError
+from ooo_storage.errors import HistoryTrimmed
+from ooo_storage.layered import HistoryOptions
+
+
+def _store(tmp: Path, sync: bool = False, **history: object) -> Layered:
+    return Layered(
+        memory=MemoryLayer(),
+        embedded=LevelDBLayer(tmp / "db", sync=sync),
+        history=HistoryOptions(tmp / "history", **history),  # type: ignore[arg-type]
+    )
+
+
+async def _take(stream: AsyncIterator[Event], n: int) -> list[Event]:
+    out = []
+    async with asyncio.timeout(10):
+        async for event in stream:
+            out.append(event)
+            if len(out) == n:
+                break
+    return out
+
+
+async def test_since_replays_then_continues_live_with_no_gap_or_duplicate_while_writers_race(
+    tmp_path: Path,
+) -> None:
+    store = _store(tmp_path)
+    await store.start()
+    committed: list[Event] = []
+    store.on_commit(committed.append)  # every event, in revision order: what the reader must get
+    for i in range(50):
+        await store.set(f"a/{i}", {"i": i})
+    since = store.revision
+    for i in range(50, 300):
+        await store.set(f"a/{i}", {"i": i})
+    await store.set("other/x", 1)  # not matched by the pattern
+    got: list[Event] = []
+    target: list[int] = []
+    done = asyncio.Event()
+
+    async def reader() -> None:
+        async for event in store.events("a/*", since=since):
+            got.append(event)
+            if target and len(got) >= target[0]:
+                done.set()
+                return
+
+    async def writer(w: int) -> None:  # writes keep landing while the reader crosses the seam
+        for n in range(120):
+            await store.set(f"a/w{w}-{n}", {"w": w, "n": n})
+            if n % 3 == 0:
+                await store.delete(f"a/w{w}-{n}")
+            await asyncio.sleep(0)
+
+    writers = [asyncio.create_task(writer(w)) for w in range(16)]
+    await asyncio.sleep(0)
+    reading = asyncio.create_task(reader())
+    await asyncio.gather(*writers)
+    expected = [(e.revision, e.operation, e.key) for e in committed
+                if e.revision > since and e.key.startswith("a/")]
+    target.append(len(expected))
+    if len(got) >= target[0]:
+        done.set()
+    async with asyncio.timeout(10):
+        await done.wait()
+    reading.cancel()
+    await asyncio.gather(reading, return_exceptions=True)
+    assert len({e.revision for e in got}) == len(got), "a duplicate at the seam"
+    assert sorted((e.revision, e.operation, e.key) for e in got) == expected, "a gap"
+    assert [e.key for e in got[:250]] == [f"a/{i}" for i in range(50, 300)]  # replayed in order
+    assert got[0].object is not None and got[0].object.value == {"i": 50}
+    per_key: dict[str, list[int]] = {}
+    for e in got:
+        per_key.setdefault(e.key, []).append(e.revision)
+    assert all(revs == sorted(revs) for revs in per_key.values())  # each key in order
+    await store.close()
+
+
+async def _until(stream: AsyncIterator[Event], last: int) -> AsyncIterator[Event]:
+    async with asyncio.timeout(10):
+        async for event in stream:
+            yield event
+            if event.revision >= last:
+                return
+
+
+async def test_since_replays_sets_and_deletes_after_a_restart(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    await store.start()
+    await store.set("k/1", {"v": 1})
+    since = store.revision
+    await store.set("k/2", {"v": 2})
+    await store.set("k/1", {"v": 3})
+    await store.delete("k/2")
+    await store.set("k/3", 3)
+    await store.delete("k/*")
+    await store.close()
+
+    store = _store(tmp_path)
+    await store.start()
+    stream = store.events(since=since)
+    got = await _take(stream, 5)
+    assert [(e.operation, e.key) for e in got] == [
+        ("set", "k/2"), ("set", "k/1"), ("del", "k/2"), ("set", "k/3"), ("del", "k/*"),
+    ]
+    assert got[1].object is not None and got[1].object.value == {"v": 3}
+    assert got[1].object.path == "k/1" and got[1].object.index == "1"
+    assert got[1].object.created < got[1].object.updated  # the stored object, not a new one
+    assert got[2].object is not None and got[2].object.value == {"v": 2}  # the deleted object
+    assert got[4].object is None
+    await store.set("k/4", 4)  # then live
+    assert [e.key for e in await _take(stream, 1)] == ["k/4"]
+    await stream.aclose()
+    await store.close()
+
+
+async def test_since_older_than_the_kept_history_raises_history_trimmed(tmp_path: Path) -> None:
+    store = _store(tmp_path, max_bytes=8 * 4096, files=8)  # 4 KiB segments
+    await store.start()
+    first = store.revision
+    with pytest.raises(HistoryTrimmed):  # before the history started
+        await anext(store.events(since=first - 1))
+    for i in range(400):
+        await store.set(f"big/{i}", {"pad": "x" * 200, "i": i})
+    assert isinstance(HistoryTrimmed(), StorageError)
+    with pytest.raises(HistoryTrimmed, match="snapshot"):
+        await anext(store.events(since=first))  # its events were evicted
+    # The journal stays within its bound; what is kept still replays.
+    size = sum(f.stat().st_size for f in (tmp_path / "history").iterdir() if f.suffix in (".dat", ".idx"))
+    assert size <= 8 * 4096
+    recent = store.revision - 5
+    got = await _take(store.events(since=recent), 5)
+    assert [e.key for e in got] == [f"big/{i}" for i in range(395, 400)]
+    await store.close()
+
+
+async def test_a_run_without_history_in_between_trims_the_history(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    await store.start()
+    await store.set("a", 1)
+    since = store.revision
+    await store.set("b", 2)
+    await store.close()
+    plain = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(tmp_path / "db"))
+    await plain.start()
+    await plain.set("c", 3)  # recorded nowhere
+    await plain.close()
+    store = _store(tmp_path)
+    await store.start()
+    with pytest.raises(HistoryTrimmed):
+        await anext(store.events(since=since))
+    await store.close()
+
+
+async def test_without_a_history_since_is_a_clear_error_and_events_are_unchanged(tmp_path: Path) -> None:
+    store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(tmp_path / "db"))
+    await store.start()
+    with pytest.raises(StorageError, match="history"):
+        await anext(store.events(since=0))
+    stream = store.events("x/*")
+    task = asyncio.ensure_future(_take(stream, 1))
+    await asyncio.sleep(0)
+    await store.set("x/1", 1)
+    assert [e.key for e in await task] == ["x/1"]
+    await store.close()
+    assert not (tmp_path / "history").exists()
+
+
+async def test_durable_history_is_fsynced_before_the_write_returns(tmp_path: Path) -> None:
+    store = _store(tmp_path, sync=True)
+    await store.start()
+    assert store._history is not None
+    journal = store._history.journal
+    before = journal.commits
+    await asyncio.gather(*(store.set(f"d/{i}", i) for i in range(32)))
+    assert journal.commits > before  # the event's fsync, shared by the writers
+    assert not journal.log._dirty  # nothing written is waiting for the disk
+    await store.delete("d/0")
+    assert not journal.log._dirty
+    await store.close()
+
+
+WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from ooo_storage import Layered, LevelDBLayer, MemoryLayer
+    from ooo_storage.layered import HistoryOptions
+
+    async def main(base, round_):
+        store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(base + "/db", sync=True),
+                        history=HistoryOptions(base + "/history"))
+        await store.start()
+        print("ready", store.revision, flush=True)
+
+        async def writer(w):
+            seq = 0
+            while True:
+                key = f"r{round_}/w{w}/{seq}"
+                await store.set(key, {"w": w, "seq": seq})
+                sys.stdout.write(f"{key}\\n")
+                seq += 1
+
+        await asyncio.gather(*(writer(w) for w in range(16)))
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    """
+)
+
+
+async def test_every_acknowledged_durable_write_is_in_the_history_after_kill_9(tmp_path: Path) -> None:
+    """16 writers in a --sync store killed with SIGKILL, three times: after each, a restarted store
+    replays (from the revision the killed one started at) an event for every acknowledged write."""
+    for round_ in range(3):
+        child = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(tmp_path), str(round_)],
+            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert child.stdout is not None
+        ready = child.stdout.readline().split()
+        assert ready[0] == "ready"
+        started = int(ready[1])
+        acked = []
+        for line in child.stdout:
+            acked.append(line.strip())
+            if len(acked) >= 300:
+                break
+        child.send_signal(signal.SIGKILL)
+        rest, _ = child.communicate()
+        acked.extend(rest.splitlines()[:-1])  # the last line may be torn
+        store = _store(tmp_path, sync=True)
+        await store.start()
+        last = store.revision
+        recorded = {
+            e.key async for e in _until_revision(store, started, last)
+        }
+        missing = [key for key in acked if key not in recorded]
+        assert not missing, missing[:5]
+        await store.close()
+
+
+async def _until_revision(store: Layered, since: int, last: int) -> AsyncIterator[Event]:
+    """The replayed events: everything recorded (``last`` is above it all: a restart's revision)."""
+    assert store._history is not None
+    newest = store._history.journal.log.last_tag
+    if newest <= since:
+        return
+    async for event in _until(store.events(since=since), newest):
+        yield event
+
+
+async def test_not_active_says_the_disk_was_full(tmp_path: Path) -> None:
+    """A store whose start failed for a full disk says so in NotActive (a served 503 carries it)."""
+
+    class FullLayer(LevelDBLayer):
+        def start(self) -> None:
+            raise NoSpace("storage: no space left on device (free space on the data disk)")
+
+    store = Layered(memory=MemoryLayer(), embedded=FullLayer(tmp_path / "db"))
+    with pytest.raises(NoSpace):
+        await store.start()
+    with pytest.raises(NotActive, match="not active: no space left on device"):
+        await store.set("k", 1)
+    with pytest.raises(NotActive, match="free space"):
+        await store.get("k")
