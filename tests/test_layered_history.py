@@ -280,3 +280,41 @@ async def test_not_active_says_the_disk_was_full(tmp_path: Path) -> None:
         await store.set("k", 1)
     with pytest.raises(NotActive, match="free space"):
         await store.get("k")
+
+
+async def test_serve_history_flags_keep_the_history_beside_the_data(tmp_path: Path) -> None:
+    """``serve --history-bytes N``: a write made over HTTP is in <data>/history after a clean stop,
+    and a restarted store replays it; with --memory-only the flags are refused (status 2)."""
+    data = tmp_path / "data"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ooo_storage", "serve", "--port", "0", "--data", str(data),
+        "--history-bytes", "1048576", "--history-age", "3600", "--loop", "asyncio",
+        stderr=subprocess.PIPE,
+    )
+    assert child.stderr is not None
+    async with asyncio.timeout(30):
+        line = b""
+        while b"serving on" not in line:
+            line = await child.stderr.readline()
+            assert line, "serve exited before listening"
+    port = int(line.rsplit(b":", 1)[1].split()[0])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = b'{"v":1}'
+    writer.write(b"POST /h/1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body))
+    assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+    writer.close()
+    child.send_signal(signal.SIGTERM)
+    assert await child.wait() == 0
+    store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(data),
+                    history=HistoryOptions(data / "history", max_bytes=1048576))
+    await store.start()
+    assert store._history is not None
+    got = await _take(store.events(since=store._history.oldest_floor()), 1)
+    assert [(e.key, e.object.value if e.object else None) for e in got] == [("h/1", {"v": 1})]
+    await store.close()
+    refused = subprocess.run(
+        [sys.executable, "-m", "ooo_storage", "serve", "--port", "0", "--memory-only", "--history-bytes",
+         "1048576"], capture_output=True, text=True, timeout=30,
+    )
+    assert refused.returncode == 2 and "--memory-only" in refused.stderr

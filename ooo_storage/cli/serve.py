@@ -50,6 +50,7 @@ from ..protocol.access import Policy, Rule
 from ..protocol.origins import ANY, names_address, normalize_origin, split_host
 
 if TYPE_CHECKING:
+    from ..layered import HistoryOptions
     from ..server import Server
 
 log = logging.getLogger("ooo_storage")
@@ -90,6 +91,18 @@ def _seconds(text: str) -> float:
     if not (seconds > 0 and math.isfinite(seconds)):
         raise argparse.ArgumentTypeError(f"{text} must be a positive, finite number of seconds")
     return seconds
+
+
+_HISTORY_MIN = 8 * 4096
+"""The smallest --history-bytes: 8 segments of one page (HistoryOptions' own lower bound)."""
+_HISTORY_DEFAULT = 64 << 20
+
+
+def _history_bytes(text: str) -> int:
+    number = _integer(text)
+    if number != 0 and number < _HISTORY_MIN:
+        raise argparse.ArgumentTypeError(f"{number} must be 0 (no history) or at least {_HISTORY_MIN}")
+    return number
 
 
 def _host(text: str) -> str:
@@ -219,6 +232,23 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="N",
         help="disk space kept aside beside the database for the day the disk fills: released then, "
         "so that LevelDB can recover and deletes can free space (default 32 MiB; 0: none)",
+    )
+    serve.add_argument(
+        "--history-bytes",
+        type=_history_bytes,
+        default=None,
+        metavar="N",
+        help="keep an event history of at most N bytes in <data>/history, so that a watch can resume "
+        "from a revision (the oldest events are dropped first; default: off, 64 MiB with "
+        "--history-age; 0: off)",
+    )
+    serve.add_argument(
+        "--history-age",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="drop history events older than S seconds (turns the history on; default: kept until "
+        "--history-bytes is reached)",
     )
     serve.add_argument("--static", action="store_true", help="refuse every route without a matching filter")
     serve.add_argument(
@@ -471,7 +501,7 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
     embedded = (
         None if args.memory_only else LevelDBLayer(args.data, sync=args.sync, reserve_bytes=reserve)
     )
-    store = Layered(memory=MemoryLayer(), embedded=embedded)
+    store = Layered(memory=MemoryLayer(), embedded=embedded, history=_history(args))
     server = Server(
         store,
         static=args.static,
@@ -528,6 +558,21 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
             await store.close()
             if listening:  # a server that never listened did not stop: its error says why
                 log.info("stopped")
+
+
+def _history(args: argparse.Namespace) -> HistoryOptions | None:
+    """The event history asked for: off unless --history-bytes (not 0) or --history-age is given.
+    Off by default because nothing the server serves reads it yet (resuming a websocket from a
+    revision comes next), while it costs a write per event and, with --sync, a second fsync."""
+    from ..layered import HistoryOptions
+
+    size, age = args.history_bytes, args.history_age
+    if size == 0 or (size is None and age is None):
+        return None
+    if args.memory_only:
+        raise _Refused("serve: --history-bytes/--history-age keep the history on disk beside the "
+                       "data: not with --memory-only", status=2)
+    return HistoryOptions(Path(args.data) / "history", max_bytes=size or _HISTORY_DEFAULT, max_age=age)
 
 
 def _cannot_listen(host: str, port: int, exc: OSError) -> str:
