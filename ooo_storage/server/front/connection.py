@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, cast
 from ...errors import HTTPFailure
 from ...protocol.pages import next_headers
 from .. import chunked, lists, rest
-from ..auth import decide, required_right
 from ..errors import ClientGone, log_error
 from ..limits import GuardedConnection, raw_response
 from .wire import (
@@ -351,22 +350,18 @@ class Front(GuardedConnection):
         self._flush()
 
     def _admit(self, request: Request) -> bool:
-        """What ``auth.Guard``'s middleware does for a request it lets in (the same functions);
+        """What ``auth.Guard``'s middleware does for a request it lets in (``Guard.admit``);
         NotOurs when it would refuse, for aiohttp to answer, log and count. True when the request
         counts in the usage (counted once answered here: a request handed over is aiohttp's to
-        count)."""
-        guard = self.lean.server.guard
-        policy = guard.policy
-        assert policy is not None
-        method, key = request.method, request.key
-        head = method == "HEAD"  # needs read like a GET (app.py _authorize_head), counted nowhere
-        need = required_right("GET" if head else method, key, False)
+        count). A HEAD needs read like a GET (app.py ``_authorize_head``) and counts nowhere."""
+        head = request.method == "HEAD"
         try:
-            principal = policy.authenticate(bearer(request.token))
-            decide(policy, principal, need, key)
+            counted = self.lean.server.guard.admit(
+                bearer(request.token), "GET" if head else request.method, request.key
+            )
         except Exception:
             raise NotOurs() from None
-        return guard.usage is not None and need is not None and not head
+        return counted and not head
 
     # -- handing over to aiohttp ---------------------------------------------------------------
     def _hand_over_soon(self) -> None:
