@@ -3,6 +3,7 @@ diverges."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -177,3 +178,24 @@ def test_pages_within_a_visit_budget_resume_to_the_same_list(
         else:
             break
     assert got == expected
+
+
+@pytest.mark.parametrize("descending", [True, False])
+def test_a_short_page_orders_equal_times_by_path(descending: bool) -> None:
+    """Objects written at the same ``created`` are ordered by path, also on a page that holds every
+    match (sorted rather than picked from a heap, with ``created`` alone when no two are equal)."""
+    layer = MemoryLayer()
+    for name, created in [("b", 5), ("a", 5), ("d", 7), ("c", 5), ("e", 1)]:
+        layer.set(f"t/{name}", Object(created, 0, name, f"t/{name}", b"1"))
+    layer.set("u", Object(9, 0, "u", "u", b"1"))  # outside the glob: the prefix path is taken
+    ordered = ["t/e", "t/a", "t/b", "t/c", "t/d"]
+    want = ordered[::-1] if descending else ordered
+    for limit in (5, 6, 1000):
+        assert [o.path for o in layer.page("t/*", limit, descending=descending)] == want
+    assert [o.path for o in layer.page("t/*", 3, (5, "t/c"), descending)] == (
+        ["t/b", "t/a", "t/e"] if descending else ["t/d"])
+    distinct = MemoryLayer()
+    for i, name in enumerate("cab"):
+        distinct.set(f"t/{name}", Object(10 - i, 0, name, f"t/{name}", b"1"))
+    assert [o.path for o in distinct.page("t/*", 10, descending=descending)] == (
+        ["t/c", "t/a", "t/b"] if descending else ["t/b", "t/a", "t/c"])
