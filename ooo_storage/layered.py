@@ -59,6 +59,7 @@ from .errors import (
     StorageUnavailable,
 )
 from .journal import Journal, JournalOptions
+from .journal.format import ENTRY_SIZE
 from .layers.base import BatchWriter, Layer, PersistentLayer, RawLoader, RevisionKeeper, SyncLayer
 from .layers.memory import MemoryLayer
 from .locks import Gate, KeyLocks
@@ -225,6 +226,8 @@ class _History:
         self._pruner: asyncio.Task[None] | None = None
         self._append = self.journal.append_tagged_nowait
         self._max_item = self.journal.options.max_item
+        self._pending: list[tuple[int, bytes]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def open(self, saved_reservation: int, revision: int) -> int:
         """Decide the floor; returns the revision the store must continue above."""
@@ -233,10 +236,14 @@ class _History:
         except (OSError, _JSONDecodeError):
             state = None
         continuous = (
-            isinstance(state, dict) and saved_reservation and state.get("reserved") == saved_reservation
+            isinstance(state, dict)
+            and saved_reservation
+            and state.get("reserved") == saved_reservation
+            and (self.durable or state.get("clean") is True)
         )
         revision = max(revision, self.journal.log.last_tag)
         self.floor = int(state.get("floor", 0)) if continuous and isinstance(state, dict) else revision
+        self._loop = asyncio.get_running_loop()
         if self.options.max_age is not None:
             self._pruner = asyncio.get_running_loop().create_task(self._prune(self.options.max_age))
         return revision
@@ -246,10 +253,11 @@ class _History:
         self._reserved = reservation
         self._save()
 
-    def _save(self) -> None:
+    def _save(self, clean: bool = False) -> None:
         temp = self._state.with_suffix(".tmp")
+        state = {"reserved": self._reserved, "floor": self.floor, "clean": clean}
         try:
-            temp.write_bytes(_dumps({"reserved": self._reserved, "floor": self.floor}))
+            temp.write_bytes(_dumps(state))
             os.replace(temp, self._state)
         except OSError as exc:
             log.error("history: can't save %s: %s", self._state, exc)
@@ -260,7 +268,10 @@ class _History:
         self._save()
 
     def record(self, key: str, op: str, obj: Object | None, revision: int) -> None:
-        """Append one event (inline: a ``pwrite`` into the page cache)."""
+        """Queue one event for the journal: the events of one loop iteration are appended together
+        at its end (:meth:`write`; one ``pwrite`` of data and one of index entries for all of them),
+        or before, by a durable writer's :meth:`flush` or a replay. A process killed in between
+        loses them: a restart after an unclean stop without ``durable`` starts the history afresh."""
         if obj is None:
             item = _dumps((revision, op, key))
         else:
@@ -269,13 +280,39 @@ class _History:
         if len(item) > self._max_item:
             self._lost(revision, f"{len(item)} bytes, more than a segment holds")
             return
+        if not self._pending:
+            cast(asyncio.AbstractEventLoop, self._loop).call_soon(self.write)
+        self._pending.append((revision, item))
+
+    def write(self) -> None:
+        """Append the queued events to the journal (into the page cache)."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        limit = self.journal.options.max_file_size // 2  # one append never needs two new segments
+        group: list[tuple[int, bytes]] = []
+        size = 0
         try:
-            self._append((revision, item))
-        except Exception as exc:  # the write is committed: it must not fail for its history
-            self._lost(revision, exc)
+            for record in pending:
+                need = len(record[1]) + ENTRY_SIZE
+                if group and size + need > limit:
+                    self._append(*group)
+                    group, size = [], 0
+                group.append(record)
+                size += need
+            self._append(*group)
+        except Exception as exc:  # the writes are committed: they must not fail for their history
+            self._lost(pending[-1][0], exc)
+
+    async def flush(self) -> None:
+        """Return once the events recorded so far are durable (one fsync shared by the writers)."""
+        self.write()
+        await self.journal.flush()
 
     def oldest_floor(self) -> int:
         """The revision above which the journal holds every event."""
+        self.write()
         log_ = self.journal.log
         first = log_.segments[0]
         if not first.count:
@@ -284,6 +321,7 @@ class _History:
 
     def replay(self, since: int, upto: int) -> Iterator[Event]:
         """The kept events with ``since < revision <= upto``, one chunk in memory at a time."""
+        self.write()
         log_ = self.journal.log
         index = log_.seek(since)
         while index < log_.next_index:
@@ -307,7 +345,9 @@ class _History:
         if self._pruner is not None:
             self._pruner.cancel()
             await asyncio.gather(self._pruner, return_exceptions=True)
+        self.write()
         await self.journal.close()
+        self._save(clean=True)
 
 
 def _decode(item: bytes) -> Event:
@@ -1000,7 +1040,7 @@ class Layered:
         """Wait until the events recorded so far are durable (one fsync shared by the writers)."""
         history = self._history
         if history is not None:
-            await history.journal.flush()
+            await history.flush()
 
     async def _drain(self) -> None:
         assert self._chan is not None
