@@ -166,11 +166,18 @@ CASES = {
     "set-dict": "Layered.set (dict, 1 task)",
     "set-iso": "Layered.set (bytes JSON, 1 task, one set per loop iteration)",
     "set-64": "Layered.set (bytes JSON, 64 tasks per loop iteration, 1 set each)",
+    "set-history": "Layered.set (bytes JSON, 1 task, with an event history)",
+    "set-iso-history": "Layered.set (bytes JSON, 1 task, one set per loop iteration, with an event history)",
 }
 
 
 async def _cg_sets(case: str, n: int, base: Path) -> None:
-    store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(base / "db"))
+    history = None
+    if case.endswith("-history"):  # imported here: the rest runs against stores without history
+        from ooo_storage.layered import HistoryOptions
+
+        history, case = HistoryOptions(base / "history"), case.removesuffix("-history")
+    store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(base / "db"), history=history)
     await store.start()
     keys = [f"users/{i}" for i in range(n)]
     data = orjson.loads(PAYLOAD) if case == "set-dict" else PAYLOAD
