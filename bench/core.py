@@ -177,7 +177,9 @@ async def _cg_sets(case: str, n: int, base: Path) -> None:
         from ooo_storage.layered import HistoryOptions
 
         history, case = HistoryOptions(base / "history"), case.removesuffix("-history")
-    store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(base / "db"), history=history)
+    memory, embedded = MemoryLayer(), LevelDBLayer(base / "db")
+    # Without history, called as older stores (PYTHONPATH=<baseline>) can be.
+    store = Layered(memory, embedded) if history is None else Layered(memory, embedded, history=history)
     await store.start()
     keys = [f"users/{i}" for i in range(n)]
     data = orjson.loads(PAYLOAD) if case == "set-dict" else PAYLOAD
