@@ -18,12 +18,15 @@ from .errors import (
     CorruptObject,
     GlobNotAllowed,
     GlobRequired,
+    HistoryTrimmed,
     InvalidData,
     InvalidGlob,
     InvalidLimit,
     InvalidPath,
     InvalidPattern,
     InvalidRange,
+    JournalError,
+    JournalFull,
     LockNotFound,
     NoSpace,
     NotActive,
@@ -35,7 +38,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .journal import Journal, JournalQueue
-    from .layered import Layered, Options, WatchHandle
+    from .layered import HistoryOptions, Layered, Options, WatchHandle
     from .layers import LevelDBLayer, MemoryLayer
     from .protocol import keys
     from .protocol.objects import Event, Object
@@ -46,6 +49,7 @@ _LAZY = {
     "Layered": ".layered",
     "Options": ".layered",
     "WatchHandle": ".layered",
+    "HistoryOptions": ".layered",
     "MemoryLayer": ".layers",
     "LevelDBLayer": ".layers",
     "Journal": ".journal",
@@ -75,6 +79,7 @@ __all__ = [
     "Layered",
     "Options",
     "WatchHandle",
+    "HistoryOptions",
     "MemoryLayer",
     "LevelDBLayer",
     "Journal",
@@ -100,4 +105,7 @@ __all__ = [
     "CorruptObject",
     "NoSpace",
     "QuorumNotReached",
+    "JournalError",
+    "JournalFull",
+    "HistoryTrimmed",
 ]

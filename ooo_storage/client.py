@@ -8,7 +8,7 @@
             async for state in users:   # the whole current list, after every change
                 print(state)
 
-REST calls map one-to-one onto PROTOCOL.md §4 and raise :class:`ClientError` (with the HTTP status
+REST calls map one-to-one onto docs/protocol.md §4 and raise :class:`ClientError` (with the HTTP status
 and the server's plain-text message) on any error response. When no response comes, the error says
 whether the request can have reached the server: :class:`ConnectionFailed` means it was never sent,
 :class:`RequestUncertain` that a write was sent and may or may not have been applied. Only a GET is
@@ -66,7 +66,7 @@ __all__ = [
 
 
 class Entry(TypedDict):
-    """An object as the server sends it (PROTOCOL.md §2.1); ``path`` is absent for single keys."""
+    """An object as the server sends it (docs/protocol.md §2.1); ``path`` is absent for single keys."""
 
     created: int
     updated: int
@@ -281,7 +281,7 @@ class Client:
             await self._session.close()
             self._session = None
 
-    # REST (PROTOCOL.md §4)
+    # REST (docs/protocol.md §4)
 
     async def get(self, key: str) -> Entry | list[Entry]:
         """The object at ``key``, or for a key with a ``*`` the whole list of matches, newest first
@@ -342,7 +342,7 @@ class Client:
         reply = await self._exchange("GET", "", query={"api": "stats"})
         return cast(dict[str, Any], orjson.loads(reply.body))
 
-    # Websocket streams (PROTOCOL.md §5)
+    # Websocket streams (docs/protocol.md §5)
 
     def subscribe(
         self,

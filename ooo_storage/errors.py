@@ -1,4 +1,4 @@
-"""Typed storage errors carrying the exact messages of PROTOCOL.md §3.
+"""Typed storage errors carrying the exact messages of docs/protocol.md §3
 
 Every exception derives from :class:`StorageError`; ``str(exc)`` is the protocol message, so the
 server can map exceptions to HTTP responses in one place without string matching.
@@ -133,7 +133,7 @@ class HistoryTrimmed(JournalError):
 
 
 class MergeError(ValueError):
-    """A PATCH body that cannot be merged into the stored data (PROTOCOL.md §4.1); ``str(exc)`` is
+    """A PATCH body that cannot be merged into the stored data (docs/protocol.md §4.4); ``str(exc)`` is
     the protocol message (a 400, data unchanged)."""
 
 

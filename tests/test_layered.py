@@ -1,4 +1,4 @@
-"""The storage suite: every behaviour of API.md / PROTOCOL.md §2–3, run against every backend."""
+"""The storage suite: every behaviour of docs/api.md and docs/protocol.md §2–3, run against every backend."""
 
 from __future__ import annotations
 

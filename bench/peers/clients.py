@@ -238,7 +238,7 @@ class OooWatcher(Watcher):
         self.stream: _WsStream | None = None
 
     def on_frame(self, frame: bytes) -> None:
-        # {"snapshot":<bool>,"version":"<hex>","data":...}: fixed key order, PROTOCOL.md §5.2
+        # {"snapshot":<bool>,"version":"<hex>","data":...}: fixed key order, docs/protocol.md §5.2
         snapshot = frame[12] == 0x74  # t
         start = 28 if snapshot else 29
         self.position = frame[start : frame.index(b'"', start)].decode()

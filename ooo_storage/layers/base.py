@@ -16,7 +16,7 @@ A synchronous layer is also a valid asynchronous one (a value is a trivial ``May
 
 Conventions shared by every layer:
 
-* keys are valid keys of PROTOCOL.md §1 (``Layered`` validates before calling a layer);
+* keys are valid keys of docs/protocol.md §1 (``Layered`` validates before calling a layer);
 * values are :class:`~ooo_storage.protocol.objects.Object`; persistent layers store ``obj.to_json()``
   and read it back with ``protocol.objects.load_object`` (damage becomes ``CorruptObject``, a 503
   naming the key);

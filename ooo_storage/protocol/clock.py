@@ -1,4 +1,4 @@
-"""The process-wide clock (PROTOCOL.md §2.3): ``created``/``updated`` stamps and push keys.
+"""The process-wide clock (docs/protocol.md §2.2): ``created``/``updated`` stamps and push keys.
 
 Wall-clock nanoseconds at start plus monotonic time elapsed since, forced strictly increasing: a
 step of the wall clock while the process runs never reorders stamps. The only module-level mutable

@@ -1,4 +1,4 @@
-"""Filters and hooks of PROTOCOL.md §6.
+"""Filters and hooks of docs/protocol.md §6
 
 Entries are registered per path pattern and kind, in order; for an operation on ``key`` the **first**
 entry of that kind whose path equals or matches ``key`` runs, and only it. An entry without a

@@ -1,4 +1,4 @@
-"""Frames on the wire (PROTOCOL.md §5.2).
+"""Frames on the wire (docs/protocol.md §5.2).
 
 :func:`encode_frame` gives the payload ``{"snapshot":..,"version":"<hex>","data":..}``;
 :func:`ws_binary` wraps a payload into a complete RFC 6455 binary frame. Server frames are never

@@ -1,7 +1,7 @@
 """RFC 6902 JSON patches: :func:`diff` builds them, :func:`apply_patch` applies them. Pure, no I/O.
 
 The server turns "old state → new state" of a stream into the ``data`` of a ``snapshot:false``
-frame with :func:`diff` (PROTOCOL.md §5.5); the client keeps a subscription's state as plain Python
+frame with :func:`diff` (docs/protocol.md §5.3); the client keeps a subscription's state as plain Python
 values and applies each such frame with :func:`apply_patch`. Documents are decoded JSON values
 (``dict``, ``list``, ``str``, ``int``, ``float``, ``bool``, ``None``).
 
@@ -95,7 +95,7 @@ def _diff(old: Any, new: Any, path: str, ops: list[Op]) -> None:
 
 
 def object_diff(old: Object, new: Object) -> list[Op]:
-    """The ops turning the object JSON (PROTOCOL.md §2.1) of ``old`` into that of ``new``.
+    """The ops turning the object JSON (docs/protocol.md §2.1) of ``old`` into that of ``new``.
 
     E.g. an overwrite gives ``replace /updated`` plus the ops inside ``/data``.
     """

@@ -1,4 +1,4 @@
-"""Key grammar, glob predicates and matching (PROTOCOL.md §1). Pure functions, no I/O.
+"""Key grammar, glob predicates and matching (docs/protocol.md §1). Pure functions, no I/O.
 
 A ``*`` matches any run (possibly empty) of characters inside one ``/``-segment and never crosses a
 ``/``; this is why :mod:`fnmatch` is not used anywhere.
@@ -32,7 +32,7 @@ _VALID = re.compile(r"[A-Za-z0-9*](?:[A-Za-z0-9*/._-]*[A-Za-z0-9*])?").fullmatch
 
 
 def is_valid(key: str) -> bool:
-    """True iff ``key`` is a valid (concrete or glob) key of PROTOCOL.md §1.1."""
+    """True iff ``key`` is a valid (concrete or glob) key of docs/protocol.md §1.1"""
     return (
         bool(key)
         and _VALID(key) is not None

@@ -1,4 +1,4 @@
-"""The PATCH merge of PROTOCOL.md §4.1: merge a JSON body into stored data. Pure, no I/O.
+"""The PATCH merge of docs/protocol.md §4.4: merge a JSON body into stored data. Pure, no I/O.
 
 Rules (those of the ``ooo`` family, so existing clients see the same results):
 

@@ -1,4 +1,4 @@
-"""Objects and events (PROTOCOL.md §2), and the one path from stored bytes to an Object. Pure: no I/O."""
+"""Objects and events (docs/protocol.md §2), and the one path from stored bytes to an Object. Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class Object(NamedTuple):
         return jsontext.loads(self.data)
 
     def to_json(self) -> bytes:
-        """The exact object bytes of PROTOCOL.md §2.1 (``path`` omitted when empty)."""
+        """The exact object bytes of docs/protocol.md §2.1 (``path`` omitted when empty)."""
         created, updated, index, path, data = self
         both = index + path  # the store's keys never need escaping; hand-built objects might
         if '"' in both or "\\" in both or not both.isprintable():

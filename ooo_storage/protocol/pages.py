@@ -1,4 +1,4 @@
-"""Pages of a glob list (PROTOCOL.md §4): the rules, without the store or the network.
+"""Pages of a glob list (docs/protocol.md §4): the rules, without the store or the network.
 
 A ``GET`` of a glob answers a plain JSON array in the list's order (newest first, or what a limit
 filter asks), as ooo clients expect, holding at most ``limit`` items (``?limit=`` from 1; the

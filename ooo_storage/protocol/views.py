@@ -1,4 +1,4 @@
-"""What one stream pool shows, and the change each event makes to it (PROTOCOL.md §5.5).
+"""What one stream pool shows, and the change each event makes to it (docs/protocol.md §5.3).
 
 No asyncio and no sockets: a state takes events and answers either ``None`` (nothing to send),
 :data:`SNAPSHOT` (send the whole state) or a list of RFC 6902 ops. The pool turns that into one

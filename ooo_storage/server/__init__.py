@@ -1,4 +1,4 @@
-"""The ooo-storage HTTP and websocket server (aiohttp), PROTOCOL.md §4–6: the network edge around
+"""The ooo-storage HTTP and websocket server (aiohttp), docs/protocol.md §4–6: the network edge around
 the pure rules of ``ooo_storage.protocol``.
 
 Module map: ``app`` (Server: filter registration, the application, routing, middlewares, the

@@ -1,6 +1,6 @@
 """The :class:`Server` (filters, hooks, pools) and its aiohttp application.
 
-One catch-all route dispatches on method and path: PROTOCOL.md §4 wants ``//`` paths and globs
+One catch-all route dispatches on method and path: docs/protocol.md §4 wants ``//`` paths and globs
 answered with 400, characters outside ``[A-Za-z0-9*/._-]`` with 404 and unknown methods with 405,
 which aiohttp's router would not give us. The raw request path is used, so nothing (``.``
 segments, percent-decoding) is normalised away before the key is checked. ``HEAD`` on a key is
@@ -95,7 +95,7 @@ class Server:
         self._app: web.Application | None = None
         self._watch: WatchHandle | None = None
 
-    # -- filters and hooks (PROTOCOL.md §6) --------------------------------------------------
+    # -- filters and hooks (docs/protocol.md §6) --------------------------------------------------
     def write_filter(self, path: str, fn: WriteFn) -> None:
         self.filters.add("write", path, fn)
 

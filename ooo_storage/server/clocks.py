@@ -1,4 +1,4 @@
-"""The clock streams on ``/`` (PROTOCOL.md §5): their connections and the ticker that sends each
+"""The clock streams on ``/`` (docs/protocol.md §5): their connections and the ticker that sends each
 one the clock value every ``tick`` seconds."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Server configuration: one dataclass, every default documented (PROTOCOL.md §4–5)."""
+"""Server configuration: one dataclass, every default documented (docs/protocol.md §4–5)."""
 
 from __future__ import annotations
 

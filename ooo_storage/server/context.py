@@ -30,7 +30,7 @@ class Context:
     store: Layered
     config: ServerConfig
     filters: Filters
-    """The filters and hooks of PROTOCOL.md §6, registered through the Server."""
+    """The filters and hooks of docs/protocol.md §6, registered through the Server."""
     pools: Pools
     """The stream pools (subscriptions to a key or a glob)."""
     clocks: Clocks

@@ -1,4 +1,4 @@
-"""The one place where exceptions become HTTP responses (PROTOCOL.md §4: 4xx with a plain-text
+"""The one place where exceptions become HTTP responses (docs/protocol.md §4: 4xx with a plain-text
 message; a 5xx only for a real storage failure, never a traceback).
 
 Logging follows whose fault it is: a refused request (4xx, or a 503 :class:`Busy`) and a client

@@ -1,4 +1,4 @@
-"""``GET /`` (PROTOCOL.md §4): the key listing as JSON, the ``?api=`` endpoints, the HTML explorer.
+"""``GET /`` (docs/protocol.md §4): the key listing as JSON, the ``?api=`` endpoints, the HTML explorer.
 
 Under an access policy these need ``admin`` (``auth.py`` checked it), and the key listings show only
 the keys the principal may read."""

@@ -1,4 +1,4 @@
-"""What follows a successful write (PROTOCOL.md §6): the after-write filter of the key, or the
+"""What follows a successful write (docs/protocol.md §6): the after-write filter of the key, or the
 trimming its limit filter asks for.
 
 The write itself already succeeded and was answered for: a follow-up that fails is logged, never

@@ -1,4 +1,4 @@
-"""Stream pools: one per subscribed path, fed by the store's events (PROTOCOL.md §5.3–5.7).
+"""Stream pools: one per subscribed path, fed by the store's events (docs/protocol.md §5.3–5.5).
 
 The store calls :meth:`Pools.on_event` synchronously for every committed write, in commit order
 (``Layered.on_commit``). Matching pools are found through a :class:`~ooo_storage.protocol.keys.PatternIndex`

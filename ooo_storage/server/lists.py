@@ -1,4 +1,4 @@
-"""``GET`` of a glob (PROTOCOL.md §4): one page of the list, read from the store and streamed.
+"""``GET`` of a glob (docs/protocol.md §4): one page of the list, read from the store and streamed.
 
 What a page holds, its cursor and its headers are the rules of :mod:`~ooo_storage.protocol.pages`;
 here the page is read from the store in the store's own order where the view allows it (a page then

@@ -1,4 +1,4 @@
-"""REST handlers of PROTOCOL.md §4: GET, POST, PATCH, DELETE on ``/{key}``.
+"""REST handlers of docs/protocol.md §4: GET, POST, PATCH, DELETE on ``/{key}``.
 
 Each handler receives a key already known to use only allowed characters; it validates the key,
 asks the filters, calls the store and answers. Exceptions become responses in ``errors.py``.
@@ -40,7 +40,7 @@ _ACCEPTED = {"", "identity", *DECODED}
 def request_key(request: web.Request) -> str | None:
     """The key a request names: its raw path without the leading ``/`` (``""`` for ``/``), nothing
     normalised away (``.`` segments, percent-decoding); None when the path has characters no key
-    can have (PROTOCOL.md §4: 404)."""
+    can have (docs/protocol.md §4: 404)."""
     path = request.raw_path.partition("?")[0]
     return path[1:] if _PATH_CHARS(path) is not None else None
 
@@ -102,7 +102,7 @@ async def read_body(request: web.Request, cap: int) -> bytes:
 
 
 def index_json(index: str) -> bytes:
-    """The body of a successful POST or PATCH (PROTOCOL.md §4)."""
+    """The body of a successful POST or PATCH (docs/protocol.md §4)."""
     return orjson.dumps({"index": index})
 
 

@@ -1,4 +1,4 @@
-"""Websocket handlers of PROTOCOL.md §5: key/glob subscriptions and the clock stream on ``/``.
+"""Websocket handlers of docs/protocol.md §5: key/glob subscriptions and the clock stream on ``/``.
 
 Every rejection (invalid key, filters, ``on_subscribe``) happens before the upgrade, as a plain
 HTTP response; Origin and Host, and the access policy (``read`` on the key; any known principal

@@ -1,4 +1,4 @@
-"""The erasure-coded blob store (ADAPTERS.md): objects cut into k data + m parity shards spread
+"""The erasure-coded blob store (docs/layers.md): objects cut into k data + m parity shards spread
 over several directories ("drives"). ``format`` (on-disk records), ``codec`` (pyeclib), ``drives``
 (blocking shard I/O, markers, the repair log), ``config`` (ErasureConfig), ``repair`` (the repair
 queue, the background repairer, scrub and repair passes), ``store`` (ErasureStore, the byte store);

@@ -34,7 +34,7 @@ def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 << 20)
     """Raise glibc's mmap/trim thresholds once per process; return True if they were set.
 
     With the defaults every encode of a large stripe gets fresh mmapped buffers and page-faults
-    them in (~1.5 GB/s); reused heap buffers run at ~16 GB/s (ADAPTERS.md, measured figures).
+    them in (~1.5 GB/s); reused heap buffers run at ~16 GB/s (docs/layers.md, measured figures).
     The setting is process-wide and harmless for the rest of the server. No-op off glibc.
     """
     global _malloc_tuned

@@ -1,6 +1,6 @@
 """Crash-safe writes: a complete temp file, fsynced, then published by ``rename`` or ``link``.
 
-The rules (ADAPTERS.md §5.5):
+The rules (docs/layers.md):
 
 * data is written completely (short writes are looped), fsynced, then published by ``rename`` (or
   ``link`` for create-if-absent) and the directory entry is fsynced; new parent directories are

@@ -1,4 +1,4 @@
-"""SOS: a simple object store in a directory tree shared by many processes (ADAPTERS.md §5.2).
+"""SOS: a simple object store in a directory tree shared by many processes (docs/layers.md).
 
 Why it exists: LevelDB is single-process, while a directory of files can be shared by several
 processes, or machines over NFS, with nothing but ``rename`` and hard links for atomicity (the

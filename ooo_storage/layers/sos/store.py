@@ -427,7 +427,7 @@ class SimpleObjectStore:
         return await self._run("keys", prefix, self._walk_keys, lambda k: k.startswith(prefix))
 
     async def list(self, pattern: str) -> list[str]:
-        """Keys matching ``pattern`` (PROTOCOL.md §1.3 glob), sorted, by walking the tree."""
+        """Keys matching ``pattern`` (docs/protocol.md §1.2 glob), sorted, by walking the tree."""
         prefix = glob_prefix(pattern)
         return await self._run(
             "list", pattern, self._walk_keys, lambda k: k.startswith(prefix) and match(pattern, k)
