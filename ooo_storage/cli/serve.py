@@ -190,8 +190,9 @@ _LIMITS: tuple[tuple[str, Callable[[str], Any], str, str], ...] = (
         "--outbox-bytes",
         _positive,
         "N",
-        "bytes that may wait for one subscriber that does not keep up before it is dropped; "
-        "a single larger frame is still delivered (default 8388608)",
+        "bytes that may wait for one subscriber that does not keep up; beyond them its queued "
+        "changes are dropped and it gets one fresh snapshot once it drains; a single larger frame "
+        "is still delivered (default 8388608)",
     ),
     (
         "--write-timeout",
