@@ -60,7 +60,15 @@ from .errors import (
 )
 from .journal import Journal, JournalOptions
 from .journal.format import ENTRY_SIZE
-from .layers.base import BatchWriter, Layer, PersistentLayer, RawLoader, RevisionKeeper, SyncLayer
+from .layers.base import (
+    BatchWriter,
+    Follower,
+    Layer,
+    PersistentLayer,
+    RawLoader,
+    RevisionKeeper,
+    SyncLayer,
+)
 from .layers.memory import MemoryLayer
 from .locks import Gate, KeyLocks
 from .protocol import jsontext, keys
@@ -486,6 +494,8 @@ class Layered:
         self._loop = asyncio.get_running_loop()
         self._first = _NOBODY
         self._active = True
+        if isinstance(self.embedded, Follower):
+            self.embedded.follow(self.apply_remote)
 
     async def _open_history(self, options: HistoryOptions, saved: int) -> None:
         try:
@@ -1084,6 +1094,57 @@ class Layered:
                 self.memory.clear()
         finally:
             await self._gate.release_exclusive()
+
+    # -- writes by others ------------------------------------------------------------------------
+    def apply_remote(self, key: str, obj: Object | None, revision: int | None = None) -> bool:
+        """Apply a write that another writer committed to the shared persistent layer (another
+        process on the same directory, another node on the same Redis): update the memory mirror
+        and tell observers and watchers as for a local write. The layer already holds it: nothing
+        is written, no hook runs. Called synchronously, in the other writer's commit order, by a
+        :class:`~ooo_storage.layers.base.Follower` layer.
+
+        ``obj`` None deletes ``key`` (a key or a glob). ``revision``: the write's place in an order
+        shared by every writer; the store's revision moves up to it, and a write at or below the
+        store's revision is taken as already applied and ignored. Without it the write gets the
+        next local revision. Returns whether the write changed anything (an object already in the
+        mirror, a delete of a key the mirror lacks: nothing, no event)."""
+        if not self._active:
+            return False
+        if revision is not None and revision <= self._revision:
+            return False
+        self._settle()  # local writes queued before this one commit first: the order is kept
+        memory = self.memory
+        op: Operation
+        if obj is None:
+            op, event_obj = "del", None
+            if memory is not None:
+                if "*" in key:
+                    if not memory.delete(key):
+                        return self._skip(revision)
+                else:
+                    event_obj = memory.get(key)
+                    if event_obj is None:
+                        return self._skip(revision)
+                    memory.delete(key)
+        else:
+            op, event_obj = "set", obj
+            if memory is not None:
+                old = memory.get(key)
+                if old == obj:
+                    return self._skip(revision)
+                memory.set(key, obj)
+        if revision is not None:
+            self._revision = revision - 1  # _publish adds one
+        self._publish(key, op, event_obj)
+        return True
+
+    def _skip(self, revision: int | None) -> bool:
+        """A remote write with nothing to apply still moves the shared revision up to its own."""
+        if revision is not None and revision > self._revision:
+            self._revision = revision
+            if self._revision >= self._reserved:
+                self._reserve()
+        return False
 
     # -- events --------------------------------------------------------------------------------
     def _publish(

@@ -31,7 +31,7 @@ Conventions shared by every layer:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, TypeAlias, runtime_checkable
 
 from .._utils import MaybeAwaitable
@@ -39,6 +39,7 @@ from ..protocol.objects import Object
 
 __all__ = [
     "SyncLayer", "AsyncLayer", "Layer", "PersistentLayer", "RawLoader", "RevisionKeeper", "BatchWriter",
+    "Follower", "RemoteApply",
 ]
 
 
@@ -133,3 +134,19 @@ class BatchWriter(Protocol):
     ``Layered`` then commits the writes arriving in one event-loop iteration together."""
 
     def set_many(self, items: Sequence[tuple[str, Object]]) -> None: ...
+
+
+RemoteApply: TypeAlias = Callable[[str, Object | None, int | None], object]
+"""``Layered.apply_remote(key, obj_or_None, revision_or_None)``: see :class:`Follower`."""
+
+
+@runtime_checkable
+class Follower(Protocol):
+    """Optional: a layer shared with other writers (other processes on one directory, other nodes on
+    one Redis) that sees their writes. ``Layered`` calls ``follow(apply)`` once started; from then on
+    the layer calls ``apply(key, obj, revision)`` on the event loop for each write committed by
+    another writer, in that writer's commit order: ``obj`` None for a delete (``key`` may be a glob),
+    ``revision`` the write's place in an order shared by every writer, or None where there is none
+    (the store then gives it its next local revision). The layer stops calling it when it closes."""
+
+    def follow(self, apply: RemoteApply) -> None: ...
