@@ -1,7 +1,9 @@
 """``ooo-storage`` command line: one subcommand module each (``serve``, ``client`` for
-get/set/push/del/watch/stats, ``token`` for new/hash, ``erasure`` for scrub/repair); each adds its
-parsers with ``add_parsers(subparsers)`` and sets ``func(args) -> exit status``. Subcommand modules
-load what they need (the server, the store) only when they run.
+get/set/push/del/watch/stats, ``token`` for new/hash, ``erasure`` for scrub/repair, ``config`` for
+show); each adds its parsers with ``add_parsers(subparsers)`` and sets ``func(args) -> exit status``.
+Subcommand modules load what they need (the server, the store) only when they run. ``serve``'s
+arguments are completed from ``OOO_*`` variables and ``--config FILE`` (``config.expand``) before
+argparse reads them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import client, erasure, serve, token
+from . import client, config, erasure, serve, token
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,14 +22,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (serve, client, token, erasure):
+    for module in (serve, client, token, erasure, config):
         module.add_parsers(subparsers)
+    config.add_config_option(config.serve_parser(parser))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(config.expand(parser, sys.argv[1:] if argv is None else argv))
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)
