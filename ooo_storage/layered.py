@@ -414,6 +414,11 @@ class Layered:
             self._sync = self._sync and not self._history_durable
         self._sync_layer = cast(SyncLayer, embedded) if self._sync else None
         self._keeps_revision = isinstance(embedded, RevisionKeeper)
+        # A Follower layer that ``publishes_writes`` (Redis) applies this store's own writes through
+        # the ``follow`` hook too, in the order it shares with other nodes: after its write the
+        # store neither writes the mirror nor publishes (that would be twice, and out of order).
+        publishes = isinstance(embedded, Follower) and getattr(embedded, "publishes_writes", False)
+        self._followed = publishes is True
         # Batching (see the module docstring): the layer that writes batches, the writes queued
         # for the next one, and the task of this iteration's first write (_NOBODY: no write yet;
         # the end of the iteration is marked by ``_tick``, scheduled by that first write).
@@ -973,7 +978,7 @@ class Layered:
             try:
                 obj = self._build(key, raw, stamps, await self._read(key))
                 await self._store(key, obj)
-                return obj, self._publish(key, "set", obj)
+                return obj, None if self._followed else self._publish(key, "set", obj)
             finally:
                 await self._gate.release_shared()
         finally:
@@ -998,7 +1003,7 @@ class Layered:
                 raise
             except Exception as exc:
                 raise StorageUnavailable(f"storage: write failed: {exc}") from exc
-        if self.memory is not None:
+        if self.memory is not None and not self._followed:
             self.memory.set(key, obj)
 
     async def delete(self, key: str) -> None:
@@ -1022,7 +1027,7 @@ class Layered:
                 if old is None:
                     raise NotFound()
                 await self._remove(key)
-                waiter = self._publish(key, "del", old, broadcast)
+                waiter = None if self._followed else self._publish(key, "del", old, broadcast)
             finally:
                 await self._gate.release_shared()
         if self._history_durable:
@@ -1036,10 +1041,10 @@ class Layered:
             removed = await self._remove(pattern)
             if not removed:
                 return
-            if broadcast and self._chan is not None:
+            if broadcast and self._chan is not None and not self._followed:
                 # Barrier: earlier events of matching keys reach watchers before this one.
                 await self._drain()
-            waiter = self._publish(pattern, "del", None, broadcast)
+            waiter = None if self._followed else self._publish(pattern, "del", None, broadcast)
         finally:
             await self._gate.release_exclusive()
         if self._history_durable:
@@ -1074,7 +1079,7 @@ class Layered:
                 raise
             except Exception as exc:
                 raise StorageUnavailable(f"storage: delete failed: {exc}") from exc
-        if self.memory is not None:
+        if self.memory is not None and not self._followed:
             removed = self.memory.delete(key_or_glob) or removed
         return removed
 
