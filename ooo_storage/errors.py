@@ -69,6 +69,52 @@ class NotActive(StorageError):
     message = "storage: storage is not active"
 
 
+class InvalidTransaction(StorageError):
+    """A transaction that cannot be run as given (no ops, a key written twice, a write on a glob,
+    a glob delete overlapping another op's key, bad data, a bad ``expect``): a 400, nothing
+    applied. ``str(exc)`` names the op and says what to change."""
+
+    message = "storage: invalid transaction"
+
+
+class Conflict(StorageError):
+    """A transaction's ``expect`` no longer holds: a key changed (or appeared, or went) since the
+    caller read it. Nothing was applied; read the ``keys`` again and retry (HTTP 409)."""
+
+    message = "storage: conflict"
+
+    def __init__(self, keys: list[str], message: str | None = None) -> None:
+        self.keys = list(keys)
+        super().__init__(
+            message
+            or f"storage: conflict: {', '.join(self.keys)} changed since read; read again and retry"
+        )
+
+
+class TransactionTimeout(Conflict):
+    """A transaction's deadline passed while it waited for the locks of ``keys`` (held by
+    ``get_and_lock`` holders, other transactions or a glob delete). Nothing was applied. A
+    Conflict (HTTP 409, not a 503: the store is fine, those keys are contended): retry later."""
+
+    message = "storage: transaction timeout"
+
+    def __init__(self, keys: list[str], timeout: float, message: str | None = None) -> None:
+        waited = ", ".join(keys) or "the store gate"
+        super().__init__(
+            keys,
+            message
+            or f"storage: transaction timeout: {waited} still locked after {timeout:g} s; "
+            "nothing applied, retry later",
+        )
+
+
+class NotSupported(StorageError):
+    """The persistent layer cannot do what was asked atomically (transactions on the SOS and
+    erasure-coded layers, which have no all-or-nothing multi-key write): nothing was applied."""
+
+    message = "storage: not supported by this persistent layer"
+
+
 class InvalidGlob(StorageError):
     """Raised by :func:`ooo_storage.protocol.keys.validate_glob` (messages start with ``key:``)."""
 

@@ -30,13 +30,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from types import TracebackType
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import orjson
 
@@ -44,6 +45,7 @@ from ._utils import maybe_await
 from .errors import (
     AllLayersNil,
     CantLockGlob,
+    Conflict,
     GlobNotAllowed,
     GlobRequired,
     HistoryTrimmed,
@@ -52,11 +54,15 @@ from .errors import (
     InvalidPath,
     InvalidPattern,
     InvalidRange,
+    InvalidTransaction,
     LockNotFound,
+    MergeError,
     NotActive,
     NotFound,
+    NotSupported,
     StorageError,
     StorageUnavailable,
+    TransactionTimeout,
 )
 from .journal import Journal, JournalOptions
 from .journal.format import ENTRY_SIZE
@@ -68,13 +74,17 @@ from .layers.base import (
     RawLoader,
     RevisionKeeper,
     SyncLayer,
+    TxnWriter,
 )
 from .layers.memory import MemoryLayer
 from .locks import Gate, KeyLocks
-from .protocol import jsontext, keys
+from .protocol import jsontext, keys, txn
 from .protocol.clock import now
+from .protocol.merge import merge_json
 from .protocol.objects import Event, Object, Operation, make_event, make_object
+from .protocol.txn import Committed, TxnOp
 from .sharded import Callback, ShardedChan
+from .transaction import Transaction
 
 log = logging.getLogger("ooo_storage")
 
@@ -124,6 +134,9 @@ else:  # what asyncio.current_task reads, without its Python frame and loop look
     _task_of = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
 _is_valid = keys.is_valid
 _tuple_new = tuple.__new__
+_T = TypeVar("_T")
+_Change = tuple[str, Operation, "Object | None"]
+"""A change of a transaction: key, operation, object (as in its event)."""
 
 
 class WatchHandle(Protocol):
@@ -275,15 +288,20 @@ class _History:
         self.floor = revision
         self._save()
 
-    def record(self, key: str, op: str, obj: Object | None, revision: int) -> None:
+    def record(
+        self, key: str, op: str, obj: Object | None, revision: int, part: tuple[int, int] = (0, 0)
+    ) -> None:
         """Queue one event for the journal: the events of one loop iteration are appended together
         at its end (:meth:`write`; one ``pwrite`` of data and one of index entries for all of them),
         or before, by a durable writer's :meth:`flush` or a replay. A process killed in between
-        loses them: a restart after an unclean stop without ``durable`` starts the history afresh."""
+        loses them: a restart after an unclean stop without ``durable`` starts the history afresh.
+        ``part``: (events of its transaction, its position among them) for a transaction's event;
+        the events of one transaction are recorded in one step, so they are appended together."""
         if obj is None:
-            item = _dumps((revision, op, key))
+            item = _dumps((revision, op, key, *part) if part[0] else (revision, op, key))
         else:
-            head = _dumps((revision, op, key, obj.created, obj.updated, obj.index, obj.path))
+            fields = (revision, op, key, obj.created, obj.updated, obj.index, obj.path)
+            head = _dumps((*fields, *part) if part[0] else fields)
             item = b"%b\n%b" % (head, obj.data)
         if len(item) > self._max_item:
             self._lost(revision, f"{len(item)} bytes, more than a segment holds")
@@ -325,7 +343,10 @@ class _History:
         first = log_.segments[0]
         if not first.count:
             return self.floor
-        return max(self.floor, self.journal.entry(first.first).tag - 1)
+        tag = self.journal.entry(first.first).tag
+        # An eviction may have cut a transaction: its revision is then not wholly kept.
+        whole = _position(self.journal.read(first.first)[0]) == 0
+        return max(self.floor, tag - 1 if whole else tag)
 
     def replay(self, since: int, upto: int) -> Iterator[Event]:
         """The kept events with ``since < revision <= upto``, one chunk in memory at a time."""
@@ -359,13 +380,22 @@ class _History:
 
 
 def _decode(item: bytes) -> Event:
-    """An event as :meth:`_History.record` wrote it."""
+    """An event as :meth:`_History.record` wrote it (a transaction's with two more fields)."""
     head, _, data = item.partition(b"\n")
     fields = _loads(head)
-    if len(fields) == 3:
-        return make_event(fields[2], fields[1], None, fields[0])
-    revision, op, key, created, updated, index, path = fields
-    return make_event(key, op, make_object(created, updated, index, path, data), revision)
+    txn, position = fields[-2:] if len(fields) in (5, 9) else (0, 0)
+    more = position < txn - 1
+    if len(fields) < 7:
+        return make_event(fields[2], fields[1], None, fields[0], txn, more)
+    revision, op, key, created, updated, index, path = fields[:7]
+    obj = make_object(created, updated, index, path, data)
+    return make_event(key, op, obj, revision, txn, more)
+
+
+def _position(item: bytes) -> int:
+    """The position of a recorded transaction event among its transaction's (0 otherwise)."""
+    fields = _loads(item.partition(b"\n")[0])
+    return int(fields[-1]) if len(fields) in (5, 9) else 0
 
 
 class Layered:
@@ -1100,6 +1130,279 @@ class Layered:
         finally:
             await self._gate.release_exclusive()
 
+    # -- transactions ------------------------------------------------------------------------------
+    def transaction(self, timeout: float = 5.0) -> Transaction:
+        """An optimistic transaction: ``async with store.transaction() as tx:`` reads with
+        ``await tx.get(key)`` (None for a missing key), collects ``tx.set``/``tx.patch``/
+        ``tx.delete`` and commits them on a clean exit with :meth:`commit`, expecting every key
+        read to be unchanged: Conflict (nothing applied) otherwise. ``timeout`` is the deadline of
+        the whole transaction, counted from here. See :meth:`transaction_run` for retries."""
+        if not self._active:
+            raise self._not_active()
+        return Transaction(self._txn_read, self.commit, timeout)
+
+    async def transaction_run(
+        self, fn: Callable[[Transaction], Awaitable[_T]], retries: int = 3, timeout: float = 5.0
+    ) -> _T:
+        """Run ``await fn(tx)`` in a fresh :meth:`transaction` and commit it, again (after a short
+        random pause) on Conflict, at most ``retries`` more times; returns what ``fn`` returned.
+        The last Conflict is raised; a TransactionTimeout is raised at once (each attempt has its
+        own ``timeout``, so retrying a contended key would multiply it)."""
+        attempt = 0
+        while True:
+            tx = self.transaction(timeout)
+            try:
+                result = await fn(tx)
+                await tx.commit()
+                return result
+            except TransactionTimeout:
+                raise
+            except Conflict:
+                if attempt >= retries:
+                    raise
+            attempt += 1
+            await asyncio.sleep(random.random() * min(0.001 * (1 << attempt), 0.05))
+
+    async def _txn_read(self, key: str) -> Object | None:
+        try:
+            return await self.get(key)
+        except NotFound:
+            return None
+
+    async def commit(
+        self,
+        ops: Sequence[TxnOp],
+        expect: Mapping[str, int | None] | None = None,
+        timeout: float = 5.0,
+    ) -> Committed:
+        """Apply ``ops`` all together or not at all, if every key of ``expect`` still has the
+        version given (``protocol.txn.version``: ``updated``, or ``created`` while ``updated`` is
+        0; None: the key must not exist), else Conflict naming the keys that differ.
+
+        The persistent layer gets the whole transaction as one batch (LevelDB: one WriteBatch,
+        durable before the return with ``sync=True``), then memory with no await in between (no
+        reader sees half of it), then the watchers: one event per op that changed something, all
+        with one revision, ``txn`` their number and ``more`` True but on the last, told in op order
+        with no await in between. The commit takes the locks of its keys in sorted order (waiting
+        for ``get_and_lock`` holders) and the store gate (exclusively with a glob delete);
+        TransactionTimeout (a Conflict, nothing applied) if they are not all had within
+        ``timeout`` seconds; once writing, it completes. InvalidTransaction for ops breaking the
+        rules of :mod:`ooo_storage.protocol.txn`, NotFound for a patch of a missing key,
+        NotSupported on a persistent layer without an all-or-nothing batch (SOS, erasure-coded)."""
+        if not self._active:
+            raise self._not_active()
+        plan = txn.plan(ops, expect)
+        writer = self._txn_writer()
+        payloads = self._txn_payloads(plan.ops)
+        if (
+            self._sync
+            and not plan.globs
+            and self._gate.idle
+            and not any(map(self._locks.busy, plan.locked))
+        ):
+            # Synchronous layers and nobody on these keys: nothing can interleave, no lock needed.
+            self._settle()
+            current = await self._txn_current(plan.locked)
+            result, waiters, _ = await self._txn_apply(plan, payloads, writer, current, {})
+        else:
+            result, waiters = await self._txn_locked(plan, payloads, writer, timeout)
+        if self._history_durable:
+            await self._history_flush()
+        for key, waiter in waiters:
+            await self._finish(key, waiter)
+        return result
+
+    def _txn_writer(self) -> TxnWriter | None:
+        embedded = self.embedded
+        if embedded is None or isinstance(embedded, TxnWriter):
+            return embedded
+        raise NotSupported(
+            f"storage: transactions are not supported by {type(embedded).__name__}: it cannot write "
+            "several keys all or nothing (use LevelDB, or write the keys one by one)"
+        )
+
+    @staticmethod
+    def _txn_payloads(ops: Sequence[TxnOp]) -> list[Any]:
+        """Each op's data, checked before any lock: compact JSON for a set, the decoded document
+        for a patch, None for a delete."""
+        payloads: list[Any] = []
+        for i, op in enumerate(ops):
+            try:
+                if op.op == "set":
+                    payloads.append(encode_data(op.data))
+                elif op.op == "patch" and isinstance(op.data, bytes | bytearray | memoryview | str):
+                    payloads.append(jsontext.loads(op.data) if op.data else encode_data(op.data))
+                else:
+                    payloads.append(op.data)
+            except (InvalidData, jsontext.JSONDecodeError) as exc:
+                why = f"invalid data (not JSON: {exc})" if isinstance(exc, ValueError) else exc
+                raise InvalidTransaction(
+                    f"storage: invalid transaction: op {i} ({op.key}): {why}"
+                ) from None
+        return payloads
+
+    async def _txn_locked(
+        self, plan: txn.Plan, payloads: list[Any], writer: TxnWriter | None, timeout: float
+    ) -> tuple[Committed, list[tuple[str, asyncio.Future[None] | None]]]:
+        """The commit under its key locks (sorted order) and the gate, which it waits for at most
+        ``timeout`` seconds, together with its reads."""
+        locks, gate, taken, gated = self._locks, self._gate, [], False
+        try:
+            try:
+                async with asyncio.timeout(timeout):
+                    for key in plan.locked:
+                        await locks.acquire(key)
+                        taken.append(key)
+                    await (gate.acquire_exclusive() if plan.globs else gate.acquire_shared())
+                    gated = True
+                    self._settle()
+                    current = await self._txn_current(plan.locked)
+                    doomed = await self._txn_doomed(plan.ops)
+                    if doomed and self._chan is not None:
+                        await self._drain()  # earlier events of matching keys reach watchers first
+            except TimeoutError:
+                raise TransactionTimeout(list(plan.locked[len(taken) :]), timeout) from None
+            result, waiters, cancelled = await self._txn_apply(plan, payloads, writer, current, doomed)
+            if cancelled:  # the commit was written and told anyway: the cancellation comes now
+                raise asyncio.CancelledError()
+            return result, waiters
+        finally:
+            if gated:
+                await (gate.release_exclusive() if plan.globs else gate.release_shared())
+            for key in taken:
+                locks.release(key)
+
+    async def _txn_current(self, keys_: Sequence[str]) -> dict[str, Object | None]:
+        try:
+            if self.memory is not None:
+                get = self.memory.get
+                return {key: get(key) for key in keys_}
+            layer = self._persistent()
+            return {key: await maybe_await(layer.get(key)) for key in keys_}
+        except Exception as exc:
+            raise _unavailable(exc, "storage: read failed") from exc
+
+    async def _txn_doomed(self, ops: Sequence[TxnOp]) -> dict[str, list[str]]:
+        """The keys each glob delete of ``ops`` removes (globs removing nothing left out)."""
+        doomed = {}
+        for op in ops:
+            if "*" not in op.key:
+                continue
+            if self.memory is not None:
+                matched = list(self.memory.matching_keys(op.key))
+            else:
+                try:
+                    objs = await maybe_await(self._persistent().get_list(op.key))
+                except Exception as exc:
+                    raise _unavailable(exc, "storage: read failed") from exc
+                matched = [obj.path for obj in objs]
+            if matched:
+                doomed[op.key] = matched
+        return doomed
+
+    async def _txn_apply(
+        self,
+        plan: txn.Plan,
+        payloads: list[Any],
+        writer: TxnWriter | None,
+        current: dict[str, Object | None],
+        doomed: dict[str, list[str]],
+    ) -> tuple[Committed, list[tuple[str, asyncio.Future[None] | None]], bool]:
+        """Check ``expect``, then write: persistent layer, memory, events. Returns the result, the
+        event queue waits, and whether the committer was cancelled while its write was on its way
+        to the disk (it is then finished first: what reaches the disk reaches memory too)."""
+        changed = txn.conflicts(plan.expect, current)
+        if changed:
+            raise Conflict(changed)
+        sets, deletes, changes, indexes = self._txn_build(plan.ops, payloads, current, doomed)
+        if not changes:
+            return Committed(self._revision, indexes), [], False
+        cancelled = False
+        if writer is not None:
+            try:
+                pending = writer.apply_many(sets, deletes)
+                if pending is not None:
+                    cancelled = await _finished(pending)
+            except Exception as exc:
+                raise _unavailable(exc, "storage: transaction failed") from exc
+        if self.memory is not None:
+            self.memory.apply_many(sets, deletes)
+        revision, waiters = self._publish_txn(changes)
+        return Committed(revision, indexes), waiters, cancelled
+
+    def _txn_build(
+        self,
+        ops: Sequence[TxnOp],
+        payloads: list[Any],
+        current: dict[str, Object | None],
+        doomed: dict[str, list[str]],
+    ) -> tuple[list[tuple[str, Object]], list[str], list[_Change], list[str]]:
+        """The objects to set, the keys to delete, the events and the indexes of the ops."""
+        sets: list[tuple[str, Object]] = []
+        deletes: list[str] = []
+        changes: list[_Change] = []
+        indexes: list[str] = []
+        for i, (op, payload) in enumerate(zip(ops, payloads, strict=True)):
+            key = op.key
+            old = current.get(key)
+            if op.op == "del":
+                indexes.append("")
+                matched = doomed.get(key, []) if "*" in key else [key] if old is not None else []
+                if matched:
+                    deletes += matched
+                    changes.append((key, "del", old))
+                continue
+            if op.op == "patch":
+                if old is None:
+                    raise NotFound(f"storage: not found: {key} (op {i} patches a missing key)")
+                try:
+                    raw = merge_json(old.data, payload)
+                except MergeError as exc:
+                    raise InvalidTransaction(
+                        f"storage: invalid transaction: op {i} ({key}): {exc}"
+                    ) from None
+            else:
+                raw = payload
+            obj = self._build(key, raw, None, old)
+            sets.append((key, obj))
+            changes.append((key, "set", obj))
+            indexes.append(obj.index)
+        return sets, deletes, changes, indexes
+
+    def _publish_txn(
+        self, changes: list[_Change]
+    ) -> tuple[int, list[tuple[str, asyncio.Future[None] | None]]]:
+        """``_publish`` for a transaction: one revision for all its events, each observer told
+        all of them in op order with no await in between (``more`` on all but its last)."""
+        self._revision += 1
+        if self._revision >= self._reserved:
+            self._reserve()
+        revision = self._revision
+        quiet = self._no_broadcast
+        loud = [c for c in changes if not (quiet and self._quiet(c[0]))] if quiet else changes
+        history = self._history
+        if history is not None:
+            for i, (key, op, obj) in enumerate(loud):
+                history.record(key, op, obj, revision, (len(loud), i))
+        hook = self.options.after_write_op
+        if hook is not None:
+            for key, op, _ in changes:
+                try:
+                    hook(key, op)
+                except Exception:
+                    log.exception("after_write_op hook failed for %s", key)
+        events = _txn_events(loud, revision)
+        every = events if loud is changes else _txn_events(changes, revision)
+        silent = self._silent_observers
+        for observer in self._observers:
+            for event in every if observer in silent else events:
+                self._tell(observer, event)
+        waits = {}
+        if self._watchers and self._chan is not None:
+            put = self._chan.put
+            waits = {event.key: put(event) for event in events}
+        return revision, [(key, waits.get(key)) for key, _, _ in changes]
+
     # -- writes by others ------------------------------------------------------------------------
     def apply_remote(self, key: str, obj: Object | None, revision: int | None = None) -> bool:
         """Apply a write that another writer committed to the shared persistent layer (another
@@ -1178,7 +1481,7 @@ class Layered:
         observers, watched = self._observers, self._watchers
         if not observers and not watched:
             return None  # nobody to tell: no event to build or to route
-        event = _tuple_new(Event, (key, op, obj, self._revision))  # make_event, inline
+        event = _tuple_new(Event, (key, op, obj, self._revision, 0, False))  # make_event, inline
         for observer in observers:
             try:  # ``_tell``, inline
                 observer(event)
@@ -1322,6 +1625,32 @@ class Layered:
                 f"(the history starts after {floor}); start from a snapshot"
             )
         return history.replay(since, upto)
+
+
+def _txn_events(changes: list[_Change], revision: int) -> list[Event]:
+    """The events of a transaction's changes: one revision, ``txn`` their number, ``more`` on all
+    but the last."""
+    last = len(changes) - 1
+    return [
+        make_event(key, op, obj, revision, last + 1, i < last)
+        for i, (key, op, obj) in enumerate(changes)
+    ]
+
+
+async def _finished(pending: Awaitable[None]) -> bool:
+    """Await a layer's write to its end even if the waiting task is cancelled meanwhile (the
+    write goes on, so what it writes must reach memory and the watchers too); returns whether
+    the task was cancelled, for the caller to raise once it has done so."""
+    fut = asyncio.ensure_future(pending)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(fut)
+            return cancelled
+        except asyncio.CancelledError:
+            if fut.cancelled():
+                raise StorageUnavailable("storage: transaction failed: its write was cancelled") from None
+            cancelled = True
 
 
 class _Observation:

@@ -39,7 +39,7 @@ from ..protocol.objects import Object
 
 __all__ = [
     "SyncLayer", "AsyncLayer", "Layer", "PersistentLayer", "RawLoader", "RevisionKeeper", "BatchWriter",
-    "Follower", "RemoteApply",
+    "Follower", "RemoteApply", "TxnWriter",
 ]
 
 
@@ -134,6 +134,19 @@ class BatchWriter(Protocol):
     ``Layered`` then commits the writes arriving in one event-loop iteration together."""
 
     def set_many(self, items: Sequence[tuple[str, Object]]) -> None: ...
+
+
+@runtime_checkable
+class TxnWriter(Protocol):
+    """Optional: ``apply_many`` writes ``sets`` and deletes the keys ``deletes`` (plain keys, some
+    perhaps missing; ``Layered`` expands globs) as one all-or-nothing step: one LevelDB
+    ``WriteBatch``, durable before its awaitable resolves when the layer's writes are (joining the
+    group commit). On failure it raises and none of it is applied, also after a crash. Transactions
+    (``Layered.commit``) need it: a persistent layer without it refuses them (NotSupported)."""
+
+    def apply_many(
+        self, sets: Sequence[tuple[str, Object]], deletes: Sequence[str]
+    ) -> MaybeAwaitable[None]: ...
 
 
 RemoteApply: TypeAlias = Callable[[str, Object | None, int | None], object]

@@ -414,6 +414,20 @@ class LevelDBLayer:
         self._apply([(key.encode(), obj.to_json()) for key, obj in items], "storage: write failed", True)
         self.batches += 1
 
+    def apply_many(
+        self, sets: Sequence[tuple[str, Object]], deletes: Sequence[str]
+    ) -> Awaitable[None] | None:
+        """Write ``sets`` and delete ``deletes`` (keys) as one batch, all or none (a transaction,
+        :class:`~ooo_storage.layers.base.TxnWriter`); with ``sync``, joins the group commit and
+        resolves once durable (a group is one ``WriteBatch``, so the whole transaction or none of
+        it survives a crash)."""
+        ops: Ops = [(key.encode(), obj.to_json()) for key, obj in sets]
+        ops += [(key.encode(), None) for key in deletes]
+        if self.sync:
+            return self._commit(ops)
+        self._apply(ops, "storage: write failed", bool(sets))
+        return None
+
     def delete(self, key_or_glob: str) -> int | Awaitable[int]:
         db = self.db
         if has_glob(key_or_glob):

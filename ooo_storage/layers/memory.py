@@ -4,7 +4,7 @@ KeyIndex, the sorted key set behind every glob read of this package (memory and 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from operator import attrgetter
 from typing import cast
 
@@ -211,6 +211,14 @@ class MemoryLayer:
                 self._untime(self._by_time, key, created)
             self._time_fresh[key] = obj.created
         self._data[key] = obj
+
+    def apply_many(self, sets: Sequence[tuple[str, Object]], deletes: Sequence[str]) -> None:
+        """Apply a transaction's writes in one step, with nothing in between (see
+        :class:`~ooo_storage.layers.base.TxnWriter`)."""
+        for key, obj in sets:
+            self.set(key, obj)
+        for key in deletes:
+            self.delete(key)
 
     def delete(self, key_or_glob: str) -> int:
         if has_glob(key_or_glob):

@@ -139,14 +139,23 @@ Operation = Literal["set", "del"]
 
 class Event(NamedTuple):
     """A committed write. ``object`` is the new object for ``set``, the deleted one for a single-key
-    ``del`` and None for a glob delete (whose ``key`` is the glob)."""
+    ``del`` and None for a glob delete (whose ``key`` is the glob).
+
+    The ops of one transaction (``Layered.commit``) are one event each, all with the same
+    ``revision``, told in op order with no await in between: ``txn`` is the number of events of
+    that transaction (0 for a plain write) and ``more`` is True on each but the last, so that a
+    consumer can hold them back and show the transaction whole."""
 
     key: str
     operation: Operation
     object: Object | None
     revision: int
+    txn: int = 0
+    more: bool = False
 
 
-def make_event(key: str, operation: Operation, obj: Object | None, revision: int) -> Event:
+def make_event(
+    key: str, operation: Operation, obj: Object | None, revision: int, txn: int = 0, more: bool = False
+) -> Event:
     """``Event(...)`` for the hot path (see :func:`make_object`)."""
-    return _tuple_new(Event, (key, operation, obj, revision))
+    return _tuple_new(Event, (key, operation, obj, revision, txn, more))
