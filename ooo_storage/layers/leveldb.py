@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import shutil
 import time
 from collections.abc import Awaitable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -379,6 +381,24 @@ class LevelDBLayer:
     def load_raw(self) -> dict[str, bytes]:
         return {k.decode(): v for k, v in self.db.iterator()}
 
+    # -- backup --------------------------------------------------------------------------------
+    def backup(self, target: str | os.PathLike[str]) -> Awaitable[int]:
+        """Copy a consistent snapshot of the database into a fresh LevelDB at ``target`` (created;
+        an existing non-empty directory is :class:`FileExistsError`), with the revision marker; the
+        awaitable gives the number of keys copied. The snapshot is taken by this call, before it
+        returns: every write acknowledged before it is in the copy, none after it. The copy runs in
+        a thread (writes go on meanwhile) and is synced when it resolves; a failed copy removes the
+        directory it made. ``ooo-storage serve --data <target>`` serves the copy."""
+        snapshot = self.db.snapshot()
+        return self._backup(snapshot, os.fspath(target), self.load_revision())
+
+    @staticmethod
+    async def _backup(snapshot: plyvel.Snapshot, target: str, reserved: int) -> int:
+        try:
+            return await asyncio.to_thread(_copy_snapshot, snapshot, target, reserved)
+        finally:
+            snapshot.close()
+
     def _matching(self, pattern: str, values: bool) -> Iterable[tuple[str, bytes]]:
         prefix = glob_prefix(pattern).encode()
         if values:
@@ -553,3 +573,37 @@ class LevelDBLayer:
                         batch.delete(k)
                     else:
                         batch.put(k, v)
+
+
+_BACKUP_BATCH = 4 << 20  # bytes of keys and values per (synced) WriteBatch of a backup copy
+
+
+def _copy_snapshot(snapshot: plyvel.Snapshot, target: str, reserved: int) -> int:
+    """:meth:`LevelDBLayer.backup`'s copy, in a thread."""
+    made = not os.path.exists(target)
+    os.makedirs(target, exist_ok=True)
+    if not made and os.listdir(target):
+        raise FileExistsError(errno.EEXIST, "not empty: give a new or empty directory", target)
+    try:
+        count = 0
+        copy = plyvel.DB(target, create_if_missing=True, error_if_exists=True)
+        try:
+            batch, size = copy.write_batch(sync=True), 0
+            for key, value in snapshot.iterator():
+                batch.put(key, value)
+                count, size = count + 1, size + len(key) + len(value)
+                if size >= _BACKUP_BATCH:
+                    batch.write()
+                    batch, size = copy.write_batch(sync=True), 0
+            batch.write()
+        finally:
+            copy.close()
+        if reserved:
+            raw = b'{"reserved": %d}\n' % reserved
+            write_file_atomic(os.path.join(target, _REVISION_FILE), [raw], target, TempNamer(), "full",
+                              tmp_dir=target)
+    except BaseException:
+        if made:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    return count
