@@ -1,0 +1,79 @@
+"""``POST /?api=backup&target=DIR`` (admin): an online, consistent snapshot of the LevelDB layer
+copied into a fresh LevelDB at ``DIR`` on the server's filesystem, while the server keeps serving.
+
+The copy holds every write acknowledged before the request and none after it
+(:meth:`~ooo_storage.layers.LevelDBLayer.backup`); ``ooo-storage serve --data DIR`` serves it as it
+is (docs/operations.md, Backups). Refusals, each with its reason: 401/403 without ``admin``, 400 for a
+missing or relative target or one inside the data directory, 409 when the target exists and is not
+empty, 501 when the store has no LevelDB layer (memory only, SOS, erasure-coded: their files are
+copied another way), 503 while the store is not open.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+
+import orjson
+from aiohttp import web
+
+from ..errors import HTTPFailure
+from ..layers import LevelDBLayer
+from .auth import decide, principal_of
+from .context import Context
+from .rest import json_response
+
+log = logging.getLogger("ooo_storage.server")
+
+
+def _authorize(ctx: Context, request: web.Request) -> None:
+    """``admin``, as every ``?api=`` needs (the guard decides GETs of ``/`` only)."""
+    policy, principal = ctx.guard.policy, principal_of(request)
+    if policy is not None and principal is not None:
+        decide(policy, principal, "admin", "")
+
+
+def _layer(ctx: Context) -> LevelDBLayer:
+    layer = ctx.store.embedded
+    if not isinstance(layer, LevelDBLayer):
+        kind = "a memory-only store" if layer is None else f"a {type(layer).__name__}"
+        raise HTTPFailure(501, f"ooo: backup: snapshots are of LevelDB, and this is {kind}: copy its "
+                               "files while it is stopped instead (docs/operations.md, Backups)")
+    if not ctx.store.active:
+        raise HTTPFailure(503, "ooo: backup: the store is not open yet: try again once it serves")
+    return layer
+
+
+def _target(request: web.Request, data: str) -> str:
+    target = request.query.get("target", "")
+    if not target:
+        raise HTTPFailure(400, "ooo: backup: give the directory to write: ?api=backup&target=/abs/dir")
+    if not os.path.isabs(target):
+        raise HTTPFailure(400, f"ooo: backup: target {target!r} must be an absolute path on the server")
+    real, home = os.path.realpath(target), os.path.realpath(data)
+    if real == home or real.startswith(home + os.sep):
+        raise HTTPFailure(400, f"ooo: backup: target {target!r} is inside the data directory: give "
+                               "a directory elsewhere")
+    return target
+
+
+async def backup(ctx: Context, request: web.Request) -> web.Response:
+    """Take the snapshot and copy it; reply ``{"target", "keys", "revision", "seconds"}``."""
+    _authorize(ctx, request)
+    layer = _layer(ctx)
+    target = _target(request, layer.path)
+    revision, started = ctx.store.revision, time.monotonic()
+    try:
+        count = await layer.backup(target)
+    except FileExistsError:
+        raise HTTPFailure(409, f"ooo: backup: target {target!r} exists and is not empty: give a new "
+                               "or empty directory") from None
+    except OSError as exc:
+        status = 507 if exc.errno == errno.ENOSPC else 400
+        raise HTTPFailure(status, f"ooo: backup: can't write to {target!r}: {exc.strerror or exc}") from None
+    seconds = round(time.monotonic() - started, 3)
+    log.info("backup: %d keys at revision %d copied to %s in %.3f s", count, revision, target, seconds)
+    return json_response(orjson.dumps(
+        {"target": target, "keys": count, "revision": format(revision, "x"), "seconds": seconds}))
