@@ -37,15 +37,18 @@ from ..protocol.filters import (
     WriteFn,
 )
 from ..protocol.origins import OriginPolicy
-from . import backup, explorer, followup, rest, streams, txn
+from . import backup, explorer, followup, rest, streams
+from .accesslog import AccessLog
 from .auth import Guard, decide, principal_of
 from .clocks import Clocks
 from .config import ServerConfig
 from .connection import Flusher
 from .context import Context
 from .errors import FAILURE_INTERVAL, Notices, error_middleware, response_for, text_response
+from .health import HEALTHZ, READYZ, endpoints, healthz, readyz
 from .hub import Pools
 from .limits import BodyBudget, ClientShare, body_middleware, per_client_limit
+from .metrics import Metrics, observe
 from .streams import wants_websocket
 
 log = logging.getLogger("ooo_storage.server")
@@ -94,6 +97,11 @@ class Server:
         )
         self._app: web.Application | None = None
         self._watch: WatchHandle | None = None
+        # The server's own endpoints and what observes requests (health.py, metrics.py, accesslog.py)
+        self.endpoints = endpoints(self.config)
+        self.guard.endpoints = {name: self._need_of(name) for name in self.endpoints}
+        self.metrics = Metrics(self.context) if self.config.metrics else None
+        self.access = AccessLog() if self.config.access_log else None
 
     # -- filters and hooks (docs/protocol.md §6) --------------------------------------------------
     def write_filter(self, path: str, fn: WriteFn) -> None:
@@ -171,6 +179,11 @@ class Server:
         self.guard.swap(policy)
         return self.guard.recheck([*self.pools.connections(), *self.context.clocks.members])
 
+    def _need_of(self, endpoint: str) -> Literal["admin"] | None:
+        """What an access policy asks of a request to ``endpoint`` (health.py): nothing, but
+        ``admin`` for ``/metrics`` with ``metrics_auth``."""
+        return "admin" if endpoint == "metrics" and self.config.metrics_auth else None
+
     # -- application ----------------------------------------------------------------------------
     @property
     def app(self) -> web.Application:
@@ -180,8 +193,10 @@ class Server:
 
     def _build(self) -> web.Application:
         cfg = self.config
+        observed = self.metrics is not None or self.access is not None
         app = web.Application(
             middlewares=[
+                *([observe(self.metrics, self.access, self.endpoints)] if observed else []),
                 self.share.middleware(),
                 self._origin_middleware(),
                 error_middleware(self.failures),
@@ -249,13 +264,13 @@ class Server:
         if not key:
             if method == "POST" and request.query.get("api") == "backup":
                 return await backup.backup(ctx, request)
-            if method == "POST" and request.query.get("api") == "txn":
-                return await txn.handle(ctx, request)
             if method != "GET":
                 return text_response(405, "ooo: method not allowed")
             if wants_websocket(request):
                 return await streams.clock(ctx, request)
             return await explorer.root(ctx, request)
+        if key in self.endpoints and method in ("GET", "HEAD") and not wants_websocket(request):
+            return self._own(key)
         handler = _KEY_METHODS.get(method)
         if handler is None:
             return text_response(405, "ooo: method not allowed")
@@ -264,6 +279,15 @@ class Server:
         if method == "HEAD":
             self._authorize_head(request, key)
         return await handler(ctx, request, key)
+
+    def _own(self, endpoint: str) -> web.Response:
+        """The answer of one of the server's own endpoints (health.py)."""
+        if endpoint == HEALTHZ:
+            return healthz()
+        if endpoint == READYZ:
+            return readyz(self.store)
+        assert self.metrics is not None  # "metrics" is an endpoint only then
+        return self.metrics.response()
 
     def _authorize_head(self, request: web.Request, key: str) -> None:
         """A HEAD reads (status, length): it needs ``read`` like a GET. The guard's
@@ -295,6 +319,8 @@ class Server:
     async def _startup(self, app: web.Application) -> None:
         # In commit order, inside each write: pool versions are exact revisions.
         self._watch = self.store.on_commit(self.pools.on_event)
+        if self.metrics is not None:
+            self.metrics.start()
         self.context.clocks.start()
         await self.guard.start()
 
@@ -308,6 +334,8 @@ class Server:
         await self.guard.stop()
         if self._watch is not None:
             self._watch.cancel()
+        if self.metrics is not None:
+            self.metrics.stop()
 
 
 def _local_address(request: web.Request) -> tuple[str, int] | None:

@@ -195,6 +195,9 @@ class Guard:
         self.policy = policy
         self.denied = denied or DeniedLog()
         self.usage: Usage | None = None
+        self.endpoints: dict[str, Need | None] = {}
+        """The server's own endpoints (``health.py``; ``metrics`` for ``/metrics``) and what a plain
+        GET or HEAD of each needs: None lets everyone in, no token asked."""
         self._namespaces: tuple[Namespace, ...] = ()
         self._observer: WatchHandle | None = None
         self._generation = 0  # bumped by every change of namespaces; a load of an older one is redone
@@ -240,6 +243,10 @@ class Guard:
             if policy is None:
                 return await handler(request)
             key, need = _asked(request)
+            if key in self.endpoints and request.method in ("GET", "HEAD") and not wants_websocket(request):
+                need = self.endpoints[key]
+                if need is None:
+                    return await handler(request)
             token = bearer_token(request)
             try:
                 principal = policy.authenticate(token)

@@ -106,6 +106,21 @@ class ServerConfig:
     ``middlewares`` or TLS aiohttp serves everything. ``aiohttp``: aiohttp serves everything (the
     old path, for comparison and as a fallback)."""
 
+    metrics: bool = True
+    """Serve ``GET /metrics`` (Prometheus text format, ``metrics.py``) and count requests and writes
+    for it (a few integer updates per request). False: ``GET /metrics`` reads the key ``metrics``."""
+    metrics_auth: bool = False
+    """Under an access policy, ``GET /metrics`` needs ``admin`` (like ``GET /``); by default it
+    needs no token, like the health endpoints."""
+    health: bool = True
+    """Serve ``GET /healthz`` (live) and ``GET /readyz`` (the store open and writable, else 503 with
+    the reason), never behind access control (``health.py``). False: they read the keys
+    ``healthz`` and ``readyz``."""
+    access_log: bool = False
+    """Log one line per request to the ``ooo_storage.access`` logger (``accesslog.py``): method,
+    path, status, body bytes, microseconds, remote address. Off by default: it costs a log record
+    per request."""
+
     def __post_init__(self) -> None:
         if self.max_connections_per_client is not None and self.max_connections_per_client < 1:
             raise ValueError("max_connections_per_client must be at least 1")

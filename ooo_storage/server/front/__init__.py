@@ -67,6 +67,10 @@ class Lean:
         self.max_headers = cfg.max_headers
         self.host_refusal = functools.lru_cache(_HOST_CACHE)(server.origins.host_refusal)
         self.dates = Dates()
+        self.endpoints = server.endpoints  # the server's own paths (health.py): aiohttp's
+        self.requests = None if server.metrics is None else server.metrics.requests
+        self.access = server.access
+        self.observed = self.requests is not None or self.access is not None
 
     def __call__(self) -> Front:
         return Front(self)

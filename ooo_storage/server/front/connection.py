@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
@@ -13,6 +14,7 @@ from ...protocol.pages import next_headers
 from .. import chunked, lists, rest
 from ..errors import ClientGone, log_error
 from ..limits import GuardedConnection, raw_response
+from ..metrics import route_of
 from .wire import (
     SERVER_LINE,
     NotOurs,
@@ -266,7 +268,8 @@ class Front(GuardedConnection):
         """The complete answer to ``request`` (NotOurs before any effect when it is aiohttp's)."""
         lean = self.lean
         server, dates = lean.server, lean.dates
-        if lean.host_refusal(request.host, self.local) is not None:
+        start = time.perf_counter()
+        if request.key in lean.endpoints or lean.host_refusal(request.host, self.local) is not None:
             raise NotOurs()
         cors: bytes = b""
         if request.origin is not None:
@@ -297,7 +300,25 @@ class Front(GuardedConnection):
                 del share.busy[who]
         if counted and (usage := server.guard.usage) is not None:
             usage.count_request(key)  # once the request is known to be ours: aiohttp counts the others
-        return head_only(answer) if method == "HEAD" else answer
+        if method == "HEAD":
+            answer = head_only(answer)
+        if lean.observed:
+            self._observe(request, answer, time.perf_counter() - start)
+        return answer
+
+    def _observe(self, request: Request, answer: bytes, seconds: float) -> None:
+        """Count an answered request in the metrics and log it, as ``metrics.observe`` does for
+        aiohttp's (only requests answered here: one handed over is aiohttp's to count)."""
+        lean, method, status = self.lean, request.method, int(answer[9:12])
+        if lean.requests is not None:
+            route = route_of(method, request.key, False, lean.endpoints)
+            lean.requests.record(route, method, status, seconds)
+        if lean.access is not None:
+            path = "/" + request.key
+            if request.query is not None:
+                path += "?" + "&".join(f"{k}={v}" for k, v in request.query.items())
+            body = len(answer) - answer.index(b"\r\n\r\n") - 4
+            lean.access.line(method, path, status, body, seconds, self.remote)
 
     async def _serve(self, request: Request, cors: bytes) -> bytes:
         """The answer to an admitted request (NotOurs before any effect when it is aiohttp's)."""
