@@ -32,16 +32,18 @@ from collections import OrderedDict, deque
 from collections.abc import Coroutine
 from typing import Any
 
-from ..errors import HTTPFailure, NotActive, NotFound
+from ..errors import HTTPFailure, NotActive, NotFound, StorageError
 from ..layered import Layered
+from ..protocol import jsontext
 from ..protocol.filters import Filters
-from ..protocol.frames import patch_frame, snapshot_frame
+from ..protocol.frames import encode_frame, patch_frame, snapshot_frame
 from ..protocol.keys import PatternIndex
 from ..protocol.objects import Event, Object
-from ..protocol.views import ListState, ObjectState
+from ..protocol.views import SNAPSHOT, Change, ListState, ObjectState
 from .config import ServerConfig
 from .connection import Connection
 from .errors import Busy
+from .resume import history_events, key_changed, list_patch, touched
 
 log = logging.getLogger("ooo_storage.server")
 
@@ -192,8 +194,85 @@ class Pools:
         self._member_of[conn] = pool
         conn.conflater = self
         if version != pool.version:
-            conn.send(pool.snapshot_frame())
+            resumed = None if version is None else self._resumed(pool, version)
+            conn.send(pool.snapshot_frame() if resumed is None else resumed)
         return pool
+
+    def _resumed(self, pool: Pool, version: int) -> bytes | None:
+        """The patch frame from the pool's state at ``version`` to its current one, rebuilt from
+        the event history (``resume.py``); None when a snapshot must be sent instead, or is
+        smaller. Synchronous: the state, the replay and the membership belong to one moment."""
+        if pool.no_patch:
+            return None
+        ops = self._since(pool.key, pool.state, version)
+        if not isinstance(ops, list):
+            return None
+        frame = patch_frame(pool.version, ops)
+        if len(frame) > _PATCH_CHECK and len(frame) > len(pool.snapshot_frame()):
+            return None
+        return frame
+
+    def _since(self, key: str, state: ObjectState | ListState, version: int) -> Change:
+        """What changed in ``state`` (exact as of now) since ``version``: the ops ([] for nothing),
+        SNAPSHOT when a single key changed (its document is the change), None when the history
+        cannot tell."""
+        events = history_events(self.store, version)
+        if events is None:
+            return None
+        try:
+            if isinstance(state, ObjectState):
+                changed = key_changed(key, events)
+                return None if changed is None else SNAPSHOT if changed else []
+            view = state.view
+            if not view.plain or view.limit is not None:
+                return None  # what the filters showed then is not known
+            touched_keys = touched(key, events)
+            return None if touched_keys is None else list_patch(state.objects(), touched_keys)
+        except (StorageError, OSError) as exc:  # the journal could not be read
+            log.warning("changes of %s since %x: history unreadable: %s", key, version, exc)
+            return None
+
+    async def changes(self, key: str, version: int) -> bytes:
+        """``GET /{key}?since=<version>``: a data frame's payload (docs/protocol.md §4.2): the
+        patch since ``version``, or the single key's document when it changed; 410 when the
+        history cannot say (not kept, trimmed, a glob delete, read filters)."""
+        pool = self.pools.get(key)
+        if pool is not None and pool.loading is None:
+            state, current = pool.state, pool.version  # what subscribers see, and their version
+        else:
+            state, current = await self._read_state(key)
+        change = self._since(key, state, version)
+        if isinstance(change, list):
+            return encode_frame(False, current, jsontext.dumps(change))
+        if change is SNAPSHOT:
+            return encode_frame(True, current, state.data())
+        raise HTTPFailure(
+            410,
+            f"ooo: the changes of {key} since version {version:x} are not known here (no event "
+            "history, history trimmed, a glob delete or read filters): GET it again",
+        )
+
+    async def _read_state(self, key: str) -> tuple[ObjectState | ListState, int]:
+        """``key``'s state as a pool would show it, exact as of the returned revision."""
+        store = self.store
+        for _ in range(_LOAD_ATTEMPTS):
+            revision = store.revision
+            data: list[Object] | Object | None
+            if store.mirrored:
+                data = store.peek_list(key) if "*" in key else store.peek(key)
+            else:
+                data = await self._read(key)
+                if store.revision != revision:
+                    continue  # a write came in between: read again
+            if isinstance(data, list):
+                self._check_size(key, len(data))
+                listed = ListState(key, self.filters.list_view(key))
+                listed.load(data, revision)
+                return listed, revision
+            single = ObjectState(key, self.filters.object_fn(key))
+            single.load(data, revision)
+            return single, revision
+        raise Busy(f"ooo: {key} keeps changing while it is read; ask again")
 
     def _admit(self, conn: Connection) -> None:
         """Count ``conn`` among its client's subscriptions waiting for a build, or refuse it."""
@@ -252,7 +331,7 @@ class Pools:
             entries = [(obj, revision) for obj in objs]
             if last is None:  # the whole glob in one step: no await between read and join
                 try:
-                    self._check_size(pool, len(entries))
+                    self._check_size(pool.key, len(entries))
                 except HTTPFailure:
                     self._forget(pool)
                     raise
@@ -285,7 +364,7 @@ class Pools:
                 revision = store.revision
                 objs, last = store.peek_scan(pool.key, last, SCAN_STEP)
                 entries.extend((obj, revision) for obj in objs)
-                self._check_size(pool, len(entries))
+                self._check_size(pool.key, len(entries))
             state = pool.state
             assert isinstance(state, ListState)
             state.load_read(entries)
@@ -325,12 +404,12 @@ class Pools:
         pool.loading = None
         self._prune(pool)
 
-    def _check_size(self, pool: Pool, items: int) -> None:
+    def _check_size(self, key: str, items: int) -> None:
         cap = self.config.max_subscription_items
         if items > cap:
             raise HTTPFailure(
                 413,
-                f"ooo: {pool.key} matches more than {cap} items: subscribe to a narrower glob, "
+                f"ooo: {key} matches more than {cap} items: subscribe to a narrower glob, "
                 "or read it with GET pages",
             )
 
@@ -360,7 +439,7 @@ class Pools:
                 if self.store.revision == revision:
                     break
             if isinstance(data, list):
-                self._check_size(pool, len(data))
+                self._check_size(pool.key, len(data))
             pool.load(data, revision)
             self._finish_loading(pool, revision)
         except Exception as exc:
