@@ -55,6 +55,7 @@ __all__ = [
     "ClientError",
     "ConnectionFailed",
     "RequestUncertain",
+    "TxnConflict",
     "FrameTooLarge",
     "Connected",
     "Disconnected",
@@ -119,6 +120,16 @@ class RequestUncertain(ClientError):
 
     def __str__(self) -> str:
         return f"outcome unknown: {self.message}"
+
+
+class TxnConflict(ClientError):
+    """A transaction refused with 409 (:meth:`Client.txn`): a key of its ``expect`` changed, appeared
+    or went since it was read (or stayed locked past the transaction's deadline). Nothing was
+    applied: read ``keys`` again and retry. ``status`` is 409, ``message`` the server's reason."""
+
+    def __init__(self, message: str, keys: list[str]) -> None:
+        super().__init__(409, message)
+        self.keys = keys
 
 
 class FrameTooLarge(ClientError):
@@ -342,6 +353,28 @@ class Client:
         reply = await self._exchange("GET", "", query={"api": "stats"})
         return cast(dict[str, Any], orjson.loads(reply.body))
 
+    async def txn(self, ops: Sequence[TxnOpLike], expect: dict[str, int | None] | None = None
+                  ) -> dict[str, Any]:
+        """Apply ``ops`` all or nothing (``POST /?api=txn``, docs/protocol.md §4.7): each a
+        ``(op, key, data)`` tuple (``ooo_storage.protocol.txn.TxnOp`` will do; ``op`` is ``"set"``,
+        ``"patch"`` or ``"del"``, ``data`` any JSON value, ``bytes`` sent as JSON text, left out for
+        a ``del``, which may name a glob) or a ``{"op", "key", "data"}`` dict. ``expect`` maps keys
+        to the version read (an object's ``updated``, or its ``created`` when ``updated`` is 0) or
+        None (must not exist). Returns ``{"revision": "<hex>", "indexes": [...]}`` (one index per
+        op, ``""`` for a del). Raises :class:`TxnConflict` (409, with the ``keys`` that did not
+        hold) when ``expect`` no longer holds, :class:`ClientError` 400 for a malformed transaction."""
+        body: dict[str, Any] = {"ops": [_txn_op(op) for op in ops]}
+        if expect is not None:
+            body["expect"] = expect
+        try:
+            reply = await self._exchange("POST", "", body=orjson.dumps(body), query={"api": "txn"},
+                                         headers={"Content-Type": "application/json"})
+        except ClientError as exc:
+            if exc.status == 409:
+                raise _conflict(exc) from None
+            raise
+        return cast(dict[str, Any], orjson.loads(reply.body))
+
     # Websocket streams (docs/protocol.md §5)
 
     def subscribe(
@@ -451,6 +484,33 @@ class Client:
 
     def _forget(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)
+
+
+TxnOpLike = tuple[str, str] | tuple[str, str, Any] | dict[str, Any]
+"""An op of :meth:`Client.txn`: ``(op, key)``, ``(op, key, data)`` or ``{"op", "key", "data"}``."""
+
+
+def _txn_op(op: TxnOpLike) -> Any:
+    """The JSON of one op; ``bytes`` data is sent as the JSON text it holds, a del without data.
+    Anything but a tuple is sent as it is: a dict, or what the server refuses with its reason."""
+    if not isinstance(op, tuple):
+        return op
+    kind, key, *rest = op
+    if kind == "del" or not rest:
+        return {"op": kind, "key": key}
+    data = rest[0]
+    if isinstance(data, bytes | bytearray | memoryview):
+        data = orjson.Fragment(bytes(data))
+    return {"op": kind, "key": key, "data": data}
+
+
+def _conflict(exc: ClientError) -> TxnConflict:
+    """The 409 of ``POST /?api=txn`` as :class:`TxnConflict`, its JSON body read."""
+    try:
+        body = orjson.loads(exc.message)
+        return TxnConflict(str(body["error"]), [str(key) for key in body["keys"]])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return TxnConflict(exc.message, [])
 
 
 class _Reply(NamedTuple):
