@@ -9,6 +9,7 @@
                       [--keepalive-timeout S] [--max-head-bytes N] [--max-line-size N]
                       [--max-field-size N] [--max-headers N] [--list-limit N] [--outbox-bytes N]
                       [--write-timeout S] [--no-patch] [--loop auto] [--http-engine lean] [--log-level info]
+                      [--log-format text] [--access-log] [--no-metrics] [--metrics-auth] [--no-health]
                       [--auth FILE | --insecure-no-auth] [--tls-cert FILE --tls-key FILE]
 
 Every option is checked while parsing: a bad value (``--port 99999``, a zero timeout, a malformed
@@ -318,7 +319,26 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         choices=("debug", "info", "warning", "error"),
         help="logging level (default info)",
     )
+    _add_observability(serve)
     serve.set_defaults(func=run_serve)
+
+
+def _add_observability(serve: argparse.ArgumentParser) -> None:
+    """Logs, metrics and health flags (docs/operations.md, Metrics, health and logs)."""
+    serve.add_argument("--log-format", default="text", choices=("text", "json"),
+                       help="text: '<date> <LEVEL> <logger>: <message>' lines; json: one JSON object "
+                       "per line, access-log fields included (default text)")
+    serve.add_argument("--access-log", action="store_true",
+                       help="log one line per request: method, path, status, body bytes, microseconds, "
+                       "remote address (logger ooo_storage.access; default off: it costs a few "
+                       "microseconds per request)")
+    serve.add_argument("--no-metrics", action="store_true",
+                       help="do not serve GET /metrics (Prometheus) nor count for it; GET /metrics then "
+                       "reads the key 'metrics'")
+    serve.add_argument("--metrics-auth", action="store_true",
+                       help="with --auth, GET /metrics needs an admin token (default: no token needed)")
+    serve.add_argument("--no-health", action="store_true",
+                       help="do not serve GET /healthz and GET /readyz (they then read those keys)")
 
 
 class _Refused(Exception):
@@ -339,9 +359,9 @@ class _Access:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from ..server.accesslog import configure_logging
+
+    configure_logging(args.log_level, args.log_format)
     if args.auth is not None:
         # Until the event loop takes SIGHUP over (_reload_on_sighup), one must not kill the server.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -512,6 +532,10 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
         allowed_hosts=tuple(args.allowed_hosts),
         auth=access.policy,
         http_engine=args.http_engine,
+        access_log=args.access_log,
+        metrics=not args.no_metrics,
+        metrics_auth=args.metrics_auth,
+        health=not args.no_health,
         **_limits(args),
     )
     scheme = "http" if access.tls is None else "https"
