@@ -31,6 +31,7 @@ from .limits import BODY_HOLD
 
 JSON = "application/json"
 _PATH_CHARS = re.compile(r"/[A-Za-z0-9*/._-]*").fullmatch
+_VERSION = re.compile(r"[0-9a-fA-F]{1,32}").fullmatch
 DECODED = ("gzip", "deflate", *(["br"] if HAS_BROTLI else []), *(["zstd"] if HAS_ZSTD else []))
 """The ``Content-Encoding`` values aiohttp decodes (besides ``identity``); it passes any other
 through undecoded, which would be stored as if it were the JSON."""
@@ -52,6 +53,15 @@ def json_response(body: bytes, status: int = 200) -> web.Response:
 def check_key(key: str) -> None:
     if not keys.is_valid(key):
         raise HTTPFailure(400, "ooo: key is not valid")
+
+
+def parse_since(text: str) -> int:
+    """The version of ``?since=`` (lowercase hex, as frames carry it); 400 for anything else."""
+    if _VERSION(text) is None:
+        raise HTTPFailure(
+            400, 'ooo: since must be a version: the hex "version" of a frame or of a ?since= answer'
+        )
+    return int(text, 16)
 
 
 def too_large(cap: int) -> HTTPFailure:
@@ -109,6 +119,9 @@ def index_json(index: str) -> bytes:
 async def get(ctx: Context, request: web.Request, key: str) -> web.StreamResponse:
     check_key(key)
     ctx.filters.permit_read(key)
+    since = request.query.get("since")
+    if since is not None:
+        return json_response(await ctx.pools.changes(key, parse_since(since)))
     if "*" in key:
         return await lists.get(ctx, request, key)
     obj = await read_object(ctx, key)
