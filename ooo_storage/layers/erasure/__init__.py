@@ -6,18 +6,41 @@ its Layer is the blob adapter, :class:`ErasureLayer`."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from ..blob import BlobLayer
+from ..shared import SharedBlobLayer, SharedOptions
 from .config import ErasureConfig
 from .store import ErasureStore
 
 __all__ = ["ErasureConfig", "ErasureLayer", "ErasureStore"]
 
 
-class ErasureLayer(BlobLayer[ErasureStore]):
+class ErasureLayer(SharedBlobLayer[ErasureStore]):
     """The Layer over an :class:`ErasureStore` on ``drives`` (``ec_options``: its options, such as
-    ``k``, ``m``, ``write_quorum``)."""
+    ``k``, ``m``, ``write_quorum``).
 
-    def __init__(self, drives: list[str] | tuple[str, ...], **ec_options: Any) -> None:
-        super().__init__(ErasureStore(drives, **ec_options))
+    ``shared=True`` (or a :class:`~ooo_storage.layers.shared.SharedOptions`): several processes on
+    these drives see each other's writes within ``indexer_rate`` seconds (sooner with inotify),
+    through per-process journals in ``journals`` (default ``<first drive>/.shared``: every
+    process must use the same directory)."""
+
+    def __init__(
+        self,
+        drives: list[str] | tuple[str, ...],
+        *,
+        shared: bool | SharedOptions = False,
+        indexer_rate: float = 0.1,
+        journals: str | os.PathLike[str] | None = None,
+        **ec_options: Any,
+    ) -> None:
+        store = ErasureStore(drives, **ec_options)
+        where = None
+        if shared:
+            where = os.path.abspath(os.fspath(journals or os.path.join(store.drives[0], ".shared")))
+        options = shared if isinstance(shared, SharedOptions) else SharedOptions(indexer_rate=indexer_rate)
+        super().__init__(store, where, options)
+
+    def _note_remote(self, key: str, present: bool) -> None:
+        super()._note_remote(key, present)
+        self.store.note(key, present)

@@ -185,6 +185,13 @@ class ErasureStore:
             return "corrupted"
         return "ok" if report.state in ("ok", "degraded") else "missing"
 
+    def note(self, key: str, present: bool) -> None:
+        """Another process wrote (``present``) or deleted ``key``: keep :meth:`keys` up to date."""
+        if present:
+            self._index.add(key)
+        else:
+            self._index.discard(key)
+
     # -- writes ------------------------------------------------------------------------------
     async def store(self, key: str, data: bytes) -> None:
         """Write ``data`` as a new generation; :class:`QuorumNotReached` if too few drives took it."""

@@ -50,15 +50,29 @@ import os
 from typing import Any
 
 from ...errors import CorruptObject
-from ..blob import BlobLayer
+from ..shared import SharedBlobLayer, SharedOptions
 from .record import MAGIC, VERSION, encode_record
 from .store import SimpleObjectStore
 
 __all__ = ["SimpleObjectStore", "SOSLayer", "CorruptObject", "encode_record", "MAGIC", "VERSION"]
 
 
-class SOSLayer(BlobLayer[SimpleObjectStore]):
-    """The Layer over a :class:`SimpleObjectStore` at ``root`` (``sos_options``: its options)."""
+class SOSLayer(SharedBlobLayer[SimpleObjectStore]):
+    """The Layer over a :class:`SimpleObjectStore` at ``root`` (``sos_options``: its options).
 
-    def __init__(self, root: str | os.PathLike[str], **sos_options: Any) -> None:
-        super().__init__(SimpleObjectStore(root, **sos_options))
+    ``shared=True`` (or a :class:`~ooo_storage.layers.shared.SharedOptions`): several processes on
+    ``root`` see each other's writes within ``indexer_rate`` seconds (sooner with inotify), through
+    per-process journals in ``root/.shared`` (:mod:`ooo_storage.layers.shared`)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        shared: bool | SharedOptions = False,
+        indexer_rate: float = 0.1,
+        **sos_options: Any,
+    ) -> None:
+        store = SimpleObjectStore(root, **sos_options)
+        journals = os.path.join(store.root, ".shared") if shared else None
+        options = shared if isinstance(shared, SharedOptions) else SharedOptions(indexer_rate=indexer_rate)
+        super().__init__(store, journals, options)
