@@ -1,12 +1,15 @@
-"""``GET /`` (docs/protocol.md §4): the key listing as JSON, the ``?api=`` endpoints, the HTML explorer.
+"""``GET /`` (docs/protocol.md §4.6): the key listing as JSON, the ``?api=`` endpoints, the explorer.
 
 Under an access policy these need ``admin`` (``auth.py`` checked it), and the key listings show only
-the keys the principal may read."""
+the keys the principal may read. The explorer is one static page (``static/explorer.html``: HTML,
+CSS and JS, no build step) that reads the server like any client does, through glob pages,
+websocket streams and ``?api=``; it holds no data itself, so it is sent as it is, read once."""
 
 from __future__ import annotations
 
-import html
+import functools
 from collections.abc import Iterator
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -17,7 +20,7 @@ from ..errors import HTTPFailure
 from ..protocol import keys
 from ..protocol.access import Policy
 from ..protocol.pages import whole_number
-from . import chunked
+from . import chunked, openapi
 from .auth import principal_of
 from .context import Context
 from .rest import json_response
@@ -86,14 +89,16 @@ async def root(ctx: Context, request: web.Request) -> web.StreamResponse:
         return json_response(orjson.dumps(ctx.pools.state()))
     if api == "stats":
         return json_response(orjson.dumps(await ctx.guard.stats()))
+    if api == "openapi":
+        return json_response(openapi.document(ctx.guard.policy is not None))
     if api is not None:
         raise HTTPFailure(400, f"ooo: unknown api {api!r}")
-    all_keys = await _readable_keys(ctx, request)
-    wants_json = "application/json" in request.headers.get("Accept", "")
+    if "application/json" not in request.headers.get("Accept", ""):
+        return web.Response(body=page(), content_type="text/html", charset="utf-8", headers=_PAGE_HEADERS)
     return await chunked.send(
         request,
-        _json(all_keys) if wants_json else _page(all_keys),
-        content_type="application/json" if wants_json else "text/html",
+        _json(await _readable_keys(ctx, request)),
+        content_type="application/json",
         write_timeout=ctx.config.write_timeout,
     )
 
@@ -107,11 +112,16 @@ def _json(all_keys: list[str]) -> Iterator[bytes]:
     yield b"]}"
 
 
-def _page(all_keys: list[str]) -> Iterator[bytes]:
-    yield (
-        '<!doctype html><html><head><meta charset="utf-8"><title>ooo-storage</title></head>'
-        f"<body><h1>ooo-storage {__version__}</h1><p>{len(all_keys)} keys</p><ul>\n"
-    ).encode()
-    for k in all_keys:
-        yield f'<li><a href="/{html.escape(k, quote=True)}">{html.escape(k)}</a></li>\n'.encode()
-    yield b"</ul></body></html>"
+_PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    # Its own script and style are inline; it talks to this server only, and is never framed.
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+}
+
+
+@functools.cache
+def page() -> bytes:
+    """The explorer page (package data, read once)."""
+    return resources.files(__package__).joinpath("static/explorer.html").read_bytes()

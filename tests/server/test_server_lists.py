@@ -180,9 +180,6 @@ async def test_the_key_listing_of_the_explorer_is_streamed_too(live: Live) -> No
     async with live.http.get(live.base + "/", headers={"Accept": "application/json"}) as resp:
         assert resp.headers.get("Transfer-Encoding") == "chunked"
         assert orjson.loads(await resp.read()) == {"keys": [f"k/{i:05}" for i in range(10_000)]}
-    async with live.http.get(live.base + "/") as resp:
-        assert resp.headers.get("Transfer-Encoding") == "chunked"
-        assert (await resp.text()).count("<li>") == 10_000
 
 
 @contextmanager
