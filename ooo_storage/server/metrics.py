@@ -285,9 +285,9 @@ def _leveldb(layer: LevelDBLayer) -> Iterator[Metric]:
     yield CounterMetricFamily("ooo_leveldb_reopens", "Reopens after a failed write", layer.reopens)
     yield CounterMetricFamily("ooo_leveldb_commits", "Durable group commits (--sync): writes / "
                               "commits is the mean group size", layer.commits)
-    yield CounterMetricFamily("ooo_leveldb_batches", "Write batches (without --sync, the writes of "
-                              "one event-loop iteration): writes / batches is the mean batch size",
-                              layer.batches)
+    yield CounterMetricFamily("ooo_leveldb_batches", "Write batches without --sync: the writes "
+                              "that arrived in one event-loop iteration after its first (which is "
+                              "written alone, at once)", layer.batches)
     yield GaugeMetricFamily("ooo_leveldb_disk_bytes", "Size of the LevelDB directory's files",
                             _directory_bytes(layer.path))
 
