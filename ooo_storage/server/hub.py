@@ -14,6 +14,13 @@ built from a synchronous memory read (``Layered.peek``/``peek_list``) together w
 store without a memory layer is read asynchronously; events arriving meanwhile are buffered and
 replayed, and a read that raced with writes is retried (see :meth:`Pools._load`).
 
+Transactions: the events of one ``Layered.commit`` share one revision and are told together,
+``more`` on all but the last: a pool holds the changes they make (:attr:`Pool.held`) and sends
+them as ONE frame once the last has come, so no client ever sees a state between two ops.
+
+Resuming: a client with an older ``?v=`` gets, when the event history covers it, one patch from
+its state at that version to now instead of a snapshot (``resume.py``); ``GET ?since=`` too.
+
 Versions: a pool's version is the store revision of the last change delivered to it, or the
 revision its state was read at. Events arrive in revision order and revisions never repeat for the
 lifetime of the data directory (not even across restarts), so a version names one state of one
@@ -85,6 +92,7 @@ class Pool:
         "buffer",
         "waiting",
         "conflations",
+        "held",
         "_snapshot",
     )
 
@@ -99,6 +107,7 @@ class Pool:
         self.buffer: list[Event] | None = None
         self.waiting: dict[Connection, None] = {}  # joining while the pool is built
         self.conflations = 0  # members whose queued frames were dropped for one snapshot
+        self.held: Change = None  # the changes of a transaction being told, sent at its end
         self._snapshot: bytes | None = None
 
     @property
@@ -123,17 +132,38 @@ class Pool:
             self._snapshot = snapshot_frame(self.version, self.state.data())
         return self._snapshot
 
-    def feed(self, event: Event) -> None:
+    def feed(self, event: Event) -> bool:
+        """Apply ``event`` and send its frame; an event of a transaction (``event.txn``) is held
+        back instead (:meth:`release`). Returns whether a change is now held."""
         if event.revision <= self.base:
-            return  # already part of the state this pool was built from
+            return False  # already part of the state this pool was built from
         if self.buffer is not None:
             self.buffer.append(event)
-            return
+            return False
         change = self.state.apply(event)
         if change is None:
-            return
+            return False
         self.version = event.revision
         self._snapshot = None
+        if event.txn:
+            held = self.held
+            if held is None:
+                self.held = change
+                return True
+            both = isinstance(held, list) and isinstance(change, list)
+            self.held = held + change if both else SNAPSHOT  # type: ignore[operator]
+            return False
+        self._send(change)
+        return False
+
+    def release(self) -> None:
+        """Send the changes held for a transaction as ONE frame: its clients never see a state
+        between two of its ops."""
+        held, self.held = self.held, None
+        if held is not None:
+            self._send(held)
+
+    def _send(self, change: Change) -> None:
         if isinstance(change, list) and not self.no_patch:
             frame = patch_frame(self.version, change)
             if len(frame) > _PATCH_CHECK:
@@ -162,16 +192,31 @@ class Pools:
         self._turns: deque[asyncio.Future[None]] = deque()  # build steps waiting for their turn
         self._turner: asyncio.Task[None] | None = None
         self._building: dict[str, int] = {}  # client address -> its joins waiting for a build
+        self._holding: list[Pool] = []  # pools holding changes of the transaction being told
 
     # -- routing (the store's watch callback; synchronous) --------------------------------------
     def on_event(self, event: Event) -> None:
         # For a glob delete the index also yields pools that merely may hold matching items;
         # each checks its own items against the glob.
+        if self._holding and (not event.txn or event.revision != self._holding[0].version):
+            self._release()  # a transaction's last event never came: its frames go now
         for pool in list(self._index.matching(event.key)):
             try:
-                pool.feed(event)
+                if pool.feed(event):
+                    self._holding.append(pool)
             except Exception:
                 log.exception("pool %s failed on %s %s", pool.key, event.operation, event.key)
+        if event.txn and not event.more and self._holding:
+            self._release()
+
+    def _release(self) -> None:
+        """The transaction was told whole: each pool it changed sends its one frame."""
+        holding, self._holding = self._holding, []
+        for pool in holding:
+            try:
+                pool.release()
+            except Exception:
+                log.exception("pool %s failed to send a transaction", pool.key)
 
     # -- membership ---------------------------------------------------------------------------
     async def join(self, key: str, conn: Connection, version: int | None) -> Pool:
@@ -397,6 +442,7 @@ class Pools:
         buffered, pool.buffer = pool.buffer, None
         for event in buffered:
             pool.feed(event)
+        pool.release()  # a transaction's changes, to nobody yet: members join after the build
         pool.version = revision
         pool._snapshot = None
         pool.take_back(self._remembered.pop(pool.key, None))
