@@ -1,9 +1,9 @@
 """``ooo-storage`` command line: one subcommand module each (``serve``, ``client`` for
-get/set/push/del/watch/stats, ``txn``, ``token`` for new/hash, ``erasure`` for scrub/repair,
-``config`` for show); each adds its parsers with ``add_parsers(subparsers)`` and sets ``func(args)
--> exit status``. Subcommand modules load what they need (the server, the store) only when they
-run. ``serve``'s arguments are completed from ``OOO_*`` variables and ``--config FILE``
-(``config.expand``) before argparse reads them.
+get/set/push/del/watch/stats, ``txn``, ``token`` for new/hash, ``erasure`` for scrub/repair, ``config`` for
+show, ``backup`` for export/import); each adds its parsers with ``add_parsers(subparsers)`` and
+sets ``func(args) -> exit status``. Subcommand modules load what they need (the server, the
+store) only when they run. ``serve``'s arguments are completed from ``OOO_*`` variables and
+``--config FILE`` (``config.expand``) before argparse reads them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import client, config, erasure, serve, token, txn
+from . import backup, client, config, erasure, serve, token, txn
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (serve, client, txn, token, erasure, config):
+    for module in (serve, client, txn, token, erasure, config, backup):
         module.add_parsers(subparsers)
     config.add_config_option(config.serve_parser(parser))
     return parser
