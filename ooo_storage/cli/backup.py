@@ -239,12 +239,12 @@ def parse_line(line: bytes) -> tuple[str, bytes, int, int]:
     key = obj.get("path")
     if not isinstance(key, str) or not keys.is_valid(key) or keys.has_glob(key):
         raise ValueError(f"'path' must be a key without a glob, not {key!r}")
-    stamps = [obj.get(name) for name in ("created", "updated")]
-    if not all(type(stamp) is int and stamp >= 0 for stamp in stamps):
+    created, updated = obj.get("created"), obj.get("updated")
+    if not (type(created) is int and type(updated) is int and created >= 0 and updated >= 0):
         raise ValueError("'created' and 'updated' must be whole numbers")
     if "data" not in obj:
         raise ValueError("no 'data'")
-    return key, jsontext.dumps(obj["data"]), stamps[0], stamps[1]
+    return key, jsontext.dumps(obj["data"]), created, updated
 
 
 async def _import_into(path: str, stream: IO[bytes], merge: bool, progress: Progress, name: str) -> None:
