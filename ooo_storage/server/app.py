@@ -37,7 +37,7 @@ from ..protocol.filters import (
     WriteFn,
 )
 from ..protocol.origins import OriginPolicy
-from . import backup, explorer, followup, rest, streams
+from . import backup, explorer, followup, rest, streams, txn
 from .accesslog import AccessLog
 from .auth import Guard, decide, principal_of
 from .clocks import Clocks
@@ -264,6 +264,8 @@ class Server:
         if not key:
             if method == "POST" and request.query.get("api") == "backup":
                 return await backup.backup(ctx, request)
+            if method == "POST" and request.query.get("api") == "txn":
+                return await txn.handle(ctx, request)
             if method != "GET":
                 return text_response(405, "ooo: method not allowed")
             if wants_websocket(request):
