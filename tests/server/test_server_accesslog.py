@@ -1,0 +1,141 @@
+"""The access log (``server/accesslog.py``): one line per request on both HTTP engines, parsed
+from a real ``ooo-storage serve --log-format json --access-log``; off by default; refused requests
+logged without a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import sys
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from server_live import LiveFactory, next_frame
+
+BOTH = pytest.mark.parametrize("engine", ["lean", "aiohttp"], indirect=True)
+ENGINES = pytest.mark.parametrize("http_engine", ["lean", "aiohttp"])
+
+
+async def _serve(*flags: str) -> tuple[asyncio.subprocess.Process, int]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ooo_storage", "serve", "--memory-only", "--port", "0", *flags,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    async with asyncio.timeout(30):
+        while True:
+            line = await proc.stderr.readline()
+            assert line, "server exited before serving"
+            if found := re.search(rb"serving on http://[\d.]+:(\d+)", line):
+                return proc, int(found.group(1))
+
+
+async def _access_lines(proc: asyncio.subprocess.Process, count: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The next ``count`` access lines of ``proc``'s stderr, and the other lines read meanwhile
+    (every one of them must be a JSON object)."""
+    assert proc.stderr is not None
+    access: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []
+    async with asyncio.timeout(10):
+        while len(access) < count:
+            line = await proc.stderr.readline()
+            assert line, "server exited"
+            doc = orjson.loads(line)
+            (access if doc["logger"] == "ooo_storage.access" else others).append(doc)
+    return access, others
+
+
+@ENGINES
+async def test_json_lines_of_a_known_workload(http_engine: str) -> None:
+    proc, port = await _serve("--log-format", "json", "--access-log", "--http-engine", http_engine)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            asked = [
+                ("POST", "/a/1", b'{"n":1}', 200),
+                ("GET", "/a/1", None, 200),
+                ("GET", "/a/*?limit=1", None, 200),
+                ("HEAD", "/a/1", None, 200),
+                ("GET", "/missing", None, 404),
+                ("POST", "/a/2", b"{not json", 400),
+                ("DELETE", "/a/1", None, 204),
+                ("GET", "/healthz", None, 200),
+            ]
+            sizes = []
+            for method, path, body, status in asked:
+                async with http.request(method, base + path, data=body) as resp:
+                    assert resp.status == status, await resp.text()
+                    sizes.append(0 if method == "HEAD" else len(await resp.read()))
+            access, others = await _access_lines(proc, len(asked))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await proc.wait()
+    got = [(a["method"], a["path"], a["status"], a["bytes"]) for a in access]
+    assert got == [(m, p, s, n) for (m, p, _, s), n in zip(asked, sizes, strict=True)]
+    for line in access:
+        assert line["level"] == "INFO" and line["remote"] == "127.0.0.1"
+        assert isinstance(line["us"], int) and 0 <= line["us"] < 10_000_000
+        assert line["message"] == (f"{line['method']} {line['path']} {line['status']} {line['bytes']} "
+                                   f"{line['us']}us 127.0.0.1")
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"]), line["time"]
+    # the client mistakes: one INFO line each, no traceback
+    refusals = [o for o in others if "refused" in o["message"]]
+    assert [o["message"][:22] for o in refusals] == ["GET /missing refused: ", "POST /a/2 refused: 400"]
+    assert all(o["level"] == "INFO" and "traceback" not in o for o in refusals)
+
+
+async def test_off_by_default(make_live: LiveFactory, caplog: pytest.LogCaptureFixture) -> None:
+    live = await make_live()
+    with caplog.at_level(logging.INFO, logger="ooo_storage.access"):
+        await live.request("POST", "a", 1)
+        await live.request("GET", "a")
+    assert [r for r in caplog.records if r.name == "ooo_storage.access"] == []
+
+
+class _Lines(logging.Handler):
+    """The access lines, and an event set once ``want`` of them arrived."""
+
+    def __init__(self, want: int) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[logging.LogRecord] = []
+        self.want = want
+        self.enough = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record)
+        if len(self.lines) >= self.want:
+            self.enough.set()
+
+
+@BOTH
+async def test_text_lines_and_streams(make_live: LiveFactory) -> None:
+    live = await make_live(access_log=True)
+    logger = logging.getLogger("ooo_storage.access")
+    handler, level = _Lines(3), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        await live.request("POST", "a", {"x": 1})
+        ws = await live.ws("a")
+        await next_frame(ws)
+        await ws.close()
+        await live.request("GET", "nothing/here")
+        async with asyncio.timeout(5):  # the stream's line comes once its handler ended
+            await handler.enough.wait()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    lines = [r.getMessage() for r in handler.lines]
+    patterns = [
+        r"POST /a 200 13 \d+us 127\.0\.0\.1",
+        r"GET /a 101 \d+ \d+us 127\.0\.0\.1",  # the websocket, once it closed
+        r"GET /nothing/here 404 14 \d+us 127\.0\.0\.1",
+    ]
+    assert len(lines) == 3, lines
+    for pattern in patterns:
+        assert sum(re.fullmatch(pattern, line) is not None for line in lines) == 1, (pattern, lines)
+    assert all(r.exc_info is None for r in handler.lines)
