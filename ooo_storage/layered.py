@@ -444,9 +444,9 @@ class Layered:
             self._sync = self._sync and not self._history_durable
         self._sync_layer = cast(SyncLayer, embedded) if self._sync else None
         self._keeps_revision = isinstance(embedded, RevisionKeeper)
-        # A Follower layer that ``publishes_writes`` (Redis) applies this store's own writes through
-        # the ``follow`` hook too, in the order it shares with other nodes: after its write the
-        # store neither writes the mirror nor publishes (that would be twice, and out of order).
+        # A Follower layer that ``publishes_writes`` (Redis) gives each write its revision in the
+        # order it shares with other nodes (``last_revision``), and returns only when the write's
+        # turn in that order has come: the write is published with that revision.
         publishes = isinstance(embedded, Follower) and getattr(embedded, "publishes_writes", False)
         self._followed = publishes is True
         # Batching (see the module docstring): the layer that writes batches, the writes queued
@@ -1008,7 +1008,7 @@ class Layered:
             try:
                 obj = self._build(key, raw, stamps, await self._read(key))
                 await self._store(key, obj)
-                return obj, None if self._followed else self._publish(key, "set", obj)
+                return obj, self._publish(key, "set", obj)
             finally:
                 await self._gate.release_shared()
         finally:
@@ -1033,7 +1033,9 @@ class Layered:
                 raise
             except Exception as exc:
                 raise StorageUnavailable(f"storage: write failed: {exc}") from exc
-        if self.memory is not None and not self._followed:
+            if self._followed:
+                self._follow_revision()
+        if self.memory is not None:
             self.memory.set(key, obj)
 
     async def delete(self, key: str) -> None:
@@ -1057,7 +1059,7 @@ class Layered:
                 if old is None:
                     raise NotFound()
                 await self._remove(key)
-                waiter = None if self._followed else self._publish(key, "del", old, broadcast)
+                waiter = self._publish(key, "del", old, broadcast)
             finally:
                 await self._gate.release_shared()
         if self._history_durable:
@@ -1074,7 +1076,7 @@ class Layered:
             if broadcast and self._chan is not None and not self._followed:
                 # Barrier: earlier events of matching keys reach watchers before this one.
                 await self._drain()
-            waiter = None if self._followed else self._publish(pattern, "del", None, broadcast)
+            waiter = self._publish(pattern, "del", None, broadcast)
         finally:
             await self._gate.release_exclusive()
         if self._history_durable:
@@ -1109,9 +1111,20 @@ class Layered:
                 raise
             except Exception as exc:
                 raise StorageUnavailable(f"storage: delete failed: {exc}") from exc
-        if self.memory is not None and not self._followed:
+            if self._followed:
+                self._follow_revision()
+        if self.memory is not None:
             removed = self.memory.delete(key_or_glob) or removed
         return removed
+
+    def _follow_revision(self) -> None:
+        """The write the followed layer just made has its revision in the order shared with other
+        nodes: the event published next, in this same step, carries it."""
+        revision = cast(Any, self.embedded).last_revision
+        if revision > self._revision:
+            self._revision = revision - 1  # _publish adds one
+        elif revision:
+            log.error("shared revision %d of a write is not above the store's %d", revision, self._revision)
 
     async def clear(self) -> None:
         """Remove every key from every layer. Emits no events (an administrative reset)."""
