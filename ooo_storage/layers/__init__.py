@@ -1,4 +1,5 @@
-"""Storage layers. ``SOSLayer`` and ``ErasureLayer`` (and their byte stores) load on first use."""
+"""Storage layers. ``SOSLayer``, ``ErasureLayer`` (and their byte stores) and ``RedisLayer`` load on
+first use."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ __all__ = [
     "SOSLayer",
     "ErasureStore",
     "ErasureLayer",
+    "RedisLayer",
     "CorruptObject",
     "QuorumNotReached",
 ]
@@ -29,6 +31,7 @@ _LAZY = {
     "SOSLayer": ".sos",
     "ErasureStore": ".erasure",
     "ErasureLayer": ".erasure",
+    "RedisLayer": ".redis",
 }
 
 

@@ -1,0 +1,512 @@
+"""RedisLayer: several ooo-storage nodes over one Redis, one order for all of them.
+
+Redis holds the data and the order; every node keeps a full memory mirror and does the HTTP,
+websocket and JSON work. In Redis, under ``<namespace>:``:
+
+* ``data``: a hash, key -> the object's JSON bytes (``obj.to_json()``);
+* ``keys``: a sorted set of the keys (all scores 0: lexicographic, for globs and ranges);
+* ``rev``: the revision counter shared by every node;
+* ``log``: a stream of the writes, bounded with ``MAXLEN ~``, whose entry ids are ``<revision>-0``.
+
+A write is one Lua script (one atomic Redis step): it changes ``data`` and ``keys``, takes the next
+revision from ``rev`` and appends the event (operation, key, object bytes, node id and the previous
+revision) to ``log``. Every node tails ``log`` with ``XREAD BLOCK`` in one task and applies the
+other nodes' entries through ``Layered.apply_remote`` (:class:`~ooo_storage.layers.base.Follower`) in
+stream order. A write of this node returns when the tail reaches its entry, with the entry's
+revision in :attr:`RedisLayer.last_revision`, and the tail goes on only after the writer's next step,
+in which ``Layered`` publishes the write with that revision (the layer says ``publishes_writes``).
+So the mirror, the revisions and the events of every node follow that one order, and a websocket
+client can resume with ``?v=`` on another node. A writer that is gone (cancelled, timed out) has its
+entry applied by the tail like another node's.
+
+Each entry names the revision before it, so a node sees a gap (its position trimmed away by
+``MAXLEN`` while it was disconnected, or a ``clear`` by another node): it then reloads the data and
+the counter in one script and applies the difference to its mirror (watchers get it as events,
+which the server's stream pools turn into fresh state). Redis unreachable: writes raise
+``StorageUnavailable`` (a 503 naming Redis), reads are served from the mirror, the tail reconnects
+with a backoff (up to 5 s) and goes on from its position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from ..errors import StorageUnavailable
+from ..protocol import keys
+from ..protocol.objects import Object, load_object
+from .base import RemoteApply
+
+log = logging.getLogger("ooo_storage.redis")
+
+__all__ = ["RedisLayer", "DEFAULT_NAMESPACE"]
+
+DEFAULT_NAMESPACE = "ooo"
+_START_MARGIN_US = 60_000_000
+"""A starting node moves the shared counter this far above its clock (see :meth:`start`)."""
+_BATCH = 1000
+"""Stream entries read per ``XREAD``."""
+_BLOCK_MS = 1000
+
+# KEYS: data, keys, rev, log. Every write script appends one entry whose id is its revision.
+_XADD = """
+local function append(op, key, value, node, maxlen)
+  local rev = redis.call('INCR', KEYS[3])
+  local id = string.format('%d', rev)
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, id .. '-0', 'o', op, 'k', key, 'v', value,
+             'n', node, 'p', string.format('%d', rev - 1))
+  return rev
+end
+"""
+_SET = _XADD + """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return append('s', ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+"""
+# A point delete always takes a revision: the store publishes it (its mirror had the key).
+_DELETE = _XADD + """
+local n = redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return {n, append('d', ARGV[1], '', ARGV[2], ARGV[3])}
+"""
+# ARGV: pattern, Lua pattern, range start, range end, node, maxlen
+_DELETE_GLOB = _XADD + """
+local found = redis.call('ZRANGEBYLEX', KEYS[2], ARGV[3], ARGV[4])
+local n = 0
+for _, key in ipairs(found) do
+  if string.find(key, ARGV[2]) then
+    redis.call('HDEL', KEYS[1], key)
+    redis.call('ZREM', KEYS[2], key)
+    n = n + 1
+  end
+end
+if n == 0 then return {0, 0} end
+return {n, append('g', ARGV[1], '', ARGV[5], ARGV[6])}
+"""
+_CLEAR = _XADD + """
+redis.call('DEL', KEYS[1], KEYS[2])
+return append('c', '', '', ARGV[1], ARGV[2])
+"""
+# Moves the counter up to ARGV[1] (a starting node's clock plus a margin), with a 'b' entry so
+# that the other nodes' tails see no gap. Returns the counter.
+_BUMP = """
+local c = tonumber(redis.call('GET', KEYS[3]) or '0')
+local f = tonumber(ARGV[1])
+if f <= c then return c end
+redis.call('SET', KEYS[3], ARGV[1])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], ARGV[1] .. '-0', 'o', 'b', 'k', '', 'v', '',
+           'n', ARGV[2], 'p', string.format('%d', c))
+return f
+"""
+# The data and the counter in one step; with ARGV[1] > 0 it also reserves that many revisions
+# plus one per stored key (a resync applies its difference with them) behind a 'b' entry.
+_SNAPSHOT = """
+local c = tonumber(redis.call('GET', KEYS[3]) or '0')
+local reserve = tonumber(ARGV[1])
+local top = c
+if reserve > 0 then
+  top = c + reserve + redis.call('HLEN', KEYS[1]) + 1
+  local id = string.format('%d', top)
+  redis.call('SET', KEYS[3], id)
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], id .. '-0', 'o', 'b', 'k', '', 'v', '',
+             'n', ARGV[2], 'p', string.format('%d', c))
+end
+return {redis.call('HGETALL', KEYS[1]), string.format('%d', c), string.format('%d', top)}
+"""
+
+
+def lua_pattern(pattern: str) -> str:
+    """A glob of docs/protocol.md §1 as an anchored Lua pattern (``*`` stays inside a segment).
+    Keys are ``[A-Za-z0-9*/._-]``: only ``.`` and ``-`` are magic in Lua."""
+    out = []
+    for char in pattern:
+        if char == "*":
+            out.append("[^/]*")
+        elif char in ".-":
+            out.append("%" + char)
+        else:
+            out.append(char)
+    return "^" + "".join(out) + "$"
+
+
+def lex_range(pattern: str) -> tuple[bytes, bytes]:
+    """The ``ZRANGEBYLEX`` bounds of the keys that can match ``pattern`` (its literal prefix)."""
+    prefix = keys.glob_prefix(pattern).encode()
+    if not prefix:
+        return b"-", b"+"
+    return b"[" + prefix, b"[" + prefix + b"\xff"
+
+
+def _unavailable(exc: BaseException, url: str) -> StorageUnavailable:
+    return StorageUnavailable(f"storage: unavailable: redis at {url}: {exc or type(exc).__name__}")
+
+
+class RedisLayer:
+    """A persistent layer in Redis, shared by every node started with the same ``url`` and
+    ``namespace`` (see the module docstring). Asynchronous (every call is a round trip).
+
+    ``maxlen``: entries kept in the stream (approximately): a node disconnected for longer than
+    that many writes reloads everything when it comes back. ``write_timeout``: how long a writer
+    waits for its write to come back through the stream before it reports the node as lagging
+    (the write is committed in Redis then; it reaches the mirror once the tail catches up)."""
+
+    asynchronous = True
+    publishes_writes = True
+    """A write returns when its turn in the shared order has come, its revision in
+    :attr:`last_revision`: the store publishes it in that step (see the module docstring)."""
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        maxlen: int = 1_000_000,
+        write_timeout: float = 10.0,
+        node_id: str | None = None,
+    ) -> None:
+        if not namespace or any(c.isspace() for c in namespace):
+            raise ValueError("redis: the namespace must be a non-empty word")
+        self.url = url
+        self.namespace = namespace
+        self.maxlen = maxlen
+        self.write_timeout = write_timeout
+        self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._keys = [f"{namespace}:{part}" for part in ("data", "keys", "rev", "log")]
+        self._client: aioredis.Redis | None = None
+        self._reader: aioredis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+        self.position = 0
+        """The revision of the last stream entry applied to this node (its place in the stream)."""
+        self.head = 0
+        """The highest shared revision this node has heard of (its writes, the stream)."""
+        self.connected = False
+        self.redis_version = ""
+        self._apply: RemoteApply | None = None
+        self._tail: asyncio.Task[None] | None = None
+        self._waiters: dict[int, asyncio.Future[None]] = {}
+        self.last_revision = 0
+        """The shared revision of this node's last write, read by ``Layered`` as it returns."""
+        self._sent = 0
+        self._pending: set[int] = set()
+        """Numbers (in sending order) of the write scripts not answered yet: at an entry of its own,
+        the tail waits for those sent before it read the entry (one of them may be its writer)."""
+        self._answered = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._known: set[str] = set()
+        self._resync_needed = False
+        self._loaded = False
+        self.resyncs = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def _connect(self, **extra: Any) -> aioredis.Redis:
+        # No retries: a write script that timed out may have run, and must not run twice.
+        return aioredis.Redis.from_url(
+            self.url, decode_responses=False, retry=Retry(NoBackoff(), 0), socket_connect_timeout=2.0,
+            protocol=2, **extra,
+        )
+
+    async def start(self) -> None:
+        """Connect, load the scripts and move the shared counter above this node's clock: the
+        store starts above that clock (``Layered``), and entries below its start would be ignored."""
+        self._client = self._connect(socket_timeout=5.0)
+        self._reader = self._connect(socket_timeout=_BLOCK_MS / 1000 + 5.0)
+        client = self._client
+        for name, text in (("set", _SET), ("delete", _DELETE), ("glob", _DELETE_GLOB),
+                           ("clear", _CLEAR), ("bump", _BUMP), ("snapshot", _SNAPSHOT)):
+            self._scripts[name] = client.register_script(text)
+        try:
+            info = await client.info("server")
+            self.redis_version = str(info.get("redis_version", "?"))
+            self.position = await self._bump()
+        except (RedisError, OSError) as exc:
+            await self._disconnect()
+            raise StorageUnavailable(f"storage: can't reach redis at {self.url}: {exc}") from exc
+        self.connected = True
+        self.head = self.position
+        log.info("redis: node %s on redis %s at %s, namespace %s, stream position %d",
+                 self.node_id, self.redis_version, self.url, self.namespace, self.position)
+
+    async def _bump(self) -> int:
+        floor = time.time_ns() // 1000 + _START_MARGIN_US
+        return int(await self._scripts["bump"](keys=self._keys, args=[floor, self.node_id, self.maxlen]))
+
+    async def close(self) -> None:
+        tail, self._tail = self._tail, None
+        self._apply = None
+        if tail is not None:
+            tail.cancel()
+            await asyncio.gather(tail, return_exceptions=True)
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(StorageUnavailable("storage: unavailable: the store closed"))
+        self._waiters.clear()
+        await self._disconnect()
+
+    async def _disconnect(self) -> None:
+        for client in (self._client, self._reader):
+            if client is not None:
+                await client.aclose()
+        self._client = self._reader = None
+        self.connected = False
+
+    # -- loading ---------------------------------------------------------------------------------
+    async def load_raw(self) -> Mapping[str, bytes]:
+        """Every object's JSON bytes and, in the same step, the stream position they stand for."""
+        data, _, top = await self._snapshot(0)
+        self.position = self.head = top
+        self._loaded = True
+        self._known = set(data)
+        return data
+
+    async def load(self) -> Mapping[str, Object]:
+        return {key: load_object(key, raw) for key, raw in (await self.load_raw()).items()}
+
+    async def _snapshot(self, reserve: int) -> tuple[dict[str, bytes], int, int]:
+        try:
+            flat, low, top = await self._scripts["snapshot"](
+                keys=self._keys, args=[reserve, self.node_id, self.maxlen]
+            )
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc, self.url) from exc
+        data = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+        return data, int(low), int(top)
+
+    async def load_revision(self) -> int:
+        """The shared revision this node starts at. Called after loading: when loading took so
+        long that this node's clock passed it, the tail resyncs at once (see :meth:`start`)."""
+        if time.time_ns() // 1000 >= self.position:
+            self._resync_needed = True
+        return self.position
+
+    def save_revision(self, revision: int) -> None:
+        """Nothing to keep: the shared counter in Redis is the reservation."""
+
+    # -- following ---------------------------------------------------------------------------------
+    def follow(self, apply: RemoteApply) -> None:
+        """Start the tail: every stream entry after :attr:`position` reaches ``apply`` in order."""
+        self._apply = apply
+        if self._tail is None:
+            self._tail = asyncio.get_running_loop().create_task(self._run(), name="redis-tail")
+
+    @property
+    def lag(self) -> int:
+        """Revisions committed in Redis that this node has heard of but not applied yet."""
+        return max(0, self.head - self.position)
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        stream = self._keys[3]
+        while self._apply is not None:
+            reader = self._reader
+            assert reader is not None
+            try:
+                if self._resync_needed:
+                    await self._resync()
+                reply: Any = await reader.xread(
+                    {stream: f"{self.position}-0"}, count=_BATCH, block=_BLOCK_MS
+                )
+            except (RedisError, OSError) as exc:
+                if self.connected:
+                    log.error("redis: node %s lost redis at %s (%s); retrying", self.node_id, self.url, exc)
+                self.connected = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if not self.connected:
+                log.warning("redis: node %s reconnected to %s at stream position %d",
+                            self.node_id, self.url, self.position)
+            self.connected = True
+            backoff = 0.05
+            sent = self._sent
+            for _, entries in reply or ():
+                await self._entries(entries, sent)
+
+    async def _entries(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]], sent: int) -> None:
+        for entry_id, fields in entries:
+            revision = int(entry_id.partition(b"-")[0])
+            if revision <= self.position:
+                continue
+            if int(fields[b"p"]) != self.position:
+                log.warning("redis: node %s missed stream entries after %d (trimmed or cleared): "
+                            "reloading", self.node_id, self.position)
+                self._resync_needed = True
+                return
+            if not await self._entry(revision, fields, sent):
+                return
+
+    async def _entry(self, revision: int, fields: dict[bytes, bytes], sent: int) -> bool:
+        """Apply one entry; False when the rest of the batch must wait for a resync."""
+        apply = self._apply
+        if apply is None:
+            return False
+        op, own = fields[b"o"], fields[b"n"] == self.node_id.encode()
+        if op == b"c" and not own:
+            self._resync_needed = True  # another node cleared: reload (the events say what went)
+            return False
+        if own and op != b"b":
+            await self._writer_turn(revision, sent)
+        key = fields[b"k"].decode()
+        if op == b"s":
+            self._known.add(key)
+            apply(key, load_object(key, fields[b"v"]), revision)  # ignored when its writer published
+        elif op == b"d":
+            self._known.discard(key)
+            apply(key, None, revision)
+        elif op == b"g":
+            self._known.difference_update([k for k in self._known if keys.match(key, k)])
+            apply(key, None, revision)
+        elif op == b"c":
+            self._known.clear()
+        self._moved(revision)
+        return True
+
+    async def _writer_turn(self, revision: int, sent: int) -> None:
+        """Let the writer of this node's entry ``revision`` publish it now, in stream order: wait
+        until its script has answered (it registers then) or no script sent before the entry was
+        read (script number ``sent``) is pending: its writer is gone (failed, cancelled)."""
+        while revision not in self._waiters and self._pending and min(self._pending) <= sent:
+            self._answered.clear()
+            await self._answered.wait()
+        fut = self._waiters.pop(revision, None)
+        if fut is not None and not fut.done():
+            self.position = revision
+            fut.set_result(None)
+            # The writer's task runs before this one resumes (ready callbacks are FIFO) and
+            # publishes in that step; a writer cancelled meanwhile is covered by ``apply``.
+            await asyncio.sleep(0)
+
+    def _moved(self, revision: int) -> None:
+        self.position = revision
+        if revision > self.head:
+            self.head = revision
+
+    async def _resync(self) -> None:
+        """Reload the data and apply the difference to the mirror, with revisions reserved for it.
+        New writes wait meanwhile; the pending ones are answered first and published in order."""
+        self._writable.clear()
+        try:
+            while self._pending:
+                self._answered.clear()
+                await self._answered.wait()
+            data, low, top = await self._snapshot(len(self._known) + 1)
+            for revision in sorted(r for r in self._waiters if r <= low):
+                await self._writer_turn(revision, self._sent)
+            apply = self._apply
+            if apply is None:
+                return
+            self.resyncs += 1
+            revision = max(low, self.position)
+            for key in sorted(self._known - data.keys()):
+                revision += 1
+                apply(key, None, revision)
+            for key, raw in data.items():
+                revision += 1
+                apply(key, load_object(key, raw), revision)
+            self._known = set(data)
+            self._resync_needed = False
+            self._moved(top)
+        finally:
+            self._writable.set()
+        log.warning("redis: node %s reloaded %d keys at stream position %d", self.node_id, len(data), top)
+
+    # -- writes ------------------------------------------------------------------------------------
+    async def _write(self, name: str, args: Sequence[Any]) -> Any:
+        """Run a write script, then wait for the write's turn in the shared order (its revision is
+        the script's answer, or its second item)."""
+        if self._client is None:
+            raise StorageUnavailable("storage: unavailable: the redis layer is not started")
+        if not self._writable.is_set():
+            await self._writable.wait()
+        self._sent += 1
+        number = self._sent
+        self._pending.add(number)
+        try:
+            answer = await self._scripts[name](keys=self._keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc, self.url) from exc
+        else:
+            revision = int(answer[1] if isinstance(answer, list) else answer)
+            if revision:
+                self._waiters[revision] = asyncio.get_running_loop().create_future()
+            return answer
+        finally:
+            self._pending.discard(number)
+            self._answered.set()
+
+    async def _turn(self, revision: int) -> None:
+        """Wait until the tail hands this write its turn; :attr:`last_revision` is then set."""
+        self.last_revision = 0
+        if revision > self.head:
+            self.head = revision
+        fut = self._waiters.get(revision)
+        if fut is None:
+            return
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                await fut  # directly: the tail counts on one wake-up step (see _writer_turn)
+        except TimeoutError:
+            raise StorageUnavailable(
+                f"storage: unavailable: the write is committed in redis (revision {revision}) but "
+                f"this node has not read it back within {self.write_timeout:g} s (position "
+                f"{self.position}, redis {'reachable' if self.connected else 'unreachable'})"
+            ) from None
+        finally:
+            if self._waiters.get(revision) is fut:
+                del self._waiters[revision]
+        self.last_revision = revision
+
+    async def set(self, key: str, obj: Object) -> None:
+        revision = await self._write("set", [key, obj.to_json(), self.node_id, self.maxlen])
+        await self._turn(int(revision))
+
+    async def delete(self, key_or_glob: str) -> int:
+        if "*" in key_or_glob:
+            start, end = lex_range(key_or_glob)
+            args = [key_or_glob, lua_pattern(key_or_glob), start, end, self.node_id, self.maxlen]
+            removed, revision = await self._write("glob", args)
+        else:
+            removed, revision = await self._write("delete", [key_or_glob, self.node_id, self.maxlen])
+        await self._turn(int(revision))
+        return int(removed)
+
+    async def clear(self) -> None:
+        revision = await self._write("clear", [self.node_id, self.maxlen])
+        await self._turn(int(revision))
+
+    # -- reads (without a memory mirror) -----------------------------------------------------------
+    async def _read(self, call: Callable[[aioredis.Redis], Awaitable[Any]]) -> Any:
+        if self._client is None:
+            raise StorageUnavailable("storage: unavailable: the redis layer is not started")
+        try:
+            return await call(self._client)
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc, self.url) from exc
+
+    async def get(self, key: str) -> Object | None:
+        raw = await self._read(lambda c: c.hget(self._keys[0], key))
+        return None if raw is None else load_object(key, cast(bytes, raw))
+
+    async def get_list(self, pattern: str) -> list[Object]:
+        start, end = lex_range(pattern)
+        found = await self._read(lambda c: c.zrangebylex(self._keys[1], start, end))
+        names = [k.decode() for k in found if keys.match(pattern, k.decode())]
+        if not names:
+            return []
+        raws = await self._read(lambda c: c.hmget(self._keys[0], names))
+        return [load_object(k, raw) for k, raw in zip(names, raws, strict=True) if raw is not None]
+
+    async def keys(self) -> list[str]:
+        found = await self._read(lambda c: c.zrange(self._keys[1], 0, -1))
+        return [k.decode() for k in found]
