@@ -4,15 +4,20 @@ real store, on both HTTP engines (the lean front hands ``/`` to aiohttp)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from conftest import ENGINES
 from server_live import Live, LiveFactory
 
+from ooo_storage import Layered, MemoryLayer
+from ooo_storage.layers import SOSLayer
 from ooo_storage.protocol.access import Policy, token_digest
 from ooo_storage.protocol.txn_body import MAX_OPS
+from ooo_storage.server import ServerRunner
 
 TXN = "?api=txn"
 
@@ -39,8 +44,9 @@ def version(entry: dict[str, Any]) -> int:
     return int(entry["updated"] or entry["created"])
 
 
-async def test_commit_sets_patches_and_deletes_in_one_revision(make_live: LiveFactory) -> None:
-    live = await make_live("memory+leveldb")
+@pytest.mark.parametrize("backend", ["memory", "leveldb", "memory+leveldb"])
+async def test_commit_sets_patches_and_deletes_in_one_revision(make_live: LiveFactory, backend: str) -> None:
+    live = await make_live(backend)
     await live.store.set("acc/b", {"balance": 10, "owner": "bo"})
     await live.store.set("holds/1", 1)
     await live.store.set("holds/2", 2)
@@ -290,3 +296,17 @@ async def test_an_unknown_token_is_refused_before_the_body_is_read(make_live: Li
     live = await make_live(auth=policy())
     status, _, raw = await txn(live, {"ops": [_op(1)]}, headers={"Authorization": "Bearer nope"})
     assert (status, raw) == (401, b"ooo: unauthorized: unknown token")
+
+
+async def test_a_layer_without_atomic_batches_refuses_with_501_and_applies_nothing(
+    tmp_path: Path, engine: str
+) -> None:
+    store = Layered(memory=MemoryLayer(), embedded=SOSLayer(str(tmp_path / "sos")))
+    async with store, ServerRunner(store, "127.0.0.1", 0, http_engine=engine) as runner, \
+            aiohttp.ClientSession() as http:
+        body = orjson.dumps({"ops": [_op(1), _op(2)]})
+        async with http.post(f"{runner.url}/{TXN}", data=body) as resp:
+            status, text = resp.status, await resp.text()
+        assert status == 501
+        assert text.startswith("storage: transactions are not supported by SOSLayer"), text
+        assert await store.keys() == []
