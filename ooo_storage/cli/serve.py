@@ -3,6 +3,7 @@
 ::
 
     ooo-storage serve [--host 127.0.0.1] [--port 8800] [--data ./data] [--memory-only] [--sync] [--static]
+                      [--sos ROOT [--indexer-rate 0.1]]
                       [--max-body-bytes N] [--allowed-origin ORIGIN ...] [--allowed-host HOST ...]
                       [--max-connections N] [--max-connections-per-client N]
                       [--max-buffered-body-bytes N] [--header-timeout S] [--body-timeout S]
@@ -234,6 +235,22 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="N",
         help="disk space kept aside beside the database for the day the disk fills: released then, "
         "so that LevelDB can recover and deletes can free space (default 32 MiB; 0: none)",
+    )
+    serve.add_argument(
+        "--sos",
+        action=_Storage,
+        default=None,
+        metavar="ROOT",
+        help="store in an SOS directory instead of LevelDB (durable writes): several servers on one "
+        "ROOT see each other's writes within --indexer-rate (docs/layers.md)",
+    )
+    serve.add_argument(
+        "--indexer-rate",
+        type=_seconds,
+        default=0.1,
+        metavar="S",
+        help="with --sos: seconds between two looks for the other servers' writes (default 0.1; "
+        "inotify usually tells sooner on a local filesystem)",
     )
     serve.add_argument(
         "--history-bytes",
@@ -514,14 +531,18 @@ def _reload(server: Server, path: str) -> None:
 
 async def _serve(args: argparse.Namespace, access: _Access) -> None:
     from ..layered import Layered
-    from ..layers import LevelDBLayer, MemoryLayer
+    from ..layers import Layer, LevelDBLayer, MemoryLayer
     from ..layers.leveldb import DEFAULT_RESERVE
     from ..server import Server, serve
 
     reserve = DEFAULT_RESERVE if args.reserve_bytes is None else args.reserve_bytes
-    embedded = (
+    embedded: Layer | None = (
         None if args.memory_only else LevelDBLayer(args.data, sync=args.sync, reserve_bytes=reserve)
     )
+    if args.sos:
+        from ..layers.sos import SOSLayer
+
+        embedded = SOSLayer(args.sos, shared=True, indexer_rate=args.indexer_rate)
     store = Layered(memory=MemoryLayer(), embedded=embedded, history=_history(args))
     server = Server(
         store,
@@ -552,6 +573,8 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
             port,
             "memory only"
             if args.memory_only
+            else f"SOS at {args.sos}, shared"
+            if args.sos
             else f"LevelDB at {args.data}{', durable writes' if args.sync else ''}",
         )
 
