@@ -23,6 +23,7 @@ from ooo_storage import Layered, MemoryLayer
 from ooo_storage.layers.erasure import ErasureLayer
 from ooo_storage.layers.shared import Change, SharedOptions
 from ooo_storage.layers.sos import SOSLayer
+from ooo_storage.protocol.objects import Object
 
 REPO = str(Path(__file__).resolve().parents[2])
 
@@ -37,6 +38,7 @@ def layer(spec):
                             dead_after=spec.get("dead_after", 3600.0))
     if spec["kind"] == "sos":
         from ooo_storage.layers.sos import SOSLayer
+from ooo_storage.protocol.objects import Object
         return SOSLayer(spec["root"], shared=options, durability="none")
     from ooo_storage.layers.erasure import ErasureLayer
     return ErasureLayer(spec["drives"], k=2, m=1, shared=options, durability="none", repair="off")
@@ -339,3 +341,31 @@ def test_change_encoding_round_trips() -> None:
         Change("clear", "", 7),
     ):
         assert Change.decode(change.encode()) == change
+
+
+# -- in one process: two stores on one root, orderings set up exactly ------------------------------
+async def settled(store: Layered, done: Callable[[], bool], timeout: float = 10) -> None:
+    """Wait until ``done()``, re-checking after each event of ``store`` (remote writes are events)."""
+    changed = asyncio.Event()
+    store.on_commit(lambda event: changed.set())
+    async with asyncio.timeout(timeout):
+        while not done():
+            changed.clear()
+            await changed.wait()
+
+
+async def test_an_older_stamped_write_stored_last_wins_everywhere(tmp_path: Path) -> None:
+    """Stamps and the order of the store disagree: b's write is newer by its stamp, a's reached the
+    store last (a clock behind, or a slow fsync). Both processes end with what the store holds."""
+    options = SharedOptions(indexer_rate=0.05)
+    a = Layered(memory=MemoryLayer(), embedded=SOSLayer(tmp_path, shared=options))
+    b = Layered(memory=MemoryLayer(), embedded=SOSLayer(tmp_path, shared=options))
+    async with a, b:
+        await b.set("hot", {"b": 1})
+        await settled(a, lambda: a.peek("hot") is not None)
+        await a.set_with_meta("hot", {"a": 1}, 1, 2)  # stamped long ago, stored last
+        await a.set("barrier", 1)
+        await settled(b, lambda: b.peek("barrier") is not None)
+        await settled(b, lambda: (b.peek("hot") or Object.empty()).value == {"a": 1})
+        assert (await a.get("hot")).value == {"a": 1}
+
