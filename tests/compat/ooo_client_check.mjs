@@ -24,7 +24,8 @@ if (duplex && !duplex.set) {
 }
 
 const auth = process.argv[2] === '--auth'
-const [host, token] = process.argv.slice(auth ? 3 : 2)
+const resume = process.argv[2] === '--resume'
+const [host, token] = process.argv.slice(auth || resume ? 3 : 2)
 const copy = (value) => JSON.parse(JSON.stringify(value))
 const TIMEOUT_MS = 8000
 
@@ -211,8 +212,50 @@ const authScenarios = {
   tokenElsewhere: () => refused(`${host}/other/thing`, ['bearer', token]),
 }
 
+// With --resume, against a server keeping an event history, whose res/* holds 100 keys: the client
+// drops its connection, 500 writes change 10 of the keys, and it reconnects with ?v=<its version>.
+// What each frame was (snapshot or patch, its size) is recorded beside what the client ends with.
+const resumeScenarios = {
+  resume: () => new Promise((resolve, reject) => {
+    const client = ooo(`${host}/res/*`)
+    client.reconnectInterval = 60000 // this scenario reconnects by itself, once the writes are done
+    const frames = []
+    const urls = []
+    const data = client._data.bind(client)
+    client._data = (event) => {
+      const msg = JSON.parse(new TextDecoder().decode(event.data))
+      frames.push({ snapshot: msg.snapshot, bytes: event.data.byteLength, ops: msg.snapshot ? 0 : msg.data.length })
+      data(event)
+    }
+    const timer = setTimeout(() => {
+      client.close()
+      reject(new Error(`timed out after ${written} writes with ${JSON.stringify({ frames, urls })}`))
+    }, 4 * TIMEOUT_MS)
+    let written = 0
+    client.onopen = () => { urls.push(client.ws.url) }
+    client.onmessage = async () => {
+      try {
+        if (frames.length === 1) {
+          client.close(true) // as a dropped connection: the client keeps its cache and version
+          const c = http()
+          for (let n = 0; n < 500; n++) {
+            await c.publish(`res/${String((n % 10) * 10).padStart(2, '0')}`, { n, pad: 'x'.repeat(50) })
+            written += 1
+          }
+          client.connect(true) // resumes with ?v=<version>
+        } else {
+          clearTimeout(timer)
+          const state = copy(client.cache)
+          client.close()
+          resolve({ frames, urls, state, get: await http().get('res/*') })
+        }
+      } catch (err) { clearTimeout(timer); reject(err) }
+    }
+  }),
+}
+
 const results = {}
-for (const [name, run] of Object.entries(auth ? authScenarios : scenarios)) {
+for (const [name, run] of Object.entries(auth ? authScenarios : resume ? resumeScenarios : scenarios)) {
   try {
     results[name] = await run()
   } catch (err) {

@@ -22,4 +22,4 @@ def test_missing_node_fails_with_the_reason(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stdout
     assert "skipped" not in done.stdout
     assert "node is not on PATH: tests/compat runs the npm ooo-client package in Node" in done.stdout
-    assert "2 errors" in done.stdout
+    assert "3 errors" in done.stdout

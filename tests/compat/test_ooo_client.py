@@ -22,7 +22,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from ooo_storage import Layered, MemoryLayer
+from ooo_storage import HistoryOptions, Layered, LevelDBLayer, MemoryLayer
 from ooo_storage.protocol.access import Policy, token_digest
 from ooo_storage.server import create_app
 
@@ -80,6 +80,21 @@ async def auth_host() -> AsyncIterator[str]:
     async with Layered(memory=MemoryLayer()) as store:
         await store.set("secure/thing", {"name": "seeded"})
         server = TestServer(create_app(store, auth=POLICY), host="127.0.0.1")
+        await server.start_server()
+        try:
+            yield f"127.0.0.1:{server.port}"
+        finally:
+            await server.close()
+
+
+@pytest.fixture
+async def history_host(tmp_path: Path) -> AsyncIterator[str]:
+    store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(str(tmp_path / "db")),
+                    history=HistoryOptions(tmp_path / "history"))
+    async with store:
+        for n in range(100):
+            await store.set(f"res/{n:02}", {"n": 0, "pad": "x" * 50})
+        server = TestServer(create_app(store), host="127.0.0.1")
         await server.start_server()
         try:
             yield f"127.0.0.1:{server.port}"
@@ -175,3 +190,16 @@ async def test_ooo_client_with_a_token(seen_with_auth: dict[str, Any]) -> None:
     # these apart, nor from a network error: the WebSocket API hides the status.
     for name in ("noToken", "wrongToken", "tokenElsewhere"):
         assert ok(seen, name) == {"opened": False, "msgs": [], "event": "error"}, name
+
+
+async def test_ooo_client_resumes_with_one_patch(node_command: list[str], history_host: str) -> None:
+    """Issue 11: a dropped client reconnects with ?v=<its version> after 500 writes to 10 of the 100
+    keys it watches; the server sends one patch frame (10 replaces) instead of the 100-item list,
+    the npm client applies it, and its state equals GET."""
+    resumed = ok(await run_node(node_command, "--resume", history_host), "resume")
+    first, delta = resumed["frames"]
+    assert "?v=" not in resumed["urls"][0] and "?v=" in resumed["urls"][1]
+    assert first["snapshot"] is True and delta["snapshot"] is False and delta["ops"] == 10
+    assert delta["bytes"] < first["bytes"] / 5  # 10 objects of 100, each in a replace op
+    assert resumed["state"] == resumed["get"]
+    assert sorted(o["data"]["n"] for o in resumed["state"] if o["index"].endswith("0")) == list(range(490, 500))
