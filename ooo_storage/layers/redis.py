@@ -247,6 +247,8 @@ class RedisLayer:
         self._apply = None
         if tail is not None:
             tail.cancel()
+            if self._reader is not None:  # a cancelled XREAD BLOCK would wait for its block time
+                await self._reader.connection_pool.disconnect()
             await asyncio.gather(tail, return_exceptions=True)
         for fut in self._waiters.values():
             if not fut.done():
@@ -318,6 +320,8 @@ class RedisLayer:
                     {stream: f"{self.position}-0"}, count=_BATCH, block=_BLOCK_MS
                 )
             except (RedisError, OSError) as exc:
+                if self._apply is None:  # closing
+                    return
                 if self.connected:
                     log.error("redis: node %s lost redis at %s (%s); retrying", self.node_id, self.url, exc)
                 self.connected = False
