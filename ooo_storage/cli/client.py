@@ -6,16 +6,20 @@
     ooo-storage set   URL KEY VALUE      store VALUE (JSON text, or - for stdin); print the index
     ooo-storage push  URL PATTERN VALUE  store VALUE under a fresh key; print its index
     ooo-storage del   URL KEY            delete the key (or every match of a glob)
-    ooo-storage watch URL KEY            print the state as one JSON line after every change
+    ooo-storage watch URL KEY            print what changes, one JSON line per change
     ooo-storage stats URL                print the server's usage per namespace (GET /?api=stats)
 
 Each takes ``--token TOKEN``, or the ``OOO_TOKEN`` environment variable when the flag is not given
 (``--token ''`` sends none): a bearer token for a server started with ``--auth``.
 
 Exit status (:data:`EPILOG`): 0 on success, 1 when the server answers with an error or cannot be
-reached (the message goes to stderr), 2 for a bad argument, 3 when the server wants a (valid) token
-(401), 4 when the token may not do this (403), 130 when interrupted. ``watch`` keeps stdout for
-states and reports every disconnect (with the close code and reason, or the connection error) and
+reached (the message goes to stderr; a missing key is ``no such key: KEY``, and ``del`` of a key
+already gone exits 0 only with ``--force``), 2 for a bad argument, 3 when the server wants a (valid) token
+(401), 4 when the token may not do this (403), 130 when interrupted. ``watch`` prints the first state as
+``{"version", "snapshot"}``, then each change as ``{"version", "set", "del"}``: the objects written
+and the keys gone since the previous state (a one-item change to a large glob is a short line;
+``--full`` prints the whole state instead, as it used to). It keeps stdout for
+changes and reports every disconnect (with the close code and reason, or the connection error) and
 every reconnect on stderr, so a stream that keeps failing is never silent; it exits 1 where
 reconnecting cannot help: a frame above ``--max-frame-bytes`` (64 MiB; the message says to raise
 it), a subscription the server refuses (a glob over its item limit). ``ooo_storage.cli`` owns the
@@ -51,7 +55,8 @@ EPILOG = (
     "Exit status: 0 done; 1 the server answered with an error or could not be reached; 2 bad "
     f"argument; {UNAUTHORIZED} unauthorized (401: no token, or one the server does not accept); "
     f"{FORBIDDEN} forbidden (403: the token may not do this on this path); 130 interrupted. "
-    "Errors print the server's reason on stderr."
+    "Errors print the server's reason on stderr. A missing key is `no such key: KEY` (exit 1); "
+    "`del` of a key that is already gone exits 1 too, or 0 with --force."
 )
 
 
@@ -76,10 +81,16 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     add("get", _get, "print the object at KEY, or the list matching a glob, as JSON", key)
     add("set", _set, "store VALUE at KEY and print its index", key, value)
     add("push", _push, "store VALUE under a fresh key of the glob KEY and print its index", key, value)
-    add("del", _delete, "delete KEY, or every key matching a glob", key)
-    watch = add("watch", _watch, "print the state of KEY as one JSON line after every change", key,
+    delete = add("del", _delete, "delete KEY, or every key matching a glob", key)
+    delete.add_argument("--force", action="store_true",
+                        help="exit 0 when KEY does not exist (nothing to delete) instead of 1")
+    watch = add("watch", _watch, "print what changes at KEY, one JSON line per change: the first state "
+                "as {\"version\", \"snapshot\"}, then {\"version\", \"set\": objects written, \"del\": keys "
+                "gone} (for a single key: \"set\": its object, \"del\": KEY)", key,
                 options=lambda args: ClientOptions(max_frame_bytes=args.max_frame_bytes))
-    watch.add_argument("--count", type=int, metavar="N", help="exit after N states")
+    watch.add_argument("--full", action="store_true",
+                       help="print the whole state as one JSON line after every change instead")
+    watch.add_argument("--count", type=int, metavar="N", help="exit after N lines")
     watch.add_argument("--no-reconnect", action="store_true",
                        help="exit when the server closes the stream instead of reconnecting")
     watch.add_argument("--max-frame-bytes", type=_frame_limit, default=ClientOptions.max_frame_bytes,
@@ -108,6 +119,9 @@ def _run(command: _Command, args: argparse.Namespace, options: ClientOptions) ->
 
     try:
         asyncio.run(main())
+    except _NoSuchKey as exc:
+        print(f"ooo-storage: {exc}", file=sys.stderr)
+        return 1
     except ClientError as exc:
         print(f"ooo-storage: {exc}", file=sys.stderr)
         return _AUTH_EXITS.get(exc.status, 1)
@@ -132,8 +146,22 @@ def _value(args: argparse.Namespace) -> bytes:
     return sys.stdin.buffer.read() if args.value == "-" else args.value.encode()
 
 
+class _NoSuchKey(Exception):
+    """A 404 for a single key, said as ``no such key: KEY`` (the server's ``ooo: empty key`` and
+    ``storage: not found`` are the protocol's words, not a user's)."""
+
+
+async def _missing(key: str, call: Awaitable[Any], hint: str = "") -> Any:
+    try:
+        return await call
+    except ClientError as exc:
+        if exc.status == 404 and "*" not in key:
+            raise _NoSuchKey(f"no such key: {key}{hint}") from None
+        raise
+
+
 async def _get(client: Client, args: argparse.Namespace) -> None:
-    _print(await client.get(args.key))
+    _print(await _missing(args.key, client.get(args.key)))
 
 
 async def _set(client: Client, args: argparse.Namespace) -> None:
@@ -145,7 +173,11 @@ async def _push(client: Client, args: argparse.Namespace) -> None:
 
 
 async def _delete(client: Client, args: argparse.Namespace) -> None:
-    await client.delete(args.key)
+    try:
+        await _missing(args.key, client.delete(args.key), " (nothing deleted; --force exits 0 for it)")
+    except _NoSuchKey:
+        if not args.force:
+            raise
 
 
 def _report(status: Status) -> None:
@@ -160,10 +192,14 @@ async def _watch(client: Client, args: argparse.Namespace) -> None:
         raise ValueError("--count must be positive")
     seen = 0
     subscription = client.subscribe(args.key, reconnect=not args.no_reconnect, on_status=_report)
+    changes = _Changes(args.key, args.full)
     try:
         async with subscription:
             async for state in subscription:
-                _print(state)
+                line = changes.line(state, subscription.version)
+                if line is None:
+                    continue
+                _print(line)
                 seen += 1
                 if seen == args.count:
                     return
@@ -174,6 +210,54 @@ async def _watch(client: Client, args: argparse.Namespace) -> None:
         if exc.status in _AUTH_EXITS:
             raise await _refusal(client, args.key, exc) from None
         raise
+
+
+class _Changes:
+    """What ``watch`` prints for each state: the first whole (``snapshot``), then only what changed
+    since the state before: ``set`` (the objects written, newest first, for a glob a list) and
+    ``del`` (the keys gone); nothing when a reconnect's snapshot changed nothing. ``--full`` prints
+    every state whole."""
+
+    def __init__(self, key: str, full: bool) -> None:
+        self.key, self.full = key, full
+        self.state: Any = None
+        self.started = False
+
+    def line(self, state: Any, version: str | None) -> dict[str, Any] | Any:
+        if self.full:
+            return state
+        before, self.state = self.state, state
+        if not self.started:
+            self.started = True
+            if "*" not in self.key and _absent(state):
+                print(f"ooo-storage: no such key: {self.key} (yet: watching for it)", file=sys.stderr,
+                      flush=True)
+            return {"version": version, "snapshot": state}
+        change = _glob_change(before, state) if isinstance(state, list) else self._key_change(before, state)
+        return {"version": version, **change} if change else None
+
+    def _key_change(self, before: Any, state: Any) -> dict[str, Any]:
+        if _absent(state):
+            return {} if _absent(before) else {"del": self.key}
+        return {} if state == before else {"set": state}
+
+
+def _absent(entry: Any) -> bool:
+    """The empty object a single-key stream holds while the key does not exist."""
+    return not isinstance(entry, dict) or (not entry.get("created") and not entry.get("index"))
+
+
+def _glob_change(before: Any, state: list[Any]) -> dict[str, Any]:
+    """The items of a glob's list written or gone between two states, by key."""
+    old = {_path(entry): entry for entry in before or ()}
+    written = [entry for entry in state if old.get(_path(entry)) != entry]
+    kept = {_path(entry) for entry in state}
+    gone = [path for path in old if path not in kept]
+    return {name: items for name, items in (("set", written), ("del", gone)) if items}
+
+
+def _path(entry: Any) -> Any:
+    return entry.get("path", entry.get("index")) if isinstance(entry, dict) else entry
 
 
 async def _refusal(client: Client, key: str, refused: ClientError) -> ClientError:

@@ -34,7 +34,7 @@ WATCH = (
 @contextlib.contextmanager
 def watching(url: str, key: str) -> Iterator[subprocess.Popen[str]]:
     """``ooo-storage watch URL KEY`` as a process; killed if the test fails before it exits."""
-    with subprocess.Popen([sys.executable, "-c", WATCH, "watch", url, key], cwd=ROOT,
+    with subprocess.Popen([sys.executable, "-c", WATCH, "watch", "--full", url, key], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
         try:
             yield process
@@ -90,7 +90,7 @@ def test_value_from_stdin(url: str, capsys: pytest.CaptureFixture[str],
 def test_watch_prints_states_as_json_lines(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run("set", url, "cli/w", "[1,2]") == 0
     capsys.readouterr()
-    assert run("watch", url, "cli/w", "--count", "1") == 0
+    assert run("watch", "--full", url, "cli/w", "--count", "1") == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and orjson.loads(lines[0])["data"] == [1, 2]
 
@@ -98,7 +98,7 @@ def test_watch_prints_states_as_json_lines(url: str, capsys: pytest.CaptureFixtu
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [
-        (("get", "{url}", "cli/missing"), 1, "ooo-storage: 404: ooo: empty key"),
+        (("get", "{url}", "cli/missing"), 1, "ooo-storage: no such key: cli/missing"),
         (("set", "{url}", "cli/bad", "{not json"), 1, "ooo-storage: 400: "),
         (("set", "{url}", "cli/*", "1"), 2, "use push"),
         (("get", "{url}", "a//b"), 2, "invalid key"),

@@ -97,7 +97,7 @@ def test_ooo_token_from_the_environment(url: str, capsys: pytest.CaptureFixture[
     monkeypatch.setenv("OOO_TOKEN", READER)
     assert run("get", url, "cli/env") == 0
     assert orjson.loads(capsys.readouterr().out)["data"] == "from env"
-    assert run("watch", url, "cli/env", "--count", "1") == 0
+    assert run("watch", "--full", url, "cli/env", "--count", "1") == 0
     assert orjson.loads(capsys.readouterr().out)["data"] == "from env"
     # The flag wins over the environment, both ways; --token '' sends none.
     assert run("get", url, "cli/env", "--token", "wrong") == UNAUTHORIZED

@@ -62,7 +62,7 @@ def test_a_frame_above_max_frame_bytes_exits_1_naming_the_flag(
 def test_max_frame_bytes_raises_the_limit(
     server: Background, capsys: pytest.CaptureFixture[str], limit: str
 ) -> None:
-    assert run("watch", "--max-frame-bytes", limit, "--count", "1", url(server), "big") == 0
+    assert run("watch", "--full", "--max-frame-bytes", limit, "--count", "1", url(server), "big") == 0
     captured = capsys.readouterr()
     assert orjson.loads(captured.out)["data"] == {"pad": "x" * 2000} and captured.err == ""
 
