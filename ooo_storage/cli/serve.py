@@ -245,6 +245,16 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "ROOT see each other's writes within --indexer-rate (docs/layers.md)",
     )
     serve.add_argument(
+        "--redis",
+        action=_Storage,
+        default=None,
+        metavar="URL",
+        help="store in Redis (redis://host:6379/0) instead of LevelDB: every server on one Redis and "
+        "--namespace serves the same data, every write in one order (docs/layers.md)",
+    )
+    serve.add_argument("--namespace", default="ooo", metavar="NAME",
+                       help="with --redis: the prefix of this store's Redis keys (default ooo)")
+    serve.add_argument(
         "--indexer-rate",
         type=_seconds,
         default=0.1,
@@ -543,6 +553,10 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
         from ..layers.sos import SOSLayer
 
         embedded = SOSLayer(args.sos, shared=True, indexer_rate=args.indexer_rate)
+    if args.redis:
+        from ..layers.redis import RedisLayer
+
+        embedded = RedisLayer(args.redis, args.namespace)
     store = Layered(memory=MemoryLayer(), embedded=embedded, history=_history(args))
     server = Server(
         store,
@@ -575,6 +589,8 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
             if args.memory_only
             else f"SOS at {args.sos}, shared"
             if args.sos
+            else f"Redis at {args.redis}, namespace {args.namespace}"
+            if args.redis
             else f"LevelDB at {args.data}{', durable writes' if args.sync else ''}",
         )
 
