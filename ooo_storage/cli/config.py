@@ -26,7 +26,7 @@ import sys
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["PREFIX", "CONFIG_ENV", "Setting", "add_config_option", "add_parsers", "resolve", "settings"]
 
@@ -264,12 +264,29 @@ def expand(parser: argparse.ArgumentParser, argv: Sequence[str],
         return ["config", "show", "--", *argv[2:]]  # serve flags, not config show's own options
     if not argv or argv[0] != "serve":
         return list(argv)
+    serve = serve_parser(parser)
     try:
-        resolved = resolve(serve_parser(parser), argv[1:], environ)
+        resolved = resolve(serve, argv[1:], environ)
     except ConfigError as exc:
         print(f"ooo-storage serve: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    _name_sources(serve, resolved.sources)
     return ["serve", *resolved.argv]
+
+
+def _name_sources(serve: argparse.ArgumentParser, sources: dict[str, str]) -> None:
+    """Make argparse's errors (options that exclude each other) say which options came from the
+    environment or the file: the user did not type them."""
+    found = [f"{option.flag} from {sources[option.action.dest]}" for option in _options(serve)
+             if sources.get(option.action.dest, "flag") not in ("flag", "default")]
+    if not found:
+        return
+    error = serve.error
+
+    def named(message: str) -> NoReturn:
+        error(f"{message} (not on the command line: {', '.join(found)})")
+
+    serve.error = named  # type: ignore[method-assign]
 
 
 def settings(parser: argparse.ArgumentParser, argv: Sequence[str],

@@ -158,3 +158,15 @@ def test_serve_runs_with_its_configuration_from_env_and_file(tmp_path: Path) -> 
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(20) == 0
+
+
+def test_options_that_exclude_each_other_say_which_came_from_env_or_file(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = build_parser()
+    argv = expand(parser, ["serve", "--data", "/tmp/x"], {"OOO_MEMORY_ONLY": "1"})
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "--memory-only keeps nothing on disk (not on the command line: --memory-only from env OOO_MEMORY_ONLY)")
