@@ -38,7 +38,6 @@ def layer(spec):
                             dead_after=spec.get("dead_after", 3600.0))
     if spec["kind"] == "sos":
         from ooo_storage.layers.sos import SOSLayer
-from ooo_storage.protocol.objects import Object
         return SOSLayer(spec["root"], shared=options, durability="none")
     from ooo_storage.layers.erasure import ErasureLayer
     return ErasureLayer(spec["drives"], k=2, m=1, shared=options, durability="none", repair="off")
