@@ -39,7 +39,7 @@ from collections import OrderedDict, deque
 from collections.abc import Coroutine
 from typing import Any
 
-from ..errors import HTTPFailure, NotActive, NotFound, StorageError
+from ..errors import HTTPFailure, NotActive, NotFound
 from ..layered import Layered
 from ..protocol import jsontext
 from ..protocol.filters import Filters
@@ -50,7 +50,7 @@ from ..protocol.views import SNAPSHOT, Change, ListState, ObjectState
 from .config import ServerConfig
 from .connection import Connection
 from .errors import Busy
-from .resume import history_events, key_changed, list_patch, touched
+from .resume import Replay
 
 log = logging.getLogger("ooo_storage.server")
 
@@ -221,9 +221,14 @@ class Pools:
     # -- membership ---------------------------------------------------------------------------
     async def join(self, key: str, conn: Connection, version: int | None) -> Pool:
         """Add ``conn`` to the pool of ``key`` and queue its snapshot (none if ``version`` is the
-        pool's current one). Everything from reading the pool's state to membership is synchronous."""
+        pool's current one; a patch from ``version`` when the event history covers it).
+        Everything from reading the pool's state to membership is synchronous."""
         if not self.store.active:
             raise NotActive()
+        replay = None
+        if version is not None and self._behind(key, version):
+            replay = Replay(key, version)
+            await replay.ahead(self.store, self._turn)
         pool = self.pools.get(key)
         if pool is None:
             pool = self._create(key)
@@ -239,17 +244,24 @@ class Pools:
         self._member_of[conn] = pool
         conn.conflater = self
         if version != pool.version:
-            resumed = None if version is None else self._resumed(pool, version)
+            resumed = None if replay is None else self._resumed(pool, replay)
             conn.send(pool.snapshot_frame() if resumed is None else resumed)
         return pool
 
-    def _resumed(self, pool: Pool, version: int) -> bytes | None:
-        """The patch frame from the pool's state at ``version`` to its current one, rebuilt from
-        the event history (``resume.py``); None when a snapshot must be sent instead, or is
-        smaller. Synchronous: the state, the replay and the membership belong to one moment."""
-        if pool.no_patch:
+    def _behind(self, key: str, version: int) -> bool:
+        """Whether a client at ``version`` may be resumed from the history (not already current)."""
+        if self.store.history_options is None:
+            return False
+        pool = self.pools.get(key)
+        return pool is None or pool.loading is not None or pool.version != version
+
+    def _resumed(self, pool: Pool, replay: Replay) -> bytes | None:
+        """The patch frame from the client's state (``replay``'s version) to the pool's current
+        one; None when a snapshot must be sent instead, or is smaller. Synchronous: the state,
+        the end of the replay and the membership belong to one moment."""
+        if pool.no_patch or not replay.finish(self.store):
             return None
-        ops = self._since(pool.key, pool.state, version)
+        ops = replay.change(pool.state)
         if not isinstance(ops, list):
             return None
         frame = patch_frame(pool.version, ops)
@@ -257,36 +269,19 @@ class Pools:
             return None
         return frame
 
-    def _since(self, key: str, state: ObjectState | ListState, version: int) -> Change:
-        """What changed in ``state`` (exact as of now) since ``version``: the ops ([] for nothing),
-        SNAPSHOT when a single key changed (its document is the change), None when the history
-        cannot tell."""
-        events = history_events(self.store, version)
-        if events is None:
-            return None
-        try:
-            if isinstance(state, ObjectState):
-                changed = key_changed(key, events)
-                return None if changed is None else SNAPSHOT if changed else []
-            view = state.view
-            if not view.plain or view.limit is not None:
-                return None  # what the filters showed then is not known
-            touched_keys = touched(key, events)
-            return None if touched_keys is None else list_patch(state.objects(), touched_keys)
-        except (StorageError, OSError) as exc:  # the journal could not be read
-            log.warning("changes of %s since %x: history unreadable: %s", key, version, exc)
-            return None
-
     async def changes(self, key: str, version: int) -> bytes:
-        """``GET /{key}?since=<version>``: a data frame's payload (docs/protocol.md §4.2): the
-        patch since ``version``, or the single key's document when it changed; 410 when the
-        history cannot say (not kept, trimmed, a glob delete, read filters)."""
+        """``GET /{key}?since=<version>``: a data frame's payload (docs/protocol.md §4): the patch
+        since ``version``, or the single key's document when it changed; 410 when the history
+        cannot say (not kept, trimmed, a glob delete, read filters)."""
+        replay = Replay(key, version)
+        await replay.ahead(self.store, self._turn)
         pool = self.pools.get(key)
         if pool is not None and pool.loading is None:
             state, current = pool.state, pool.version  # what subscribers see, and their version
         else:
             state, current = await self._read_state(key)
-        change = self._since(key, state, version)
+        # No await since the state was taken: the replay ends at its revision.
+        change = replay.change(state) if replay.finish(self.store) else None
         if isinstance(change, list):
             return encode_frame(False, current, jsontext.dumps(change))
         if change is SNAPSHOT:

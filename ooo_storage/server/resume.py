@@ -16,9 +16,10 @@ reach the current one without the old VALUES:
 So a glob pool's change is ``remove`` (keys gone or moved), ``add`` (keys new or moved), then
 ``replace`` (keys overwritten in place), each by position, values from the current state only. A
 glob delete in the range, a view with filters (what they showed then is unknown), a history that
-no longer reaches back or a replay over :data:`REPLAY_MAX` events: no patch (the caller sends a
+no longer reaches back or over :data:`REPLAY_MAX` events to read: no patch (the caller sends a
 snapshot). A single-key pool gets the document again when it changed (a snapshot is exactly that
-replacement), nothing when it did not.
+replacement), nothing when it did not. The history is read ahead in steps that let the loop
+serve others (:class:`Replay`).
 
 Known limit: ``Layered.set_with_meta`` stores any stamps, so a key it moved (new ``created``) would
 be placed at a wrong old position; the server never calls it (backups and migrations do).
@@ -26,7 +27,8 @@ be placed at a wrong old position; the server never calls it (backups and migrat
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 
 import orjson
 
@@ -35,61 +37,122 @@ from ..layered import Layered
 from ..protocol import keys
 from ..protocol.jsonpatch import Op
 from ..protocol.objects import Event, Object
+from ..protocol.views import SNAPSHOT, Change, ListState, ObjectState
 
-REPLAY_MAX = 50_000
-"""Most history events one resume replays (synchronously, on the loop: ~1 µs each); further back
-a snapshot is cheaper for everyone."""
+log = logging.getLogger("ooo_storage.server")
+
+REPLAY_MAX = 100_000
+"""Most history events one resume reads; further back a snapshot is cheaper for everyone."""
+STEP = 512
+"""History events read between two turns of the event loop while a resume reads ahead."""
 
 Touched = dict[str, int | None]
 """Each key changed since the version -> its ``created`` stamp then (None: it did not exist)."""
 
 
-def history_events(store: Layered, since: int) -> Iterable[Event] | None:
-    """The kept events after revision ``since`` up to now; None when the store keeps no history,
-    the history no longer reaches back to ``since``, or ``since`` is not a revision of the past."""
-    if store.history_options is None or since > store.revision:
-        return None
-    try:
-        return store._replay(since, store.revision)  # synchronous: nothing commits meanwhile
-    except StorageError:  # HistoryTrimmed, or the store closed
-        return None
+class Replay:
+    """What the event history says about one key or glob since a version, read in two parts:
+    :meth:`ahead` up to the revision of its start, in steps that let the loop serve others, and
+    :meth:`finish` the few events since, synchronously, in the same step as the pool's state is
+    taken (so the two describe one moment)."""
 
+    __slots__ = ("key", "upto", "changed", "known", "seen", "_depth")
 
-def touched(pattern: str, events: Iterable[Event]) -> Touched | None:
-    """The keys matching the glob ``pattern`` that ``events`` changed, each with its ``created``
-    stamp before the first of them; None when that cannot be known (a glob delete that may reach
-    the pattern's keys, or more than :data:`REPLAY_MAX` events)."""
-    found: Touched = {}
-    depth = pattern.count("/")
-    for seen, event in enumerate(events):
-        if seen >= REPLAY_MAX:
+    def __init__(self, key: str, since: int) -> None:
+        self.key = key
+        self.upto = since  # the events up to this revision are read
+        self.changed: Touched = {}
+        self.known = True  # False once the history cannot say
+        self.seen = 0
+        self._depth = key.count("/")
+
+    async def ahead(self, store: Layered, pause: Callable[[], Awaitable[None]]) -> None:
+        """Read the events up to the store's revision now, pausing every :data:`STEP` events."""
+        target = store.revision
+        events = self._events(store, target)
+        if events is None:
+            return
+        try:
+            for event in events:
+                if not self._take(event):
+                    return
+                if self.seen % STEP == 0:
+                    await pause()
+        except Exception as exc:  # the journal under it was evicted, damaged, closed
+            log.debug("resume of %s: history unreadable: %s", self.key, exc)
+            self.known = False
+            return
+        self.upto = target
+
+    def finish(self, store: Layered) -> bool:
+        """Read the events since :meth:`ahead` (no await: nothing commits meanwhile); whether the
+        changes up to the store's revision are known."""
+        events = self._events(store, store.revision)
+        if events is None:
+            return False
+        try:
+            for event in events:
+                if not self._take(event):
+                    break
+        except (StorageError, OSError) as exc:
+            log.debug("resume of %s: history unreadable: %s", self.key, exc)
+            self.known = False
+        self.upto = store.revision
+        return self.known
+
+    def _events(self, store: Layered, upto: int) -> Iterator[Event] | None:
+        """The kept events after :attr:`upto` up to ``upto``; None (and not known) when the store
+        keeps no history, it no longer reaches back, or the version is not one of the past."""
+        if not self.known or store.history_options is None or self.upto > upto:
+            self.known = False
             return None
-        key = event.key
-        if "*" in key:  # a glob delete: which items it took is not in the history
-            if key.count("/") == depth:
-                return None
-            continue
-        if key in found or not keys.match(pattern, key):
-            continue
-        obj = event.object
-        if obj is None:  # not written by the store (a glob delete has a glob key)
+        try:
+            return store._replay(self.upto, upto)  # Layered has no public replay (yet)
+        except StorageError:  # HistoryTrimmed, or the store closed
+            self.known = False
             return None
-        if event.operation == "del" or obj.updated != 0:
-            found[key] = obj.created
-        else:
-            found[key] = None
-    return found
 
-
-def key_changed(key: str, events: Iterable[Event]) -> bool | None:
-    """Whether ``events`` changed the single key ``key`` (a glob delete matching it included);
-    None over :data:`REPLAY_MAX` events."""
-    for seen, event in enumerate(events):
-        if seen >= REPLAY_MAX:
-            return None
-        if event.key == key or ("*" in event.key and keys.match(event.key, key)):
+    def _take(self, event: Event) -> bool:
+        """Note what ``event`` changed; False once nothing more needs reading."""
+        self.seen += 1
+        if self.seen > REPLAY_MAX:
+            self.known = False
+            return False
+        key, pattern = event.key, self.key
+        if "*" not in pattern:  # a single key: whether it changed at all
+            if key == pattern or ("*" in key and keys.match(key, pattern)):
+                self.changed[pattern] = None
+                return False  # its document is the change: nothing more to learn
             return True
-    return False
+        if "*" in key:  # a glob delete: which items it took is not in the history
+            if key.count("/") == self._depth:
+                self.known = False
+                return False
+            return True
+        if key in self.changed or not keys.match(pattern, key):
+            return True
+        obj = event.object
+        if obj is None:
+            self.known = False
+            return False
+        if event.operation == "del" or obj.updated != 0:
+            self.changed[key] = obj.created
+        else:
+            self.changed[key] = None
+        return True
+
+    def change(self, state: ObjectState | ListState) -> Change:
+        """What changed in ``state`` (exact as of the revision read up to): the ops ([] for
+        nothing), SNAPSHOT when a single key changed (its document is the change), None when
+        the history cannot tell (also through read filters: what they showed then is unknown)."""
+        if not self.known:
+            return None
+        if isinstance(state, ObjectState):
+            return SNAPSHOT if self.changed else []
+        view = state.view
+        if not view.plain or view.limit is not None:
+            return None
+        return list_patch(state.objects(), self.changed)
 
 
 def list_patch(current: list[Object], changed: Touched) -> list[Op]:

@@ -16,7 +16,7 @@ import pytest
 from server_live import Follower, Live, no_frame
 
 from ooo_storage import HistoryOptions, Layered, LevelDBLayer, MemoryLayer
-from ooo_storage.server import Server, ServerRunner
+from ooo_storage.server import Server, ServerRunner, resume
 
 KEYS = [f"r/{i:02}" for i in range(0, 100, 10)]
 
@@ -287,3 +287,50 @@ async def test_resume_across_a_serve_restart(tmp_path: Path) -> None:
                 assert again.state == orjson.loads(await resp.read())
     finally:
         await _stop(proc)
+
+
+async def test_a_long_history_is_read_in_steps_while_writes_go_on(
+    hist: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The history is read ahead in steps of resume.STEP events with the loop free in between
+    (writes go on meanwhile, and the patch still leads to GET); past REPLAY_MAX: a snapshot."""
+    monkeypatch.setattr(resume, "STEP", 16)
+    store = hist.store
+    await store.set("r/00", 0)
+    f = await _follow(hist, "r/*")
+    await _left(hist, f, "r/*")
+    for n in range(3000):
+        await store.set(f"z/{n % 50}", n)  # elsewhere: read and skipped
+    await store.set("r/00", 1)
+    steps = 0
+    real_turn = hist.server.pools._turn
+    writes = 0
+
+    def counted() -> asyncio.Future[None]:
+        nonlocal steps
+        steps += 1
+        return real_turn()
+
+    async def writer() -> None:
+        nonlocal writes
+        while True:  # during the read-ahead: new keys, overwrites, deletes
+            await store.set(f"r/w{writes % 7}", writes)
+            if writes % 5 == 4:
+                await store.delete(f"r/w{writes % 7}")
+            writes += 1
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(hist.server.pools, "_turn", counted)
+    task = asyncio.ensure_future(writer())
+    try:
+        resumed, frame = await _resume(hist, "r/*", f)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert frame["snapshot"] is False
+    assert steps >= 3001 // 16 and writes > 10
+    await resumed.until(await hist.get("r/*"))
+
+    monkeypatch.setattr(resume, "REPLAY_MAX", 1000)
+    _, frame = await _resume(hist, "r/*", f)
+    assert frame["snapshot"] is True
