@@ -3,7 +3,8 @@ copied into a fresh LevelDB at ``DIR`` on the server's filesystem, while the ser
 
 The copy holds every write acknowledged before the request and none after it
 (:meth:`~ooo_storage.layers.LevelDBLayer.backup`); ``ooo-storage serve --data DIR`` serves it as it
-is (docs/operations.md, Backups). Refusals, each with its reason: 401/403 without ``admin``, 400 for a
+is (docs/operations.md, Backups). Refusals, each with its reason: 401/403 without ``admin`` (403
+for a client on another machine when the server has no policy), 400 for a
 missing or relative target or one inside the data directory, 409 when the target exists and is not
 empty, 501 when the store has no LevelDB layer (memory only, SOS, erasure-coded: their files are
 copied another way), 503 while the store is not open.
@@ -12,6 +13,7 @@ copied another way), 503 while the store is not open.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import time
@@ -29,10 +31,24 @@ log = logging.getLogger("ooo_storage.server")
 
 
 def _authorize(ctx: Context, request: web.Request) -> None:
-    """``admin``, as every ``?api=`` needs (the guard decides GETs of ``/`` only)."""
+    """``admin``, as every ``?api=`` needs (the guard decides GETs of ``/`` only). Without a policy
+    only a client on this machine may: a backup writes to the server's disk, which a server exposed
+    with ``--insecure-no-auth`` must not let anyone fill."""
     policy, principal = ctx.guard.policy, principal_of(request)
     if policy is not None and principal is not None:
         decide(policy, principal, "admin", "")
+    elif policy is None and not _local(request.remote):
+        raise HTTPFailure(403, "ooo: backup: without --auth only a client on the server's own machine may "
+                               "take a backup: give the server an access policy with an admin token")
+
+
+def _local(remote: str | None) -> bool:
+    if not remote:
+        return True  # a unix socket: on this machine
+    try:
+        return ipaddress.ip_address(remote.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _layer(ctx: Context) -> LevelDBLayer:

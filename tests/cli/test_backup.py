@@ -295,3 +295,11 @@ def test_layer_backup_excludes_writes_after_the_call(tmp_path: Path) -> None:
     assert asyncio.run(run()) == (1, ["one"])
 
 
+
+
+@pytest.mark.parametrize(("remote", "local"), [("127.0.0.1", True), ("::1", True), (None, True),
+                                               ("10.1.2.3", False), ("fe80::1%eth0", False), ("odd", False)])
+def test_without_a_policy_only_a_local_client_may_back_up(remote: str | None, local: bool) -> None:
+    from ooo_storage.server.backup import _local
+
+    assert _local(remote) is local
