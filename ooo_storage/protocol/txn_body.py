@@ -14,7 +14,8 @@ body is refused with its reason before any filter, hook or lock sees it. Every r
 :class:`~ooo_storage.errors.InvalidTransaction` (400) naming the op (``ops[i]``) and what to change.
 
 JSON ``null`` is a value here: ``"data": null`` sets null (as ``POST`` of ``null`` does), while a
-missing ``"data"`` is refused.
+missing ``"data"`` is refused. The store reads a ``str`` as JSON text and ``None`` as no data, so
+those two values reach it as their JSON text (``"a"`` stays the string ``"a"``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ _BODY = '{"ops": [{"op": "set", "key": "...", "data": ...}, ...], "expect": {"<k
 _MEMBERS = frozenset({"ops", "expect"})
 _OP_MEMBERS = frozenset({"op", "key", "data"})
 _KINDS = ("set", "patch", "del")
-_NULL = b"null"
 
 
 def _invalid(why: str) -> InvalidTransaction:
@@ -100,7 +100,7 @@ def _op(i: int, item: Any) -> TxnOp:
     if "data" not in item:
         raise _invalid(f'{where}: {kind} of {_shown(key)} needs "data" (any JSON value, null included)')
     data = item["data"]
-    return TxnOp(kind, key, _NULL if data is None else data)
+    return TxnOp(kind, key, jsontext.dumps(data) if data is None or isinstance(data, str) else data)
 
 
 def _expect(expect: dict[str, Any]) -> dict[str, int | None]:

@@ -123,5 +123,5 @@ async def _merged(ctx: Context, op: TxnOp) -> tuple[Any, int]:
 
 
 def _value(data: Any) -> Any:
-    """The decoded value of an op's data (``txn_body`` turns ``null`` into JSON text)."""
+    """The decoded value of an op's data (``txn_body`` gives ``null`` and strings as JSON text)."""
     return jsontext.loads(data) if isinstance(data, bytes) else data

@@ -86,6 +86,20 @@ async def test_expect_holds_then_conflicts_with_the_keys_and_applies_nothing(liv
     assert await contents(live) == {"acc/a": {"balance": 90}, "acc/b": {"balance": 10}, "acc/c": 1}
 
 
+async def test_strings_and_null_are_values_not_json_text(live: Live) -> None:
+    """The store reads a str as JSON text: a string in the body must still be stored as a string."""
+    await live.store.set("p", {"a": 1})
+    seen: list[Any] = []
+    live.server.write_filter("f/*", lambda key, data: seen.append(data) or {"v": data})
+    body = {"ops": [{"op": "set", "key": "s", "data": "text"}, {"op": "set", "key": "j", "data": '{"x":1}'},
+                    {"op": "set", "key": "n", "data": None}, {"op": "set", "key": "f/1", "data": "via filter"},
+                    {"op": "patch", "key": "p", "data": "not an object: no effect"}]}
+    status, _, raw = await txn(live, body)
+    assert status == 200, raw
+    assert seen == ["via filter"]
+    assert await contents(live) == {"f/1": {"v": "via filter"}, "j": '{"x":1}', "n": None, "p": {"a": 1}, "s": "text"}
+
+
 def _op(i: int) -> dict[str, Any]:
     return {"op": "set", "key": f"k/{i}", "data": i}
 
