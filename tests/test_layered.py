@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from conftest import BACKENDS, MIRRORED, PERSISTENT
-from redis_server import REDIS_BACKENDS, redis_factory, redis_server  # noqa: F401 (a fixture)
+from redis_server import REDIS_BACKENDS, redis_factory, redis_server, root_conftest  # noqa: F401 (a fixture)
+
+BACKENDS, PERSISTENT, MIRRORED = (getattr(root_conftest(), n) for n in ("BACKENDS", "PERSISTENT", "MIRRORED"))
 
 
 # The suite runs on every backend of conftest and on RedisLayer (with and without a mirror).
