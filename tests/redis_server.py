@@ -3,16 +3,19 @@ stopped by its PID. A test that needs Redis and cannot start it FAILS saying how
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -101,12 +104,10 @@ def redis_server() -> Iterator[RedisServer]:
         shutil.rmtree(server.directory, ignore_errors=True)
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of the test's own (to stop, kill or restart)."""
-    directory = tmp_path / "redis"
+def serve_redis(directory: Path, fsync: str = "always") -> Iterator[RedisServer]:
+    """For a fixture of a test's own Redis (to stop, kill or restart): ``yield from`` it."""
     directory.mkdir()
-    server = start_redis(directory)
+    server = start_redis(directory, fsync)
     try:
         yield server
     finally:
@@ -118,12 +119,27 @@ REDIS_BACKENDS: dict[str, bool] = {"redis": False, "memory+redis": True}
 """Backend name -> has a memory mirror, for tests/test_layered.py's parametrisation."""
 
 
+def root_conftest() -> ModuleType:
+    """tests/conftest.py as a module (``import conftest`` gives whichever conftest pytest loaded
+    last, tests/server's one when that directory was collected first)."""
+    path = str(Path(__file__).with_name("conftest.py"))
+    for module in list(sys.modules.values()):
+        if getattr(module, "__file__", None) == path:
+            return module
+    spec = importlib.util.spec_from_file_location("tests_root_conftest", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def redis_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     """A ``conftest.StoreFactory`` for ``request.param``: a RedisLayer (in a namespace of the test's
     own, so that a restart test reopens the same data) for the Redis backends, else as conftest."""
-    from conftest import StoreFactory
-
     from ooo_storage.layers import RedisLayer
+
+    StoreFactory = root_conftest().StoreFactory  # noqa: N806 (a class)
 
     if request.param not in REDIS_BACKENDS:
         return StoreFactory(request.param, tmp_path)
