@@ -56,14 +56,22 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS"})
 """Methods named in the labels; any other counts as ``other`` (the client chooses it)."""
 
 
-class Latency:
-    """One histogram: a count per bucket of :data:`BOUNDS` (the last one: above them all), the sum."""
+class Series:
+    """The requests of one route and method: a count per status, and their latency histogram (a
+    count per bucket of :data:`BOUNDS`, the last one above them all, and the sum)."""
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("statuses", "counts", "total")
 
     def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
         self.counts = [0] * (len(BOUNDS) + 1)
         self.total = 0.0
+
+    def observe(self, status: int, seconds: float) -> None:
+        statuses = self.statuses
+        statuses[status] = statuses.get(status, 0) + 1
+        self.counts[bisect_left(BOUNDS, seconds)] += 1
+        self.total += seconds
 
     def cumulative(self) -> list[tuple[str, float]]:
         """``(le, count of requests <= le)`` pairs, ``+Inf`` last, as Prometheus wants them."""
@@ -75,26 +83,21 @@ class Latency:
 
 
 class Requests:
-    """The requests answered: counts by (route, method, status), latencies by (route, method).
-    Plain ints and dicts (no lock, no label objects): one event loop updates them, a scrape reads
-    them. The routes are a fixed set (:func:`route_of`) and the methods too, so the number of
-    series stays bounded whatever clients send."""
+    """The requests answered, one :class:`Series` per (route, method). Plain ints and dicts (no
+    lock, no label objects): one event loop updates them, a scrape reads them. The routes are a
+    fixed set (:func:`route_of`) and the methods too, so the number of series stays bounded
+    whatever clients send."""
 
-    __slots__ = ("counts", "latency")
+    __slots__ = ("series",)
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, str, int], int] = {}
-        self.latency: dict[tuple[str, str], Latency] = {}
+        self.series: dict[tuple[str, str], Series] = {}
 
     def record(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
-        counts = self.counts
-        counts[key] = counts.get(key, 0) + 1
-        hist = self.latency.get((route, method))
-        if hist is None:
-            hist = self.latency[(route, method)] = Latency()
-        hist.counts[bisect_left(BOUNDS, seconds)] += 1
-        hist.total += seconds
+        series = self.series.get((route, method))
+        if series is None:
+            series = self.series[(route, method)] = Series()
+        series.observe(status, seconds)
 
 
 def route_of(method: str, key: str | None, websocket: bool, endpoints: frozenset[str]) -> str:
@@ -210,18 +213,18 @@ class _Collector:
         yield from self._usage()
 
     def _requests(self) -> Iterator[Metric]:
-        requests = self.metrics.requests
+        every = sorted(self.metrics.requests.series.items())
         counts = CounterMetricFamily(
             "ooo_http_requests", "HTTP requests answered, by route, method and status "
             "(websocket upgrades: 101 once the stream ended)", labels=["route", "method", "status"])
-        for (route, method, status), count in sorted(requests.counts.items()):
-            counts.add_metric([route, method, str(status)], count)
-        yield counts
         latency = HistogramMetricFamily(
             "ooo_http_request_duration_seconds", "Time from a request's head to its answer (a "
             "websocket: its whole life), by route and method", labels=["route", "method"])
-        for (route, method), hist in sorted(requests.latency.items()):
-            latency.add_metric([route, method], hist.cumulative(), hist.total)
+        for (route, method), series in every:
+            for status, count in sorted(series.statuses.items()):
+                counts.add_metric([route, method, str(status)], count)
+            latency.add_metric([route, method], series.cumulative(), series.total)
+        yield counts
         yield latency
 
     def _store(self) -> Iterator[Metric]:

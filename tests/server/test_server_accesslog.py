@@ -5,6 +5,7 @@ logged without a traceback."""
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import re
 import signal
@@ -15,6 +16,8 @@ import aiohttp
 import orjson
 import pytest
 from server_live import LiveFactory, next_frame
+
+from ooo_storage.server.accesslog import AccessLog, BatchedHandler, TextFormatter
 
 BOTH = pytest.mark.parametrize("engine", ["lean", "aiohttp"], indirect=True)
 ENGINES = pytest.mark.parametrize("http_engine", ["lean", "aiohttp"])
@@ -139,3 +142,44 @@ async def test_text_lines_and_streams(make_live: LiveFactory) -> None:
     for pattern in patterns:
         assert sum(re.fullmatch(pattern, line) is not None for line in lines) == 1, (pattern, lines)
     assert all(r.exc_info is None for r in handler.lines)
+
+
+class _Writes(io.StringIO):
+    """A stream that remembers each write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+async def test_lines_of_one_loop_iteration_go_out_in_one_write() -> None:
+    stream = _Writes()
+    handler = BatchedHandler(stream)
+    handler.setFormatter(TextFormatter())
+    logger = logging.getLogger("test.batched")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        for n in range(3):
+            AccessLog(logger).line("GET", f"/k/{n}", 200, 2, 0.000_041, "127.0.0.1")
+        assert stream.writes == []  # not yet: at the end of this iteration
+        turn = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(turn.set_result, None)  # runs after the handler's flush
+        await turn
+        assert len(stream.writes) == 1
+        lines = stream.writes[0].splitlines()
+        assert [line.split(": ", 1)[1] for line in lines] == [
+            f"GET /k/{n} 200 2 41us 127.0.0.1" for n in range(3)]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO test\.batched", lines[0].split(": ")[0])
+
+        AccessLog(logger).line("GET", "/k/3", 200, 2, 0.0, "127.0.0.1")
+        logger.warning("a warning goes out at once, after what waits")
+        assert stream.writes[1].splitlines()[0].endswith("GET /k/3 200 2 0us 127.0.0.1")
+        assert stream.writes[-1].rstrip().endswith("a warning goes out at once, after what waits")
+    finally:
+        logger.removeHandler(handler)
