@@ -133,6 +133,8 @@ class SharedLog:
         self._owner_fd: int | None = None
         self._readers: dict[str, tuple[Journal, int]] = {}  # name -> (journal, start index)
         self._tails: dict[str, asyncio.Task[None]] = {}
+        self._read_to: dict[str, int] = {}  # name -> the next index its tail reads
+        self._done: set[str] = set()  # journals of dead processes, read to their end
         self._deliver: Deliver | None = None
         self._indexer: Indexer | None = None
         self._swept = 0.0
@@ -214,7 +216,8 @@ class SharedLog:
 
     def _discover(self, at_end: bool) -> None:
         names = {name for name in _listdir(self.directory) if not name.startswith(".")}
-        for name in names - self._readers.keys() - {self.name}:
+        self._done &= names
+        for name in names - self._readers.keys() - self._done - {self.name}:
             path = os.path.join(self.directory, name)
             if not os.path.exists(os.path.join(path, _OWNER)):
                 continue  # being created, or being removed
@@ -232,13 +235,21 @@ class SharedLog:
 
     def _forget(self, name: str) -> None:
         journal, _ = self._readers.pop(name)
+        self._read_to.pop(name, None)
         task = self._tails.pop(name, None)
         if task is not None:
             task.cancel()
         asyncio.get_running_loop().create_task(journal.close())
 
     def _sweep(self) -> None:
-        """Remove the journals of dead processes that stayed silent for ``dead_after`` seconds."""
+        """Stop tailing the journals of dead processes once read to their end, and remove those
+        that stayed silent for ``dead_after`` seconds."""
+        for name, (journal, _) in list(self._readers.items()):
+            path = os.path.join(self.directory, name)
+            journal.log.refresh()
+            if self._read_to.get(name, -1) >= journal.next_index and _owner_gone(path):
+                self._forget(name)  # nothing more can come: no poller for it any longer
+                self._done.add(name)
         for name in _listdir(self.directory):  # ".<name>": one that died while being made
             if name in (self.name, f".{self.name}"):
                 continue
@@ -269,7 +280,7 @@ class SharedLog:
                 return  # closed
             if chunk.items:
                 await deliver(name, [_decoded(name, item) for _, item in chunk])
-            index = chunk.next
+            index = self._read_to[name] = chunk.next
             if index >= journal.next_index:
                 try:
                     await journal.wait(index)
