@@ -20,6 +20,12 @@ from .. import __version__
 
 _SEGMENT = r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"
 _ANY: dict[str, Any] = {}
+_PART = r"[A-Za-z0-9*]([A-Za-z0-9*._-]*[A-Za-z0-9*])?"
+_KEY = {
+    "type": "string",
+    "pattern": f"^{_PART}(/{_PART})*$",
+    "description": "A key (docs/protocol.md §1: no `**`; `*` only in a glob `del`)",
+}
 _TEXT = {"text/plain": {"schema": {"type": "string"}}}
 _REASONS = {
     400: "Bad request: an invalid key, body, parameter or a filter's refusal (reason in the body)",
@@ -30,6 +36,7 @@ _REASONS = {
     409: "Conflict",
     413: "Body, or merged document, over --max-body-bytes",
     415: "Unsupported Content-Encoding",
+    501: "Not supported by the persistent layer (SOS and erasure-coded layers refuse transactions)",
     503: "The storage failed or is not open, or the server is busy (Retry-After)",
 }
 _COMMON = (400, 403, 404, 503)  # 404: a path with a character no key can have
@@ -189,9 +196,9 @@ def _root_item(auth: bool) -> dict[str, Any]:
             "requestBody": {"required": True, "content": _json(_ref("Transaction"))},
             "responses": {
                 "200": {"description": "Committed", "content": _json(_ref("Committed"))},
-                "409": {"description": "A key expected changed: nothing applied",
-                        "content": {**_json({"type": "object"}), **_TEXT}},
-                **_errors(auth, 404, 405, 413, 415),
+                "409": {"description": "A key of expect changed, or its keys stayed locked: nothing applied",
+                        "content": _json(_ref("Conflict"))},
+                **_errors(auth, 404, 405, 413, 415, 501),
             },
         },
     }
@@ -229,17 +236,25 @@ def _schemas() -> dict[str, Any]:
         "Document": {"type": "object", "required": ["openapi", "paths"]},
         "Transaction": {
             "type": "object",
+            "description": "docs/protocol.md §4.7",
             "required": ["ops"],
+            "additionalProperties": False,
             "properties": {
-                "expect": {"type": "object", "description": "key: its `updated` (or `created`) ns, or null "
-                           "for must not exist", "additionalProperties": {"type": ["integer", "null"]}},
-                "ops": {"type": "array", "items": {
+                "expect": {
                     "type": "object",
-                    "required": ["op", "key"],
-                    "properties": {"op": {"enum": ["set", "patch", "del"]}, "key": string, "data": _ANY},
-                }},
+                    "description": "key: its `updated` (or `created`) ns, or null for must not exist",
+                    "additionalProperties": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]},
+                },
+                "ops": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"oneOf": [
+                    {"type": "object", "required": ["op", "key", "data"], "additionalProperties": False,
+                     "properties": {"op": {"enum": ["set", "patch"]}, "key": _KEY, "data": _ANY}},
+                    {"type": "object", "required": ["op", "key"], "additionalProperties": False,
+                     "properties": {"op": {"const": "del"}, "key": _KEY}},
+                ]}},
             },
         },
+        "Conflict": {"type": "object", "required": ["error", "keys"],
+                     "properties": {"error": string, "keys": {"type": "array", "items": string}}},
         "Committed": {"type": "object", "required": ["revision", "indexes"],
                       "properties": {"revision": string, "indexes": {"type": "array", "items": string}}},
     }

@@ -101,7 +101,7 @@ async def test_the_page_loads_clean_and_follows_writes_live(browser: Browser, ma
     await live.request("POST", "users/2", {"name": "bob"})
     await expect(entry(page, "users/2")).to_be_visible(timeout=LIVE)
     await expect(page.locator("#state")).to_contain_text("revision")
-    await expect(page.locator("#metrics table")).to_contain_text("ooo_")  # GET /metrics, parsed
+    await expect(page.locator("#metrics table")).to_contain_text("store_writes_total")  # GET /metrics, parsed
     await page.screenshot(path=shots / "live.png")
     assert (shots / "live.png").stat().st_size > 0
     assert watched.errors == []
