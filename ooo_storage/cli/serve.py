@@ -14,7 +14,9 @@
                       [--auth FILE | --insecure-no-auth] [--tls-cert FILE --tls-key FILE]
 
 Every option is checked while parsing: a bad value (``--port 99999``, a zero timeout, a malformed
-origin) is an argparse error (exit 2) that says what is expected.
+origin) is an argparse error (exit 2) that says what is expected. Every option can also come from an
+``OOO_*`` environment variable or a ``--config`` TOML file (``cli/config.py``, derived from this
+parser: a flag added here needs nothing more); ``ooo-storage config show`` prints the result.
 
 Access control (``--auth FILE``, a policy of ``protocol/access.py``) is loaded and validated before
 anything starts: a file that cannot be used is one line on stderr and exit status 1, never a server
