@@ -141,6 +141,8 @@ def _open_layer(path: str, create: bool) -> Any:
 
     if not create and not os.path.isdir(path):
         raise _Failed(f"{path}: no such database directory")
+    if os.path.isdir(path) and os.listdir(path) and not os.path.isfile(os.path.join(path, "CURRENT")):
+        raise _Failed(f"{path}: not a LevelDB directory (no CURRENT file): give the --data of a store")
     layer = LevelDBLayer(path)
     try:
         layer.start()

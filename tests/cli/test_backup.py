@@ -303,3 +303,13 @@ def test_without_a_policy_only_a_local_client_may_back_up(remote: str | None, lo
     from ooo_storage.server.backup import _local
 
     assert _local(remote) is local
+
+
+def test_a_directory_that_is_not_a_database_is_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    for argv in (("export", "--data", str(tmp_path)), ("import", "--data", str(tmp_path), "-")):
+        done = cli(*argv, stdin=b"")
+        assert done.returncode == 1
+        assert done.stderr.decode().endswith(
+            f"{tmp_path}: not a LevelDB directory (no CURRENT file): give the --data of a store\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
