@@ -371,7 +371,9 @@ class SegmentLog:
                 seg.index_bytes() != seg.count * ENTRY_SIZE or os.fstat(seg.dat_fd).st_size != seg.data_end
             ):
                 self._cut(seg)  # left by a writer that died: nobody else writes while we hold the lock
-            if seg.index_bytes() != seg.count * ENTRY_SIZE or not seg.count or not self._open_next(seg.stop):
+            if seg.index_bytes() != seg.count * ENTRY_SIZE or not seg.count:
+                return added
+            if not (self._open_next(seg.stop) or self._open_after_eviction(seg)):
                 return added
 
     def _open_next(self, first: int) -> bool:
@@ -381,6 +383,22 @@ class SegmentLog:
             return False
         self.segments.append(seg)
         return True
+
+    def _open_after_eviction(self, seg: Segment) -> bool:
+        """When ``seg``, our newest segment, was removed by a writer that evicted it (and maybe the
+        ones after it) while we lagged, open the oldest segment still on disk after it: what lay in
+        between is lost (reads from there raise HistoryTrimmed), the rest is followed again."""
+        if seg.idx_path.exists():
+            return False
+        later = sorted(
+            first for m in map(self._pattern.fullmatch, os.listdir(self.directory))
+            if m and (first := int(m.group(1))) >= seg.stop
+        )  # fmt: skip
+        for first in later:
+            if self._open_next(first):
+                self._lost_below = max(self._lost_below, first)
+                return True
+        return False
 
     def _forget_vanished(self) -> None:
         while len(self.segments) > 1 and not self.segments[0].idx_path.exists():

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 
 from ooo_storage import Layered, MemoryLayer
+from ooo_storage.errors import HistoryTrimmed
+from ooo_storage.journal import SegmentLog
 from ooo_storage.layers.erasure import ErasureLayer
 from ooo_storage.layers.shared import Change, SharedOptions
 from ooo_storage.layers.sos import SOSLayer
@@ -75,7 +77,8 @@ async def main():
                 objs = [await store.get(key) for key in await store.keys()]
             else:
                 objs = await store.get_list(pattern)
-            say(state={o.path: o.data.decode() for o in objs}, keys=await store.embedded.keys())
+            say(state={o.path: o.data.decode() for o in objs}, keys=await store.embedded.keys(),
+                reloads=store.embedded.reloads)
         elif op == "wait":  # until an event of this key with this data (None: a delete) arrived
             want = [cmd["key"], cmd["data"]]
             while not any([e[0], e[2] if e[1] == "set" else None] == want for e in events):
@@ -309,27 +312,32 @@ async def test_a_dead_process_journal_is_removed(tmp_path: Path, children: Any) 
     assert (journals / a.name).is_dir()  # a live process's journal stays
 
 
-async def test_journal_is_bounded_and_a_reader_left_behind_reloads(tmp_path: Path) -> None:
+async def test_journal_is_bounded_and_a_reader_left_behind_reloads(tmp_path: Path, children: Any) -> None:
+    root = tmp_path / "sos"
+    reader = await children(sos_spec(root))
     options = SharedOptions(indexer_rate=0.05, max_bytes=64 * 1024)
-    writer = SOSLayer(tmp_path / "sos", shared=options, durability="none")
-    reader = SOSLayer(tmp_path / "sos", shared=options, durability="none")
-    async with Layered(memory=MemoryLayer(), embedded=writer) as w, Layered(
-        memory=MemoryLayer(), embedded=reader
-    ) as r:
-        assert writer.shared is not None and reader.shared is not None
-        payload = "x" * 2000
-        for i in range(100):  # ~200 KB of journal: three times its bound
-            await w.set(f"big/{i % 7}", {"i": i, "p": payload})
-        own = tmp_path / "sos" / ".shared" / writer.shared.name
-        assert sum(f.stat().st_size for f in own.iterdir()) <= 64 * 1024 + 4096
-        await w.set("barrier", 1)
-        for _ in range(400):
-            if r.peek("barrier") is not None:
-                break
-            await asyncio.sleep(0.025)
-        assert {o.path: o.value for o in await r.get_list("big/*")} == {
-            o.path: o.value for o in await w.get_list("big/*")
-        }
+    writer = SOSLayer(root, shared=options, durability="none")
+    async with Layered(memory=MemoryLayer(), embedded=writer) as w:
+        assert writer.shared is not None
+        await w.set("big/0", {"i": -1})
+        await reader.wait_for("big/0", '{"i":-1}')
+        reader.proc.send_signal(signal.SIGSTOP)  # a reader that falls behind
+        try:
+            payload = "x" * 2000
+            for i in range(100):  # ~200 KB of journal: three times its bound
+                await w.set(f"big/{i % 7}", {"i": i, "p": payload})
+            await w.delete("big/6")
+            await w.set("barrier", 1)
+            own = root / ".shared" / writer.shared.name
+            assert sum(f.stat().st_size for f in own.iterdir()) <= 64 * 1024
+        finally:
+            reader.proc.send_signal(signal.SIGCONT)
+        await reader.wait_for("barrier", "1")
+        dumped = await reader.dump()
+        assert dumped["reloads"] >= 1  # its place in the journal was evicted: it reloaded
+        assert dumped["state"] == {o.path: o.data.decode() for o in [*await w.get_list("big/*"),
+                                                                     await w.get("barrier")]}
+        assert "big/6" not in dumped["keys"]
 
 
 def test_change_encoding_round_trips() -> None:
@@ -368,3 +376,29 @@ async def test_an_older_stamped_write_stored_last_wins_everywhere(tmp_path: Path
         await settled(b, lambda: (b.peek("hot") or Object.empty()).value == {"a": 1})
         assert (await a.get("hot")).value == {"a": 1}
 
+
+
+def test_a_journal_reader_left_behind_by_eviction_follows_again(tmp_path: Path) -> None:
+    """The journal fix this needs: a reader whose segments were all evicted by the writer used to
+    stay stuck on them forever (it looked for the segment right after its own only)."""
+    options = SharedOptions(max_bytes=64 * 1024).journal()
+    writer = SegmentLog(tmp_path, options)
+    reader = SegmentLog(tmp_path, options)
+    try:
+        writer.append(b"first")
+        reader.refresh()
+        assert reader.next_index == 1
+        for i in range(200):  # 200 KB through a 64 KB journal: the reader's segment is long gone
+            writer.append(b"%d:" % i + b"x" * 1000)
+        reader.refresh()
+        assert reader.next_index == writer.next_index
+        with pytest.raises(HistoryTrimmed):
+            reader.chunk(1)
+        items = [item for _, item in reader.scan(writer.first_index)]
+        assert items[-1].startswith(b"199:")
+        writer.append(b"later")
+        reader.refresh()
+        assert [item for _, item in reader.chunk(writer.next_index - 1)] == [b"later"]
+    finally:
+        writer.close()
+        reader.close()
