@@ -53,7 +53,8 @@ class ErasureStore:
     kept up to date by this process's writes.
 
     Known limits: keys written by other processes after :meth:`start` are readable with
-    :meth:`get` but missing from ``keys()`` until a restart; :meth:`mdelete` (a glob delete of
+    :meth:`get` but missing from ``keys()`` until a restart (unless an ``ErasureLayer(shared=True)``
+    tells it through :meth:`note`); :meth:`mdelete` (a glob delete of
     the Layer) is key by key, not atomic; a drive swapped with another one *while running* is only
     noticed at the next start (writes check a drive's ``.tmp``, not its marker); :func:`tune_malloc`
     changes glibc's thresholds for the whole process; a delete writes a tombstone on every drive,

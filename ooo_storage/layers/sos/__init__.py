@@ -25,12 +25,11 @@ Known limits:
 * ``rename``/``clone`` rewrite the record under the new key (the key is inside the record): a crash
   between publishing the new key and removing the old one leaves both;
 * ``get_and_delete`` is a destructive read: a caller killed after claiming the object loses it;
-* :class:`SOSLayer` watch events (through ``Layered``) cover only this process's writes; inotify could
-  add local-filesystem notifications, never NFS. Its key index (``layers.blob``) is built once
-  (cold start or first use) and then updated by this process's writes only: keys written or
-  deleted by other processes appear in it after a restart (``get`` sees them at once), while
-  :meth:`SimpleObjectStore.keys` / :meth:`SimpleObjectStore.list` walk the tree and see every
-  process;
+* :class:`SOSLayer` watch events (through ``Layered``) and its key index cover only this process's
+  writes unless it is built with ``shared=True`` (:mod:`ooo_storage.layers.shared`: per-process
+  journals under ``root/.shared``); otherwise keys written or deleted by other processes appear
+  in it after a restart (``get`` sees them at once), while :meth:`SimpleObjectStore.keys` /
+  :meth:`SimpleObjectStore.list` walk the tree and see every process;
 * walking the tree is O(number of objects) (one header read per object); listing checks each
   header and slot, values are verified by ``get``/``check``/``scrub``;
 * ``get_into`` verifies the whole value before writing it, so it holds one value in memory
