@@ -9,12 +9,15 @@ own here): when it is missing the tests fail and say so. Screenshots go to a tem
 
 from __future__ import annotations
 
+import copy
 import os
+import random
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import orjson
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, Request, Route, async_playwright, expect
@@ -22,6 +25,7 @@ from server_live import Live, LiveFactory
 
 from ooo_storage.errors import NotFound
 from ooo_storage.protocol.access import Policy, token_digest
+from ooo_storage.protocol.jsonpatch import diff
 
 CHROMIUM = os.environ.get("OOO_CHROMIUM", "/usr/bin/chromium")
 LIVE = 1000  # ms: how soon a write made elsewhere must show in the page
@@ -233,3 +237,54 @@ async def test_under_a_policy_the_page_asks_for_a_token_and_uses_it(browser: Bro
     await expect(page.locator("#value")).to_contain_text('"v": 2', timeout=LIVE)
     await page.screenshot(path=shots / "token.png")
     assert live.server.pools.state()["totalConnections"] == 2  # tree and value streams admitted
+
+
+def _documents(rng: random.Random, depth: int = 0) -> Any:
+    """A random JSON document: nested objects and arrays, keys with ``/`` and ``~`` (pointer escapes)."""
+    kind = rng.randrange(6 if depth < 3 else 3)
+    if kind == 0:
+        return rng.choice([None, True, False, 0, -1.5, 2**40])
+    if kind == 1:
+        return rng.choice(["", "a", "x/y", "t~1", "ü"])
+    if kind == 2:
+        return rng.randrange(100)
+    if kind in (3, 4):
+        return {rng.choice(["a", "b", "c/d", "e~f", ""]): _documents(rng, depth + 1) for _ in range(rng.randrange(4))}
+    return [_documents(rng, depth + 1) for _ in range(rng.randrange(5))]
+
+
+async def test_the_page_applies_json_patches_as_the_server_and_rfc_6902_mean_them(browser: Browser,
+                                                                                 make_live: LiveFactory) -> None:
+    """The page's own patch code (no library) against the server's diffs and ``jsonpatch``'s (which
+    also makes ``move`` and ``copy``): 400 random pairs, each patch applied in the page gives the new
+    document; a patch that does not apply raises (the stream then drops its state for a snapshot)."""
+    live = await make_live()
+    watched = await open_page(browser, live)
+    await watched.page.goto(live.base + "/")
+    rng = random.Random(13)
+    cases = []
+    for i in range(400):
+        old, new = _documents(rng), _documents(rng)
+        ops = diff(old, new) if i % 2 else jsonpatch.make_patch(old, new).patch
+        cases.append({"old": old, "ops": ops, "new": new})
+    start = {"a": {"b": 1, "x/y": [1, 2]}, "c": [1, 2], "t~": None}
+    for ops in (  # move and copy, which diffs of random pairs rarely make; the reference is jsonpatch's
+        [{"op": "move", "from": "/a/b", "path": "/c/0"}, {"op": "copy", "from": "/c", "path": "/d"}],
+        [{"op": "move", "from": "/a/x~1y", "path": "/t~0"}, {"op": "copy", "from": "/a", "path": "/c/-"}],
+        [{"op": "test", "path": "/c", "value": [1, 2]}, {"op": "move", "from": "/c/1", "path": "/c/0"}],
+        [{"op": "replace", "path": "", "value": [3]}, {"op": "add", "path": "/-", "value": {}}],
+    ):
+        cases.append({"old": copy.deepcopy(start), "ops": ops, "new": jsonpatch.apply_patch(start, ops)})
+    results = await watched.page.evaluate(
+        "cases => cases.map(c => { try { return {ok: applyPatch(c.old, c.ops)}; } catch (e) { return {error: String(e)}; } })",
+        cases,
+    )
+    wrong = [(c, r) for c, r in zip(cases, results, strict=True) if r != {"ok": c["new"]}]
+    assert wrong == []
+    refused = await watched.page.evaluate(
+        "() => [[{op: 'remove', path: '/x'}], [{op: 'replace', path: '/a/5', value: 1}],"
+        " [{op: 'add', path: '/a/01', value: 1}], [{op: 'test', path: '/a/0', value: 2}]]"
+        ".map(p => { try { applyPatch({a: [1]}, p); return 'applied'; } catch (e) { return 'refused'; } })"
+    )
+    assert refused == ["refused"] * 4
+    assert watched.errors == []
