@@ -12,9 +12,8 @@ dump in memory. A progress line goes to stderr only when stderr is a terminal.
 
 ``export --data`` reads a LevelDB directory that no server has open (LevelDB allows one process),
 byte for byte; ``export --url`` reads a running server page by page over HTTP (a key written
-meanwhile may or may not be in it; ``POST /?api=backup`` takes a consistent snapshot instead; and
-integers beyond 64 bits come back as floats through the client's JSON decoder). ``import`` writes
-into a LevelDB directory no server has open, and refuses one that already holds keys unless
+meanwhile may or may not be in it; ``POST /?api=backup`` takes a consistent snapshot instead).
+``import`` writes into a LevelDB directory no server has open, and refuses one that already holds keys unless
 ``--merge`` (then a key in the dump replaces the stored one). Exit status: 0 done, 1 a source or
 target that cannot be used or a bad line (named by its number; the lines before it are imported),
 2 a bad argument.
@@ -28,12 +27,13 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import IO, Any
-
-import orjson
+from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import StorageError
 from ..protocol import jsontext, keys
+
+if TYPE_CHECKING:
+    from ..client import Client
 
 __all__ = ["add_parsers", "Progress"]
 
@@ -182,6 +182,8 @@ def _parents(all_keys: list[str]) -> Iterator[str]:
 
 
 async def _export_url(url: str, token: str | None, pattern: str | None, progress: Progress) -> None:
+    import aiohttp
+
     from ..client import Client, ClientError
     from .client import TOKEN_ENV
 
@@ -191,17 +193,33 @@ async def _export_url(url: str, token: str | None, pattern: str | None, progress
             globs = [pattern] if pattern is not None else list(_parents(await client.keys()))
             for glob in globs:
                 async for entry in _pages(client, glob):
-                    _write(orjson.dumps(entry))
+                    _write(jsontext.dumps(entry))
                     progress.step()
     except ClientError as exc:
         raise _Failed(f"export: {exc}") from None
+    except aiohttp.ClientError as exc:
+        raise _Failed(f"export: {url}: {type(exc).__name__}: {exc}") from None
 
 
-async def _pages(client: Any, glob: str) -> AsyncIterator[Any]:
+async def _pages(client: Client, glob: str) -> AsyncIterator[Any]:
+    """The items of ``glob``, page by page, read with :mod:`~ooo_storage.protocol.jsontext` so that
+    every number stays exact (``Client.get_page`` decodes with orjson: an integer beyond 64 bits
+    would come back as a float)."""
+    from yarl import URL
+
+    from ..client import ClientError
+
+    url = client.base_url.join(URL(glob))
+    headers = {"Authorization": f"Bearer {client.token}"} if client.token else {}
     cursor: str | None = None
     while True:
-        page, cursor = await client.get_page(glob, cursor=cursor)
-        for entry in page:
+        query = {} if cursor is None else {"cursor": cursor}
+        async with client.session().get(url, params=query, headers=headers) as reply:
+            body = await reply.read()
+            if reply.status != 200:
+                raise ClientError(reply.status, body.decode(errors="replace"))
+            cursor = reply.headers.get("X-Next-Cursor")
+        for entry in jsontext.loads(body):
             yield entry
         if cursor is None:
             return

@@ -163,10 +163,10 @@ def test_progress_is_drawn_on_a_terminal_only() -> None:
 
 
 def test_export_over_http_then_import_keeps_the_objects(tmp_path: Path) -> None:
-    server = Background()
+    server = Background(list_limit=7)  # the 30 items of a/b/* come in 5 pages
     try:
         url = server.start()
-        server.call(server.store.set_with_meta("users/1", b'{"name":"ana"}', 7, 8))
+        server.call(server.store.set_with_meta("users/1", b'{"name":"ana","big":%d}' % BIG, 7, 8))
         server.call(server.store.set("top", [1, 2]))
         for i in range(30):
             server.call(server.store.set(f"a/b/{i}", i))
@@ -182,6 +182,13 @@ def test_export_over_http_then_import_keeps_the_objects(tmp_path: Path) -> None:
     copied = {k.decode(): v for k, v in raw(tmp_path / "db").items()}
     assert copied == {key: obj.to_json() for key, obj in objects.items()}
     assert orjson.loads(copied["users/1"])["created"] == 7
+    assert b'"big":%d}' % BIG in copied["users/1"]  # exact: not a float through orjson
+
+
+def test_export_over_http_says_why_it_cannot(tmp_path: Path) -> None:
+    done = cli("export", "--url", "http://127.0.0.1:9")
+    assert done.returncode == 1 and done.stderr.decode().startswith("ooo-storage: export: ")
+    assert done.stdout == b""
 
 
 # -- POST /?api=backup -----------------------------------------------------------------------------
