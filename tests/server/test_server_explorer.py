@@ -210,9 +210,12 @@ async def test_search_and_paging_over_10000_keys(browser: Browser, make_live: Li
 
 async def test_under_a_policy_the_page_asks_for_a_token_and_uses_it(browser: Browser, make_live: LiveFactory,
                                                                    shots: Path) -> None:
-    token = "explorer-token-" + "x" * 30
+    token, reader = "explorer-token-" + "x" * 30, "reader-token-" + "y" * 30
     rules = [{"paths": ["*", "*/*"], "rights": ["read", "write", "delete", "admin"]}]
-    policy = Policy.from_dict({"tokens": [{"name": "ops", "sha256": token_digest(token), "rules": rules}]})
+    policy = Policy.from_dict({"tokens": [
+        {"name": "ops", "sha256": token_digest(token), "rules": rules},
+        {"name": "reader", "sha256": token_digest(reader), "rules": [{"paths": ["*", "*/*"], "rights": ["read"]}]},
+    ]})
     live = await make_live(auth=policy)
     await live.store.set("secret", {"v": 1})
     watched = await open_page(browser, live)
@@ -237,6 +240,18 @@ async def test_under_a_policy_the_page_asks_for_a_token_and_uses_it(browser: Bro
     await expect(page.locator("#value")).to_contain_text('"v": 2', timeout=LIVE)
     await page.screenshot(path=shots / "token.png")
     assert live.server.pools.state()["totalConnections"] == 2  # tree and value streams admitted
+    await expect(page.locator("#metrics table")).to_contain_text("store_writes_total")
+
+    await page.click("#token-button")  # a reader: keys and values, no admin panels, writes refused
+    await page.fill("#auth-token", reader)
+    await page.click("#auth-form button[type=submit]")
+    await expect(page.locator("#state")).to_contain_text("ooo: forbidden: reader may not admin /")
+    await expect(entry(page, "secret")).to_be_visible()  # the glob page, without ?api=keys folders
+    await expect(page.locator("#value")).to_contain_text('"v": 2')
+    await page.click("#delete")
+    await page.click("#delete")
+    await expect(page.locator("#status")).to_have_text("DELETE secret: ooo: forbidden: reader may not delete secret")
+    assert (await live.store.get("secret")).value == {"v": 2}
 
 
 def _documents(rng: random.Random, depth: int = 0) -> Any:
