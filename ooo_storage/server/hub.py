@@ -56,6 +56,7 @@ log = logging.getLogger("ooo_storage.server")
 
 _LOAD_ATTEMPTS = 5
 _REMEMBERED = 4096  # pruned pools whose version can be taken back
+_RESUMES_KEPT = 16  # resume frames kept per pool until its next change
 _PATCH_CHECK = 4096
 """A patch frame larger than this is compared with the snapshot, and the smaller one is sent (a
 248 KB array emptied made a 1.36 MB patch of 37 000 operations)."""
@@ -94,6 +95,7 @@ class Pool:
         "conflations",
         "held",
         "_snapshot",
+        "_resumes",
     )
 
     def __init__(self, key: str, state: ObjectState | ListState, no_patch: bool) -> None:
@@ -109,6 +111,7 @@ class Pool:
         self.conflations = 0  # members whose queued frames were dropped for one snapshot
         self.held: Change = None  # the changes of a transaction being told, sent at its end
         self._snapshot: bytes | None = None
+        self._resumes: tuple[int, dict[int, bytes]] = (0, {})  # (at version, {from version: frame})
 
     @property
     def is_list(self) -> bool:
@@ -131,6 +134,21 @@ class Pool:
         if self._snapshot is None:
             self._snapshot = snapshot_frame(self.version, self.state.data())
         return self._snapshot
+
+    def resume_frame(self, version: int) -> bytes | None:
+        """The frame a client at ``version`` was given to reach the current version (b"": a
+        snapshot), if one was computed since the last change: the subscribers of a pool all
+        reconnect with the same version after a restart, and the history is read once for all."""
+        at, frames = self._resumes
+        return frames.get(version) if at == self.version else None
+
+    def keep_resume(self, version: int, frame: bytes) -> None:
+        at, frames = self._resumes
+        if at != self.version:
+            frames = {}
+            self._resumes = (self.version, frames)
+        if len(frames) < _RESUMES_KEPT:
+            frames[version] = frame
 
     def feed(self, event: Event) -> bool:
         """Apply ``event`` and send its frame; an event of a transaction (``event.txn``) is held
@@ -223,12 +241,12 @@ class Pools:
         """Add ``conn`` to the pool of ``key`` and queue its snapshot (none if ``version`` is the
         pool's current one; a patch from ``version`` when the event history covers it).
         Everything from reading the pool's state to membership is synchronous."""
-        if not self.store.active:
-            raise NotActive()
         replay = None
         if version is not None and self._behind(key, version):
             replay = Replay(key, version)
             await replay.ahead(self.store, self._turn)
+        if not self.store.active:
+            raise NotActive()
         pool = self.pools.get(key)
         if pool is None:
             pool = self._create(key)
@@ -244,16 +262,22 @@ class Pools:
         self._member_of[conn] = pool
         conn.conflater = self
         if version != pool.version:
-            resumed = None if replay is None else self._resumed(pool, replay)
-            conn.send(pool.snapshot_frame() if resumed is None else resumed)
+            frame = None if version is None else pool.resume_frame(version)
+            if frame is None and replay is not None and version is not None:
+                frame = self._resumed(pool, replay) or b""
+                pool.keep_resume(version, frame)
+            conn.send(frame or pool.snapshot_frame())
         return pool
 
     def _behind(self, key: str, version: int) -> bool:
-        """Whether a client at ``version`` may be resumed from the history (not already current)."""
+        """Whether a client at ``version`` must be resumed from the history: not current, and
+        no frame computed for that version since the pool's last change."""
         if self.store.history_options is None:
             return False
         pool = self.pools.get(key)
-        return pool is None or pool.loading is not None or pool.version != version
+        if pool is None or pool.loading is not None:
+            return True
+        return pool.version != version and pool.resume_frame(version) is None
 
     def _resumed(self, pool: Pool, replay: Replay) -> bytes | None:
         """The patch frame from the client's state (``replay``'s version) to the pool's current

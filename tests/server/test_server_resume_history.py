@@ -334,3 +334,34 @@ async def test_a_long_history_is_read_in_steps_while_writes_go_on(
     monkeypatch.setattr(resume, "REPLAY_MAX", 1000)
     _, frame = await _resume(hist, "r/*", f)
     assert frame["snapshot"] is True
+
+
+async def test_clients_resuming_from_one_version_share_one_reading(
+    hist: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a restart every subscriber of a pool comes back with the same version: the history is
+    read once, the others get the same frame bytes, until the pool changes."""
+    for n in range(20):
+        await hist.store.set(f"r/{n:02}", n)
+    f = await _follow(hist, "r/*")
+    await _left(hist, f, "r/*")
+    for n in range(100):
+        await hist.store.set(f"r/{n % 5:02}", -n)
+    readings = 0
+    real_ahead = resume.Replay.ahead
+
+    async def counted(self: resume.Replay, *args: Any) -> None:
+        nonlocal readings
+        readings += 1
+        await real_ahead(self, *args)
+
+    monkeypatch.setattr(resume.Replay, "ahead", counted)
+    first, _ = await _resume(hist, "r/*", f)
+    others = [await _resume(hist, "r/*", f) for _ in range(5)]
+    assert readings == 1
+    assert all(o.raw == first.raw for o, _ in others) and first.frames[0]["snapshot"] is False
+    await hist.store.set("r/00", {"changed": True})
+    for o, _ in others:
+        await o.step()
+    late, _ = await _resume(hist, "r/*", f)  # a new version of the pool: read again
+    assert readings == 2 and late.state == await hist.get("r/*")
