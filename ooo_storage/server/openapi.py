@@ -189,15 +189,24 @@ def _root_item(auth: bool) -> dict[str, Any]:
             },
         },
         "post": {
-            "operationId": "txn",
-            "summary": "A transaction: all or nothing, with compare-and-set (issue 12)",
-            "parameters": [{"name": "api", "in": "query", "required": True,
-                            "schema": {"type": "string", "enum": ["txn"]}}],
-            "requestBody": {"required": True, "content": _json(_ref("Transaction"))},
+            "operationId": "post_api",
+            "summary": "?api=txn: a transaction, all or nothing, with compare-and-set (protocol.md §4.7); "
+            "?api=backup&target=DIR: an online LevelDB snapshot copied into DIR on the server (admin; "
+            "operations.md, Backups)",
+            "parameters": [
+                {"name": "api", "in": "query", "required": True,
+                 "schema": {"type": "string", "enum": ["txn", "backup"]}},
+                {"name": "target", "in": "query", "description": "?api=backup: a new or empty absolute "
+                 "directory outside the data directory", "schema": {"type": "string"}},
+            ],
+            "requestBody": {"description": "?api=txn: the transaction",
+                            "content": _json(_ref("Transaction"))},
             "responses": {
-                "200": {"description": "Committed", "content": _json(_ref("Committed"))},
-                "409": {"description": "A key of expect changed, or its keys stayed locked: nothing applied",
-                        "content": _json(_ref("Conflict"))},
+                "200": {"description": "Committed, or backed up",
+                        "content": _json({"anyOf": [_ref("Committed"), _ref("Backup")]})},
+                "409": {"description": "txn: a key of expect changed, or its keys stayed locked: nothing "
+                        "applied (JSON); backup: the target is not empty (text)",
+                        "content": {**_json(_ref("Conflict")), **_TEXT}},
                 **_errors(auth, 404, 405, 413, 415, 501),
             },
         },
@@ -255,6 +264,8 @@ def _schemas() -> dict[str, Any]:
         },
         "Conflict": {"type": "object", "required": ["error", "keys"],
                      "properties": {"error": string, "keys": {"type": "array", "items": string}}},
+        "Backup": {"type": "object", "required": ["target", "keys", "revision"],
+                   "properties": {"target": string, "keys": integer, "revision": string}},
         "Committed": {"type": "object", "required": ["revision", "indexes"],
                       "properties": {"revision": string, "indexes": {"type": "array", "items": string}}},
     }

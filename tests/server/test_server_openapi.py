@@ -14,7 +14,6 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_headers_conformance,
@@ -25,9 +24,8 @@ from server_live import Live, LiveFactory
 
 from ooo_storage.protocol.access import Policy, token_digest
 
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
+CHECKS = [  # and no 5xx but the documented 501 (the test reads the statuses: schemathesis' own check
+    status_code_conformance,  # would call that one a server error)
     content_type_conformance,
     response_schema_conformance,
     response_headers_conformance,
@@ -44,7 +42,7 @@ async def test_openapi_document_describes_the_routes(live: Live) -> None:
     assert doc["openapi"] == "3.1.0"
     assert set(doc["paths"]) == {"/", "/*", "/{key}", "/{prefix}/*", "/{prefix}/{key}"}
     assert set(doc["paths"]["/{key}"]) >= {"get", "head", "post", "patch", "delete"}
-    assert set(doc["paths"]["/"]) == {"get", "post"}  # GET / and ?api=..., POST /?api=txn
+    assert set(doc["paths"]["/"]) == {"get", "post"}  # GET / and ?api=..., POST /?api=txn and backup
     listing = doc["paths"]["/{prefix}/*"]["get"]
     assert {p["name"] for p in listing["parameters"]} == {"limit", "cursor"}
     assert set(listing["responses"]["200"]["headers"]) == {"X-List-Truncated", "X-Next-Cursor", "Link"}
@@ -113,6 +111,7 @@ def _cases(
 
 @pytest.mark.parametrize("engine", ["lean", "aiohttp"], indirect=True)
 async def test_schemathesis_finds_no_5xx_and_no_undocumented_answer(make_live: LiveFactory, engine: str) -> None:
+    # memory only: ?api=backup answers 501 (on LevelDB a fuzzed target would be written to disk)
     live = await make_live("memory", list_limit=5)  # small pages: cursors and Link headers show up
     for i in range(12):
         await live.store.set(f"0/{i}", {"n": i})  # keys hypothesis tends to try first
@@ -122,6 +121,7 @@ async def test_schemathesis_finds_no_5xx_and_no_undocumented_answer(make_live: L
     doc = orjson.loads((await live.request("GET", "?api=openapi"))[1])
     statuses, failures = await asyncio.to_thread(_fuzz, live.base, doc, EXAMPLES[engine])
     assert not failures, "\n\n".join(failures[:5])
-    assert not [s for s in statuses if s.endswith((" 500", " 502", " 503"))]
+    server_errors = [s for s in statuses if s.rpartition(" ")[2][0] == "5" and not s.endswith(" 501")]
+    assert server_errors == [], statuses
     seen = {s.rpartition(" ")[2] for s in statuses}
     assert {"200", "204", "400", "404"} <= seen, statuses  # the fuzz reached successes and refusals
