@@ -90,7 +90,7 @@ async def root(ctx: Context, request: web.Request) -> web.StreamResponse:
     if api == "stats":
         return json_response(orjson.dumps(await ctx.guard.stats()))
     if api == "openapi":
-        return json_response(openapi.document(ctx.guard.policy is not None))
+        return json_response(openapi.document(ctx.guard.policy is not None, frozenset(ctx.guard.endpoints)))
     if api is not None:
         raise HTTPFailure(400, f"ooo: unknown api {api!r}")
     if "application/json" not in request.headers.get("Accept", ""):

@@ -271,9 +271,26 @@ def _schemas() -> dict[str, Any]:
     }
 
 
-@functools.lru_cache(maxsize=8)
-def document(auth: bool) -> bytes:
-    """The OpenAPI document as JSON bytes; ``auth``: the server has an access policy."""
+_ENDPOINTS = {
+    "healthz": ("live: 200 `ok` while the process answers", ()),
+    "readyz": ("ready: 200 `ready` when the store is open and takes writes, else 503 and why", (503,)),
+    "metrics": ("Prometheus text format (operations.md, Metrics)", ()),
+}
+
+
+def _endpoint(name: str) -> dict[str, Any]:
+    """A plain GET of one of the server's own paths (health.py); other methods on it are the key
+    routes (these names are keys too)."""
+    summary, codes = _ENDPOINTS[name]
+    answers = {str(code): {"description": _REASONS[code], "content": _TEXT} for code in codes}
+    return {"get": {"operationId": name, "summary": summary,
+                    "responses": {"200": {"description": "OK", "content": _TEXT}, **answers}}}
+
+
+@functools.lru_cache(maxsize=16)
+def document(auth: bool, endpoints: frozenset[str] = frozenset()) -> bytes:
+    """The OpenAPI document as JSON bytes; ``auth``: the server has an access policy; ``endpoints``:
+    the server's own paths it serves (``healthz``, ``readyz``, ``metrics``)."""
     one = [_key_param("key", "A key without `/` (deeper keys: more segments, same routes)")]
     two = [_key_param("prefix", "The first segment"), _key_param("key", "The second segment")]
     doc: dict[str, Any] = {
@@ -290,6 +307,7 @@ def document(auth: bool) -> bytes:
             "/{key}": _key_item(auth, one),
             "/{prefix}/*": _glob_item(auth, two[:1]),
             "/{prefix}/{key}": _key_item(auth, two),
+            **{f"/{name}": _endpoint(name) for name in sorted(endpoints) if name in _ENDPOINTS},
         },
         "components": {"schemas": _schemas()},
     }

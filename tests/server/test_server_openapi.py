@@ -40,7 +40,7 @@ async def test_openapi_document_describes_the_routes(live: Live) -> None:
     assert status == 200
     doc = orjson.loads(body)
     assert doc["openapi"] == "3.1.0"
-    assert set(doc["paths"]) == {"/", "/*", "/{key}", "/{prefix}/*", "/{prefix}/{key}"}
+    assert set(doc["paths"]) == {"/", "/*", "/{key}", "/{prefix}/*", "/{prefix}/{key}", "/healthz", "/readyz", "/metrics"}
     assert set(doc["paths"]["/{key}"]) >= {"get", "head", "post", "patch", "delete"}
     assert set(doc["paths"]["/"]) == {"get", "post"}  # GET / and ?api=..., POST /?api=txn and backup
     listing = doc["paths"]["/{prefix}/*"]["get"]
@@ -64,6 +64,13 @@ async def test_openapi_declares_the_bearer_scheme_under_a_policy(make_live: Live
     assert doc["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"}}
     assert doc["security"] == [{"bearer": []}, {}]
     assert "401" in doc["paths"]["/{key}"]["post"]["responses"]
+
+
+
+async def test_openapi_lists_only_the_own_endpoints_the_server_serves(make_live: LiveFactory) -> None:
+    live = await make_live(metrics=False, health=False)  # then /metrics, /healthz are plain keys
+    doc = orjson.loads((await live.request("GET", "?api=openapi"))[1])
+    assert not {"/healthz", "/readyz", "/metrics"} & set(doc["paths"])
 
 
 def _fuzz(base: str, doc: dict[str, Any], examples: int) -> tuple[collections.Counter[str], list[str]]:
