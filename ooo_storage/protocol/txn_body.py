@@ -31,8 +31,9 @@ from .txn import Plan, TxnOp, plan
 __all__ = ["MAX_OPS", "parse"]
 
 MAX_OPS = 1000
-"""The most ops one request may carry: a transaction locks every key it writes, and holds the
-store's write path while it applies them (no other write lands in between)."""
+"""The most ops one request may carry, and the most keys its ``expect`` may name: a transaction
+locks every key it writes or expects, and holds the store's write path while it applies them (no
+other write lands in between)."""
 
 _BODY = '{"ops": [{"op": "set", "key": "...", "data": ...}, ...], "expect": {"<key>": <version> | null}}'
 _MEMBERS = frozenset({"ops", "expect"})
@@ -65,6 +66,8 @@ def parse(body: bytes, max_ops: int = MAX_OPS) -> Plan:
     expect = doc.get("expect")
     if expect is not None and not isinstance(expect, dict):
         raise _invalid('"expect" must be an object {"<key>": <version> | null}')
+    if expect is not None and len(expect) > max_ops:
+        raise _invalid(f"{len(expect)} keys in expect, over the limit of {max_ops}: split the transaction")
     return plan(ops, _expect(expect or {}))
 
 

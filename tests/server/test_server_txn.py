@@ -131,6 +131,8 @@ MALFORMED: list[tuple[bytes | Any, str]] = [
     ({"ops": [_op(1), {"op": "del", "key": "k/*"}]}, "also matches k/1"),
     ({"ops": [_op(i) for i in range(MAX_OPS + 1)]}, f"{MAX_OPS + 1} ops, over the limit of {MAX_OPS}"),
     ({"ops": [_op(1)], "expect": []}, '"expect" must be an object'),
+    ({"ops": [_op(1)], "expect": {f"e/{i}": None for i in range(MAX_OPS + 1)}},
+     f"{MAX_OPS + 1} keys in expect, over the limit of {MAX_OPS}"),
     ({"ops": [_op(1)], "expect": {"a": "12"}}, 'expect["a"] must be a whole number'),
     ({"ops": [_op(1)], "expect": {"a": 1.5}}, 'expect["a"] must be a whole number'),
     ({"ops": [_op(1)], "expect": {"a": True}}, 'expect["a"] must be a whole number'),
