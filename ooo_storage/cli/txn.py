@@ -39,8 +39,8 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     parser = subparsers.add_parser(
         "txn", help=_SUMMARY, description=f"{_SUMMARY}. FILE holds the body of POST /?api=txn: "
         '{"ops": [{"op": "set"|"patch"|"del", "key": ..., "data": ...}], "expect": {key: version|null}}.',
-        epilog=f"{EPILOG} {CONFLICT} conflict (409: a key of expect changed since it was read; nothing "
-        "was applied: read again and retry).",
+        epilog=f"{EPILOG} Exit status {CONFLICT}: conflict (409: a key of expect changed since it was read; "
+        "nothing was applied: read again and retry).",
     )
     parser.add_argument("url", metavar="URL", help="server base URL, e.g. http://127.0.0.1:8800")
     parser.add_argument("file", metavar="FILE", help="the transaction as JSON, or - to read it from stdin")
