@@ -211,6 +211,7 @@ class Pools:
         self._turner: asyncio.Task[None] | None = None
         self._building: dict[str, int] = {}  # client address -> its joins waiting for a build
         self._holding: list[Pool] = []  # pools holding changes of the transaction being told
+        self._reading: dict[tuple[str, int], tuple[Replay, asyncio.Future[None]]] = {}
 
     # -- routing (the store's watch callback; synchronous) --------------------------------------
     def on_event(self, event: Event) -> None:
@@ -243,8 +244,7 @@ class Pools:
         Everything from reading the pool's state to membership is synchronous."""
         replay = None
         if version is not None and self._behind(key, version):
-            replay = Replay(key, version)
-            await replay.ahead(self.store, self._turn)
+            replay = await self._read_ahead(key, version)
         if not self.store.active:
             raise NotActive()
         pool = self.pools.get(key)
@@ -279,6 +279,19 @@ class Pools:
             return True
         return pool.version != version and pool.resume_frame(version) is None
 
+    async def _read_ahead(self, key: str, version: int) -> Replay:
+        """The history of ``key`` since ``version`` read up to about now; clients asking for the
+        same one meanwhile share the reading (after a restart a pool's subscribers all reconnect
+        at once with the same version: one reading, one chunk of the journal in memory)."""
+        reading = self._reading.get((key, version))
+        if reading is None:
+            replay = Replay(key, version)
+            task = asyncio.ensure_future(replay.ahead(self.store, self._turn))
+            reading = self._reading[(key, version)] = (replay, task)
+            task.add_done_callback(lambda _: self._reading.pop((key, version), None))
+        await asyncio.shield(reading[1])
+        return reading[0]  # finished by each client with the pool's state: it only grows
+
     def _resumed(self, pool: Pool, replay: Replay) -> bytes | None:
         """The patch frame from the client's state (``replay``'s version) to the pool's current
         one; None when a snapshot must be sent instead, or is smaller. Synchronous: the state,
@@ -297,8 +310,7 @@ class Pools:
         """``GET /{key}?since=<version>``: a data frame's payload (docs/protocol.md §4): the patch
         since ``version``, or the single key's document when it changed; 410 when the history
         cannot say (not kept, trimmed, a glob delete, read filters)."""
-        replay = Replay(key, version)
-        await replay.ahead(self.store, self._turn)
+        replay = await self._read_ahead(key, version)
         pool = self.pools.get(key)
         if pool is not None and pool.loading is None:
             state, current = pool.state, pool.version  # what subscribers see, and their version

@@ -356,8 +356,9 @@ async def test_clients_resuming_from_one_version_share_one_reading(
         await real_ahead(self, *args)
 
     monkeypatch.setattr(resume.Replay, "ahead", counted)
+    together = await asyncio.gather(*[_resume(hist, "r/*", f) for _ in range(5)])  # all reading
     first, _ = await _resume(hist, "r/*", f)
-    others = [await _resume(hist, "r/*", f) for _ in range(5)]
+    others = [*together, *[await _resume(hist, "r/*", f) for _ in range(5)]]  # kept frame
     assert readings == 1
     assert all(o.raw == first.raw for o, _ in others) and first.frames[0]["snapshot"] is False
     await hist.store.set("r/00", {"changed": True})
@@ -365,3 +366,8 @@ async def test_clients_resuming_from_one_version_share_one_reading(
         await o.step()
     late, _ = await _resume(hist, "r/*", f)  # a new version of the pool: read again
     assert readings == 2 and late.state == await hist.get("r/*")
+    # Readings under way are shared (one journal chunk in memory, however many clients).
+    monkeypatch.setattr(resume, "STEP", 4)
+    pools = hist.server.pools
+    replays = await asyncio.gather(*[pools._read_ahead("r/*", int(f.version, 16)) for _ in range(3)])
+    assert readings == 3 and replays[0] is replays[1] is replays[2] and replays[0].known
