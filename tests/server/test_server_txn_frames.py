@@ -10,6 +10,7 @@ import aiohttp
 from server_live import Follower, Live, no_frame
 
 from ooo_storage import HistoryOptions, Layered, LevelDBLayer, MemoryLayer
+from ooo_storage.protocol.objects import make_event
 from ooo_storage.protocol.txn import TxnOp
 from ooo_storage.server import Server, ServerRunner
 
@@ -109,3 +110,17 @@ async def test_a_resume_across_a_transaction_patches_it_whole(tmp_path: Path) ->
         await live.http.close()
         await runner.stop()
         await store.close()
+
+
+async def test_held_changes_go_out_if_a_transaction_never_ends(live: Live) -> None:
+    """Should the last event of a transaction never come (``more`` on every one told), what the
+    pools hold goes out before the next event's frame: held, never lost."""
+    store = live.store
+    await store.set("h/1", 1)
+    f = await _follow(live, "h/*")
+    obj = (await store.get("h/1"))._replace(updated=1, data=b"2")
+    live.server.pools.on_event(make_event("h/1", "set", obj, store.revision + 1, 2, True))
+    await no_frame(f.ws, 0.1)
+    await store.set("h/2", 3)
+    held, after = await f.step(), await f.step()
+    assert held["data"][0]["value"]["data"] == 2 and after["data"][0]["op"] == "add"
