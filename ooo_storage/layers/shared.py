@@ -35,9 +35,9 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ..errors import CorruptObject, HistoryTrimmed, JournalError
 from ..journal import Journal, JournalOptions
@@ -135,6 +135,7 @@ class SharedLog:
         self._tails: dict[str, asyncio.Task[None]] = {}
         self._read_to: dict[str, int] = {}  # name -> the next index its tail reads
         self._done: set[str] = set()  # journals of dead processes, read to their end
+        self._tasks: set[asyncio.Task[None]] = set()
         self._deliver: Deliver | None = None
         self._indexer: Indexer | None = None
         self._swept = 0.0
@@ -171,10 +172,11 @@ class SharedLog:
         if self._indexer is not None:
             self._indexer.stop()
             self._indexer = None
+        self._deliver = None  # a journal being closed after it vanished reloads nothing now
         tails = list(self._tails.values())
         for task in tails:
             task.cancel()
-        await asyncio.gather(*tails, return_exceptions=True)
+        await asyncio.gather(*tails, *self._tasks, return_exceptions=True)
         self._tails.clear()
         for journal, _ in self._readers.values():
             await journal.close()
@@ -185,7 +187,6 @@ class SharedLog:
         if self._owner_fd is not None:
             os.close(self._owner_fd)
             self._owner_fd = None
-        self._deliver = None
 
     # -- writing -------------------------------------------------------------------------------
     def record(self, change: Change) -> None:
@@ -234,12 +235,28 @@ class SharedLog:
             self._forget(name)
 
     def _forget(self, name: str) -> None:
-        journal, _ = self._readers.pop(name)
-        self._read_to.pop(name, None)
+        """Stop tailing ``name``; if it vanished before its tail read it all, reload the store."""
+        journal, start = self._readers.pop(name)
+        read_to = self._read_to.pop(name, start)
         task = self._tails.pop(name, None)
         if task is not None:
             task.cancel()
-        asyncio.get_running_loop().create_task(journal.close())
+        with contextlib.suppress(OSError, JournalError):
+            journal.log.refresh()  # its files may be gone: what we hold open still reads
+        unread = read_to < journal.next_index
+        self._spawn(self._closing(name, journal, unread))
+
+    async def _closing(self, name: str, journal: Journal, unread: bool) -> None:
+        await journal.close()
+        deliver = self._deliver
+        if unread and deliver is not None:
+            log.warning("shared: the journal %s vanished before it was read; reloading the store", name)
+            await deliver(name, None)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _sweep(self) -> None:
         """Stop tailing the journals of dead processes once read to their end, and remove those
