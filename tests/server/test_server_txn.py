@@ -154,6 +154,13 @@ async def test_a_malformed_body_is_a_400_with_its_reason_and_applies_nothing(
     assert await contents(live) == {"k/1": {"v": 0}}
 
 
+async def test_the_most_ops_commit_in_one_revision(live: Live) -> None:
+    status, _, raw = await txn(live, {"ops": [_op(i) for i in range(MAX_OPS)]})
+    assert status == 200, raw
+    assert orjson.loads(raw)["revision"] == f"{live.store.revision:x}"
+    assert len(await live.store.keys()) == MAX_OPS
+
+
 async def test_the_body_limit_of_a_post_applies(make_live: LiveFactory) -> None:
     live = await make_live(max_body_bytes=1000)
     status, _, raw = await txn(live, {"ops": [{"op": "set", "key": "a", "data": "x" * 1000}]})
