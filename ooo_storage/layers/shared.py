@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from ..errors import CorruptObject, HistoryTrimmed, JournalError
+from ..errors import CorruptObject, HistoryTrimmed, JournalError, StorageUnavailable
 from ..journal import Journal, JournalOptions
 from ..journal.indexer import Indexer
 from ..protocol.keys import has_glob
@@ -378,8 +378,18 @@ class SharedBlobLayer(BlobLayer[S]):
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         await super().start()
-        if self.shared is not None:
+        if self.shared is None:
+            return
+        try:
             self.shared.open()
+        except BaseException as exc:
+            await self.shared.close()
+            await super().close()
+            if isinstance(exc, OSError | JournalError):
+                raise StorageUnavailable(
+                    f"storage: can't open the shared journals in {self.shared.directory}: {exc}"
+                ) from exc
+            raise
 
     async def close(self) -> None:
         if self.shared is not None:

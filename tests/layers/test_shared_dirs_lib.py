@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from ooo_storage import Layered, MemoryLayer
-from ooo_storage.errors import HistoryTrimmed
+from ooo_storage.errors import HistoryTrimmed, StorageUnavailable
 from ooo_storage.journal import SegmentLog
 from ooo_storage.layers.erasure import ErasureLayer
 from ooo_storage.layers.shared import Change, SharedOptions
@@ -405,3 +405,13 @@ def test_a_journal_reader_left_behind_by_eviction_follows_again(tmp_path: Path) 
     finally:
         writer.close()
         reader.close()
+
+
+async def test_journals_that_cannot_be_made_fail_the_start_with_the_reason(tmp_path: Path) -> None:
+    plain = SOSLayer(tmp_path)
+    await plain.start()  # a valid store...
+    await plain.close()
+    (tmp_path / ".shared").write_text("not a directory")  # ...whose journal directory is taken
+    store = Layered(memory=MemoryLayer(), embedded=SOSLayer(tmp_path, shared=True))
+    with pytest.raises(StorageUnavailable, match="can't open the shared journals in .*/.shared"):
+        await store.start()
