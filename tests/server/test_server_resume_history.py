@@ -371,3 +371,41 @@ async def test_clients_resuming_from_one_version_share_one_reading(
     pools = hist.server.pools
     replays = await asyncio.gather(*[pools._read_ahead("r/*", int(f.version, 16)) for _ in range(3)])
     assert readings == 3 and replays[0] is replays[1] is replays[2] and replays[0].known
+
+
+async def test_the_python_client_resumes_across_a_restart_with_one_patch(tmp_path: Path) -> None:
+    """ooo_storage.Client keeps its state over a reconnect and applies the resume patch: the server
+    restarts on the same port after 200 writes to 5 of 50 keys, the client reconnects with ?v=,
+    gets the patch (no snapshot) and its state equals GET."""
+    from ooo_storage.client import Client, ClientOptions, Connected
+
+    live = await _live(tmp_path)
+    port = live.runner.port
+    for n in range(50):
+        await live.store.set(f"c/{n:02}", {"n": 0})
+    seen: list[Any] = []
+    options = ClientOptions(reconnect_initial=0.05, reconnect_max=0.2)
+    async with Client(live.base, options=options) as client:
+        sub = client.subscribe("c/*", on_status=seen.append)
+        states = sub.__aiter__()
+        first = await states.__anext__()
+        assert len(first) == 50
+        version = sub.version
+        await _close(live)  # the client retries meanwhile
+        store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(str(tmp_path / "db")),
+                        history=HistoryOptions(tmp_path / "history", max_bytes=1 << 20))
+        await store.start()
+        for n in range(200):  # before the server listens: all of them missed
+            await store.set(f"c/{(n % 5) * 10:02}", {"n": n})
+        runner = ServerRunner(store, "127.0.0.1", port, server=Server(store, shutdown_timeout=1.0))
+        await runner.start()
+        live = Live(store, runner.server, runner, aiohttp.ClientSession())
+        try:
+            state = await asyncio.wait_for(states.__anext__(), 10)
+            assert state == await live.get("c/*")
+            assert [s.resumed for s in seen if isinstance(s, Connected)] == [False, True]
+            frame = runner.server.pools.pools["c/*"].resume_frame(int(version, 16))
+            assert frame and orjson.loads(frame[frame.index(b"{"):])["snapshot"] is False
+        finally:
+            await sub.close()
+            await _close(live)
