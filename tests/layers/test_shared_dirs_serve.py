@@ -127,3 +127,37 @@ async def test_writes_both_ways_reach_subscribers_on_both(two_servers: tuple[str
             async with http.get(f"{base}/w/*") as resp:
                 assert await resp.json() == stream.state
             await stream.ws.close()
+
+
+async def test_a_restarted_server_does_not_resurrect_old_values(tmp_path: Path) -> None:
+    root = tmp_path / "sos"
+    a, base_a = await _serve(root, tmp_path)
+    b, base_b = await _serve(root, tmp_path)
+    try:
+        async with aiohttp.ClientSession() as http:
+            stream = Stream(await http.ws_connect(base_b.replace("http", "ws") + "/k"))
+            await stream.step()
+            for base, value in ((base_a, {"v": "old"}), (base_b, {"v": "new"})):
+                async with http.post(f"{base}/k", data=orjson.dumps(value)) as resp:
+                    assert resp.status == 200
+            async with http.post(f"{base_a}/gone", data=b"1") as resp:
+                assert resp.status == 200
+            async with http.delete(f"{base_b}/gone") as resp:  # b deletes what a wrote
+                assert resp.status == 204
+            a.terminate()
+            assert await a.wait() == 0
+            a, base_a = await _serve(root, tmp_path)  # a's old journal still says k=old, gone=1
+            async with http.post(f"{base_a}/k", data=orjson.dumps({"v": "newest"})) as resp:
+                assert resp.status == 200
+            await stream.until(lambda state: _data(state) == {"v": "newest"})
+            assert [_data(state) for state in stream.history[1:]] == [{"v": "old"}, {"v": "new"}, {"v": "newest"}]
+            for base in (base_a, base_b):
+                async with http.get(f"{base}/k") as resp:
+                    assert (await resp.json())["data"] == {"v": "newest"}
+                async with http.get(f"{base}/gone") as resp:
+                    assert resp.status == 404
+            await stream.ws.close()
+    finally:
+        for proc in (a, b):
+            proc.terminate()
+            await proc.wait()
