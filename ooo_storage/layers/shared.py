@@ -551,11 +551,13 @@ class SharedBlobLayer(BlobLayer[S]):
         for key in sorted(known - raws.keys()):
             if key not in changed and not self._busy(key):
                 self._note_remote(key, False)
-                self._call(key, None)
+                if self._mirrored:
+                    self._call(key, None)
         for key, raw in raws.items():
             if key not in changed and not self._busy(key):
                 self._note_remote(key, True)
-                self._call(key, load_object(key, raw))
+                if self._mirrored:  # the mirror tells what changed; without it, reads see the store
+                    self._call(key, load_object(key, raw))
 
     async def _read_store(self, read: Awaitable[T]) -> tuple[T, builtins.set[str]]:
         """``await read``, and the keys whose local writes started meanwhile (what was read of
