@@ -415,3 +415,18 @@ async def test_journals_that_cannot_be_made_fail_the_start_with_the_reason(tmp_p
     store = Layered(memory=MemoryLayer(), embedded=SOSLayer(tmp_path, shared=True))
     with pytest.raises(StorageUnavailable, match="can't open the shared journals in .*/.shared"):
         await store.start()
+
+
+async def test_a_store_without_mirror_gets_the_events_and_the_keys(tmp_path: Path) -> None:
+    options = SharedOptions(indexer_rate=0.05)
+    bare = Layered(embedded=SOSLayer(tmp_path, shared=options))  # reads go to the store
+    other = Layered(memory=MemoryLayer(), embedded=SOSLayer(tmp_path, shared=options))
+    async with bare, other:
+        seen: list[tuple[str, str]] = []
+        bare.on_commit(lambda e: seen.append((e.key, e.operation)))
+        await other.set("m/1", 1)
+        await other.set("m/2", 2)
+        await other.delete("m/1")
+        await settled(bare, lambda: ("m/1", "del") in seen)
+        assert seen == [("m/1", "set"), ("m/2", "set"), ("m/1", "del")]
+        assert [o.path for o in await bare.get_list("m/*")] == ["m/2"]  # the key index knows m/2
