@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -60,9 +61,11 @@ def _store(base: Path, sync: bool = False) -> Layered:
     )
 
 
-def _kill_after(base: Path, acks: int) -> tuple[int, list[tuple[int, int]]]:
-    """Run the committer until it acknowledged ``acks`` transactions (and a few more in flight),
-    kill -9 it; returns the revision it started at and every (writer, seq) it acknowledged."""
+def _kill_after(base: Path, acks: int, delay: float) -> tuple[int, list[tuple[int, int]]]:
+    """Run the committer until it acknowledged ``acks`` transactions, kill -9 it ``delay`` seconds
+    later (a random moment of the commits in flight: right after an acknowledgement the next
+    transactions have barely started); returns the revision it started at and every (writer,
+    seq) it acknowledged."""
     child = subprocess.Popen(
         [sys.executable, "-c", COMMITTER, str(base), str(WRITERS)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -75,6 +78,7 @@ def _kill_after(base: Path, acks: int) -> tuple[int, list[tuple[int, int]]]:
         lines.append(line)
         if len(lines) >= acks:
             break
+    time.sleep(delay)  # not a synchronisation: the moment of the kill, chosen at random
     child.send_signal(signal.SIGKILL)
     rest, _ = child.communicate()
     lines += rest.splitlines(keepends=True)
@@ -119,7 +123,7 @@ async def test_kill_9_never_leaves_half_a_transaction(tmp_path: Path) -> None:
     rng = random.Random(12)
     acked_total = 0
     for _ in range(20):
-        started, acked = _kill_after(tmp_path, rng.randint(1, 25))
+        started, acked = _kill_after(tmp_path, rng.randint(1, 10), rng.uniform(0, 0.02))
         acked_total += len(acked)
         await _check(tmp_path, started, acked)
     assert acked_total >= 20
