@@ -28,14 +28,14 @@ from aiohttp import web
 
 from ..errors import Conflict, HTTPFailure, NotFound, NotSupported
 from ..protocol import jsontext, txn_body
-from ..protocol.access import Right
+from ..protocol.access import Principal, Right
 from ..protocol.merge import merge_json
 from ..protocol.txn import Committed, Plan, TxnOp, version
 from . import rest
 from .auth import decide, principal_of
 from .context import Context
 
-__all__ = ["handle", "conflict_body", "committed_body"]
+__all__ = ["committed_body", "conflict_body", "handle", "run"]
 
 _RIGHTS: dict[str, Right] = {"set": "write", "patch": "write", "del": "delete"}
 
@@ -43,19 +43,28 @@ _RIGHTS: dict[str, Right] = {"set": "write", "patch": "write", "del": "delete"}
 async def handle(ctx: Context, request: web.Request) -> web.Response:
     """Read, check and commit the transaction of ``request``; its answer."""
     body = await rest.read_body(request, ctx.config.max_body_bytes)
+    status, answer = await run(ctx, body, principal_of(request))
+    return rest.json_response(answer, status)
+
+
+async def run(ctx: Context, body: bytes, principal: Principal | None) -> tuple[int, bytes]:
+    """Check and commit the transaction ``body`` (read whole, within the body limit) sent by
+    ``principal`` (None: no access policy); the status (200 or 409) and JSON body of the answer.
+    Any other outcome raises, for ``errors.py`` to answer. Apart from ``handle``, for an HTTP
+    front that reads the request itself."""
     txn = txn_body.parse(body)
-    _authorize(ctx, request, txn)
+    _authorize(ctx, principal, txn)
     ops, expect = await _filtered(ctx, txn)
     try:
         committed = await ctx.store.commit(ops, expect)
     except Conflict as exc:  # TransactionTimeout too: contended keys, retry later
-        return rest.json_response(conflict_body(exc), 409)
+        return 409, conflict_body(exc)
     except NotSupported as exc:
         raise HTTPFailure(501, str(exc)) from None
     for op in ops:
         if op.op != "del":
             await ctx.after_write(op.key)
-    return rest.json_response(committed_body(committed))
+    return 200, committed_body(committed)
 
 
 def committed_body(committed: Committed) -> bytes:
@@ -68,10 +77,10 @@ def conflict_body(exc: Conflict) -> bytes:
     return orjson.dumps({"error": str(exc), "keys": exc.keys})
 
 
-def _authorize(ctx: Context, request: web.Request, txn: Plan) -> None:
+def _authorize(ctx: Context, principal: Principal | None, txn: Plan) -> None:
     """Decide every op and every ``expect`` key as its route would (module doc); count them."""
     guard = ctx.guard
-    policy, principal = guard.policy, principal_of(request)
+    policy = guard.policy
     if policy is None or principal is None:
         return
     for op in txn.ops:
