@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import (
     AllLayersNil,
     CantLockGlob,
+    Conflict,
     CorruptObject,
     GlobNotAllowed,
     GlobRequired,
@@ -25,15 +26,18 @@ from .errors import (
     InvalidPath,
     InvalidPattern,
     InvalidRange,
+    InvalidTransaction,
     JournalError,
     JournalFull,
     LockNotFound,
     NoSpace,
     NotActive,
     NotFound,
+    NotSupported,
     QuorumNotReached,
     StorageError,
     StorageUnavailable,
+    TransactionTimeout,
 )
 
 if TYPE_CHECKING:
@@ -42,6 +46,8 @@ if TYPE_CHECKING:
     from .layers import LevelDBLayer, MemoryLayer
     from .protocol import keys
     from .protocol.objects import Event, Object
+    from .protocol.txn import Committed, TxnOp
+    from .transaction import Transaction
 
 __version__ = "0.1.0"
 
@@ -56,6 +62,9 @@ _LAZY = {
     "JournalQueue": ".journal",
     "Object": ".protocol.objects",
     "Event": ".protocol.objects",
+    "TxnOp": ".protocol.txn",
+    "Committed": ".protocol.txn",
+    "Transaction": ".transaction",
 }
 _MODULES = {"keys": ".protocol.keys"}
 
@@ -86,6 +95,9 @@ __all__ = [
     "JournalQueue",
     "Object",
     "Event",
+    "TxnOp",
+    "Committed",
+    "Transaction",
     "keys",
     "StorageError",
     "NotFound",
@@ -108,4 +120,8 @@ __all__ = [
     "JournalError",
     "JournalFull",
     "HistoryTrimmed",
+    "Conflict",
+    "TransactionTimeout",
+    "InvalidTransaction",
+    "NotSupported",
 ]
