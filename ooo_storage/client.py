@@ -369,6 +369,9 @@ class Client:
         try:
             reply = await self._exchange("POST", "", body=orjson.dumps(body), query={"api": "txn"},
                                          headers={"Content-Type": "application/json"})
+        except RequestUncertain as exc:  # named by its route, not by the empty key of "/"
+            cause = _describe(exc.__cause__) if exc.__cause__ is not None else exc.message
+            raise RequestUncertain("POST", "/?api=txn", cause) from exc.__cause__
         except ClientError as exc:
             if exc.status == 409:
                 raise _conflict(exc) from None

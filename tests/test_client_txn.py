@@ -3,13 +3,14 @@ answer, a 409 as :class:`TxnConflict` with its keys, a 400 with the server's rea
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from ooo_storage import Layered, MemoryLayer
-from ooo_storage.client import Client, ClientError, TxnConflict
+from ooo_storage.client import Client, ClientError, RequestUncertain, TxnConflict
 from ooo_storage.protocol.txn import TxnOp
 from ooo_storage.server import ServerRunner
 
@@ -70,3 +71,24 @@ async def test_a_malformed_transaction_is_a_client_error_with_the_reason(store: 
         400, 'storage: invalid transaction: "ops" must be a non-empty array of ops (the body is '
         '{"ops": [{"op": "set", "key": "...", "data": ...}, ...], "expect": {"<key>": <version> | null}})')
     assert await store.keys() == []
+
+
+async def test_a_transaction_whose_reply_is_lost_is_uncertain_and_sent_once() -> None:
+    """A server that reads the request whole, then hangs up: the transaction may have been applied,
+    so it is not sent again, and the error names the route."""
+    received: list[bytes] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        received.append(head.split(b"\r\n")[0] + b" " + await reader.readexactly(length))
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    async with server, Client(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}") as client:
+        with pytest.raises(RequestUncertain) as caught:
+            await client.txn([("set", "a", 1)])
+    assert received == [b'POST /?api=txn HTTP/1.1 {"ops":[{"op":"set","key":"a","data":1}]}']
+    assert (caught.value.method, caught.value.key) == ("POST", "/?api=txn")
+    assert str(caught.value).startswith("outcome unknown: POST /?api=txn: the connection was lost")
