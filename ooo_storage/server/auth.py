@@ -94,6 +94,17 @@ def _asked(request: web.Request) -> tuple[str, Need | None]:
     return key, method_need(request.method, key, not key and wants_websocket(request))
 
 
+def explorer_page(request: web.Request) -> bool:
+    """Whether a ``GET /`` asks for the explorer page (docs/protocol.md §4.9): no query string, and
+    not ``Accept: application/json`` (the key listing). The page holds no data, so it needs no
+    right; what it then reads (listings, ``?api=``, keys, streams) is checked as usual."""
+    return (
+        request.method in ("GET", "HEAD")
+        and not request.query_string
+        and "application/json" not in request.headers.get("Accept", "")
+    )
+
+
 def decide(policy: Policy, principal: Principal, need: Need | None, key: str) -> None:
     """Raise :class:`Forbidden` (403) unless ``principal`` may do what ``need`` says on ``key``;
     :class:`Unauthorized` (401) instead for an anonymous request, which a token might let in. An
@@ -243,6 +254,8 @@ class Guard:
             if policy is None:
                 return await handler(request)
             key, need = _asked(request)
+            if need == "admin" and explorer_page(request):
+                return await handler(request)  # static, no data: the page asks for a token itself
             if key in self.endpoints and request.method in ("GET", "HEAD") and not wants_websocket(request):
                 need = self.endpoints[key]
                 if need is None:

@@ -106,7 +106,6 @@ ROUTES = {
     "DELETE glob": Route("DELETE", "a/*", "delete", 204, changes=True),
     "websocket key": Route("GET", "a/1", "read", 101, websocket=True),
     "websocket glob": Route("GET", "a/*", "read", 101, websocket=True),
-    "GET / (explorer)": Route("GET", "", "admin", 200),
     "GET / (JSON)": Route("GET", "", "admin", 200, headers={"Accept": "application/json"}),
     **{f"?api={api}": Route("GET", f"?api={api}", "admin", 200) for api in ("keys", "info", "filters", "state", "stats")},
 }
@@ -553,8 +552,21 @@ async def test_an_empty_policy_lets_nobody_in(make_live: LiveFactory) -> None:
     live = await make_live(auth=Policy())
     await live.store.set("a", 1)
     assert (await call(live, "GET", "a"))[0] == 401
-    assert (await call(live, "GET", ""))[0] == 401
+    assert (await call(live, "GET", "", headers={"Accept": "application/json"}))[0] == 401
     assert await ws_status(live, "a") == 401
+
+
+async def test_the_explorer_page_needs_no_right_and_holds_no_data(make_live: LiveFactory) -> None:
+    """A browser must get the page before it can ask for a token; what the page then reads is
+    checked as usual (the key listing, ``?api=``, keys, streams)."""
+    live = await make_live(auth=Policy())
+    await live.store.set("zq-secret/1", {"v": "zq-value-7731"})
+    status, headers, body = await call(live, "GET", "")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b'id="tree"' in body and b"zq-secret" not in body and b"zq-value-7731" not in body
+    assert (await call(live, "GET", "", headers={"Accept": "application/json"}))[0] == 401
+    assert (await call(live, "GET", "?api=keys"))[0] == 401
+    assert (await call(live, "DELETE", ""))[0] in (401, 405)
 
 
 # -- listings show only readable keys ----------------------------------------------------------------
