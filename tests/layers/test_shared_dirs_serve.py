@@ -140,8 +140,12 @@ async def test_a_restarted_server_does_not_resurrect_old_values(tmp_path: Path) 
             for base, value in ((base_a, {"v": "old"}), (base_b, {"v": "new"})):
                 async with http.post(f"{base}/k", data=orjson.dumps(value)) as resp:
                     assert resp.status == 200
+            gone = Stream(await http.ws_connect(base_b.replace("http", "ws") + "/gone"))
+            await gone.step()
             async with http.post(f"{base_a}/gone", data=b"1") as resp:
                 assert resp.status == 200
+            await gone.until(lambda state: _data(state) == 1)  # b knows it now
+            await gone.ws.close()
             async with http.delete(f"{base_b}/gone") as resp:  # b deletes what a wrote
                 assert resp.status == 204
             a.terminate()
