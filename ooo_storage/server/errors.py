@@ -1,9 +1,9 @@
 """The one place where exceptions become HTTP responses (docs/protocol.md §4: 4xx with a plain-text
 message; a 5xx only for a real storage failure, never a traceback).
 
-Logging follows whose fault it is: a refused request (4xx, or a 503 :class:`Busy`) and a client
-that went away are one INFO line, a storage failure (503) one ERROR line, and only a defect of
-ours (500) an ERROR with its traceback. aiohttp refuses
+Logging follows whose fault it is: a refused request (4xx, a 501 for what this store does not do, or
+a 503 :class:`Busy`) and a client that went away are one INFO line, a storage failure (503) one
+ERROR line, and only a defect of ours (500) an ERROR with its traceback. aiohttp refuses
 malformed requests itself, before any handler runs, and logs each as an ERROR with a traceback:
 :class:`BadRequestLogFilter` on its ``aiohttp.server`` logger makes those one INFO line too.
 
@@ -154,6 +154,13 @@ def error_middleware(failures: Notices) -> Middleware:
     return errors
 
 
+def refused(status: int, exc: BaseException) -> bool:
+    """Whether answering ``status`` for ``exc`` refuses a request rather than fails to serve it: a
+    4xx, a 503 :class:`Busy`, or a 501 (this store cannot do that: ``?api=backup`` on a store
+    without LevelDB, a transaction on SOS). Nothing broke, so there is nothing to alert on."""
+    return status < 500 or status == 501 or isinstance(exc, Busy)
+
+
 def log_error(
     failures: Notices, method: str, path: str, remote: str | None, exc: BaseException
 ) -> None:
@@ -162,7 +169,7 @@ def log_error(
     status, message = status_of(exc)
     if isinstance(exc, ClientGone):
         log.info("%s %.200s from %s: %s", method, path, remote, message)
-    elif status < 500 or isinstance(exc, Busy):
+    elif refused(status, exc):
         log.info("%s %.200s refused: %d %.300r", method, path, status, message)
     elif status == 500:
         log.error("%s %s failed: %r", method, path, exc, exc_info=exc)
