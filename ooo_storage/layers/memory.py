@@ -117,6 +117,17 @@ class KeyIndex:
             return [key for key in under if key.find("/", depth) < 0]
         return [key for key in under if match(pattern, key)]
 
+    def prefix_range(self, prefix: str, start: int = 0, stop: int | None = None) -> tuple[list[str], int]:
+        """The keys ``[start:stop]`` of those starting with ``prefix`` (bytewise order), and how many
+        start with it: two bisections and a slice, so a page of a prefix costs its own size, not
+        the store's."""
+        keys = self._merged()
+        lo = keys.bisect_left(prefix) if prefix else 0
+        hi = keys.bisect_left(_successor(prefix)) if prefix else len(keys)
+        first = lo + max(start, 0)
+        last = hi if stop is None else min(hi, lo + max(stop, 0))
+        return (keys[first:last] if first < last else []), hi - lo
+
     def count_prefix(self, prefix: str) -> int:
         """How many keys start with ``prefix`` (two bisections, no scan)."""
         keys = self._merged()
@@ -243,6 +254,11 @@ class MemoryLayer:
 
     def keys(self) -> list[str]:
         return self._index.keys()
+
+    def prefix_range(self, prefix: str, start: int = 0, stop: int | None = None) -> tuple[list[str], int]:
+        """:meth:`KeyIndex.prefix_range`: a page of the keys starting with ``prefix`` and their
+        count, without listing the rest of the store (the explorer's ``?api=keys``)."""
+        return self._index.prefix_range(prefix, start, stop)
 
     def clear(self) -> None:
         self._data.clear()
