@@ -449,6 +449,8 @@ class Layered:
         # turn in that order has come: the write is published with that revision.
         publishes = isinstance(embedded, Follower) and getattr(embedded, "publishes_writes", False)
         self._followed = publishes is True
+        self._deleted: Object | None = None
+        """With such a layer: what the point delete whose turn came last removed from the mirror."""
         # Batching (see the module docstring): the layer that writes batches, the writes queued
         # for the next one, and the task of this iteration's first write (_NOBODY: no write yet;
         # the end of the iteration is marked by ``_tick``, scheduled by that first write).
@@ -1059,7 +1061,9 @@ class Layered:
                 if old is None:
                     raise NotFound()
                 await self._remove(key)
-                waiter = self._publish(key, "del", old, broadcast)
+                if self._followed and self.memory is not None:
+                    old = self._deleted  # at the delete's turn in the shared order (None: gone)
+                waiter = None if old is None else self._publish(key, "del", old, broadcast)
             finally:
                 await self._gate.release_shared()
         if self._history_durable:
@@ -1113,6 +1117,8 @@ class Layered:
                 raise StorageUnavailable(f"storage: delete failed: {exc}") from exc
             if self._followed:
                 self._follow_revision()
+                if self.memory is not None and "*" not in key_or_glob:
+                    self._deleted = self.memory.get(key_or_glob)
         if self.memory is not None:
             removed = self.memory.delete(key_or_glob) or removed
         return removed
