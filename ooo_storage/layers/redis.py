@@ -310,7 +310,10 @@ class RedisLayer:
     async def _run(self) -> None:
         backoff = 0.05
         stream = self._keys[3]
-        while self._apply is not None:
+        task = asyncio.current_task()
+        assert task is not None
+        # redis-py may swallow a cancellation that lands in a blocking read: ``cancelling`` stays.
+        while self._apply is not None and not task.cancelling():
             reader = self._reader
             assert reader is not None
             try:
@@ -320,7 +323,7 @@ class RedisLayer:
                     {stream: f"{self.position}-0"}, count=_BATCH, block=_BLOCK_MS
                 )
             except (RedisError, OSError) as exc:
-                if self._apply is None:  # closing
+                if self._apply is None or task.cancelling():  # closing
                     return
                 if self.connected:
                     log.error("redis: node %s lost redis at %s (%s); retrying", self.node_id, self.url, exc)

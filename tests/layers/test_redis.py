@@ -1,0 +1,213 @@
+"""RedisLayer: several stores (nodes) on one real Redis share one order of writes; gaps reload; Redis
+unreachable is a 503 naming it while reads go on from the mirror."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from redis_server import RedisServer, serve_redis
+
+from ooo_storage import Layered, MemoryLayer, NotFound, StorageUnavailable
+from ooo_storage.layers import RedisLayer
+from ooo_storage.layers.redis import lex_range, lua_pattern
+from ooo_storage.protocol import keys
+from ooo_storage.protocol.objects import Event
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    yield from serve_redis(tmp_path / "redis", fsync="no")
+
+
+class Nodes:
+    """Stores on one Redis namespace, each with its commit observer's events."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.stores: list[Layered] = []
+        self.seen: dict[int, list[tuple[int, str, str, bytes | None]]] = {}
+
+    async def open(self, **options: object) -> Layered:
+        store = Layered(MemoryLayer(), RedisLayer(self.url, "n", **options))  # type: ignore[arg-type]
+        await store.start()
+        events = self.seen[id(store)] = []
+
+        def observe(e: Event) -> None:
+            events.append((e.revision, e.operation, e.key, e.object.data if e.object else None))
+
+        store.on_commit(observe)
+        self.stores.append(store)
+        return store
+
+    def events(self, store: Layered) -> list[tuple[int, str, str, bytes | None]]:
+        return self.seen[id(store)]
+
+    async def close(self) -> None:
+        for store in self.stores:
+            await store.close()
+
+
+@pytest.fixture
+async def nodes(own_redis: RedisServer) -> AsyncIterator[Nodes]:
+    group = Nodes(own_redis.url)
+    yield group
+    await group.close()
+
+
+async def caught_up(store: Layered, revision: int) -> None:
+    """Until ``store`` has applied the shared stream up to ``revision``."""
+    layer = store.embedded
+    assert isinstance(layer, RedisLayer)
+    async with asyncio.timeout(10):
+        while layer.position < revision:
+            await asyncio.sleep(0.005)  # the tail runs in its own task; nothing to await on it
+
+
+def test_glob_translation_matches_the_protocol() -> None:
+    names = ["a", "a.b", "a-b", "ab", "a/b", "a/b/c", "x/a.b", "xa-b", "a/bb", "ab/c"]
+    for pattern in ("*", "a*", "a.*", "a-*", "a/*", "*/b", "a/*/c", "*.b", "a*b", "x/*"):
+        regex = re.compile(lua_pattern(pattern).replace("%", "\\"))
+        for name in names:
+            assert bool(regex.match(name)) == keys.match(pattern, name), (pattern, name)
+        start, end = lex_range(pattern)
+        prefix = keys.glob_prefix(pattern).encode()
+        assert (start, end) == ((b"-", b"+") if not prefix else (b"[" + prefix, b"[" + prefix + b"\xff"))
+
+
+async def test_two_nodes_one_order_under_concurrent_writes(nodes: Nodes) -> None:
+    """Concurrent writes to the same keys through two stores: both mirrors end equal, and both saw
+    the same events with the same revisions in the same order."""
+    a, b = await nodes.open(), await nodes.open()
+
+    async def writer(store: Layered, name: str) -> None:
+        for i in range(30):
+            await store.set(f"k/{i % 5}", {"by": name, "i": i})
+            if i % 7 == 0:
+                await store.push("log/*", [name])
+            if i == 20:
+                with contextlib.suppress(NotFound):
+                    await store.delete("k/3")
+
+    await asyncio.gather(*(writer(s, f"{n}{w}") for n, s in (("a", a), ("b", b)) for w in range(4)))
+    await b.delete("log/*")
+    await caught_up(a, b.revision)
+    await caught_up(b, a.revision)
+    assert nodes.events(a) == nodes.events(b)
+    revisions = [e[0] for e in nodes.events(a)]
+    assert revisions == sorted(set(revisions))
+    assert {k: (await a.get(k)).to_json() for k in await a.keys()} == {
+        k: (await b.get(k)).to_json() for k in await b.keys()
+    }
+    assert a.revision == b.revision
+
+
+async def test_a_write_is_read_back_on_its_node_and_seen_by_the_other(nodes: Nodes) -> None:
+    a, b = await nodes.open(), await nodes.open()
+    await a.set("x", 1)
+    assert (await a.get("x")).value == 1  # read-your-writes on the writing node
+    await caught_up(b, a.revision)
+    assert (await b.get("x")).value == 1
+    await b.delete("x")
+    await caught_up(a, b.revision)
+    with pytest.raises(NotFound):
+        await a.get("x")
+
+
+async def test_a_cancelled_writer_still_reaches_every_mirror_in_order(nodes: Nodes) -> None:
+    a, b = await nodes.open(), await nodes.open()
+    task = asyncio.create_task(a.set("c/1", 1))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await b.set("c/2", 2)
+    await caught_up(a, b.revision)
+    # the write may have been sent before the cancellation, or not: either way, one order
+    assert nodes.events(a) == nodes.events(b)
+    assert sorted(await a.keys()) == sorted(await b.keys())
+
+
+async def test_redis_unreachable_writes_503_reads_from_mirror_then_resumes(own_redis: RedisServer) -> None:
+    group = Nodes(own_redis.url)
+    try:
+        a, b = await group.open(), await group.open()
+        await a.set("k", 1)
+        own_redis.stop()
+        with pytest.raises(StorageUnavailable, match=f"^storage: unavailable: redis at {own_redis.url}: "):
+            await a.set("k", 2)
+        assert (await a.get("k")).value == 1  # the mirror still serves reads
+        own_redis.start()  # same port, same append-only file
+        async with asyncio.timeout(15):
+            while True:  # the first command after the restart may meet a dead connection
+                try:
+                    await a.set("k", 3)
+                    break
+                except StorageUnavailable:
+                    await asyncio.sleep(0.05)
+        await caught_up(b, a.revision)
+        assert (await b.get("k")).value == 3
+        assert group.events(a) == group.events(b)
+    finally:
+        await group.close()
+
+
+async def test_a_node_behind_a_trimmed_stream_reloads_and_tells_its_watchers(nodes: Nodes) -> None:
+    a = await nodes.open(maxlen=10)
+    b = await nodes.open(maxlen=10)
+    for i in range(5):
+        await a.set(f"t/{i}", i)
+    await caught_up(b, a.revision)
+    layer = b.embedded
+    assert isinstance(layer, RedisLayer)
+    tail = layer._tail  # b "disconnects": its tail stops while a writes on
+    assert tail is not None
+    tail.cancel()
+    await asyncio.gather(tail, return_exceptions=True)
+    for i in range(400):
+        await a.set(f"t/{i % 20}", -i)
+    await a.delete("t/0")
+    layer._tail = asyncio.create_task(layer._run())  # b comes back behind the trimmed stream
+    await caught_up(b, a.revision)
+    assert layer.resyncs == 1
+    assert {k: (await a.get(k)).value for k in await a.keys()} == {
+        k: (await b.get(k)).value for k in await b.keys()
+    }
+    last = {key: data for _, op, key, data in nodes.events(b)}  # what b's watchers were told
+    assert "t/0" in last and last["t/0"] is not None  # the delete reached them (with its object)
+    assert [e[0] for e in nodes.events(b)] == sorted({e[0] for e in nodes.events(b)})
+
+
+async def test_clear_on_one_node_empties_the_others(nodes: Nodes) -> None:
+    a, b = await nodes.open(), await nodes.open()
+    await a.set("c/1", 1)
+    await b.set("c/2", 2)
+    await caught_up(a, b.revision)
+    await a.clear()
+    assert await a.keys() == []
+    await b.set("after", 1)
+    await caught_up(b, b.revision)
+    assert await b.keys() == ["after"]
+    await caught_up(a, b.revision)
+    assert await a.keys() == ["after"]
+
+
+async def test_restart_continues_above_every_revision_seen(nodes: Nodes, own_redis: RedisServer) -> None:
+    a = await nodes.open()
+    await a.set("r", 1)
+    before = a.revision
+    await a.close()
+    again = await nodes.open()
+    assert (await again.get("r")).value == 1
+    await again.set("r", 2)
+    assert again.revision > before
+    client = aioredis.Redis.from_url(own_redis.url, protocol=2)
+    try:
+        assert int(await client.get("n:rev")) == again.revision
+    finally:
+        await client.aclose()
