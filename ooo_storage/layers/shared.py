@@ -148,7 +148,9 @@ class SharedLog:
         the store is loaded: what is appended later is applied on top of the loaded state)."""
         own = os.path.join(self.directory, self.name)
         making = os.path.join(self.directory, f".{self.name}")  # hidden until it has its owner
-        os.makedirs(making, mode=0o700)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self.directory, 0o700)  # not its parents: a missing drive must not be made
+        os.mkdir(making, 0o700)
         fd = os.open(os.path.join(making, _OWNER), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)  # held for life: a free owner lock means a dead process
         self._owner_fd = fd

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -430,3 +431,14 @@ async def test_a_store_without_mirror_gets_the_events_and_the_keys(tmp_path: Pat
         await settled(bare, lambda: ("m/1", "del") in seen)
         assert seen == [("m/1", "set"), ("m/2", "set"), ("m/1", "del")]
         assert [o.path for o in await bare.get_list("m/*")] == ["m/2"]  # the key index knows m/2
+
+
+async def test_erasure_journals_are_never_made_where_a_missing_drive_should_be(tmp_path: Path) -> None:
+    drives = [str(tmp_path / f"drive{i}") for i in range(3)]
+    async with Layered(memory=MemoryLayer(), embedded=ErasureLayer(drives, k=2, m=1, repair="off")) as s:
+        await s.set("x", 1)
+    shutil.rmtree(drives[0])  # the drive that holds the journals is gone
+    store = Layered(memory=MemoryLayer(), embedded=ErasureLayer(drives, k=2, m=1, repair="off", shared=True))
+    with pytest.raises(StorageUnavailable, match="shared journals"):
+        await store.start()
+    assert not os.path.exists(drives[0])  # not silently replaced by an empty folder

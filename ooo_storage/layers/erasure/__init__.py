@@ -23,7 +23,8 @@ class ErasureLayer(SharedBlobLayer[ErasureStore]):
     ``shared=True`` (or a :class:`~ooo_storage.layers.shared.SharedOptions`): several processes on
     these drives see each other's writes within ``indexer_rate`` seconds (sooner with inotify),
     through per-process journals in ``journals`` (default ``<first drive>/.shared``: every
-    process must use the same directory)."""
+    process must use the same directory, and its parent must exist: with the first drive missing,
+    a shared start fails rather than make a folder where that drive should be)."""
 
     def __init__(
         self,
