@@ -309,7 +309,8 @@ class Pools:
     async def changes(self, key: str, version: int) -> bytes:
         """``GET /{key}?since=<version>``: a data frame's payload (docs/protocol.md §4): the patch
         since ``version``, or the single key's document when it changed; 410 when the history
-        cannot say (not kept, trimmed, a glob delete, read filters)."""
+        cannot say (not kept, trimmed, a glob delete, read filters), or when more items changed
+        than a page of GET holds (a GET in pages costs less, and holds less in memory)."""
         replay = await self._read_ahead(key, version)
         pool = self.pools.get(key)
         if pool is not None and pool.loading is None:
@@ -319,6 +320,13 @@ class Pools:
         # No await since the state was taken: the replay ends at its revision.
         change = replay.change(state) if replay.finish(self.store) else None
         if isinstance(change, list):
+            cap = self.config.list_limit
+            if sum("value" in op for op in change) > cap:
+                raise HTTPFailure(
+                    410,
+                    f"ooo: more than {cap} items of {key} changed since version {version:x}: "
+                    "GET it again (in pages)",
+                )
             return encode_frame(False, current, jsontext.dumps(change))
         if change is SNAPSHOT:
             return encode_frame(True, current, state.data())

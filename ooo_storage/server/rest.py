@@ -121,7 +121,12 @@ async def get(ctx: Context, request: web.Request, key: str) -> web.StreamRespons
     ctx.filters.permit_read(key)
     since = request.query.get("since")
     if since is not None:
-        return json_response(await ctx.pools.changes(key, parse_since(since)))
+        body = await ctx.pools.changes(key, parse_since(since))
+        if len(body) <= chunked.CHUNK_BYTES:
+            return json_response(body)
+        return await chunked.send_bytes(
+            request, (body,), content_type=JSON, write_timeout=ctx.config.write_timeout
+        )
     if "*" in key:
         return await lists.get(ctx, request, key)
     obj = await read_object(ctx, key)

@@ -113,3 +113,30 @@ async def test_without_history_410_says_so(tmp_path: Path) -> None:
         await live.http.close()
         await live.runner.stop()
         await live.store.close()
+
+
+async def test_more_changes_than_a_page_is_410_and_a_large_answer_is_paced(tmp_path: Path) -> None:
+    store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(str(tmp_path / "db")),
+                    history=HistoryOptions(tmp_path / "history", max_bytes=8 << 20))
+    await store.start()
+    runner = ServerRunner(store, "127.0.0.1", 0, server=Server(store, shutdown_timeout=1.0, list_limit=20))
+    await runner.start()
+    live = Live(store, runner.server, runner, aiohttp.ClientSession())
+    try:
+        version = _version(live)
+        for n in range(20):  # a page's worth, each 10 KB: over one chunk of the answer
+            await store.set(f"big/{n:02}", {"pad": "p" * 10_000})
+        async with live.http.get(live.url(f"big/*?since={version}")) as resp:
+            assert resp.status == 200 and resp.content_length and resp.content_length > 200_000
+            answer = orjson.loads(await resp.read())
+        assert jsonpatch.JsonPatch(answer["data"]).apply([]) == await live.get("big/*?limit=20")
+        await store.set("big/20", 1)
+        status, reason = await _since(live, "big/*", version)
+        assert status == 410 and reason == (
+            f"ooo: more than 20 items of big/* changed since version {int(version, 16):x}: "
+            "GET it again (in pages)"
+        )
+    finally:
+        await live.http.close()
+        await runner.stop()
+        await store.close()
