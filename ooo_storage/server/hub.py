@@ -50,7 +50,7 @@ from ..protocol.views import SNAPSHOT, Change, ListState, ObjectState
 from .config import ServerConfig
 from .connection import Connection
 from .errors import Busy
-from .resume import Replay
+from .resume import Replay, may_overlap
 
 log = logging.getLogger("ooo_storage.server")
 
@@ -272,12 +272,21 @@ class Pools:
     def _behind(self, key: str, version: int) -> bool:
         """Whether a client at ``version`` must be resumed from the history: not current, and
         no frame computed for that version since the pool's last change."""
-        if self.store.history_options is None:
+        if self.store.history_options is None or self._unrecorded(key):
             return False
         pool = self.pools.get(key)
         if pool is None or pool.loading is not None:
             return True
         return pool.version != version and pool.resume_frame(version) is None
+
+    def _unrecorded(self, key: str) -> bool:
+        """Whether writes that emit no event, so are not in the history, may change ``key``:
+        keys of ``no_broadcast_keys``, and the silent trimming of a limit filter."""
+        quiet = self.store.options.no_broadcast_keys
+        return any(may_overlap(q, key) for q in quiet) or any(
+            e["kind"] == "after_write" and e["limit"] and may_overlap(e["path"], key)
+            for e in self.filters.describe()
+        )
 
     async def _read_ahead(self, key: str, version: int) -> Replay:
         """The history of ``key`` since ``version`` read up to about now; clients asking for the
@@ -312,6 +321,8 @@ class Pools:
         cannot say (not kept, trimmed, a glob delete, read filters), or when more items changed
         than a page of GET holds (a GET in pages costs less, and holds less in memory)."""
         replay = await self._read_ahead(key, version)
+        if self._unrecorded(key):
+            replay.known = False
         pool = self.pools.get(key)
         if pool is not None and pool.loading is None:
             state, current = pool.state, pool.version  # what subscribers see, and their version
@@ -333,7 +344,7 @@ class Pools:
         raise HTTPFailure(
             410,
             f"ooo: the changes of {key} since version {version:x} are not known here (no event "
-            "history, history trimmed, a glob delete or read filters): GET it again",
+            "history, history trimmed, a glob delete, filters or writes without events): GET it again",
         )
 
     async def _read_state(self, key: str) -> tuple[ObjectState | ListState, int]:

@@ -21,8 +21,11 @@ snapshot). A single-key pool gets the document again when it changed (a snapshot
 replacement), nothing when it did not. The history is read ahead in steps that let the loop
 serve others (:class:`Replay`).
 
+Writes that emit no event are not in the history either: a path that keys of ``no_broadcast_keys``
+or the trimming of a limit filter (``delete_silent``) may reach is never resumed (the hub checks).
 Known limit: ``Layered.set_with_meta`` stores any stamps, so a key it moved (new ``created``) would
-be placed at a wrong old position; the server never calls it (backups and migrations do).
+be placed at a wrong old position, and ``delete_silent`` called by an application on a subscribed
+glob is not seen; the server itself does neither (backups, migrations and hooks may).
 """
 
 from __future__ import annotations
@@ -153,6 +156,13 @@ class Replay:
         if not view.plain or view.limit is not None:
             return None
         return list_patch(state.objects(), self.changed)
+
+
+def may_overlap(a: str, b: str) -> bool:
+    """Whether the keys or globs ``a`` and ``b`` may match a key in common (conservative: two
+    segments overlap when they are equal or either has a ``*``)."""
+    sa, sb = a.split("/"), b.split("/")
+    return len(sa) == len(sb) and all(x == y or "*" in x or "*" in y for x, y in zip(sa, sb, strict=True))
 
 
 def list_patch(current: list[Object], changed: Touched) -> list[Op]:

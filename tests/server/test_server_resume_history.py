@@ -15,7 +15,7 @@ import orjson
 import pytest
 from server_live import Follower, Live, no_frame
 
-from ooo_storage import HistoryOptions, Layered, LevelDBLayer, MemoryLayer
+from ooo_storage import HistoryOptions, Layered, LevelDBLayer, MemoryLayer, Options
 from ooo_storage.server import Server, ServerRunner, resume
 
 KEYS = [f"r/{i:02}" for i in range(0, 100, 10)]
@@ -409,3 +409,32 @@ async def test_the_python_client_resumes_across_a_restart_with_one_patch(tmp_pat
         finally:
             await sub.close()
             await _close(live)
+
+
+async def test_writes_without_events_are_never_patched_over(tmp_path: Path) -> None:
+    """Writes that emit no event are not in the history: a path that no_broadcast_keys or a limit
+    filter's silent trimming (of an overlapping glob) may reach gets a snapshot, never a patch
+    that would leave the client without them."""
+    store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(str(tmp_path / "db")),
+                    history=HistoryOptions(tmp_path / "history"))
+    await store.start(Options(no_broadcast_keys=("q/hidden",)))
+    runner = ServerRunner(store, "127.0.0.1", 0, server=Server(store, shutdown_timeout=1.0))
+    await runner.start()
+    live = Live(store, runner.server, runner, aiohttp.ClientSession())
+    live.server.limit_filter("l/a*", limit=2)
+    try:
+        await store.set("q/1", 1)
+        await store.set("l/b", 1)
+        quiet, trimmed = await _follow(live, "q/*"), await _follow(live, "l/*")
+        await _left(live, quiet, "q/*")
+        await _left(live, trimmed, "l/*")
+        await store.set("q/hidden", {"no": "event"})
+        for n in range(4):  # the oldest two are trimmed silently
+            await live.request("POST", f"l/a{n}", {"n": n})
+        for old, key in ((quiet, "q/*"), (trimmed, "l/*")):
+            resumed, frame = await _resume(live, key, old)
+            assert frame["snapshot"] is True and resumed.state == await live.get(key)
+            status, _ = await live.request("GET", f"{key}?since={old.version}")
+            assert status == 410
+    finally:
+        await _close(live)
