@@ -303,3 +303,35 @@ async def test_the_page_applies_json_patches_as_the_server_and_rfc_6902_mean_the
     )
     assert refused == ["refused"] * 4
     assert watched.errors == []
+
+
+async def test_api_keys_pages_from_the_memory_index_equal_a_listing_of_every_key(make_live: LiveFactory) -> None:
+    """``?api=keys`` (the explorer's folders) reads the memory mirror's prefix range only: its pages
+    are those of the whole sorted listing a store without a mirror filters, prefixes, globs,
+    empty and past-the-end pages alike, and under a policy the readable keys only."""
+    rng = random.Random(7)
+    names = {"/".join(rng.choice(["a", "ab", "b", "a-b", "z9"]) for _ in range(rng.randrange(1, 4)))
+             for _ in range(400)}
+    token = "keys-token-" + "k" * 30
+    policy = Policy.from_dict({"tokens": [{"name": "ops", "sha256": token_digest(token), "rules": [
+        {"paths": ["a/*", "a/*/*", "ab"], "rights": ["read", "admin"]}]}]})
+    servers = [await make_live(backend, **options) for options in ({}, {"auth": policy})
+               for backend in ("memory", "leveldb")]
+    for name in names:
+        for live in servers:
+            await live.store.set(name, 1)
+    headers = {"Authorization": f"Bearer {token}"}
+    expected = sorted(names)
+    for text in ["", "a", "a/", "ab/*", "a/*/b", "b/a-b/", "nothing", "z9/z9/z9/"]:
+        under = [k for k in expected if k.startswith(text.partition("*")[0])]
+        for page, limit in [(1, 500), (1, 3), (2, 3), (4, 7), (1000, 5)]:
+            query = f"?api=keys&page={page}&limit={limit}&filter={text}"
+            answers = [await live.get(query) for live in servers[:2]]
+            start = (page - 1) * limit
+            assert answers[0] == answers[1] == {
+                "keys": under[start:start + limit], "total": len(under), "page": page, "limit": limit, "filter": text}
+            readable = [(await live.request("GET", query, headers=headers))[1] for live in servers[2:]]
+            assert readable[0] == readable[1]
+    answer = orjson.loads((await servers[2].request("GET", "?api=keys&filter=a", headers=headers))[1])
+    shown = [k for k in expected if k == "ab" or k.startswith("a/") and k.count("/") <= 2]
+    assert (answer["keys"], answer["total"]) == (shown[:50], len(shown))
