@@ -836,15 +836,23 @@ class Layered:
             raise CantLockGlob()
         await self._locks.acquire(key)
         try:
+            if self._followed:  # and the key's lock across nodes, once this node holds their writes
+                await cast(Any, self.embedded).lock(key)
             self._settle()  # a queued write of this key lands before the lock holder reads it
             obj = await self._read(key)
         except BaseException:
-            self._locks.release(key)
+            await self._release(key)
             raise
         if obj is None:
-            self._locks.release(key)
+            await self._release(key)
             raise NotFound()
         return obj
+
+    async def _release(self, key: str) -> None:
+        """Release ``key``'s lock (with a layer that publishes_writes, its lock across nodes too)."""
+        self._locks.release(key)
+        if self._followed:
+            await cast(Any, self.embedded).unlock(key)
 
     async def set_and_unlock(self, key: str, data: Any) -> str:
         """Write ``key`` while holding the lock taken by ``get_and_lock``, then release it (also on
@@ -856,14 +864,14 @@ class Layered:
             raw = encode_data(data)
         except InvalidData:
             if self._locks.locked(key):
-                self._locks.release(key)
+                await self._release(key)
             raise
         if not self._locks.locked(key):
             raise LockNotFound()
         try:
             return await self._write(key, raw, locked=True)
         finally:
-            self._locks.release(key)
+            await self._release(key)
 
     async def unlock(self, key: str) -> None:
         """Release ``key``'s lock (from any task)."""
@@ -871,7 +879,7 @@ class Layered:
             raise self._not_active()
         if not self._locks.locked(key):
             raise LockNotFound()
-        self._locks.release(key)
+        await self._release(key)
 
     async def _write(
         self, key: str, raw: bytes, stamps: tuple[int, int] | None = None, locked: bool = False
