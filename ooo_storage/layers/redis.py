@@ -126,6 +126,20 @@ return {redis.call('HGETALL', KEYS[1]), string.format('%d', c), string.format('%
 """
 
 
+# KEYS: the lock, rev. Takes the lock (a token of its holder, an expiry) and returns the counter
+# (the holder must have applied the stream up to it to read the key's last write), or -1.
+_LOCK = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('GET', KEYS[2]) or '0'
+end
+return -1
+"""
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 def lua_pattern(pattern: str) -> str:
     """A glob of docs/protocol.md §1 as an anchored Lua pattern (``*`` stays inside a segment).
     Keys are ``[A-Za-z0-9*/._-]``: only ``.`` and ``-`` are magic in Lua."""
@@ -174,6 +188,7 @@ class RedisLayer:
         maxlen: int = 1_000_000,
         write_timeout: float = 10.0,
         node_id: str | None = None,
+        lock_ttl: float = 30.0,
     ) -> None:
         if not namespace or any(c.isspace() for c in namespace):
             raise ValueError("redis: the namespace must be a non-empty word")
@@ -183,6 +198,10 @@ class RedisLayer:
         self.write_timeout = write_timeout
         self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._keys = [f"{namespace}:{part}" for part in ("data", "keys", "rev", "log")]
+        self.lock_ttl = lock_ttl
+        self._tokens: dict[str, str] = {}
+        self._locks_taken = 0
+        self._catching: dict[int, asyncio.Future[None]] = {}
         self._client: aioredis.Redis | None = None
         self._reader: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
@@ -224,7 +243,8 @@ class RedisLayer:
         self._reader = self._connect(socket_timeout=_BLOCK_MS / 1000 + 5.0)
         client = self._client
         for name, text in (("set", _SET), ("delete", _DELETE), ("glob", _DELETE_GLOB),
-                           ("clear", _CLEAR), ("bump", _BUMP), ("snapshot", _SNAPSHOT)):
+                           ("clear", _CLEAR), ("bump", _BUMP), ("snapshot", _SNAPSHOT),
+                           ("lock", _LOCK), ("unlock", _UNLOCK)):
             self._scripts[name] = client.register_script(text)
         try:
             info = await client.info("server")
@@ -398,6 +418,11 @@ class RedisLayer:
         self.position = revision
         if revision > self.head:
             self.head = revision
+        if self._catching:
+            for waited in [r for r in self._catching if r <= revision]:
+                fut = self._catching.pop(waited)
+                if not fut.done():
+                    fut.set_result(None)
 
     async def _resync(self) -> None:
         """Reload the data and apply the difference to the mirror, with revisions reserved for it.
@@ -491,6 +516,56 @@ class RedisLayer:
     async def clear(self) -> None:
         revision = await self._write("clear", [self.node_id, self.maxlen])
         await self._turn(int(revision))
+
+    # -- locks across nodes -------------------------------------------------------------------------
+    async def lock(self, key: str) -> None:
+        """Take ``key``'s lock in Redis (waiting while another node holds it), then wait until this
+        node has applied every write committed before: the holder reads the key's last value. The
+        lock expires after ``lock_ttl`` seconds, so a crashed node's lock frees itself."""
+        self._locks_taken += 1
+        token = f"{self.node_id}:{self._locks_taken}"
+        lock_key = f"{self.namespace}:lock:{key}"
+        delay = 0.001
+        while True:
+            counter = await self._read(lambda c: self._scripts["lock"](
+                keys=[lock_key, self._keys[2]], args=[token, int(self.lock_ttl * 1000)], client=c))
+            if int(counter) >= 0:
+                break
+            await asyncio.sleep(delay)  # held by another node: Redis has no wake-up to await
+            delay = min(delay * 2, 0.05)
+        self._tokens[key] = token
+        try:
+            await self._caught_up(int(counter))
+        except BaseException:
+            await self.unlock(key)
+            raise
+
+    async def _caught_up(self, revision: int) -> None:
+        if revision <= self.position:
+            return
+        fut = self._catching.get(revision)
+        if fut is None:
+            fut = self._catching[revision] = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                await asyncio.shield(fut)
+        except TimeoutError:
+            raise StorageUnavailable(
+                f"storage: unavailable: this node is behind the redis stream (position "
+                f"{self.position}, needs {revision}) and cannot lock yet"
+            ) from None
+
+    async def unlock(self, key: str) -> None:
+        """Release ``key``'s lock in Redis if this node holds it (an expired one is left alone)."""
+        token = self._tokens.pop(key, None)
+        if token is None:
+            return
+        try:
+            await self._read(lambda c: self._scripts["unlock"](
+                keys=[f"{self.namespace}:lock:{key}"], args=[token], client=c))
+        except StorageUnavailable as exc:
+            log.warning("redis: can't release the lock of %s (it expires in %g s): %s",
+                        key, self.lock_ttl, exc)
 
     # -- reads (without a memory mirror) -----------------------------------------------------------
     async def _read(self, call: Callable[[aioredis.Redis], Awaitable[Any]]) -> Any:
