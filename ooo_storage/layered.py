@@ -444,6 +444,8 @@ class Layered:
             self._sync = self._sync and not self._history_durable
         self._sync_layer = cast(SyncLayer, embedded) if self._sync else None
         self._keeps_revision = isinstance(embedded, RevisionKeeper)
+        # Transactions need an all-or-nothing batch (checked once: a Protocol isinstance is slow).
+        self._txn_layer = embedded if isinstance(embedded, TxnWriter) else None
         # A Follower layer that ``publishes_writes`` (Redis) gives each write its revision in the
         # order it shares with other nodes (``last_revision``), and returns only when the write's
         # turn in that order has come: the write is published with that revision.
@@ -1241,8 +1243,8 @@ class Layered:
 
     def _txn_writer(self) -> TxnWriter | None:
         embedded = self.embedded
-        if embedded is None or isinstance(embedded, TxnWriter):
-            return embedded
+        if embedded is None or self._txn_layer is not None:
+            return self._txn_layer
         raise NotSupported(
             f"storage: transactions are not supported by {type(embedded).__name__}: it cannot write "
             "several keys all or nothing (use LevelDB, or write the keys one by one)"
