@@ -413,3 +413,30 @@ async def test_the_history_replays_a_transaction_whole(tmp_path: Path) -> None:
         assert (replayed[0].txn, replayed[0].more) == (0, False)
     finally:
         await again.close()
+
+
+async def test_a_commit_cancelled_while_its_durable_write_is_in_flight_is_applied_whole(
+    tmp_path: Path,
+) -> None:
+    """Once the batch is handed to the group commit it reaches the disk whatever the caller does:
+    a cancelled committer still puts it in memory and tells the observers (then is cancelled), so
+    memory never falls behind the disk."""
+    layer = LevelDBLayer(str(tmp_path / "db"), sync=True)
+    store = Layered(memory=MemoryLayer(), embedded=layer)
+    await store.start()
+    seen: list[Event] = []
+    store.on_commit(seen.append)
+    commit = asyncio.ensure_future(store.commit([_set("a", 1), _set("b", 2)]))
+    while not layer._pending and layer._committer is None:  # until the batch is handed over
+        await asyncio.sleep(0)
+    commit.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await commit
+    assert [await _value(store, k) for k in "ab"] == [1, 2]
+    assert [(e.key, e.txn, e.more) for e in seen] == [("a", 2, True), ("b", 2, False)]
+    assert len(store._locks) == 0 and store._gate.idle
+    await store.close()
+    again = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(str(tmp_path / "db")))
+    await again.start()
+    assert [await _value(again, k) for k in "ab"] == [1, 2]
+    await again.close()
