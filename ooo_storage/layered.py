@@ -444,8 +444,10 @@ class Layered:
             self._sync = self._sync and not self._history_durable
         self._sync_layer = cast(SyncLayer, embedded) if self._sync else None
         self._keeps_revision = isinstance(embedded, RevisionKeeper)
-        # Transactions need an all-or-nothing batch (checked once: a Protocol isinstance is slow).
-        self._txn_layer = embedded if isinstance(embedded, TxnWriter) else None
+        # Transactions need an all-or-nothing batch (checked once: a Protocol isinstance is slow),
+        # and a layer no other writer shares: their expectations are checked against this mirror.
+        txns = isinstance(embedded, TxnWriter) and not isinstance(embedded, Follower)
+        self._txn_layer = cast(TxnWriter, embedded) if txns else None
         # A Follower layer that ``publishes_writes`` (Redis) gives each write its revision in the
         # order it shares with other nodes (``last_revision``), and returns only when the write's
         # turn in that order has come: the write is published with that revision.
@@ -1247,7 +1249,8 @@ class Layered:
             return self._txn_layer
         raise NotSupported(
             f"storage: transactions are not supported by {type(embedded).__name__}: it cannot write "
-            "several keys all or nothing (use LevelDB, or write the keys one by one)"
+            "several keys all or nothing, or other writers share it (use LevelDB, or write the "
+            "keys one by one)"
         )
 
     @staticmethod
