@@ -49,6 +49,7 @@ BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 """Upper bounds (seconds) of the latency buckets: a request served from memory takes tens of
 microseconds, a durable write an fsync (milliseconds), a websocket stream its whole life."""
 _LE = tuple(repr(b) for b in BOUNDS)
+_FIRST = BOUNDS[0]
 CLIENT_CLOSED = 499
 """The status counted for a request whose handler was cancelled (its client went away before the
 answer; nginx's 499): every other outcome is an answer the error middleware made."""
@@ -63,14 +64,16 @@ class Series:
     __slots__ = ("statuses", "counts", "total")
 
     def __init__(self) -> None:
-        self.statuses: dict[int, int] = {}
+        self.statuses = [0] * 1000  # by status code (aiohttp allows 100 to 999): an index costs
+        # less than a dict update
         self.counts = [0] * (len(BOUNDS) + 1)
         self.total = 0.0
 
     def observe(self, status: int, seconds: float) -> None:
-        statuses = self.statuses
-        statuses[status] = statuses.get(status, 0) + 1
-        self.counts[bisect_left(BOUNDS, seconds)] += 1
+        """One request answered with ``status`` after ``seconds``."""
+        self.statuses[status] += 1
+        # most requests take less than the first bound: they need no search
+        self.counts[0 if seconds <= _FIRST else bisect_left(BOUNDS, seconds)] += 1
         self.total += seconds
 
     def cumulative(self) -> list[tuple[str, float]]:
@@ -93,11 +96,15 @@ class Requests:
     def __init__(self) -> None:
         self.series: dict[tuple[str, str], Series] = {}
 
-    def record(self, route: str, method: str, status: int, seconds: float) -> None:
+    def of(self, route: str, method: str) -> Series:
+        """The series of ``route`` and ``method``, created empty if there is none yet."""
         series = self.series.get((route, method))
         if series is None:
             series = self.series[(route, method)] = Series()
-        series.observe(status, seconds)
+        return series
+
+    def record(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.of(route, method).observe(status, seconds)
 
 
 def route_of(method: str, key: str | None, websocket: bool, endpoints: frozenset[str]) -> str:
@@ -221,8 +228,9 @@ class _Collector:
             "ooo_http_request_duration_seconds", "Time from a request's head to its answer (a "
             "websocket: its whole life), by route and method", labels=["route", "method"])
         for (route, method), series in every:
-            for status, count in sorted(series.statuses.items()):
-                counts.add_metric([route, method, str(status)], count)
+            for status, count in enumerate(series.statuses):
+                if count:
+                    counts.add_metric([route, method, str(status)], count)
             latency.add_metric([route, method], series.cumulative(), series.total)
         yield counts
         yield latency

@@ -42,8 +42,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..limits import ConnectionGate, GuardedConnection
+from ..metrics import Series, route_of
 from .connection import MAX_PENDING, Front
-from .wire import MAX_BODY, Dates
+from .wire import MAX_BODY, METHODS, Dates
 
 if TYPE_CHECKING:
     from ..app import Server
@@ -68,9 +69,16 @@ class Lean:
         self.host_refusal = functools.lru_cache(_HOST_CACHE)(server.origins.host_refusal)
         self.dates = Dates()
         self.endpoints = server.endpoints  # the server's own paths (health.py): aiohttp's
-        self.requests = None if server.metrics is None else server.metrics.requests
         self.access = server.access
-        self.observed = self.requests is not None or self.access is not None
+        # The metrics series of the requests served here, by method, for a key and for a glob
+        # (found with one dict look-up per request instead of metrics.route_of's tests)
+        self.key_series: dict[str, Series] | None = None
+        self.glob_series: dict[str, Series] | None = None
+        if server.metrics is not None:
+            requests, none = server.metrics.requests, frozenset[str]()
+            self.key_series = {m: requests.of(route_of(m, "k", False, none), m) for m in METHODS}
+            self.glob_series = {m: requests.of(route_of(m, "*", False, none), m) for m in METHODS}
+        self.observed = server.metrics is not None or self.access is not None
 
     def __call__(self) -> Front:
         return Front(self)

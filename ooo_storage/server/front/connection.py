@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, cast
 from ...errors import HTTPFailure
 from ...protocol.pages import next_headers
 from .. import chunked, lists, rest
-from ..errors import ClientGone, log_error
+from ..errors import ClientGone, log_error, status_of
 from ..limits import GuardedConnection, raw_response
-from ..metrics import route_of
 from .wire import (
     SERVER_LINE,
     NotOurs,
@@ -287,12 +286,14 @@ class Front(GuardedConnection):
         share.busy[who] = busy + 1
         try:
             answer = await self._serve(request, cors)
+            status = 204 if method == "DELETE" else 200  # what _serve answers
         except NotOurs:
             raise
         except Exception as exc:
             log_error(server.failures, method, "/" + key, who, exc)
             self.closing = isinstance(exc, HTTPFailure) and exc.close
             answer = failure_answer(dates.line(), exc, cors)
+            status = status_of(exc)[0]
         finally:
             if (left := share.busy[who] - 1) > 0:
                 share.busy[who] = left
@@ -303,16 +304,16 @@ class Front(GuardedConnection):
         if method == "HEAD":
             answer = head_only(answer)
         if lean.observed:
-            self._observe(request, answer, time.perf_counter() - start)
+            self._observe(request, answer, status, time.perf_counter() - start)
         return answer
 
-    def _observe(self, request: Request, answer: bytes, seconds: float) -> None:
+    def _observe(self, request: Request, answer: bytes, status: int, seconds: float) -> None:
         """Count an answered request in the metrics and log it, as ``metrics.observe`` does for
         aiohttp's (only requests answered here: one handed over is aiohttp's to count)."""
-        lean, method, status = self.lean, request.method, int(answer[9:12])
-        if lean.requests is not None:
-            route = route_of(method, request.key, False, lean.endpoints)
-            lean.requests.record(route, method, status, seconds)
+        lean, method = self.lean, request.method
+        series = lean.glob_series if "*" in request.key else lean.key_series
+        if series is not None:
+            series[method].observe(status, seconds)
         if lean.access is not None:
             path = "/" + request.key
             if request.query is not None:

@@ -16,7 +16,9 @@ from ..streams import BEARER
 
 MAX_BODY = 64 * 1024
 """Largest request body served here; larger ones go to aiohttp (its body budget and timeouts)."""
-_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PATCH", b"DELETE"})
+METHODS = ("GET", "HEAD", "POST", "PATCH", "DELETE")
+"""The methods served here."""
+_METHODS = frozenset(m.encode() for m in METHODS)
 KEY_URL = re.compile(r"/[A-Za-z0-9*/._-]+").fullmatch
 """A path naming a key (``rest.request_key``'s characters), without a query string."""
 _LIST_QUERY = re.compile(r"(limit|cursor)=[A-Za-z0-9_-]*(&(limit|cursor)=[A-Za-z0-9_-]*)?").fullmatch
