@@ -385,12 +385,15 @@ class Client:
         key: str,
         *,
         version: str | None = None,
+        state: Any = None,
         reconnect: bool = True,
         on_status: Callable[[Status], object] | None = None,
     ) -> Subscription:
         """Follow ``key`` (or a glob): an async iterator over its state, one per frame received.
 
-        ``version`` resumes from a version seen earlier (no initial frame if nothing changed).
+        ``version`` and ``state`` resume from what an earlier subscription held (its ``version``
+        and ``state``): the server then sends only what changed since, nothing if nothing did. A
+        ``version`` without its ``state`` asks for a snapshot, since no patch could apply to it.
         ``on_status`` is called with a :class:`Connected` or :class:`Disconnected` on every
         connection and every loss of one (a plain function, run in the iterating task; ``print``
         will do). The subscription reconnects after network errors and any close of the stream
@@ -403,8 +406,8 @@ class Client:
         server closes the stream and raises :class:`ConnectionFailed` when it cannot connect.
         """
         self._url(key)  # validate now rather than on first iteration
-        subscription = Subscription(self, key, version=version, reconnect=reconnect,
-                                    on_status=on_status)
+        subscription = Subscription(self, key, version=version, state=state,
+                                    reconnect=reconnect, on_status=on_status)
         self._subscriptions.add(subscription)
         return subscription
 
@@ -567,9 +570,11 @@ class Subscription(AsyncIterator[Any]):
     shared with later ones: treat them as read-only. Use ``async with`` (or :meth:`close`) to close
     the websocket deterministically when leaving the loop early.
 
-    After a reconnect with ``?v=``, a snapshot replaces the state and without one the state is kept
-    and the next patches apply to it. A frame that cannot be applied drops the state and the
-    version, reports :class:`Disconnected` with ``resync=True`` and reconnects without ``?v=``.
+    It connects with ``?v=`` only while it holds a state and that state's version: the server may
+    then send patches against that state alone. After such a reconnect, a snapshot replaces the
+    state and without one the state is kept and the next patches apply to it. A frame that cannot
+    be applied drops the state and the version, reports :class:`Disconnected` with ``resync=True``
+    and reconnects without ``?v=``.
     """
 
     def __init__(
@@ -578,14 +583,15 @@ class Subscription(AsyncIterator[Any]):
         key: str,
         *,
         version: str | None,
+        state: Any,
         reconnect: bool,
         on_status: Callable[[Status], object] | None,
     ) -> None:
         self.key = key
         #: The version of the last frame received (sent back as ``?v=`` on reconnect).
         self.version = version
-        #: The current state; None until the first frame.
-        self.state: Any = None
+        #: The current state; None until the first frame (or the state resumed from).
+        self.state: Any = state
         #: How many times a websocket was opened.
         self.connections = 0
         #: The latest :class:`Connected` or :class:`Disconnected`; None before the first attempt.
@@ -675,7 +681,7 @@ class Subscription(AsyncIterator[Any]):
         """Open the websocket; None once closed. Each failure is reported, then waited out."""
         client = self._client
         url = client._url(self.key)
-        if self.version is not None:
+        if self._resumes() and self.version is not None:
             url = url.with_query(v=self.version)
         protocols = ("bearer", client.token) if client.token else ()
         while not self._closed:
@@ -707,8 +713,13 @@ class Subscription(AsyncIterator[Any]):
     def _opened(self) -> None:
         self.connections += 1
         self._opened_at = asyncio.get_running_loop().time()
-        self._report(Connected(self.key, self._attempt, resumed=self.version is not None,
+        self._report(Connected(self.key, self._attempt, resumed=self._resumes(),
                                reconnect=self.connections > 1))
+
+    def _resumes(self) -> bool:
+        """Whether to connect with ``?v=``: only with the state of that version to patch, else a
+        resume's patches could not apply and cost a second connection for the snapshot."""
+        return self.version is not None and self.state is not None
 
     def _worked(self) -> None:
         """The stream works: the next loss starts the backoff afresh, at attempt 1."""

@@ -352,28 +352,3 @@ async def test_close_cuts_a_backoff_wait_short(runner: ServerRunner) -> None:
         assert isinstance(lost, Disconnected) and lost.delay == 60
         await watch.sub.close()
         await asyncio.wait_for(watch.task, 5)  # the iteration ends now, not in a minute
-
-
-async def test_a_patch_without_a_state_resubscribes_for_a_snapshot(
-    runner: ServerRunner, client: Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Resuming with a version but no state: the first patch cannot apply, so the client says so
-    and starts again without ?v= instead of building a state from nothing."""
-    joins = Joins(runner.server, monkeypatch)
-    async with client.subscribe("doc") as first:
-        await anext(first)
-        await client.set("doc", {"n": 1})
-        await anext(first)
-        watch = Watch(client, "doc", version=first.version)
-        assert await watch.status() == Connected("doc", 0, resumed=True, reconnect=False)
-        await joins.reach("doc", 2)
-        await client.set("doc", {"n": 2})  # a patch against {"n": 1}, which this subscription lacks
-        lost = await watch.status()
-        assert isinstance(lost, Disconnected) and lost.resync and lost.attempt == 1
-        assert lost.reason == "PatchError: a patch came before any snapshot"
-        assert str(lost).startswith("doc: out of step (PatchError: a patch came before any snapshot), "
-                                    "resubscribing for a fresh snapshot; retry 1 in ")
-        assert await watch.status() == Connected("doc", 1, resumed=False, reconnect=True)
-        assert (await watch.state())["data"] == {"n": 2}
-        assert watch.states.empty()
-        await watch.sub.close()
