@@ -104,7 +104,7 @@ def _op(i: int, item: Any) -> TxnOp:
     if op.op != "del" and "*" in op.key:
         raise _invalid(f"op {i}: {op.op} on the glob {op.key} (only del takes a glob)")
     if op.op != "del" and op.data is None:
-        raise _invalid(f"op {i}: {op.op} of {op.key} without data")
+        raise _invalid(f"op {i}: {op.op} of {op.key} without data (for JSON null, give b'null')")
     return op
 
 
