@@ -9,6 +9,7 @@ own here): when it is missing the tests fail and say so. Screenshots go to a tem
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 import random
@@ -20,7 +21,16 @@ from typing import Any
 import jsonpatch
 import orjson
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Page, Request, Route, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    ConsoleMessage,
+    Page,
+    Request,
+    Route,
+    WebSocketRoute,
+    async_playwright,
+    expect,
+)
 from server_live import Live, LiveFactory
 
 from ooo_storage.errors import NotFound
@@ -29,6 +39,10 @@ from ooo_storage.protocol.jsonpatch import diff
 
 CHROMIUM = os.environ.get("OOO_CHROMIUM", "/usr/bin/chromium")
 LIVE = 1000  # ms: how soon a write made elsewhere must show in the page
+SETUP = 20_000
+"""ms: how long any other wait may take (a page load, a stream's first snapshot, a request the page
+makes): on a loaded 2-core machine Chromium alone can take seconds, and Playwright's 5 s default
+made these tests fail now and then. What must be fast says so with ``timeout=LIVE``."""
 
 
 @pytest.fixture
@@ -38,6 +52,7 @@ async def browser() -> AsyncIterator[Browser]:
                     "OOO_CHROMIUM to its path)")
     async with async_playwright() as driver:
         launched = await driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        expect.set_options(timeout=SETUP)
         yield launched
         await launched.close()
 
@@ -65,6 +80,7 @@ class Watched:
 
 async def open_page(browser: Browser, live: Live, **context: Any) -> Watched:
     ctx = await browser.new_context(viewport={"width": 1280, "height": 860}, **context)
+    ctx.set_default_timeout(SETUP)
     watched = Watched(await ctx.new_page())
     return watched
 
@@ -122,6 +138,7 @@ async def test_edit_merge_create_and_delete_from_the_page(browser: Browser, make
     await expect(page.locator("#value")).to_contain_text('"a": 1')
 
     await page.click("#edit")  # the exact stored text: the 20-digit integer survives the round trip
+    await expect(page.locator("#editor")).to_be_visible()  # once the editor's read of it came back
     assert orjson.loads(await page.input_value("#edit-value")) == {"a": 1, "big": 12345678901234567890}
     await page.fill("#edit-value", '{"a": 2, "big": 12345678901234567890, "list": [1]}')
     await page.click("#save")
@@ -164,6 +181,45 @@ async def test_edit_merge_create_and_delete_from_the_page(browser: Browser, make
     await page.screenshot(path=shots / "edited.png")
     # the invalid key's 400 is the one error the browser logs (a failed request); nothing else
     assert [e for e in watched.errors if "status of 400" not in e] == []
+
+
+async def test_no_edit_before_the_value_arrived(browser: Browser, make_live: LiveFactory) -> None:
+    """Edit and Delete wait for the value's snapshot: before it the editor offered ``{}`` for a key
+    holding data, and Save replaced the data with it (a slow stream on a loaded machine)."""
+    live = await make_live()
+    await live.store.set("doc", {"keep": "me"})
+    watched = await open_page(browser, live)
+    page = watched.page
+    held: list[str | bytes] = []
+    route: list[WebSocketRoute] = []
+    snapshot = asyncio.Event()
+
+    def hold(message: str | bytes) -> None:
+        held.append(message)
+        snapshot.set()
+
+    def hold_frames(ws: WebSocketRoute) -> None:  # the value's stream: connected, its frames held
+        route.append(ws)
+        ws.connect_to_server().on_message(hold)
+
+    await page.route_web_socket(live.ws_base + "/doc", hold_frames)
+    await page.goto(live.base + "/")
+    await entry(page, "doc").click()
+    await expect(page.locator("#value")).to_have_text("…")
+    await expect(page.locator("#edit")).to_be_disabled()
+    await expect(page.locator("#delete")).to_be_disabled()
+    await page.locator("#edit").click(force=True)  # a click that gets through does nothing
+    await expect(page.locator("#editor")).to_be_hidden()
+
+    await snapshot.wait()  # the server sent it: the page gets it now
+    route[0].send(held[0])
+    await expect(page.locator("#value")).to_contain_text('"keep": "me"')
+    await expect(page.locator("#edit")).to_be_enabled()
+    await page.click("#edit")
+    await expect(page.locator("#editor")).to_be_visible()
+    assert orjson.loads(await page.input_value("#edit-value")) == {"keep": "me"}
+    assert (await live.store.get("doc")).value == {"keep": "me"}
+    assert watched.errors == []
 
 
 async def test_search_and_paging_over_10000_keys(browser: Browser, make_live: LiveFactory, shots: Path) -> None:
@@ -239,6 +295,7 @@ async def test_under_a_policy_the_page_asks_for_a_token_and_uses_it(browser: Bro
     assert status == 200
     await expect(page.locator("#value")).to_contain_text('"v": 2', timeout=LIVE)
     await page.screenshot(path=shots / "token.png")
+    await expect(page.locator("#log")).to_contain_text("snapshot * (")  # the tree's stream was served too
     assert live.server.pools.state()["totalConnections"] == 2  # tree and value streams admitted
     await expect(page.locator("#metrics table")).to_contain_text("store_writes_total")
 
