@@ -440,3 +440,18 @@ async def test_a_commit_cancelled_while_its_durable_write_is_in_flight_is_applie
     await again.start()
     assert [await _value(again, k) for k in "ab"] == [1, 2]
     await again.close()
+
+
+async def test_keys_without_events_leave_the_markers_right_for_each_observer(tmp_path: Path) -> None:
+    """``no_broadcast_keys``: an observer sees the transaction's broadcast events only, marked as
+    a whole (its last one ends it); a silent observer sees all of them, marked as a whole too."""
+    store = Layered(memory=MemoryLayer())
+    await store.start(Options(no_broadcast_keys=["quiet/*"]))
+    loud: list[Event] = []
+    every: list[Event] = []
+    store.on_commit(loud.append)
+    store.on_commit(every.append, silent=True)
+    await store.commit([_set("a", 1), _set("quiet/1", 2)])
+    assert [(e.key, e.txn, e.more) for e in loud] == [("a", 1, False)]
+    assert [(e.key, e.txn, e.more) for e in every] == [("a", 2, True), ("quiet/1", 2, False)]
+    await store.close()
