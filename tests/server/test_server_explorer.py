@@ -118,6 +118,7 @@ async def test_the_page_loads_clean_and_follows_writes_live(browser: Browser, ma
 
     await entry(page, "users").click()  # opens the folder: its own glob page, live too
     await expect(entry(page, "users/1")).to_be_visible()
+    await expect(page.locator("#log")).to_contain_text("snapshot users/* (")  # its stream is live
     await live.request("POST", "users/2", {"name": "bob"})
     await expect(entry(page, "users/2")).to_be_visible(timeout=LIVE)
     await expect(page.locator("#state")).to_contain_text("revision")
