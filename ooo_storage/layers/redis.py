@@ -69,10 +69,15 @@ local function append(op, key, value, node, maxlen)
   return rev
 end
 """
+# The sets of one event-loop iteration in one step. ARGV: node, maxlen, then key, object pairs.
 _SET = _XADD + """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-return append('s', ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+local revisions = {}
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[2], 0, ARGV[i])
+  revisions[#revisions + 1] = string.format('%d', append('s', ARGV[i], ARGV[i + 1], ARGV[1], ARGV[2]))
+end
+return revisions
 """
 # A point delete always takes a revision: the store publishes it (its mirror had the key).
 _DELETE = _XADD + """
@@ -202,6 +207,9 @@ class RedisLayer:
         self._tokens: dict[str, str] = {}
         self._locks_taken = 0
         self._catching: dict[int, asyncio.Future[None]] = {}
+        self._batch: list[tuple[str, bytes, asyncio.Future[int]]] | None = None
+        self._sending: set[asyncio.Task[Any]] = set()
+        self._handed: set[int] = set()
         self._client: aioredis.Redis | None = None
         self._reader: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
@@ -409,10 +417,13 @@ class RedisLayer:
         fut = self._waiters.pop(revision, None)
         if fut is not None and not fut.done():
             self.position = revision
+            self._handed.add(revision)
             fut.set_result(None)
-            # The writer's task runs before this one resumes (ready callbacks are FIFO) and
-            # publishes in that step; a writer cancelled meanwhile is covered by ``apply``.
+            # The writer's task runs before this one resumes (ready callbacks are FIFO; a batched
+            # writer was woken when its turn was registered, earlier) and publishes in that step;
+            # a writer cancelled meanwhile is covered by ``apply``.
             await asyncio.sleep(0)
+            self._handed.discard(revision)
 
     def _moved(self, revision: int) -> None:
         self.position = revision
@@ -469,9 +480,14 @@ class RedisLayer:
         except (RedisError, OSError) as exc:
             raise _unavailable(exc, self.url) from exc
         else:
-            revision = int(answer[1] if isinstance(answer, list) else answer)
-            if revision:
-                self._waiters[revision] = asyncio.get_running_loop().create_future()
+            if name == "set":
+                revisions = [int(r) for r in answer]
+            else:
+                revisions = [int(answer[1] if isinstance(answer, list) else answer)]
+            loop = asyncio.get_running_loop()
+            for revision in revisions:
+                if revision:
+                    self._waiters[revision] = loop.create_future()
             return answer
         finally:
             self._pending.discard(number)
@@ -484,6 +500,9 @@ class RedisLayer:
             self.head = revision
         fut = self._waiters.get(revision)
         if fut is None:
+            if revision in self._handed:  # the tail handed the turn over before this writer ran
+                self._handed.discard(revision)
+                self.last_revision = revision
             return
         try:
             async with asyncio.timeout(self.write_timeout):
@@ -500,8 +519,42 @@ class RedisLayer:
         self.last_revision = revision
 
     async def set(self, key: str, obj: Object) -> None:
-        revision = await self._write("set", [key, obj.to_json(), self.node_id, self.maxlen])
-        await self._turn(int(revision))
+        """Queue the set for this loop iteration's script (one round trip and one socket write for
+        the sets of every writer of the iteration, as LevelDB's write batch), then its turn."""
+        loop = asyncio.get_running_loop()
+        if self._batch is None:
+            self._batch = []
+            loop.call_soon(self._send_batch)
+        fut: asyncio.Future[int] = loop.create_future()
+        self._batch.append((key, obj.to_json(), fut))
+        await self._turn(await fut)
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch or [], None
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[str, bytes, asyncio.Future[int]]]) -> None:
+        """One script for the batch. Its writers are answered in the step that registers their
+        turns (no hop between: the tail must find each writer ready when it hands over a turn)."""
+        args: list[Any] = [self.node_id, self.maxlen]
+        for key, raw, _ in batch:
+            args += (key, raw)
+        try:
+            answer = await self._write("set", args)
+        except BaseException as exc:
+            error = exc if isinstance(exc, StorageUnavailable) else StorageUnavailable(
+                "storage: unavailable: the store closed")
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, _, fut), revision in zip(batch, answer, strict=True):
+            if not fut.done():
+                fut.set_result(int(revision))
 
     async def delete(self, key_or_glob: str) -> int:
         if "*" in key_or_glob:
