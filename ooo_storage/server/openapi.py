@@ -34,6 +34,8 @@ _REASONS = {
     404: "Not found: no such key, or a path with a character no key can have (reason in the body)",
     405: "Method not allowed",
     409: "Conflict",
+    410: "?since=: the server cannot say what changed since that version (no history, trimmed, "
+    "filtered, or more items than a page): GET it again (reason in the body)",
     413: "Body, or merged document, over --max-body-bytes",
     415: "Unsupported Content-Encoding",
     501: "Not supported by the persistent layer (SOS and erasure-coded layers refuse transactions)",
@@ -78,6 +80,13 @@ _CURSOR = {
     "description": "The X-Next-Cursor of the previous page (empty: the first page).",
     "schema": {"type": "string"},
 }
+_SINCE = {
+    "name": "since",
+    "in": "query",
+    "description": "What changed since this version (a frame's `version`, or that of an earlier "
+    "?since= answer): the answer is a frame payload (protocol.md §4.8); needs --history-bytes",
+    "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{1,32}$"},
+}
 _PAGE_HEADERS = {
     "X-List-Truncated": {"description": "`true` when more items follow", "schema": {"type": "string"}},
     "X-Next-Cursor": {"description": "the cursor of the next page", "schema": {"type": "string"}},
@@ -89,10 +98,15 @@ _BODY = {"required": True, "description": "Any JSON value", "content": _json(_AN
 
 def _key_item(auth: bool, params: list[dict[str, Any]]) -> dict[str, Any]:
     """The operations on one key (docs/protocol.md §4.1, 4.3-4.5)."""
-    read = {"200": {"description": "The object", "content": _json(_ref("Object"))}, **_errors(auth, 404)}
+    read = {
+        "200": {"description": "The object; with ?since=, the changes since then (a frame payload)",
+                "content": _json({"anyOf": [_ref("Object"), _ref("Changes")]})},
+        **_errors(auth, 404, 410),
+    }
     return {
         "parameters": params,
-        "get": {"operationId": _op("get", params), "summary": "Read one object", "responses": read},
+        "get": {"operationId": _op("get", params), "summary": "Read one object, or its changes",
+                "parameters": [_SINCE], "responses": read},
         "head": {
             "operationId": _op("head", params),
             "summary": "GET without the body",
@@ -134,7 +148,8 @@ def _glob_item(auth: bool, params: list[dict[str, Any]]) -> dict[str, Any]:
         "parameters": params,
         "get": {
             "operationId": "list" + name,
-            "summary": "A page of the matching objects, newest first",
+            "summary": "A page of the matching objects, newest first (?since=: the changes since a "
+            "version, protocol.md §4.8)",
             "parameters": [_LIMIT, _CURSOR],
             "responses": {
                 "200": {
@@ -266,6 +281,14 @@ def _schemas() -> dict[str, Any]:
                      "properties": {"error": string, "keys": {"type": "array", "items": string}}},
         "Backup": {"type": "object", "required": ["target", "keys", "revision"],
                    "properties": {"target": string, "keys": integer, "revision": string}},
+        "Changes": {
+            "type": "object",
+            "description": "docs/protocol.md §4.8: snapshot false with an RFC 6902 patch (`[]`: no "
+            "change), or snapshot true with the object now",
+            "required": ["snapshot", "version", "data"],
+            "properties": {"snapshot": {"type": "boolean"}, "version": string, "data": _ANY},
+            "additionalProperties": False,
+        },
         "Committed": {"type": "object", "required": ["revision", "indexes"],
                       "properties": {"revision": string, "indexes": {"type": "array", "items": string}}},
     }
