@@ -101,7 +101,8 @@ class Server:
         self.endpoints = endpoints(self.config)
         self.guard.endpoints = {name: self._need_of(name) for name in self.endpoints}
         self.metrics = Metrics(self.context) if self.config.metrics else None
-        self.access = AccessLog() if self.config.access_log else None
+        access = self.config.access_log
+        self.access = access if isinstance(access, AccessLog) else AccessLog() if access else None
 
     # -- filters and hooks (docs/protocol.md §6) --------------------------------------------------
     def write_filter(self, path: str, fn: WriteFn) -> None:

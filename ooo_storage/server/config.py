@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from aiohttp.typedefs import Middleware
 
     from ..protocol.access import Policy
+    from .accesslog import AccessLog
 
 
 @dataclass
@@ -93,6 +94,10 @@ class ServerConfig:
     max_subscription_items: int = 100_000
     """Most items a glob subscription may hold: a glob matching more is refused (413) rather than
     kept in memory and sent whole (hub.py); read such a glob with GET pages."""
+    backup_dir: str | None = None
+    """The directory ``POST /?api=backup&target=NAME`` writes its snapshots into (``backup.py``):
+    a target must resolve inside it. None: backups over HTTP are off (403), so that no client can
+    make the server write a database wherever its user may write."""
     auth: Policy | None = None
     """Who may do what (``protocol/access.py``; ``Policy.load(path)`` or ``Policy.from_dict``),
     checked for every route, websockets included, before filters run and before a body is read
@@ -116,10 +121,11 @@ class ServerConfig:
     """Serve ``GET /healthz`` (live) and ``GET /readyz`` (the store open and writable, else 503 with
     the reason), never behind access control (``health.py``). False: they read the keys
     ``healthz`` and ``readyz``."""
-    access_log: bool = False
-    """Log one line per request to the ``ooo_storage.access`` logger (``accesslog.py``): method,
-    path, status, body bytes, microseconds, remote address. Off by default: it costs a log record
-    per request."""
+    access_log: bool | AccessLog = False
+    """Log one line per request (``accesslog.py``): method, path, status, body bytes,
+    microseconds, remote address. True: as INFO records of the ``ooo_storage.access`` logger; an
+    :class:`~.accesslog.AccessLog` of your own (``serve`` gives a ``DirectAccessLog``, cheaper):
+    through it. Off by default: a record per request costs about as much CPU as a POST."""
 
     def __post_init__(self) -> None:
         if self.max_connections_per_client is not None and self.max_connections_per_client < 1:

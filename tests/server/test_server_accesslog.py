@@ -17,7 +17,7 @@ import orjson
 import pytest
 from server_live import LiveFactory, next_frame
 
-from ooo_storage.server.accesslog import AccessLog, BatchedHandler, TextFormatter
+from ooo_storage.server.accesslog import AccessLog, Batch, BatchedHandler, TextFormatter
 
 BOTH = pytest.mark.parametrize("engine", ["lean", "aiohttp"], indirect=True)
 ENGINES = pytest.mark.parametrize("http_engine", ["lean", "aiohttp"])
@@ -91,6 +91,24 @@ async def test_json_lines_of_a_known_workload(http_engine: str) -> None:
     assert all(o["level"] == "INFO" and "traceback" not in o for o in refusals)
 
 
+async def test_text_lines_of_serve() -> None:
+    """``serve --access-log`` writes its lines as the text formatter writes the others."""
+    proc, port = await _serve("--access-log")
+    assert proc.stderr is not None
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"http://127.0.0.1:{port}/t/1", data=b"[1]") as resp:
+                assert resp.status == 200
+            async with asyncio.timeout(10):
+                while "ooo_storage.access" not in (line := (await proc.stderr.readline()).decode()):
+                    assert line, "server exited"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await proc.wait()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO ooo_storage\.access: "
+                        r"POST /t/1 200 13 \d+us 127\.0\.0\.1\n", line), line
+
+
 async def test_off_by_default(make_live: LiveFactory, caplog: pytest.LogCaptureFixture) -> None:
     live = await make_live()
     with caplog.at_level(logging.INFO, logger="ooo_storage.access"):
@@ -158,7 +176,7 @@ class _Writes(io.StringIO):
 
 async def test_lines_of_one_loop_iteration_go_out_in_one_write() -> None:
     stream = _Writes()
-    handler = BatchedHandler(stream)
+    handler = BatchedHandler(Batch(stream))
     handler.setFormatter(TextFormatter())
     logger = logging.getLogger("test.batched")
     logger.addHandler(handler)
