@@ -109,6 +109,14 @@ def _history_bytes(text: str) -> int:
     return number
 
 
+def _directory(text: str) -> str:
+    """An existing directory, made absolute: the server may change its working directory's meaning
+    for nobody, but a relative path in a config file is read against where serve started."""
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a directory: create it first (mkdir -p)")
+    return str(Path(text).absolute())
+
+
 def _host(text: str) -> str:
     """An address to bind: a text made of digits and dots, or holding a colon, must be an IP
     address (``999.1.1.1`` would otherwise be looked up as a host name and fail only at bind)."""
@@ -281,6 +289,14 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         help="drop history events older than S seconds (turns the history on; default: kept until "
         "--history-bytes is reached)",
     )
+    serve.add_argument(
+        "--backup-dir",
+        type=_directory,
+        default=None,
+        metavar="DIR",
+        help="an existing directory that POST /?api=backup&target=NAME may write snapshots into "
+        "(DIR/NAME); default: none, backups over HTTP are off (403)",
+    )
     serve.add_argument("--static", action="store_true", help="refuse every route without a matching filter")
     serve.add_argument(
         "--max-body-bytes",
@@ -390,7 +406,7 @@ class _Access:
 def run_serve(args: argparse.Namespace) -> int:
     from ..server.accesslog import configure_logging
 
-    configure_logging(args.log_level, args.log_format)
+    args.log_batch = configure_logging(args.log_level, args.log_format)  # --access-log writes to it too
     if args.auth is not None:
         # Until the event loop takes SIGHUP over (_reload_on_sighup), one must not kill the server.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -546,6 +562,7 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
     from ..layers import Layer, LevelDBLayer, MemoryLayer
     from ..layers.leveldb import DEFAULT_RESERVE
     from ..server import Server, serve
+    from ..server.accesslog import DirectAccessLog
 
     reserve = DEFAULT_RESERVE if args.reserve_bytes is None else args.reserve_bytes
     embedded: Layer | None = (
@@ -569,10 +586,11 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
         allowed_hosts=tuple(args.allowed_hosts),
         auth=access.policy,
         http_engine=args.http_engine,
-        access_log=args.access_log,
+        access_log=DirectAccessLog(args.log_batch, args.log_format) if args.access_log else False,
         metrics=not args.no_metrics,
         metrics_auth=args.metrics_auth,
         health=not args.no_health,
+        backup_dir=args.backup_dir,
         **_limits(args),
     )
     scheme = "http" if access.tls is None else "https"
