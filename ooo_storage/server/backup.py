@@ -1,13 +1,18 @@
-"""``POST /?api=backup&target=DIR`` (admin): an online, consistent snapshot of the LevelDB layer
-copied into a fresh LevelDB at ``DIR`` on the server's filesystem, while the server keeps serving.
+"""``POST /?api=backup&target=NAME`` (admin): an online, consistent snapshot of the LevelDB layer
+copied into a fresh LevelDB at ``NAME`` inside the operator's backup directory (``serve
+--backup-dir DIR``, :attr:`ServerConfig.backup_dir`), while the server keeps serving.
 
 The copy holds every write acknowledged before the request and none after it
-(:meth:`~ooo_storage.layers.LevelDBLayer.backup`); ``ooo-storage serve --data DIR`` serves it as it
-is (docs/operations.md, Backups). Refusals, each with its reason: 401/403 without ``admin`` (403
-for a client on another machine when the server has no policy), 400 for a
-missing or relative target or one inside the data directory, 409 when the target exists and is not
-empty, 501 when the store has no LevelDB layer (memory only, SOS, erasure-coded: their files are
-copied another way), 503 while the store is not open.
+(:meth:`~ooo_storage.layers.LevelDBLayer.backup`); ``ooo-storage serve --data DIR/NAME`` serves it
+as it is (docs/operations.md, Backups). Only the operator chooses where the server writes: a
+request names a directory inside the backup directory (a relative name, or an absolute path in it),
+never one elsewhere, so that a client cannot make the server write a database wherever its user
+may write. Refusals, each with its reason: 401/403 without ``admin`` (403 for a client on another
+machine when the server has no policy), 501 when the store has no LevelDB layer (memory only, SOS,
+erasure-coded: their files are copied another way), 403 when the server has no backup directory
+(backups over HTTP are off), 400 for a missing target, one outside the backup directory (``..``
+and symlinks resolved first) or inside the data directory, or one holding a NUL byte, 409 when the
+target exists and is not empty, 503 while the store is not open.
 """
 
 from __future__ import annotations
@@ -62,24 +67,38 @@ def _layer(ctx: Context) -> LevelDBLayer:
     return layer
 
 
-def _target(request: web.Request, data: str) -> str:
+def _root(ctx: Context) -> str:
+    """The backup directory, resolved; backups over HTTP are off (403) without one."""
+    root = ctx.config.backup_dir
+    if root is None:
+        raise HTTPFailure(403, "ooo: backup: backups over HTTP are off: start the server with "
+                               "--backup-dir DIR (the directory backups may be written to)")
+    return os.path.realpath(root)
+
+
+def _target(request: web.Request, root: str, data: str) -> str:
+    """The directory to write, resolved (``..`` and symlinks) inside ``root`` and outside ``data``."""
     target = request.query.get("target", "")
     if not target:
-        raise HTTPFailure(400, "ooo: backup: give the directory to write: ?api=backup&target=/abs/dir")
-    if not os.path.isabs(target):
-        raise HTTPFailure(400, f"ooo: backup: target {target!r} must be an absolute path on the server")
-    real, home = os.path.realpath(target), os.path.realpath(data)
+        raise HTTPFailure(400, "ooo: backup: give the name of a new directory in the backup "
+                               "directory: ?api=backup&target=NAME")
+    if "\0" in target:
+        raise HTTPFailure(400, f"ooo: backup: target {target!r} holds a NUL byte: give a plain name")
+    real, home = os.path.realpath(os.path.join(root, target)), os.path.realpath(data)
+    if not real.startswith(root.rstrip(os.sep) + os.sep):
+        raise HTTPFailure(400, f"ooo: backup: target {target!r} is not inside the backup directory "
+                               f"{root}: give a name in it, e.g. ?api=backup&target=ooo-2026-12-03")
     if real == home or real.startswith(home + os.sep):
         raise HTTPFailure(400, f"ooo: backup: target {target!r} is inside the data directory: give "
                                "a directory elsewhere")
-    return target
+    return real
 
 
 async def backup(ctx: Context, request: web.Request) -> web.Response:
     """Take the snapshot and copy it; reply ``{"target", "keys", "revision", "seconds"}``."""
     _authorize(ctx, request)
     layer = _layer(ctx)
-    target = _target(request, layer.path)
+    target = _target(request, _root(ctx), layer.path)
     revision, started = ctx.store.revision, time.monotonic()
     try:
         count = await layer.backup(target)

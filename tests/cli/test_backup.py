@@ -195,16 +195,16 @@ def test_export_over_http_says_why_it_cannot(tmp_path: Path) -> None:
 
 
 class Serve:
-    """``ooo-storage serve --data DIR`` as a process on a free port."""
+    """``ooo-storage serve --data DIR [--backup-dir ROOT]`` as a process on a free port."""
 
-    def __init__(self, data: Path) -> None:
-        self.data = data
+    def __init__(self, data: Path, *argv: str) -> None:
+        self.data, self.argv = data, argv
         self.url = ""
 
     async def __aenter__(self) -> Serve:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ooo_storage", "serve", "--port", "0", "--data", str(self.data),
-            cwd=ROOT, stderr=asyncio.subprocess.PIPE)
+            *self.argv, cwd=ROOT, stderr=asyncio.subprocess.PIPE)
         assert self.process.stderr is not None
         async with asyncio.timeout(20):
             while not (found := SERVING.search((line := await self.process.stderr.readline()).decode())):
@@ -232,14 +232,15 @@ async def snapshot(http: aiohttp.ClientSession, url: str, keys: list[str]) -> di
 
 
 async def test_online_backup_is_consistent_and_serves_again(tmp_path: Path, http: aiohttp.ClientSession) -> None:
-    target = tmp_path / "backup"
-    async with Serve(tmp_path / "data") as served:
+    (tmp_path / "backups").mkdir()
+    target = tmp_path / "backups" / "one"
+    async with Serve(tmp_path / "data", "--backup-dir", str(tmp_path / "backups")) as served:
         before = [f"k/{i}" for i in range(200)]
         await asyncio.gather(*(http.post(f"{served.url}/{key}", data=b'{"n":%d}' % i)
                                for i, key in enumerate(before)))
         await http.post(f"{served.url}/big", data=b"%d" % BIG)
         writes = [http.post(f"{served.url}/after/{i}", data=b"1") for i in range(50)]
-        async with http.post(f"{served.url}/?api=backup&target={target}") as reply:
+        async with http.post(f"{served.url}/?api=backup&target=one") as reply:
             assert reply.status == 200, await reply.text()
             answer = await reply.json()
         await asyncio.gather(*writes)
@@ -248,12 +249,9 @@ async def test_online_backup_is_consistent_and_serves_again(tmp_path: Path, http
         async with http.post(f"{served.url}/?api=backup&target={target}") as again:
             assert (again.status, await again.text()) == (
                 409, f"ooo: backup: target '{target}' exists and is not empty: give a new or empty directory")
-        for query, reason in [("", "give the directory to write: ?api=backup&target=/abs/dir"),
-                              ("&target=rel/dir", "target 'rel/dir' must be an absolute path on the server"),
-                              (f"&target={tmp_path}/data/in", f"target '{tmp_path}/data/in' is inside the data "
-                                                                 "directory: give a directory elsewhere")]:
-            async with http.post(f"{served.url}/?api=backup{query}") as refused:
-                assert (refused.status, await refused.text()) == (400, f"ooo: backup: {reason}")
+        async with http.post(f"{served.url}/?api=backup", params={"target": "a\0b"}) as refused:
+            assert (refused.status, await refused.text()) == (
+                400, "ooo: backup: target 'a\\x00b' holds a NUL byte: give a plain name")
     async with Serve(target) as copy:
         assert await snapshot(http, copy.url, [*before, "big"]) == expected
         async with http.get(f"{copy.url}/", headers={"Accept": "application/json"}) as reply:
@@ -320,3 +318,49 @@ def test_a_directory_that_is_not_a_database_is_left_alone(tmp_path: Path) -> Non
         assert done.stderr.decode().endswith(
             f"{tmp_path}: not a LevelDB directory (no CURRENT file): give the --data of a store\n")
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+async def backup_answers(data: Path, targets: list[str], backup_dir: Path | None) -> list[tuple[int, str]]:
+    """The answers of a LevelDB server on ``data`` (``backup_dir`` given or not) to one backup per
+    target."""
+    from ooo_storage.server import ServerRunner
+
+    answers = []
+    async with Layered(embedded=LevelDBLayer(data)) as store, ServerRunner(
+            store, "127.0.0.1", 0, backup_dir=None if backup_dir is None else str(backup_dir)) as runner, \
+            aiohttp.ClientSession() as http:
+        await store.set("k", 1)
+        for target in targets:
+            async with http.post(f"{runner.url}/", params={"api": "backup", "target": target}) as reply:
+                answers.append((reply.status, await reply.text()))
+    return answers
+
+
+async def test_without_a_backup_dir_backups_over_http_are_off(tmp_path: Path) -> None:
+    answers = await backup_answers(tmp_path / "data", [str(tmp_path / "b"), "/etc/ooo-never"], None)
+    assert answers == [(403, "ooo: backup: backups over HTTP are off: start the server with --backup-dir "
+                             "DIR (the directory backups may be written to)")] * 2
+    assert not (tmp_path / "b").exists()
+
+
+async def test_a_backup_goes_only_inside_the_backup_dir(tmp_path: Path) -> None:
+    root, outside = tmp_path / "backups", tmp_path / "elsewhere"
+    root.mkdir()
+    outside.mkdir()
+    (root / "link").symlink_to(outside)
+    escapes = ["../elsewhere/x", str(outside / "x"), "link/x", "link", "/tmp/ooo-never", ".", "", "a\0b"]
+    targets = [*escapes, "data/in", "ok", str(root / "abs"), "deep/er"]
+    answers = await backup_answers(root / "data", targets, root)  # a data directory in it: not that
+    reason = f"is not inside the backup directory {root}: give a name in it, e.g. ?api=backup&target=ooo-2026-12-03"
+    for target, (status, text) in zip(escapes[:6], answers, strict=False):
+        assert (status, text) == (400, f"ooo: backup: target {target!r} {reason}")
+    assert answers[6] == (400, "ooo: backup: give the name of a new directory in the backup directory: "
+                               "?api=backup&target=NAME")
+    assert answers[7] == (400, "ooo: backup: target 'a\\x00b' holds a NUL byte: give a plain name")
+    assert answers[8] == (400, "ooo: backup: target 'data/in' is inside the data directory: give a "
+                               "directory elsewhere")
+    for (status, text), made in zip(answers[9:], ["ok", "abs", "deep/er"], strict=True):
+        assert status == 200, text
+        assert orjson.loads(text)["target"] == str(root / made) and (root / made / "CURRENT").is_file()
+    assert list(outside.iterdir()) == [] and not Path("/tmp/ooo-never").exists()
+    assert sorted(p.name for p in root.iterdir()) == ["abs", "data", "deep", "link", "ok"]
