@@ -3,7 +3,8 @@
 ::
 
     ooo-storage serve [--host 127.0.0.1] [--port 8800] [--data ./data] [--memory-only] [--sync] [--static]
-                      [--sos ROOT [--indexer-rate 0.1]]
+                      [--sos ROOT [--indexer-rate 0.1] | --redis URL [--namespace ooo]]
+                      [--history-bytes N] [--history-age S] [--history-dir DIR]
                       [--max-body-bytes N] [--allowed-origin ORIGIN ...] [--allowed-host HOST ...]
                       [--max-connections N] [--max-connections-per-client N]
                       [--max-buffered-body-bytes N] [--header-timeout S] [--body-timeout S]
@@ -129,9 +130,11 @@ def _host(text: str) -> str:
 
 
 class _Storage(argparse.Action):
-    """``--data``, ``--sync`` and ``--memory-only``: stored as usual (a flag when ``nargs=0``), but
-    ``--memory-only`` with either of the others is an argparse error, in whichever order they come,
-    instead of a server that silently ignores the directory or the durability it was asked for."""
+    """The options that choose where the data lives (``--data``, ``--sync``, ``--memory-only``,
+    ``--sos``, ``--redis``): stored as usual (a flag when ``nargs=0``), but two that exclude each
+    other (:data:`_EXCLUDED`) are an argparse error (exit 2), in whichever order and from whichever
+    source (flag, ``OOO_*``, ``--config``) they come, instead of a server that silently picks one
+    and ignores the directory, the engine or the durability it was also asked for."""
 
     def __call__(
         self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
@@ -140,14 +143,26 @@ class _Storage(argparse.Action):
         flag = self.option_strings[0]
         given: tuple[str, ...] = getattr(namespace, "storage_flags", ())
         for other in given:
-            if (other == _MEMORY_ONLY) != (flag == _MEMORY_ONLY):
-                raise argparse.ArgumentError(
-                    self, f"not allowed with argument {other}: --memory-only keeps nothing on disk")
+            why = _EXCLUDED.get(frozenset((flag, other)))
+            if why is not None:
+                raise argparse.ArgumentError(self, f"not allowed with argument {other}: {why}")
         namespace.storage_flags = (*given, flag)
         setattr(namespace, self.dest, True if self.nargs == 0 else values)
 
 
 _MEMORY_ONLY = "--memory-only"
+_ENGINES = ("--sos", "--redis")
+_EXCLUDED: dict[frozenset[str], str] = {
+    **{frozenset((_MEMORY_ONLY, other)): "--memory-only keeps nothing on disk"
+       for other in ("--data", "--sync", *_ENGINES)},
+    frozenset(_ENGINES): "a server stores in one place: SOS or Redis, not both",
+    **{frozenset(("--data", engine)): f"--data is the LevelDB directory, which {engine} replaces "
+       "(the event history goes in --history-dir)" for engine in _ENGINES},
+    frozenset(("--sync", "--redis")): "with --redis, durability is Redis's own appendfsync setting "
+    "(docs/layers.md)",
+}
+"""The storage options that exclude each other, and why (``--sync`` with ``--sos`` is allowed:
+SOS writes are durable anyway)."""
 
 
 def _checked_by(rule: Callable[[str], object]) -> Callable[[str], str]:
@@ -277,9 +292,9 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         type=_history_bytes,
         default=None,
         metavar="N",
-        help="keep an event history of at most N bytes in <data>/history, so that a watch can resume "
+        help="keep an event history of at most N bytes in --history-dir, so that a watch can resume "
         "from a revision (the oldest events are dropped first; default: off, 64 MiB with "
-        "--history-age; 0: off)",
+        "--history-age or --history-dir; 0: off)",
     )
     serve.add_argument(
         "--history-age",
@@ -288,6 +303,14 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="S",
         help="drop history events older than S seconds (turns the history on; default: kept until "
         "--history-bytes is reached)",
+    )
+    serve.add_argument(
+        "--history-dir",
+        default=None,
+        metavar="DIR",
+        help="where this server keeps its event history (turns the history on; default "
+        "<data>/history with LevelDB). Required with --sos and --redis: the servers sharing a "
+        "store each need their own history directory, never one another's",
     )
     serve.add_argument(
         "--backup-dir",
@@ -650,13 +673,22 @@ def _history(args: argparse.Namespace) -> HistoryOptions | None:
     revision comes next), while it costs a write per event and, with --sync, a second fsync."""
     from ..layered import HistoryOptions
 
-    size, age = args.history_bytes, args.history_age
-    if size == 0 or (size is None and age is None):
+    size, age, directory = args.history_bytes, args.history_age, args.history_dir
+    if size == 0 or (size is None and age is None and directory is None):
         return None
     if args.memory_only:
-        raise _Refused("serve: --history-bytes/--history-age keep the history on disk beside the "
-                       "data: not with --memory-only", status=2)
-    return HistoryOptions(Path(args.data) / "history", max_bytes=size or _HISTORY_DEFAULT, max_age=age)
+        raise _Refused("serve: --history-bytes/--history-age/--history-dir keep the history on disk: "
+                       "not with --memory-only", status=2)
+    if directory is None:
+        engine = "--sos" if args.sos else "--redis" if args.redis else None
+        if engine is not None:
+            # The default (./data/history) would be one journal for every server started in the
+            # same directory, and the history journal takes no lock: it would be corrupted.
+            raise _Refused(f"serve: the event history with {engine} needs --history-dir DIR, a "
+                           "directory of this server alone (servers sharing a store must not "
+                           "share a history)", status=2)
+        directory = str(Path(args.data) / "history")
+    return HistoryOptions(directory, max_bytes=size or _HISTORY_DEFAULT, max_age=age)
 
 
 def _cannot_listen(host: str, port: int, exc: OSError) -> str:
