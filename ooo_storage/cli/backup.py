@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import os
 import sys
 import time
@@ -118,6 +120,15 @@ def _write(line: bytes) -> None:
     sys.stdout.buffer.write(line + b"\n")
 
 
+def _quiet_stdout() -> None:
+    """Point file descriptor 1 at /dev/null after a failed write, so that the interpreter's last
+    flush of what is still buffered does not print a traceback after our one-line reason."""
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+
+
 def _export(args: argparse.Namespace) -> int:
     try:
         pattern = _glob(args.glob)
@@ -133,6 +144,10 @@ def _export(args: argparse.Namespace) -> int:
         return 1
     except BrokenPipeError:  # `ooo-storage export | head`
         sys.stderr.close()
+    except OSError as exc:  # `> /dev/full`, a disk that fills, a dead NFS mount...
+        _quiet_stdout()
+        print(f"ooo-storage: export: can't write the dump to stdout: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -141,6 +156,8 @@ def _open_layer(path: str, create: bool) -> Any:
 
     if not create and not os.path.isdir(path):
         raise _Failed(f"{path}: no such database directory")
+    if not create and not os.listdir(path):  # LevelDB would make an empty database there
+        raise _Failed(f"no database in {path} (an empty directory): give the --data of a store")
     if os.path.isdir(path) and os.listdir(path) and not os.path.isfile(os.path.join(path, "CURRENT")):
         raise _Failed(f"{path}: not a LevelDB directory (no CURRENT file): give the --data of a store")
     layer = LevelDBLayer(path)
@@ -233,12 +250,17 @@ def _import(args: argparse.Namespace) -> int:
         return 1
     total = None if args.dump == "-" else os.fstat(stream.fileno()).st_size
     progress = Progress("imported", total=total)
+    name = "stdin" if args.dump == "-" else args.dump
     try:
-        name = "stdin" if args.dump == "-" else args.dump
         asyncio.run(_import_into(args.data, stream, args.merge, progress, name))
     except _Failed as exc:
         progress.finish()
         print(f"ooo-storage: import: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # reading the dump failed midway (a device error, a dead mount)
+        progress.finish()
+        print(f"ooo-storage: import: {name}: can't read it: {exc.strerror or exc}; the lines before "
+              "the failure are imported", file=sys.stderr)
         return 1
     finally:
         if stream is not sys.stdin.buffer:
@@ -249,7 +271,9 @@ def _import(args: argparse.Namespace) -> int:
 
 def parse_line(line: bytes) -> tuple[str, bytes, int, int]:
     """A dump line's key, data (compact JSON text, numbers exact), created and updated; ValueError
-    saying what is wrong."""
+    saying what is wrong. The store derives ``index`` from the key, so a line whose ``index`` says
+    otherwise was damaged or hand-edited: refused rather than half believed (a line without
+    ``index`` is fine). ``created`` is positive: 0 is what the store shows for a key never written."""
     try:
         obj = jsontext.loads(line)
     except ValueError as exc:
@@ -260,8 +284,12 @@ def parse_line(line: bytes) -> tuple[str, bytes, int, int]:
     if not isinstance(key, str) or not keys.is_valid(key) or keys.has_glob(key):
         raise ValueError(f"'path' must be a key without a glob, not {key!r}")
     created, updated = obj.get("created"), obj.get("updated")
-    if not (type(created) is int and type(updated) is int and created >= 0 and updated >= 0):
-        raise ValueError("'created' and 'updated' must be whole numbers")
+    if not (type(created) is int and type(updated) is int and created > 0 and updated >= 0):
+        raise ValueError("'created' must be a positive whole number and 'updated' a whole number "
+                         "(microseconds; updated 0: never updated)")
+    index = obj.get("index", key.rpartition("/")[2])
+    if index != key.rpartition("/")[2]:
+        raise ValueError(f"'index' {index!r} is not the last part of 'path' {key!r}: the line is damaged")
     if "data" not in obj:
         raise ValueError("no 'data'")
     return key, jsontext.dumps(obj["data"]), created, updated

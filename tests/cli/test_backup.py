@@ -117,7 +117,10 @@ def test_import_refuses_a_store_with_keys_unless_merge(source: Path, tmp_path: P
     (b"nope", "not JSON"),
     (b"[1]", "not an object"),
     (b'{"path":"logs/*","created":1,"updated":1,"data":1}', "'path' must be a key without a glob, not 'logs/*'"),
-    (b'{"path":"k","created":-1,"updated":1,"data":1}', "'created' and 'updated' must be whole numbers"),
+    (b'{"path":"k","created":-1,"updated":1,"data":1}', "'created' must be a positive whole number and 'updated' a whole number"),
+    (b'{"path":"k","created":0,"updated":1,"data":1}', "'created' must be a positive whole number and 'updated' a whole number"),
+    (b'{"path":"a/b","created":1,"updated":1,"index":"x","data":1}',
+     "'index' 'x' is not the last part of 'path' 'a/b': the line is damaged"),
     (b'{"path":"k","created":1,"updated":1}', "no 'data'"),
 ])
 def test_a_bad_line_stops_the_import_naming_its_number(tmp_path: Path, line: bytes, reason: str) -> None:
@@ -138,6 +141,11 @@ def test_parse_line_keeps_numbers_exact() -> None:
 def test_export_of_a_missing_or_open_database_says_why(tmp_path: Path) -> None:
     missing = cli("export", "--data", str(tmp_path / "none"))
     assert (missing.returncode, missing.stderr.decode()) == (1, f"ooo-storage: {tmp_path}/none: no such database directory\n")
+    (tmp_path / "empty").mkdir()
+    empty = cli("export", "--data", str(tmp_path / "empty"))
+    assert (empty.returncode, empty.stdout, empty.stderr.decode()) == (
+        1, b"", f"ooo-storage: no database in {tmp_path}/empty (an empty directory): give the --data of a store\n")
+    assert list((tmp_path / "empty").iterdir()) == []  # no database invented
     db = plyvel.DB(str(tmp_path / "open"), create_if_missing=True)  # another process holds the lock
     try:
         busy = command("export", "--data", str(tmp_path / "open"))
@@ -364,3 +372,18 @@ async def test_a_backup_goes_only_inside_the_backup_dir(tmp_path: Path) -> None:
         assert orjson.loads(text)["target"] == str(root / made) and (root / made / "CURRENT").is_file()
     assert list(outside.iterdir()) == [] and not Path("/tmp/ooo-never").exists()
     assert sorted(p.name for p in root.iterdir()) == ["abs", "data", "deep", "link", "ok"]
+
+
+def test_export_to_a_full_device_is_one_line_and_status_1(source: Path) -> None:
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([sys.executable, "-m", "ooo_storage", "export", "--data", str(source)],
+                              cwd=ROOT, stdout=full, stderr=subprocess.PIPE, timeout=60)
+    assert (done.returncode, done.stderr.decode()) == (
+        1, "ooo-storage: export: can't write the dump to stdout: No space left on device\n")
+
+
+def test_a_dump_that_fails_to_read_midway_is_one_line_and_status_1(tmp_path: Path) -> None:
+    done = cli("import", "--data", str(tmp_path / "db"), "/proc/self/mem")  # open works, read is EIO
+    assert (done.returncode, done.stderr.decode()) == (
+        1, "ooo-storage: import: /proc/self/mem: can't read it: Input/output error; the lines before "
+           "the failure are imported\n")
