@@ -86,7 +86,8 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
                         help="exit 0 when KEY does not exist (nothing to delete) instead of 1")
     watch = add("watch", _watch, "print what changes at KEY, one JSON line per change: the first state "
                 "as {\"version\", \"snapshot\"}, then {\"version\", \"set\": objects written, \"del\": keys "
-                "gone} (for a single key: \"set\": its object, \"del\": KEY)", key,
+                "gone} (for a single key: \"set\": its object, \"del\": KEY; missing at first: no line, "
+                "a note on stderr)", key,
                 options=lambda args: ClientOptions(max_frame_bytes=args.max_frame_bytes))
     watch.add_argument("--full", action="store_true",
                        help="print the whole state as one JSON line after every change instead")
@@ -216,7 +217,8 @@ class _Changes:
     """What ``watch`` prints for each state: the first whole (``snapshot``), then only what changed
     since the state before: ``set`` (the objects written, newest first, for a glob a list) and
     ``del`` (the keys gone); nothing when a reconnect's snapshot changed nothing. ``--full`` prints
-    every state whole."""
+    every state whole. A key missing at first prints nothing (a note on stderr), so that ``--count``
+    counts only real states, never the protocol's stand-in ``{"created":0,...}``."""
 
     def __init__(self, key: str, full: bool) -> None:
         self.key, self.full = key, full
@@ -224,15 +226,17 @@ class _Changes:
         self.started = False
 
     def line(self, state: Any, version: str | None) -> dict[str, Any] | Any:
-        if self.full:
-            return state
         before, self.state = self.state, state
         if not self.started:
             self.started = True
-            if "*" not in self.key and _absent(state):
+            if "*" not in self.key and _absent(state):  # the protocol's stand-in, not an object
                 print(f"ooo-storage: no such key: {self.key} (yet: watching for it)", file=sys.stderr,
                       flush=True)
-            return {"version": version, "snapshot": state}
+                return None
+            if not self.full:
+                return {"version": version, "snapshot": state}
+        if self.full:
+            return state
         change = _glob_change(before, state) if isinstance(state, list) else self._key_change(before, state)
         return {"version": version, **change} if change else None
 
