@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -220,6 +221,9 @@ async def test_three_nodes_one_order(own_redis: RedisServer, http: aiohttp.Clien
         final = {o["path"]: o["data"]["v"] for g in GLOBS for o in await get_json(http, nodes[0], g)}
         assert final == {k: v for k, v in acked.items() if k in final} and "pool/b/w1" in final
         assert all(len(w.frames) > 1 for w in watchers)
+        for node in nodes:  # the log names the node, the Redis version and the stream position
+            assert any(re.search(r"node \S+ on redis 7\.\S+ at .*stream position \d+", line)
+                       for line in node.output), node.output
     finally:
         for watcher in watchers:
             if watcher.task is not None:
@@ -262,3 +266,16 @@ async def test_kill_a_node_and_restart_redis_under_load(own_redis: RedisServer, 
                 watcher.task.cancel()
         await asyncio.gather(*(w.task for w in watchers if w.task), return_exceptions=True)
         await asyncio.gather(*(node.stop() for node in nodes))
+
+
+async def test_serve_without_redis_exits_naming_it() -> None:
+    port = free_port()  # nothing listens there
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-P", "-m", "ooo_storage", "serve", "--port", "0",
+        "--redis", f"redis://127.0.0.1:{port}/0", stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        _, err = await proc.communicate()
+    assert proc.returncode == 1
+    assert f"storage: can't reach redis at redis://127.0.0.1:{port}/0" in err.decode()
