@@ -14,7 +14,10 @@ Shapes: an option without a value (``--sync``) takes ``true``/``false`` in the f
 ``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off`` in the environment; a repeatable one
 (``--allowed-origin``) takes a list in the file and a comma-separated list in the environment; any
 other takes a string or a number. A source never adds to a repeatable option given by a higher one:
-it is replaced whole. ``OOO_CONFIG`` names the file when ``--config`` does not.
+it is replaced whole. ``OOO_CONFIG`` names the file when ``--config`` does not. An empty (or blank)
+variable counts as unset, as shells and container runtimes leave ``OOO_X=`` behind: the file or
+the default then decides. A choice whose words are all lower case (``--log-level``,
+``--log-format``, ``--loop``, ``--http-engine``) is read in any case: ``OOO_LOG_LEVEL=DEBUG``.
 """
 
 from __future__ import annotations
@@ -161,6 +164,15 @@ def _read_file(path: str, named_by: str) -> dict[str, Any]:
         raise ConfigError(f"{named_by} {path}: not valid TOML: {exc}") from None
 
 
+def _folded(option: _Option, text: str) -> str:
+    """``text`` in lower case when the option's choices are lower-case words and that is one of
+    them (``DEBUG`` for ``debug``); otherwise as it is, for :func:`_check` to judge."""
+    choices = option.action.choices
+    if choices is None or text in choices or not all(isinstance(c, str) and c == c.lower() for c in choices):
+        return text
+    return text.lower() if text.lower() in choices else text
+
+
 def _check(option: _Option, text: str, source: str) -> None:
     """Apply the option's ``type`` and ``choices`` as argparse would, naming ``source``."""
     action = option.action
@@ -186,6 +198,7 @@ def _from_env(option: _Option, text: str) -> list[str]:
             raise ConfigError(f"{source}: {option.flag} is on or off: give 1/true/yes/on or 0/false/no/off")
         return [option.flag] if word in _TRUE else []
     items = [part.strip() for part in text.split(",") if part.strip()] if option.repeatable else [text]
+    items = [_folded(option, item) for item in items]
     for item in items:
         _check(option, item, source)
     return [f"{option.flag}={item}" for item in items]
@@ -202,7 +215,7 @@ def _from_file(option: _Option, value: Any, source: str) -> list[str]:
         if isinstance(item, bool) or not isinstance(item, str | int | float):
             shape = "a string, a number" + (" or a list of them" if option.repeatable else "")
             raise ConfigError(f"{source}: expected {shape}, not {item!r}")
-        text = str(item)
+        text = _folded(option, str(item))
         _check(option, text, f"{source} = {text}")
         texts.append(f"{option.flag}={text}")
     return texts
@@ -212,12 +225,17 @@ def _file_options(options: list[_Option], doc: dict[str, Any], path: str) -> dic
     """The file's values by dest, unknown keys refused (a typo must not be ignored silently)."""
     by_key = {option.key: option for option in options}
     values: dict[str, Any] = {}
+    named: dict[str, str] = {}  # dest -> the key that gave it
     for key, value in doc.items():
         option = by_key.get(key) or by_key.get(key.replace("_", "-"))
         if option is None:
             known = ", ".join(sorted(by_key))
             raise ConfigError(f"{path}: {key}: no such serve option (known: {known})")
-        values[option.action.dest] = (option, value)
+        dest = option.action.dest
+        if dest in named:  # max-body-bytes and max_body_bytes: which one would win is a guess
+            raise ConfigError(f"{path}: {named[dest]} and {key} are the same option: keep one")
+        named[dest] = key
+        values[dest] = (option, value)
     return values
 
 
@@ -244,7 +262,7 @@ def resolve(serve: argparse.ArgumentParser, argv: Sequence[str],
         dest = option.action.dest
         if dest in given:
             sources[dest] = "flag"
-        elif option.env in environ:
+        elif environ.get(option.env, "").strip():  # OOO_X= is unset
             added += _from_env(option, environ[option.env])
             sources[dest] = f"env {option.env}"
         elif dest in in_file:
@@ -276,15 +294,14 @@ def expand(parser: argparse.ArgumentParser, argv: Sequence[str],
 
 def _name_sources(serve: argparse.ArgumentParser, sources: dict[str, str]) -> None:
     """Make argparse's errors (options that exclude each other) say which options came from the
-    environment or the file: the user did not type them."""
+    environment or the file, on one line: the user did not type them, so the usage would not help."""
     found = [f"{option.flag} from {sources[option.action.dest]}" for option in _options(serve)
              if sources.get(option.action.dest, "flag") not in ("flag", "default")]
     if not found:
         return
-    error = serve.error
 
     def named(message: str) -> NoReturn:
-        error(f"{message} (not on the command line: {', '.join(found)})")
+        serve.exit(2, f"{serve.prog}: error: {message} (not on the command line: {', '.join(found)})\n")
 
     serve.error = named  # type: ignore[method-assign]
 

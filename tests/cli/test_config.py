@@ -168,5 +168,29 @@ def test_options_that_exclude_each_other_say_which_came_from_env_or_file(
     with pytest.raises(SystemExit) as exit_:
         parser.parse_args(argv)
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1].endswith(
-        "--memory-only keeps nothing on disk (not on the command line: --memory-only from env OOO_MEMORY_ONLY)")
+    assert capsys.readouterr().err == (  # one line: the usage would not show what the file or env set
+        "ooo-storage serve: error: argument --data: not allowed with argument --memory-only: --memory-only "
+        "keeps nothing on disk (not on the command line: --memory-only from env OOO_MEMORY_ONLY)\n")
+
+
+def test_an_empty_variable_counts_as_unset(tmp_path: Path) -> None:
+    config = write(tmp_path / "serve.toml", "max-body-bytes = 1000\nsync = true\n")
+    found = values(["--config", config], {"OOO_MAX_BODY_BYTES": "", "OOO_SYNC": " ", "OOO_PORT": ""})
+    assert (found["max-body-bytes"].value, found["max-body-bytes"].source) == (1000, f"file {config}")
+    assert (found["sync"].value, found["sync"].source) == (True, f"file {config}")
+    assert (found["port"].value, found["port"].source) == (8800, "default")
+
+
+def test_lower_case_choices_are_read_in_any_case(tmp_path: Path) -> None:
+    config = write(tmp_path / "serve.toml", 'log-format = "JSON"\n')
+    found = values(["--config", config], {"OOO_LOG_LEVEL": "DEBUG", "OOO_HTTP_ENGINE": "AioHTTP"})
+    assert [found[k].value for k in ("log-level", "log-format", "http-engine")] == ["debug", "json", "aiohttp"]
+    with pytest.raises(ConfigError, match="OOO_LOG_LEVEL=LOUD: invalid choice: 'LOUD'"):
+        values([], {"OOO_LOG_LEVEL": "LOUD"})
+
+
+def test_one_option_twice_in_the_file_is_an_error_naming_both(tmp_path: Path) -> None:
+    config = write(tmp_path / "serve.toml", "max-body-bytes = 1000\nmax_body_bytes = 2000\n")
+    with pytest.raises(ConfigError) as error:
+        values(["--config", config], {})
+    assert str(error.value) == f"{config}: max-body-bytes and max_body_bytes are the same option: keep one"
