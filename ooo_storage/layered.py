@@ -823,7 +823,9 @@ class Layered:
         if not keys.is_glob(pattern):
             raise GlobRequired()
         raw = encode_data(data)
-        key = keys.build(pattern, now())
+        # Push keys unique across the nodes of a layer that publishes_writes: its own clock
+        stamp = cast(Any, self.embedded).push_stamp() if self._followed else now()
+        key = keys.build(pattern, stamp)
         return await self._write(key, raw, (now(), 0))
 
     async def set_with_meta(self, key: str, data: Any, created: int, updated: int) -> str:
