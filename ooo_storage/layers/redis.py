@@ -45,6 +45,7 @@ from redis.exceptions import RedisError
 
 from ..errors import StorageUnavailable
 from ..protocol import keys
+from ..protocol.clock import now
 from ..protocol.objects import Object, load_object
 from .base import RemoteApply
 
@@ -55,6 +56,8 @@ __all__ = ["RedisLayer", "DEFAULT_NAMESPACE"]
 DEFAULT_NAMESPACE = "ooo"
 _START_MARGIN_US = 60_000_000
 """A starting node moves the shared counter this far above its clock (see :meth:`start`)."""
+_SLOTS = 1024
+"""Push stamps end in a node's slot (``INCR <namespace>:nodes`` at start, modulo this)."""
 _BATCH = 1000
 """Stream entries read per ``XREAD``."""
 _BLOCK_MS = 1000
@@ -210,6 +213,8 @@ class RedisLayer:
         self._batch: list[tuple[str, bytes, asyncio.Future[int]]] | None = None
         self._sending: set[asyncio.Task[Any]] = set()
         self._handed: set[int] = set()
+        self.slot = 0
+        self._last_stamp = 0
         self._client: aioredis.Redis | None = None
         self._reader: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
@@ -258,6 +263,7 @@ class RedisLayer:
             info = await client.info("server")
             self.redis_version = str(info.get("redis_version", "?"))
             self.position = await self._bump()
+            self.slot = int(await client.incr(f"{self.namespace}:nodes")) % _SLOTS
         except (RedisError, OSError) as exc:
             await self._disconnect()
             raise StorageUnavailable(f"storage: can't reach redis at {self.url}: {exc}") from exc
@@ -265,6 +271,16 @@ class RedisLayer:
         self.head = self.position
         log.info("redis: node %s on redis %s at %s, namespace %s, stream position %d",
                  self.node_id, self.redis_version, self.url, self.namespace, self.position)
+
+    def push_stamp(self, clock: Callable[[], int] = now) -> int:
+        """A push key's stamp unique across nodes: the clock in nanoseconds with its last ten bits
+        replaced by this node's slot, strictly increasing on this node (two nodes would otherwise
+        need the same nanosecond to collide; now they need the same slot: 1 024 nodes)."""
+        stamp = clock() // _SLOTS * _SLOTS + self.slot
+        if stamp <= self._last_stamp:
+            stamp = self._last_stamp + _SLOTS
+        self._last_stamp = stamp
+        return stamp
 
     async def _bump(self) -> int:
         floor = time.time_ns() // 1000 + _START_MARGIN_US

@@ -250,3 +250,20 @@ async def test_a_crashed_holder_s_lock_expires(nodes: Nodes) -> None:
         obj = await b.get_and_lock("k")  # free once the lock expired
     await b.set_and_unlock("k", obj.value + 1)
     assert (await b.get("k")).value == 2
+
+
+async def test_push_keys_unique_and_time_ordered_across_nodes(nodes: Nodes) -> None:
+    a, b = await nodes.open(), await nodes.open()
+    layers = [a.embedded, b.embedded]
+    assert all(isinstance(layer, RedisLayer) for layer in layers)
+    ra, rb = (layer for layer in layers if isinstance(layer, RedisLayer))
+    assert ra.slot != rb.slot
+    same = 1_800_000_000_000_000_000  # the same nanosecond on both nodes
+    stamps = [ra.push_stamp(lambda: same), rb.push_stamp(lambda: same), ra.push_stamp(lambda: same)]
+    assert len(set(stamps)) == 3 and stamps[2] > stamps[0]
+    assert all(abs(s - same) < 2048 for s in stamps)  # still the clock, to the microsecond
+    indexes = await asyncio.gather(*(s.push("p/*", i) for i in range(20) for s in (a, b)))
+    assert len(set(indexes)) == 40
+    await caught_up(a, b.revision)
+    await caught_up(b, a.revision)
+    assert len(await a.get_list("p/*")) == len(await b.get_list("p/*")) == 40
