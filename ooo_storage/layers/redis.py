@@ -366,7 +366,7 @@ class RedisLayer:
                 reply: Any = await reader.xread(
                     {stream: f"{self.position}-0"}, count=_BATCH, block=_BLOCK_MS
                 )
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, StorageUnavailable) as exc:  # the last: a resync's
                 if self._apply is None or task.cancelling():  # closing
                     return
                 if self.connected:
@@ -381,8 +381,14 @@ class RedisLayer:
             self.connected = True
             backoff = 0.05
             sent = self._sent
-            for _, entries in reply or ():
-                await self._entries(entries, sent)
+            try:
+                for _, entries in reply or ():
+                    await self._entries(entries, sent)
+            except Exception:  # a damaged entry (CorruptObject): reload rather than stop following
+                log.exception("redis: node %s can't apply a stream entry after %d: reloading",
+                              self.node_id, self.position)
+                self._resync_needed = True
+                await asyncio.sleep(backoff)
 
     async def _entries(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]], sent: int) -> None:
         for entry_id, fields in entries:

@@ -267,3 +267,18 @@ async def test_push_keys_unique_and_time_ordered_across_nodes(nodes: Nodes) -> N
     await caught_up(a, b.revision)
     await caught_up(b, a.revision)
     assert len(await a.get_list("p/*")) == len(await b.get_list("p/*")) == 40
+
+
+async def test_a_damaged_stream_entry_reloads_instead_of_stopping_the_tail(nodes: Nodes) -> None:
+    a, b = await nodes.open(), await nodes.open()
+    await a.set("d/1", 1)
+    client = aioredis.Redis.from_url(nodes.url, protocol=2)
+    try:  # an entry whose object is not object JSON, in its place in the order
+        rev = int(await client.incr("n:rev"))
+        await client.xadd("n:log", {"o": "s", "k": "d/2", "v": "{not json", "n": "x", "p": rev - 1},
+                          id=f"{rev}-0")
+    finally:
+        await client.aclose()
+    await a.set("d/3", 3)  # both tails go on (after reloading) and see it
+    await caught_up(b, a.revision)
+    assert (await b.get("d/3")).value == 3 and (await b.get("d/1")).value == 1
