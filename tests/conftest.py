@@ -19,6 +19,14 @@ def _erasure(path: Path) -> Layer:
     return ErasureLayer([str(path / f"drive{i}") for i in range(6)], k=4, m=2)
 
 
+def _sos_shared(path: Path) -> Layer:
+    return SOSLayer(str(path / "sos"), shared=True)
+
+
+def _erasure_shared(path: Path) -> Layer:
+    return ErasureLayer([str(path / f"drive{i}") for i in range(6)], k=4, m=2, shared=True)
+
+
 def _leveldb(path: Path) -> Layer:
     return LevelDBLayer(str(path / "db"))
 
@@ -33,6 +41,9 @@ BACKENDS: dict[str, tuple[bool, Callable[[Path], Layer] | None]] = {
     "memory+sos": (True, _sos),
     "erasure": (False, _erasure),
     "memory+erasure": (True, _erasure),
+    # Sharing on (layers/shared.py): every write also goes to this process's journal, tailed by others.
+    "memory+sos-shared": (True, _sos_shared),
+    "memory+erasure-shared": (True, _erasure_shared),
 }
 
 
