@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..errors import NoSpace, PolicyError, StorageError
+from ..errors import NoSpace, PolicyError, StorageError, StorageUnavailable
 from ..protocol.access import Policy, Rule
 from ..protocol.origins import ANY, names_address, normalize_origin, split_host
 
@@ -595,10 +595,12 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
         from ..layers.sos import SOSLayer
 
         embedded = SOSLayer(args.sos, shared=True, indexer_rate=args.indexer_rate)
+    redis_url = ""  # as logs show it: without its password
     if args.redis:
-        from ..layers.redis import RedisLayer
+        from ..layers.redis import RedisLayer, redact
 
         embedded = RedisLayer(args.redis, args.namespace)
+        redis_url = redact(args.redis)
     store = Layered(memory=MemoryLayer(), embedded=embedded, history=_history(args))
     server = Server(
         store,
@@ -632,7 +634,7 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
             if args.memory_only
             else f"SOS at {args.sos}, shared"
             if args.sos
-            else f"Redis at {args.redis}, namespace {args.namespace}"
+            else f"Redis at {redis_url}, namespace {args.namespace}"
             if args.redis
             else f"LevelDB at {args.data}{', durable writes' if args.sync else ''}",
         )
@@ -644,6 +646,12 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
         except NoSpace as exc:
             # Opening LevelDB writes (its log becomes a table): serve 503s until there is room.
             log.error("%s: serving 503 until the database can be opened (retrying)", exc)
+            starting = asyncio.create_task(_start_when_possible(store))
+        except StorageUnavailable as exc:
+            if not args.redis:
+                raise
+            # Redis not answering yet (it starts after us, it restarts): the same, until it does.
+            log.error("%s: serving 503 until redis answers (retrying)", exc)
             starting = asyncio.create_task(_start_when_possible(store))
         try:
             await serve(
