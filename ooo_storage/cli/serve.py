@@ -111,8 +111,8 @@ def _history_bytes(text: str) -> int:
 
 
 def _directory(text: str) -> str:
-    """An existing directory, made absolute: the server may change its working directory's meaning
-    for nobody, but a relative path in a config file is read against where serve started."""
+    """An existing directory, made absolute once (a relative one, from a config file too, is read
+    against where serve started); a missing one is an error now, not at the first request."""
     if not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is not a directory: create it first (mkdir -p)")
     return str(Path(text).absolute())
@@ -436,19 +436,27 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         access = _access(args)
     except _Refused as exc:
-        print(f"ooo-storage: {exc}", file=sys.stderr)
-        return exc.status
+        return _refuse(args, exc)
     try:
         _run(_serve(args, access), args.loop)
     except _Refused as exc:  # could not listen
-        print(f"ooo-storage: {exc}", file=sys.stderr)
-        return exc.status
+        return _refuse(args, exc)
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down
         return 130
     except (OSError, StorageError) as exc:  # port in use, database locked or unwritable...
         log.error("%s", exc)
         return 1
     return 0
+
+
+def _refuse(args: argparse.Namespace, exc: _Refused) -> int:
+    """Say why the server does not start in the log's format: with ``--log-format json`` a JSON
+    line like every other (a log collector must not get a stray text line), else plain text."""
+    if args.log_format == "json":
+        log.error("%s", exc)
+    else:
+        print(f"ooo-storage: {exc}", file=sys.stderr)
+    return exc.status
 
 
 def _run(main: Coroutine[Any, Any, None], loop: str) -> None:
