@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -51,7 +52,7 @@ from .base import RemoteApply
 
 log = logging.getLogger("ooo_storage.redis")
 
-__all__ = ["RedisLayer", "DEFAULT_NAMESPACE"]
+__all__ = ["RedisLayer", "DEFAULT_NAMESPACE", "redact"]
 
 DEFAULT_NAMESPACE = "ooo"
 _START_MARGIN_US = 60_000_000
@@ -170,8 +171,19 @@ def lex_range(pattern: str) -> tuple[bytes, bytes]:
     return b"[" + prefix, b"[" + prefix + b"\xff"
 
 
+_SECRETS = re.compile(r"(?<=://)[^/@\s]*@|(?<=[?&]password=)(?:[^&\s#:]|:(?!\s|$))*", re.IGNORECASE)
+"""A URL's ``user:password@`` and its ``password=`` query parameter (``?password=`` or ``&...``;
+up to a ``: `` that ends the URL in a message)."""
+
+
+def redact(text: str) -> str:
+    """``text`` with every URL's credentials replaced by ``***``: a Redis URL carries its password
+    (``redis://user:pw@host``, ``redis://host?password=pw``), and errors and logs name the URL."""
+    return _SECRETS.sub(lambda m: "***@" if m.group().endswith("@") else "***", text)
+
+
 def _unavailable(exc: BaseException, url: str) -> StorageUnavailable:
-    return StorageUnavailable(f"storage: unavailable: redis at {url}: {exc or type(exc).__name__}")
+    return StorageUnavailable(redact(f"storage: unavailable: redis at {url}: {exc or type(exc).__name__}"))
 
 
 class RedisLayer:
@@ -201,6 +213,8 @@ class RedisLayer:
         if not namespace or any(c.isspace() for c in namespace):
             raise ValueError("redis: the namespace must be a non-empty word")
         self.url = url
+        self.shown_url = redact(url)
+        """The URL as errors and logs show it: without its password."""
         self.namespace = namespace
         self.maxlen = maxlen
         self.write_timeout = write_timeout
@@ -266,11 +280,25 @@ class RedisLayer:
             self.slot = int(await client.incr(f"{self.namespace}:nodes")) % _SLOTS
         except (RedisError, OSError) as exc:
             await self._disconnect()
-            raise StorageUnavailable(f"storage: can't reach redis at {self.url}: {exc}") from exc
+            raise StorageUnavailable(
+                redact(f"storage: unavailable: redis at {self.url}: can't reach it: {exc}")
+            ) from exc
         self.connected = True
         self.head = self.position
         log.info("redis: node %s on redis %s at %s, namespace %s, stream position %d",
-                 self.node_id, self.redis_version, self.url, self.namespace, self.position)
+                 self.node_id, self.redis_version, self.shown_url, self.namespace, self.position)
+
+    def node_state(self) -> dict[str, Any]:
+        """This node's place in the shared stream, for ``GET /?api=state``: ``lag`` is how many
+        revisions it has heard of (its own writes, the stream) and not applied yet."""
+        return {
+            "node": self.node_id,
+            "position": self.position,
+            "head": self.head,
+            "lag": max(0, self.head - self.position),
+            "connected": self.connected,
+            "resyncs": self.resyncs,
+        }
 
     def push_stamp(self, clock: Callable[[], int] = now) -> int:
         """A push key's stamp unique across nodes: the clock in nanoseconds with its last ten bits
@@ -370,14 +398,15 @@ class RedisLayer:
                 if self._apply is None or task.cancelling():  # closing
                     return
                 if self.connected:
-                    log.error("redis: node %s lost redis at %s (%s); retrying", self.node_id, self.url, exc)
+                    log.error("redis: node %s lost redis at %s (%s); retrying", self.node_id, self.shown_url,
+                              redact(str(exc)))
                 self.connected = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             if not self.connected:
                 log.warning("redis: node %s reconnected to %s at stream position %d",
-                            self.node_id, self.url, self.position)
+                            self.node_id, self.shown_url, self.position)
             self.connected = True
             backoff = 0.05
             sent = self._sent
@@ -640,7 +669,7 @@ class RedisLayer:
                 keys=[f"{self.namespace}:lock:{key}"], args=[token], client=c))
         except StorageUnavailable as exc:
             log.warning("redis: can't release the lock of %s (it expires in %g s): %s",
-                        key, self.lock_ttl, exc)
+                        key, self.lock_ttl, redact(str(exc)))
 
     # -- reads (without a memory mirror) -----------------------------------------------------------
     async def _read(self, call: Callable[[aioredis.Redis], Awaitable[Any]]) -> Any:

@@ -564,12 +564,18 @@ class Pools:
             }
             for p in self.pools.values()
         ]
-        return {
+        state: dict[str, Any] = {
             "pools": pools,
             "totalConnections": sum(p["connections"] for p in pools),
             "slowDisconnects": self.slow_disconnects,
             "conflations": self.conflations,
         }
+        # A node over Redis (issue 14) says where it stands in the shared stream (its lag). Read
+        # by name: importing the Redis layer here would load redis-py in every server.
+        node_state = getattr(self.store.embedded, "node_state", None)
+        if node_state is not None:
+            state["redis"] = node_state()
+        return state
 
     # -- conflation (connection.Conflater) -----------------------------------------------------
     def conflated(self, conn: Connection) -> None:

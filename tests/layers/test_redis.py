@@ -15,7 +15,7 @@ from redis_server import RedisServer, serve_redis
 
 from ooo_storage import Layered, MemoryLayer, NotFound, StorageUnavailable
 from ooo_storage.layers import RedisLayer
-from ooo_storage.layers.redis import lex_range, lua_pattern
+from ooo_storage.layers.redis import lex_range, lua_pattern, redact
 from ooo_storage.protocol import keys
 from ooo_storage.protocol.objects import Event
 
@@ -67,6 +67,21 @@ async def caught_up(store: Layered, revision: int) -> None:
     async with asyncio.timeout(10):
         while layer.position < revision:
             await asyncio.sleep(0.005)  # the tail runs in its own task; nothing to await on it
+
+
+def test_redact_hides_every_form_of_a_redis_password() -> None:
+    assert redact("redis://u:pw@h:6379/0") == "redis://***@h:6379/0"
+    assert redact("rediss://:pw@h/0?password=pw2&db=1") == "rediss://***@h/0?password=***&db=1"
+    assert redact("at redis://h/0?db=1&Password=pw: refused") == "at redis://h/0?db=1&Password=***: refused"
+    assert redact("redis://h:6379/0") == "redis://h:6379/0"
+
+
+async def test_start_errors_do_not_show_the_password() -> None:
+    layer = RedisLayer("redis://u:s3cretpw@127.0.0.1:1/0?password=s3cretpw")
+    with pytest.raises(StorageUnavailable) as caught:
+        await layer.start()
+    assert "s3cretpw" not in str(caught.value)
+    assert "redis at redis://***@127.0.0.1:1/0?password=***: can't reach it" in str(caught.value)
 
 
 def test_glob_translation_matches_the_protocol() -> None:

@@ -268,14 +268,73 @@ async def test_kill_a_node_and_restart_redis_under_load(own_redis: RedisServer, 
         await asyncio.gather(*(node.stop() for node in nodes))
 
 
-async def test_serve_without_redis_exits_naming_it() -> None:
+async def test_state_shows_each_node_s_place_in_the_stream(own_redis: RedisServer, http: aiohttp.ClientSession) -> None:
+    nodes = await start_nodes(own_redis.url, 2)
+    try:
+        async with http.post(f"{nodes[0].base}/pool/a/k", data=b'{"v": 1}') as resp:
+            assert resp.status == 200, await resp.text()
+        async with asyncio.timeout(10):  # the other node's tail applies it in its own time
+            while (await get_json(http, nodes[1], "pool/a/*")) == []:
+                await asyncio.sleep(0.01)
+        states = []
+        for node in nodes:
+            async with http.get(f"{node.base}/?api=state") as resp:
+                assert resp.status == 200, await resp.text()
+                states.append(orjson.loads(await resp.read())["redis"])
+        revision = max(r for r, _, _ in await stream_revisions(own_redis.url))
+        for state in states:
+            assert state["position"] == state["head"] == revision
+            assert state["lag"] == 0 and state["connected"] is True and state["resyncs"] == 0
+        assert states[0]["node"] != states[1]["node"]
+        own_redis.stop()
+        await nodes[1].stop()  # (a stopped Redis would keep its shutdown waiting for nothing)
+        async with asyncio.timeout(15):  # the tail notices within its XREAD block time
+            while True:
+                async with http.get(f"{nodes[0].base}/?api=state") as resp:
+                    if not orjson.loads(await resp.read())["redis"]["connected"]:
+                        break
+                await asyncio.sleep(0.05)
+    finally:
+        await asyncio.gather(*(node.stop() for node in nodes))
+
+
+async def test_serve_with_redis_down_answers_503_then_serves_once_it_is_up(
+    own_redis: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    own_redis.stop()
+    node = Node(own_redis.url)
+    await node.start()  # it listens: starting before Redis (or during its restart) is no failure
+    try:
+        async with http.post(f"{node.base}/pool/a/k", data=b'{"v": 1}') as resp:
+            assert resp.status == 503
+            assert f"unavailable: redis at {own_redis.url}: can't reach it" in await resp.text()
+        async with http.get(f"{node.base}/readyz") as resp:
+            assert resp.status == 503
+        own_redis.start()
+        async with asyncio.timeout(20):  # its backoff reaches 5 s at most
+            while True:
+                async with http.post(f"{node.base}/pool/a/k", data=b'{"v": 2}') as resp:
+                    if resp.status == 200:
+                        break
+                    assert resp.status == 503, await resp.text()
+                await asyncio.sleep(0.1)  # a client's retry, not a synchronisation
+        assert (await get_json(http, node, "pool/a/k"))["data"] == {"v": 2}
+        async with http.get(f"{node.base}/readyz") as resp:
+            assert resp.status == 200
+    finally:
+        await node.stop()
+
+
+async def test_a_redis_password_is_never_shown(http: aiohttp.ClientSession) -> None:
     port = free_port()  # nothing listens there
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-P", "-m", "ooo_storage", "serve", "--port", "0",
-        "--redis", f"redis://127.0.0.1:{port}/0", stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(30):
-        _, err = await proc.communicate()
-    assert proc.returncode == 1
-    assert f"storage: can't reach redis at redis://127.0.0.1:{port}/0" in err.decode()
+    node = Node(f"redis://user:s3cretpw@127.0.0.1:{port}/0?password=s3cretpw&db=0")
+    await node.start()
+    try:
+        async with http.post(f"{node.base}/pool/a/k", data=b'{"v": 1}') as resp:
+            assert resp.status == 503
+            text = await resp.text()
+    finally:
+        await node.stop()
+    shown = text + "".join(node.output)
+    assert f"redis at redis://***@127.0.0.1:{port}/0?password=***&db=0" in shown
+    assert "s3cretpw" not in shown
