@@ -128,6 +128,33 @@ class KeyIndex:
         last = hi if stop is None else min(hi, lo + max(stop, 0))
         return (keys[first:last] if first < last else []), hi - lo
 
+    def folders(
+        self, prefix: str, after: str | None = None, limit: int = 500
+    ) -> tuple[list[str], str | None]:
+        """The folders right under ``prefix`` (``prefix + S`` for every key ``prefix + S/...``, S
+        without ``/``), in key order: up to ``limit`` of them after the folder ``after``, and the
+        last one as a cursor when more may follow. S3's delimiter listing, for the explorer's tree:
+        each folder costs one bisection past its keys (10 000 keys in 10 folders: 10 steps, not
+        10 000), and keys at this level itself are passed 256 at a time by a join and a count."""
+        keys = self._merged()
+        depth, slashes = len(prefix), prefix.count("/")
+        at = keys.bisect_left(max(prefix, _successor(after + "/")) if after else prefix)
+        end = keys.bisect_left(_successor(prefix)) if prefix else len(keys)
+        found: list[str] = []
+        while at < end and len(found) < limit:
+            key = keys[at]
+            cut = key.find("/", depth)
+            if cut >= 0:  # a folder: jump past every key under it
+                found.append(key[:cut])
+                at = keys.bisect_left(_successor(key[: cut + 1]))
+                continue
+            run = keys[at + 1 : min(at + 257, end)]  # a key at this level: pass its run of peers
+            if "".join(run).count("/") == len(run) * slashes:
+                at += 1 + len(run)
+            else:
+                at += 1 + next(i for i, k in enumerate(run) if k.find("/", depth) >= 0)
+        return found, (found[-1] if found and at < end else None)
+
     def count_prefix(self, prefix: str) -> int:
         """How many keys start with ``prefix`` (two bisections, no scan)."""
         keys = self._merged()
@@ -259,6 +286,12 @@ class MemoryLayer:
         """:meth:`KeyIndex.prefix_range`: a page of the keys starting with ``prefix`` and their
         count, without listing the rest of the store (the explorer's ``?api=keys``)."""
         return self._index.prefix_range(prefix, start, stop)
+
+    def folders(
+        self, prefix: str, after: str | None = None, limit: int = 500
+    ) -> tuple[list[str], str | None]:
+        """:meth:`KeyIndex.folders`: the next path segments under ``prefix`` (``?api=folders``)."""
+        return self._index.folders(prefix, after, limit)
 
     def clear(self) -> None:
         self._data.clear()
