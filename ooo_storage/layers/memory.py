@@ -293,6 +293,14 @@ class MemoryLayer:
         """:meth:`KeyIndex.folders`: the next path segments under ``prefix`` (``?api=folders``)."""
         return self._index.folders(prefix, after, limit)
 
+    @staticmethod
+    def folders_of(
+        keys: Iterable[str], prefix: str, after: str | None = None, limit: int = 500
+    ) -> tuple[list[str], str | None]:
+        """:meth:`folders` of some other keys (the readable ones under a policy, a store without a
+        mirror): the same listing, for a server that reaches the index through this class only."""
+        return KeyIndex(keys).folders(prefix, after, limit)
+
     def clear(self) -> None:
         self._data.clear()
         self._index.clear()
