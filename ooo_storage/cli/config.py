@@ -100,6 +100,13 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     show.add_argument("flags", nargs=argparse.REMAINDER, metavar="SERVE-FLAGS",
                       help="serve flags to take into account (e.g. --config FILE --port 9000)")
     show.set_defaults(func=_show)
+    text = ("ask the server this configuration describes for GET /healthz (host, port and TLS as "
+            "serve reads them: flags, OOO_* environment, --config file): exit 0 when it answers 200, "
+            "else 1 with the reason; a container's HEALTHCHECK")
+    health = subparsers.add_parser("health", help=text, description=text)
+    health.add_argument("flags", nargs=argparse.REMAINDER, metavar="SERVE-FLAGS",
+                        help="serve flags to take into account (e.g. --config FILE --port 9000)")
+    health.set_defaults(func=_health)
 
 
 def serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -280,6 +287,8 @@ def expand(parser: argparse.ArgumentParser, argv: Sequence[str],
     a bad value is one line on stderr and exit status 2."""
     if list(argv[:2]) == ["config", "show"] and "--" not in argv:
         return ["config", "show", "--", *argv[2:]]  # serve flags, not config show's own options
+    if argv[:1] == ["health"] and "--" not in argv:
+        return ["health", "--", *argv[1:]]
     if not argv or argv[0] != "serve":
         return list(argv)
     serve = serve_parser(parser)
@@ -356,3 +365,50 @@ def _show(args: argparse.Namespace) -> int:
         sys.stderr.close()
     return 0
 
+
+
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+def health_url(found: Sequence[Setting]) -> str:
+    """``/healthz`` of the server ``found`` describes: its port, https with ``--tls-cert``, and
+    loopback for a wildcard bind (``0.0.0.0`` answers there too, and loopback Hosts pass the Host
+    check); ValueError when it cannot be asked (``--port 0``, ``--no-health``)."""
+    value = {s.key: s.value for s in found}
+    if value["no-health"]:
+        raise ValueError("serve runs with --no-health: it has no /healthz to ask")
+    if value["port"] == 0:
+        raise ValueError("serve picks a free port (--port 0): give the port it logged")
+    host = _WILDCARDS.get(value["host"], value["host"])
+    host = f"[{host}]" if ":" in host else host
+    scheme = "https" if value["tls-cert"] else "http"
+    return f"{scheme}://{host}:{value['port']}/healthz"
+
+
+def _health(args: argparse.Namespace) -> int:
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from . import build_parser
+
+    flags = args.flags[1:] if args.flags[:1] == ["--"] else args.flags
+    try:
+        url = health_url(settings(build_parser(), flags))
+    except (ConfigError, ValueError) as exc:
+        print(f"ooo-storage health: {exc}", file=sys.stderr)
+        return 2
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # our own server, by address
+    try:
+        with urllib.request.urlopen(url, timeout=4, context=context) as reply:  # noqa: S310
+            status = reply.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, ValueError) as exc:
+        print(f"ooo-storage health: {url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"ooo-storage health: {url}: {status}", file=sys.stderr)
+        return 1
+    return 0
