@@ -63,7 +63,7 @@ def test_dockerfile_essentials() -> None:
     assert any(name == "RUN" and "useradd" in arg for name, arg in steps)
     assert json.loads(dict(steps)["VOLUME"]) == ["/data"]
     health = dict(steps)["HEALTHCHECK"]
-    assert "CMD" in health and "/healthz" in health
+    assert json.loads(health.partition("CMD")[2]) == ["ooo-storage", "health"]  # follows OOO_PORT, TLS
     assert dict(steps)["EXPOSE"] == "8800"
     env = " ".join(arg for name, arg in steps if name == "ENV")
     assert "OOO_HOST=0.0.0.0" in env and "OOO_DATA=/data/" in env
@@ -93,3 +93,22 @@ def test_systemd_unit_runs_serve_with_flags_that_exist() -> None:
     args = build_parser().parse_args(argv[1:])  # an unknown flag exits 2 here
     assert args.sync is True and args.config == "/etc/ooo-storage/config.toml"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def _image_env() -> dict[str, str]:
+    """The ENV the Dockerfile gives the server."""
+    words = [word for name, arg in _instructions() if name == "ENV" for word in shlex.split(arg)]
+    return dict(word.split("=", 1) for word in words if word.startswith("OOO_"))
+
+
+def test_the_image_answers_localhost_from_the_host_and_still_refuses_other_names() -> None:
+    from ooo_storage.cli.config import resolve, serve_parser
+    from ooo_storage.protocol.origins import OriginPolicy
+
+    serve = serve_parser(build_parser())
+    args = serve.parse_args(resolve(serve, [], _image_env()).argv)  # as serve reads the image's env
+    policy = OriginPolicy.of(hosts=args.allowed_hosts)
+    inside = ("172.17.0.2", 8800)  # `docker run -p 9000:8800`: the container's own address
+    for host in ("localhost:9000", "127.0.0.1:9000", "[::1]:8800", "localhost"):
+        assert policy.host_refusal(host, inside) is None, host
+    assert policy.host_refusal("evil.example:9000", inside) is not None  # DNS rebinding still refused
