@@ -91,7 +91,15 @@ def test_systemd_unit_runs_serve_with_flags_that_exist() -> None:
     argv = shlex.split(service["ExecStart"])
     assert argv[0].endswith("/ooo-storage") and argv[1] == "serve"
     args = build_parser().parse_args(argv[1:])  # an unknown flag exits 2 here
-    assert args.sync is True and args.config == "/etc/ooo-storage/config.toml"
+    assert args.config == "/etc/ooo-storage/config.toml"
+    assert "--sync" not in argv  # a flag there could not be turned off from the env or the file
+    env = dict(word.split("=", 1) for word in shlex.split(service["Environment"]))
+    assert env["OOO_SYNC"] == "1"  # on by default, OOO_SYNC=0 in the EnvironmentFile turns it off
+    writable = service["ReadWritePaths"].split()
+    backups = env["OOO_BACKUP_DIR"]
+    assert any(backups == path or backups.startswith(path + "/") for path in writable), (backups, writable)
+    assert "ooo-storage/backups" in service["StateDirectory"].split()  # it must exist: serve checks
+    assert "Documentation" not in unit["Unit"] or not unit["Unit"]["Documentation"].startswith("file:")
     assert unit["Install"]["WantedBy"] == "multi-user.target"
 
 
