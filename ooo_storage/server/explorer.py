@@ -77,6 +77,29 @@ async def _page_of_keys(
     return found[start:stop], len(found)
 
 
+async def _folders_page(ctx: Context, request: web.Request) -> bytes:
+    """``?api=folders&prefix=P``: the folders right under ``P`` (``P + S`` for each key ``P + S/...``),
+    a page of up to ``limit`` and the cursor of the next (null at the end). Without a policy a memory
+    mirror answers by skipping (a bisection per folder); under a policy a folder is listed only if it
+    holds a key the principal may read, so every key under ``P`` is read and tested, as ``?api=keys``
+    does; without a mirror, the store's keys."""
+    query = request.query
+    prefix, after = query.get("prefix", ""), query.get("cursor") or None
+    limit = whole_number("limit", query.get("limit"), MAX_PAGE, 1, MAX_PAGE)
+    if "*" in prefix:
+        raise HTTPFailure(400, f"ooo: prefix {prefix!r} has a *: ?api=folders takes a literal key prefix")
+    if after is not None and (not after.startswith(prefix) or "/" in after[len(prefix) :]):
+        raise HTTPFailure(400, f"ooo: cursor {after!r} is not a folder under prefix {prefix!r}: "
+                          "pass back the cursor of the previous page")
+    memory = _mirror(ctx)
+    if memory is not None and principal_of(request) is None:
+        found, cursor = memory.folders(prefix, after, limit)
+    else:
+        readable = await _readable_keys(ctx, request, prefix)
+        found, cursor = MemoryLayer.folders_of(readable, prefix, after, limit)
+    return orjson.dumps({"folders": found, "cursor": cursor, "prefix": prefix})
+
+
 def _info(ctx: Context) -> dict[str, Any]:
     cfg, pools = ctx.config, ctx.pools
     return {
@@ -96,6 +119,8 @@ async def root(ctx: Context, request: web.Request) -> web.StreamResponse:
     api = request.query.get("api")
     if api == "keys":
         return json_response(await _keys_page(ctx, request))
+    if api == "folders":
+        return json_response(await _folders_page(ctx, request))
     if api == "info":
         return json_response(orjson.dumps(_info(ctx)))
     if api == "filters":
