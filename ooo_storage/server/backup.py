@@ -11,8 +11,9 @@ may write. Refusals, each with its reason: 401/403 without ``admin`` (403 for a 
 machine when the server has no policy), 501 when the store has no LevelDB layer (memory only, SOS,
 erasure-coded: their files are copied another way), 403 when the server has no backup directory
 (backups over HTTP are off), 400 for a missing target, one outside the backup directory (``..``
-and symlinks resolved first) or inside the data directory, or one holding a NUL byte, 409 when the
-target exists and is not empty, 503 while the store is not open.
+and symlinks resolved first) or inside the data directory, or one holding a control character
+(a NUL byte, a newline), 409 when the target exists and is not empty, 503 while the store is not
+open.
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ def _target(request: web.Request, root: str, data: str) -> str:
     if not target:
         raise HTTPFailure(400, "ooo: backup: give the name of a new directory in the backup "
                                "directory: ?api=backup&target=NAME")
-    if "\0" in target:
-        raise HTTPFailure(400, f"ooo: backup: target {target!r} holds a NUL byte: give a plain name")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in target):  # NUL: realpath's ValueError; \n: a log line
+        raise HTTPFailure(400, f"ooo: backup: target {target!r} holds a control character: give a "
+                               "plain name")
     real, home = os.path.realpath(os.path.join(root, target)), os.path.realpath(data)
     if not real.startswith(root.rstrip(os.sep) + os.sep):
         raise HTTPFailure(400, f"ooo: backup: target {target!r} is not inside the backup directory "

@@ -259,7 +259,7 @@ async def test_online_backup_is_consistent_and_serves_again(tmp_path: Path, http
                 409, f"ooo: backup: target '{target}' exists and is not empty: give a new or empty directory")
         async with http.post(f"{served.url}/?api=backup", params={"target": "a\0b"}) as refused:
             assert (refused.status, await refused.text()) == (
-                400, "ooo: backup: target 'a\\x00b' holds a NUL byte: give a plain name")
+                400, "ooo: backup: target 'a\\x00b' holds a control character: give a plain name")
     async with Serve(target) as copy:
         assert await snapshot(http, copy.url, [*before, "big"]) == expected
         async with http.get(f"{copy.url}/", headers={"Accept": "application/json"}) as reply:
@@ -356,18 +356,19 @@ async def test_a_backup_goes_only_inside_the_backup_dir(tmp_path: Path) -> None:
     root.mkdir()
     outside.mkdir()
     (root / "link").symlink_to(outside)
-    escapes = ["../elsewhere/x", str(outside / "x"), "link/x", "link", "/tmp/ooo-never", ".", "", "a\0b"]
-    targets = [*escapes, "data/in", "ok", str(root / "abs"), "deep/er"]
+    escapes = ["../elsewhere/x", str(outside / "x"), "link/x", "link", "/tmp/ooo-never", ".", "", "a\0b", "a\nb"]
+    targets = [*escapes, "data/in", "ok", str(root / "abs"), "deep/er"]  # the last three are written
     answers = await backup_answers(root / "data", targets, root)  # a data directory in it: not that
     reason = f"is not inside the backup directory {root}: give a name in it, e.g. ?api=backup&target=ooo-2026-12-03"
     for target, (status, text) in zip(escapes[:6], answers, strict=False):
         assert (status, text) == (400, f"ooo: backup: target {target!r} {reason}")
     assert answers[6] == (400, "ooo: backup: give the name of a new directory in the backup directory: "
                                "?api=backup&target=NAME")
-    assert answers[7] == (400, "ooo: backup: target 'a\\x00b' holds a NUL byte: give a plain name")
-    assert answers[8] == (400, "ooo: backup: target 'data/in' is inside the data directory: give a "
+    assert answers[7] == (400, "ooo: backup: target 'a\\x00b' holds a control character: give a plain name")
+    assert answers[8] == (400, "ooo: backup: target 'a\\nb' holds a control character: give a plain name")
+    assert answers[9] == (400, "ooo: backup: target 'data/in' is inside the data directory: give a "
                                "directory elsewhere")
-    for (status, text), made in zip(answers[9:], ["ok", "abs", "deep/er"], strict=True):
+    for (status, text), made in zip(answers[10:], ["ok", "abs", "deep/er"], strict=True):
         assert status == 200, text
         assert orjson.loads(text)["target"] == str(root / made) and (root / made / "CURRENT").is_file()
     assert list(outside.iterdir()) == [] and not Path("/tmp/ooo-never").exists()
