@@ -73,6 +73,7 @@ from .layers.base import (
     PersistentLayer,
     RawLoader,
     RevisionKeeper,
+    SharedOrder,
     SyncLayer,
     TxnWriter,
 )
@@ -451,8 +452,9 @@ class Layered:
         # A Follower layer that ``publishes_writes`` (Redis) gives each write its revision in the
         # order it shares with other nodes (``last_revision``), and returns only when the write's
         # turn in that order has come: the write is published with that revision.
-        publishes = isinstance(embedded, Follower) and getattr(embedded, "publishes_writes", False)
-        self._followed = publishes is True
+        shared = embedded if isinstance(embedded, SharedOrder) and embedded.publishes_writes else None
+        self._shared: SharedOrder | None = shared
+        self._followed = shared is not None
         self._deleted: Object | None = None
         """With such a layer: what the point delete whose turn came last removed from the mirror."""
         # Batching (see the module docstring): the layer that writes batches, the writes queued
@@ -824,7 +826,7 @@ class Layered:
             raise GlobRequired()
         raw = encode_data(data)
         # Push keys unique across the nodes of a layer that publishes_writes: its own clock
-        stamp = cast(Any, self.embedded).push_stamp() if self._followed else now()
+        stamp = now() if self._shared is None else self._shared.push_stamp()
         key = keys.build(pattern, stamp)
         return await self._write(key, raw, (now(), 0))
 
@@ -842,8 +844,8 @@ class Layered:
             raise CantLockGlob()
         await self._locks.acquire(key)
         try:
-            if self._followed:  # and the key's lock across nodes, once this node holds their writes
-                await cast(Any, self.embedded).lock(key)
+            if self._shared is not None:  # and the key's lock across nodes, once this node holds their writes
+                await self._shared.lock(key)
             self._settle()  # a queued write of this key lands before the lock holder reads it
             obj = await self._read(key)
         except BaseException:
@@ -857,8 +859,8 @@ class Layered:
     async def _release(self, key: str) -> None:
         """Release ``key``'s lock (with a layer that publishes_writes, its lock across nodes too)."""
         self._locks.release(key)
-        if self._followed:
-            await cast(Any, self.embedded).unlock(key)
+        if self._shared is not None:
+            await self._shared.unlock(key)
 
     async def set_and_unlock(self, key: str, data: Any) -> str:
         """Write ``key`` while holding the lock taken by ``get_and_lock``, then release it (also on
@@ -1140,7 +1142,8 @@ class Layered:
     def _follow_revision(self) -> None:
         """The write the followed layer just made has its revision in the order shared with other
         nodes: the event published next, in this same step, carries it."""
-        revision = cast(Any, self.embedded).last_revision
+        assert self._shared is not None
+        revision = self._shared.last_revision
         if revision > self._revision:
             self._revision = revision - 1  # _publish adds one
         elif revision:

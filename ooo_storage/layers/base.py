@@ -31,7 +31,7 @@ Conventions shared by every layer:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol, TypeAlias, runtime_checkable
 
 from .._utils import MaybeAwaitable
@@ -39,7 +39,7 @@ from ..protocol.objects import Object
 
 __all__ = [
     "SyncLayer", "AsyncLayer", "Layer", "PersistentLayer", "RawLoader", "RevisionKeeper", "BatchWriter",
-    "Follower", "RemoteApply", "TxnWriter",
+    "Follower", "RemoteApply", "TxnWriter", "SharedOrder",
 ]
 
 
@@ -163,3 +163,23 @@ class Follower(Protocol):
     (the store then gives it its next local revision). The layer stops calling it when it closes."""
 
     def follow(self, apply: RemoteApply) -> None: ...
+
+
+@runtime_checkable
+class SharedOrder(Follower, Protocol):
+    """Optional, for a :class:`Follower` whose writers share one order of writes (nodes on one
+    Redis). With ``publishes_writes`` true, a write returns only when its turn in that order has
+    come, its place in :attr:`last_revision`: ``Layered`` publishes it with that revision in the
+    same step, so every node's events follow one order. ``push_stamp()`` gives push keys unique
+    across the writers; ``lock``/``unlock`` hold ``get_and_lock``'s lock across them (``lock``
+    returns once this writer has applied every write committed before it took the lock).
+    ``Layered`` checks this once, when it is built (a Protocol ``isinstance`` is slow)."""
+
+    publishes_writes: bool
+    last_revision: int
+
+    def push_stamp(self) -> int: ...
+
+    def lock(self, key: str) -> Awaitable[None]: ...
+
+    def unlock(self, key: str) -> Awaitable[None]: ...
