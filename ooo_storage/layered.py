@@ -223,6 +223,11 @@ class HistoryOptions:
         )
 
 
+_BATCH_BYTES = 1 << 20
+"""Queued event bytes that make the history append them at once (memory held for them)."""
+_BATCH_DELAY = 0.05
+"""Seconds after the first queued event that the queue is appended at the latest."""
+
 _STATE = "history.json"
 """Beside the journal: the revision reservation of the last run that kept history, and the floor."""
 
@@ -249,6 +254,9 @@ class _History:
         self._append = self.journal.append_tagged_nowait
         self._max_item = self.journal.options.max_item
         self._pending: list[tuple[int, bytes]] = []
+        self._pending_bytes = 0
+        self._batch_bytes = min(_BATCH_BYTES, self.journal.options.max_file_size // 2)
+        self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def open(self, saved_reservation: int, revision: int) -> int:
@@ -292,24 +300,34 @@ class _History:
     def record(
         self, key: str, op: str, obj: Object | None, revision: int, part: tuple[int, int] = (0, 0)
     ) -> None:
-        """Queue one event for the journal: the events of one loop iteration are appended together
-        at its end (:meth:`write`; one ``pwrite`` of data and one of index entries for all of them),
-        or before, by a durable writer's :meth:`flush` or a replay. A process killed in between
-        loses them: a restart after an unclean stop without ``durable`` starts the history afresh.
+        """Queue one event for the journal. Queued events are appended together (:meth:`write`:
+        one ``pwrite`` of data and one of index entries for all of them) once ``_BATCH_BYTES`` are
+        queued or ``_BATCH_DELAY`` after the first, or before, by a durable writer's :meth:`flush`,
+        a replay or close: one append per loop iteration cost as much as the set itself. A process
+        killed in between loses them, which costs nothing more: a restart after an unclean stop
+        without ``durable`` starts the history afresh anyway.
         ``part``: (events of its transaction, its position among them) for a transaction's event;
         the events of one transaction are recorded in one step, so they are appended together."""
         if obj is None:
             item = _dumps((revision, op, key, *part) if part[0] else (revision, op, key))
         else:
             fields = (revision, op, key, obj.created, obj.updated, obj.index, obj.path)
-            head = _dumps((*fields, *part) if part[0] else fields)
-            item = b"%b\n%b" % (head, obj.data)
-        if len(item) > self._max_item:
-            self._lost(revision, f"{len(item)} bytes, more than a segment holds")
+            item = b"%b\n%b" % (_dumps((*fields, *part) if part[0] else fields), obj.data)
+        size = len(item)
+        if size > self._max_item:
+            self._lost(revision, f"{size} bytes, more than a segment holds")
             return
-        if not self._pending:
-            cast(asyncio.AbstractEventLoop, self._loop).call_soon(self.write)
         self._pending.append((revision, item))
+        self._pending_bytes += size
+        if self._pending_bytes >= self._batch_bytes:
+            self.write()
+        elif self._timer is None:
+            loop = cast(asyncio.AbstractEventLoop, self._loop)
+            self._timer = loop.call_later(_BATCH_DELAY, self._timed_write)
+
+    def _timed_write(self) -> None:
+        self._timer = None
+        self.write()
 
     def write(self) -> None:
         """Append the queued events to the journal (into the page cache)."""
@@ -317,6 +335,7 @@ class _History:
         if not pending:
             return
         self._pending = []
+        self._pending_bytes = 0
         limit = self.journal.options.max_file_size // 2  # one append never needs two new segments
         group: list[tuple[int, bytes]] = []
         size = 0
@@ -336,6 +355,12 @@ class _History:
         """Return once the events recorded so far are durable (one fsync shared by the writers)."""
         self.write()
         await self.journal.flush()
+
+    def cut(self, revision: int) -> None:
+        """Nothing at or below ``revision`` may be replayed any more (see ``Layered.clear``)."""
+        self.write()
+        self.floor = max(self.floor, revision)
+        self._save()
 
     def oldest_floor(self) -> int:
         """The revision above which the journal holds every event."""
@@ -372,6 +397,9 @@ class _History:
                 log.error("history: prune failed: %s", exc)
 
     async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._pruner is not None:
             self._pruner.cancel()
             await asyncio.gather(self._pruner, return_exceptions=True)
@@ -1150,7 +1178,8 @@ class Layered:
             log.error("shared revision %d of a write is not above the store's %d", revision, self._revision)
 
     async def clear(self) -> None:
-        """Remove every key from every layer. Emits no events (an administrative reset)."""
+        """Remove every key from every layer. Emits no events (an administrative reset); with a
+        history, replays from before it raise HistoryTrimmed (a client resuming takes a snapshot)."""
         if not self._active:
             raise self._not_active()
         await self._gate.acquire_exclusive()
@@ -1163,8 +1192,20 @@ class Layered:
                     raise StorageUnavailable(f"storage: clear failed: {exc}") from exc
             if self.memory is not None:
                 self.memory.clear()
+            self._history_cut()
         finally:
             await self._gate.release_exclusive()
+
+    def _history_cut(self) -> None:
+        """After ``clear`` (which emits no event): a replay across it would patch keys that are
+        gone, so the history's floor rises above it (on a revision of its own) and such replays
+        raise HistoryTrimmed, which makes a resuming client take a snapshot."""
+        if self._history is None:
+            return
+        self._revision += 1
+        if self._revision >= self._reserved:
+            self._reserve()
+        self._history.cut(self._revision)
 
     # -- transactions ------------------------------------------------------------------------------
     def transaction(self, timeout: float = 5.0) -> Transaction:
@@ -1649,9 +1690,22 @@ class Layered:
             handle.cancel()
 
 
+    def replay(self, since: int, upto: int | None = None) -> Iterator[Event]:
+        """The recorded events with ``since < revision <= upto`` (default: :attr:`revision`), in
+        revision order, read lazily one journal chunk at a time (iterate it before awaiting:
+        it reads the journal as it is then).
+
+        HistoryTrimmed (a StorageError) when the history no longer reaches back to ``since``
+        (evicted, pruned, or cut by :meth:`clear`): take a snapshot instead. StorageError
+        without a history, or once the store is closed."""
+        if self._history is None and self.history_options is None:
+            raise StorageError(
+                "storage: replay needs an event history: Layered(..., history=HistoryOptions(directory))"
+            )
+        return self._replay(since, self._revision if upto is None else upto)
+
     def _replay(self, since: int, upto: int) -> Iterator[Event]:
-        """The recorded events with ``since < revision <= upto`` (HistoryTrimmed when the history
-        does not reach back to ``since``)."""
+        """:meth:`replay` once its arguments are settled."""
         history = self._history
         if history is None:
             raise StorageError("storage: the store closed")

@@ -1,0 +1,91 @@
+"""Event history (issue 11) across ``clear()`` and through the public ``replay``: clear emits no
+event, so a replay across it would patch keys that are gone: the history's floor rises above it
+(HistoryTrimmed, and a websocket resuming across it gets a snapshot). Real LevelDB, a real journal,
+a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from ooo_storage import HistoryOptions, Layered, LevelDBLayer, MemoryLayer, StorageError
+from ooo_storage.errors import HistoryTrimmed
+from ooo_storage.server import Server, ServerRunner
+
+
+def _store(tmp: Path, history: bool = True) -> Layered:
+    return Layered(
+        memory=MemoryLayer(),
+        embedded=LevelDBLayer(tmp / "db"),
+        history=HistoryOptions(tmp / "history", max_bytes=1 << 20) if history else None,
+    )
+
+
+async def test_events_since_before_a_clear_raise_history_trimmed(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    await store.start()
+    await store.set("a/1", 1)
+    before = store.revision
+    await store.set("a/2", 2)
+    await store.clear()
+    with pytest.raises(HistoryTrimmed):
+        await anext(store.events("a/*", since=before))
+    with pytest.raises(HistoryTrimmed):
+        store.replay(store.revision - 1)
+    after = store.revision
+    await store.set("a/3", 3)  # the history goes on after the clear
+    assert [e.key for e in store.replay(after)] == ["a/3"]
+    await store.close()
+    store = _store(tmp_path)  # and the cut survives a restart
+    await store.start()
+    with pytest.raises(HistoryTrimmed):
+        store.replay(before)
+    assert [e.key for e in store.replay(after)] == ["a/3"]
+    await store.close()
+
+
+async def test_replay_is_public_and_bounded_by_upto(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    await store.start()
+    start = store.revision
+    for i in range(5):
+        await store.set(f"k/{i}", i)
+    middle = start + 3
+    assert [e.key for e in store.replay(start, middle)] == ["k/0", "k/1", "k/2"]
+    assert [e.revision for e in store.replay(middle)] == [middle + 1, middle + 2]
+    await store.close()
+    plain = _store(tmp_path / "plain", history=False)
+    await plain.start()
+    with pytest.raises(StorageError, match="history"):
+        plain.replay(0)
+    await plain.close()
+
+
+async def test_a_websocket_resuming_across_a_clear_gets_a_snapshot(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    await store.start()
+    runner = ServerRunner(store, "127.0.0.1", 0, server=Server(store, shutdown_timeout=1.0))
+    await runner.start()
+    ws_base = runner.url.replace("http://", "ws://")
+    try:
+        async with aiohttp.ClientSession() as http:
+            await store.set("c/1", {"n": 1})
+            await store.set("c/2", {"n": 2})
+            ws = await http.ws_connect(f"{ws_base}/c/*")
+            first = orjson.loads((await ws.receive(timeout=5)).data)
+            await ws.close()
+            assert first["snapshot"] is True and len(first["data"]) == 2
+            await store.clear()
+            await store.set("c/3", {"n": 3})
+            ws = await http.ws_connect(f"{ws_base}/c/*?v={first['version']}")
+            frame = orjson.loads((await ws.receive(timeout=5)).data)
+            await ws.close()
+            # Before: a patch adding c/3 to a state that still held c/1 and c/2.
+            assert frame["snapshot"] is True
+            assert [o["index"] for o in frame["data"]] == ["3"]
+    finally:
+        await runner.stop()
+        await store.close()
