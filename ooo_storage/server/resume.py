@@ -110,7 +110,7 @@ class Replay:
             self.known = False
             return None
         try:
-            return store._replay(self.upto, upto)  # Layered has no public replay (yet)
+            return store.replay(self.upto, upto)
         except StorageError:  # HistoryTrimmed, or the store closed
             self.known = False
             return None
