@@ -230,7 +230,7 @@ async def test_search_and_paging_over_10000_keys(browser: Browser, make_live: Li
     watched = await open_page(browser, live)
     page = watched.page
     await page.goto(live.base + "/")
-    await expect(entry(page, "items")).to_be_visible()  # a folder found from one page of ?api=keys
+    await expect(entry(page, "items")).to_be_visible()  # a folder found by ?api=folders
 
     await page.fill("#search-input", "items/0999")  # a prefix: the glob items/0999*
     await page.click("#search button")
@@ -262,6 +262,42 @@ async def test_search_and_paging_over_10000_keys(browser: Browser, make_live: Li
     assert lists and all("limit=100" in u for u in lists), lists  # pages, never a whole glob
     whole = [r for r in watched.requests if r.url.rstrip("/") == live.base and r.resource_type != "document"]
     assert whole == []  # nor the full key listing
+    assert watched.errors == []
+
+
+async def test_the_tree_reaches_every_folder_past_the_first_keys(browser: Browser, make_live: LiveFactory,
+                                                                shots: Path) -> None:
+    """Issue 13's case: 10 000 keys ``many/g0..g9/k...`` and 8 under ``x/``. Before, folders came
+    from the first 500 keys of ``?api=keys``: the top showed ``many`` only and ``many`` showed
+    ``g0`` only. Now ``?api=folders`` lists them all, and a level of more than a page of folders
+    has a "more folders" button."""
+    live = await make_live()
+    for g in range(10):
+        for i in range(1000):
+            await live.store.set(f"many/g{g}/k{i:05}", b"1")
+    for i in range(8):
+        await live.store.set(f"x/k{i}", b"1")
+    for i in range(502):
+        await live.store.set(f"wide/d{i:03}/k", b"1")
+    watched = await open_page(browser, live)
+    page = watched.page
+    await page.goto(live.base + "/")
+    for folder in ("many", "x", "wide"):
+        await expect(entry(page, folder)).to_have_class("key folder")
+    await entry(page, "many").click()
+    under = page.locator('#tree ul[data-glob="many/*"] > li[data-key] > .key')
+    await expect(under).to_have_count(10)
+    assert await under.all_text_contents() == [f"g{g}" for g in range(10)]
+    await page.screenshot(path=shots / "folders.png")
+    await entry(page, "x").click()
+    await expect(page.locator('#tree ul[data-glob="x/*"] > li[data-key]')).to_have_count(8)
+
+    await entry(page, "wide").click()
+    wide = page.locator('#tree ul[data-glob="wide/*"] > li[data-key]')
+    await expect(wide).to_have_count(500)
+    await page.click("button.folders")
+    await expect(wide).to_have_count(502)
+    await expect(page.locator("button.folders")).to_have_count(0)
     assert watched.errors == []
 
 
