@@ -1104,7 +1104,7 @@ class Layered:
                 old = await self._read(key)
                 if old is None:
                     raise NotFound()
-                await self._remove(key)
+                await self._remove(key, broadcast)
                 if self._followed and self.memory is not None:
                     old = self._deleted  # at the delete's turn in the shared order (None: gone)
                 waiter = None if old is None else self._publish(key, "del", old, broadcast)
@@ -1118,7 +1118,7 @@ class Layered:
         await self._gate.acquire_exclusive()
         try:
             self._settle()
-            removed = await self._remove(pattern)
+            removed = await self._remove(pattern, broadcast)
             if not removed:
                 return
             if broadcast and self._chan is not None and not self._followed:
@@ -1150,11 +1150,14 @@ class Layered:
         except TimeoutError:
             log.warning("glob delete: watchers did not catch up within drop_timeout")
 
-    async def _remove(self, key_or_glob: str) -> int:
+    async def _remove(self, key_or_glob: str, broadcast: bool = True) -> int:
         removed = 0
         if self.embedded is not None:
             try:
-                removed = await maybe_await(self.embedded.delete(key_or_glob))
+                if self._shared is not None:  # a silent delete stays silent on the other nodes
+                    removed = await self._shared.delete(key_or_glob, broadcast)
+                else:
+                    removed = await maybe_await(self.embedded.delete(key_or_glob))
             except StorageError:
                 raise
             except Exception as exc:
@@ -1482,7 +1485,9 @@ class Layered:
         return revision, [(key, waits.get(key)) for key, _, _ in changes]
 
     # -- writes by others ------------------------------------------------------------------------
-    def apply_remote(self, key: str, obj: Object | None, revision: int | None = None) -> bool:
+    def apply_remote(
+        self, key: str, obj: Object | None, revision: int | None = None, broadcast: bool = True
+    ) -> bool:
         """Apply a write that another writer committed to the shared persistent layer (another
         process on the same directory, another node on the same Redis): update the memory mirror
         and tell observers and watchers as for a local write. The layer already holds it: nothing
@@ -1493,7 +1498,8 @@ class Layered:
         shared by every writer; the store's revision moves up to it, and a write at or below the
         store's revision is taken as already applied and ignored. Without it the write gets the
         next local revision. Returns whether the write changed anything (an object already in the
-        mirror, a delete of a key the mirror lacks: nothing, no event)."""
+        mirror, a delete of a key the mirror lacks: nothing, no event). ``broadcast`` False: a write
+        its writer made without an event (``delete_silent``) is applied without one here too."""
         if not self._active:
             return False
         if revision is not None and revision <= self._revision:
@@ -1521,7 +1527,7 @@ class Layered:
                 memory.set(key, obj)
         if revision is not None:
             self._revision = revision - 1  # _publish adds one
-        self._publish(key, op, event_obj)
+        self._publish(key, op, event_obj, broadcast)
         return True
 
     def _skip(self, revision: int | None) -> bool:

@@ -31,7 +31,7 @@ Conventions shared by every layer:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Protocol, TypeAlias, runtime_checkable
 
 from .._utils import MaybeAwaitable
@@ -149,8 +149,14 @@ class TxnWriter(Protocol):
     ) -> MaybeAwaitable[None]: ...
 
 
-RemoteApply: TypeAlias = Callable[[str, Object | None, int | None], object]
-"""``Layered.apply_remote(key, obj_or_None, revision_or_None)``: see :class:`Follower`."""
+class RemoteApply(Protocol):
+    """``Layered.apply_remote(key, obj_or_None, revision_or_None, broadcast=True)``: see
+    :class:`Follower`. ``broadcast`` False: a delete its writer made without an event
+    (``delete_silent``: a limit filter's trimming), which the other writers apply as silently."""
+
+    def __call__(
+        self, key: str, obj: Object | None, revision: int | None = None, broadcast: bool = True
+    ) -> object: ...
 
 
 @runtime_checkable
@@ -179,6 +185,10 @@ class SharedOrder(Follower, Protocol):
     last_revision: int
 
     def push_stamp(self) -> int: ...
+
+    def delete(self, key_or_glob: str, broadcast: bool = True) -> Awaitable[int]:
+        """As a layer's ``delete``; ``broadcast`` False marks it silent for the other writers."""
+        ...
 
     def lock(self, key: str) -> Awaitable[None]: ...
 

@@ -64,12 +64,19 @@ _BATCH = 1000
 _BLOCK_MS = 1000
 
 # KEYS: data, keys, rev, log. Every write script appends one entry whose id is its revision.
+# A silent delete (``delete_silent``) has a field 'q' '1': the other nodes apply it without an event.
 _XADD = """
-local function append(op, key, value, node, maxlen)
+local function append(op, key, value, node, maxlen, quiet)
   local rev = redis.call('INCR', KEYS[3])
-  local id = string.format('%d', rev)
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, id .. '-0', 'o', op, 'k', key, 'v', value,
-             'n', node, 'p', string.format('%d', rev - 1))
+  local id = string.format('%d', rev) .. '-0'
+  local prev = string.format('%d', rev - 1)
+  if quiet == '1' then
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, id, 'o', op, 'k', key, 'v', value,
+               'n', node, 'p', prev, 'q', '1')
+  else
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, id, 'o', op, 'k', key, 'v', value,
+               'n', node, 'p', prev)
+  end
   return rev
 end
 """
@@ -84,12 +91,13 @@ end
 return revisions
 """
 # A point delete always takes a revision: the store publishes it (its mirror had the key).
+# ARGV: key, node, maxlen, quiet ('1' or '0')
 _DELETE = _XADD + """
 local n = redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-return {n, append('d', ARGV[1], '', ARGV[2], ARGV[3])}
+return {n, append('d', ARGV[1], '', ARGV[2], ARGV[3], ARGV[4])}
 """
-# ARGV: pattern, Lua pattern, range start, range end, node, maxlen
+# ARGV: pattern, Lua pattern, range start, range end, node, maxlen, quiet
 _DELETE_GLOB = _XADD + """
 local found = redis.call('ZRANGEBYLEX', KEYS[2], ARGV[3], ARGV[4])
 local n = 0
@@ -101,7 +109,7 @@ for _, key in ipairs(found) do
   end
 end
 if n == 0 then return {0, 0} end
-return {n, append('g', ARGV[1], '', ARGV[5], ARGV[6])}
+return {n, append('g', ARGV[1], '', ARGV[5], ARGV[6], ARGV[7])}
 """
 _CLEAR = _XADD + """
 redis.call('DEL', KEYS[1], KEYS[2])
@@ -444,15 +452,16 @@ class RedisLayer:
         if own and op != b"b":
             await self._writer_turn(revision, sent)
         key = fields[b"k"].decode()
+        loud = b"q" not in fields  # a silent delete (delete_silent) is applied without an event
         if op == b"s":
             self._known.add(key)
             apply(key, load_object(key, fields[b"v"]), revision)  # ignored when its writer published
         elif op == b"d":
             self._known.discard(key)
-            apply(key, None, revision)
+            apply(key, None, revision, loud)
         elif op == b"g":
             self._known.difference_update([k for k in self._known if keys.match(key, k)])
-            apply(key, None, revision)
+            apply(key, None, revision, loud)
         elif op == b"c":
             self._known.clear()
         self._moved(revision)
@@ -607,13 +616,16 @@ class RedisLayer:
             if not fut.done():
                 fut.set_result(int(revision))
 
-    async def delete(self, key_or_glob: str) -> int:
+    async def delete(self, key_or_glob: str, broadcast: bool = True) -> int:
+        """Delete a key or a glob; ``broadcast`` False (``delete_silent``): the other nodes apply
+        it without an event too (the stream entry says so)."""
+        quiet = "0" if broadcast else "1"
         if "*" in key_or_glob:
             start, end = lex_range(key_or_glob)
-            args = [key_or_glob, lua_pattern(key_or_glob), start, end, self.node_id, self.maxlen]
+            args = [key_or_glob, lua_pattern(key_or_glob), start, end, self.node_id, self.maxlen, quiet]
             removed, revision = await self._write("glob", args)
         else:
-            removed, revision = await self._write("delete", [key_or_glob, self.node_id, self.maxlen])
+            removed, revision = await self._write("delete", [key_or_glob, self.node_id, self.maxlen, quiet])
         await self._turn(int(revision))
         return int(removed)
 

@@ -134,6 +134,24 @@ async def test_a_write_is_read_back_on_its_node_and_seen_by_the_other(nodes: Nod
         await a.get("x")
 
 
+async def test_a_silent_delete_is_silent_on_every_node(nodes: Nodes) -> None:
+    a, b = await nodes.open(), await nodes.open()
+    silent: list[tuple[str, str]] = []
+    b.on_commit(lambda e: silent.append((e.operation, e.key)), silent=True)
+    for key in ("k", "g/1", "g/2"):
+        await a.set(key, 1)
+    await a.delete_silent("k")  # as a limit filter trims
+    await a.delete_silent("g/*")
+    await a.set("after", 1)
+    await caught_up(b, a.revision)
+    assert await b.keys() == ["after"]
+    assert [(op, key) for _, op, key, _ in nodes.events(b)] == [
+        ("set", "k"), ("set", "g/1"), ("set", "g/2"), ("set", "after")
+    ]
+    assert nodes.events(a) == nodes.events(b)
+    assert ("del", "k") in silent and ("del", "g/*") in silent  # bookkeeping observers see them
+
+
 async def test_a_cancelled_writer_still_reaches_every_mirror_in_order(nodes: Nodes) -> None:
     a, b = await nodes.open(), await nodes.open()
     task = asyncio.create_task(a.set("c/1", 1))
