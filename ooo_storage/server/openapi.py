@@ -174,7 +174,7 @@ def _glob_item(auth: bool, params: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-_APIS = ["keys", "info", "filters", "state", "stats", "openapi"]
+_APIS = ["keys", "folders", "info", "filters", "state", "stats", "openapi"]
 
 
 def _root_item(auth: bool) -> dict[str, Any]:
@@ -184,12 +184,17 @@ def _root_item(auth: bool) -> dict[str, Any]:
          "schema": {"type": "string", "enum": _APIS}},
         {"name": "page", "in": "query", "description": "?api=keys: 1 to 10^12",
          "schema": {"type": "integer", "minimum": 1, "maximum": 10**12}},
-        {"name": "limit", "in": "query", "description": "?api=keys: 1 to 500",
-         "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+        {"name": "limit", "in": "query", "description": "?api=keys: 1 to 500 (default 50); ?api=folders: "
+         "1 to 500 (default 500)", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
         {"name": "filter", "in": "query", "description": "?api=keys: a key prefix (up to its first *)",
          "schema": {"type": "string"}},
+        {"name": "prefix", "in": "query", "description": "?api=folders: a literal key prefix (no *); the "
+         "folders right under it are listed", "schema": {"type": "string"}},
+        {"name": "cursor", "in": "query", "description": "?api=folders: the cursor of the previous page "
+         "(a folder under prefix)", "schema": {"type": "string"}},
     ]
-    answers = [_ref(n) for n in ("KeyListing", "KeysPage", "Info", "Filters", "State", "Stats", "Document")]
+    answers = [_ref(n) for n in ("KeyListing", "KeysPage", "FoldersPage", "Info", "Filters", "State", "Stats",
+                                 "Document")]
     return {
         "get": {
             "operationId": "root",
@@ -248,6 +253,14 @@ def _schemas() -> dict[str, Any]:
             "required": ["keys", "total", "page", "limit", "filter"],
             "properties": {"keys": {"type": "array", "items": string}, "total": integer, "page": integer,
                            "limit": integer, "filter": string},
+        },
+        "FoldersPage": {
+            "type": "object",
+            "description": "?api=folders: prefix + S for every key prefix + S/..., in key order; cursor "
+            "null on the last page",
+            "required": ["folders", "cursor", "prefix"],
+            "properties": {"folders": {"type": "array", "items": string},
+                           "cursor": {"type": ["string", "null"]}, "prefix": string},
         },
         "Info": {"type": "object", "required": ["name", "version", "revision"],
                  "properties": {"name": string, "version": string, "revision": integer}},
