@@ -98,3 +98,12 @@ async def test_folders_need_admin_under_a_policy(make_live: LiveFactory) -> None
     await live.store.set("a/b", 1)
     status, _ = await live.request("GET", "?api=folders", headers={"Authorization": f"Bearer {TOKEN}"})
     assert status == 403
+
+
+async def test_the_openapi_document_describes_api_folders(make_live: LiveFactory) -> None:
+    live = await make_live()
+    root = (await live.get("?api=openapi"))["paths"]["/"]["get"]
+    params = {p["name"]: p for p in root["parameters"]}
+    assert "folders" in params["api"]["schema"]["enum"]
+    assert {"prefix", "cursor", "limit"} <= set(params)
+    assert "?api=folders" in params["prefix"]["description"]
