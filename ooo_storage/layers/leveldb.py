@@ -50,6 +50,7 @@ _UNKNOWN = b"\x00unknown"  # a failed write's key whose previous value could not
 _RETRY_MIN = 0.05
 _RETRY_MAX = 5.0
 _MIN_FREE = 64 << 10  # below this many free bytes a reopen is not even tried
+_PROBE_EVERY = 2.0  # seconds between two recoveries tried by a probe (try_recover)
 _REVISION_FILE = "ooo-revision"  # beside LevelDB's own files, which it leaves alone
 _RESERVE_FILE = "ooo-reserve"
 DEFAULT_RESERVE = 32 << 20
@@ -102,6 +103,7 @@ class LevelDBLayer:
         self._suspects: dict[bytes, bytes | None] = {}
         self._retry_at = 0.0
         self._retry_delay = _RETRY_MIN
+        self._probe_at = 0.0
         self.reopens = 0
         """Number of successful reopens after a failed write."""
 
@@ -203,11 +205,18 @@ class LevelDBLayer:
         )
         return True
 
+    def _regain_room(self) -> bool:
+        """Rebuild the spent reserve if there is room for it now; True if writes that add data
+        are taken again."""
+        if not self._keep_reserve():
+            return False
+        self._low_space = False
+        log.warning("%s: room again: reserve rebuilt, writes accepted", self.path)
+        return True
+
     def _room_to_grow(self) -> None:
         """While the reserve is spent, refuse writes that add data unless it could be rebuilt."""
-        if self._keep_reserve():
-            self._low_space = False
-            log.warning("%s: room again: reserve rebuilt, writes accepted", self.path)
+        if self._regain_room():
             return
         raise NoSpace(
             "storage: no space left on device: the disk is nearly full; writes are refused and "
@@ -267,6 +276,41 @@ class LevelDBLayer:
     def failure(self) -> StorageUnavailable | None:
         """Why writes are refused right now (after a failed write, until a reopen), else None."""
         return self._failure
+
+    @property
+    def low_space(self) -> bool:
+        """True while the reserve is spent: writes that add data are refused, deletes accepted."""
+        return self._low_space
+
+    def write_refusal(self) -> str | None:
+        """Why writes (those that add data) are refused right now, or None when they are taken: a
+        failed write not yet recovered from, or the reserve spent on a nearly full disk."""
+        if self._failure is not None:
+            return f"LevelDB refuses writes until it reopens after a failed write ({self._failure})"
+        if self._low_space:
+            return ("LevelDB refuses writes that add data: the disk is nearly full and its "
+                    "reserve is spent (free space, or delete keys)")
+        return None
+
+    def try_recover(self) -> bool:
+        """Try now what the next write would: the reopen after a failed write (within its
+        backoff), the reserve's rebuild once there is room. For a probe (``/readyz``) that comes
+        when no write does; True if writes are taken afterwards. In sync mode a running group
+        commit is left to recover by itself. Tried at most once per :data:`_PROBE_EVERY` seconds
+        (a reopen also keeps its own backoff)."""
+        now = time.monotonic()
+        busy = self._committer is not None and not self._committer.done()
+        if busy or now < self._probe_at:
+            return self.write_refusal() is None
+        self._probe_at = now + _PROBE_EVERY
+        if self._failure is not None:
+            try:
+                self._recover()
+            except StorageUnavailable:
+                return False
+        if self._low_space:
+            self._regain_room()
+        return self.write_refusal() is None
 
     # -- failure and recovery ------------------------------------------------------------------
     def _writable(self, grows: bool = True) -> plyvel.DB:

@@ -4,9 +4,10 @@
 probe that fails means a process to restart. ``/readyz`` answers 200 ``ready`` when the store is
 open and its persistent layer accepts writes, else 503 with the reason in plain text (the store
 not opened yet, a full disk at start, LevelDB refusing writes after a failed write until it
-reopened): a reason to send traffic elsewhere for a while, not to restart. LevelDB retries its
-reopen on the next write, so an instance that no traffic reaches stays unready until a write
-comes: with one instance, alert on it rather than take the instance out of service.
+reopened, or refusing writes that add data while its free-space reserve is spent): a reason to
+send traffic elsewhere for a while, not to restart. LevelDB retries its reopen (and rebuilds its
+reserve) on the next write; an unready ``/readyz`` tries it too (``LevelDBLayer.try_recover``, at
+most once per two seconds), so an instance that no write reaches becomes ready again by itself.
 
 These paths are also keys (``healthz``, ``readyz``, ``metrics`` are valid key names): the server
 answers them itself only for a plain ``GET`` or ``HEAD`` of exactly ``/healthz``, ``/readyz``,
@@ -43,8 +44,10 @@ def unready(store: Layered) -> str | None:
         why = store.failure or "not started yet"
         return f"ooo: not ready: the store is not open ({why})"
     layer = store.embedded
-    if isinstance(layer, LevelDBLayer) and (failure := layer.failure) is not None:
-        return f"ooo: not ready: LevelDB refuses writes until it reopens after a failed write ({failure})"
+    if isinstance(layer, LevelDBLayer) and layer.write_refusal() is not None:
+        layer.try_recover()  # no write may come to retry it: the probe does (throttled)
+        if (refusal := layer.write_refusal()) is not None:
+            return f"ooo: not ready: {refusal}"
     return None
 
 

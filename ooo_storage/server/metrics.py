@@ -291,8 +291,11 @@ class _Collector:
 
 
 def _leveldb(layer: LevelDBLayer) -> Iterator[Metric]:
-    yield GaugeMetricFamily("ooo_leveldb_refusing_writes", "1 while LevelDB refuses writes after a "
-                            "failed write (a full disk), until it reopened", int(layer.failure is not None))
+    yield GaugeMetricFamily("ooo_leveldb_refusing_writes", "1 while LevelDB refuses writes: after a "
+                            "failed write (a full disk) until it reopened, or those that add data "
+                            "while its free-space reserve is spent", int(layer.write_refusal() is not None))
+    yield GaugeMetricFamily("ooo_leveldb_low_space", "1 while the free-space reserve is spent: "
+                            "writes that add data are refused, deletes accepted", int(layer.low_space))
     yield CounterMetricFamily("ooo_leveldb_reopens", "Reopens after a failed write", layer.reopens)
     yield CounterMetricFamily("ooo_leveldb_commits", "Durable group commits (--sync): writes / "
                               "commits is the mean group size", layer.commits)

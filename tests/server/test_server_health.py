@@ -5,6 +5,7 @@ tmpfs refuses them: 503 with the reason), both outside access control."""
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import aiohttp
@@ -117,6 +118,53 @@ async def test_not_ready_while_leveldb_refuses_writes(tmpfs: Any, engine: str) -
                 text = await resp.text()
             assert "ooo_leveldb_refusing_writes 0.0" in text
             assert "ooo_leveldb_reopens_total 1.0" in text
+    finally:
+        await runner.stop()
+        await store.close()
+
+
+async def _status_text(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    async with http.get(url) as resp:
+        return resp.status, await resp.text()
+
+
+@BOTH
+async def test_not_ready_while_the_reserve_is_spent(tmpfs: Any, engine: str) -> None:
+    """The disk fills, LevelDB reopens, but its free-space reserve is spent: every write that adds
+    data is refused (503). /readyz says so and the refusal gauge is 1 (before: 200 ``ready`` and
+    0); once there is room again, /readyz alone (no write) rebuilds the reserve and is ready."""
+    root = tmpfs("12m")
+    store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(str(root / "db"), reserve_bytes=5_000_000))
+    await store.start()
+    runner = ServerRunner(store, "127.0.0.1", 0, server=Server(store, http_engine=engine))
+    await runner.start()
+    base = runner.url
+    try:
+        async with aiohttp.ClientSession() as http:
+            for n in range(1000):
+                if await _post(http, f"{base}/fill/{n}", {"x": os.urandom(75_000).hex()}) == 503:
+                    break
+            else:
+                raise AssertionError("the filesystem never filled up")
+            async with http.delete(f"{base}/fill/0") as resp:  # the reopen: writes not refused now
+                assert resp.status == 204
+            assert await _post(http, f"{base}/more", {"x": 1}) == 503  # the reserve is spent
+            status, text = await _status_text(http, f"{base}/readyz")
+            assert status == 503, text
+            assert text.startswith("ooo: not ready: LevelDB refuses writes that add data"), text
+            assert "reserve is spent" in text
+            _, metrics = await _status_text(http, f"{base}/metrics")
+            assert "ooo_leveldb_refusing_writes 1.0" in metrics
+            assert "ooo_leveldb_low_space 1.0" in metrics
+
+            async with http.delete(f"{base}/fill/*") as resp:  # room again (compacted at once)
+                assert resp.status == 204
+            async with asyncio.timeout(10):  # /readyz retries at most every 2 s: no write needed
+                while (await _status_text(http, f"{base}/readyz")) != (200, "ready"):
+                    await asyncio.sleep(0.2)
+            _, metrics = await _status_text(http, f"{base}/metrics")
+            assert "ooo_leveldb_refusing_writes 0.0" in metrics
+            assert "ooo_leveldb_low_space 0.0" in metrics
     finally:
         await runner.stop()
         await store.close()
