@@ -31,6 +31,7 @@ import asyncio
 import logging
 import os
 import random
+import struct
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -65,7 +66,6 @@ from .errors import (
     TransactionTimeout,
 )
 from .journal import Journal, JournalOptions
-from .journal.format import ENTRY_SIZE
 from .layers.base import (
     BatchWriter,
     Follower,
@@ -228,6 +228,10 @@ _BATCH_BYTES = 1 << 20
 _BATCH_DELAY = 0.05
 """Seconds after the first queued event that the queue is appended at the latest."""
 
+_BATCH_MAGIC = b"\x00"
+"""The first byte of a batch item (an event item starts with ``[``): u32 length + event, repeated."""
+_BATCH_LEN = struct.Struct("<I")
+
 _STATE = "history.json"
 """Beside the journal: the revision reservation of the last run that kept history, and the floor."""
 
@@ -253,9 +257,11 @@ class _History:
         self._pruner: asyncio.Task[None] | None = None
         self._append = self.journal.append_tagged_nowait
         self._max_item = self.journal.options.max_item
-        self._pending: list[tuple[int, bytes]] = []
+        self._pending: list[tuple[int, bytes, bool]] = []
         self._pending_bytes = 0
-        self._batch_bytes = min(_BATCH_BYTES, self.journal.options.max_file_size // 2)
+        # One journal item per batch: it must fit in one item, and one append never needs two
+        # new segments.
+        self._batch_bytes = min(_BATCH_BYTES, self._max_item, self.journal.options.max_file_size // 2)
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -313,11 +319,11 @@ class _History:
         else:
             fields = (revision, op, key, obj.created, obj.updated, obj.index, obj.path)
             item = b"%b\n%b" % (_dumps((*fields, *part) if part[0] else fields), obj.data)
-        size = len(item)
-        if size > self._max_item:
+        size = len(item) + _BATCH_LEN.size
+        if size + 1 > self._batch_bytes:
             self._lost(revision, f"{size} bytes, more than a segment holds")
             return
-        self._pending.append((revision, item))
+        self._pending.append((revision, item, part[1] == 0))
         self._pending_bytes += size
         if self._pending_bytes >= self._batch_bytes:
             self.write()
@@ -330,24 +336,34 @@ class _History:
         self.write()
 
     def write(self) -> None:
-        """Append the queued events to the journal (into the page cache)."""
+        """Append the queued events to the journal (into the page cache), as few items as
+        possible: each item is a batch of events (:func:`_batch`) tagged with its last revision,
+        so that the journal's per-item work (entry, CRCs) is paid once per batch, not per event.
+        A batch starts only at the first event of a transaction: a transaction is never split."""
         pending = self._pending
         if not pending:
             return
         self._pending = []
         self._pending_bytes = 0
-        limit = self.journal.options.max_file_size // 2  # one append never needs two new segments
-        group: list[tuple[int, bytes]] = []
-        size = 0
+        limit = self._batch_bytes
+        records: list[tuple[int, bytes]] = []
+        parts: list[bytes] = [_BATCH_MAGIC]
+        size = 1
+        pack = _BATCH_LEN.pack
+        last = 0
+        for revision, item, starts in pending:
+            need = len(item) + 4
+            if starts and size + need > limit and size > 1:
+                records.append((last, b"".join(parts)))
+                parts, size = [_BATCH_MAGIC], 1
+            parts.append(pack(need - 4))
+            parts.append(item)
+            size += need
+            last = revision
+        records.append((last, b"".join(parts)))
         try:
-            for record in pending:
-                need = len(record[1]) + ENTRY_SIZE
-                if group and size + need > limit:
-                    self._append(*group)
-                    group, size = [], 0
-                group.append(record)
-                size += need
-            self._append(*group)
+            for record in records:  # one at a time: a segment holds at least two batches
+                self._append(record)
         except Exception as exc:  # the writes are committed: they must not fail for their history
             self._lost(pending[-1][0], exc)
 
@@ -369,9 +385,13 @@ class _History:
         first = log_.segments[0]
         if not first.count:
             return self.floor
+        item = self.journal.read(first.first)[0]
+        if item[:1] == _BATCH_MAGIC:  # batches start with a whole transaction
+            first_event = next(_decode_item(item))
+            return max(self.floor, first_event.revision - 1)
+        # An old item, one event: an eviction may have cut a transaction, not wholly kept then.
         tag = self.journal.entry(first.first).tag
-        # An eviction may have cut a transaction: its revision is then not wholly kept.
-        whole = _position(self.journal.read(first.first)[0]) == 0
+        whole = _position(item) == 0
         return max(self.floor, tag - 1 if whole else tag)
 
     def replay(self, since: int, upto: int) -> Iterator[Event]:
@@ -383,10 +403,11 @@ class _History:
             chunk = log_.chunk(index)
             index = chunk.next
             for _, item in chunk:
-                event = _decode(item)
-                if event.revision > upto:
-                    return
-                yield event
+                for event in _decode_item(item):
+                    if event.revision > upto:
+                        return
+                    if event.revision > since:  # a batch may begin before ``since``
+                        yield event
 
     async def _prune(self, max_age: float) -> None:
         while True:
@@ -406,6 +427,21 @@ class _History:
         self.write()
         await self.journal.close()
         self._save(clean=True)
+
+
+def _decode_item(item: bytes) -> Iterator[Event]:
+    """The events of a journal item: a batch (see :meth:`_History.write`) or one event (as
+    earlier versions wrote them)."""
+    if item[:1] != _BATCH_MAGIC:
+        yield _decode(item)
+        return
+    view = memoryview(item)
+    position, end, unpack = 1, len(item), _BATCH_LEN.unpack_from
+    while position < end:
+        (size,) = unpack(item, position)
+        position += _BATCH_LEN.size
+        yield _decode(bytes(view[position : position + size]))
+        position += size
 
 
 def _decode(item: bytes) -> Event:

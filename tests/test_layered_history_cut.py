@@ -89,3 +89,42 @@ async def test_a_websocket_resuming_across_a_clear_gets_a_snapshot(tmp_path: Pat
     finally:
         await runner.stop()
         await store.close()
+
+
+def test_single_event_items_from_an_earlier_version_still_decode() -> None:
+    """Earlier versions wrote one journal item per event (JSON head, newline, data); batches are
+    items starting with 0x00. Both decode, so a history kept across an upgrade replays."""
+    from ooo_storage.layered import _decode_item
+
+    old_set = b'[7,"set","o/1",5,6,"1","o/1"]\n{"v":1}'
+    old_del = b'[8,"del","o/1"]'
+    assert [(e.revision, e.operation, e.key) for e in _decode_item(old_set)] == [(7, "set", "o/1")]
+    assert [e.object.value for e in _decode_item(old_set)] == [{"v": 1}]  # type: ignore[union-attr]
+    batch = b"\x00" + b"".join(len(i).to_bytes(4, "little") + i for i in (old_set, old_del))
+    assert [(e.revision, e.operation) for e in _decode_item(batch)] == [(7, "set"), (8, "del")]
+
+
+async def test_many_events_and_transactions_span_batches_whole(tmp_path: Path) -> None:
+    """Small segments make many batches: every event comes back once, in order, and each
+    transaction whole (a batch never starts inside one)."""
+    store = Layered(
+        memory=MemoryLayer(), embedded=LevelDBLayer(tmp_path / "db"),
+        history=HistoryOptions(tmp_path / "history", max_bytes=8 << 20, files=8),
+    )
+    await store.start()
+    start = store.revision
+    committed: list[tuple[int, str, int]] = []
+    store.on_commit(lambda e: committed.append((e.revision, e.key, e.txn)))
+    for i in range(3000):
+        if i % 100 == 0:
+            async with store.transaction() as tx:
+                for j in range(5):
+                    tx.set(f"t/{i}/{j}", {"pad": "y" * 500})
+        else:
+            await store.set(f"s/{i}", {"pad": "x" * 500})
+    got = [(e.revision, e.key, e.txn) for e in store.replay(start)]
+    assert got == committed
+    for since in (start + 1, committed[700][0], committed[-2][0]):
+        assert [e[0] for e in (
+            (ev.revision,) for ev in store.replay(since))] == [c[0] for c in committed if c[0] > since]
+    await store.close()
