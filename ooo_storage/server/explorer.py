@@ -7,7 +7,10 @@ websocket streams and ``?api=``; it holds no data itself, so it is sent as it is
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
+import re
 from collections.abc import Iterator
 from importlib import resources
 from typing import Any
@@ -134,7 +137,7 @@ async def root(ctx: Context, request: web.Request) -> web.StreamResponse:
     if api is not None:
         raise HTTPFailure(400, f"ooo: unknown api {api!r}")
     if "application/json" not in request.headers.get("Accept", ""):
-        return web.Response(body=page(), content_type="text/html", charset="utf-8", headers=_PAGE_HEADERS)
+        return web.Response(body=page(), content_type="text/html", charset="utf-8", headers=page_headers())
     return await chunked.send(
         request,
         _json(await _readable_keys(ctx, request)),
@@ -152,13 +155,25 @@ def _json(all_keys: list[str]) -> Iterator[bytes]:
     yield b"]}"
 
 
-_PAGE_HEADERS = {
-    "Cache-Control": "no-cache",
-    "X-Content-Type-Options": "nosniff",
-    # Its own script and style are inline; it talks to this server only, and is never framed.
-    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-}
+_INLINE = re.compile(rb"<(script|style)>(.*?)</\1>", re.S)
+
+
+@functools.cache
+def page_headers() -> dict[str, str]:
+    """The page's headers. Its own script and style are inline, allowed by their SHA-256 (computed
+    here from the page as served, so an edit of the page can never leave a stale hash) rather than
+    by ``'unsafe-inline'``, which would let any injected script run; it talks to this server only,
+    and is never framed."""
+    allowed: dict[bytes, list[str]] = {b"script": [], b"style": []}
+    for tag, text in _INLINE.findall(page()):
+        allowed[tag].append("'sha256-" + base64.b64encode(hashlib.sha256(text).digest()).decode() + "'")
+    script, style = (" ".join(allowed[tag]) or "'none'" for tag in (b"script", b"style"))
+    return {
+        "Cache-Control": "no-cache",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": f"default-src 'none'; script-src {script}; style-src {style}; connect-src "
+        "'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    }
 
 
 @functools.cache

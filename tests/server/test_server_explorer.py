@@ -10,7 +10,9 @@ own here): when it is missing the tests fail and say so. Screenshots go to a tem
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
+import hashlib
 import os
 import random
 import shutil
@@ -299,6 +301,31 @@ async def test_the_tree_reaches_every_folder_past_the_first_keys(browser: Browse
     await expect(wide).to_have_count(502)
     await expect(page.locator("button.folders")).to_have_count(0)
     assert watched.errors == []
+
+
+async def test_the_csp_allows_the_page_by_hash_not_unsafe_inline(browser: Browser, make_live: LiveFactory) -> None:
+    """The page's inline script and style run by their SHA-256 in the Content-Security-Policy; an
+    injected inline script does not (``'unsafe-inline'`` let it run)."""
+    live = await make_live()
+    await live.store.set("greeting", {"hello": "world"})
+    async with live.http.get(live.base + "/") as response:
+        csp, html = response.headers["Content-Security-Policy"], await response.read()
+    assert "unsafe-inline" not in csp
+    for tag in ("script", "style"):
+        text = html.split(f"<{tag}>".encode(), 1)[1].split(f"</{tag}>".encode(), 1)[0]
+        digest = base64.b64encode(hashlib.sha256(text).digest()).decode()
+        assert f"{tag}-src 'sha256-{digest}';" in csp
+    watched = await open_page(browser, live)
+    page = watched.page
+    await page.goto(live.base + "/")
+    await entry(page, "greeting").click()
+    await expect(page.locator("#value")).to_contain_text('"hello": "world"')
+    assert await page.evaluate("getComputedStyle(document.querySelector('header')).display") == "flex"
+    assert watched.errors == []
+    ran = await page.evaluate("""() => { const s = document.createElement("script");
+        s.textContent = "window.injected = 1"; document.body.append(s); return window.injected === 1; }""")
+    assert ran is False
+    assert any("Content Security Policy" in e for e in watched.errors), watched.errors
 
 
 async def test_under_a_policy_the_page_asks_for_a_token_and_uses_it(browser: Browser, make_live: LiveFactory,
