@@ -65,13 +65,19 @@ class Conflater(Protocol):
 
 
 class Flusher:
-    """Writes the frames queued during one event-loop iteration, one write per connection."""
+    """Writes the frames queued during one event-loop iteration, one write per connection; one per
+    server, it also counts what its connections handed to their sockets (``GET /metrics``)."""
 
-    __slots__ = ("_dirty", "_scheduled")
+    __slots__ = ("_dirty", "_scheduled", "frames_sent", "bytes_sent")
 
     def __init__(self) -> None:
         self._dirty: list[Connection] = []
         self._scheduled = False
+        self.frames_sent = 0
+        """Our frames (data and pings) handed whole to a subscriber's socket: plain ints, no
+        per-frame look-up (aiohttp's own pongs and close frames are not counted)."""
+        self.bytes_sent = 0
+        """Their bytes, counted as they are handed over (a large frame slice by slice)."""
 
     def mark(self, conn: Connection) -> None:
         self._dirty.append(conn)
@@ -204,6 +210,9 @@ class Connection:
         if not self._protocol.writing_paused:
             if self._head == 0 and self._pending_bytes <= _SLICE:
                 data = pending[0] if len(pending) == 1 else b"".join(pending)
+                flusher = self._flusher
+                flusher.frames_sent += len(pending)
+                flusher.bytes_sent += len(data)
                 pending.clear()
                 self._pending_bytes = 0
                 transport.write(data)
@@ -250,16 +259,19 @@ class Connection:
 
     def _write_slices(self, transport: asyncio.Transport) -> None:
         pending = self._pending
+        flusher = self._flusher
         while pending and not self._protocol.writing_paused:
             head = pending[0]
             piece = memoryview(head)[self._head : self._head + _SLICE]
             transport.write(piece)
             self._written += len(piece)
+            flusher.bytes_sent += len(piece)
             self._pending_bytes -= len(piece)
             self._head += len(piece)
             if self._head == len(head):
                 pending.pop(0)
                 self._head = 0
+                flusher.frames_sent += 1
 
     async def _drain_pending(self) -> None:
         """The pump of a subscriber that does not keep up: write more each time the socket drains;

@@ -274,6 +274,11 @@ class _Collector:
                                   pools.conflations)
         yield CounterMetricFamily("ooo_stream_slow_disconnects", "Subscribers closed for not "
                                   "reading (write timeout)", pools.slow_disconnects)
+        yield CounterMetricFamily("ooo_stream_frames_sent", "Websocket frames (snapshots, "
+                                  "patches, pings) handed whole to subscribers' sockets",
+                                  ctx.flusher.frames_sent)
+        yield CounterMetricFamily("ooo_stream_bytes_sent", "Bytes of those frames handed to "
+                                  "subscribers' sockets", ctx.flusher.bytes_sent)
 
     def _usage(self) -> Iterator[Metric]:
         usage = self.metrics.ctx.guard.usage

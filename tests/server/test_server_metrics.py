@@ -190,3 +190,35 @@ async def test_no_metrics_means_no_counting(tmp_path: Path) -> None:
         assert server.metrics is None and "metrics" not in server.endpoints
     finally:
         await store.close()
+
+
+def _frame_size(payload: bytes) -> int:
+    """A server frame's size on the wire: unmasked, header 2, 4 or 10 bytes."""
+    n = len(payload)
+    return n + (2 if n < 126 else 4 if n < 65536 else 10)
+
+
+@BOTH
+async def test_frames_and_bytes_sent_to_subscribers(make_live: LiveFactory) -> None:
+    """Every frame two subscribers received, large ones (handed over in slices) included, is
+    counted once per subscriber with its exact size on the wire."""
+    live = await make_live()
+    subscribers = [await live.ws("feed/*") for _ in range(2)]
+    got: list[bytes] = []
+
+    async def receive(ws: aiohttp.ClientWebSocketResponse) -> None:
+        msg = await ws.receive(timeout=5)
+        assert msg.type is aiohttp.WSMsgType.BINARY, msg
+        got.append(msg.data)
+
+    for ws in subscribers:
+        await receive(ws)  # the snapshot
+    for value in ({"i": 1}, {"big": "x" * 300_000}, {"i": 3}):
+        assert (await live.request("POST", "feed/a", value))[0] == 200
+        for ws in subscribers:
+            await receive(ws)
+    m = await scrape(live)
+    for ws in subscribers:
+        await ws.close()
+    assert m("ooo_stream_frames_sent_total") == len(got) == 8
+    assert m("ooo_stream_bytes_sent_total") == sum(_frame_size(p) for p in got)
