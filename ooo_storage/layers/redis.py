@@ -19,6 +19,11 @@ So the mirror, the revisions and the events of every node follow that one order,
 client can resume with ``?v=`` on another node. A writer that is gone (cancelled, timed out) has its
 entry applied by the tail like another node's.
 
+Locks (``get_and_lock``) are Redis keys ``<namespace>:lock:<key>`` with a token and an expiry; the
+set and point-delete scripts refuse a key locked by another node (its writer sends it again after a
+backoff), so a plain write waits for the holder on every node, as one process's key locks make it
+wait. A glob delete does not wait for locks (in one process neither: it takes the store's gate).
+
 Each entry names the revision before it, so a node sees a gap (its position trimmed away by
 ``MAXLEN`` while it was disconnected, or a ``clear`` by another node): it then reloads the data and
 the counter in one script and applies the difference to its mirror (watchers get it as events,
@@ -80,19 +85,33 @@ local function append(op, key, value, node, maxlen, quiet)
   return rev
 end
 """
-# The sets of one event-loop iteration in one step. ARGV: node, maxlen, then key, object pairs.
-_SET = _XADD + """
+# A key locked by get_and_lock on another node is not written: its revision is '0' (the writer
+# waits and sends it again), as one process's key locks make a plain set wait for the holder. A
+# node's own token (or '') comes with each key: the holder's set_and_unlock goes through.
+_LOCKED = """
+local function locked(key, token)
+  local holder = redis.call('GET', KEYS[5] .. key)
+  return holder and holder ~= token
+end
+"""
+# The sets of one event-loop iteration in one step. ARGV: node, maxlen, then key, object, token.
+_SET = _XADD + _LOCKED + """
 local revisions = {}
-for i = 3, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', KEYS[2], 0, ARGV[i])
-  revisions[#revisions + 1] = string.format('%d', append('s', ARGV[i], ARGV[i + 1], ARGV[1], ARGV[2]))
+for i = 3, #ARGV, 3 do
+  if locked(ARGV[i], ARGV[i + 2]) then
+    revisions[#revisions + 1] = '0'
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('ZADD', KEYS[2], 0, ARGV[i])
+    revisions[#revisions + 1] = string.format('%d', append('s', ARGV[i], ARGV[i + 1], ARGV[1], ARGV[2]))
+  end
 end
 return revisions
 """
 # A point delete always takes a revision: the store publishes it (its mirror had the key).
-# ARGV: key, node, maxlen, quiet ('1' or '0')
-_DELETE = _XADD + """
+# ARGV: key, node, maxlen, quiet ('1' or '0'), token. Locked by another node: {-1, 0}.
+_DELETE = _XADD + _LOCKED + """
+if locked(ARGV[1], ARGV[5]) then return {-1, 0} end
 local n = redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return {n, append('d', ARGV[1], '', ARGV[2], ARGV[3], ARGV[4])}
@@ -194,6 +213,24 @@ def _unavailable(exc: BaseException, url: str) -> StorageUnavailable:
     return StorageUnavailable(redact(f"storage: unavailable: redis at {url}: {exc or type(exc).__name__}"))
 
 
+class _Waiting:
+    """A write of a key that another node holds locked (``get_and_lock``): it is sent again after
+    a backoff (Redis has no wake-up to await), until the lock is released or has expired."""
+
+    def __init__(self, key: str, lock_ttl: float) -> None:
+        self.key = key
+        self.deadline = time.monotonic() + lock_ttl + 1.0
+        self.delay = 0.001
+
+    async def next(self) -> None:
+        if time.monotonic() > self.deadline:  # a lock outlives its expiry only if renewed
+            raise StorageUnavailable(
+                f"storage: unavailable: {self.key} stays locked by another node (get_and_lock)"
+            )
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, 0.05)
+
+
 class RedisLayer:
     """A persistent layer in Redis, shared by every node started with the same ``url`` and
     ``namespace`` (see the module docstring). Asynchronous (every call is a round trip).
@@ -227,7 +264,7 @@ class RedisLayer:
         self.maxlen = maxlen
         self.write_timeout = write_timeout
         self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self._keys = [f"{namespace}:{part}" for part in ("data", "keys", "rev", "log")]
+        self._keys = [f"{namespace}:{part}" for part in ("data", "keys", "rev", "log", "lock:")]
         self.lock_ttl = lock_ttl
         self._tokens: dict[str, str] = {}
         self._locks_taken = 0
@@ -581,13 +618,20 @@ class RedisLayer:
     async def set(self, key: str, obj: Object) -> None:
         """Queue the set for this loop iteration's script (one round trip and one socket write for
         the sets of every writer of the iteration, as LevelDB's write batch), then its turn."""
-        loop = asyncio.get_running_loop()
-        if self._batch is None:
-            self._batch = []
-            loop.call_soon(self._send_batch)
-        fut: asyncio.Future[int] = loop.create_future()
-        self._batch.append((key, obj.to_json(), fut))
-        await self._turn(await fut)
+        raw = obj.to_json()
+        waited = _Waiting(key, self.lock_ttl)
+        while True:
+            loop = asyncio.get_running_loop()
+            if self._batch is None:
+                self._batch = []
+                loop.call_soon(self._send_batch)
+            fut: asyncio.Future[int] = loop.create_future()
+            self._batch.append((key, raw, fut))
+            revision = await fut
+            if revision:
+                break
+            await waited.next()  # locked by get_and_lock on another node
+        await self._turn(revision)
 
     def _send_batch(self) -> None:
         batch, self._batch = self._batch or [], None
@@ -600,7 +644,7 @@ class RedisLayer:
         turns (no hop between: the tail must find each writer ready when it hands over a turn)."""
         args: list[Any] = [self.node_id, self.maxlen]
         for key, raw, _ in batch:
-            args += (key, raw)
+            args += (key, raw, self._tokens.get(key, ""))
         try:
             answer = await self._write("set", args)
         except BaseException as exc:
@@ -625,7 +669,14 @@ class RedisLayer:
             args = [key_or_glob, lua_pattern(key_or_glob), start, end, self.node_id, self.maxlen, quiet]
             removed, revision = await self._write("glob", args)
         else:
-            removed, revision = await self._write("delete", [key_or_glob, self.node_id, self.maxlen, quiet])
+            waited = _Waiting(key_or_glob, self.lock_ttl)
+            while True:
+                token = self._tokens.get(key_or_glob, "")
+                args = [key_or_glob, self.node_id, self.maxlen, quiet, token]
+                removed, revision = await self._write("delete", args)
+                if int(removed) >= 0:
+                    break
+                await waited.next()  # locked by get_and_lock on another node
         await self._turn(int(revision))
         return int(removed)
 

@@ -270,6 +270,36 @@ async def test_get_and_lock_holds_across_nodes(nodes: Nodes) -> None:
     assert (await a.get("counter")).value == (await b.get("counter")).value == 40
 
 
+async def test_a_plain_write_on_another_node_waits_for_the_lock_holder(nodes: Nodes) -> None:
+    """As one process's key locks: between get_and_lock and set_and_unlock on node A, a set or a
+    delete of that key on node B waits, and lands after A's write."""
+    a, b = await nodes.open(), await nodes.open()
+    await a.set("k", 0)
+    await caught_up(b, a.revision)
+    await a.get_and_lock("k")
+    layer = b.embedded
+    assert isinstance(layer, RedisLayer)
+    setting = asyncio.create_task(b.set("k", 2))
+    async with asyncio.timeout(10):  # until Redis has answered B's script once (nothing to await)
+        while layer._sent < 1 or layer._pending:
+            await asyncio.sleep(0.005)
+    assert not setting.done()  # refused while A holds the lock: B sends it again later
+    await a.set_and_unlock("k", 1)
+    await setting
+    await caught_up(a, b.revision)
+    assert (await a.get("k")).value == (await b.get("k")).value == 2
+    await a.get_and_lock("k")
+    deleting = asyncio.create_task(b.delete("k"))
+    async with asyncio.timeout(10):
+        while layer._sent < 3 or layer._pending:
+            await asyncio.sleep(0.005)
+    assert not deleting.done()
+    await a.set_and_unlock("k", 3)
+    await deleting
+    await caught_up(a, b.revision)
+    assert await a.keys() == await b.keys() == []
+
+
 async def test_a_crashed_holder_s_lock_expires(nodes: Nodes) -> None:
     a = await nodes.open(lock_ttl=0.2)
     b = await nodes.open(lock_ttl=0.2)
