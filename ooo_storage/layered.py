@@ -551,6 +551,11 @@ class Layered:
         """Events dropped because watchers could not keep up (never with ``lossless_watch``)."""
         return self._chan.dropped if self._chan is not None else 0
 
+    @property
+    def queued(self) -> int:
+        """Events waiting to be delivered to watchers (the event queue's depth; 0 without any)."""
+        return self._chan.queued if self._chan is not None else 0
+
     async def start(self, options: Options | None = None) -> None:
         """Start the layers, load the persistent layer into memory, start event delivery."""
         if self.memory is None and self.embedded is None:
