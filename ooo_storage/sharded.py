@@ -98,6 +98,12 @@ class ShardedChan:
         self._watchers: tuple[tuple[Callback, bool], ...] = ()
         self._stopping = False
 
+    @property
+    def queued(self) -> int:
+        """Events not yet delivered: in the queues, and put by writers still waiting for room (a
+        gauge for ``GET /metrics``, read at scrape time: a sum over the shards)."""
+        return sum(map(len, self._queues)) + sum(map(len, self._waiting))
+
     # -- routing -------------------------------------------------------------------------------
     def shard_for(self, key: str) -> int:
         return fnv1a32(key.encode()) % self.shards

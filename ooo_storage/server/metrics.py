@@ -250,6 +250,8 @@ class _Collector:
         if store.memory is not None:
             yield GaugeMetricFamily("ooo_store_keys", "Keys stored (the memory mirror's count)",
                                     len(store.memory))
+        yield GaugeMetricFamily("ooo_store_queued_events", "Events waiting for the library "
+                                "watchers (the event queue's depth)", store.queued)
         yield CounterMetricFamily(
             "ooo_store_dropped_events", "Events dropped because library watchers did not keep up "
             "(the server's streams are fed by a commit observer and lose none)", store.dropped)

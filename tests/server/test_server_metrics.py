@@ -222,3 +222,27 @@ async def test_frames_and_bytes_sent_to_subscribers(make_live: LiveFactory) -> N
         await ws.close()
     assert m("ooo_stream_frames_sent_total") == len(got) == 8
     assert m("ooo_stream_bytes_sent_total") == sum(_frame_size(p) for p in got)
+
+
+async def test_event_queue_depth(make_live: LiveFactory) -> None:
+    """A library watcher that does not return holds the events behind the one it is given: the
+    gauge shows them waiting, then 0 once it let go and had them all."""
+    live = await make_live()
+    release, given, done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    seen: list[Any] = []
+
+    async def stuck(event: Any) -> None:
+        given.set()
+        await release.wait()
+        seen.append(event)
+        if len(seen) == 5:
+            done.set()
+
+    live.store.watch(stuck)
+    for i in range(5):
+        assert (await live.request("POST", "q", {"i": i}))[0] == 200  # one key: one shard
+    await given.wait()
+    assert (await scrape(live))("ooo_store_queued_events") == 4
+    release.set()
+    await done.wait()
+    assert (await scrape(live))("ooo_store_queued_events") == 0
