@@ -211,13 +211,13 @@ def _root_item(auth: bool) -> dict[str, Any]:
         "post": {
             "operationId": "post_api",
             "summary": "?api=txn: a transaction, all or nothing, with compare-and-set (protocol.md §4.7); "
-            "?api=backup&target=DIR: an online LevelDB snapshot copied into DIR on the server (admin; "
-            "operations.md, Backups)",
+            "?api=backup&target=NAME: an online LevelDB snapshot copied into NAME inside the server's "
+            "--backup-dir (admin; off, 403, without --backup-dir; operations.md, Backups)",
             "parameters": [
                 {"name": "api", "in": "query", "required": True,
                  "schema": {"type": "string", "enum": ["txn", "backup"]}},
-                {"name": "target", "in": "query", "description": "?api=backup: a new or empty absolute "
-                 "directory outside the data directory", "schema": {"type": "string"}},
+                {"name": "target", "in": "query", "description": "?api=backup: a name (or an absolute "
+                 "path) inside the server's --backup-dir, new or empty", "schema": {"type": "string"}},
             ],
             "requestBody": {"description": "?api=txn: the transaction",
                             "content": _json(_ref("Transaction"))},
@@ -227,7 +227,7 @@ def _root_item(auth: bool) -> dict[str, Any]:
                 "409": {"description": "txn: a key of expect changed, or its keys stayed locked: nothing "
                         "applied (JSON); backup: the target is not empty (text)",
                         "content": {**_json(_ref("Conflict")), **_TEXT}},
-                **_errors(auth, 404, 405, 413, 415, 501),
+                **_errors(auth, 403, 404, 405, 413, 415, 501),
             },
         },
     }
