@@ -231,6 +231,8 @@ _BATCH_DELAY = 0.05
 _BATCH_MAGIC = b"\x00"
 """The first byte of a batch item (an event item starts with ``[``): u32 length + event, repeated."""
 _BATCH_LEN = struct.Struct("<I")
+_MOVED = -1
+"""The ``txn`` of a recorded ``set_with_meta`` event, which may move its key (a new ``created``)."""
 
 _STATE = "history.json"
 """Beside the journal: the revision reservation of the last run that kept history, and the floor."""
@@ -258,6 +260,9 @@ class _History:
         self._append = self.journal.append_tagged_nowait
         self._max_item = self.journal.options.max_item
         self._pending: list[tuple[int, bytes, bool]] = []
+        self.moving: dict[str, int] = {}
+        """Keys that ``set_with_meta`` is writing: their events are recorded with ``txn`` -1 (the
+        key may have moved: its ``created`` may change), so that a resume takes a snapshot."""
         self._pending_bytes = 0
         # One journal item per batch: it must fit in one item, and one append never needs two
         # new segments.
@@ -314,6 +319,8 @@ class _History:
         without ``durable`` starts the history afresh anyway.
         ``part``: (events of its transaction, its position among them) for a transaction's event;
         the events of one transaction are recorded in one step, so they are appended together."""
+        if self.moving and key in self.moving:
+            part = (_MOVED, 0)
         if obj is None:
             item = _dumps((revision, op, key, *part) if part[0] else (revision, op, key))
         else:
@@ -901,10 +908,22 @@ class Layered:
 
     async def set_with_meta(self, key: str, data: Any, created: int, updated: int) -> str:
         """Store ``data`` at ``key`` with the given timestamps (no glob or empty checks: empty data
-        is stored as ``{}``, the empty object's data)."""
+        is stored as ``{}``, the empty object's data). The key may move (a new ``created``): with a
+        history its event is replayed with ``txn`` -1, so that a resuming list takes a snapshot."""
         self._check(key)
         raw = b"{}" if isinstance(data, bytes | str) and not data else encode_data(data)
-        return await self._write(key, raw, (created, updated))
+        history = self._history
+        if history is None:
+            return await self._write(key, raw, (created, updated))
+        moving = history.moving
+        moving[key] = moving.get(key, 0) + 1
+        try:
+            return await self._write(key, raw, (created, updated))
+        finally:
+            if moving[key] == 1:
+                del moving[key]
+            else:
+                moving[key] -= 1
 
     async def get_and_lock(self, key: str) -> Object:
         """Take ``key``'s lock and return its object. NotFound (and no lock kept) if missing."""

@@ -128,3 +128,36 @@ async def test_many_events_and_transactions_span_batches_whole(tmp_path: Path) -
         assert [e[0] for e in (
             (ev.revision,) for ev in store.replay(since))] == [c[0] for c in committed if c[0] > since]
     await store.close()
+
+
+async def test_a_list_resume_across_set_with_meta_gets_a_snapshot(tmp_path: Path) -> None:
+    """set_with_meta can give a key a new ``created`` (a new position in the list): its replayed
+    event has txn -1, and a websocket resuming across it gets a snapshot, not a patch built on the
+    key's old position."""
+    store = _store(tmp_path)
+    await store.start()
+    runner = ServerRunner(store, "127.0.0.1", 0, server=Server(store, shutdown_timeout=1.0))
+    await runner.start()
+    ws_base = runner.url.replace("http://", "ws://")
+    try:
+        async with aiohttp.ClientSession() as http:
+            for i in range(3):
+                await store.set(f"m/{i}", {"n": i})
+            ws = await http.ws_connect(f"{ws_base}/m/*")
+            first = orjson.loads((await ws.receive(timeout=5)).data)
+            await ws.close()
+            assert [o["index"] for o in first["data"]] == ["2", "1", "0"]
+            old = await store.get("m/0")
+            await store.set_with_meta("m/0", {"n": 9}, old.created + 10**12, old.created + 10**12)
+            events = list(store.replay(int(first["version"], 16)))
+            assert [(e.key, e.txn, e.more) for e in events] == [("m/0", -1, False)]
+            ws = await http.ws_connect(f"{ws_base}/m/*?v={first['version']}")
+            frame = orjson.loads((await ws.receive(timeout=5)).data)
+            await ws.close()
+            assert frame["snapshot"] is True
+            assert [o["index"] for o in frame["data"]] == ["0", "2", "1"]
+            await store.set("m/1", {"n": 5})  # a plain set afterwards is a plain event again
+            assert [e.txn for e in store.replay(events[0].revision)] == [0]
+    finally:
+        await runner.stop()
+        await store.close()
