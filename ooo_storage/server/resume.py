@@ -23,9 +23,10 @@ serve others (:class:`Replay`).
 
 Writes that emit no event are not in the history either: a path that keys of ``no_broadcast_keys``
 or the trimming of a limit filter (``delete_silent``) may reach is never resumed (the hub checks).
-Known limit: ``Layered.set_with_meta`` stores any stamps, so a key it moved (new ``created``) would
-be placed at a wrong old position, and ``delete_silent`` called by an application on a subscribed
-glob is not seen; the server itself does neither (backups, migrations and hooks may).
+``Layered.set_with_meta`` stores any stamps and may move a key (a new ``created``): the history
+marks its events (``txn`` -1) and a list resume across one takes a snapshot. Known limit:
+``delete_silent`` called by an application on a subscribed glob is not seen; the server itself
+does not call it (hooks may).
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class Replay:
         if key in self.changed or not keys.match(pattern, key):
             return True
         obj = event.object
-        if obj is None:
+        if obj is None or event.txn < 0:  # txn -1: set_with_meta, which may move the key
             self.known = False
             return False
         if event.operation == "del" or obj.updated != 0:
