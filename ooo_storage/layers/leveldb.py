@@ -75,6 +75,9 @@ class LevelDBLayer:
     ``sync=True`` makes every write durable before it is acknowledged.
     """
 
+    GROUP_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    """Upper bounds of the buckets of :attr:`group_sizes` (writes per group commit)."""
+
     def __init__(
         self, path: str | os.PathLike[str], sync: bool = False, reserve_bytes: int = 0
     ) -> None:
@@ -95,6 +98,11 @@ class LevelDBLayer:
         self._executor: ThreadPoolExecutor | None = None
         self.commits = 0
         """Number of durable batches written (sync mode): writes / commits = group size."""
+        self.group_sizes = [0] * (len(self.GROUP_BOUNDS) + 1)
+        """Group commits by their number of writes: one count per bucket of
+        :attr:`GROUP_BOUNDS`, the last one above them all (plain ints: a histogram's buckets)."""
+        self.group_writes = 0
+        """Writes in those group commits (the histogram's sum)."""
         self.batches = 0
         """Number of ``set_many`` batches written (non-sync mode: the writes of one iteration)."""
         # failure state: why writes are refused (None while healthy), the keys of the failed
@@ -586,10 +594,17 @@ class LevelDBLayer:
                     if not fut.done():
                         fut.set_exception(error)
             else:
-                self.commits += 1
+                self._count_group(len(group))
                 for _, fut in group:
                     if not fut.done():
                         fut.set_result(None)
+
+    def _count_group(self, size: int) -> None:
+        """One durable group of ``size`` writes committed: bucket ``le`` the power of two that
+        holds it (``(size - 1).bit_length()``: no search)."""
+        self.commits += 1
+        self.group_writes += size
+        self.group_sizes[min((size - 1).bit_length(), len(self.GROUP_BOUNDS))] += 1
 
     def _without_growth(
         self, group: list[tuple[Ops, asyncio.Future[None]]]

@@ -306,11 +306,24 @@ def _leveldb(layer: LevelDBLayer) -> Iterator[Metric]:
     yield CounterMetricFamily("ooo_leveldb_reopens", "Reopens after a failed write", layer.reopens)
     yield CounterMetricFamily("ooo_leveldb_commits", "Durable group commits (--sync): writes / "
                               "commits is the mean group size", layer.commits)
+    yield _group_sizes(layer)
     yield CounterMetricFamily("ooo_leveldb_batches", "Write batches without --sync: the writes "
                               "that arrived in one event-loop iteration after its first (which is "
                               "written alone, at once)", layer.batches)
     yield GaugeMetricFamily("ooo_leveldb_disk_bytes", "Size of the LevelDB directory's files",
                             _directory_bytes(layer.path))
+
+
+def _group_sizes(layer: LevelDBLayer) -> Metric:
+    """The group commits' sizes (writes per durable batch, --sync) as a histogram."""
+    family = HistogramMetricFamily("ooo_leveldb_group_commit_writes", "Writes per durable group "
+                                   "commit (--sync): how many writers shared one fsync")
+    buckets, running = [], 0
+    for le, count in zip((*map(str, layer.GROUP_BOUNDS), "+Inf"), layer.group_sizes, strict=True):
+        running += count
+        buckets.append((le, float(running)))
+    family.add_metric([], buckets, float(layer.group_writes))
+    return family
 
 
 def _directory_bytes(path: str) -> int:

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from server_live import Live, LiveFactory, next_frame
 
-from ooo_storage import Layered, MemoryLayer
+from ooo_storage import Layered, LevelDBLayer, MemoryLayer
 from ooo_storage.layers import ErasureLayer
 from ooo_storage.protocol.access import Policy, token_digest
 from ooo_storage.server import Server, ServerRunner
@@ -246,3 +246,28 @@ async def test_event_queue_depth(make_live: LiveFactory) -> None:
     release.set()
     await done.wait()
     assert (await scrape(live))("ooo_store_queued_events") == 0
+
+
+async def test_group_commit_sizes(tmp_path: Path) -> None:
+    """--sync: one write alone is a group of 1; 20 concurrent writers share fewer fsyncs. The
+    histogram counts every group commit and every write in one."""
+    store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(str(tmp_path / "db"), sync=True))
+    await store.start()
+    runner = ServerRunner(store, "127.0.0.1", 0)
+    await runner.start()
+    try:
+        await store.set("alone", 0)
+        await asyncio.gather(*(store.set(f"k/{i}", i) for i in range(20)))
+        async with aiohttp.ClientSession() as http, http.get(f"{runner.url}/metrics") as resp:
+            m = Scrape(await resp.text())
+    finally:
+        await runner.stop()
+        await store.close()
+    hist = "ooo_leveldb_group_commit_writes"
+    commits = m("ooo_leveldb_commits_total")
+    assert m(f"{hist}_sum") == 21
+    assert m(f"{hist}_count") == m(f"{hist}_bucket", le="+Inf") == commits
+    assert m(f"{hist}_bucket", le="1") >= 1  # the write alone
+    assert commits < 21  # the concurrent writers were grouped
+    buckets = [s.value for s in m.families[hist].samples if s.name.endswith("_bucket")]
+    assert buckets == sorted(buckets) and len(buckets) == 10
