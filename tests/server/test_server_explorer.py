@@ -13,6 +13,7 @@ import asyncio
 import base64
 import copy
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -326,6 +327,58 @@ async def test_the_csp_allows_the_page_by_hash_not_unsafe_inline(browser: Browse
         s.textContent = "window.injected = 1"; document.body.append(s); return window.injected === 1; }""")
     assert ran is False
     assert any("Content Security Policy" in e for e in watched.errors), watched.errors
+
+
+BIG = "123456789012345678901234567890"
+
+
+async def test_the_value_view_shows_every_digit_the_server_keeps(browser: Browser, make_live: LiveFactory) -> None:
+    """A 30-digit integer and 2^53 + 1 show as stored (JS numbers made them 1.2345678901234568e+29
+    and 9007199254740992), and still after a live patch of a sibling field and in the editor."""
+    live = await make_live()
+    status, _ = await live.request("POST", "nums", f'{{"big": {BIG}, "near": 9007199254740993, "name": "a"}}'.encode())
+    assert status == 200
+    watched = await open_page(browser, live)
+    page = watched.page
+    await page.goto(live.base + "/")
+    await entry(page, "nums").click()
+    value = page.locator("#value")
+    await expect(value).to_contain_text(f'"big": {BIG}')
+    await expect(value).to_contain_text('"near": 9007199254740993')
+    status, _ = await live.request("PATCH", "nums", {"name": "b"})  # a patch frame, not a snapshot
+    assert status == 200
+    await expect(value).to_contain_text('"name": "b"', timeout=LIVE)
+    await expect(value).to_contain_text(f'"big": {BIG}')
+    await expect(value).to_contain_text('"near": 9007199254740993')
+    await page.click("#edit")
+    stored = json.loads((await live.request("GET", "nums"))[1])["data"]  # the stdlib keeps every digit
+    assert stored["big"] == int(BIG)
+    await expect(page.locator("#edit-value")).to_have_value(json.dumps(stored, indent=2))
+    assert watched.errors == []
+
+
+async def test_the_exact_printer_writes_what_json_stringify_writes(browser: Browser, make_live: LiveFactory) -> None:
+    """``pretty(parseExact(t))`` is ``JSON.stringify(JSON.parse(t), null, 2)`` wherever JS numbers are
+    exact, and keeps the text of numbers that are not; bad JSON is refused as JSON.parse refuses it."""
+    live = await make_live()
+    watched = await open_page(browser, live)
+    await watched.page.goto(live.base + "/")
+    rng = random.Random(17)
+    texts = [orjson.dumps(_documents(rng)).decode() for _ in range(300)] + [' { "a" : [ 1 , {} , [] ] } ']
+    same = await watched.page.evaluate(
+        "ts => ts.filter(t => pretty(parseExact(t)) !== JSON.stringify(JSON.parse(t), null, 2))", texts)
+    assert same == []
+    kept = await watched.page.evaluate(
+        "ts => ts.map(t => pretty(parseExact(t)))", [f"[{BIG},-0,1.0,1e400,9007199254740993,2.5E-3]"])
+    assert kept == [f"[\n  {BIG},\n  -0,\n  1.0,\n  1e400,\n  9007199254740993,\n  2.5E-3\n]"]
+    refused = await watched.page.evaluate(
+        "ts => ts.map(t => { try { parseExact(t); return 'parsed'; } catch (e) { return 'refused'; } })",
+        ["", "{", "[1,]", '{"a":1,}', "01", "1.", "tru", '"\x01"', "[1] 2", "{'a':1}"])
+    assert refused == ["refused"] * 10
+    proto = await watched.page.evaluate("() => { const o = parseExact('{\"__proto__\": {\"x\": 1}}');"
+                                        " return [Object.keys(o), o.x === undefined]; }")
+    assert proto == [["__proto__"], True]
+    assert watched.errors == []
 
 
 async def test_under_a_policy_the_page_asks_for_a_token_and_uses_it(browser: Browser, make_live: LiveFactory,
