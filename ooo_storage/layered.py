@@ -231,6 +231,7 @@ _BATCH_DELAY = 0.05
 _BATCH_MAGIC = b"\x00"
 """The first byte of a batch item (an event item starts with ``[``): u32 length + event, repeated."""
 _BATCH_LEN = struct.Struct("<I")
+_pack_len = _BATCH_LEN.pack
 _MOVED = -1
 """The ``txn`` of a recorded ``set_with_meta`` event, which may move its key (a new ``created``)."""
 
@@ -259,7 +260,8 @@ class _History:
         self._pruner: asyncio.Task[None] | None = None
         self._append = self.journal.append_tagged_nowait
         self._max_item = self.journal.options.max_item
-        self._pending: list[tuple[int, bytes, bool]] = []
+        self._parts: list[bytes] = [_BATCH_MAGIC]
+        self._last = 0
         self.moving: dict[str, int] = {}
         """Keys that ``set_with_meta`` is writing: their events are recorded with ``txn`` -1 (the
         key may have moved: its ``created`` may change), so that a resume takes a snapshot."""
@@ -311,68 +313,63 @@ class _History:
     def record(
         self, key: str, op: str, obj: Object | None, revision: int, part: tuple[int, int] = (0, 0)
     ) -> None:
-        """Queue one event for the journal. Queued events are appended together (:meth:`write`:
-        one ``pwrite`` of data and one of index entries for all of them) once ``_BATCH_BYTES`` are
-        queued or ``_BATCH_DELAY`` after the first, or before, by a durable writer's :meth:`flush`,
-        a replay or close: one append per loop iteration cost as much as the set itself. A process
-        killed in between loses them, which costs nothing more: a restart after an unclean stop
-        without ``durable`` starts the history afresh anyway.
+        """Queue one event for the journal, framed at once into the pending batch (u32 length,
+        then the event): the queue is appended as one journal item (:meth:`write`) once
+        ``_batch_bytes`` are queued or ``_BATCH_DELAY`` after its first event, or before, by a
+        durable writer's :meth:`flush`, a replay or close: one append per event, or per loop
+        iteration, cost as much as the set itself. A process killed in between loses them, which
+        costs nothing more: a restart after an unclean stop without ``durable`` starts the history
+        afresh anyway.
         ``part``: (events of its transaction, its position among them) for a transaction's event;
-        the events of one transaction are recorded in one step, so they are appended together."""
-        if self.moving and key in self.moving:
-            part = (_MOVED, 0)
-        if obj is None:
-            item = _dumps((revision, op, key, *part) if part[0] else (revision, op, key))
-        else:
+        the events of one transaction are recorded in one step and never split between batches."""
+        if part[0] or obj is None or (self.moving and key in self.moving):
+            item = self._rare_item(key, op, obj, revision, part)
+        else:  # a plain set: the hot path
             fields = (revision, op, key, obj.created, obj.updated, obj.index, obj.path)
-            item = b"%b\n%b" % (_dumps((*fields, *part) if part[0] else fields), obj.data)
-        size = len(item) + _BATCH_LEN.size
-        if size + 1 > self._batch_bytes:
-            self._lost(revision, f"{size} bytes, more than a segment holds")
-            return
-        self._pending.append((revision, item, part[1] == 0))
+            item = b"%b\n%b" % (_dumps(fields), obj.data)
+        size = len(item) + 4
+        if self._pending_bytes + size + 1 > self._batch_bytes and not part[1]:
+            if size + 1 > self._batch_bytes:
+                self._lost(revision, f"{size} bytes, more than a segment holds")
+                return
+            self.write()  # a batch starts only at a transaction's first event
+        parts = self._parts
+        parts.append(_pack_len(size - 4))
+        parts.append(item)
         self._pending_bytes += size
-        if self._pending_bytes >= self._batch_bytes:
-            self.write()
-        elif self._timer is None:
+        self._last = revision
+        if self._timer is None:
             loop = cast(asyncio.AbstractEventLoop, self._loop)
             self._timer = loop.call_later(_BATCH_DELAY, self._timed_write)
+
+    def _rare_item(
+        self, key: str, op: str, obj: Object | None, revision: int, part: tuple[int, int]
+    ) -> bytes:
+        """The item of a delete, a transaction's event or a ``set_with_meta`` (txn ``_MOVED``)."""
+        if not part[0] and self.moving and key in self.moving:
+            part = (_MOVED, 0)
+        if obj is None:
+            return _dumps((revision, op, key, *part) if part[0] else (revision, op, key))
+        fields = (revision, op, key, obj.created, obj.updated, obj.index, obj.path)
+        return b"%b\n%b" % (_dumps((*fields, *part) if part[0] else fields), obj.data)
 
     def _timed_write(self) -> None:
         self._timer = None
         self.write()
 
     def write(self) -> None:
-        """Append the queued events to the journal (into the page cache), as few items as
-        possible: each item is a batch of events (:func:`_batch`) tagged with its last revision,
-        so that the journal's per-item work (entry, CRCs) is paid once per batch, not per event.
-        A batch starts only at the first event of a transaction: a transaction is never split."""
-        pending = self._pending
-        if not pending:
+        """Append the queued events to the journal (into the page cache) as one item: a batch of
+        events (``_BATCH_MAGIC``, then u32 length + event, repeated; :func:`_decode_item`) tagged
+        with its last revision, so that the journal's per-item work (an entry, two CRCs) is paid
+        once per batch, not per event."""
+        if not self._pending_bytes:
             return
-        self._pending = []
+        parts, self._parts = self._parts, [_BATCH_MAGIC]
         self._pending_bytes = 0
-        limit = self._batch_bytes
-        records: list[tuple[int, bytes]] = []
-        parts: list[bytes] = [_BATCH_MAGIC]
-        size = 1
-        pack = _BATCH_LEN.pack
-        last = 0
-        for revision, item, starts in pending:
-            need = len(item) + 4
-            if starts and size + need > limit and size > 1:
-                records.append((last, b"".join(parts)))
-                parts, size = [_BATCH_MAGIC], 1
-            parts.append(pack(need - 4))
-            parts.append(item)
-            size += need
-            last = revision
-        records.append((last, b"".join(parts)))
         try:
-            for record in records:  # one at a time: a segment holds at least two batches
-                self._append(record)
+            self._append((self._last, b"".join(parts)))
         except Exception as exc:  # the writes are committed: they must not fail for their history
-            self._lost(pending[-1][0], exc)
+            self._lost(self._last, exc)
 
     async def flush(self) -> None:
         """Return once the events recorded so far are durable (one fsync shared by the writers)."""
