@@ -1,6 +1,7 @@
 """Journal benchmark: append throughput beside raw sequential writes on the same disk.
 
     .venv/bin/python bench/journal.py [--rounds 5] [--seconds 0.5] [--dir DIR]
+    .venv/bin/python bench/journal.py --history [--rounds 5] [--sets 2000] [--events 50000]
 
 For items of 100 B and 4 KiB, in one process, on one filesystem (``--dir``, default the system
 temp directory):
@@ -32,11 +33,14 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-if __name__ == "__main__":  # run as a script: make the checkout importable before site-packages
+if __name__ == "__main__" and not sys.flags.safe_path:  # a script: the checkout before site-packages
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from ooo_storage import Layered, LevelDBLayer, MemoryLayer
 from ooo_storage.journal import Journal, JournalOptions
+from ooo_storage.layered import HistoryOptions
 
 SIZES = {"100 B": 100, "4 KiB": 4096}
 GROUP = 64
@@ -144,21 +148,100 @@ def report(results: dict[tuple[str, str], list[tuple[float, str]]]) -> None:
             print(f"| {size_name} | {name} | {rate:,.0f} | {rate * size / 1e6:,.1f} | {ratio} | {note} |")
 
 
+# -- event history (issue 11): durable writes with and without it, and replay speed ----------------
+# ``--history``: ``durable`` is LevelDBLayer(sync=True) with 64 tasks awaiting Layered.set, without
+# and with a (durable) history; ``replay`` is list(store.replay(start)) (``_replay`` on older
+# stores) over ``--events`` events. ``PYTHONPATH=<checkout> python -P bench/journal.py --history``
+# measures another checkout's store.
+
+TASKS = 64
+PAYLOAD = b'{"name":"ana","age":30,"tags":["a","b"]}'
+
+
+def _store(base: Path, sync: bool, history: bool) -> Layered:
+    options = HistoryOptions(base / "history", max_bytes=256 << 20) if history else None
+    return Layered(MemoryLayer(), LevelDBLayer(base / "db", sync=sync), history=options)
+
+
+async def durable(base: Path, sets: int, history: bool) -> float:
+    """Durable writes/s with ``TASKS`` writers."""
+    store = _store(base, True, history)
+    await store.start()
+    per = sets // TASKS
+
+    async def writer(n: int) -> None:
+        for i in range(per):
+            await store.set(f"w/{n}/{i}", PAYLOAD)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(writer(n) for n in range(TASKS)))
+    elapsed = time.perf_counter() - start
+    await store.close()
+    return per * TASKS / elapsed
+
+
+async def replay(base: Path, events: int) -> float:
+    """Events read back from the history per second."""
+    store = _store(base, False, True)
+    await store.start()
+    first = store.revision
+    for i in range(events):
+        await store.set(f"r/{i % 1000}", PAYLOAD)
+    read: Any = getattr(store, "replay", None) or (lambda since: store._replay(since, store.revision))
+    start = time.perf_counter()
+    got = sum(1 for _ in read(first))
+    elapsed = time.perf_counter() - start
+    await store.close()
+    assert got == events, (got, events)
+    return got / elapsed
+
+
+async def measure_history(base: Path, rounds: int, sets: int, events: int) -> dict[str, list[float]]:
+    cases = {
+        "durable set, no history (writes/s)": lambda d: durable(d, sets, False),
+        "durable set, durable history (writes/s)": lambda d: durable(d, sets, True),
+        "replay (events/s)": lambda d: replay(d, events),
+    }
+    results: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for name, case in cases.items():
+            directory = Path(tempfile.mkdtemp(dir=base))
+            try:
+                results.setdefault(name, []).append(await case(directory))
+            finally:
+                shutil.rmtree(directory, ignore_errors=True)
+    return results
+
+
+
+def report_history(results: dict[str, list[float]]) -> None:
+    print("| case | median | min | max |\n|---|---:|---:|---:|")
+    for name, values in results.items():
+        print(f"| {name} | {statistics.median(values):,.0f} | {min(values):,.0f} | {max(values):,.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=0.5)
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--history", action="store_true", help="the event history cases instead")
+    parser.add_argument("--sets", type=int, default=2000, help="--history: durable sets per case")
+    parser.add_argument("--events", type=int, default=50000, help="--history: events replayed")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-journal-", dir=args.dir))
     try:
-        report(asyncio.run(measure(base, args.rounds, args.seconds)))
+        if args.history:
+            import ooo_storage
+
+            print(f"store from {Path(ooo_storage.__file__).parent}\n")
+            report_history(asyncio.run(measure_history(base, args.rounds, args.sets, args.events)))
+        else:
+            report(asyncio.run(measure(base, args.rounds, args.seconds)))
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print(
-        f"\n{os.cpu_count()} CPUs, {args.rounds} interleaved rounds (medians), "
-        f"{args.seconds} s per case, in {args.dir}"
-    )
+    per_case = f"{args.sets} sets, {args.events} events" if args.history else f"{args.seconds} s per case"
+    print(f"\n{os.cpu_count()} CPUs, {args.rounds} interleaved rounds (medians), {per_case}, in {args.dir}")
 
 
 if __name__ == "__main__":
