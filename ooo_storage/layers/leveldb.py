@@ -165,6 +165,24 @@ class LevelDBLayer:
     def _reserve_path(self) -> str:
         return os.path.join(self.path, _RESERVE_FILE)
 
+    def disk_bytes(self) -> tuple[int, int]:
+        """``(database, reserve)``: the size of the directory's files but the reserve, and the
+        reserve's (its space is held for the day the disk fills, not data). A few dozen ``stat``
+        calls (LevelDB keeps no subdirectories); (0, 0) if the directory cannot be read."""
+        total = reserve = 0
+        try:
+            with os.scandir(self.path) as entries:
+                for entry in entries:
+                    if entry.is_file(follow_symlinks=False):
+                        size = entry.stat(follow_symlinks=False).st_size
+                        if entry.name == _RESERVE_FILE:
+                            reserve = size
+                        else:
+                            total += size
+        except OSError:
+            return 0, 0
+        return total, reserve
+
     def _keep_reserve(self) -> bool:
         """Make sure the reserve holds its bytes (allocated when there is room for twice its
         size); True if it does."""

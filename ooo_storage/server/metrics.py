@@ -16,7 +16,6 @@ may run in one process, tests do); the process figures (CPU, memory, descriptors
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from bisect import bisect_left
@@ -310,8 +309,11 @@ def _leveldb(layer: LevelDBLayer) -> Iterator[Metric]:
     yield CounterMetricFamily("ooo_leveldb_batches", "Write batches without --sync: the writes "
                               "that arrived in one event-loop iteration after its first (which is "
                               "written alone, at once)", layer.batches)
-    yield GaugeMetricFamily("ooo_leveldb_disk_bytes", "Size of the LevelDB directory's files",
-                            _directory_bytes(layer.path))
+    data, reserve = layer.disk_bytes()
+    yield GaugeMetricFamily("ooo_leveldb_disk_bytes", "Size of the LevelDB directory's files, "
+                            "the free-space reserve excluded", data)
+    yield GaugeMetricFamily("ooo_leveldb_reserve_bytes", "Size of the free-space reserve file "
+                            "(--reserve-bytes; 0 while spent)", reserve)
 
 
 def _group_sizes(layer: LevelDBLayer) -> Metric:
@@ -324,20 +326,6 @@ def _group_sizes(layer: LevelDBLayer) -> Metric:
         buckets.append((le, float(running)))
     family.add_metric([], buckets, float(layer.group_writes))
     return family
-
-
-def _directory_bytes(path: str) -> int:
-    """The size of the files directly in ``path`` (LevelDB keeps no subdirectories): a few dozen
-    ``stat`` calls, 0 if it cannot be read."""
-    total = 0
-    try:
-        with os.scandir(path) as entries:
-            for entry in entries:
-                if entry.is_file(follow_symlinks=False):
-                    total += entry.stat(follow_symlinks=False).st_size
-    except OSError:
-        return 0
-    return total
 
 
 def _erasure_stats(layer: object) -> dict[str, Any] | None:

@@ -271,3 +271,21 @@ async def test_group_commit_sizes(tmp_path: Path) -> None:
     assert commits < 21  # the concurrent writers were grouped
     buckets = [s.value for s in m.families[hist].samples if s.name.endswith("_bucket")]
     assert buckets == sorted(buckets) and len(buckets) == 10
+
+
+async def test_disk_bytes_leave_the_reserve_out(tmp_path: Path) -> None:
+    """The reserve file (32 MiB under serve) is not data: ooo_leveldb_disk_bytes leaves it out (it
+    said 33.5 MB for an empty store), ooo_leveldb_reserve_bytes shows it."""
+    store = Layered(memory=MemoryLayer(),
+                    embedded=LevelDBLayer(str(tmp_path / "db"), reserve_bytes=4_000_000))
+    await store.start()
+    runner = ServerRunner(store, "127.0.0.1", 0)
+    await runner.start()
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"{runner.url}/metrics") as resp:
+            m = Scrape(await resp.text())
+    finally:
+        await runner.stop()
+        await store.close()
+    assert 0 < m("ooo_leveldb_disk_bytes") < 1_000_000
+    assert m("ooo_leveldb_reserve_bytes") == 4_000_000
