@@ -181,8 +181,9 @@ def observe(metrics: Metrics | None, access: AccessLog | None, endpoints: frozen
             status = response.status
             size = _body_size(response, request.method)
             return response
-        except web.HTTPException as exc:
+        except web.HTTPException as exc:  # aiohttp's own answer (its 404 page): the body it sends
             status = exc.status
+            size = _body_size(exc, request.method)
             raise
         finally:
             seconds = time.perf_counter() - start

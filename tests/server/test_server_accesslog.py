@@ -201,3 +201,24 @@ async def test_lines_of_one_loop_iteration_go_out_in_one_write() -> None:
         assert stream.writes[-1].rstrip().endswith("a warning goes out at once, after what waits")
     finally:
         logger.removeHandler(handler)
+
+
+@BOTH
+async def test_aiohttp_own_answers_log_their_size(make_live: LiveFactory) -> None:
+    """A path no key has (``/%0aINJ``: a newline) gets aiohttp's own ``404: Not Found`` page: its
+    line gives the 14 bytes sent (it said 0)."""
+    live = await make_live(access_log=True)
+    logger = logging.getLogger("ooo_storage.access")
+    handler, level = _Lines(1), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        async with live.http.get(live.url("%0aINJ")) as resp:
+            assert (resp.status, await resp.read()) == (404, b"404: Not Found")
+        async with asyncio.timeout(5):
+            await handler.enough.wait()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    line = handler.lines[0].getMessage()
+    assert re.fullmatch(r"GET /%0AINJ 404 14 \d+us 127\.0\.0\.1", line), line
