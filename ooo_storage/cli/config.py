@@ -326,6 +326,7 @@ def settings(parser: argparse.ArgumentParser, argv: Sequence[str],
 
 
 _PASSWORD = re.compile(r"(://[^/@:\s]*:)[^@/\s]+@")
+_QUERY_PASSWORD = re.compile(r"(?<=[?&]password=)[^&\s#]*", re.IGNORECASE)
 
 
 def _toml(value: Any) -> str:
@@ -335,7 +336,8 @@ def _toml(value: Any) -> str:
         return repr(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml(item) for item in value) + "]"
-    text = _PASSWORD.sub(r"\1***@", str(value))  # a password in a URL (--redis) is not printed
+    # a password in a URL (--redis: user:pw@ or ?password=) is not printed
+    text = _QUERY_PASSWORD.sub("***", _PASSWORD.sub(r"\1***@", str(value)))
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

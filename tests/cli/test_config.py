@@ -136,6 +136,8 @@ def test_config_show_prints_toml_that_a_config_file_accepts(
 def test_config_show_hides_a_password_in_a_url() -> None:
     shown = "\n".join(lines([Setting("redis", "redis://user:s3cret@127.0.0.1:6379/0", "flag")]))
     assert "s3cret" not in shown and "redis://user:***@127.0.0.1:6379/0" in shown
+    shown = "\n".join(lines([Setting("redis", "redis://h/0?db=1&Password=qs3cret&x=1", "flag")]))
+    assert "qs3cret" not in shown and "redis://h/0?db=1&Password=***&x=1" in shown
 
 
 def test_serve_runs_with_its_configuration_from_env_and_file(tmp_path: Path) -> None:
