@@ -60,8 +60,17 @@ class Notices:
     def __init__(self, interval: float = NOTICE_INTERVAL) -> None:
         self.interval = interval
         self._windows: dict[str, _Window] = {}
+        self.totals: dict[str, int] = {}
+        """How many times each kind was noticed (logged or not), for ``GET /metrics``: a request
+        refused below aiohttp by ``limits.py`` leaves no other trace. Bounded: the kinds are the
+        server's own words (plus :func:`log_error`'s storage tallies)."""
+
+    def tally(self, kind: str) -> None:
+        """Count one ``kind`` without a log line."""
+        self.totals[kind] = self.totals.get(kind, 0) + 1
 
     def __call__(self, level: int, kind: str, message: str) -> None:
+        self.tally(kind)
         window = self._windows.get(kind)
         if window is not None and not window.loop.is_running():
             self._close(kind, window)  # its loop stopped before the interval ended
@@ -178,6 +187,18 @@ def log_error(
         # attempt in 0.37 s"), which made one ERROR line per request again.
         kind = f"{status} {type(exc).__name__}"
         failures(logging.ERROR, kind, f"{method} {path:.200} failed: {exc!r:.300}")
+        failures.tally(f"{STORAGE} {_operation(method)} {type(exc).__name__}")
+
+
+STORAGE = "storage"
+"""The first word of the tallies of storage failures (``<STORAGE> <operation> <error>``)."""
+
+
+def _operation(method: str) -> str:
+    """The operation a failed request was: ``write``, ``delete`` or ``read``."""
+    if method in ("POST", "PATCH", "PUT"):
+        return "write"
+    return "delete" if method == "DELETE" else "read"
 
 
 class BadRequestLogFilter(logging.Filter):

@@ -37,6 +37,7 @@ from ..layered import WatchHandle
 from ..layers import LevelDBLayer
 from ..protocol.objects import Event
 from .accesslog import AccessLog
+from .errors import STORAGE, Notices
 from .rest import request_key
 from .streams import wants_websocket
 
@@ -52,6 +53,9 @@ _FIRST = BOUNDS[0]
 CLIENT_CLOSED = 499
 """The status counted for a request whose handler was cancelled (its client went away before the
 answer; nginx's 499): every other outcome is an answer the error middleware made."""
+_REFUSALS = {"refused": 503, "head-time": 408, "head-size": 431}
+"""The notices (``limits.py``) of requests refused below aiohttp, and the status each got: counted
+as route ``refused``, method ``other`` (no head was read whole)."""
 _METHODS = frozenset({"GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS"})
 """Methods named in the labels; any other counts as ``other`` (the client chooses it)."""
 
@@ -137,6 +141,12 @@ class Metrics:
         self.sets = 0
         self.deletes = 0
         self._observer: WatchHandle | None = None
+        self.notices: Notices | None = None
+        """The server's notices of limits hit (``Server.notices``), read for the requests refused
+        before any handler runs; set by the server."""
+        self.failures: Notices | None = None
+        """The server's notices of storage failures (``Server.failures``), read for
+        ``ooo_storage_errors_total``; set by the server."""
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         ProcessCollector(registry=self.registry)
@@ -232,8 +242,28 @@ class _Collector:
                 if count:
                     counts.add_metric([route, method, str(status)], count)
             latency.add_metric([route, method], series.cumulative(), series.total)
+        notices = self.metrics.notices
+        if notices is not None:
+            for kind, status in _REFUSALS.items():
+                if count := notices.totals.get(kind, 0):
+                    counts.add_metric(["refused", "other", str(status)], count)
         yield counts
         yield latency
+        yield from self._storage_errors()
+
+    def _storage_errors(self) -> Iterator[Metric]:
+        failures = self.metrics.failures
+        if failures is None:
+            return
+        errors = CounterMetricFamily(
+            "ooo_storage_errors", "Requests failed by the persistent layer (503: a full disk, an I/O "
+            "error, the store not open), by operation (write, delete, read) and error",
+            labels=["operation", "error"])
+        for kind, count in sorted(failures.totals.items()):
+            word, _, rest = kind.partition(" ")
+            if word == STORAGE:
+                errors.add_metric(rest.split(" ", 1), count)
+        yield errors
 
     def _store(self) -> Iterator[Metric]:
         metrics = self.metrics

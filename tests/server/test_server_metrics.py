@@ -289,3 +289,62 @@ async def test_disk_bytes_leave_the_reserve_out(tmp_path: Path) -> None:
         await store.close()
     assert 0 < m("ooo_leveldb_disk_bytes") < 1_000_000
     assert m("ooo_leveldb_reserve_bytes") == 4_000_000
+
+
+async def _raw(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a new connection to 127.0.0.1:``port``; what the server answered before
+    it closed the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+@BOTH
+async def test_requests_refused_below_the_handlers_are_counted(engine: str) -> None:
+    """A head too large (431), a head too slow (408) and a connection over the limit (503) never
+    reach a handler: they are counted as route ``refused``; storage failures (503) by operation.
+    The server's notices are wired the way Server.__init__ should (see the report: app.py)."""
+    store = Layered(memory=MemoryLayer())  # not started: reads and writes fail with 503
+    server = Server(store, http_engine=engine, max_head_bytes=1024, header_timeout=0.2,
+                    max_connections=2)
+    assert server.metrics is not None
+    server.metrics.notices, server.metrics.failures = server.notices, server.failures
+    runner = ServerRunner(store, "127.0.0.1", 0, server=server)
+    await runner.start()
+    try:
+        big = b"GET /a HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"x" * 4000
+        assert (await _raw(runner.port, big)).startswith(b"HTTP/1.1 431 ")
+        assert (await _raw(runner.port, b"GET /a HTTP/1.1\r\n")).startswith(b"HTTP/1.1 408 ")
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.port)
+        writer.write(b"POST /a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n1")  # busy
+        await writer.drain()
+        other = await asyncio.open_connection("127.0.0.1", runner.port)
+        other[1].write(b"POST /b HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n1")
+        await other[1].drain()
+        try:
+            assert (await _raw(runner.port, b"")).startswith(b"HTTP/1.1 503 ")
+        finally:
+            writer.close()
+            other[1].close()
+        async with asyncio.timeout(5):  # the server lets them go (nothing to await but its state)
+            while runner.gate is not None and runner.gate.open:
+                await asyncio.sleep(0.01)
+        async with aiohttp.ClientSession() as http:
+            for method in ("POST", "POST", "GET"):
+                async with http.request(method, f"{runner.url}/k", data=b"1") as resp:
+                    assert resp.status == 503
+            async with http.get(f"{runner.url}/metrics") as resp:
+                m = Scrape(await resp.text())
+    finally:
+        await runner.stop()
+    requests = "ooo_http_requests_total"
+    assert m(requests, route="refused", method="other", status="431") == 1
+    assert m(requests, route="refused", method="other", status="408") == 1
+    assert m(requests, route="refused", method="other", status="503") == 1
+    assert m("ooo_storage_errors_total", operation="write", error="NotActive") == 2
+    assert m("ooo_storage_errors_total", operation="read", error="NotActive") == 1
