@@ -327,16 +327,16 @@ class _History:
         else:  # a plain set: the hot path
             fields = (revision, op, key, obj.created, obj.updated, obj.index, obj.path)
             item = b"%b\n%b" % (_dumps(fields), obj.data)
-        size = len(item) + 4
-        if self._pending_bytes + size + 1 > self._batch_bytes and not part[1]:
-            if size + 1 > self._batch_bytes:
+        size = len(item)
+        pending = self._pending_bytes + size + 5  # its length, and the batch's first byte
+        if pending > self._batch_bytes and not part[1]:
+            if size + 5 > self._batch_bytes:
                 self._lost(revision, f"{size} bytes, more than a segment holds")
                 return
             self.write()  # a batch starts only at a transaction's first event
-        parts = self._parts
-        parts.append(_pack_len(size - 4))
-        parts.append(item)
-        self._pending_bytes += size
+            pending = size + 5
+        self._parts += (_pack_len(size), item)
+        self._pending_bytes = pending - 1
         self._last = revision
         if self._timer is None:
             loop = cast(asyncio.AbstractEventLoop, self._loop)
