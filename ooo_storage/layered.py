@@ -186,7 +186,7 @@ class HistoryOptions:
     """Where and how much of the event history a store keeps (``Layered(..., history=...)``).
 
     Every committed event (revision, operation, key and the object's stored JSON) is appended to a
-    journal (:mod:`ooo_storage.journal`) in ``directory`` inside the write itself, so that
+    journal (:mod:`ooo_storage.journal`) in ``directory`` (in batches: see ``_History.record``), so that
     ``events(pattern, since=revision)`` can replay what a client missed, across restarts. It is
     bounded: at most ``max_bytes`` on disk (the oldest of its ``files`` segments is evicted when the
     newest is full) and, with ``max_age`` seconds, events older than that are pruned every
@@ -195,8 +195,8 @@ class HistoryOptions:
 
     ``durable``: whether a write is acknowledged only once its event is on disk. None (the default)
     follows the persistent layer: durable when its writes are awaited (``LevelDBLayer(sync=True)``,
-    where the event's fsync follows the write's in the same step); otherwise the event is written
-    on the loop into the page cache like the LevelDB write itself, and reaches the disk later.
+    where the event's fsync follows the write's in the same step); otherwise the events are
+    written on the loop into the page cache in batches (1 MiB or 50 ms) and reach the disk later.
     """
 
     directory: str | os.PathLike[str]
