@@ -101,6 +101,8 @@ class Server:
         self.endpoints = endpoints(self.config)
         self.guard.endpoints = {name: self._need_of(name) for name in self.endpoints}
         self.metrics = Metrics(self.context) if self.config.metrics else None
+        if self.metrics is not None:  # refusals below the handlers and storage failures, counted
+            self.metrics.notices, self.metrics.failures = self.notices, self.failures
         access = self.config.access_log
         self.access = access if isinstance(access, AccessLog) else AccessLog() if access else None
 

@@ -307,13 +307,12 @@ async def _raw(port: int, data: bytes) -> bytes:
 @BOTH
 async def test_requests_refused_below_the_handlers_are_counted(engine: str) -> None:
     """A head too large (431), a head too slow (408) and a connection over the limit (503) never
-    reach a handler: they are counted as route ``refused``; storage failures (503) by operation.
-    The server's notices are wired the way Server.__init__ should (see the report: app.py)."""
+    reach a handler: they are counted as route ``refused``; storage failures (503) by operation."""
     store = Layered(memory=MemoryLayer())  # not started: reads and writes fail with 503
     server = Server(store, http_engine=engine, max_head_bytes=1024, header_timeout=0.2,
                     max_connections=2)
     assert server.metrics is not None
-    server.metrics.notices, server.metrics.failures = server.notices, server.failures
+    assert server.metrics.notices is server.notices and server.metrics.failures is server.failures
     runner = ServerRunner(store, "127.0.0.1", 0, server=server)
     await runner.start()
     try:
