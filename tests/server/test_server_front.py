@@ -29,6 +29,12 @@ END = b"GET /end HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 DOC = orjson.dumps({"name": "Ada Lovelace", "email": "ada@example.org", "age": 36, "tags": ["math", "poetry"],
                     "address": {"city": "London", "street": "St James's Square 12"}, "ok": True})
 EVERYWHERE = ["*", "*/*", "*/*/*"]
+TXN = orjson.dumps({"expect": {"front/u": None}, "ops": [
+    {"op": "set", "key": "front/u", "data": {"n": 1}}, {"op": "patch", "key": "front/t", "data": {"age": 37}},
+    {"op": "del", "key": "front/none/*"}]})
+"""A transaction that commits (once: it expects ``front/u`` not to exist, then makes it)."""
+CONFLICT = orjson.dumps({"expect": {"front/t": None}, "ops": [{"op": "set", "key": "front/u", "data": 1}]})
+"""A transaction that conflicts once ``front/t`` exists (a 409 with a JSON body)."""
 
 
 def req(method: str, path: str, body: bytes | None = None, headers: bytes = HOST, version: str = "1.1") -> bytes:
@@ -40,9 +46,11 @@ def req(method: str, path: str, body: bytes | None = None, headers: bytes = HOST
 
 def masked(raw: bytes) -> bytes:
     """``raw`` without what differs between two servers: the Date, the port in messages, the times
-    of each write (in objects, and in list cursors, which keep the path they name)."""
+    of each write (in objects, a transaction's revision, and in list cursors, which keep the path
+    they name)."""
     raw = re.sub(rb"Date: [^\r]*", b"Date: -", raw)
     raw = re.sub(rb'"(created|updated)":\d+', rb'"\1":-', raw)
+    raw = re.sub(rb'"revision":"[0-9a-f]+"', b'"revision":-', raw)  # a transaction's: a time
     raw = re.sub(rb"(X-Next-Cursor: |cursor=)([A-Za-z0-9_-]+)", _cursor_path, raw)
     return re.sub(rb"127\.0\.0\.1:\d+", b"127.0.0.1:PORT", raw)
 
@@ -148,6 +156,17 @@ CASES = {
     "head-body": req("HEAD", "/front/a", b"{}"),
     "head-origin": req("POST", "/front/h", DOC) + req("HEAD", "/front/h", headers=HOST + b"Origin: http://good.example\r\n")
     + req("HEAD", "/front/h", headers=HOST + b"Origin: http://evil.example\r\n"),
+    # POST /?api=txn (issue 12): committed, conflicting (409 JSON), malformed, too large, CORS, refused
+    "txn": req("POST", "/front/t", DOC) + req("POST", "/?api=txn", TXN) + req("GET", "/front/t") + req("GET", "/front/u"),
+    "txn-409": req("POST", "/front/t", DOC) + req("POST", "/?api=txn", CONFLICT) + req("GET", "/front/u"),
+    "txn-400": req("POST", "/?api=txn", b"{") + req("POST", "/?api=txn", b'{"ops": []}') + req("POST", "/?api=txn", b""),
+    "txn-bad-key": req("POST", "/?api=txn", b'{"ops": [{"op": "set", "key": "a//b", "data": 1}]}'),
+    "txn-413": req("POST", "/?api=txn", b'{"ops": [{"op": "set", "key": "a", "data": "' + b"x" * 1000 + b'"}]}'),
+    "txn-origin": req("POST", "/?api=txn", TXN, headers=HOST + b"Origin: http://good.example\r\n")
+    + req("POST", "/?api=txn", CONFLICT, headers=HOST + b"Origin: http://good.example\r\n")
+    + req("POST", "/?api=txn", TXN, headers=HOST + b"Origin: http://evil.example\r\n"),
+    "txn-not-ours": req("POST", "/?api=txn&x=1", TXN) + req("GET", "/?api=txn") + req("PATCH", "/?api=txn", TXN)
+    + req("POST", "/?api=txn", TXN, headers=HOST + b"Content-Encoding: gzip\r\n"),
 }
 
 
@@ -268,6 +287,80 @@ async def test_heads_stay_on_the_front(pair_factory: Any, options: dict[str, Any
         assert front.handler is None  # the front answered them all
     finally:
         writer.close()
+
+
+# Transactions: POST /?api=txn
+
+
+@pytest.mark.parametrize("options", [{}, {"auth": policy()}, {"allowed_origins": ["http://good.example"]}])
+async def test_transactions_stay_on_the_front(pair_factory: Any, options: dict[str, Any]) -> None:
+    """Committed, conflicting and malformed transactions are answered here, pipelined with key
+    requests (the old front handed the connection to aiohttp at the first one)."""
+    pair = await pair_factory(**options)
+    headers = bearer("root") + (b"Origin: http://good.example\r\n" if "allowed_origins" in options else b"")
+    data = (req("POST", "/front/t", DOC, headers=headers) + req("POST", "/?api=txn", TXN, headers=headers)
+            + req("POST", "/?api=txn", CONFLICT, headers=headers) + req("POST", "/?api=txn", b"{", headers=headers)
+            + req("GET", "/front/u", headers=headers))
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.lean.port)
+    try:
+        writer.write(data)
+        raw = b""
+        while not raw.endswith(b'"data":{"n":1}}'):
+            raw += await asyncio.wait_for(reader.read(65536), 10)
+        answers = responses(raw)
+        assert [s for s, _ in answers] == [200, 200, 409, 400, 200]
+        assert orjson.loads(answers[2][1])["keys"] == ["front/t"]
+        [front] = fronts(pair.lean)
+        assert front.handler is None  # no aiohttp handler: the front answered them all
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("token", "status"), [("root", b"200"), ("reader", b"403"), ("none", b"403"), ("wrong", b"401"), (None, b"401")]
+)
+async def test_transactions_under_an_access_policy_answer_like_aiohttp(
+    pair_factory: Any, token: str | None, status: bytes
+) -> None:
+    """The principal of the token decides each op (``txn.run``), and each op counts once in its
+    namespace's usage, on both engines alike."""
+    pair = await pair_factory(auth=policy())
+    setup = req("POST", "/front/t", DOC, headers=bearer("root"))
+    old, new = await pair.both(setup + req("POST", "/?api=txn", TXN, headers=bearer(token)))
+    assert new == old
+    assert new.split(b"HTTP/1.1 ")[2].startswith(status)
+    stats = []
+    for runner in (pair.plain, pair.lean):
+        report = responses(await exchange(runner.port, req("GET", "/?api=stats", headers=bearer("root"))))[0][1]
+        stats.append(orjson.loads(report)["namespaces"])
+    assert stats[1] == stats[0]
+
+
+async def test_transactions_are_counted_and_logged_like_aiohttp(
+    pair_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``ooo_http_requests_total`` (route root, method POST) and the access log see a transaction
+    answered here as they see it under aiohttp (the old front left both to aiohttp)."""
+    pair = await pair_factory(access_log=True)
+    data = (req("POST", "/front/t", DOC) + req("POST", "/?api=txn", TXN) + req("POST", "/?api=txn", CONFLICT)
+            + req("POST", "/?api=txn", b"{"))
+    with caplog.at_level(logging.INFO, logger="ooo_storage.access"):
+        await exchange(pair.plain.port, data)
+        plain = [r.getMessage() for r in caplog.records if r.name == "ooo_storage.access"]
+        caplog.clear()
+        await exchange(pair.lean.port, data)
+        lean = [r.getMessage() for r in caplog.records if r.name == "ooo_storage.access"]
+    counts = []
+    for runner in (pair.plain, pair.lean):
+        metrics = runner.server.metrics
+        assert metrics is not None
+        statuses = metrics.requests.series[("root", "POST")].statuses
+        counts.append({status: n for status, n in enumerate(statuses) if n})
+    assert counts[1] == counts[0] == {200: 1, 409: 1, 400: 1}
+    timeless = [[re.sub(r" \d+us ", " -us ", line) for line in lines] for lines in (plain, lean)]
+    assert timeless[1] == timeless[0]
+    assert [line.split(" ")[:4] for line in timeless[1][1:4]] == [
+        ["POST", "/?api=txn", "200", "51"], ["POST", "/?api=txn", "409", "98"], ["POST", "/?api=txn", "400", "101"]]
 
 
 # Glob GETs: pages of a list

@@ -1,6 +1,7 @@
 """The lean HTTP/1.1 front (issue 10): the hot key routes without aiohttp's request machinery.
 
-``GET``, ``POST``, ``PATCH`` and ``DELETE`` on one key (and ``GET`` of a page of a glob list) cost
+``GET``, ``POST``, ``PATCH`` and ``DELETE`` on one key (``GET`` of a page of a glob list, and
+``POST /?api=txn``, a transaction, answered by ``txn.run``) cost
 about twice as much CPU through aiohttp (its request objects, the middleware chain, the catch-all
 dispatch, response building) as the work they do. A :class:`Front` serves each connection of the
 listening socket itself, with keep-alive and pipelining (answers in request order), parsing each
@@ -74,10 +75,12 @@ class Lean:
         # (found with one dict look-up per request instead of metrics.route_of's tests)
         self.key_series: dict[str, Series] | None = None
         self.glob_series: dict[str, Series] | None = None
+        self.root_series: dict[str, Series] | None = None  # POST /?api=txn
         if server.metrics is not None:
             requests, none = server.metrics.requests, frozenset[str]()
             self.key_series = {m: requests.of(route_of(m, "k", False, none), m) for m in METHODS}
             self.glob_series = {m: requests.of(route_of(m, "*", False, none), m) for m in METHODS}
+            self.root_series = {"POST": requests.of(route_of("POST", "", False, none), "POST")}
         self.observed = server.metrics is not None or self.access is not None
 
     def __call__(self) -> Front:

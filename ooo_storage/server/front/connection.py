@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, cast
 
 from ...errors import HTTPFailure
 from ...protocol.pages import next_headers
-from .. import chunked, lists, rest
-from ..errors import ClientGone, log_error, status_of
+from .. import chunked, lists, rest, txn
+from ..errors import ClientGone, log_error
 from ..limits import GuardedConnection, raw_response
 from .wire import (
     SERVER_LINE,
@@ -286,14 +286,12 @@ class Front(GuardedConnection):
         share.busy[who] = busy + 1
         try:
             answer = await self._serve(request, cors)
-            status = 204 if method == "DELETE" else 200  # what _serve answers
         except NotOurs:
             raise
         except Exception as exc:
             log_error(server.failures, method, "/" + key, who, exc)
             self.closing = isinstance(exc, HTTPFailure) and exc.close
             answer = failure_answer(dates.line(), exc, cors)
-            status = status_of(exc)[0]
         finally:
             if (left := share.busy[who] - 1) > 0:
                 share.busy[who] = left
@@ -304,14 +302,16 @@ class Front(GuardedConnection):
         if method == "HEAD":
             answer = head_only(answer)
         if lean.observed:
-            self._observe(request, answer, status, time.perf_counter() - start)
+            self._observe(request, answer, time.perf_counter() - start)
         return answer
 
-    def _observe(self, request: Request, answer: bytes, status: int, seconds: float) -> None:
+    def _observe(self, request: Request, answer: bytes, seconds: float) -> None:
         """Count an answered request in the metrics and log it, as ``metrics.observe`` does for
-        aiohttp's (only requests answered here: one handed over is aiohttp's to count)."""
-        lean, method = self.lean, request.method
-        series = lean.glob_series if "*" in request.key else lean.key_series
+        aiohttp's (only requests answered here: one handed over is aiohttp's to count). The status
+        is the answer's (``HTTP/1.1 NNN``)."""
+        lean, method, key = self.lean, request.method, request.key
+        status = int(answer[9:12])
+        series = lean.glob_series if "*" in key else lean.key_series if key else lean.root_series
         if series is not None:
             series[method].observe(status, seconds)
         if lean.access is not None:
@@ -326,6 +326,8 @@ class Front(GuardedConnection):
         lean = self.lean
         ctx, dates = lean.context, lean.dates
         method, key = request.method, request.key
+        if not key:  # wire.read_head: POST /?api=txn
+            return await self._txn(request, cors)
         if method == "GET" or method == "HEAD":  # app.py: rest.get answers both
             rest.check_key(key)
             ctx.filters.permit_read(key)
@@ -345,6 +347,17 @@ class Front(GuardedConnection):
             return json_answer(dates.line(), await rest.patch_body(ctx, key, entry, request.body), cors)
         await rest.remove(ctx, key)
         return b"HTTP/1.1 204 No Content\r\n%s%s%s\r\n" % (cors, dates.line(), SERVER_LINE)
+
+    async def _txn(self, request: Request, cors: bytes) -> bytes:
+        """A transaction, as ``txn.handle`` answers it. The principal is the policy's for the
+        request's token: :meth:`_admit` let it in through ``Guard.admit`` (which authenticates it;
+        tokens the policy knows are remembered, so this is one look-up), and ``txn.run`` decides
+        each op and ``expect`` key and counts them, as it does under aiohttp."""
+        lean = self.lean
+        policy = lean.server.guard.policy
+        principal = None if policy is None else policy.authenticate(bearer(request.token))
+        status, body = await txn.run(lean.context, request.body, principal)
+        return json_answer(lean.dates.line(), body, cors, b"", status)
 
     async def _list(self, request: Request, cors: bytes) -> bytes:
         """A page of a glob, as ``lists.get`` answers it when the page is one chunk; NotOurs when

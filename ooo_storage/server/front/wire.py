@@ -24,6 +24,10 @@ KEY_URL = re.compile(r"/[A-Za-z0-9*/._-]+").fullmatch
 _LIST_QUERY = re.compile(r"(limit|cursor)=[A-Za-z0-9_-]*(&(limit|cursor)=[A-Za-z0-9_-]*)?").fullmatch
 """The query strings of a glob GET served here: ``limit`` and ``cursor`` (cursors are URL-safe
 base64), each once, nothing to percent-decode, so that each reads as ``request.query.get`` would."""
+TXN_QUERY = "api=txn"
+"""The query string of ``POST /?api=txn`` served here (exactly: any other, aiohttp's)."""
+TXN_PARAMS = {"api": "txn"}
+"""A transaction's :attr:`Request.query` (read, never changed)."""
 _OUR_HEADERS = frozenset(
     {b"host", b"content-length", b"connection", b"origin", b"upgrade", b"expect",
      b"transfer-encoding", b"content-encoding", b"authorization", b"sec-websocket-protocol"}
@@ -52,7 +56,7 @@ class Request:
         self.host = host
         self.origin = origin
         self.token = token
-        self.query = query  # a glob GET's ``limit`` and ``cursor`` (None: no query string)
+        self.query = query  # a glob GET's ``limit`` and ``cursor``, a transaction's ``api`` (None: none)
 
 
 class _Head:
@@ -103,11 +107,15 @@ def read_head(head: bytes, max_head: int, max_headers: int, max_body: int) -> Re
     ):
         raise NotOurs()
     url, mark, text = cb.url.decode().partition("?")
-    if KEY_URL(url) is None:
-        raise NotOurs()  # "/", paths no key has: aiohttp's
-    query = list_query(text) if mark else None
-    if query is not None and (method not in (b"GET", b"HEAD") or "*" not in url):
-        raise NotOurs()  # a query string on anything but a glob GET (or HEAD): aiohttp's
+    query: dict[str, str] | None = None
+    if url == "/" and text == TXN_QUERY and method == b"POST":
+        query = TXN_PARAMS  # a transaction: key "" (``txn.run``)
+    elif KEY_URL(url) is None:
+        raise NotOurs()  # "/" otherwise, paths no key has: aiohttp's
+    elif mark:
+        query = list_query(text)
+        if method not in (b"GET", b"HEAD") or "*" not in url:
+            raise NotOurs()  # a query string on anything but a glob GET (or HEAD): aiohttp's
     length = headers.get(b"content-length")
     size = 0
     if length is not None:
@@ -178,11 +186,19 @@ def head_only(answer: bytes) -> bytes:
     return answer[: answer.index(b"\r\n\r\n") + 4]
 
 
-def json_answer(date: bytes, body: bytes, cors: bytes = b"", extra: bytes = b"") -> bytes:
-    """A 200 answer with a JSON body, as aiohttp's ``rest.json_response`` goes on the wire (the
+_OK = b"HTTP/1.1 200 OK\r\n"
+
+
+def status_line(status: int) -> bytes:
+    """``HTTP/1.1 <status> <reason>``, as aiohttp writes it."""
+    return _OK if status == 200 else b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "").encode())
+
+
+def json_answer(date: bytes, body: bytes, cors: bytes = b"", extra: bytes = b"", status: int = 200) -> bytes:
+    """An answer with a JSON body, as aiohttp's ``rest.json_response`` goes on the wire (the
     handler's own ``extra`` header lines first, as ``web.Response(headers=...)`` writes them)."""
-    return b"HTTP/1.1 200 OK\r\n%sContent-Type: application/json\r\n%sContent-Length: %d\r\n%s%s\r\n%s" % (
-        extra, cors, len(body), date, SERVER_LINE, body
+    return b"%s%sContent-Type: application/json\r\n%sContent-Length: %d\r\n%s%s\r\n%s" % (
+        status_line(status), extra, cors, len(body), date, SERVER_LINE, body
     )
 
 
