@@ -1,7 +1,7 @@
 """Transactions benchmark (issue 12): 2-key transfers per second at 64 clients, ooo vs etcd.
 
     .venv/bin/python bench/txn.py [--modes data,sync] [--rounds 5] [--seconds 5] [--warmup 2]
-        [--accounts 100] [--quick]
+        [--accounts 100] [--baseline TREE] [--quick]
 
 A transfer is one transaction that writes two accounts (``accounts/<a>``, ``accounts/<b>``, a ≠ b
 random among ``--accounts``) only if two compares hold, on both servers:
@@ -23,6 +23,10 @@ medians over the rounds are reported with min–max, and the ratio to etcd is th
 per-round ratios. A round with a non-2xx answer or a socket error is reported and left out.
 Before the rounds one transfer is sent to each server and its answer checked (ooo: a revision;
 etcd: ``"succeeded": true``).
+
+``--baseline TREE`` adds the same servers run from another checkout (``git worktree add``) to the
+same interleaved rounds, for a before/after in one run on the shared machine: the report then
+gives, per mode, the median of the per-round ratios of this tree to the baseline.
 
 wrk and etcd are not installed by this script (``apt-get install -y wrk etcd-server``); without
 either it exits with status 1 and says so. The report (markdown) goes to stdout, progress to
@@ -134,9 +138,29 @@ def report(cells: Sequence[Cell], etcd_cell: Cell, header: Sequence[str]) -> str
         parts += ["", f"Against etcd (median of per-round ratios; target ≥ {GOAL:g}× etcd's "
                       "transfers/s, like for like with `--sync`, which etcd always does):", "",
                   table(["server", "transfers/s ×", "CPU/transfer ×", f"≥ {GOAL:g}×"], rows)]
+    parts += before_after(cells)
     parts += ["", "- Others core 0 / 1: the share of the server and load cores other processes took "
                   "(the machine is shared): it moves transfers/s far more than CPU per transfer."]
     return "\n".join(parts)
+
+
+def before_after(cells: Sequence[Cell]) -> list[str]:
+    """Per mode, this tree against ``--baseline``'s (median of per-round ratios); none without."""
+    by_name = {cell.target.name: cell for cell in cells}
+    rows = []
+    for cell in cells:
+        target = cell.target
+        if not isinstance(target, OooServer) or target.tree_label != "main":
+            continue
+        base = by_name.get(f"baseline-{target.engine}-{target.mode}")
+        if base is None or not (base.good and cell.good):
+            continue
+        rows.append([target.mode, f"{ratio(cell, base, lambda run: run.rate):.2f}×",
+                     f"{ratio(base, cell, lambda run: run.cpu_us):.2f}×"])
+    if not rows:
+        return []
+    return ["", "This tree against `--baseline` (median of per-round ratios):", "",
+            table(["mode", "transfers/s ×", "CPU/transfer less ×"], rows)]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -146,6 +170,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=int, default=5, help="per run (default 5)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per cell (default 2)")
     parser.add_argument("--accounts", type=int, default=100, help="accounts to transfer between (100)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout to run the same servers from, in the same rounds")
     parser.add_argument("--quick", action="store_true", help="1 round of 1 s, no warm-up: a smoke run")
     args = parser.parse_args(argv)
     if args.quick:
@@ -179,7 +205,9 @@ def main() -> None:
     ooo_work, etcd_work = workloads(args.accounts)
     with tempfile.TemporaryDirectory(prefix="txn_bench_") as name:
         tmp = Path(name)
-        servers = [OooServer("main", ROOT, "lean", True, mode, tmp) for mode in args.modes.split(",")]
+        trees = [("main", ROOT), *([("baseline", args.baseline.resolve())] if args.baseline else [])]
+        servers = [OooServer(label, tree, "lean", True, mode, tmp)
+                   for mode in args.modes.split(",") for label, tree in trees]
         etcd = EtcdTarget(SERVER_CORE, tmp)
         try:
             for target in [*servers, etcd]:
