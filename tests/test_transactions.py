@@ -22,7 +22,7 @@ from ooo_storage.errors import (
 from ooo_storage.layered import HistoryOptions
 from ooo_storage.layers import SOSLayer
 from ooo_storage.protocol.objects import make_object
-from ooo_storage.protocol.txn import Committed, TxnOp, conflicts, plan, version
+from ooo_storage.protocol.txn import MAX_KEY_BYTES, Committed, TxnOp, conflicts, plan, version
 from ooo_storage.transaction import Transaction
 
 BACKENDS = ["memory", "leveldb", "memory+leveldb", "memory+leveldb-sync"]
@@ -60,12 +60,12 @@ async def _value(store: Layered, key: str) -> Any:
     ("ops", "expect", "why"),
     [
         ([], None, "no ops"),
-        ([_set("a", 1), _set("a", 2)], None, "a appears twice"),
-        ([_set("a", 1), TxnOp("del", "a")], None, "a appears twice"),
+        ([_set("a", 1), _set("a", 2)], None, '"a" appears twice'),
+        ([_set("a", 1), TxnOp("del", "a")], None, '"a" appears twice'),
         ([_set("a/*", 1)], None, "set on the glob a/\\*"),
         ([TxnOp("patch", "a/*", {})], None, "patch on the glob"),
-        ([TxnOp("del", "a/*"), _set("a/1", 1)], None, "the delete of a/\\* also matches a/1"),
-        ([TxnOp("del", "a/*"), TxnOp("del", "a/1")], None, "also matches a/1"),
+        ([TxnOp("del", "a/*"), _set("a/1", 1)], None, 'the delete of "a/\\*" also matches "a/1"'),
+        ([TxnOp("del", "a/*"), TxnOp("del", "a/1")], None, 'also matches "a/1"'),
         ([TxnOp("put", "a", 1)], None, "unknown op 'put'"),  # type: ignore[arg-type]
         ([_set("a//b", 1)], None, "invalid path"),
         ([_set("a", None)], None, "set of a without data"),
@@ -73,12 +73,54 @@ async def _value(store: Layered, key: str) -> Any:
         ([_set("a", 1)], {"a": 0}, "0 is not a version"),
         ([_set("a", 1)], {"a": True}, "True is not a version"),
         ([_set("a", 1)], {"a": "5"}, "'5' is not a version"),
-        ([_set("a", 1)], {"b/*": None}, "invalid key 'b/\\*'"),
+        ([_set("a", 1)], {"b/*": None}, 'invalid key "b/\\*"'),
     ],
 )
 def test_malformed_transactions_are_refused_with_the_rule_broken(ops: Any, expect: Any, why: str) -> None:
     with pytest.raises(InvalidTransaction, match=f"^storage: invalid transaction: .*{why}"):
         plan(ops, expect)
+
+
+@pytest.mark.parametrize(
+    ("ops", "expect", "why"),
+    [
+        ([_set("a" * (MAX_KEY_BYTES + 1), 1)], None, f"op 0: key longer than {MAX_KEY_BYTES} bytes"),
+        ([TxnOp("del", "a/" + "*" * MAX_KEY_BYTES)], None, f"op 0: key longer than {MAX_KEY_BYTES} bytes"),
+        ([_set("a", 1)], {"k" * 150_000: None}, f"expect: key longer than {MAX_KEY_BYTES} bytes"),
+    ],
+)
+def test_keys_longer_than_a_url_can_carry_are_refused(ops: Any, expect: Any, why: str) -> None:
+    """A 150 000-character key was committed, then no GET or DELETE could reach it (request line
+    over 8 190 bytes); the refusal shows only the first 100 characters of the key."""
+    with pytest.raises(InvalidTransaction) as caught:
+        plan(ops, expect)
+    text = str(caught.value)
+    assert text.startswith(f"storage: invalid transaction: {why}: "), text[:200]
+    assert len(text) < 250
+
+
+def test_the_longest_key_is_accepted() -> None:
+    key = "k/" + "a" * (MAX_KEY_BYTES - 2)
+    assert plan([_set(key, 1)], {key: None}).locked == (key,)
+
+
+@pytest.mark.parametrize(
+    ("ops", "expect", "why"),
+    [
+        ([_set("a\x00" + "b" * 500, 1)], None, 'op 0: invalid path "a\\u0000' + "b" * 98 + '"'),
+        ([_set("a", 1)], {"x\ty" + "z" * 500: None}, 'expect: invalid key "x\\ty' + "z" * 97 + '" (a key'),
+        ([_set("c" * 500, 1), _set("c" * 500, 2)], None, 'op 1: "' + "c" * 100 + '" appears twice'),
+        ([TxnOp("del", "d" * 300 + "/*"), _set("d" * 300 + "/1", 1)], None,
+         'the delete of "' + "d" * 100 + '" also matches "' + "d" * 100 + '": split'),
+    ],
+    ids=["invalid-path", "invalid-key", "twice", "also-matches"],
+)
+def test_refusals_show_the_client_key_quoted_as_json_and_cut(ops: Any, expect: Any, why: str) -> None:
+    """They used to echo the whole key in Python repr ('a\\x00b')."""
+    with pytest.raises(InvalidTransaction) as caught:
+        plan(ops, expect)
+    assert why in str(caught.value), str(caught.value)[:300]
+    assert "'" not in str(caught.value)
 
 
 def test_a_plan_locks_written_and_expected_keys_in_sorted_order() -> None:

@@ -15,6 +15,8 @@ What a transaction may hold:
   ``created`` stamp while ``updated`` is 0 (a fresh object): both are distinct clock values, so a
   key deleted and created again never has the version it had before. 0 is refused (it would
   match every fresh object of the key).
+* keys of at most :data:`MAX_KEY_BYTES` bytes, ops and ``expect`` alike: a transaction
+  creates no key that ``GET``/``DELETE /{key}`` cannot reach (a request line holds 8 190 bytes).
 """
 
 from __future__ import annotations
@@ -22,11 +24,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
+import orjson
+
 from ..errors import InvalidTransaction
 from . import keys
 from .objects import Object
 
-__all__ = ["Committed", "Plan", "TxnOp", "conflicts", "plan", "version"]
+__all__ = ["MAX_KEY_BYTES", "Committed", "Plan", "TxnOp", "conflicts", "plan", "shown", "version"]
+
+MAX_KEY_BYTES = 4096
+"""The longest key of a transaction's op or ``expect`` (a valid key is ASCII: a byte a character):
+with room for the method, the query and the version, it fits aiohttp's 8 190-byte request line, so
+the single-key routes of both engines reach what a transaction made."""
 
 Kind = Literal["set", "patch", "del"]
 _KINDS = ("set", "patch", "del")
@@ -68,6 +77,17 @@ def _invalid(why: str) -> InvalidTransaction:
     return InvalidTransaction(f"storage: invalid transaction: {why}")
 
 
+def shown(text: str) -> str:
+    """``text`` quoted as JSON, cut to 100 characters: it comes from the client."""
+    return orjson.dumps(text[:100]).decode()
+
+
+def _too_long(key: str) -> bool:
+    """Checked before the key's syntax, so that a huge key is refused for its length, not its
+    characters (a non-ASCII key counts its characters: it is refused anyway)."""
+    return len(key) > MAX_KEY_BYTES
+
+
 def plan(ops: Sequence[TxnOp], expect: Mapping[str, int | None] | None = None) -> Plan:
     """Check ``ops`` and ``expect`` against the rules above; InvalidTransaction names the first
     rule broken."""
@@ -79,7 +99,7 @@ def plan(ops: Sequence[TxnOp], expect: Mapping[str, int | None] | None = None) -
     for i, item in enumerate(ops):
         op = _op(i, item)
         if op.key in seen:
-            raise _invalid(f"op {i}: {op.key} appears twice (one op per key)")
+            raise _invalid(f"op {i}: {shown(op.key)} appears twice (one op per key)")
         seen.add(op.key)
         if "*" in op.key:
             globs.append(op.key)
@@ -87,7 +107,9 @@ def plan(ops: Sequence[TxnOp], expect: Mapping[str, int | None] | None = None) -
     for glob in globs:
         for key in seen:
             if key != glob and "*" not in key and keys.match(glob, key):
-                raise _invalid(f"the delete of {glob} also matches {key}: split the transaction")
+                raise _invalid(
+                    f"the delete of {shown(glob)} also matches {shown(key)}: split the transaction"
+                )
     wanted = _expect(expect)
     locked = {key for key in seen if "*" not in key} | set(wanted)
     return Plan(tuple(checked), wanted, tuple(sorted(locked)), bool(globs))
@@ -99,8 +121,12 @@ def _op(i: int, item: Any) -> TxnOp:
     op = TxnOp(*item)
     if op.op not in _KINDS:
         raise _invalid(f"op {i}: unknown op {op.op!r} (set, patch or del)")
-    if not isinstance(op.key, str) or not keys.is_valid(op.key):
-        raise _invalid(f"op {i}: invalid path {op.key!r}")
+    if not isinstance(op.key, str):
+        raise _invalid(f"op {i}: the key must be a string")
+    if _too_long(op.key):
+        raise _invalid(f"op {i}: key longer than {MAX_KEY_BYTES} bytes: {shown(op.key)}")
+    if not keys.is_valid(op.key):
+        raise _invalid(f"op {i}: invalid path {shown(op.key)}")
     if op.op != "del" and "*" in op.key:
         raise _invalid(f"op {i}: {op.op} on the glob {op.key} (only del takes a glob)")
     if op.op != "del" and op.data is None:
@@ -115,8 +141,10 @@ def _expect(expect: Mapping[str, int | None] | None) -> dict[str, int | None]:
         raise _invalid("expect must map keys to versions or None")
     wanted: dict[str, int | None] = {}
     for key, stamp in expect.items():
+        if isinstance(key, str) and _too_long(key):
+            raise _invalid(f"expect: key longer than {MAX_KEY_BYTES} bytes: {shown(key)}")
         if not isinstance(key, str) or not keys.is_valid(key) or "*" in key:
-            raise _invalid(f"expect: invalid key {key!r} (a key, not a glob)")
+            raise _invalid(f"expect: invalid key {shown(str(key))} (a key, not a glob)")
         if stamp is not None and (type(stamp) is not int or stamp <= 0):
             raise _invalid(
                 f"expect: {key}: {stamp!r} is not a version (the object's updated stamp, or its "

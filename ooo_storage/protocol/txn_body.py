@@ -22,11 +22,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from ..errors import InvalidTransaction
 from . import jsontext
 from .txn import Plan, TxnOp, plan
+from .txn import shown as _shown
 
 __all__ = ["MAX_OPS", "parse"]
 
@@ -43,11 +42,6 @@ _KINDS = ("set", "patch", "del")
 
 def _invalid(why: str) -> InvalidTransaction:
     return InvalidTransaction(f"storage: invalid transaction: {why}")
-
-
-def _shown(text: str) -> str:
-    """``text`` quoted as JSON, cut to 100 characters: it comes from the client."""
-    return orjson.dumps(text[:100]).decode()
 
 
 def parse(body: bytes, max_ops: int = MAX_OPS) -> Plan:

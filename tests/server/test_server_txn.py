@@ -16,6 +16,7 @@ from server_live import Live, LiveFactory
 from ooo_storage import Layered, MemoryLayer
 from ooo_storage.layers import SOSLayer
 from ooo_storage.protocol.access import Policy, token_digest
+from ooo_storage.protocol.txn import MAX_KEY_BYTES
 from ooo_storage.protocol.txn_body import MAX_OPS
 from ooo_storage.server import ServerRunner
 
@@ -128,7 +129,7 @@ MALFORMED: list[tuple[bytes | Any, str]] = [
     ({"ops": [{"op": "set", "key": "logs/*", "data": 1}]}, "only del takes a glob"),
     ({"ops": [{"op": "patch", "key": "a*", "data": {}}]}, "only del takes a glob"),
     ({"ops": [_op(1), _op(1)]}, "appears twice"),
-    ({"ops": [_op(1), {"op": "del", "key": "k/*"}]}, "also matches k/1"),
+    ({"ops": [_op(1), {"op": "del", "key": "k/*"}]}, 'also matches "k/1"'),
     ({"ops": [_op(i) for i in range(MAX_OPS + 1)]}, f"{MAX_OPS + 1} ops, over the limit of {MAX_OPS}"),
     ({"ops": [_op(1)], "expect": []}, '"expect" must be an object'),
     ({"ops": [_op(1)], "expect": {f"e/{i}": None for i in range(MAX_OPS + 1)}},
@@ -152,6 +153,25 @@ async def test_a_malformed_body_is_a_400_with_its_reason_and_applies_nothing(
     assert text.startswith("storage: invalid transaction: "), text
     assert reason in text, text
     assert await contents(live) == {"k/1": {"v": 0}}
+
+
+async def test_a_key_no_url_can_carry_is_refused_and_the_longest_one_is_reachable(live: Live) -> None:
+    """A 150 000-character key was committed (200), then GET and DELETE of it failed on the request
+    line (over 8 190 bytes): a transaction now takes no key a single-key route cannot reach."""
+    for body in ({"ops": [{"op": "set", "key": "a_" + "k" * 150_000, "data": 1}]},
+                 {"ops": [_op(1)], "expect": {"e/" + "k" * 150_000: None}}):
+        status, kind, raw = await txn(live, body)
+        assert (status, kind) == (400, "text/plain"), raw[:200]
+        assert f"key longer than {MAX_KEY_BYTES} bytes: " in raw.decode() and len(raw) < 250, raw[:200]
+    assert await live.store.keys() == []
+    longest = "k/" + "a" * (MAX_KEY_BYTES - 2)
+    status, _, raw = await txn(live, {"ops": [{"op": "set", "key": longest, "data": 7}]})
+    assert status == 200, raw
+    async with live.http.get(f"{live.base}/{longest}") as resp:
+        assert (resp.status, orjson.loads(await resp.read())["data"]) == (200, 7)
+    async with live.http.delete(f"{live.base}/{longest}") as resp:
+        assert resp.status == 204, await resp.read()
+    assert await live.store.keys() == []
 
 
 async def test_the_most_ops_commit_in_one_revision(live: Live) -> None:
