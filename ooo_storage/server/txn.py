@@ -89,8 +89,9 @@ def _authorize(ctx: Context, principal: Principal | None, txn: Plan) -> None:
         decide(policy, principal, "read", key)
     usage = guard.usage
     if usage is not None:
-        for op in txn.ops:
-            usage.count_request(op.key)
+        written = {op.key for op in txn.ops}
+        for key in (*written, *(key for key in txn.expect if key not in written)):
+            usage.count_request(key)  # an expect key is a read (§9.2); each key counts once
 
 
 async def _filtered(ctx: Context, txn: Plan) -> tuple[list[TxnOp], dict[str, int | None]]:

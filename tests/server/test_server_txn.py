@@ -332,7 +332,13 @@ async def test_a_permitted_transaction_commits_and_counts_in_its_namespace(make_
     usage = live.server.guard.usage
     assert usage is not None
     namespace = usage.snapshot()["namespaces"][0]
-    assert (namespace["objects"], namespace["requests"]["last24h"]) == (1, 1)
+    # a/1 written, a/2 read (expect); d/* is outside the namespace
+    assert (namespace["objects"], namespace["requests"]["last24h"]) == (1, 2)
+    body = {"ops": [{"op": "set", "key": "a/1", "data": 2}], "expect": {"a/1": None, "a/3": None}}
+    status, _, raw = await txn(live, body, headers=AUTH)
+    assert status == 409, raw
+    namespace = usage.snapshot()["namespaces"][0]
+    assert namespace["requests"]["last24h"] == 4  # a/1 once (written and expected), a/3
 
 
 async def test_an_unknown_token_is_refused_before_the_body_is_read(make_live: LiveFactory) -> None:
