@@ -6,9 +6,10 @@
     ooo-storage token hash             read a token on stdin, print its sha256 (what the file keeps)
 
 ``token new`` prints the token alone on the first line, so that a script can take it with
-``head -1``; the lines after it are a ``[[tokens]]`` entry for the policy file, which keeps only the
-SHA-256 of the token (``protocol/access.py``): whoever reads the file cannot use the token. The
-entry's rule is a placeholder granting ``read`` on ``CHANGE-ME/*``: edit it before relying on it.
+``head -1`` (a reader that stops early ends it quietly, status 0); the lines after it are a
+``[[tokens]]`` entry for the policy file, which keeps only the SHA-256 of the token
+(``protocol/access.py``): whoever reads the file cannot use the token. The entry's rule is a
+placeholder granting ``read`` on ``CHANGE-ME/*``: edit it before relying on it.
 The token is shown once; a lost token is replaced, not recovered.
 """
 
@@ -71,8 +72,12 @@ def _name(text: str) -> str:
 def run_new(args: argparse.Namespace) -> int:
     token = new_token()
     name = args.name or f"token-{token_digest(token)[:8]}"
-    print(token)
-    print(toml_entry(token, name))
+    try:
+        print(token)
+        print(toml_entry(token, name))
+        sys.stdout.flush()  # a closed pipe fails here, not in the interpreter's last flush
+    except BrokenPipeError:  # `ooo-storage token new | head -1`: the reader took what it wanted
+        sys.stderr.close()  # nothing more can be reported; keep the interpreter from complaining
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import sys
 import tomllib
@@ -69,3 +70,23 @@ def test_token_hash_reads_stdin() -> None:
     done = subprocess.run([sys.executable, "-m", "ooo_storage", "token", "hash"], input="",
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "give the token on stdin" in done.stderr
+
+
+def test_token_new_ends_quietly_when_its_reader_is_gone() -> None:
+    """``ooo-storage token new | head -1`` ended with a BrokenPipeError traceback: the reader's end
+    of a real pipe is closed before the token is written; the command says nothing, status 0."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "ooo_storage", "token", "new"], stdout=write,
+                              stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (0, b"")
+
+
+def test_token_new_piped_into_head_gives_the_token_alone() -> None:
+    command = f"set -o pipefail; {sys.executable} -m ooo_storage token new | head -1"
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert len(done.stdout.strip()) == 43 and "\n" not in done.stdout.strip()
