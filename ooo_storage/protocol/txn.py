@@ -21,7 +21,7 @@ What a transaction may hold:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import orjson
@@ -66,6 +66,9 @@ class Plan(NamedTuple):
     """Every concrete key the transaction writes or expects, sorted (the lock order)."""
     globs: bool
     """Whether it deletes a glob (it then takes the store gate exclusively)."""
+    check_merged: Callable[[str, bytes], object] | None = None
+    """Called with the key and the merged document of each ``patch`` before anything is written
+    (the server's size limit, as ``PATCH`` has): what it raises refuses the transaction."""
 
 
 def version(obj: Object) -> int:
@@ -88,9 +91,13 @@ def _too_long(key: str) -> bool:
     return len(key) > MAX_KEY_BYTES
 
 
-def plan(ops: Sequence[TxnOp], expect: Mapping[str, int | None] | None = None) -> Plan:
+def plan(
+    ops: Sequence[TxnOp],
+    expect: Mapping[str, int | None] | None = None,
+    check_merged: Callable[[str, bytes], object] | None = None,
+) -> Plan:
     """Check ``ops`` and ``expect`` against the rules above; InvalidTransaction names the first
-    rule broken."""
+    rule broken. ``check_merged``: see :attr:`Plan.check_merged`."""
     if isinstance(ops, str | bytes) or not ops:
         raise _invalid("no ops (give at least one set, patch or del)")
     seen: set[str] = set()
@@ -112,7 +119,7 @@ def plan(ops: Sequence[TxnOp], expect: Mapping[str, int | None] | None = None) -
                 )
     wanted = _expect(expect)
     locked = {key for key in seen if "*" not in key} | set(wanted)
-    return Plan(tuple(checked), wanted, tuple(sorted(locked)), bool(globs))
+    return Plan(tuple(checked), wanted, tuple(sorted(locked)), bool(globs), check_merged)
 
 
 def _op(i: int, item: Any) -> TxnOp:
