@@ -1311,6 +1311,7 @@ class Layered:
         ops: Sequence[TxnOp],
         expect: Mapping[str, int | None] | None = None,
         timeout: float = 5.0,
+        check_merged: Callable[[str, bytes], object] | None = None,
     ) -> Committed:
         """Apply ``ops`` all together or not at all, if every key of ``expect`` still has the
         version given (``protocol.txn.version``: ``updated``, or ``created`` while ``updated`` is
@@ -1325,10 +1326,12 @@ class Layered:
         TransactionTimeout (a Conflict, nothing applied) if they are not all had within
         ``timeout`` seconds; once writing, it completes. InvalidTransaction for ops breaking the
         rules of :mod:`ooo_storage.protocol.txn`, NotFound for a patch of a missing key,
-        NotSupported on a persistent layer without an all-or-nothing batch (SOS, erasure-coded)."""
+        NotSupported on a persistent layer without an all-or-nothing batch (SOS, erasure-coded).
+        ``check_merged(key, merged)`` sees each patch's merged document before anything is written
+        (a size limit): what it raises refuses the whole transaction."""
         if not self._active:
             raise self._not_active()
-        plan = txn.plan(ops, expect)
+        plan = txn.plan(ops, expect, check_merged)
         writer = self._txn_writer()
         payloads = self._txn_payloads(plan.ops)
         if (
@@ -1452,7 +1455,7 @@ class Layered:
         changed = txn.conflicts(plan.expect, current)
         if changed:
             raise Conflict(changed)
-        sets, deletes, changes, indexes = self._txn_build(plan.ops, payloads, current, doomed)
+        sets, deletes, changes, indexes = self._txn_build(plan, payloads, current, doomed)
         if not changes:
             return Committed(self._revision, indexes), [], False
         cancelled = False
@@ -1470,7 +1473,7 @@ class Layered:
 
     def _txn_build(
         self,
-        ops: Sequence[TxnOp],
+        plan: txn.Plan,
         payloads: list[Any],
         current: dict[str, Object | None],
         doomed: dict[str, list[str]],
@@ -1480,7 +1483,8 @@ class Layered:
         deletes: list[str] = []
         changes: list[_Change] = []
         indexes: list[str] = []
-        for i, (op, payload) in enumerate(zip(ops, payloads, strict=True)):
+        check = plan.check_merged
+        for i, (op, payload) in enumerate(zip(plan.ops, payloads, strict=True)):
             key = op.key
             old = current.get(key)
             if op.op == "del":
@@ -1499,6 +1503,8 @@ class Layered:
                     raise InvalidTransaction(
                         f"storage: invalid transaction: op {i} ({key}): {exc}"
                     ) from None
+                if check is not None:
+                    check(key, raw)
             else:
                 raw = payload
             obj = self._build(key, raw, None, old)
