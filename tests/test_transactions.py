@@ -220,6 +220,24 @@ async def test_bad_data_or_a_failed_merge_applies_nothing(store: Layered) -> Non
     assert await _value(store, "doc") == {"a": {"b": 1}}
 
 
+async def test_check_merged_sees_each_merged_patch_and_a_refusal_applies_nothing(store: Layered) -> None:
+    await store.set("doc", {"a": 1})
+    revision, seen = store.revision, []
+
+    def at_most_20_bytes(key: str, merged: bytes) -> None:
+        seen.append((key, merged))
+        if len(merged) > 20:
+            raise ValueError(f"{key}: {len(merged)} bytes")
+
+    with pytest.raises(ValueError, match="^doc: 21 bytes$"):
+        await store.commit([_set("x", 1), TxnOp("patch", "doc", {"b": "y" * 7})], check_merged=at_most_20_bytes)
+    assert await _value(store, "x") is None and store.revision == revision
+    assert await _value(store, "doc") == {"a": 1}
+    await store.commit([_set("x", 1), TxnOp("patch", "doc", {"b": "y" * 6})], check_merged=at_most_20_bytes)
+    assert seen == [("doc", b'{"a":1,"b":"yyyyyyy"}'), ("doc", b'{"a":1,"b":"yyyyyy"}')]
+    assert await _value(store, "doc") == {"a": 1, "b": "yyyyyy"}
+
+
 async def test_a_glob_delete_in_a_transaction_is_one_event_after_earlier_ones(store: Layered) -> None:
     for i in range(3):
         await store.set(f"tmp/{i}", i)

@@ -12,7 +12,9 @@ would make it pass, before anything is applied:
   of a ``del``. A ``patch`` on a key with a write filter function is merged here and given to the
   filter as ``PATCH`` does, then committed as a ``set`` expecting the version it merged into (so
   a write in between makes it a 409, never a lost update);
-* ``expect`` keys need a read route in static mode.
+* ``expect`` keys need a read route in static mode;
+* the merged document of every ``patch`` stays within ``--max-body-bytes`` (413 as ``PATCH``):
+  checked by ``Layered.commit`` where it merges, under its locks, before anything is written.
 
 One refusal refuses the whole transaction with the status its route would give. Then
 ``Layered.commit`` applies it atomically; the after-write filters of the keys set run once it is
@@ -21,6 +23,7 @@ committed, as after a ``POST``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -56,7 +59,7 @@ async def run(ctx: Context, body: bytes, principal: Principal | None) -> tuple[i
     _authorize(ctx, principal, txn)
     ops, expect = await _filtered(ctx, txn)
     try:
-        committed = await ctx.store.commit(ops, expect)
+        committed = await ctx.store.commit(ops, expect, check_merged=_size_check(ctx))
     except Conflict as exc:  # TransactionTimeout too: contended keys, retry later
         return 409, conflict_body(exc)
     except NotSupported as exc:
@@ -126,10 +129,22 @@ async def _merged(ctx: Context, op: TxnOp) -> tuple[Any, int]:
     except NotFound:
         raise HTTPFailure(404, "ooo: not found") from None
     merged = merge_json(obj.data, _value(op.data))
-    cap = ctx.config.max_body_bytes
-    if len(merged) > cap:
-        raise HTTPFailure(413, f"ooo: merged document too large ({len(merged)} bytes, limit {cap} bytes)")
+    _size_check(ctx)(op.key, merged)
     return jsontext.loads(merged), version(obj)
+
+
+def _size_check(ctx: Context) -> Callable[[str, bytes], None]:
+    """What refuses a merged document over ``--max-body-bytes``, with ``PATCH``'s 413: for the
+    patches merged here (filtered keys) and, through ``Layered.commit``, those merged there."""
+    cap = ctx.config.max_body_bytes
+
+    def check(key: str, merged: bytes) -> None:
+        if len(merged) > cap:
+            raise HTTPFailure(
+                413, f"ooo: merged document too large ({len(merged)} bytes, limit {cap} bytes)"
+            )
+
+    return check
 
 
 def _value(data: Any) -> Any:

@@ -188,6 +188,25 @@ async def test_the_body_limit_of_a_post_applies(make_live: LiveFactory) -> None:
     assert await live.store.keys() == []
 
 
+async def test_a_patch_over_the_merged_document_limit_is_refused_as_patch_refuses_it(
+    make_live: LiveFactory,
+) -> None:
+    """A transaction's patch grew a document past ``--max-body-bytes`` (7 patches: 9 759 bytes,
+    all 200) where ``PATCH`` answers 413: now the same 413, and nothing of the transaction applied."""
+    live = await make_live(max_body_bytes=2000)
+    await live.store.set("big/a", {"a": "x" * 1200})
+    patch = {"b0": "y" * 1200}
+    async with live.http.patch(f"{live.base}/big/a", data=orjson.dumps(patch)) as resp:
+        single = (resp.status, await resp.read())
+    assert single == (413, b"ooo: merged document too large (2416 bytes, limit 2000 bytes)")
+    status, _, raw = await txn(live, {"ops": [_op(1), {"op": "patch", "key": "big/a", "data": patch}]})
+    assert (status, raw) == single
+    assert await contents(live) == {"big/a": {"a": "x" * 1200}}
+    status, _, raw = await txn(live, {"ops": [{"op": "patch", "key": "big/a", "data": {"b": "y" * 700}}]})
+    assert status == 200, raw  # 1 918 bytes: within the limit
+    assert await contents(live) == {"big/a": {"a": "x" * 1200, "b": "y" * 700}}
+
+
 async def test_other_methods_and_apis_on_the_root_are_refused(live: Live) -> None:
     body = orjson.dumps({"ops": [_op(1)]})
     for method, path in (("POST", ""), ("POST", "?api=info"), ("PATCH", TXN), ("DELETE", TXN)):
