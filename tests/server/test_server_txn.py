@@ -342,22 +342,38 @@ async def test_the_policy_decides_every_op_and_refuses_the_whole_transaction(
 
 
 async def test_a_permitted_transaction_commits_and_counts_in_its_namespace(make_live: LiveFactory) -> None:
-    live = await make_live(auth=policy())
+    """Every key counts once, the keys of ``expect`` too (reads, §9.2: they were not counted)."""
+    live = await make_live(auth=policy_with_admin())
     await live.store.set("d/1", 1)
     body = {"ops": [{"op": "set", "key": "a/1", "data": 1}, {"op": "del", "key": "d/*"}], "expect": {"a/2": None}}
     status, _, raw = await txn(live, body, headers=AUTH)
     assert status == 200, raw
     assert await contents(live) == {"a/1": 1}
-    usage = live.server.guard.usage
-    assert usage is not None
-    namespace = usage.snapshot()["namespaces"][0]
     # a/1 written, a/2 read (expect); d/* is outside the namespace
-    assert (namespace["objects"], namespace["requests"]["last24h"]) == (1, 2)
+    assert await stats_of_a(live) == (1, 2)
     body = {"ops": [{"op": "set", "key": "a/1", "data": 2}], "expect": {"a/1": None, "a/3": None}}
     status, _, raw = await txn(live, body, headers=AUTH)
     assert status == 409, raw
-    namespace = usage.snapshot()["namespaces"][0]
-    assert namespace["requests"]["last24h"] == 4  # a/1 once (written and expected), a/3
+    assert await stats_of_a(live) == (1, 4)  # a/1 once (written and expected), a/3
+
+
+def policy_with_admin() -> Policy:
+    """:func:`policy` and an ``adm`` token that may read ``?api=stats``."""
+    rules = [{"paths": ["a/*"], "rights": ["write", "read"]}, {"paths": ["d/*"], "rights": ["delete"]}]
+    return Policy.from_dict({
+        "tokens": [{"name": "w", "sha256": token_digest("tok"), "rules": rules},
+                   {"name": "adm", "sha256": token_digest("adm"), "rules": [{"paths": ["*"], "rights": ["admin"]}]}],
+        "anonymous": {"rules": [{"paths": ["a/*"], "rights": ["read"]}]},
+        "namespaces": [{"name": "a", "prefix": "a/"}],
+    })
+
+
+async def stats_of_a(live: Live) -> tuple[int, int]:
+    """Namespace ``a`` in ``?api=stats``: its objects and its requests of the last 24 h."""
+    async with live.http.get(f"{live.base}/?api=stats", headers={"Authorization": "Bearer adm"}) as resp:
+        assert resp.status == 200, await resp.read()
+        namespace = orjson.loads(await resp.read())["namespaces"][0]
+    return namespace["objects"], namespace["requests"]["last24h"]
 
 
 async def test_an_unknown_token_is_refused_before_the_body_is_read(make_live: LiveFactory) -> None:
