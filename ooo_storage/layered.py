@@ -1160,8 +1160,11 @@ class Layered:
             await self._gate.acquire_shared()
             try:
                 obj = self._build(key, raw, stamps, await self._read(key))
-                await self._store(key, obj)
-                return obj, self._publish(key, "set", obj)
+                cancelled = await self._store(key, obj)
+                waiter = self._publish(key, "set", obj)
+                if cancelled:  # the write landed: memory and watchers have it, now the caller stops
+                    raise asyncio.CancelledError()
+                return obj, waiter
             finally:
                 await self._gate.release_shared()
         finally:
@@ -1178,10 +1181,16 @@ class Layered:
             created, updated = old.created, now()
         return make_object(created, updated, key.rpartition("/")[2], key, raw)
 
-    async def _store(self, key: str, obj: Object) -> None:
+    async def _store(self, key: str, obj: Object) -> bool:
+        """Write ``obj`` to the layers; True when the writer was cancelled while the persistent
+        layer's write was in flight: that write goes on (a group commit, a worker thread), so it is
+        awaited to its end and applied to memory all the same; the caller raises afterwards."""
+        cancelled = False
         if self.embedded is not None:
             try:
-                await maybe_await(self.embedded.set(key, obj))
+                pending = self.embedded.set(key, obj)
+                if isinstance(pending, Awaitable):
+                    cancelled = await _finished(pending, "write")
             except StorageError:
                 raise
             except Exception as exc:
@@ -1190,6 +1199,7 @@ class Layered:
                 self._follow_revision()
         if self.memory is not None:
             self.memory.set(key, obj)
+        return cancelled
 
     async def delete(self, key: str) -> None:
         """Delete ``key`` (NotFound if missing) or every key matching a glob (never errors)."""
@@ -1847,7 +1857,7 @@ def _txn_events(changes: list[_Change], revision: int) -> list[Event]:
     ]
 
 
-async def _finished(pending: Awaitable[None]) -> bool:
+async def _finished(pending: Awaitable[None], what: str = "transaction") -> bool:
     """Await a layer's write to its end even if the waiting task is cancelled meanwhile (the
     write goes on, so what it writes must reach memory and the watchers too); returns whether
     the task was cancelled, for the caller to raise once it has done so."""
@@ -1859,7 +1869,7 @@ async def _finished(pending: Awaitable[None]) -> bool:
             return cancelled
         except asyncio.CancelledError:
             if fut.cancelled():
-                raise StorageUnavailable("storage: transaction failed: its write was cancelled") from None
+                raise StorageUnavailable(f"storage: {what} failed: its write was cancelled") from None
             cancelled = True
 
 

@@ -515,3 +515,30 @@ async def test_keys_without_events_leave_the_markers_right_for_each_observer(tmp
     assert [(e.key, e.txn, e.more) for e in loud] == [("a", 1, False)]
     assert [(e.key, e.txn, e.more) for e in every] == [("a", 2, True), ("quiet/1", 2, False)]
     await store.close()
+
+
+async def test_a_set_cancelled_while_its_durable_write_is_in_flight_still_reaches_memory(
+    tmp_path: Path,
+) -> None:
+    """The same for a plain durable ``set``: its group commit writes it whatever the caller does,
+    so memory and the watchers get it too (they missed it before: memory behind the disk, no
+    event) and only then is the caller cancelled."""
+    layer = LevelDBLayer(str(tmp_path / "db"), sync=True)
+    store = Layered(memory=MemoryLayer(), embedded=layer)
+    await store.start()
+    seen: list[Event] = []
+    store.on_commit(seen.append)
+    write = asyncio.ensure_future(store.set("a", 1))
+    while not layer._pending and layer._committer is None:  # until the write is handed over
+        await asyncio.sleep(0)
+    write.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await write
+    assert await _value(store, "a") == 1
+    assert [(e.key, e.operation) for e in seen] == [("a", "set")]
+    assert len(store._locks) == 0 and store._gate.idle
+    await store.close()
+    again = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(str(tmp_path / "db")))
+    await again.start()
+    assert await _value(again, "a") == 1
+    await again.close()
