@@ -1189,7 +1189,9 @@ class Layered:
         if self.embedded is not None:
             try:
                 pending = self.embedded.set(key, obj)
-                if isinstance(pending, Awaitable):
+                if self._followed:  # its write is handed to the writer at its turn: no detour
+                    await maybe_await(pending)
+                elif isinstance(pending, Awaitable):
                     cancelled = await _finished(pending, "write")
             except StorageError:
                 raise
