@@ -62,6 +62,8 @@ _KEY_METHODS: dict[str, _KeyHandler] = {
     "DELETE": rest.delete,
     "HEAD": rest.get,  # aiohttp sends the head of the response only
 }
+_KEY_ALLOW = ", ".join([*_KEY_METHODS, "OPTIONS"])
+_ROOT_ALLOW = "GET, HEAD, POST, OPTIONS"  # POST: ?api=txn and ?api=backup
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _HOST_CACHE = 256  # distinct (Host, local address) verdicts remembered; an attacker only churns it
 
@@ -270,7 +272,7 @@ class Server:
             if method == "POST" and request.query.get("api") == "txn":
                 return await txn.handle(ctx, request)
             if method != "GET":
-                return text_response(405, "ooo: method not allowed")
+                return _not_allowed(_ROOT_ALLOW)
             if wants_websocket(request):
                 return await streams.clock(ctx, request)
             return await explorer.root(ctx, request)
@@ -278,7 +280,7 @@ class Server:
             return self._own(key)
         handler = _KEY_METHODS.get(method)
         if handler is None:
-            return text_response(405, "ooo: method not allowed")
+            return _not_allowed(_KEY_ALLOW)
         if method == "GET" and wants_websocket(request):
             return await streams.subscribe(ctx, request, key)
         if method == "HEAD":
@@ -358,3 +360,10 @@ def create_app(store: Layered, **options: Any) -> web.Application:
 
 def server_of(app: web.Application) -> Server:
     return app[SERVER_KEY]
+
+
+def _not_allowed(allow: str) -> web.Response:
+    """A 405 names the methods the path takes (``Allow``, which RFC 9110 requires with a 405)."""
+    response = text_response(405, "ooo: method not allowed")
+    response.headers["Allow"] = allow
+    return response

@@ -148,8 +148,13 @@ async def test_delete(live: Live) -> None:
 
 
 async def test_methods(live: Live) -> None:
+    """A 405 says which methods the path takes (RFC 9110: ``Allow`` is required with a 405)."""
     for method in ["PUT", "TRACE", "PROPFIND"]:
-        assert (await live.request(method, "k"))[0] == 405, method
+        async with live.http.request(method, live.url("k")) as resp:
+            assert resp.status == 405, method
+            assert resp.headers["Allow"] == "GET, POST, PATCH, DELETE, HEAD, OPTIONS"
+    async with live.http.request("PUT", live.url("")) as resp:
+        assert resp.status == 405 and resp.headers["Allow"] == "GET, HEAD, POST, OPTIONS"
     assert (await live.request("POST", "", b"1"))[0] == 405
 
 
