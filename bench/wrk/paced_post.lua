@@ -1,0 +1,3 @@
+-- post.lua, paced (paced.lua): args[1] the mean pause in ms, args[2] the number of keys.
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "paced.lua")
+paced("post.lua")
