@@ -28,6 +28,7 @@ version a client saw before a restart never names a different state after it.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import random
@@ -68,6 +69,7 @@ from .errors import (
 from .journal import Journal, JournalOptions
 from .layers.base import (
     BatchWriter,
+    EventKeeper,
     Follower,
     Layer,
     PersistentLayer,
@@ -194,9 +196,14 @@ class HistoryOptions:
     (``max_bytes / files``) is not kept: replaying across it raises HistoryTrimmed.
 
     ``durable``: whether a write is acknowledged only once its event is on disk. None (the default)
-    follows the persistent layer: durable when its writes are awaited (``LevelDBLayer(sync=True)``,
-    where the event's fsync follows the write's in the same step); otherwise the events are
+    follows the persistent layer: durable when its writes are awaited; otherwise the events are
     written on the loop into the page cache in batches (1 MiB or 50 ms) and reach the disk later.
+    With ``LevelDBLayer(sync=True)`` (an :class:`~ooo_storage.layers.base.EventKeeper`) a durable
+    event goes into the write's own group commit (one fsync for both), and the journal, written as
+    without ``durable``, is fsynced every ``_TRIM_EVERY`` seconds, after which LevelDB's copies are
+    dropped; a start appends the copies the journal lacks. Other awaited layers (SOS, erasure)
+    fsync the journal after the write. One process at a time keeps a history directory (a lock
+    file in it).
     """
 
     directory: str | os.PathLike[str]
@@ -246,6 +253,11 @@ _MOVED = -1
 
 _STATE = "history.json"
 """Beside the journal: the revision reservation of the last run that kept history, and the floor."""
+_LOCK = "history.lock"
+"""Beside the journal: ``flock``ed by the process keeping the history (one writer per directory)."""
+_TRIM_EVERY = 1.0
+"""Seconds between two fsyncs of the journal after which the layer's copies are dropped (events
+kept by an :class:`EventKeeper` layer: that many seconds of writes at most)."""
 
 
 class _History:
@@ -259,10 +271,20 @@ class _History:
     after a restart, history then starts afresh.
     """
 
-    def __init__(self, options: HistoryOptions, durable: bool) -> None:
+    def __init__(
+        self, options: HistoryOptions, durable: bool, keeper: EventKeeper | None = None
+    ) -> None:
         self.options = options
         self.durable = durable
-        self.journal = Journal(options.directory, options.journal())
+        self.keeper = keeper
+        """The layer that keeps a durable copy of the events the journal has not fsynced yet."""
+        self._lock = _lock_directory(options.directory)
+        try:
+            self.journal = Journal(options.directory, options.journal())
+        except BaseException:
+            os.close(self._lock)
+            raise
+        self._trimmer: asyncio.Task[None] | None = None
         self.floor = 0
         self._state = self.journal.directory / _STATE
         self._reserved = 0
@@ -280,6 +302,8 @@ class _History:
         self._batch_bytes = min(_BATCH_BYTES, self._max_item, self.journal.options.max_file_size // 2)
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._trimmed = 0
+        """The layer's copies of the events up to this revision are dropped."""
 
     def open(self, saved_reservation: int, revision: int) -> int:
         """Decide the floor; returns the revision the store must continue above."""
@@ -298,7 +322,51 @@ class _History:
         self._loop = asyncio.get_running_loop()
         if self.options.max_age is not None:
             self._pruner = asyncio.get_running_loop().create_task(self._prune(self.options.max_age))
+        if self.keeper is not None and self.keeper.keeps_events:
+            self._trimmer = self._loop.create_task(self._trim_every(_TRIM_EVERY))
         return revision
+
+    async def restore(self) -> None:
+        """Before :meth:`open`: append the events the layer kept that the journal lacks (a crash
+        came before the journal's fsync), in revision order, fsync them, then drop the copies."""
+        keeper = self.keeper
+        if keeper is None:
+            return
+        kept = keeper.kept_events()
+        if not kept:
+            return
+        last = self.journal.log.last_tag
+        missing = [(revision, _BATCH_MAGIC + frames) for revision, frames in kept if revision > last]
+        if missing:
+            self.journal.append_tagged_nowait(*missing)
+            await self.journal.flush()
+            log.info("history: %d events restored from the persistent layer", len(missing))
+        await keeper.drop_events(kept[-1][0])
+
+    async def _trim_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            await self.trim()
+
+    async def trim(self) -> None:
+        """Fsync the journal (in its thread), then drop the layer's copies of what it holds: the
+        durable copy of a recent event lives in the layer only until the journal's is on disk."""
+        keeper = self.keeper
+        self.write()
+        upto = self._last
+        if keeper is None or upto <= self._trimmed:
+            return
+        try:
+            await self.journal.flush()
+            await keeper.drop_events(upto)
+        except Exception as exc:  # kept in the layer: the next trim (or start) tries again
+            log.error("history: can't trim the events kept by the persistent layer: %s", exc)
+            return
+        self._trimmed = upto
+
+    def abandon(self) -> None:
+        """A start that failed after this opened: release the directory's lock."""
+        os.close(self._lock)
 
     def reserved(self, reservation: int) -> None:
         """The store reserved revisions up to ``reservation`` in its persistent layer."""
@@ -331,22 +399,7 @@ class _History:
         afresh anyway.
         ``part``: (events of its transaction, its position among them) for a transaction's event;
         the events of one transaction are recorded in one step and never split between batches."""
-        if (
-            part[0] or op != "set" or obj is None or obj.path is not key
-            or (self.moving and key in self.moving)
-        ):
-            size, frame = self._rare_frame(key, op, obj, revision, part)
-        else:  # a plain set, built by this store: the hot path (``_SET``, no JSON)
-            data = obj.data
-            size = _SET.size + len(key) + len(data)
-            try:
-                frame = (
-                    _pack_set(size - 4, _SET_MAGIC, revision, obj.created, obj.updated, len(key)),
-                    key.encode(),
-                    data,
-                )
-            except struct.error:  # stamps beyond 64 bits (set_with_meta): a JSON head
-                size, frame = self._rare_frame(key, op, obj, revision, part)
+        size, frame = self._frame(key, op, obj, revision, part)
         if not size:
             return
         pending = self._pending_bytes + size + 1  # and the batch's first byte
@@ -362,6 +415,32 @@ class _History:
         if self._timer is None:
             loop = cast(asyncio.AbstractEventLoop, self._loop)
             self._timer = loop.call_later(_BATCH_DELAY, self._timed_write)
+
+    def _frame(
+        self, key: str, op: str, obj: Object | None, revision: int, part: tuple[int, int]
+    ) -> tuple[int, tuple[bytes, ...]]:
+        """An event's frame in a batch: its size (u32 length included) and its parts; (0, ()) if
+        it cannot be framed (the event is then lost, not the write)."""
+        if (
+            part[0] or op != "set" or obj is None or obj.path is not key
+            or (self.moving and key in self.moving)
+        ):
+            return self._rare_frame(key, op, obj, revision, part)
+        data = obj.data  # a plain set, built by this store: the hot path (``_SET``, no JSON)
+        size = _SET.size + len(key) + len(data)
+        try:
+            head = _pack_set(size - 4, _SET_MAGIC, revision, obj.created, obj.updated, len(key))
+        except struct.error:  # stamps beyond 64 bits (set_with_meta): a JSON head
+            return self._rare_frame(key, op, obj, revision, part)
+        return size, (head, key.encode(), data)
+
+    def frame(
+        self, key: str, op: str, obj: Object | None, revision: int, part: tuple[int, int] = (0, 0)
+    ) -> bytes:
+        """The event as :meth:`record` frames it into a batch, for the layer's durable copy
+        (empty if the journal could not keep it: :meth:`record` says why when it is recorded)."""
+        size, parts = self._frame(key, op, obj, revision, part)
+        return b"".join(parts) if size and size + 1 <= self._batch_bytes else b""
 
     def _rare_frame(
         self, key: str, op: str, obj: Object | None, revision: int, part: tuple[int, int]
@@ -459,12 +538,37 @@ class _History:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._pruner is not None:
-            self._pruner.cancel()
-            await asyncio.gather(self._pruner, return_exceptions=True)
+        for task in (self._pruner, self._trimmer):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         self.write()
-        await self.journal.close()
+        try:
+            await self.journal.close()
+            if self.keeper is not None and self._last > self._trimmed:
+                await self.keeper.drop_events(self._last)  # the journal's close fsynced them
+        finally:
+            os.close(self._lock)  # releases the directory's flock
         self._save(clean=True)
+
+
+def _lock_directory(directory: str | os.PathLike[str]) -> int:
+    """Take the history directory's lock (a descriptor holding an exclusive ``flock``): two
+    processes appending to one journal would tear each other's entries."""
+    os.makedirs(directory, exist_ok=True)
+    fd = os.open(os.path.join(directory, _LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StorageUnavailable(
+            f"storage: history directory {os.fspath(directory)} is in use by another process "
+            "(stop it, or give this one a --history-dir of its own)"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _decode_item(item: bytes) -> Iterator[Event]:
@@ -562,6 +666,15 @@ class Layered:
             # A durable history waits for the journal's fsync after the write: the awaited path.
             self._sync = self._sync and not self._history_durable
         self._sync_layer = cast(SyncLayer, embedded) if self._sync else None
+        # A layer that keeps the events' durable copies (LevelDB sync, issue 11): read at start
+        # in any mode; with a durable history, each write's event joins the write's group commit.
+        events = embedded if history is not None and isinstance(embedded, EventKeeper) else None
+        self._events_layer: EventKeeper | None = events
+        keeps = events is not None and self._history_durable and events.keeps_events
+        self._keeper: EventKeeper | None = events if keeps else None
+        self._assigned = 0
+        """With ``_keeper``: the last revision given to a write in flight (published when its group
+        commit is durable, in revision order)."""
         self._keeps_revision = isinstance(embedded, RevisionKeeper)
         # Transactions need an all-or-nothing batch (checked once: a Protocol isinstance is slow),
         # and a layer no other writer shares: their expectations are checked against this mirror.
@@ -660,14 +773,20 @@ class Layered:
         self._loop = asyncio.get_running_loop()
         self._first = _NOBODY
         self._active = True
+        if self._shared is not None:  # before follow: the tail may meet a transaction at once
+            self._shared.follow_txns(self.apply_remote_txn)
         if isinstance(self.embedded, Follower):
             self.embedded.follow(self.apply_remote)
 
     async def _open_history(self, options: HistoryOptions, saved: int) -> None:
+        history = None
         try:
-            history = _History(options, self._history_durable)
+            history = _History(options, self._history_durable, self._events_layer)
+            await history.restore()
             self._revision = history.open(saved, self._revision)
         except BaseException as exc:
+            if history is not None:
+                history.abandon()
             if self.embedded is not None:
                 await maybe_await(self.embedded.close())
             if self.memory is not None:
@@ -1160,6 +1279,11 @@ class Layered:
             await self._gate.acquire_shared()
             try:
                 obj = self._build(key, raw, stamps, await self._read(key))
+                if self._keeper is not None:  # the event in the write's own durable step
+                    waiter, cancelled = await self._kept([(key, obj)], [], key, "set", obj)
+                    if cancelled:
+                        raise asyncio.CancelledError()
+                    return obj, waiter
                 cancelled = await self._store(key, obj)
                 waiter = self._publish(key, "set", obj)
                 if cancelled:  # the write landed: memory and watchers have it, now the caller stops
@@ -1180,6 +1304,58 @@ class Layered:
         else:
             created, updated = old.created, now()
         return make_object(created, updated, key.rpartition("/")[2], key, raw)
+
+    async def _kept(
+        self,
+        sets: list[tuple[str, Object]],
+        deletes: list[str],
+        key: str,
+        op: Operation,
+        obj: Object | None,
+        broadcast: bool = True,
+    ) -> tuple[asyncio.Future[None] | None, bool]:
+        """A write with its event in the same durable step (``_keeper``, see
+        :class:`~ooo_storage.layers.base.EventKeeper`): the revision is given now, as the write
+        joins the group commit; once the group is durable the layer calls back, in revision order,
+        and memory and the watchers get the write there (also when the writer was cancelled
+        meanwhile). Returns the event queue's wait and whether the writer was cancelled (it raises
+        once done); a failed group skips the revision: no event, nothing in memory."""
+        revision = self._assign()
+        event = self._event(key, op, obj, revision, broadcast)
+        waiter: list[asyncio.Future[None] | None] = [None]
+        memory = self.memory
+
+        def durable() -> None:
+            if memory is not None:
+                memory.apply_many(sets, deletes)
+            self._revision = revision - 1  # _publish adds one
+            waiter[0] = self._publish(key, op, obj, broadcast)
+
+        keeper = cast(EventKeeper, self._keeper)
+        try:
+            cancelled = await _finished(keeper.write_with_event(sets, deletes, event, durable), "write")
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageUnavailable(f"storage: write failed: {exc}") from exc
+        return waiter[0], cancelled
+
+    def _assign(self) -> int:
+        """The next revision, for a write joining a group commit (reserved before it is used)."""
+        revision = self._assigned = max(self._assigned, self._revision) + 1
+        if revision >= self._reserved:
+            self._reserve()
+        return revision
+
+    def _event(
+        self, key: str, op: Operation, obj: Object | None, revision: int, broadcast: bool
+    ) -> tuple[int, bytes] | None:
+        """The durable copy of the event ``_publish`` will record (None if it records none)."""
+        history = self._history
+        if history is None or not broadcast or (self._no_broadcast and self._quiet(key)):
+            return None
+        frame = history.frame(key, op, obj, revision)
+        return (revision, frame) if frame else None
 
     async def _store(self, key: str, obj: Object) -> bool:
         """Write ``obj`` to the layers; True when the writer was cancelled while the persistent
@@ -1216,6 +1392,9 @@ class Layered:
         if "*" in key:
             await self._delete_glob(key, broadcast)
             return
+        if self._keeper is not None:
+            await self._delete_kept(key, broadcast)
+            return
         async with self._locks.hold(key):
             await self._gate.acquire_shared()
             try:
@@ -1233,7 +1412,53 @@ class Layered:
             await self._history_flush()
         await self._finish(key, waiter)
 
+    async def _delete_kept(self, key: str, broadcast: bool) -> None:
+        """``_delete`` with the event in the delete's own durable step (see :meth:`_kept`)."""
+        async with self._locks.hold(key):
+            await self._gate.acquire_shared()
+            try:
+                old = await self._read(key)
+                if old is None:
+                    raise NotFound()
+                waiter, cancelled = await self._kept([], [key], key, "del", old, broadcast)
+            finally:
+                await self._gate.release_shared()
+        if cancelled:
+            raise asyncio.CancelledError()
+        await self._finish(key, waiter)
+
+    async def _delete_glob_kept(self, pattern: str, broadcast: bool) -> None:
+        """``_delete_glob`` with the event in the delete's own durable step (see :meth:`_kept`):
+        the keys it removes are listed first (the store is gated exclusively: nothing moves)."""
+        await self._gate.acquire_exclusive()
+        try:
+            doomed = await self._doomed(pattern)
+            if not doomed:
+                return
+            if broadcast and self._chan is not None:
+                # Barrier: earlier events of matching keys reach watchers before this one.
+                await self._drain()
+            waiter, cancelled = await self._kept([], doomed, pattern, "del", None, broadcast)
+        finally:
+            await self._gate.release_exclusive()
+        if cancelled:
+            raise asyncio.CancelledError()
+        await self._finish(pattern, waiter)
+
+    async def _doomed(self, pattern: str) -> list[str]:
+        """The keys matching ``pattern`` (from memory, else from the persistent layer)."""
+        if self.memory is not None:
+            return list(self.memory.matching_keys(pattern))
+        try:
+            objs = await maybe_await(self._persistent().get_list(pattern))
+        except Exception as exc:
+            raise _unavailable(exc, "storage: read failed") from exc
+        return [obj.path for obj in objs]
+
     async def _delete_glob(self, pattern: str, broadcast: bool) -> None:
+        if self._keeper is not None:
+            await self._delete_glob_kept(pattern, broadcast)
+            return
         await self._gate.acquire_exclusive()
         try:
             self._settle()
@@ -1251,9 +1476,10 @@ class Layered:
         await self._finish(pattern, waiter)
 
     async def _history_flush(self) -> None:
-        """Wait until the events recorded so far are durable (one fsync shared by the writers)."""
+        """Wait until the events recorded so far are durable (one fsync shared by the writers;
+        none with ``_keeper``: the layer's group commit made them durable with the write)."""
         history = self._history
-        if history is not None:
+        if history is not None and self._keeper is None:
             await history.flush()
 
     async def _drain(self) -> None:
@@ -1324,7 +1550,7 @@ class Layered:
         raise HistoryTrimmed, which makes a resuming client take a snapshot."""
         if self._history is None:
             return
-        self._revision += 1
+        self._revision = max(self._revision, self._assigned) + 1  # above any skipped revision
         if self._revision >= self._reserved:
             self._reserve()
         self._history.cut(self._revision)
@@ -1520,6 +1746,8 @@ class Layered:
         sets, deletes, changes, indexes = self._txn_build(plan, payloads, current, doomed)
         if not changes:
             return Committed(self._revision, indexes), [], False
+        if self._keeper is not None:
+            return await self._txn_kept(sets, deletes, changes, indexes)
         cancelled = False
         if writer is not None:
             try:
@@ -1532,6 +1760,52 @@ class Layered:
             self.memory.apply_many(sets, deletes)
         revision, waiters = self._publish_txn(changes)
         return Committed(revision, indexes), waiters, cancelled
+
+    async def _txn_kept(
+        self,
+        sets: list[tuple[str, Object]],
+        deletes: list[str],
+        changes: list[_Change],
+        indexes: list[str],
+    ) -> tuple[Committed, list[tuple[str, asyncio.Future[None] | None]], bool]:
+        """``_txn_apply``'s write with its events in the same durable step (see :meth:`_kept`):
+        one revision, given as the transaction joins the group commit, for all its events."""
+        revision = self._assign()
+        event = self._txn_event(changes, revision)
+        done: list[tuple[int, list[tuple[str, asyncio.Future[None] | None]]]] = []
+        memory = self.memory
+
+        def durable() -> None:
+            if memory is not None:
+                memory.apply_many(sets, deletes)
+            self._revision = revision - 1  # _publish_txn adds one
+            done.append(self._publish_txn(changes))
+
+        keeper = cast(EventKeeper, self._keeper)
+        try:
+            cancelled = await _finished(keeper.write_with_event(sets, deletes, event, durable))
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise _unavailable(exc, "storage: transaction failed") from exc
+        published, waiters = done[0] if done else (revision, [])
+        return Committed(published, indexes), waiters, cancelled
+
+    def _txn_event(self, changes: list[_Change], revision: int) -> tuple[int, bytes] | None:
+        """The durable copy of the events ``_publish_txn`` will record: their frames, in order."""
+        history = self._history
+        if history is None:
+            return None
+        loud = self._loud(changes)
+        frame = b"".join(
+            history.frame(key, op, obj, revision, (len(loud), i)) for i, (key, op, obj) in enumerate(loud)
+        )
+        return (revision, frame) if frame else None
+
+    def _loud(self, changes: list[_Change]) -> list[_Change]:
+        """The changes of a transaction that emit an event (not ``no_broadcast_keys``)."""
+        quiet = self._no_broadcast
+        return [c for c in changes if not (quiet and self._quiet(c[0]))] if quiet else changes
 
     def _txn_build(
         self,
@@ -1584,8 +1858,7 @@ class Layered:
         if self._revision >= self._reserved:
             self._reserve()
         revision = self._revision
-        quiet = self._no_broadcast
-        loud = [c for c in changes if not (quiet and self._quiet(c[0]))] if quiet else changes
+        loud = self._loud(changes)
         history = self._history
         if history is not None:
             for i, (key, op, obj) in enumerate(loud):

@@ -184,13 +184,37 @@ async def test_without_a_history_since_is_a_clear_error_and_events_are_unchanged
     assert not (tmp_path / "history").exists()
 
 
-async def test_durable_history_is_fsynced_before_the_write_returns(tmp_path: Path) -> None:
+async def test_durable_history_is_durable_before_the_write_returns(tmp_path: Path) -> None:
+    """LevelDB sync: every acknowledged write's event is in LevelDB (its group commit) or in the
+    fsynced journal; the journal itself is not fsynced per write (issue 11)."""
     store = _store(tmp_path, sync=True)
     await store.start()
     assert store._history is not None
     journal = store._history.journal
+    told: list[Event] = []
+    store.on_commit(told.append)
     before = journal.commits
     await asyncio.gather(*(store.set(f"d/{i}", i) for i in range(32)))
+    await store.delete("d/0")
+    layer = store.embedded
+    assert isinstance(layer, LevelDBLayer)
+    kept = {revision for revision, _ in layer.kept_events()}
+    assert {e.revision for e in told} <= kept
+    assert journal.commits == before  # no fsync of its own: LevelDB's group commit made them durable
+    await store.close()
+
+
+async def test_a_durable_history_on_another_awaited_layer_fsyncs_the_journal(tmp_path: Path) -> None:
+    """SOS (an awaited layer without a group commit to share): the journal is fsynced after the
+    write, before it returns, as before."""
+    from ooo_storage.layers import SOSLayer
+
+    store = Layered(MemoryLayer(), SOSLayer(str(tmp_path / "sos")), HistoryOptions(tmp_path / "history"))
+    await store.start()
+    assert store._history is not None
+    journal = store._history.journal
+    before = journal.commits
+    await asyncio.gather(*(store.set(f"d/{i}", i) for i in range(8)))
     assert journal.commits > before  # the event's fsync, shared by the writers
     assert not journal.log._dirty  # nothing written is waiting for the disk
     await store.delete("d/0")

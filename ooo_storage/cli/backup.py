@@ -170,12 +170,13 @@ def _open_layer(path: str, create: bool) -> Any:
 
 
 def _export_data(path: str, pattern: str | None, progress: Progress) -> None:
+    from ..layers.leveldb import user_iterator
     from ..protocol.objects import load_object
 
     layer = _open_layer(path, create=False)
     try:
         prefix = keys.glob_prefix(pattern).encode() if pattern else b""
-        for raw_key, raw in layer.db.iterator(prefix=prefix):
+        for raw_key, raw in user_iterator(layer.db, prefix):
             key = raw_key.decode()
             if pattern is not None and not keys.match(pattern, key):
                 continue
@@ -297,9 +298,10 @@ def parse_line(line: bytes) -> tuple[str, bytes, int, int]:
 
 async def _import_into(path: str, stream: IO[bytes], merge: bool, progress: Progress, name: str) -> None:
     from ..layered import Layered
+    from ..layers.leveldb import user_iterator
 
     layer = _open_layer(path, create=True)
-    if not merge and next(iter(layer.db.iterator(include_value=False)), None) is not None:
+    if not merge and next(user_iterator(layer.db, include_value=False), None) is not None:
         layer.close()
         raise _Failed(f"{path} already holds keys: give an empty or new --data DIR, or --merge to "
                       "replace the keys the dump holds")

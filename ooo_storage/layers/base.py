@@ -31,7 +31,7 @@ Conventions shared by every layer:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol, TypeAlias, runtime_checkable
 
 from .._utils import MaybeAwaitable
@@ -39,7 +39,7 @@ from ..protocol.objects import Object
 
 __all__ = [
     "SyncLayer", "AsyncLayer", "Layer", "PersistentLayer", "RawLoader", "RevisionKeeper", "BatchWriter",
-    "Follower", "RemoteApply", "TxnWriter", "SharedOrder",
+    "Follower", "RemoteApply", "RemoteTxnApply", "TxnWriter", "SharedOrder", "EventKeeper",
 ]
 
 
@@ -149,6 +149,34 @@ class TxnWriter(Protocol):
     ) -> MaybeAwaitable[None]: ...
 
 
+@runtime_checkable
+class EventKeeper(Protocol):
+    """Optional, for a layer whose durable writes share a group commit (LevelDB ``sync=True``):
+    with ``keeps_events`` true, a durable event history writes each write's event into the write's
+    own durable step instead of fsyncing a journal after it (issue 11).
+
+    ``write_with_event(sets, deletes, event, on_durable)`` is ``TxnWriter.apply_many`` plus the
+    event (revision, bytes) under a reserved key that no listing shows, all or none; once durable
+    it calls ``on_durable()`` synchronously, in the order the writes joined (their revision
+    order), then resolves. ``kept_events()`` lists the kept events (revision order) and
+    ``drop_events(upto)`` deletes those up to ``upto`` once the history has them on disk.
+    ``Layered`` checks this once, when it is built."""
+
+    keeps_events: bool
+
+    def write_with_event(
+        self,
+        sets: Sequence[tuple[str, Object]],
+        deletes: Sequence[str],
+        event: tuple[int, bytes] | None,
+        on_durable: Callable[[], None],
+    ) -> Awaitable[None]: ...
+
+    def kept_events(self) -> list[tuple[int, bytes]]: ...
+
+    def drop_events(self, upto: int) -> Awaitable[None]: ...
+
+
 class RemoteApply(Protocol):
     """``Layered.apply_remote(key, obj_or_None, revision_or_None, broadcast=True)``: see
     :class:`Follower`. ``broadcast`` False: a delete its writer made without an event
@@ -157,6 +185,14 @@ class RemoteApply(Protocol):
     def __call__(
         self, key: str, obj: Object | None, revision: int | None = None, broadcast: bool = True
     ) -> object: ...
+
+
+class RemoteTxnApply(Protocol):
+    """``Layered.apply_remote_txn(ops, revision)``: a transaction another writer committed, applied
+    as one unit (see :class:`SharedOrder`). ``ops`` are the ops that changed something, in op
+    order: ``(key, obj)`` for a set, ``(key_or_glob, None)`` for a delete."""
+
+    def __call__(self, ops: Sequence[tuple[str, Object | None]], revision: int) -> object: ...
 
 
 @runtime_checkable
@@ -193,3 +229,28 @@ class SharedOrder(Follower, Protocol):
     def lock(self, key: str) -> Awaitable[None]: ...
 
     def unlock(self, key: str) -> Awaitable[None]: ...
+
+    def catch_up(self) -> Awaitable[None]:
+        """Returns once this writer has applied every write committed before the call."""
+        ...
+
+    def follow_txns(self, apply: RemoteTxnApply) -> None:
+        """Transactions of other writers reach ``apply`` (one call each, in the shared order)."""
+        ...
+
+    def apply_txn(
+        self,
+        seen: Mapping[str, int | None],
+        ops: Sequence[tuple[str, Object | None]],
+        deadline: float,
+        timeout: float,
+    ) -> Awaitable[Sequence[tuple[str, Object | None]] | None]:
+        """Commit a transaction as one step for every writer, if each key of ``seen`` still has
+        the version the caller's view gave it (None: missing) and no other writer holds its
+        lock (it waits for those up to ``deadline``, ``time.monotonic()``, then raises
+        TransactionTimeout naming them, ``timeout`` in its message). Returns the ops that changed
+        something once the transaction's turn has come (its revision in :attr:`last_revision`:
+        the caller applies and publishes them in that step; none changed: empty, no revision),
+        or None when the caller's view was behind: the layer has caught up by then, and the
+        caller checks again on its fresh view and calls again."""
+        ...

@@ -8,7 +8,12 @@ the pending group and waits; one committer writes the whole group as one ``Write
 dedicated thread, so many concurrent writers share one fsync and the event loop never blocks on disk.
 A write is acknowledged only once its batch is durable; a failed batch fails every write in it.
 
-Keys are the UTF-8 key bytes; values are the exact object JSON.
+Keys are the UTF-8 key bytes; values are the exact object JSON. Keys starting with ``\xff`` (a
+byte UTF-8 never holds, so no user key sorts there) are reserved: with ``sync=True`` and a durable
+event history, ``Layered`` writes each write's event under :data:`EVENTS` in the write's own
+group commit (:meth:`LevelDBLayer.write_with_event`), so one fsync makes both durable; the history
+journal trims them once it has fsynced them itself. Every listing stops before that space
+(:func:`user_iterator`).
 
 After a failed write (a full disk, an I/O error) the database is not trusted until it has been
 reopened: LevelDB may have left a torn record at the end of its log, and on the next open its
@@ -29,8 +34,9 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
 
 import plyvel  # type: ignore[import-untyped]  # plyvel ships no type information
 
@@ -45,6 +51,30 @@ log = logging.getLogger("ooo_storage.leveldb")
 
 Ops = list[tuple[bytes, bytes | None]]
 """Writes of one call: (key, value) puts and (key, None) deletes, applied in order."""
+Durable = Callable[[], None] | None
+"""Called synchronously, in join order, once a write's group commit is durable (see
+:meth:`LevelDBLayer.write_with_event`)."""
+_Pending = tuple[Ops, "asyncio.Future[None]", Durable]
+
+RESERVED = b"\xff"
+"""Keys from here on are not user keys (``\xff`` never occurs in UTF-8)."""
+EVENTS = b"\xff\xffev"
+"""Prefix of the event history's durable copy: ``EVENTS`` + the revision as 8 big-endian bytes."""
+
+
+def event_key(revision: int) -> bytes:
+    """The reserved key of the event (or transaction's events) with ``revision``."""
+    return EVENTS + revision.to_bytes(8, "big")
+
+
+def user_iterator(
+    source: plyvel.DB | plyvel.Snapshot, prefix: bytes = b"", include_value: bool = True
+) -> Iterator[Any]:
+    """Iterate the user keys starting with ``prefix`` (a UTF-8 prefix), never the reserved ones:
+    a non-empty prefix cannot start with ``\xff``; an empty one stops before :data:`RESERVED`."""
+    if prefix:
+        return cast(Iterator[Any], source.iterator(prefix=prefix, include_value=include_value))
+    return cast(Iterator[Any], source.iterator(stop=RESERVED, include_value=include_value))
 
 _UNKNOWN = b"\x00unknown"  # a failed write's key whose previous value could not be read
 _RETRY_MIN = 0.05
@@ -93,7 +123,7 @@ class LevelDBLayer:
         self._low_space = False
         self._db: plyvel.DB | None = None
         # group commit state (sync mode only)
-        self._pending: list[tuple[Ops, asyncio.Future[None]]] = []
+        self._pending: list[_Pending] = []
         self._committer: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.commits = 0
@@ -443,13 +473,13 @@ class LevelDBLayer:
         return [load_object(key, raw) for key, raw in self._matching(pattern, True)]
 
     def keys(self) -> list[str]:
-        return [k.decode() for k in self.db.iterator(include_value=False)]
+        return [k.decode() for k in user_iterator(self.db, include_value=False)]
 
     def load(self) -> dict[str, Object]:
         return {key: load_object(key, v) for key, v in self.load_raw().items()}
 
     def load_raw(self) -> dict[str, bytes]:
-        return {k.decode(): v for k, v in self.db.iterator()}
+        return {k.decode(): v for k, v in user_iterator(self.db)}
 
     # -- backup --------------------------------------------------------------------------------
     def backup(self, target: str | os.PathLike[str]) -> Awaitable[int]:
@@ -472,12 +502,12 @@ class LevelDBLayer:
     def _matching(self, pattern: str, values: bool) -> Iterable[tuple[str, bytes]]:
         prefix = glob_prefix(pattern).encode()
         if values:
-            for k, v in self.db.iterator(prefix=prefix):
+            for k, v in user_iterator(self.db, prefix):
                 key = k.decode()
                 if match(pattern, key):
                     yield key, v
         else:
-            for k in self.db.iterator(prefix=prefix, include_value=False):
+            for k in user_iterator(self.db, prefix, include_value=False):
                 key = k.decode()
                 if match(pattern, key):
                     yield key, b""
@@ -518,6 +548,56 @@ class LevelDBLayer:
         self._apply(ops, "storage: write failed", bool(sets))
         return None
 
+    @property
+    def keeps_events(self) -> bool:
+        """Whether :meth:`write_with_event` may be used: with ``sync`` (a group commit to share)."""
+        return self.sync
+
+    def write_with_event(
+        self,
+        sets: Sequence[tuple[str, Object]],
+        deletes: Sequence[str],
+        event: tuple[int, bytes] | None,
+        on_durable: Callable[[], None],
+    ) -> asyncio.Future[None]:
+        """Write ``sets``, delete the keys ``deletes`` and put ``event`` (revision, the history's
+        framed bytes) under its reserved key, all in the next group commit (sync mode: one
+        ``WriteBatch(sync=True)``, all or none): a durable history costs no fsync of its own.
+        Once the group is durable ``on_durable()`` is called, synchronously and in join order
+        with the other writes' callbacks, then the future resolves; on failure neither (the
+        future raises). See :class:`~ooo_storage.layers.base.EventKeeper`."""
+        if not self.sync:
+            raise TypeError("write_with_event needs sync=True (a group commit to join)")
+        ops: Ops = [(key.encode(), obj.to_json()) for key, obj in sets]
+        ops += [(key.encode(), None) for key in deletes]
+        if event is not None:
+            ops.append((event_key(event[0]), event[1]))
+        return self._commit(ops, on_durable)
+
+    def kept_events(self) -> list[tuple[int, bytes]]:
+        """The events written by :meth:`write_with_event` and not yet dropped: (revision, bytes),
+        in revision order."""
+        start = len(EVENTS)
+        return [(int.from_bytes(k[start:], "big"), v) for k, v in self.db.iterator(prefix=EVENTS)]
+
+    async def drop_events(self, upto: int) -> None:
+        """Delete the kept events up to revision ``upto`` (the history journal has them on disk),
+        in one batch without fsync, in the commit thread (so the next group's fsync covers it)."""
+        if self._failure is not None or self._db is None:
+            return  # a reopen is pending: they are dropped next time, or at the next start
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="ooo-leveldb-commit")
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._drop_events, upto)
+
+    def _drop_events(self, upto: int) -> None:
+        db = self.db
+        try:
+            with db.write_batch() as batch:
+                for k in db.iterator(start=EVENTS, stop=event_key(upto + 1), include_value=False):
+                    batch.delete(k)
+        except plyvel.Error as exc:  # kept: the next start drops them (the journal has them)
+            log.warning("%s: can't drop the history's events up to %d: %s", self.path, upto, exc)
+
     def delete(self, key_or_glob: str) -> int | Awaitable[int]:
         db = self.db
         if has_glob(key_or_glob):
@@ -532,7 +612,7 @@ class LevelDBLayer:
         return len(doomed)
 
     def clear(self) -> Awaitable[int] | None:
-        ops: Ops = [(k, None) for k in self.db.iterator(include_value=False)]
+        ops: Ops = [(k, None) for k in user_iterator(self.db, include_value=False)]
         if self.sync:
             return self._commit_count(ops)
         self._apply(ops, "storage: clear failed")
@@ -572,11 +652,12 @@ class LevelDBLayer:
             await self._commit(ops)
         return len(ops)
 
-    def _commit(self, ops: Ops) -> asyncio.Future[None]:
-        """Join the pending group; the future resolves once the group is durable."""
+    def _commit(self, ops: Ops, on_durable: Durable = None) -> asyncio.Future[None]:
+        """Join the pending group; the future resolves once the group is durable (after
+        ``on_durable`` was called)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self._pending.append((ops, fut))
+        self._pending.append((ops, fut, on_durable))
         if self._committer is None or self._committer.done():
             self._committer = loop.create_task(self._run_commits())
         return fut
@@ -600,22 +681,35 @@ class LevelDBLayer:
                         continue
                 await loop.run_in_executor(self._executor, self._write_group, group)
                 if self._low_space:
-                    ops = [op for ops, _ in group for op in ops]
+                    ops = [op for ops, _, _ in group for op in ops]
                     await loop.run_in_executor(self._executor, self._reclaim, self.db, ops)
             except Exception as exc:
                 if isinstance(exc, StorageUnavailable):
                     error = exc
                 else:
-                    ops = [op for ops, _ in group for op in ops]
+                    ops = [op for ops, _, _ in group for op in ops]
                     error = self._failed(ops, exc, "storage: durable write failed")
-                for _, fut in group:
+                for _, fut, _ in group:
                     if not fut.done():
                         fut.set_exception(error)
             else:
                 self._count_group(len(group))
-                for _, fut in group:
-                    if not fut.done():
-                        fut.set_result(None)
+                self._durable(group)
+
+    @staticmethod
+    def _durable(group: list[_Pending]) -> None:
+        """A group is durable: its callbacks first, all in join order (memory and watchers get the
+        writes in the order of their revisions, whoever awaits them, cancelled or not), then its
+        writers."""
+        for _, _, on_durable in group:
+            if on_durable is not None:
+                try:
+                    on_durable()
+                except Exception:
+                    log.exception("a durable write's callback failed")
+        for _, fut, _ in group:
+            if not fut.done():
+                fut.set_result(None)
 
     def _count_group(self, size: int) -> None:
         """One durable group of ``size`` writes committed: bucket ``le`` the power of two that
@@ -624,27 +718,27 @@ class LevelDBLayer:
         self.group_writes += size
         self.group_sizes[min((size - 1).bit_length(), len(self.GROUP_BOUNDS))] += 1
 
-    def _without_growth(
-        self, group: list[tuple[Ops, asyncio.Future[None]]]
-    ) -> list[tuple[Ops, asyncio.Future[None]]]:
-        """The writes of ``group`` that may go while the reserve is spent: deletes always, the
-        others only if there is room again (they fail with NoSpace otherwise)."""
+    def _without_growth(self, group: list[_Pending]) -> list[_Pending]:
+        """The writes of ``group`` that may go while the reserve is spent: deletes always (with
+        their event, trimmed soon after), the others only if there is room again (they fail with
+        NoSpace otherwise)."""
         try:
             self._room_to_grow()
             return group
         except NoSpace as refusal:
             kept = []
-            for ops, fut in group:
-                if all(v is None for _, v in ops):
-                    kept.append((ops, fut))
+            for pending in group:
+                ops, fut, _ = pending
+                if all(v is None or k[:1] == RESERVED for k, v in ops):
+                    kept.append(pending)
                 elif not fut.done():
                     fut.set_exception(refusal)
             return kept
 
-    def _write_group(self, group: list[tuple[Ops, asyncio.Future[None]]]) -> None:
+    def _write_group(self, group: list[_Pending]) -> None:
         # Runs in the commit thread; plyvel releases the GIL while LevelDB writes and syncs.
         with self.db.write_batch(sync=True) as batch:
-            for ops, _ in group:
+            for ops, _, _ in group:
                 for k, v in ops:
                     if v is None:
                         batch.delete(k)
@@ -666,7 +760,7 @@ def _copy_snapshot(snapshot: plyvel.Snapshot, target: str, reserved: int) -> int
         copy = plyvel.DB(target, create_if_missing=True, error_if_exists=True)
         try:
             batch, size = copy.write_batch(sync=True), 0
-            for key, value in snapshot.iterator():
+            for key, value in user_iterator(snapshot):
                 batch.put(key, value)
                 count, size = count + 1, size + len(key) + len(value)
                 if size >= _BACKUP_BATCH:

@@ -67,6 +67,8 @@ _SLOTS = 1024
 _BATCH = 1000
 """Stream entries read per ``XREAD``."""
 _BLOCK_MS = 1000
+_SET_BATCH = 256
+"""Sets per script at most: a longer script would hold Redis (one thread) from the other nodes."""
 
 # KEYS: data, keys, rev, log. Every write script appends one entry whose id is its revision.
 # A silent delete (``delete_silent``) has a field 'q' '1': the other nodes apply it without an event.
@@ -616,15 +618,16 @@ class RedisLayer:
         self.last_revision = revision
 
     async def set(self, key: str, obj: Object) -> None:
-        """Queue the set for this loop iteration's script (one round trip and one socket write for
-        the sets of every writer of the iteration, as LevelDB's write batch), then its turn."""
+        """Queue the set for the next set script (one round trip and one socket write for the sets
+        of every writer that came meanwhile, as LevelDB's write batch), then its turn."""
         raw = obj.to_json()
         waited = _Waiting(key, self.lock_ttl)
         while True:
             loop = asyncio.get_running_loop()
             if self._batch is None:
                 self._batch = []
-                loop.call_soon(self._send_batch)
+                if not self._sending:  # else the script in flight sends this batch as it ends
+                    loop.call_soon(self._send_batch)
             fut: asyncio.Future[int] = loop.create_future()
             self._batch.append((key, raw, fut))
             revision = await fut
@@ -634,10 +637,22 @@ class RedisLayer:
         await self._turn(revision)
 
     def _send_batch(self) -> None:
-        batch, self._batch = self._batch or [], None
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+        """Send the queued sets (at most ``_SET_BATCH``) in one script. One set script is in flight
+        at a time: the sets that arrive meanwhile wait for its answer and go in the next, so under
+        load a script carries many sets (a group commit) instead of one or two per loop iteration,
+        each costing a script call in Redis and a redis-py command on this node."""
+        batch = self._batch or []
+        self._batch = batch[_SET_BATCH:] or None
+        if not batch:
+            return
+        task = asyncio.get_running_loop().create_task(self._send(batch[:_SET_BATCH]))
         self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        task.add_done_callback(self._sent_batch)
+
+    def _sent_batch(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        if self._batch:
+            self._send_batch()
 
     async def _send(self, batch: list[tuple[str, bytes, asyncio.Future[int]]]) -> None:
         """One script for the batch. Its writers are answered in the step that registers their
