@@ -1620,6 +1620,8 @@ class Layered:
         if not self._active:
             raise self._not_active()
         plan = txn.plan(ops, expect, check_merged)
+        if self._shared is not None:
+            return await self._txn_shared(plan, self._txn_payloads(plan.ops), timeout)
         writer = self._txn_writer()
         payloads = self._txn_payloads(plan.ops)
         if (
@@ -1700,6 +1702,77 @@ class Layered:
                 await (gate.release_exclusive() if plan.globs else gate.release_shared())
             for key in taken:
                 locks.release(key)
+
+    async def _txn_shared(self, plan: txn.Plan, payloads: list[Any], timeout: float) -> Committed:
+        """The commit on a layer shared by nodes in one order (Redis): this node's key locks (sorted)
+        and the gate as locally, then the layer checks the keys against the shared store (this
+        node's view may be behind another node's writes: it then catches up and the commit is
+        checked and built again) and applies the whole transaction as one write with one
+        revision, which every node applies in one step (:meth:`apply_remote_txn`)."""
+        deadline = time.monotonic() + timeout
+        assert self._shared is not None
+        locks, gate, taken, gated = self._locks, self._gate, [], False
+        try:
+            try:
+                async with asyncio.timeout(timeout):
+                    for key in plan.locked:
+                        await locks.acquire(key)
+                        taken.append(key)
+                    await (gate.acquire_exclusive() if plan.globs else gate.acquire_shared())
+                    gated = True
+            except TimeoutError:
+                raise TransactionTimeout(list(plan.locked[len(taken) :]), timeout) from None
+            result, waiters = await self._txn_shared_locked(plan, payloads, deadline, timeout)
+        finally:
+            if gated:
+                await (gate.release_exclusive() if plan.globs else gate.release_shared())
+            for key in taken:
+                locks.release(key)
+        if self._history_durable:
+            await self._history_flush()
+        for key, waiter in waiters:
+            await self._finish(key, waiter)
+        return result
+
+    async def _txn_shared_locked(
+        self, plan: txn.Plan, payloads: list[Any], deadline: float, timeout: float
+    ) -> tuple[Committed, list[tuple[str, asyncio.Future[None] | None]]]:
+        """Check, build and send until the layer takes it with this node's view up to date; the
+        ops that changed something are applied and published in the step its turn comes."""
+        shared = self._shared
+        assert shared is not None
+        fresh = False
+        while True:
+            current = await self._txn_current(plan.locked)
+            try:
+                changed = txn.conflicts(plan.expect, current)
+                if changed:
+                    raise Conflict(changed)
+                _, _, changes, indexes = self._txn_build(plan, payloads, current, {})
+            except (Conflict, NotFound):
+                if fresh:
+                    raise
+                # Refused on this node's view: the caller may have read another node's write
+                # that this node has not applied yet. Refused again once caught up, it stands.
+                await shared.catch_up()
+                fresh = True
+                continue
+            sets = {key: obj for key, kind, obj in changes if kind == "set"}
+            ops = [(op.key, sets.get(op.key)) for op in plan.ops]
+            seen = {key: None if obj is None else txn.version(obj) for key, obj in current.items()}
+            applied = await shared.apply_txn(seen, ops, deadline, timeout)
+            if applied is not None:
+                break
+            if time.monotonic() > deadline:
+                raise TransactionTimeout(list(plan.locked), timeout, (
+                    f"storage: transaction timeout: its keys kept changing on other nodes for "
+                    f"{timeout:g} s; nothing applied, retry"
+                ))
+        if not applied:
+            return Committed(self._revision, indexes), []
+        self._follow_revision()
+        waiters = self._txn_remote_changes(applied, current)
+        return Committed(self._revision, indexes), waiters
 
     async def _txn_current(self, keys_: Sequence[str]) -> dict[str, Object | None]:
         try:
@@ -1927,6 +2000,45 @@ class Layered:
             self._revision = revision - 1  # _publish adds one
         self._publish(key, op, event_obj, broadcast)
         return True
+
+    def apply_remote_txn(self, ops: Sequence[tuple[str, Object | None]], revision: int) -> bool:
+        """Apply a transaction that another node committed to the shared layer (or this node's,
+        when its committer is gone): every op to the memory mirror with no await in between, then
+        its events with one revision, as :meth:`commit` publishes a local one (``txn``,
+        ``more``: a websocket pool sends one frame). ``ops``: ``(key, obj)`` sets, ``(key_or_glob,
+        None)`` deletes. Ignored at or below the store's revision, like :meth:`apply_remote`."""
+        if not self._active or revision <= self._revision:
+            return False
+        self._settle()
+        self._revision = revision - 1  # _publish_txn adds one
+        return bool(self._txn_remote_changes(ops)) or self._skip(revision)
+
+    def _txn_remote_changes(
+        self, ops: Sequence[tuple[str, Object | None]], read: Mapping[str, Object | None] | None = None
+    ) -> list[tuple[str, asyncio.Future[None] | None]]:
+        """The ops of a shared transaction to the mirror, then published with the store's next
+        revision; ops that change nothing here (a delete of a key the mirror lacks) have no event.
+        Without a mirror a delete's event has the object its committer ``read``, if any."""
+        memory = self.memory
+        changes: list[_Change] = []
+        for key, obj in ops:
+            if obj is not None:
+                if memory is not None:
+                    memory.set(key, obj)
+                changes.append((key, "set", obj))
+            elif "*" in key:
+                if memory is None or memory.delete(key):
+                    changes.append((key, "del", None))
+            else:
+                old = (read or {}).get(key) if memory is None else memory.get(key)
+                if memory is not None:
+                    if old is None:
+                        continue
+                    memory.delete(key)
+                changes.append((key, "del", old))
+        if not changes:
+            return []
+        return self._publish_txn(changes)[1]
 
     def _skip(self, revision: int | None) -> bool:
         """A remote write with nothing to apply still moves the shared revision up to its own."""

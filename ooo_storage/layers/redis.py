@@ -49,11 +49,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from ..errors import StorageUnavailable
+from ..errors import StorageUnavailable, TransactionTimeout
 from ..protocol import keys
 from ..protocol.clock import now
 from ..protocol.objects import Object, load_object
-from .base import RemoteApply
+from .base import RemoteApply, RemoteTxnApply
 
 log = logging.getLogger("ooo_storage.redis")
 
@@ -176,6 +176,87 @@ _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# A transaction in one step (KEYS as the write scripts). ARGV: node, maxlen, the number of keys
+# checked, each as key, version ('' for missing: the caller's view, expect included) and this
+# node's token, then the ops: 's' key object | 'd' key | 'g' glob, Lua pattern, range start, end.
+# A checked key locked by another node: {-1, 0, keys...} (the writer waits and sends it again).
+# One whose version in Redis is not the caller's: {-2, 0, counter, keys...} (its view is behind:
+# it catches up to the counter and checks again). Else every op is applied, and those that changed
+# something go, in op order, in ONE stream entry 'o' 't' with ONE revision: {1, revision, mask}
+# (mask: '1' per op that changed something); nothing changed: {2, 0, mask}, no revision.
+# The entry's 'v' packs each op as kind, key, '\n', the value's length, '\n', the value.
+_TXN = _LOCKED + """
+local function version(raw)
+  local created, updated = string.match(raw, '^{"created":(%d+),"updated":(%d+),')
+  if updated == '0' then return created end
+  return updated
+end
+local n = tonumber(ARGV[3])
+local held, stale = {-1, 0}, {-2, 0, redis.call('GET', KEYS[3]) or '0'}
+for i = 4, 3 + 3 * n, 3 do
+  local key, want = ARGV[i], ARGV[i + 1]
+  if locked(key, ARGV[i + 2]) then
+    held[#held + 1] = key
+  else
+    local raw = redis.call('HGET', KEYS[1], key)
+    if (raw and (want == '' or version(raw) ~= want)) or (not raw and want ~= '') then
+      stale[#stale + 1] = key
+    end
+  end
+end
+if #held > 2 then return held end
+if #stale > 3 then return stale end
+local packed, mask = {}, {}
+local i = 4 + 3 * n
+while i <= #ARGV do
+  local kind, key, value, changed = ARGV[i], ARGV[i + 1], '', false
+  if kind == 's' then
+    value = ARGV[i + 2]
+    redis.call('HSET', KEYS[1], key, value)
+    redis.call('ZADD', KEYS[2], 0, key)
+    changed, i = true, i + 3
+  elseif kind == 'd' then
+    changed = redis.call('HDEL', KEYS[1], key) == 1
+    redis.call('ZREM', KEYS[2], key)
+    i = i + 2
+  else
+    for _, found in ipairs(redis.call('ZRANGEBYLEX', KEYS[2], ARGV[i + 3], ARGV[i + 4])) do
+      if string.find(found, ARGV[i + 2]) then
+        redis.call('HDEL', KEYS[1], found)
+        redis.call('ZREM', KEYS[2], found)
+        changed = true
+      end
+    end
+    i = i + 5
+  end
+  if changed then
+    mask[#mask + 1] = '1'
+    packed[#packed + 1] = kind .. key .. '\\n' .. string.format('%d', #value) .. '\\n' .. value
+  else
+    mask[#mask + 1] = '0'
+  end
+end
+if #packed == 0 then return {2, 0, table.concat(mask)} end
+local rev = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], string.format('%d', rev) .. '-0', 'o', 't',
+           'k', '', 'v', table.concat(packed), 'n', ARGV[1], 'p', string.format('%d', rev - 1))
+return {1, rev, table.concat(mask)}
+"""
+
+
+def unpack_txn(packed: bytes) -> list[tuple[str, Object | None]]:
+    """The ops of a transaction's stream entry (see ``_TXN``): ``(key, obj)`` for a set,
+    ``(key_or_glob, None)`` for a delete, in op order."""
+    ops: list[tuple[str, Object | None]] = []
+    at = 0
+    while at < len(packed):
+        head = packed.index(b"\n", at)
+        end = packed.index(b"\n", head + 1)
+        size = int(packed[head + 1 : end])
+        kind, key = packed[at : at + 1], packed[at + 1 : head].decode()
+        at = end + 1 + size
+        ops.append((key, load_object(key, packed[end + 1 : at]) if kind == b"s" else None))
+    return ops
 
 
 def lua_pattern(pattern: str) -> str:
@@ -246,6 +327,8 @@ class RedisLayer:
     publishes_writes = True
     """A write returns when its turn in the shared order has come, its revision in
     :attr:`last_revision`: the store publishes it in that step (see the module docstring)."""
+    _apply_txn: RemoteTxnApply | None = None
+    """Where the tail hands transaction entries (``Layered.apply_remote_txn``; see follow_txns)."""
 
     def __init__(
         self,
@@ -490,6 +573,10 @@ class RedisLayer:
             return False
         if own and op != b"b":
             await self._writer_turn(revision, sent)
+        if op == b"t":
+            self._txn_entry(fields[b"v"], revision)
+            self._moved(revision)
+            return True
         key = fields[b"k"].decode()
         loud = b"q" not in fields  # a silent delete (delete_silent) is applied without an event
         if op == b"s":
@@ -698,6 +785,69 @@ class RedisLayer:
     async def clear(self) -> None:
         revision = await self._write("clear", [self.node_id, self.maxlen])
         await self._turn(int(revision))
+
+    # -- transactions across nodes -----------------------------------------------------------------
+    def follow_txns(self, apply: RemoteTxnApply) -> None:
+        """The tail hands each transaction entry to ``apply`` as one unit (see :meth:`apply_txn`)."""
+        self._apply_txn = apply
+
+    async def apply_txn(
+        self,
+        seen: Mapping[str, int | None],
+        ops: Sequence[tuple[str, Object | None]],
+        deadline: float,
+        timeout: float,
+    ) -> list[tuple[str, Object | None]] | None:
+        """One script (``_TXN``) checks every key of ``seen`` against Redis (the versions this
+        node's view gave them: a node's mirror may be behind another node's writes) and applies
+        ``ops`` with one revision and one stream entry, which every node applies as one unit.
+        Keys locked by another node's ``get_and_lock``: sent again after a backoff (as a set
+        waits) until ``deadline``, then TransactionTimeout. See ``SharedOrder.apply_txn``."""
+        args: list[Any] = [self.node_id, self.maxlen, len(seen)]
+        for key, stamp in seen.items():
+            args += (key, "" if stamp is None else str(stamp), self._tokens.get(key, ""))
+        for key, obj in ops:
+            if obj is not None:
+                args += ("s", key, obj.to_json())
+            elif "*" in key:
+                args += ("g", key, lua_pattern(key), *lex_range(key))
+            else:
+                args += ("d", key)
+        if "txn" not in self._scripts and self._client is not None:
+            self._scripts["txn"] = self._client.register_script(_TXN)
+        delay = 0.001
+        while True:
+            answer = await self._write("txn", args)
+            status = int(answer[0])
+            if status > 0:
+                if status == 1:
+                    await self._turn(int(answer[1]))
+                return [op for op, bit in zip(ops, answer[2], strict=True) if bit == ord("1")]
+            if status == -2:  # this node's view is behind Redis on some key: catch up, check again
+                await self._caught_up(int(answer[2]))
+                return None
+            if time.monotonic() + delay > deadline:  # -1: locked by get_and_lock on another node
+                raise TransactionTimeout([k.decode() for k in answer[2:]], timeout)
+            await asyncio.sleep(delay)  # Redis has no wake-up to await
+            delay = min(delay * 2, 0.05)
+
+    async def catch_up(self) -> None:
+        """Return once this node has applied every write committed in Redis before the call."""
+        await self._caught_up(int(await self._read(lambda c: c.get(self._keys[2])) or 0))
+
+    def _txn_entry(self, packed: bytes, revision: int) -> None:
+        """A transaction's entry: its ops to the mirror and the watchers at once (one revision)."""
+        ops = unpack_txn(packed)
+        for key, obj in ops:
+            if obj is not None:
+                self._known.add(key)
+            elif "*" in key:
+                self._known.difference_update([k for k in self._known if keys.match(key, k)])
+            else:
+                self._known.discard(key)
+        apply = self._apply_txn
+        if apply is not None:
+            apply(ops, revision)  # ignored when its writer published it
 
     # -- locks across nodes -------------------------------------------------------------------------
     async def lock(self, key: str) -> None:
