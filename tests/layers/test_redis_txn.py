@@ -18,7 +18,6 @@ from redis_server import RedisServer, redis_server  # noqa: F401 (a fixture)
 from ooo_storage import Event, Layered, MemoryLayer, NotFound, Options
 from ooo_storage.errors import Conflict, TransactionTimeout
 from ooo_storage.layers import RedisLayer
-from ooo_storage.layers.redis import unpack_txn
 from ooo_storage.protocol.txn import Committed, TxnOp, version
 
 # The storage transaction tests that take a ``store``, here on Redis (with and without a mirror).
@@ -148,6 +147,8 @@ async def test_a_transaction_is_one_stream_entry_applied_whole_by_every_node(
     assert b.revision == a.revision == done.revision
     assert [await value(b, f"acc/{i}") for i in range(3)] == [70, 130, 100]
     assert await b.get_list("tmp/*") == []
+    from ooo_storage.layers.redis import unpack_txn  # (here: a module of the old code lacks it)
+
     client = aioredis.Redis.from_url(redis_server.url, protocol=2)
     try:
         entries = await client.xrange(f"{layer(a).namespace}:log", min=f"{done.revision}-0")
