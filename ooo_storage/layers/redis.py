@@ -22,7 +22,16 @@ entry applied by the tail like another node's.
 Locks (``get_and_lock``) are Redis keys ``<namespace>:lock:<key>`` with a token and an expiry; the
 set and point-delete scripts refuse a key locked by another node (its writer sends it again after a
 backoff), so a plain write waits for the holder on every node, as one process's key locks make it
-wait. A glob delete does not wait for locks (in one process neither: it takes the store's gate).
+wait. A glob delete does not wait for locks (in one process neither: it takes the store's gate,
+which a lock holder does not hold; the holder's ``set_and_unlock`` then writes the key again).
+
+A transaction (``Layered.commit``) is one script too (``_TXN``): it checks every key the
+transaction writes or expects against Redis, at the version this node's view gave it (the mirror
+may be behind another node's writes: the node then catches up and the commit is checked and
+built again), refuses a key another node holds locked (sent again after a backoff, within the
+transaction's deadline), then applies every op and appends ONE entry with ONE revision. Every
+node applies that entry in one step (``Layered.apply_remote_txn``): its mirror, then one event
+per op sharing the revision, so each websocket pool sends one frame for the whole transaction.
 
 Each entry names the revision before it, so a node sees a gap (its position trimmed away by
 ``MAXLEN`` while it was disconnected, or a ``clear`` by another node): it then reloads the data and
