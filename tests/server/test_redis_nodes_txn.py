@@ -23,6 +23,7 @@ from redis_server import RedisServer, redis_server, serve_redis  # noqa: F401 (a
 from test_redis_nodes import Node, start_nodes
 
 from ooo_storage import Layered, MemoryLayer
+from ooo_storage.client import Client, TxnConflict
 from ooo_storage.layers import RedisLayer
 from ooo_storage.server import ServerRunner
 
@@ -272,3 +273,14 @@ async def test_post_txn_on_one_node_is_one_frame_on_another_on_both_engines(
             async with http.post(f"{rb.url}/?api=txn", data=orjson.dumps(body)) as resp:  # stale now
                 assert resp.status == 409
                 assert orjson.loads(await resp.read())["keys"] == ["acc/x"]
+        async with Client(rb.url) as client:  # Client.txn, unchanged, on the other node
+            with pytest.raises(TxnConflict) as caught:
+                await client.txn([("set", "acc/x", 0)], {"acc/x": x.updated or x.created})
+            assert caught.value.keys == ["acc/x"]
+            now = await b.get("acc/x")
+            done = await client.txn([("set", "acc/x", 4), ("del", "acc/y")], {"acc/x": now.updated})
+            assert done["indexes"] == ["x", ""]
+        async with asyncio.timeout(10):
+            while a.revision < int(done["revision"], 16):
+                await asyncio.sleep(0.005)  # a's tail applies b's transaction in its own task
+        assert [(o.path, o.value) for o in await a.get_list("acc/*")] == [("acc/x", 4)]
