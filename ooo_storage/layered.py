@@ -545,8 +545,9 @@ class _History:
         self.write()
         try:
             await self.journal.close()
-            if self.keeper is not None and self._last > self._trimmed:
-                await self.keeper.drop_events(self._last)  # the journal's close fsynced them
+            keeper = self.keeper
+            if keeper is not None and keeper.keeps_events and self._last > self._trimmed:
+                await keeper.drop_events(self._last)  # the journal's close fsynced them
         finally:
             os.close(self._lock)  # releases the directory's flock
         self._save(clean=True)
