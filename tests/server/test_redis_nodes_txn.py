@@ -192,50 +192,41 @@ async def stop_all(auditors: list[Auditor], nodes: list[Node]) -> None:
     await asyncio.gather(*(node.stop() for node in nodes))
 
 
-async def test_transfers_through_three_nodes_keep_the_total_in_every_frame_of_every_node(
+async def test_transfers_through_three_nodes_keep_the_total_in_every_frame_even_across_a_kill_9(
     own_redis: RedisServer, http: aiohttp.ClientSession
 ) -> None:
+    """Transfers through 3 nodes, 3 subscribers per node checking the total after every frame;
+    then more transfers while one node is killed with -9 (its transfers in flight have an unknown
+    outcome, which the clients find in the ledger or retry elsewhere) and restarted: no
+    acknowledged transfer lost, none half applied, none twice, one state everywhere."""
     nodes = await start_nodes(own_redis.url, 3)
-    auditors = [Auditor(http, nodes, i) for i in range(9)]  # 3 per node
-    try:
-        await open_accounts(http, nodes)
-        for auditor in auditors:
-            auditor.task = asyncio.create_task(auditor.run())
-        acked: list[str] = []
-        await asyncio.gather(*(client_loop(http, nodes, c, 12, acked) for c in range(24)))
-        assert len(acked) == 24 * 12
-        accounts, ledger = await check_every_node(http, nodes, acked)
-        assert len(ledger) == 24 * 12
-        await asyncio.gather(*(a.until(accounts) for a in auditors))
-        for auditor in auditors:
-            assert auditor.broken == [], f"half a transfer seen: {auditor.broken[:5]}"
-            assert auditor.versions == sorted(set(auditor.versions))
-            assert len(auditor.versions) > 24  # it followed the transfers, not one snapshot
-    finally:
-        await stop_all(auditors, nodes)
-
-
-async def test_a_node_killed_mid_transfer_loses_no_acknowledged_transfer_nor_leaves_half_of_one(
-    own_redis: RedisServer, http: aiohttp.ClientSession
-) -> None:
-    nodes = await start_nodes(own_redis.url, 3)
-    auditors = [Auditor(http, nodes, i) for i in range(6)]
+    auditors = [Auditor(http, nodes, i) for i in range(9)]
     halfway = asyncio.Event()
     try:
         await open_accounts(http, nodes)
         for auditor in auditors:
             auditor.task = asyncio.create_task(auditor.run())
         acked: list[str] = []
-        clients = [asyncio.create_task(client_loop(http, nodes, c, 16, acked, halfway)) for c in range(18)]
+        await asyncio.gather(*(client_loop(http, nodes, c, 8, acked) for c in range(12)))
+        assert len(acked) == 12 * 8
+        accounts, ledger = await check_every_node(http, nodes, acked)
+        assert len(ledger) == 12 * 8
+        await asyncio.gather(*(a.until(accounts) for a in auditors))
+        for auditor in auditors:
+            assert auditor.broken == [], f"half a transfer seen: {auditor.broken[:5]}"
+            assert auditor.versions == sorted(set(auditor.versions))
+            assert len(auditor.versions) > 12  # it followed the transfers, not one snapshot
+
+        clients = [asyncio.create_task(client_loop(http, nodes, c, 10, acked, halfway)) for c in range(12, 24)]
         async with asyncio.timeout(60):
-            while len(acked) < 18 * 4:  # transfers are going through every node
+            while len(acked) < 12 * 8 + 12 * 3:  # transfers are going through every node
                 await asyncio.sleep(0.01)  # polling a list the clients fill
         await nodes[1].stop(signal.SIGKILL)  # transfers in flight on it: outcome unknown to them
         halfway.set()
         await nodes[1].start()
         await asyncio.gather(*clients)
         accounts, ledger = await check_every_node(http, nodes, acked)
-        assert len(ledger) == 18 * 16  # every transfer once: the unknown outcomes were found there
+        assert len(ledger) == 12 * 8 + 12 * 10  # every transfer once: unknown outcomes found there
         await asyncio.gather(*(a.until(accounts) for a in auditors))
         for auditor in auditors:
             assert auditor.broken == [], f"half a transfer seen: {auditor.broken[:5]}"
