@@ -1616,6 +1616,8 @@ class Layered:
         ``timeout`` seconds; once writing, it completes. InvalidTransaction for ops breaking the
         rules of :mod:`ooo_storage.protocol.txn`, NotFound for a patch of a missing key,
         NotSupported on a persistent layer without an all-or-nothing batch (SOS, erasure-coded).
+        On a layer that nodes share in one order (Redis) the layer checks and applies the whole
+        transaction in one step for every node (:meth:`_txn_shared`).
         ``check_merged(key, merged)`` sees each patch's merged document before anything is written
         (a size limit): what it raises refuses the whole transaction."""
         if not self._active:
