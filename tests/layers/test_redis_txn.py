@@ -305,3 +305,29 @@ async def test_a_glob_delete_does_not_wait_for_lock_holders_on_any_node(two: tup
         await one.close()
     assert alone == ([], [("g/1", 11)])
     assert await _glob_delete_while_locked(b, a, both) == alone
+
+
+async def test_a_commit_cancelled_before_its_turn_is_applied_whole_by_its_own_node(
+    two: tuple[Layered, Layered],
+) -> None:
+    """The script ran (the transaction is in Redis) but its committer is cancelled before its
+    turn: its own node's tail applies it like another node's, whole, with one revision."""
+    a, b = two
+    seen: list[Event] = []
+    a.on_commit(seen.append)
+    release = hold_tail(a)
+    commit = asyncio.ensure_future(a.commit([TxnOp("set", "p", 1), TxnOp("set", "q", 2)]))
+    async with asyncio.timeout(10):
+        while not layer(a)._waiters:  # its script has answered: it waits for its turn
+            await asyncio.sleep(0.001)  # a private dict of the layer: no event to await
+    commit.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await commit
+    release.set()
+    revision = max(layer(a).head, layer(b).head)
+    await caught_up(a, revision)
+    await caught_up(b, revision)
+    assert [(e.key, e.revision, e.txn, e.more) for e in seen] == [("p", revision, 2, True), ("q", revision, 2, False)]
+    for s in (a, b):
+        assert [await value(s, k) for k in "pq"] == [1, 2] and s.revision == revision
+    assert len(a._locks) == 0 and a._gate.idle
