@@ -1,6 +1,7 @@
 """Conflation under load (issue 11): one subscriber stops reading for 10 s while 100 000 writes flow.
 
-    .venv/bin/python bench/conflation.py [--writes 100000] [--rate 10000] [--stall 10] [--rounds 3]
+    .venv/bin/python bench/conflation.py [--writes 100000] [--rate 10000] [--stall 10] [--pad 200]
+                                         [--readers 4] [--rounds 3]
 
 Each round starts a fresh ``python -m ooo_storage serve --memory-only`` (default outbox 8 MiB,
 write timeout 15 s), 10 keys ``c/0..9`` and ``--readers`` subscribers of ``c/*`` that keep
@@ -17,7 +18,8 @@ Reported per round and as medians: the readers' p50/p99/max latency and frames r
 write must reach each of them), the write rate achieved, the server's RSS (from /proc: before the
 writes, peak while they flow, after), ``?api=state`` conflations and slow disconnects, and for the
 stalled subscriber the frames it got, its snapshots and how long it took to catch up after the
-stall. Everything runs on 127.0.0.1; the server, the readers and the writer each have a process.
+stall. Everything runs on 127.0.0.1; the server, the readers, the stalled subscriber and the writer
+each have a process.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from ooo_storage.protocol.jsonpatch import apply_patch  # noqa: E402
 
 KEYS = 10
 GLOB = "c/*"
-PAD = "x" * 200
+PAD = ["x" * 200]  # the padding of every value (--pad)
 
 
 # -- the server ------------------------------------------------------------------------------------
@@ -109,7 +111,7 @@ async def request(port: int, method: str, path: str, body: bytes = b"") -> tuple
 
 
 def post_bytes(n: int) -> bytes:
-    body = orjson.dumps({"t": time.monotonic_ns(), "n": n, "pad": PAD})
+    body = orjson.dumps({"t": time.monotonic_ns(), "n": n, "pad": PAD[0]})
     return b"POST /c/%d HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n%s" % (
         n % KEYS,
         HOST.encode(),
@@ -225,7 +227,7 @@ class Reader(asyncio.Protocol):
             self.upgraded = True
         frames, pos = split_frames(buffer)
         for opcode, start, length in frames:
-            if opcode == 9:  # a ping: pong with a zero mask
+            if opcode == 9 and not self.transport.is_closing():  # a ping: pong with a zero mask
                 self.transport.write(
                     bytes((0x8A, 0x80 | length)) + b"\0\0\0\0" + buffer[start : start + length]
                 )
@@ -291,7 +293,9 @@ class Stalled:
         self.state: Any = None
         self.frames = 0
         self.snapshots = 0
+        self.snapshot_at: list[tuple[float, int]] = []  # (when, frames before it) of each snapshot
         self.closed: str | None = None
+        self.changed = asyncio.Event()
 
     async def read_once(self) -> None:
         loop = asyncio.get_running_loop()
@@ -321,33 +325,111 @@ class Stalled:
             self.frames += 1
             if frame["snapshot"]:
                 self.snapshots += 1
+                self.snapshot_at.append((time.monotonic(), self.frames))
                 self.state = frame["data"]
             else:
                 self.state = apply_patch(self.state, frame["data"])
         self.buffer = buffer[pos:]
+        self.changed.set()
 
     async def until(self, done: Any) -> None:
         while not done(self.state):
             await self.read_once()
 
+    async def read_on(self) -> None:
+        """Read and apply frames until cancelled (or the connection ends)."""
+        while True:
+            await self.read_once()
+
+    async def wait_for(self, expected: Any, timeout: float) -> None:
+        """Until the state read by :meth:`read_on` equals ``expected``."""
+        async with asyncio.timeout(timeout):
+            while self.state != expected:
+                self.changed.clear()
+                await self.changed.wait()
+
 
 # -- one round -------------------------------------------------------------------------------------
+async def stalled_role(port: int, stall: float) -> None:
+    """The ``--role stalled`` child: subscribes (READY after its first snapshot); on a line of stdin
+    (the writes start) reads nothing for ``stall`` seconds, then reads again; on a second line (the
+    writes are done) waits until its state equals GET and prints its summary as JSON."""
+    loop = asyncio.get_running_loop()
+    stalled = Stalled(port)
+    await stalled.until(lambda state: state is not None)  # its first snapshot
+    print("READY", flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)
+    started = time.monotonic()
+    await asyncio.sleep(stall)  # the stall itself: it reads nothing meanwhile
+    resumed = time.monotonic()
+    reading = asyncio.create_task(stalled.read_on())  # reads again while the writes go on
+    await loop.run_in_executor(None, sys.stdin.readline)
+    writes_after = time.monotonic() - resumed
+    expected = orjson.loads((await request(port, "GET", GLOB))[1])
+    try:
+        await stalled.wait_for(expected, 120)
+    finally:
+        reading.cancel()
+    late = [
+        (at - resumed, stalled.frames - before - 1) for at, before in stalled.snapshot_at if at >= resumed
+    ]
+    # when the catch-up snapshot arrived, and the frames after it (live again); none if the stall
+    # fitted in the outbox and socket buffers (no conflation)
+    caught_up, after_catch_up = late[0] if late else (0.0, stalled.frames)
+    summary = {
+        "stalled_for": resumed - started,
+        "stalled_frames": stalled.frames,
+        "stalled_snapshots": stalled.snapshots,
+        "catch_up_s": caught_up,
+        "frames_after_catch_up": after_catch_up,
+        "writes_after_stall_s": writes_after,
+        "stalled_correct": stalled.state == expected,
+        "stalled_closed": stalled.closed,
+    }
+    print(json.dumps(summary), flush=True)
+    stalled.sock.close()
+
+
+def child(role: str, args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]:
+    """This script in a child process, in ``role``, talking over its stdin/stdout."""
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--role",
+        role,
+        "--port",
+        str(port),
+        "--readers",
+        str(args.readers),
+        "--expect",
+        str(args.writes),
+        "--stall",
+        str(args.stall),
+    ]
+    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)  # fmt: skip
+
+
+def tell(process: subprocess.Popen[bytes]) -> None:
+    assert process.stdin is not None
+    process.stdin.write(b"go\n")
+    process.stdin.flush()
+
+
+def answer(process: subprocess.Popen[bytes]) -> bytes:
+    assert process.stdout is not None
+    return process.stdout.readline()
+
+
 async def one_round(args: argparse.Namespace, stalled_on: bool) -> dict[str, Any]:
     server = start_server()
-    readers = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--role", "readers", "--port", str(server.port),
-         "--readers", str(args.readers), "--expect", str(args.writes)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT,
-    )  # fmt: skip
+    children = [child("readers", args, server.port)]
+    if stalled_on:
+        children.append(child("stalled", args, server.port))
     try:
         for k in range(KEYS):
             assert (await request(server.port, "POST", f"c/{k}", b'{"n":-1}'))[0] == 200
-        assert readers.stdout is not None and readers.stdin is not None
-        assert readers.stdout.readline() == b"READY\n"
-        stalled = None
-        if stalled_on:
-            stalled = Stalled(server.port)
-            await stalled.until(lambda state: state is not None)  # its first snapshot
+        for process in children:
+            assert answer(process) == b"READY\n"
         rss_before = server.rss_kib()
         peak = rss_before
         sampling = True
@@ -359,61 +441,44 @@ async def one_round(args: argparse.Namespace, stalled_on: bool) -> dict[str, Any
                 await asyncio.sleep(0.1)
 
         sampler = asyncio.create_task(sample())
-        started = time.monotonic()
-        load = asyncio.create_task(write_load(server.port, args.writes, args.rate))
-        caught_up = None
-        if stalled is not None:
-            await asyncio.sleep(args.stall)  # the stall itself: it reads nothing meanwhile
-            resumed = time.monotonic()
-            stalled_for = resumed - started
-            seconds = await load
-            expected = orjson.loads((await request(server.port, "GET", GLOB))[1])
-            await asyncio.wait_for(stalled.until(lambda state: state == expected), 120)
-            caught_up = time.monotonic() - resumed
-        else:
-            seconds = await load
+        for process in children[1:]:
+            tell(process)  # the stall starts with the writes
+        seconds = await write_load(server.port, args.writes, args.rate)
+        stalled: dict[str, Any] = {}
+        for process in children[1:]:
+            tell(process)  # the writes are done
+            stalled = json.loads(answer(process))
         sampling = False
         await sampler
         expected = orjson.loads((await request(server.port, "GET", GLOB))[1])
         assert all(item["data"]["n"] >= args.writes - KEYS for item in expected), "writes missing"
         state = orjson.loads((await request(server.port, "GET", "?api=state"))[1])
-        readers.stdin.write(b"go\n")
-        readers.stdin.flush()
-        summary = json.loads(readers.stdout.readline())
-        result = {
+        readers = children[0]
+        tell(readers)  # report once every write arrived
+        summary = json.loads(answer(readers))
+        return {
             "case": "stalled" if stalled_on else "baseline",
             "write_rate": args.writes / seconds,
             "write_seconds": seconds,
             **summary,
+            **stalled,
             "rss_before_mib": rss_before / 1024,
             "rss_peak_mib": peak / 1024,
             "rss_after_mib": server.rss_kib() / 1024,
             "conflations": state["conflations"],
             "slow_disconnects": state["slowDisconnects"],
         }
-        if stalled is not None:
-            result.update(
-                {
-                    "stalled_for": stalled_for,
-                    "stalled_frames": stalled.frames,
-                    "stalled_snapshots": stalled.snapshots,
-                    "catch_up_s": caught_up,
-                    "stalled_correct": stalled.state == expected,
-                    "stalled_closed": stalled.closed,
-                }
-            )
-            stalled.sock.close()
-        return result
     finally:
-        readers.kill()
-        readers.wait()
+        for process in children:
+            process.kill()
+            process.wait()
         server.stop()
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(
         f"\n{args.writes} writes at a target {args.rate}/s to {KEYS} keys, {args.readers} readers of "
-        f"{GLOB}, stall {args.stall} s; per round:"
+        f"{GLOB}, values padded with {args.pad} B, stall {args.stall} s; per round:"
     )
     for r in results:
         line = (
@@ -425,7 +490,9 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         if r["case"] == "stalled":
             line += (
                 f"\n           stalled {r['stalled_for']:.1f} s: {r['stalled_frames']} frames, "
-                f"{r['stalled_snapshots']} snapshots, caught up in {r['catch_up_s']:.2f} s, "
+                f"{r['stalled_snapshots']} snapshots, catch-up snapshot {r['catch_up_s']:.2f} s "
+                f"after it read again (writes went on {r['writes_after_stall_s']:.1f} s), "
+                f"{r['frames_after_catch_up']} frames after it, "
                 f"state == GET: {r['stalled_correct']}, closed: {r['stalled_closed']}"
             )
         print(line)
@@ -458,13 +525,17 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10_000.0)
     parser.add_argument("--stall", type=float, default=10.0)
     parser.add_argument("--readers", type=int, default=4)
+    parser.add_argument("--pad", type=int, default=200, help="bytes of padding in every value")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--role", choices=["bench", "readers"], default="bench")
+    parser.add_argument("--role", choices=["bench", "readers", "stalled"], default="bench")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--expect", type=int, default=0, help="(readers) data frames each must get")
     args = parser.parse_args()
+    PAD[0] = "x" * args.pad
     if args.role == "readers":
         asyncio.run(readers_role(args.port, args.readers, args.expect))
+    elif args.role == "stalled":
+        asyncio.run(stalled_role(args.port, args.stall))
     else:
         asyncio.run(main_async(args))
 
