@@ -1766,6 +1766,7 @@ class Layered:
             applied = await shared.apply_txn(seen, ops, deadline, timeout)
             if applied is not None:
                 break
+            fresh = True  # the layer caught up: a refusal on the next view stands
             if time.monotonic() > deadline:
                 raise TransactionTimeout(list(plan.locked), timeout, (
                     f"storage: transaction timeout: its keys kept changing on other nodes for "
