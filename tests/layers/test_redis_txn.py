@@ -210,6 +210,24 @@ async def test_a_node_behind_commits_on_what_another_node_wrote(two: tuple[Layer
     assert await value(a, "doc") == await value(b, "doc") == {"n": 1, "m": 2}
 
 
+async def test_a_write_on_a_view_behind_updates_the_object_another_node_created(
+    two: tuple[Layered, Layered],
+) -> None:
+    """No expect: the keys written are checked all the same, so b, behind, does not build its set
+    as a fresh object over the one a created (its created stamp is kept, updated is set)."""
+    a, b = two
+    release = hold_tail(b)
+    await a.set("k", 1)
+    made = await a.get("k")
+    commit = asyncio.ensure_future(b.commit([TxnOp("set", "k", 2)]))
+    await release_when_waiting(b, release)
+    done = await commit
+    await caught_up(a, done.revision)
+    for s in (a, b):
+        obj = await s.get("k")
+        assert (obj.value, obj.created) == (2, made.created) and obj.updated > made.created
+
+
 async def test_a_transaction_waits_for_a_lock_held_on_another_node(two: tuple[Layered, Layered]) -> None:
     a, b = two
     await a.set("k", 1)
