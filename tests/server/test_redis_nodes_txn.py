@@ -1,8 +1,8 @@
 """Transactions across ``ooo-storage serve --redis`` nodes (issue 14 with issue 12): bank transfers
 through ``POST /?api=txn`` on 3 real nodes on one real Redis, websocket subscribers on every node
 checking the total in EVERY state they rebuild (snapshots replace, patches apply), the final state
-equal on every node; a node killed with -9 mid-transfer loses no acknowledged transfer and never
-leaves half of one."""
+equal on every node; a node, then Redis (``appendfsync always``), killed with -9 mid-transfer
+lose no acknowledged transfer and never leave half of one."""
 
 from __future__ import annotations
 
@@ -196,8 +196,9 @@ async def test_transfers_through_three_nodes_keep_the_total_in_every_frame_even_
 ) -> None:
     """Transfers through 3 nodes, 3 subscribers per node checking the total after every frame;
     then more transfers while one node is killed with -9 (its transfers in flight have an unknown
-    outcome, which the clients find in the ledger or retry elsewhere) and restarted: no
-    acknowledged transfer lost, none half applied, none twice, one state everywhere."""
+    outcome, which the clients find in the ledger or retry elsewhere) and restarted, then while
+    Redis is killed with -9 and restarted: no acknowledged transfer lost, none half applied, none
+    twice, one state everywhere."""
     nodes = await start_nodes(own_redis.url, 3)
     auditors = [Auditor(http, nodes, i) for i in range(9)]
     halfway = asyncio.Event()
@@ -226,6 +227,23 @@ async def test_transfers_through_three_nodes_keep_the_total_in_every_frame_even_
         await asyncio.gather(*clients)
         accounts, ledger = await check_every_node(http, nodes, acked)
         assert len(ledger) == 12 * 8 + 12 * 10  # every transfer once: unknown outcomes found there
+        await asyncio.gather(*(a.until(accounts) for a in auditors))
+        for auditor in auditors:
+            assert auditor.broken == [], f"half a transfer seen: {auditor.broken[:5]}"
+
+        # Redis itself killed with -9 mid-transfer (appendfsync always) and restarted
+        halfway.clear()
+        done = len(acked)
+        clients = [asyncio.create_task(client_loop(http, nodes, c, 6, acked, halfway)) for c in range(24, 30)]
+        async with asyncio.timeout(60):
+            while len(acked) < done + 6 * 2:
+                await asyncio.sleep(0.01)  # polling a list the clients fill
+        own_redis.stop(signal.SIGKILL)
+        own_redis.start()
+        halfway.set()
+        await asyncio.gather(*clients)
+        accounts, ledger = await check_every_node(http, nodes, acked)
+        assert len(ledger) == 12 * 8 + 12 * 10 + 6 * 6
         await asyncio.gather(*(a.until(accounts) for a in auditors))
         for auditor in auditors:
             assert auditor.broken == [], f"half a transfer seen: {auditor.broken[:5]}"
