@@ -13,12 +13,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from server_live import Live, LiveFactory
+from server_live import ENGINES, Live, LiveFactory
 
 from ooo_storage import Layered, LevelDBLayer, MemoryLayer
 from ooo_storage.server import Server, ServerRunner
 
-ENGINES = ("lean", "aiohttp")
 BOTH_ENGINES = frozenset({
     "test_server_rest",
     "test_server_numbers",

@@ -14,6 +14,10 @@ import pytest
 from ooo_storage import Layered
 from ooo_storage.server import Server, ServerRunner
 
+ENGINES = ("lean", "aiohttp")
+"""The HTTP engines a server test runs on (here, not in conftest: ``from conftest import`` picks
+whichever directory's conftest was imported first)."""
+
 
 class Live:
     """A running server plus an HTTP session pointed at it."""

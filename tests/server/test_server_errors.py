@@ -10,8 +10,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-from conftest import ENGINES
-from server_live import LiveFactory
+from server_live import ENGINES, LiveFactory
 
 from ooo_storage import Layered, MemoryLayer
 from ooo_storage.errors import HTTPFailure, StorageUnavailable

@@ -10,8 +10,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from conftest import ENGINES
-from server_live import Live, LiveFactory
+from server_live import ENGINES, Live, LiveFactory
 
 from ooo_storage import Layered, MemoryLayer
 from ooo_storage.layers import SOSLayer
