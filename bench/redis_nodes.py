@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -35,44 +36,61 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+import orjson
+import redis
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from bench._load import (  # noqa: E402
-    BENCH,
-    HOST,
-    ROOT,
-    FrameCounter,
-    HttpConnection,
-    close_subscribers,
-    connect_subscribers,
-    table,
-)
+from bench._load import BENCH, HOST, ROOT, HttpConnection, table  # noqa: E402
 from tests.redis_server import free_port, start_redis  # noqa: E402
 
 CORES = os.cpu_count() or 1
 
 
-class TimedCounter(FrameCounter):
-    """A FrameCounter that also keeps each frame's arrival time."""
+CLIENTS = 2
+"""Processes sharing the subscribers (bench/_redis_subs.py)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.times: list[float] = []
 
-    def add(self, size: int) -> None:
-        self.times.append(time.perf_counter())
-        super().add(size)
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Cluster:
+    """The nodes of one configuration (their ports and PIDs) and the Redis under them."""
+
+    ports: list[int]
+    pids: list[int]
+    redis_url: str | None
+
+    def nodes_cpu(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
+    def redis_cpu(self) -> float:
+        """Redis's own CPU seconds (``INFO cpu``), 0 without Redis."""
+        if self.redis_url is None:
+            return 0.0
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            info = client.info("cpu")
+        finally:
+            client.close()
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 @contextmanager
-def node(index: int, *storage: str) -> Iterator[int]:
-    """One ``ooo-storage serve`` pinned to core ``index % CORES``; yields its port once it answers."""
+def node(index: int, tree: Path, *storage: str) -> Iterator[tuple[int, int]]:
+    """One ``ooo-storage serve`` of ``tree`` pinned to core ``index % CORES``; yields its port and
+    PID once it answers."""
     port = free_port()
     command = ["taskset", "-c", str(index % CORES), sys.executable, "-P", "-m", "ooo_storage", "serve",
                "--port", str(port), "--log-level", "warning", *storage]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -82,76 +100,176 @@ def node(index: int, *storage: str) -> Iterator[int]:
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"node {index} did not start") from None
-                time.sleep(0.05)
-        yield port
+                time.sleep(0.05)  # polling a child's port: there is no event to await
+        yield port, process.pid
     finally:
         process.terminate()
         process.wait(10)
 
 
 @contextmanager
-def cluster(config: str, work: Path) -> Iterator[list[int]]:
+def cluster(config: str, work: Path, baseline: Path | None) -> Iterator[Cluster]:
+    """``leveldb``, ``redis-N`` or ``redis-N@base`` (the nodes run from the ``--baseline`` tree)."""
+    name, _, base = config.partition("@")
+    tree = baseline if base and baseline is not None else ROOT
     with ExitStack() as stack:
-        if config == "leveldb":
+        if name == "leveldb":
             data = work / f"leveldb-{time.monotonic_ns()}"
-            yield [stack.enter_context(node(0, "--data", str(data)))]
+            port, pid = stack.enter_context(node(0, tree, "--data", str(data)))
+            yield Cluster([port], [pid], None)
             return
-        count = int(config.rpartition("-")[2])
+        count = int(name.rpartition("-")[2])
         server = start_redis(Path(tempfile.mkdtemp(dir=work)), fsync="everysec")
         stack.callback(server.stop)
         url = server.url
-        yield [stack.enter_context(node(i, "--redis", url, "--namespace", "bench")) for i in range(count)]
+        started = [stack.enter_context(node(i, tree, "--redis", url, "--namespace", "bench"))
+                   for i in range(count)]
+        yield Cluster([p for p, _ in started], [pid for _, pid in started], url)
 
 
-def writes_per_second(ports: Sequence[int], seconds: float) -> float:
+@dataclass
+class Writes:
+    rate: float
+    node_us: float
+    """Nodes' CPU per write (all nodes together), microseconds."""
+    redis_us: float
+    wrk_us: float
+
+
+def point_writes(nodes: Cluster, seconds: float) -> Writes:
     script = str(BENCH / "wrk" / "post.lua")
+    before = nodes.nodes_cpu(), nodes.redis_cpu(), resource.getrusage(resource.RUSAGE_CHILDREN)
     runs = [
         subprocess.Popen(["wrk", "-t1", "-c32", f"-d{seconds:g}s", "-s", script, f"http://{HOST}:{port}",
                           "--", "100000"], stdout=subprocess.PIPE, text=True)
-        for port in ports
+        for port in nodes.ports
     ]
-    total = 0.0
+    total = done = 0.0
     for run in runs:
         out, _ = run.communicate()
         found = re.search(r"Requests/sec:\s+([\d.]+)", out)
-        if found is None or "Non-2xx" in out:
+        count = re.search(r"(\d+) requests in", out)
+        if found is None or count is None or "Non-2xx" in out:
             raise RuntimeError(f"wrk: {out}")
         total += float(found.group(1))
-    return total
+        done += int(count.group(1))
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the wrks (the nodes are not reaped yet)
+    wrk = usage.ru_utime + usage.ru_stime - before[2].ru_utime - before[2].ru_stime
+    return Writes(total, (nodes.nodes_cpu() - before[0]) / done * 1e6,
+                  (nodes.redis_cpu() - before[1]) / done * 1e6, wrk / done * 1e6)
 
 
-async def fanout(ports: Sequence[int], subscribers: int, writes: int) -> tuple[float, float, float]:
-    """Deliveries/s, then cross-node p50 and p99 in ms."""
-    counters = [TimedCounter() for _ in ports]
-    subs = []
-    share = subscribers // len(ports)
-    for port, counter in zip(ports, counters, strict=True):
-        subs += await connect_subscribers(port, ["/feed/*"] * share, counter)
+@dataclass
+class Fanout:
+    rate: float
+    node_us: float
+    """Nodes' CPU per delivery, microseconds."""
+    client_us: float
+    """The subscriber processes' CPU per delivery."""
+    p50: float
+    p99: float
+
+
+class Clients:
+    """The subscriber processes (bench/_redis_subs.py), driven line by line."""
+
+    def __init__(self, procs: list[asyncio.subprocess.Process]) -> None:
+        self.procs = procs
+
+    @classmethod
+    async def start(cls, ports: Sequence[int], subscribers: int) -> Clients:
+        share = subscribers // len(ports) // CLIENTS
+        far = set(ports[1:] or ports)
+        specs = [f"{port}:{share}" + (":far" if port in far else "") for port in ports]
+        procs = [await asyncio.create_subprocess_exec(
+            sys.executable, str(BENCH / "_redis_subs.py"), "/feed/*", *specs,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE) for _ in range(CLIENTS)]
+        clients = cls(procs)
+        for line in await clients.lines(60):
+            if line != b"ready":
+                raise RuntimeError(f"subscribers: {line!r}")
+        return clients
+
+    async def lines(self, timeout: float) -> list[bytes]:
+        async def one(proc: asyncio.subprocess.Process) -> bytes:
+            assert proc.stdout is not None
+            return (await proc.stdout.readline()).strip()
+        async with asyncio.timeout(timeout):
+            return list(await asyncio.gather(*(one(p) for p in self.procs)))
+
+    async def tell(self, command: str, timeout: float = 120) -> list[bytes]:
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write(command.encode() + b"\n")
+        return await self.lines(timeout)
+
+    async def reach(self, frames: int) -> float:
+        """When every subscriber had ``frames`` frames (the last process to get there)."""
+        return max(float(line.split()[1]) for line in await self.tell(f"reach {frames}"))
+
+    async def close(self) -> tuple[list[list[float]], float]:
+        far: list[list[float]] = []
+        cpu = 0.0
+        for line in await self.tell("dump"):
+            dumped = orjson.loads(line)
+            far += dumped["far"]
+            cpu += dumped["cpu"]
+        for proc in self.procs:
+            await proc.wait()
+        return far, cpu
+
+
+async def fanout(nodes: Cluster, subscribers: int, writes: int) -> Fanout:
+    """Deliveries/s and the nodes' and subscribers' CPU per delivery (``writes`` POSTs of feed/1
+    back to back on node 0), then cross-node latency (20 POSTs one at a time)."""
+    clients = await Clients.start(nodes.ports, subscribers)
+    count = subscribers // len(nodes.ports) // CLIENTS * len(nodes.ports) * CLIENTS
+    writer = await HttpConnection.open(nodes.ports[0])
     try:
-        for counter in counters:
-            await counter.wait_for(share, 60)  # the first snapshots
-        writer = await HttpConnection.open(ports[0])
         body = b'{"text":"' + b"x" * 120 + b'"}'
+        cpu = nodes.nodes_cpu()
         start = time.perf_counter()
         for n in range(writes):
             await writer.request("POST", "/feed/1", body + b" " * (n % 2))
-        for counter in counters:
-            await counter.wait_for(share * (1 + writes), 120)
-        rate = share * len(ports) * writes / (time.perf_counter() - start)
-        latencies: list[float] = []
-        far = counters[1:] or counters
+        done = await clients.reach(1 + writes)
+        node_us = (nodes.nodes_cpu() - cpu) / (count * writes) * 1e6
+        rate = count * writes / (done - start)
+        sent = []
         for n in range(20):
-            marks = [len(c.times) for c in far]
-            sent = time.perf_counter()
+            sent.append(time.perf_counter())
             await writer.request("POST", "/feed/1", body + b" " * (n % 2 + 2))
-            for counter in counters:
-                await counter.wait_for(share * (2 + writes + n), 60)
-            latencies += [(t - sent) * 1000 for c, m in zip(far, marks, strict=True) for t in c.times[m:]]
-        writer.close()
-        cuts = statistics.quantiles(latencies, n=100)
-        return rate, cuts[49], cuts[98]
+            await clients.reach(2 + writes + n)
     finally:
-        await close_subscribers(subs)
+        writer.close()
+        far, client_cpu = await clients.close()
+    latencies = [(times[1 + writes + n] - at) * 1000 for times in far for n, at in enumerate(sent)]
+    cuts = statistics.quantiles(latencies, n=100)
+    return Fanout(rate, node_us, client_cpu / (count * (1 + writes + 20)) * 1e6, cuts[49], cuts[98])
+
+
+FIELDS = ("writes/s", "node us/w", "redis us/w", "wrk us/w", "deliveries/s", "node us/d",
+          "client us/d", "p50 ms", "p99 ms")
+
+
+def measure(config: str, work: Path, args: argparse.Namespace) -> list[float]:
+    with cluster(config, work, args.baseline) as nodes:
+        w = point_writes(nodes, args.seconds)
+        f = asyncio.run(fanout(nodes, args.subscribers, args.writes))
+    return [w.rate, w.node_us, w.redis_us, w.wrk_us, f.rate, f.node_us, f.client_us, f.p50, f.p99]
+
+
+def report(results: dict[str, list[list[float]]]) -> str:
+    """Medians per configuration; writes and deliveries also against one Redis node of the same
+    tree (``redis-1`` or ``redis-1@base``)."""
+    med = {c: [statistics.median(r[i] for r in rows) for i in range(len(FIELDS))]
+           for c, rows in results.items()}
+    lines = []
+    for config, m in med.items():
+        one = med.get("redis-1@base" if config.endswith("@base") else "redis-1", m)
+        lines.append([config, f"{m[0]:.0f}", f"{m[0] / one[0]:.2f}x", *(f"{v:.0f}" for v in m[1:4]),
+                      f"{m[4]:.0f}", f"{m[4] / one[4]:.2f}x", *(f"{v:.1f}" for v in m[5:])])
+    headers = ["nodes", FIELDS[0], "vs 1", *FIELDS[1:5], "vs 1", *FIELDS[5:]]
+    return table(headers, lines)
 
 
 def main() -> None:
@@ -161,31 +279,31 @@ def main() -> None:
     parser.add_argument("--writes", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--configs", default="leveldb,redis-1,redis-2,redis-3")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout: its redis-1 and redis-2 run in the same rounds (@base)")
     args = parser.parse_args()
     for tool in ("wrk", "taskset", "redis-server"):
         if shutil.which(tool) is None:
             sys.exit(f"redis_nodes: needs {tool} on PATH")
     configs = args.configs.split(",")
-    results: dict[str, list[tuple[float, float, float, float]]] = {c: [] for c in configs}
+    if args.baseline is not None:
+        configs += [f"{c}@base" for c in configs if c in ("redis-1", "redis-2")]
+    results: dict[str, list[list[float]]] = {c: [] for c in configs}
     work = Path(tempfile.mkdtemp(prefix="ooo-bench-nodes-"))
+    loads = []
     try:
         for round_ in range(args.rounds):
             for config in configs:
-                with cluster(config, work) as ports:
-                    writes = writes_per_second(ports, args.seconds)
-                    rate, p50, p99 = asyncio.run(fanout(ports, args.subscribers, args.writes))
-                results[config].append((writes, rate, p50, p99))
-                print(f"round {round_ + 1} {config}: {writes:.0f} writes/s, {rate:.0f} deliveries/s, "
-                      f"p50 {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
+                results[config].append(measure(config, work, args))
+                loads.append(os.getloadavg()[0])
+                shown = ", ".join(f"{name} {v:.1f}" for name, v in zip(FIELDS, results[config][-1],
+                                                                         strict=True))
+                print(f"round {round_ + 1} {config}: {shown} (load {loads[-1]:.1f})", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    rows = []
-    base = {i: statistics.median(r[i] for r in results.get("redis-1", results[configs[0]])) for i in range(2)}
-    for config in configs:
-        med = [statistics.median(r[i] for r in results[config]) for i in range(4)]
-        rows.append([config, f"{med[0]:.0f}", f"{med[0] / base[0]:.2f}x", f"{med[1]:.0f}",
-                     f"{med[1] / base[1]:.2f}x", f"{med[2]:.1f}", f"{med[3]:.1f}"])
-    print(table(["nodes", "writes/s", "vs redis-1", "deliveries/s", "vs redis-1", "p50 ms", "p99 ms"], rows))
+    print(report(results))
+    print(f"load average (1 min) after each configuration: {min(loads):.1f}-{max(loads):.1f}, "
+          f"median {statistics.median(loads):.1f}, on {CORES} cores")
 
 
 if __name__ == "__main__":
