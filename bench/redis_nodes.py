@@ -90,7 +90,9 @@ def node(index: int, tree: Path, *storage: str) -> Iterator[tuple[int, int]]:
     port = free_port()
     command = ["taskset", "-c", str(index % CORES), sys.executable, "-P", "-m", "ooo_storage", "serve",
                "--port", str(port), "--log-level", "warning", *storage]
-    process = subprocess.Popen(command, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "PYTHONPATH": str(tree)}  # -P: not the cwd, and the venv's install is ROOT's
+    process = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while True:
