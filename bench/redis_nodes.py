@@ -185,7 +185,8 @@ class Clients:
         specs = [f"{port}:{share}" + (":far" if port in far else "") for port in ports]
         procs = [await asyncio.create_subprocess_exec(
             sys.executable, str(BENCH / "_redis_subs.py"), "/feed/*", *specs,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE) for _ in range(CLIENTS)]
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 26)
+            for _ in range(CLIENTS)]  # limit: the dump's line holds every far frame's time
         clients = cls(procs)
         for line in await clients.lines(60):
             if line != b"ready":
