@@ -251,6 +251,9 @@ _SET_HEAD = _SET.size - _BATCH_LEN.size
 _MOVED = -1
 """The ``txn`` of a recorded ``set_with_meta`` event, which may move its key (a new ``created``)."""
 
+_Framed = tuple[int, tuple[bytes, ...]]
+"""An event's frame in a batch: its size (u32 length included) and its parts (``_History._frame``)."""
+
 _STATE = "history.json"
 """Beside the journal: the revision reservation of the last run that kept history, and the floor."""
 _LOCK = "history.lock"
@@ -336,7 +339,11 @@ class _History:
         if not kept:
             return
         last = self.journal.log.last_tag
-        missing = [(revision, _BATCH_MAGIC + frames) for revision, frames in kept if revision > last]
+        missing = [
+            (revision, _BATCH_MAGIC + _frames_above(frames, last))
+            for revision, frames in kept
+            if revision > last
+        ]
         if missing:
             self.journal.append_tagged_nowait(*missing)
             await self.journal.flush()
@@ -388,7 +395,13 @@ class _History:
         self._save()
 
     def record(
-        self, key: str, op: str, obj: Object | None, revision: int, part: tuple[int, int] = (0, 0)
+        self,
+        key: str,
+        op: str,
+        obj: Object | None,
+        revision: int,
+        part: tuple[int, int] = (0, 0),
+        framed: _Framed | None = None,
     ) -> None:
         """Queue one event for the journal, framed at once into the pending batch (u32 length,
         then the event): the queue is appended as one journal item (:meth:`write`) once
@@ -398,8 +411,9 @@ class _History:
         costs nothing more: a restart after an unclean stop without ``durable`` starts the history
         afresh anyway.
         ``part``: (events of its transaction, its position among them) for a transaction's event;
-        the events of one transaction are recorded in one step and never split between batches."""
-        size, frame = self._frame(key, op, obj, revision, part)
+        the events of one transaction are recorded in one step and never split between batches.
+        ``framed``: the event's frame when the caller made it already (:meth:`framed`)."""
+        size, frame = self._frame(key, op, obj, revision, part) if framed is None else framed
         if not size:
             return
         pending = self._pending_bytes + size + 1  # and the batch's first byte
@@ -434,13 +448,14 @@ class _History:
             return self._rare_frame(key, op, obj, revision, part)
         return size, (head, key.encode(), data)
 
-    def frame(
+    def framed(
         self, key: str, op: str, obj: Object | None, revision: int, part: tuple[int, int] = (0, 0)
-    ) -> bytes:
-        """The event as :meth:`record` frames it into a batch, for the layer's durable copy
-        (empty if the journal could not keep it: :meth:`record` says why when it is recorded)."""
-        size, parts = self._frame(key, op, obj, revision, part)
-        return b"".join(parts) if size and size + 1 <= self._batch_bytes else b""
+    ) -> tuple[_Framed, bytes]:
+        """The event's frame (for :meth:`record`) and its bytes for the layer's durable copy
+        (empty if the journal cannot keep it: :meth:`record` says why when it is recorded)."""
+        framed = self._frame(key, op, obj, revision, part)
+        size = framed[0]
+        return framed, b"".join(framed[1]) if size and size + 1 <= self._batch_bytes else b""
 
     def _rare_frame(
         self, key: str, op: str, obj: Object | None, revision: int, part: tuple[int, int]
@@ -591,6 +606,24 @@ def _decode_item(item: bytes) -> Iterator[Event]:
 
 
 _unpack_set = struct.Struct("<BQqqI").unpack_from
+
+
+def _frames_above(frames: bytes, revision: int) -> bytes:
+    """The frames (u32 length + event, repeated, as in a batch) of the events above ``revision``:
+    a group commit's copy may hold events the journal has already (its last tag falls inside)."""
+    kept, position, end, unpack = [], 0, len(frames), _BATCH_LEN.unpack_from
+    while position < end:
+        (size,) = unpack(frames, position)
+        start = position + _BATCH_LEN.size
+        stop = start + size
+        if frames[start] == _SET_MAGIC:
+            above = _unpack_set(frames, start)[1] > revision
+        else:
+            above = _decode(frames[start:stop]).revision > revision
+        if above:
+            kept.append(frames[position:stop])
+        position = stop
+    return b"".join(kept)
 
 
 def _decode_set(item: bytes, position: int, size: int) -> Event:
@@ -1322,15 +1355,24 @@ class Layered:
         meanwhile). Returns the event queue's wait and whether the writer was cancelled (it raises
         once done); a failed group skips the revision: no event, nothing in memory."""
         revision = self._assign()
-        event = self._event(key, op, obj, revision, broadcast)
+        history = self._history
+        framed, event = None, None
+        if history is not None and broadcast and not (self._no_broadcast and self._quiet(key)):
+            framed, copy = history.framed(key, op, obj, revision)
+            event = (revision, copy) if copy else None
         waiter: list[asyncio.Future[None] | None] = [None]
         memory = self.memory
 
         def durable() -> None:
             if memory is not None:
-                memory.apply_many(sets, deletes)
+                for set_key, set_obj in sets:
+                    memory.set(set_key, set_obj)
+                for doomed in deletes:
+                    memory.delete(doomed)
+            if framed is not None and self._history is not None:  # framed once, for both copies
+                self._history.record(key, op, obj, revision, (0, 0), framed)
             self._revision = revision - 1  # _publish adds one
-            waiter[0] = self._publish(key, op, obj, broadcast)
+            waiter[0] = self._publish(key, op, obj, broadcast, recorded=True)
 
         keeper = cast(EventKeeper, self._keeper)
         try:
@@ -1347,16 +1389,6 @@ class Layered:
         if revision >= self._reserved:
             self._reserve()
         return revision
-
-    def _event(
-        self, key: str, op: Operation, obj: Object | None, revision: int, broadcast: bool
-    ) -> tuple[int, bytes] | None:
-        """The durable copy of the event ``_publish`` will record (None if it records none)."""
-        history = self._history
-        if history is None or not broadcast or (self._no_broadcast and self._quiet(key)):
-            return None
-        frame = history.frame(key, op, obj, revision)
-        return (revision, frame) if frame else None
 
     async def _store(self, key: str, obj: Object) -> bool:
         """Write ``obj`` to the layers; True when the writer was cancelled while the persistent
@@ -1875,7 +1907,8 @@ class Layered:
             return None
         loud = self._loud(changes)
         frame = b"".join(
-            history.frame(key, op, obj, revision, (len(loud), i)) for i, (key, op, obj) in enumerate(loud)
+            history.framed(key, op, obj, revision, (len(loud), i))[1]
+            for i, (key, op, obj) in enumerate(loud)
         )
         return (revision, frame) if frame else None
 
@@ -2054,15 +2087,18 @@ class Layered:
 
     # -- events --------------------------------------------------------------------------------
     def _publish(
-        self, key: str, op: Operation, obj: Object | None, broadcast: bool = True
+        self, key: str, op: Operation, obj: Object | None, broadcast: bool = True, recorded: bool = False
     ) -> asyncio.Future[None] | None:
         """Assign the revision, tell the observers and queue the event, synchronously right after
-        the commit."""
+        the commit (``recorded``: the caller recorded it in the history already)."""
         self._revision += 1
         if self._revision >= self._reserved:
             self._reserve()
         history = self._history
-        if history is not None and broadcast and not (self._no_broadcast and self._quiet(key)):
+        if (
+            history is not None and not recorded and broadcast
+            and not (self._no_broadcast and self._quiet(key))
+        ):
             history.record(key, op, obj, self._revision)
         opts = self.options
         if opts.after_write_op is not None:

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from ooo_storage import Event, Layered, LevelDBLayer, MemoryLayer, StorageUnavailable
-from ooo_storage.layered import _BATCH_MAGIC, HistoryOptions, _decode_item
+from ooo_storage.layered import _BATCH_MAGIC, HistoryOptions, _decode_item, _frames_above
 from ooo_storage.protocol.txn import TxnOp
 
 
@@ -35,6 +35,11 @@ def _store(base: Path, memory: bool = True) -> Layered:
 def _layer(store: Layered) -> LevelDBLayer:
     assert isinstance(store.embedded, LevelDBLayer)
     return store.embedded
+
+
+def _decoded(kept: list[tuple[int, bytes]]) -> list[Event]:
+    """The events of LevelDB's copies (``kept_events``), decoded as journal items."""
+    return [e for _, frames in kept for e in _decode_item(_BATCH_MAGIC + frames)]
 
 
 def _shape(events: list[Event]) -> list[tuple[int, str, str, object, int, bool]]:
@@ -62,12 +67,12 @@ async def test_each_event_is_in_leveldb_with_its_write_and_the_journal_is_not_fs
     store.on_commit(told.append)
     before = journal.commits
     await _writes(store)
-    kept = dict(_layer(store).kept_events())
-    assert sorted(kept) == sorted({e.revision for e in told})  # one copy per revision
+    kept = _layer(store).kept_events()
     assert journal.commits == before  # no fsync of the journal on the write path
-    # The copies decode as the journal's items do: the same events, in revision order.
-    decoded = [e for r in sorted(kept) for e in _decode_item(_BATCH_MAGIC + kept[r])]
-    assert _shape(decoded) == _shape(told)
+    # The copies decode as the journal's items do: the same events, in revision order, one
+    # reserved key per group commit (the 16 sets share one) under its last revision.
+    assert _shape(_decoded(kept)) == _shape(told)
+    assert [revision for revision, _ in kept] == sorted({e.revision for e in told})[15:]
     assert _shape(list(store.replay(told[0].revision - 1))) == _shape(told)
     await store.close()
 
@@ -135,6 +140,35 @@ async def test_a_start_appends_the_copies_the_journal_lacks_in_order(tmp_path: P
     await store.close()
 
 
+async def test_copies_the_journal_has_already_are_not_appended_twice(tmp_path: Path) -> None:
+    """A kill -9 between the journal's fsync and the drop of LevelDB's copies: the start skips the
+    events the journal holds, also inside a group commit whose copy straddles its last tag."""
+    store = _store(tmp_path)
+    await store.start()
+    since = store.revision
+    told: list[Event] = []
+    store.on_commit(told.append)
+    await _writes(store)
+    copies = _layer(store).kept_events()
+    group = next(frames for _, frames in copies if len(_decoded([(0, frames)])) == 16)
+    middle = _decoded([(0, group)])[7].revision
+    assert [e.revision for e in _decoded([(0, _frames_above(group, middle))])] == [
+        e.revision for e in _decoded([(0, group)])[8:]
+    ]
+    await store.close()
+    db = LevelDBLayer(tmp_path / "db")  # the copies back, as if never dropped
+    db.start()
+    with db.db.write_batch(sync=True) as batch:
+        for revision, frames in copies:
+            batch.put(b"\xff\xffev" + revision.to_bytes(8, "big"), frames)
+    db.close()
+    store = _store(tmp_path)
+    await store.start()
+    assert _layer(store).kept_events() == []
+    assert _shape(list(store.replay(since))) == _shape(told)  # each event once
+    await store.close()
+
+
 async def test_a_failed_group_skips_its_revision_and_records_nothing(tmp_path: Path) -> None:
     store = _store(tmp_path)
     await store.start()
@@ -155,7 +189,7 @@ async def test_a_failed_group_skips_its_revision_and_records_nothing(tmp_path: P
     await store.set("c", 3)  # after the layer's reopen
     assert [e.key for e in told] == ["a", "c"]
     assert [e.key for e in store.replay(told[0].revision - 1)] == ["a", "c"]
-    assert sorted(r for r, _ in layer.kept_events()) == sorted(e.revision for e in told)
+    assert [e.key for e in _decoded(layer.kept_events())] == ["a", "c"]
     await store.close()
 
 

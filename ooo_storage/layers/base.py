@@ -158,8 +158,9 @@ class EventKeeper(Protocol):
     ``write_with_event(sets, deletes, event, on_durable)`` is ``TxnWriter.apply_many`` plus the
     event (revision, bytes) under a reserved key that no listing shows, all or none; once durable
     it calls ``on_durable()`` synchronously, in the order the writes joined (their revision
-    order), then resolves. ``kept_events()`` lists the kept events (revision order) and
-    ``drop_events(upto)`` deletes those up to ``upto`` once the history has them on disk.
+    order), then resolves. ``kept_events()`` lists the kept events, one (last revision, their
+    bytes joined in revision order) per durable step that held any, and ``drop_events(upto)``
+    deletes those up to ``upto`` once the history has them on disk.
     ``Layered`` checks this once, when it is built."""
 
     keeps_events: bool

@@ -54,16 +54,19 @@ Ops = list[tuple[bytes, bytes | None]]
 Durable = Callable[[], None] | None
 """Called synchronously, in join order, once a write's group commit is durable (see
 :meth:`LevelDBLayer.write_with_event`)."""
-_Pending = tuple[Ops, "asyncio.Future[None]", Durable]
+Event = tuple[int, bytes] | None
+"""A write's event for the history's durable copy: (revision, framed bytes), or None."""
+_Pending = tuple[Ops, "asyncio.Future[None]", Durable, Event]
 
 RESERVED = b"\xff"
 """Keys from here on are not user keys (``\xff`` never occurs in UTF-8)."""
 EVENTS = b"\xff\xffev"
-"""Prefix of the event history's durable copy: ``EVENTS`` + the revision as 8 big-endian bytes."""
+"""Prefix of the event history's durable copy: ``EVENTS`` + a revision as 8 big-endian bytes, the
+last of the group commit whose events (their frames, in revision order) the value holds."""
 
 
 def event_key(revision: int) -> bytes:
-    """The reserved key of the event (or transaction's events) with ``revision``."""
+    """The reserved key of the events of a group commit whose last revision is ``revision``."""
     return EVENTS + revision.to_bytes(8, "big")
 
 
@@ -560,23 +563,23 @@ class LevelDBLayer:
         event: tuple[int, bytes] | None,
         on_durable: Callable[[], None],
     ) -> asyncio.Future[None]:
-        """Write ``sets``, delete the keys ``deletes`` and put ``event`` (revision, the history's
-        framed bytes) under its reserved key, all in the next group commit (sync mode: one
-        ``WriteBatch(sync=True)``, all or none): a durable history costs no fsync of its own.
+        """Write ``sets``, delete the keys ``deletes`` and keep ``event`` (revision, the history's
+        framed bytes), all in the next group commit (sync mode: one ``WriteBatch(sync=True)``,
+        all or none; the group's events joined under one reserved key): a durable history costs
+        no fsync of its own.
         Once the group is durable ``on_durable()`` is called, synchronously and in join order
         with the other writes' callbacks, then the future resolves; on failure neither (the
         future raises). See :class:`~ooo_storage.layers.base.EventKeeper`."""
         if not self.sync:
             raise TypeError("write_with_event needs sync=True (a group commit to join)")
         ops: Ops = [(key.encode(), obj.to_json()) for key, obj in sets]
-        ops += [(key.encode(), None) for key in deletes]
-        if event is not None:
-            ops.append((event_key(event[0]), event[1]))
-        return self._commit(ops, on_durable)
+        if deletes:
+            ops += [(key.encode(), None) for key in deletes]
+        return self._commit(ops, on_durable, event)
 
     def kept_events(self) -> list[tuple[int, bytes]]:
-        """The events written by :meth:`write_with_event` and not yet dropped: (revision, bytes),
-        in revision order."""
+        """The events written by :meth:`write_with_event` and not yet dropped, one entry per group
+        commit: (its last revision, the frames of its events in revision order)."""
         start = len(EVENTS)
         return [(int.from_bytes(k[start:], "big"), v) for k, v in self.db.iterator(prefix=EVENTS)]
 
@@ -652,12 +655,14 @@ class LevelDBLayer:
             await self._commit(ops)
         return len(ops)
 
-    def _commit(self, ops: Ops, on_durable: Durable = None) -> asyncio.Future[None]:
+    def _commit(
+        self, ops: Ops, on_durable: Durable = None, event: Event = None
+    ) -> asyncio.Future[None]:
         """Join the pending group; the future resolves once the group is durable (after
         ``on_durable`` was called)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self._pending.append((ops, fut, on_durable))
+        self._pending.append((ops, fut, on_durable, event))
         if self._committer is None or self._committer.done():
             self._committer = loop.create_task(self._run_commits())
         return fut
@@ -681,15 +686,18 @@ class LevelDBLayer:
                         continue
                 await loop.run_in_executor(self._executor, self._write_group, group)
                 if self._low_space:
-                    ops = [op for ops, _, _ in group for op in ops]
+                    ops = [op for ops, _, _, _ in group for op in ops]
                     await loop.run_in_executor(self._executor, self._reclaim, self.db, ops)
             except Exception as exc:
                 if isinstance(exc, StorageUnavailable):
                     error = exc
                 else:
-                    ops = [op for ops, _, _ in group for op in ops]
+                    ops = [op for ops, _, _, _ in group for op in ops]
+                    events = _group_events(group)
+                    if events is not None:  # put back (absent) after a reopen, as the writes
+                        ops.append((events[0], None))
                     error = self._failed(ops, exc, "storage: durable write failed")
-                for _, fut, _ in group:
+                for _, fut, _, _ in group:
                     if not fut.done():
                         fut.set_exception(error)
             else:
@@ -701,13 +709,13 @@ class LevelDBLayer:
         """A group is durable: its callbacks first, all in join order (memory and watchers get the
         writes in the order of their revisions, whoever awaits them, cancelled or not), then its
         writers."""
-        for _, _, on_durable in group:
+        for _, _, on_durable, _ in group:
             if on_durable is not None:
                 try:
                     on_durable()
                 except Exception:
                     log.exception("a durable write's callback failed")
-        for _, fut, _ in group:
+        for _, fut, _, _ in group:
             if not fut.done():
                 fut.set_result(None)
 
@@ -728,8 +736,8 @@ class LevelDBLayer:
         except NoSpace as refusal:
             kept = []
             for pending in group:
-                ops, fut, _ = pending
-                if all(v is None or k[:1] == RESERVED for k, v in ops):
+                ops, fut, _, _ = pending
+                if all(v is None for _, v in ops):
                     kept.append(pending)
                 elif not fut.done():
                     fut.set_exception(refusal)
@@ -738,12 +746,24 @@ class LevelDBLayer:
     def _write_group(self, group: list[_Pending]) -> None:
         # Runs in the commit thread; plyvel releases the GIL while LevelDB writes and syncs.
         with self.db.write_batch(sync=True) as batch:
-            for ops, _, _ in group:
+            for ops, _, _, _ in group:
                 for k, v in ops:
                     if v is None:
                         batch.delete(k)
                     else:
                         batch.put(k, v)
+            events = _group_events(group)
+            if events is not None:
+                batch.put(*events)
+
+
+def _group_events(group: list[_Pending]) -> tuple[bytes, bytes] | None:
+    """The one reserved key and value holding the events of a group commit (their frames in
+    revision order, under the last revision): one put per group, not per write."""
+    events = [event for _, _, _, event in group if event is not None]
+    if not events:
+        return None
+    return event_key(events[-1][0]), b"".join(frames for _, frames in events)
 
 
 _BACKUP_BATCH = 4 << 20  # bytes of keys and values per (synced) WriteBatch of a backup copy
