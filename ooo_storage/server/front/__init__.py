@@ -82,6 +82,10 @@ class Lean:
             self.glob_series = {m: requests.of(route_of(m, "*", False, none), m) for m in METHODS}
             self.root_series = {"POST": requests.of(route_of("POST", "", False, none), "POST")}
         self.observed = server.metrics is not None or self.access is not None
+        # Every layer of the store synchronous: a read or a plain write needs no task of its own
+        # until it waits for another (connection.py ``Front._inline``)
+        embedded = server.store.embedded
+        self.inline = embedded is None or not embedded.asynchronous
 
     def __call__(self) -> Front:
         return Front(self)
