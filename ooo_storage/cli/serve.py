@@ -699,7 +699,7 @@ def _history(args: argparse.Namespace) -> HistoryOptions | None:
         engine = "--sos" if args.sos else "--redis" if args.redis else None
         if engine is not None:
             # The default (./data/history) would be one journal for every server started in the
-            # same directory, and the history journal takes no lock: it would be corrupted.
+            # same directory: the second server would be refused at start (the directory is locked).
             raise _Refused(f"serve: the event history with {engine} needs --history-dir DIR, a "
                            "directory of this server alone (servers sharing a store must not "
                            "share a history)", status=2)

@@ -50,7 +50,7 @@ from ..protocol.views import SNAPSHOT, Change, ListState, ObjectState
 from .config import ServerConfig
 from .connection import Connection
 from .errors import Busy
-from .resume import Replay, may_overlap
+from .resume import REPLAY_MAX, Replay, may_overlap
 
 log = logging.getLogger("ooo_storage.server")
 
@@ -344,7 +344,8 @@ class Pools:
         raise HTTPFailure(
             410,
             f"ooo: the changes of {key} since version {version:x} are not known here (no event "
-            "history, history trimmed, a glob delete, filters or writes without events): GET it again",
+            f"history, history trimmed, over {REPLAY_MAX} events to read, a glob delete, filters or "
+            "writes without events): GET it again",
         )
 
     async def _read_state(self, key: str) -> tuple[ObjectState | ListState, int]:
