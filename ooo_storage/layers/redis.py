@@ -44,6 +44,7 @@ with a backoff (up to 5 s) and goes on from its position.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import re
@@ -53,10 +54,12 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
+import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from ..errors import StorageUnavailable, TransactionTimeout
 from ..protocol import keys
@@ -305,6 +308,130 @@ def _unavailable(exc: BaseException, url: str) -> StorageUnavailable:
     return StorageUnavailable(redact(f"storage: unavailable: redis at {url}: {exc or type(exc).__name__}"))
 
 
+class _Wire(asyncio.Protocol):
+    """One Redis connection for the hot path (the set scripts, the tail's ``XREAD``): RESP written
+    by hand and read by hiredis, replies matched to requests in order. redis-py's asyncio client
+    costs about 3x more CPU per command (its pool, retry and timeout layers); on a node whose
+    writes are a script and a read-back each, that was most of the node's CPU per write.
+    Any failure (lost connection, timeout) drops the connection and fails every request in flight;
+    the next request connects again."""
+
+    def __init__(self, options: Mapping[str, Any], timeout: float) -> None:
+        self.options = options
+        self.timeout = timeout
+        self._transport: asyncio.WriteTransport | None = None
+        self._reader = hiredis.Reader()
+        self._replies: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._connecting: asyncio.Future[None] | None = None
+
+    @staticmethod
+    def options_of(url: str) -> dict[str, Any] | None:
+        """The host, port, db and credentials of a plain TCP ``redis://`` URL; None for the others
+        (TLS, unix sockets), which stay on redis-py."""
+        options = dict(parse_url(url))
+        if options.pop("connection_class", None) is not None or "host" not in options:
+            return None
+        return options
+
+    # asyncio.Protocol
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        replies = self._replies
+        while replies and (reply := self._reader.gets()) is not False:
+            fut = replies.popleft()
+            if fut.done():
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                fut.set_exception(ResponseError(str(reply)))
+            else:
+                fut.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._drop(ConnectionError(f"connection lost: {exc or 'closed by redis'}"))
+
+    def _drop(self, error: Exception) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+        self._reader = hiredis.Reader()
+        replies, self._replies = self._replies, collections.deque()
+        for fut in replies:
+            if not fut.done():
+                fut.set_exception(error)
+
+    def close(self) -> None:
+        self._drop(ConnectionError("closed"))
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(2.0):
+            transport, _ = await loop.create_connection(
+                lambda: self, self.options["host"], self.options["port"]
+            )
+        self._transport = cast(asyncio.WriteTransport, transport)
+        if self.options.get("password"):
+            user = self.options.get("username")
+            await self._ask((b"AUTH", user, self.options["password"]) if user else
+                            (b"AUTH", self.options["password"]))
+        if self.options.get("db"):
+            await self._ask((b"SELECT", self.options["db"]))
+
+    async def call(self, *args: Any) -> Any:
+        """Send one command and return its reply (a Redis error reply raises ResponseError)."""
+        if self._transport is None:
+            if self._connecting is None:
+                self._connecting = asyncio.ensure_future(self._connect())
+            connecting = self._connecting
+            try:
+                await asyncio.shield(connecting)
+            except BaseException:
+                if connecting.done() and self._connecting is connecting:
+                    self._connecting = None
+                raise
+            self._connecting = None
+        return await self._ask(args)
+
+    async def _ask(self, args: Sequence[Any]) -> Any:
+        transport = self._transport
+        if transport is None:
+            raise ConnectionError("not connected")
+        parts = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            data = arg if isinstance(arg, bytes) else str(arg).encode()
+            parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+        transport.write(b"".join(parts))
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._replies.append(fut)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await fut
+        except TimeoutError:
+            self._drop(TimeoutError("timeout reading from redis"))
+            raise TimeoutError(f"no answer from redis within {self.timeout:g} s") from None
+        except asyncio.CancelledError:
+            if not fut.done():  # its reply would be taken for the next request's
+                self._drop(ConnectionError("a request was cancelled"))
+            raise
+
+    async def script(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """``EVALSHA``, or ``EVAL`` when Redis lost its script cache (a restart): it did not run."""
+        try:
+            return await self.call(b"EVALSHA", script.sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            return await self.call(b"EVAL", script.script, len(keys), *keys, *args)
+
+    async def xread(self, stream: str, after: int, count: int, block_ms: int) -> Any:
+        """``XREAD`` as redis-py answers it: ``[[stream, [(id, {field: value})]]]`` or None."""
+        reply = await self.call(b"XREAD", b"COUNT", count, b"BLOCK", block_ms, b"STREAMS", stream,
+                                b"%d-0" % after)
+        if reply is None:
+            return None
+        return [[name, [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+                        for entry_id, flat in entries]] for name, entries in reply]
+
+
 class _Waiting:
     """A write of a key that another node holds locked (``get_and_lock``): it is sent again after
     a backoff (Redis has no wake-up to await), until the lock is released or has expired."""
@@ -370,6 +497,9 @@ class RedisLayer:
         self._last_stamp = 0
         self._client: aioredis.Redis | None = None
         self._reader: aioredis.Redis | None = None
+        self._wire: _Wire | None = None
+        """The set scripts' connection (plain TCP URLs; else they go through redis-py)."""
+        self._tail_wire: _Wire | None = None
         self._scripts: dict[str, Any] = {}
         self.position = 0
         """The revision of the last stream entry applied to this node (its place in the stream)."""
@@ -407,6 +537,9 @@ class RedisLayer:
         store starts above that clock (``Layered``), and entries below its start would be ignored."""
         self._client = self._connect(socket_timeout=5.0)
         self._reader = self._connect(socket_timeout=_BLOCK_MS / 1000 + 5.0)
+        wired = _Wire.options_of(self.url)
+        if wired is not None:
+            self._wire, self._tail_wire = _Wire(wired, 5.0), _Wire(wired, _BLOCK_MS / 1000 + 5.0)
         client = self._client
         for name, text in (("set", _SET), ("delete", _DELETE), ("glob", _DELETE_GLOB),
                            ("clear", _CLEAR), ("bump", _BUMP), ("snapshot", _SNAPSHOT),
@@ -471,6 +604,9 @@ class RedisLayer:
         for client in (self._client, self._reader):
             if client is not None:
                 await client.aclose()
+        for wire in (self._wire, self._tail_wire):
+            if wire is not None:
+                wire.close()
         self._client = self._reader = None
         self.connected = False
 
@@ -530,9 +666,10 @@ class RedisLayer:
             try:
                 if self._resync_needed:
                     await self._resync()
-                reply: Any = await reader.xread(
-                    {stream: f"{self.position}-0"}, count=_BATCH, block=_BLOCK_MS
-                )
+                if self._tail_wire is not None:
+                    reply: Any = await self._tail_wire.xread(stream, self.position, _BATCH, _BLOCK_MS)
+                else:
+                    reply = await reader.xread({stream: f"{self.position}-0"}, count=_BATCH, block=_BLOCK_MS)
             except (RedisError, OSError, StorageUnavailable) as exc:  # the last: a resync's
                 if self._apply is None or task.cancelling():  # closing
                     return
@@ -671,7 +808,10 @@ class RedisLayer:
         number = self._sent
         self._pending.add(number)
         try:
-            answer = await self._scripts[name](keys=self._keys, args=args)
+            if name == "set" and self._wire is not None:
+                answer = await self._wire.script(self._scripts[name], self._keys, args)
+            else:
+                answer = await self._scripts[name](keys=self._keys, args=args)
         except (RedisError, OSError) as exc:
             raise _unavailable(exc, self.url) from exc
         else:

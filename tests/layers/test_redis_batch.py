@@ -160,3 +160,22 @@ async def test_redis_killed_mid_batch_loses_nothing_acknowledged(
     own_redis.start()  # the same append-only file, written with appendfsync always
     stored = await redis_call(own_redis.url, "HKEYS", "b:data")
     assert set(acknowledged) <= {k.decode() for k in stored}  # type: ignore[union-attr]
+
+
+
+async def test_the_write_connection_selects_the_url_s_db_authenticates_and_reloads_lost_scripts(
+    own_redis: RedisServer,
+) -> None:
+    await redis_call(own_redis.url, "CONFIG", "SET", "requirepass", "s3cret")
+    url = f"redis://:s3cret@127.0.0.1:{own_redis.port}/2"
+    store = Layered(MemoryLayer(), RedisLayer(url, "b", write_timeout=5.0))
+    await store.start()
+    try:
+        await store.set("db/1", 1)
+        await redis_call(url, "SCRIPT", "FLUSH")  # as after a restart: EVALSHA answers NOSCRIPT
+        await store.set("db/2", 2)
+        assert sorted(await redis_call(url, "HKEYS", "b:data")) == [b"db/1", b"db/2"]  # type: ignore[call-overload]
+        assert [k for k in await store.keys() if k.startswith("db/")] == ["db/1", "db/2"]
+    finally:
+        await store.close()
+        await redis_call(url, "CONFIG", "SET", "requirepass", "")
