@@ -2,16 +2,21 @@
 LevelDB.
 
     .venv/bin/python bench/redis_nodes.py [--seconds 5] [--subscribers 1000] [--writes 30] [--rounds 3]
+                                          [--baseline OTHER_CHECKOUT]
 
 Per configuration (``leveldb``: one node with ``--data``; ``redis-N``: N nodes on one local
-``redis-server``, ``appendfsync everysec``), nodes pinned round-robin to the cores with ``taskset``
-(Redis, wrk and this process are not pinned):
+``redis-server``, ``appendfsync everysec``; ``redis-N@base``: the same from ``--baseline``), nodes
+pinned round-robin to the cores with ``taskset``; Redis, wrk and the subscriber processes are not
+pinned (on 2 cores there is no free core to give them):
 
 - point writes/s: one ``wrk -t1 -c32`` per node POSTing 150 B documents (bench/wrk/post.lua) for
-  ``--seconds``, all at once; the sum of their Requests/sec;
+  ``--seconds``, all at once; the sum of their Requests/sec, and the CPU per write of the nodes
+  (together, /proc), of Redis (``INFO cpu``) and of the wrks: the figures that say how the
+  configuration would scale with a core per process, whatever else the shared machine runs;
 - fan-out deliveries/s: ``--subscribers`` websocket subscribers of ``feed/*`` spread evenly over the
-  nodes, ``--writes`` POSTs of ``feed/1`` back to back on node 0; subscribers x writes / the time
-  until every subscriber has every frame;
+  nodes and over 2 uvloop processes (bench/_redis_subs.py: the instrument is not one Python core
+  the nodes wait for), ``--writes`` POSTs of ``feed/1`` back to back on node 0; subscribers x writes
+  / the time until every subscriber has every frame; the nodes' and the subscribers' CPU per delivery;
 - cross-node latency: the same subscribers, one POST at a time on node 0, each waited for by every
   subscriber: p50/p99 of (frame arrival - POST sent) over the subscribers of the OTHER nodes (of
   node 0 itself for one node).
