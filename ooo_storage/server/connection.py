@@ -31,7 +31,10 @@ frame being sliced, so the close frame is sent only once the pump stopped (see :
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import struct
+import termios
 from collections.abc import Callable
 from typing import Protocol
 
@@ -46,6 +49,24 @@ _SLICE = 64 * 1024
 transport's high-water mark (its frames otherwise stay shared)."""
 
 log = logging.getLogger("ooo_storage.server")
+
+_INT = struct.Struct("i")
+_NO_BYTES = bytes(_INT.size)
+
+
+def unacked(transport: asyncio.Transport) -> int:
+    """Bytes the kernel still holds for the transport's socket, not yet acknowledged by the peer
+    (Linux ``TIOCOUTQ``/``SIOCOUTQ``); 0 when unknown (no socket, another platform). A kernel send
+    buffer autotuned to megabytes is reported writable only once a third of it is free, so a peer
+    that reads slowly but steadily moves nothing out of the transport's buffer for a long time:
+    what it acknowledges is the progress it makes."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        return int(_INT.unpack(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _NO_BYTES))[0])
+    except (OSError, ValueError):  # closed meanwhile, or not a TCP socket
+        return 0
 
 
 def is_data(frame: bytes) -> bool:
@@ -104,7 +125,7 @@ class Connection:
         "last_seen",
         "_transport",
         "_written",
-        "_flushed_at_check",
+        "_delivered_at_check",
         "_ping_timer",
         "_write_timer",
         "_on_drop",
@@ -137,7 +158,7 @@ class Connection:
         self.last_seen = asyncio.get_running_loop().time()
         self._transport: asyncio.Transport | None = request.transport
         self._written = 0  # bytes handed to the transport
-        self._flushed_at_check = -1
+        self._delivered_at_check: int | None = None  # at the last progress check (None: not armed)
         self._ping_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self._on_drop = on_drop  # (conn, slow): leave the pool at once, not when the socket is gone
@@ -297,13 +318,17 @@ class Connection:
         transport = self._transport
         buffered = 0 if transport is None else transport.get_write_buffer_size()
         if not buffered and not self._pending:
-            self._flushed_at_check = -1
+            self._delivered_at_check = None
             return
-        flushed = self._written - buffered
-        if flushed == self._flushed_at_check:
+        # Acknowledged by the peer, not merely handed to the kernel (see :func:`unacked`); one
+        # ioctl per check. aiohttp's own frames (pongs) lower it: only a rise is progress.
+        assert transport is not None
+        delivered = self._written - buffered - unacked(transport)
+        last = self._delivered_at_check
+        if last is not None and delivered <= last:
             self.drop(WSCloseCode.INTERNAL_ERROR, "write timeout", slow=True)
             return
-        self._flushed_at_check = flushed
+        self._delivered_at_check = delivered
         self._write_timer = asyncio.get_running_loop().call_later(
             self.config.write_timeout, self._check_progress
         )
