@@ -225,7 +225,7 @@ class HistoryOptions:
         # One owner (the store, itself behind the database lock): no flock per append. Durability
         # comes from ``flush`` when wanted; sealed segments are fsynced in the background anyway.
         return JournalOptions(
-            max_files=self.files, max_file_size=size, max_chunk=size, prefix="events",
+            max_files=self.files, max_file_size=size, max_chunk=min(size, _BATCH_BYTES), prefix="events",
             lock=False, sync=False, when_full="evict",
         )
 
@@ -252,7 +252,9 @@ _MOVED = -1
 """The ``txn`` of a recorded ``set_with_meta`` event, which may move its key (a new ``created``)."""
 
 _Framed = tuple[int, tuple[bytes, ...]]
-"""An event's frame in a batch: its size (u32 length included) and its parts (``_History._frame``)."""
+"""An event's frame in a batch: its size (u32 length included) and its parts (``_History.record``)."""
+_JUST_FRAME: _Framed = (0, ())
+"""``_History.record(..., framed=_JUST_FRAME)`` returns the event's frame, queues nothing."""
 
 _STATE = "history.json"
 """Beside the journal: the revision reservation of the last run that kept history, and the floor."""
@@ -402,7 +404,7 @@ class _History:
         revision: int,
         part: tuple[int, int] = (0, 0),
         framed: _Framed | None = None,
-    ) -> None:
+    ) -> _Framed | None:
         """Queue one event for the journal, framed at once into the pending batch (u32 length,
         then the event): the queue is appended as one journal item (:meth:`write`) once
         ``_batch_bytes`` are queued or ``_BATCH_DELAY`` after its first event, or before, by a
@@ -412,15 +414,37 @@ class _History:
         afresh anyway.
         ``part``: (events of its transaction, its position among them) for a transaction's event;
         the events of one transaction are recorded in one step and never split between batches.
-        ``framed``: the event's frame when the caller made it already (:meth:`framed`)."""
-        size, frame = self._frame(key, op, obj, revision, part) if framed is None else framed
+        ``framed``: the event's frame when the caller made it already (:meth:`framed`), or
+        ``_JUST_FRAME``: return the frame (its size and parts) instead of queueing it (the one
+        place events are framed, inline: a call more cost ~2 % of a set)."""
+        if framed is None or framed is _JUST_FRAME:
+            if (
+                part[0] or op != "set" or obj is None or obj.path is not key
+                or (self.moving and key in self.moving)
+            ):
+                size, frame = self._rare_frame(key, op, obj, revision, part)
+            else:  # a plain set, built by this store: the hot path (``_SET``, no JSON)
+                data = obj.data
+                size = _SET.size + len(key) + len(data)
+                try:
+                    frame = (
+                        _pack_set(size - 4, _SET_MAGIC, revision, obj.created, obj.updated, len(key)),
+                        key.encode(),
+                        data,
+                    )
+                except struct.error:  # stamps beyond 64 bits (set_with_meta): a JSON head
+                    size, frame = self._rare_frame(key, op, obj, revision, part)
+            if framed is not None:
+                return size, frame
+        else:
+            size, frame = framed
         if not size:
-            return
+            return None
         pending = self._pending_bytes + size + 1  # and the batch's first byte
         if pending > self._batch_bytes and not part[1]:
             if size + 1 > self._batch_bytes:
                 self._lost(revision, f"{size - 4} bytes, more than a segment holds")
-                return
+                return None
             self.write()  # a batch starts only at a transaction's first event
             pending = size + 1
         self._parts += frame
@@ -429,31 +453,14 @@ class _History:
         if self._timer is None:
             loop = cast(asyncio.AbstractEventLoop, self._loop)
             self._timer = loop.call_later(_BATCH_DELAY, self._timed_write)
-
-    def _frame(
-        self, key: str, op: str, obj: Object | None, revision: int, part: tuple[int, int]
-    ) -> tuple[int, tuple[bytes, ...]]:
-        """An event's frame in a batch: its size (u32 length included) and its parts; (0, ()) if
-        it cannot be framed (the event is then lost, not the write)."""
-        if (
-            part[0] or op != "set" or obj is None or obj.path is not key
-            or (self.moving and key in self.moving)
-        ):
-            return self._rare_frame(key, op, obj, revision, part)
-        data = obj.data  # a plain set, built by this store: the hot path (``_SET``, no JSON)
-        size = _SET.size + len(key) + len(data)
-        try:
-            head = _pack_set(size - 4, _SET_MAGIC, revision, obj.created, obj.updated, len(key))
-        except struct.error:  # stamps beyond 64 bits (set_with_meta): a JSON head
-            return self._rare_frame(key, op, obj, revision, part)
-        return size, (head, key.encode(), data)
+        return None
 
     def framed(
         self, key: str, op: str, obj: Object | None, revision: int, part: tuple[int, int] = (0, 0)
     ) -> tuple[_Framed, bytes]:
         """The event's frame (for :meth:`record`) and its bytes for the layer's durable copy
         (empty if the journal cannot keep it: :meth:`record` says why when it is recorded)."""
-        framed = self._frame(key, op, obj, revision, part)
+        framed = cast(_Framed, self.record(key, op, obj, revision, part, _JUST_FRAME))
         size = framed[0]
         return framed, b"".join(framed[1]) if size and size + 1 <= self._batch_bytes else b""
 
