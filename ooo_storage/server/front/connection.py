@@ -60,6 +60,7 @@ class Front(GuardedConnection):
         self.worker: asyncio.Task[None] | None = None
         self.local: tuple[str, int] | None = None
         self.remote = ""
+        self.host: str | None = None  # the last Host header allowed on this connection
         self.hand_over = False  # a request that is not ours waits behind ``queue``
         self.reading = True
         self.writable: asyncio.Future[None] | None = None  # set while the transport's buffer is full
@@ -338,8 +339,12 @@ class Front(GuardedConnection):
         lean = self.lean
         server, dates = lean.server, lean.dates
         start = time.perf_counter()
-        if request.key in lean.endpoints or lean.host_refusal(request.host, self.local) is not None:
+        if request.key in lean.endpoints:
             raise NotOurs()
+        if request.host != self.host:  # a connection's requests mostly name one Host
+            if lean.host_refusal(request.host, self.local) is not None:
+                raise NotOurs()
+            self.host = request.host
         cors: bytes = b""
         if request.origin is not None:
             if server.origins.origin_refusal(request.origin, request.host) is not None:

@@ -34,6 +34,10 @@ _OUR_HEADERS = frozenset(
 )
 """Headers that decide whether and how a request is served here (all others are ignored, as by
 the aiohttp handlers)."""
+_REFUSED = frozenset(
+    {b"upgrade", b"expect", b"transfer-encoding", b"content-encoding", b"sec-websocket-protocol"}
+)
+"""Headers of requests the front leaves to aiohttp, whatever their value."""
 SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n".encode()
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
 
@@ -132,11 +136,7 @@ def _request(head: bytes, method: bytes, raw_url: bytes, headers: dict[bytes, by
     if (
         method not in _METHODS
         or head.count(b"\r\n") - 2 > max_headers
-        or b"upgrade" in headers
-        or b"expect" in headers
-        or b"transfer-encoding" in headers
-        or b"content-encoding" in headers
-        or b"sec-websocket-protocol" in headers
+        or not _REFUSED.isdisjoint(headers)
         or headers.get(b"connection", b"keep-alive").strip().lower() != b"keep-alive"
     ):
         raise NotOurs()
