@@ -9,10 +9,11 @@ Per configuration (``leveldb``: one node with ``--data``; ``redis-N``: N nodes o
 pinned round-robin to the cores with ``taskset``; Redis, wrk and the subscriber processes are not
 pinned (on 2 cores there is no free core to give them):
 
-- point writes/s: one ``wrk -t1 -c32`` per node POSTing 150 B documents (bench/wrk/post.lua) for
-  ``--seconds``, all at once; the sum of their Requests/sec, and the CPU per write of the nodes
-  (together, /proc), of Redis (``INFO cpu``) and of the wrks: the figures that say how the
-  configuration would scale with a core per process, whatever else the shared machine runs;
+- point writes/s: one ``wrk -t1 -c32`` (``--connections``) per node POSTing 150 B documents
+  (bench/wrk/post.lua) for ``--seconds``, all at once; the sum of their Requests/sec, and the CPU
+  per write of the nodes (together, /proc), of Redis (``INFO cpu``) and of the wrks: the figures
+  that say how the configuration would scale with a core per process, whatever else the shared
+  machine runs;
 - fan-out deliveries/s: ``--subscribers`` websocket subscribers of ``feed/*`` spread evenly over the
   nodes and over 2 uvloop processes (bench/_redis_subs.py: the instrument is not one Python core
   the nodes wait for), ``--writes`` POSTs of ``feed/1`` back to back on node 0; subscribers x writes
@@ -143,11 +144,11 @@ class Writes:
     wrk_us: float
 
 
-def point_writes(nodes: Cluster, seconds: float) -> Writes:
+def point_writes(nodes: Cluster, seconds: float, connections: int) -> Writes:
     script = str(BENCH / "wrk" / "post.lua")
     before = nodes.nodes_cpu(), nodes.redis_cpu(), resource.getrusage(resource.RUSAGE_CHILDREN)
     runs = [
-        subprocess.Popen(["wrk", "-t1", "-c32", f"-d{seconds:g}s", "-s", script, f"http://{HOST}:{port}",
+        subprocess.Popen(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", script, f"http://{HOST}:{port}",
                           "--", "100000"], stdout=subprocess.PIPE, text=True)
         for port in nodes.ports
     ]
@@ -261,7 +262,7 @@ FIELDS = ("writes/s", "node us/w", "redis us/w", "wrk us/w", "deliveries/s", "no
 
 def measure(config: str, work: Path, args: argparse.Namespace) -> list[float]:
     with cluster(config, work, args.baseline) as nodes:
-        w = point_writes(nodes, args.seconds)
+        w = point_writes(nodes, args.seconds, args.connections)
         f = asyncio.run(fanout(nodes, args.subscribers, args.writes))
     return [w.rate, w.node_us, w.redis_us, w.wrk_us, f.rate, f.node_us, f.client_us, f.p50, f.p99]
 
@@ -285,6 +286,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--writes", type=int, default=30)
+    parser.add_argument("--connections", type=int, default=32,
+                        help="wrk connections per node: each write waits for 4 process wake-ups (wrk, "
+                             "node, Redis, node), so on a loaded machine 32 can bound a node below its CPU")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--configs", default="leveldb,redis-1,redis-2,redis-3")
     parser.add_argument("--baseline", type=Path, default=None,
