@@ -50,7 +50,7 @@ from ..protocol.views import SNAPSHOT, Change, ListState, ObjectState
 from .config import ServerConfig
 from .connection import Connection
 from .errors import Busy
-from .resume import REPLAY_MAX, Replay, may_overlap
+from .resume import REPLAY_MAX, Gate, Replay, may_overlap
 
 log = logging.getLogger("ooo_storage.server")
 
@@ -212,6 +212,7 @@ class Pools:
         self._building: dict[str, int] = {}  # client address -> its joins waiting for a build
         self._holding: list[Pool] = []  # pools holding changes of the transaction being told
         self._reading: dict[tuple[str, int], tuple[Replay, asyncio.Future[None]]] = {}
+        self.replays = Gate()  # bounds the replays reading the history at once
 
     # -- routing (the store's watch callback; synchronous) --------------------------------------
     def on_event(self, event: Event) -> None:
@@ -295,7 +296,7 @@ class Pools:
         reading = self._reading.get((key, version))
         if reading is None:
             replay = Replay(key, version)
-            task = asyncio.ensure_future(replay.ahead(self.store, self._turn))
+            task = asyncio.ensure_future(self.replays.read(replay, self.store, self._turn))
             reading = self._reading[(key, version)] = (replay, task)
             task.add_done_callback(lambda _: self._reading.pop((key, version), None))
         await asyncio.shield(reading[1])
@@ -341,6 +342,12 @@ class Pools:
             return encode_frame(False, current, jsontext.dumps(change))
         if change is SNAPSHOT:
             return encode_frame(True, current, state.data())
+        if replay.busy:
+            raise HTTPFailure(
+                410,
+                f"ooo: the changes of {key} since version {version:x} were not read: too many "
+                "resumes at once here: GET it again, or retry ?since= later",
+            )
         raise HTTPFailure(
             410,
             f"ooo: the changes of {key} since version {version:x} are not known here (no event "

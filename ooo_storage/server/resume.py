@@ -19,7 +19,10 @@ glob delete in the range, a view with filters (what they showed then is unknown)
 no longer reaches back or over :data:`REPLAY_MAX` events to read: no patch (the caller sends a
 snapshot). A single-key pool gets the document again when it changed (a snapshot is exactly that
 replacement), nothing when it did not. The history is read ahead in steps that let the loop
-serve others (:class:`Replay`).
+serve others (:class:`Replay`), by at most :data:`AT_ONCE` replays at a time (:class:`Gate`): each
+holds a chunk of the journal, and anyone with ``read`` can ask for one (a hundred resumes from an
+old version held a gigabyte). One that waits longer than :data:`WAIT` for its turn is not read:
+``?v=`` gets a snapshot (always a correct answer), ``?since=`` a 410.
 
 Writes that emit no event are not in the history either: a path that keys of ``no_broadcast_keys``
 or the trimming of a limit filter (``delete_silent``) may reach is never resumed (the hub checks).
@@ -31,6 +34,7 @@ does not call it (hooks may).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -49,6 +53,11 @@ REPLAY_MAX = 100_000
 """Most history events one resume reads; further back a snapshot is cheaper for everyone."""
 STEP = 512
 """History events read between two turns of the event loop while a resume reads ahead."""
+AT_ONCE = 4
+"""Replays reading the history at once, per server: memory for their chunks of the journal."""
+WAIT = 2.0
+"""Seconds a replay waits for its turn to read; then a snapshot (``?v=``) or a 410 (``?since=``)
+is cheaper than a client waiting on a queue of replays."""
 
 Touched = dict[str, int | None]
 """Each key changed since the version -> its ``created`` stamp then (None: it did not exist)."""
@@ -60,13 +69,14 @@ class Replay:
     :meth:`finish` the few events since, synchronously, in the same step as the pool's state is
     taken (so the two describe one moment)."""
 
-    __slots__ = ("key", "upto", "changed", "known", "seen", "_depth")
+    __slots__ = ("key", "upto", "changed", "known", "busy", "seen", "_depth")
 
     def __init__(self, key: str, since: int) -> None:
         self.key = key
         self.upto = since  # the events up to this revision are read
         self.changed: Touched = {}
         self.known = True  # False once the history cannot say
+        self.busy = False  # not read: too many replays before it (:class:`Gate`)
         self.seen = 0
         self._depth = key.count("/")
 
@@ -157,6 +167,37 @@ class Replay:
         if not view.plain or view.limit is not None:
             return None
         return list_patch(state.objects(), self.changed)
+
+
+class Gate:
+    """Lets at most :data:`AT_ONCE` replays read the history at once, in arrival order; one that
+    waited :data:`WAIT` seconds gives up (not known, :attr:`Replay.busy`). A waiting replay holds
+    nothing but itself."""
+
+    __slots__ = ("_slots", "wait", "refused")
+
+    def __init__(self, at_once: int = AT_ONCE, wait: float = WAIT) -> None:
+        self._slots = asyncio.Semaphore(at_once)
+        self.wait = wait
+        self.refused = 0
+        """Replays that gave up waiting (a snapshot or a 410 instead)."""
+
+    async def read(
+        self, replay: Replay, store: Layered, pause: Callable[[], Awaitable[None]]
+    ) -> None:
+        """:meth:`Replay.ahead` once a slot is free, or not at all after :attr:`wait` seconds."""
+        try:
+            async with asyncio.timeout(self.wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            self.refused += 1
+            replay.known = False
+            replay.busy = True
+            return
+        try:
+            await replay.ahead(store, pause)
+        finally:
+            self._slots.release()
 
 
 def may_overlap(a: str, b: str) -> bool:
