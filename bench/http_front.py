@@ -30,6 +30,14 @@ not a result, it is reported and left out of the medians. The generator's CPU (w
 the other processes' share of both cores (/proc/stat) are reported too: on a shared machine, req/s
 moves with them; CPU per request much less.
 
+``--instructions N`` also counts what machine load cannot disturb: the instructions the server
+executes per request (user space, ``valgrind --tool=callgrind`` with counting switched on by
+``callgrind_control`` around exactly ``N`` requests per connection on 64 connections, after a warm-up)
+and its system calls per request (``perf stat -e raw_syscalls:sys_enter`` around the same load on the
+server run without valgrind), for the ``post``, ``get`` and ``pipeline`` workloads of every tree and
+mode except ``sync`` (whose fsyncs callgrind does not see). The load comes from this process (a few
+raw asyncio connections: only the server is counted).
+
 wrk and etcd are not installed by this script: ``apt-get install -y wrk etcd-server``. Without wrk it
 exits with status 1 and says so; without etcd a note says so and the run goes on. The report
 (markdown) goes to stdout, progress to stderr. Every process started is stopped by its PID.
@@ -38,6 +46,7 @@ exits with status 1 and says so; without etcd a note says so and the run goes on
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import json
 import os
@@ -311,6 +320,124 @@ def run_rounds(cells: Sequence[Cell], rounds: int, seconds: int, warmup: int) ->
                     f"{f', {run.cpu_us:.1f} µs CPU/req' if run.requests else ''} {note}")
 
 
+# Instructions and system calls per request (--instructions)
+
+COUNTED = ("post", "get", "pipeline")
+
+
+def counted_request(workload: str, connection: int, n: int) -> bytes:
+    """The ``n``-th request of a connection: what the wrk script of ``workload`` sends."""
+    if workload == "get":
+        return b"GET /bench/one HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    return (b"POST /users/%d HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (connection * KEYS + n, len(DOCUMENT), DOCUMENT))
+
+
+async def exact_load(port: int, workload: str, each: int, first: int) -> None:
+    """Exactly ``each`` requests on each of ``CONNECTIONS`` connections (``PIPELINE`` at a time for
+    ``pipeline``, else one), every answer read and checked."""
+    depth = PIPELINE if workload == "pipeline" else 1
+
+    async def connection(c: int) -> None:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            for start in range(first, first + each, depth):
+                count = min(depth, first + each - start)
+                writer.write(b"".join(counted_request(workload, c, start + k) for k in range(count)))
+                for _ in range(count):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    if head[9:12] not in (b"200", b"204"):
+                        raise RuntimeError(f"{workload}: {head[:60]!r}")
+                    length = re.search(rb"Content-Length: (\d+)", head)
+                    await reader.readexactly(int(length.group(1)) if length else 0)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(connection(c) for c in range(CONNECTIONS)))
+
+
+def counted_server(server: OooServer, wrapper: list[str]) -> subprocess.Popen[bytes]:
+    """``server``'s command under ``wrapper`` (valgrind, or nothing), pinned to the server core, once
+    it answers; the key of the ``get`` workload preloaded."""
+    command = server.command()
+    process = subprocess.Popen(["taskset", "-c", str(SERVER_CORE), *wrapper, *command[2:]],
+                               env=tree_env(server.tree), cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            server.preload()
+            return process
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"{server.name} did not start under {wrapper or 'no wrapper'}") from None
+            time.sleep(0.5)
+
+
+def instructions(server: OooServer, each: int, out: Path) -> dict[str, float]:
+    """Instructions per request of ``server`` for each of :data:`COUNTED` (one callgrind run: its
+    counts zeroed before and dumped after each workload's exact load)."""
+    counts: dict[str, float] = {}
+    process = counted_server(server, ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                                      f"--callgrind-out-file={out}"])
+    try:
+        for index, workload in enumerate(COUNTED):
+            asyncio.run(exact_load(server.port, workload, PIPELINE, 10_000 * index))  # warm-up
+            for switch in (["-z"], ["-i", "on"]):
+                subprocess.run(["callgrind_control", *switch, str(process.pid)], check=True,
+                               capture_output=True)
+            asyncio.run(exact_load(server.port, workload, each, 10_000 * index + PIPELINE))
+            for switch in (["-i", "off"], ["-d"]):
+                subprocess.run(["callgrind_control", *switch, str(process.pid)], check=True,
+                               capture_output=True)
+            dumps = sorted(out.parent.glob(out.name + ".*"), key=lambda path: path.stat().st_mtime)
+            found = re.search(r"^totals: (\d+)", dumps[-1].read_text(), re.MULTILINE)
+            assert found is not None, dumps[-1]
+            counts[workload] = int(found.group(1)) / (each * CONNECTIONS)
+            log(f"{server.name} {workload}: {counts[workload] / 1e3:,.1f} k instructions/request")
+    finally:
+        process.terminate()
+        process.wait(timeout=300)
+    return counts
+
+
+def syscalls(server: OooServer, each: int) -> dict[str, float]:
+    """System calls per request of ``server`` for each of :data:`COUNTED` (perf's tracepoint)."""
+    counts: dict[str, float] = {}
+    process = counted_server(server, [])
+    try:
+        for index, workload in enumerate(COUNTED):
+            asyncio.run(exact_load(server.port, workload, PIPELINE, 10_000 * index))  # warm-up
+            perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "-p",
+                                     str(process.pid)], stderr=subprocess.PIPE, text=True)
+            time.sleep(0.5)  # perf attached
+            asyncio.run(exact_load(server.port, workload, each, 10_000 * index + PIPELINE))
+            perf.send_signal(2)
+            report_line = perf.communicate(timeout=60)[1].strip().splitlines()[-1]
+            counts[workload] = int(report_line.split(",")[0]) / (each * CONNECTIONS)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    return counts
+
+
+def counted_table(servers: Sequence[OooServer], each: int, tmp: Path) -> str:
+    """The table of instructions and system calls per request of every server but ``--sync`` ones."""
+    rows = []
+    for server in servers:
+        if server.mode == "sync":
+            continue
+        cg = instructions(server, each, tmp / f"{server.name}.callgrind")
+        calls = syscalls(server, each) if shutil.which("perf") else {}
+        for workload in COUNTED:
+            rows.append([WORKLOADS[workload].title, f"`{server.name}`", f"{cg[workload] / 1e3:,.1f} k",
+                         f"{calls[workload]:.2f}" if workload in calls else "n/a"])
+    rows.sort(key=lambda row: (row[0], row[1]))
+    return table(["workload", "server", "instructions/request (callgrind)", "syscalls/request (perf)"],
+                 rows)
+
+
 # Report
 
 
@@ -531,6 +658,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--etcd", action=argparse.BooleanOptionalAction, default=True,
                         help="run etcd's put rate alongside the POSTs (default on)")
     parser.add_argument("--quick", action="store_true", help="1 round of 1 s, no warm-up: a smoke run")
+    parser.add_argument("--instructions", type=int, default=0, metavar="N",
+                        help="also count instructions (callgrind) and syscalls (perf) per request over N "
+                             "requests per connection (0: not counted; 64 is a few minutes per server)")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds, args.warmup = 1, 1, 0
@@ -585,7 +715,14 @@ def main() -> None:
             run_rounds(cells, args.rounds, args.seconds, args.warmup)
         finally:
             kill_all()
+        counted = ""
+        if args.instructions:
+            counted = counted_table(servers, args.instructions, tmp)
     print(report(cells, notes, header_lines(args, versions, etcd)))
+    if counted:
+        print(f"\nPer request, counted over {args.instructions} requests on each of {CONNECTIONS} "
+              "connections (counts machine load does not change; user-space instructions only):"
+              f"\n\n{counted}")
 
 
 if __name__ == "__main__":
