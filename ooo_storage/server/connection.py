@@ -322,8 +322,7 @@ class Connection:
             return
         # Acknowledged by the peer, not merely handed to the kernel (see :func:`unacked`); one
         # ioctl per check. aiohttp's own frames (pongs) lower it: only a rise is progress.
-        assert transport is not None
-        delivered = self._written - buffered - unacked(transport)
+        delivered = self._written - buffered - (0 if transport is None else unacked(transport))
         last = self._delivered_at_check
         if last is not None and delivered <= last:
             self.drop(WSCloseCode.INTERNAL_ERROR, "write timeout", slow=True)
