@@ -227,6 +227,8 @@ async def test_listings_export_and_backup_never_show_the_reserved_keys(tmp_path:
     assert sorted(layer.load()) == expected
     assert [o.path for o in layer.get_list("*")] == ["top"]
     assert sorted(o.path for o in layer.get_list("a/*")) == expected[:7]
+    assert sorted(o.path for o in layer.get_list("*/*")) == expected[:-1]  # an empty literal prefix
+    assert sorted(o.path for o in await store.get_list("*/*")) == expected[:-1]
     assert [o.path for o in await store.get_list("*")] == ["top"]
     copied = await layer.backup(tmp_path / "copy")
     assert copied == len(expected)
