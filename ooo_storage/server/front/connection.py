@@ -61,6 +61,7 @@ class Front(GuardedConnection):
         self.local: tuple[str, int] | None = None
         self.remote = ""
         self.host: str | None = None  # the last Host header allowed on this connection
+        self.by_hand = False  # ``_work`` runs in ``data_received``, not in a task
         self.hand_over = False  # a request that is not ours waits behind ``queue``
         self.reading = True
         self.writable: asyncio.Future[None] | None = None  # set while the transport's buffer is full
@@ -227,39 +228,23 @@ class Front(GuardedConnection):
 
     # -- answering -----------------------------------------------------------------------------
     def _run(self) -> None:
-        """Answer the queued requests right here, in ``data_received``, while each answer needs
-        no wait (:meth:`_inline`: a read from memory, a write committed at once), and write them
-        with one call; the first request that must wait, and those after it, are answered by a
-        task (:meth:`_work`), which goes on with that request where it stopped. A task per burst
-        of requests cost about a fifth of a small request's CPU (its creation, its steps, its
-        registration), and a burst of one request is the common case."""
-        queue, refused = self.queue, False
-        while queue and not self.lost and self.writable is None:
-            request = queue[0]
-            if not self._inline(request):
-                break
-            answering = self._answer(request)
-            try:
-                waited = answering.send(None)
-            except StopIteration as done:
-                if not self._answered(request, done.value):
-                    return
-                if self.out_bytes >= FLUSH_BYTES:
-                    self._flush()
-                continue
-            except NotOurs:
-                self.hand_over = refused = True
-                break
-            self._flush()  # the answers before it go now
-            self.worker = self.loop.create_task(self._work(_Started(answering, waited)))
+        """Answer the queued requests right here, in ``data_received``: :meth:`_work` run by hand
+        (``send(None)``) while each answer needs no wait (:meth:`_inline`: a read from memory, a
+        write committed at once), the answers written with one call; if it must wait (a write
+        that joins a batch, a request that needs a task, a full socket buffer), a task goes on
+        with it from there. A task per burst of requests cost about a fifth of a small
+        request's CPU (its creation, its steps, its registration), and a burst of one request is
+        the common case."""
+        work = self._work()
+        self.by_hand = True
+        try:
+            waited = work.send(None)
+        except StopIteration:
             return
-        self._flush()
-        if queue and not self.lost and not refused:  # one to answer in a task, or a full buffer
-            self.worker = self.loop.create_task(self._work())
-            return
-        self.active_at = self.loop.time()
-        if self.hand_over and not self.lost:
-            self._hand_over()
+        finally:
+            self.by_hand = False
+        self._flush()  # the answers so far go now: the next one waits
+        self.worker = self.loop.create_task(_go_on(_Started(work, waited)))
 
     def _inline(self, request: Request) -> bool:
         """Whether ``request`` may be answered outside any task: nothing its answer runs before
@@ -278,53 +263,45 @@ class Front(GuardedConnection):
         filters = self.lean.context.filters
         return filters.find("write", key) is None and filters.find("after_write", key) is None
 
-    def _answered(self, request: Request, answer: bytes) -> bool:
-        """Take ``request``, the queue's first, out of the queue and buffer and queue its
-        ``answer`` for writing; False when the answer ends the connection (written, closing)."""
-        self.queue.popleft()
-        del self.buf[: request.size]
-        self.scan -= request.size
-        self.out.append(answer)
-        self.out_bytes += len(answer)
-        if self.closing:
-            self._flush()
-            assert self.transport is not None
-            self.transport.close()
-            return False
-        if not self.queue and not self.hand_over and not self.stopping:
-            self._resume_reading()
-            if self.scan < len(self.buf):
-                self._parse()
-        return True
-
-    async def _work(self, started: _Started | None = None) -> None:
-        """Answer the queued requests in order (one task per burst of requests that wait), the
-        first one from where :meth:`_run` left it when ``started``."""
-        queue = self.queue
+    async def _work(self) -> None:
+        """Answer the queued requests in order: run by hand by :meth:`_run` until it waits, then
+        in a task (one per burst of requests that wait)."""
+        queue, buf = self.queue, self.buf
         try:
             if self.writable is not None:
                 await self.writable
             while queue and not self.lost:
                 request = queue[0]
+                if self.by_hand and not self._inline(request):
+                    await asyncio.sleep(0)  # back to ``_run``: the rest in a task
                 try:
-                    if started is not None:
-                        answer, started = await started, None
-                    else:
-                        answer = await self._answer(request)
+                    answer = await self._answer(request)
                 except NotOurs:
                     self.hand_over = True
                     break
                 if self.lost:
                     break
-                if not self._answered(request, answer):
+                queue.popleft()
+                del buf[: request.size]
+                self.scan -= request.size
+                self.out.append(answer)
+                self.out_bytes += len(answer)
+                if self.closing:
+                    self._flush()
+                    assert self.transport is not None
+                    self.transport.close()
                     return
+                if not queue and not self.hand_over and not self.stopping:
+                    self._resume_reading()
+                    if self.scan < len(buf):
+                        self._parse()
                 if not queue or self.writable is not None or self.out_bytes >= FLUSH_BYTES:
                     self._flush()
                     if self.writable is not None:
                         await self.writable
-                elif not self.flush_soon:  # answers of pipelined requests go out together, unless
-                    self.flush_soon = True  # a request makes the worker wait: then at once
-                    self.loop.call_soon(self._flush_soon)
+                elif not self.flush_soon and not self.by_hand:  # answers of pipelined requests
+                    self.flush_soon = True  # go out together, unless a request makes the worker
+                    self.loop.call_soon(self._flush_soon)  # wait: then at once
         finally:
             self.worker = None
             self.active_at = self.loop.time()
@@ -533,18 +510,23 @@ class Front(GuardedConnection):
         self.idle_timer = self.stall_timer = None
 
 
+async def _go_on(started: _Started) -> None:
+    """The task that goes on with a :class:`_Started` ``Front._work``."""
+    await started
+
+
 class _Started:
-    """A request's answer that :meth:`Front._run` started by hand (``send(None)``) and that stopped
-    at ``waited`` (a future, or None: a bare yield): awaited in a task, it goes on from there as if
+    """A coroutine that :meth:`Front._run` started by hand (``send(None)``) and that stopped at
+    ``waited`` (a future, or None: a bare yield): awaited in a task, it goes on from there as if
     the task had awaited it from the start (what ``await`` does with a coroutine, ``yield from``)."""
 
     __slots__ = ("answering", "waited")
 
-    def __init__(self, answering: Coroutine[Any, Any, bytes], waited: Any) -> None:
+    def __init__(self, answering: Coroutine[Any, Any, None], waited: Any) -> None:
         self.answering = answering
         self.waited = waited
 
-    def __await__(self) -> Generator[Any, Any, bytes]:
+    def __await__(self) -> Generator[Any, Any, None]:
         answering, waited = self.answering, self.waited
         while True:
             try:
@@ -555,10 +537,10 @@ class _Started:
             except BaseException as exc:  # a cancellation: into the answer, where it waits
                 try:
                     waited = answering.throw(exc)
-                except StopIteration as done:
-                    return cast(bytes, done.value)
+                except StopIteration:
+                    return
             else:
                 try:
                     waited = answering.send(sent)
-                except StopIteration as done:
-                    return cast(bytes, done.value)
+                except StopIteration:
+                    return
