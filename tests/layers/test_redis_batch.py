@@ -179,3 +179,18 @@ async def test_the_write_connection_selects_the_url_s_db_authenticates_and_reloa
     finally:
         await store.close()
         await redis_call(url, "CONFIG", "SET", "requirepass", "")
+
+
+async def test_more_sets_than_one_script_carries_go_in_several_in_order(
+    own_redis: RedisServer, open_node: object
+) -> None:
+    a = await open_node()  # type: ignore[operator]
+    start = a.store.revision
+    await redis_call(own_redis.url, "CONFIG", "RESETSTAT")
+    await redis_call(own_redis.url, "CLIENT", "PAUSE", "300", "WRITE")
+    await asyncio.gather(*(late_set(a.store, min(i, 1), f"m/{i}", i) for i in range(600)))
+    calls = await script_calls(own_redis.url)
+    assert 3 <= calls <= 5  # 1, then the 599 that came meanwhile in scripts of at most 256
+    ours = [e for e in a.events if e[0] > start]
+    assert [key for _, _, key in ours] == [f"m/{i}" for i in range(600)]
+    assert [r for r, _, _ in ours] == list(range(start + 1, start + 601))
