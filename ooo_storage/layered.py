@@ -713,6 +713,9 @@ class Layered:
         self._events_layer: EventKeeper | None = events
         keeps = events is not None and self._history_durable and events.keeps_events
         self._keeper: EventKeeper | None = events if keeps else None
+        self._history_fsync = self._history_durable and not keeps
+        """A durable history whose writer waits for the journal's fsync (not with ``_keeper``,
+        whose group commit made the event durable with the write): decided once, not per write."""
         self._assigned = 0
         """With ``_keeper``: the last revision given to a write in flight (published when its group
         commit is durable, in revision order)."""
@@ -1189,7 +1192,7 @@ class Layered:
     ) -> str:
         if not self._sync:
             obj, waiter = await self._write_awaiting(key, raw, stamps, locked)
-            if self._history_durable:
+            if self._history_fsync:
                 await self._history_flush()
         elif not locked and not self._locks.busy(key) and self._gate.idle:
             # Every layer is synchronous and nobody holds the key: nothing can interleave.
@@ -1448,7 +1451,7 @@ class Layered:
                 waiter = None if old is None else self._publish(key, "del", old, broadcast)
             finally:
                 await self._gate.release_shared()
-        if self._history_durable:
+        if self._history_fsync:
             await self._history_flush()
         await self._finish(key, waiter)
 
@@ -1511,15 +1514,15 @@ class Layered:
             waiter = self._publish(pattern, "del", None, broadcast)
         finally:
             await self._gate.release_exclusive()
-        if self._history_durable:
+        if self._history_fsync:
             await self._history_flush()
         await self._finish(pattern, waiter)
 
     async def _history_flush(self) -> None:
-        """Wait until the events recorded so far are durable (one fsync shared by the writers;
-        none with ``_keeper``: the layer's group commit made them durable with the write)."""
+        """Wait until the events recorded so far are durable (one fsync shared by the writers);
+        called when ``_history_fsync`` only."""
         history = self._history
-        if history is not None and self._keeper is None:
+        if history is not None:
             await history.flush()
 
     async def _drain(self) -> None:
@@ -1678,7 +1681,7 @@ class Layered:
             result, waiters, _ = await self._txn_apply(plan, payloads, writer, current, {})
         else:
             result, waiters = await self._txn_locked(plan, payloads, writer, timeout)
-        if self._history_durable:
+        if self._history_fsync:
             await self._history_flush()
         for key, waiter in waiters:
             await self._finish(key, waiter)
@@ -1770,7 +1773,7 @@ class Layered:
                 await (gate.release_exclusive() if plan.globs else gate.release_shared())
             for key in taken:
                 locks.release(key)
-        if self._history_durable:
+        if self._history_fsync:
             await self._history_flush()
         for key, waiter in waiters:
             await self._finish(key, waiter)
