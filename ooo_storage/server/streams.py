@@ -98,7 +98,9 @@ async def subscribe(ctx: Context, request: web.Request, key: str) -> web.StreamR
             await pools.join(key, conn, parse_version(request.query.get("v")))
             joined = True
         except Exception as exc:
-            _, message = status_of(exc)
+            status, message = status_of(exc)
+            if status == 500:  # not the client's doing: the operator needs the traceback
+                log.error("subscribe to %.200s failed: %r", key, exc, exc_info=exc)
             await conn.close(WSCloseCode.INTERNAL_ERROR, message)
             return conn.ws
         conn.start()

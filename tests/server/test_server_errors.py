@@ -75,3 +75,25 @@ def test_a_defect_is_an_error_with_its_traceback_and_a_storage_failure_an_error(
     assert storage.levelno == logging.ERROR and "failed" in storage.getMessage()
     [refusal] = lines_about(caplog, "POST /c")
     assert (refusal.levelno, refusal.exc_info) == (logging.INFO, None)
+
+
+class _BrokenPeek(Layered):
+    """A store whose mirror read fails as a defect would (not a storage error): what a damaged
+    history or a bug under ``pools.join`` looks like to the subscribe handler."""
+
+    def peek_scan(self, *args: object) -> tuple:  # type: ignore[type-arg, override]
+        raise RuntimeError("peek broke")
+
+
+async def test_a_subscription_failing_by_a_defect_is_closed_1011_and_logged_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = _BrokenPeek(memory=MemoryLayer())
+    async with store, ServerRunner(store, "127.0.0.1", 0) as runner, aiohttp.ClientSession() as http:
+        with caplog.at_level(logging.INFO, logger=LOGGER):
+            async with http.ws_connect(f"{runner.url.replace('http', 'ws', 1)}/a/*") as ws:
+                msg = await ws.receive()
+    assert msg.type is aiohttp.WSMsgType.CLOSE
+    assert (msg.data, msg.extra) == (1011, "ooo: internal error")
+    records = lines_about(caplog, "subscribe to a/* failed")
+    assert [(r.levelno, r.exc_info is not None) for r in records] == [(logging.ERROR, True)], records
