@@ -258,6 +258,9 @@ _JUST_FRAME: _Framed = (0, ())
 
 _STATE = "history.json"
 """Beside the journal: the revision reservation of the last run that kept history, and the floor."""
+_GAPS = 64
+"""Gaps (revisions a history's lineage never issued, :meth:`_History.open`) remembered at most; the
+floor rises above the oldest one dropped."""
 _LOCK = "history.lock"
 """Beside the journal: ``flock``ed by the process keeping the history (one writer per directory)."""
 _TRIM_EVERY = 1.0
@@ -274,6 +277,12 @@ class _History:
     a run without history since the last one with it (the revision reservation the persistent
     layer holds differs from the one saved here). Layers that keep no revision give no such proof:
     after a restart, history then starts afresh.
+
+    ``gaps``: the revisions between the last one a run issued and the start of the next (which is
+    a version: the state at the last one), which this lineage never issued. A version in a gap
+    comes from elsewhere, typically the server that ran on after the copy this directory was
+    restored from (a copy carries this state: nothing in it tells a restored copy from a
+    restart): its changes are not in this history, so it is not resumable.
     """
 
     def __init__(
@@ -309,6 +318,7 @@ class _History:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._trimmed = 0
         """The layer's copies of the events up to this revision are dropped."""
+        self.gaps: list[tuple[int, int]] = []
 
     def open(self, saved_reservation: int, revision: int) -> int:
         """Decide the floor; returns the revision the store must continue above."""
@@ -323,13 +333,36 @@ class _History:
             and (self.durable or state.get("clean") is True)
         )
         revision = max(revision, self.journal.log.last_tag)
-        self.floor = int(state.get("floor", 0)) if continuous and isinstance(state, dict) else revision
+        if continuous and isinstance(state, dict):
+            self.floor = int(state.get("floor", 0))
+            self._gap(state, revision)
+        else:
+            self.floor = revision
         self._loop = asyncio.get_running_loop()
         if self.options.max_age is not None:
             self._pruner = asyncio.get_running_loop().create_task(self._prune(self.options.max_age))
         if self.keeper is not None and self.keeper.keeps_events:
             self._trimmer = self._loop.create_task(self._trim_every(_TRIM_EVERY))
         return revision
+
+    def _gap(self, state: dict[str, Any], start: int) -> None:
+        """Note the revisions between the last one the previous run issued (saved at its close;
+        after a crash, the journal's last event: a durable history holds every acknowledged one)
+        and ``start``, where this run begins: a version among them was never issued here."""
+        last = max(self.journal.log.last_tag, int(state.get("last", 0)) if state.get("clean") else 0)
+        gaps = [(int(low), int(high)) for low, high in state.get("gaps", ()) if int(high) > self.floor]
+        if start > last:
+            gaps.append((last, start))
+        while len(gaps) > _GAPS:  # a bounded state: what falls out is no longer resumable at all
+            self.floor = max(self.floor, gaps.pop(0)[1])
+        self.gaps = gaps
+
+    def issued(self, since: int) -> tuple[int, int] | None:
+        """The gap holding ``since`` (a version this lineage never issued), None if none does."""
+        for low, high in self.gaps:
+            if low < since < high:
+                return low, high
+        return None
 
     async def restore(self) -> None:
         """Before :meth:`open`: append the events the layer kept that the journal lacks (a crash
@@ -382,9 +415,13 @@ class _History:
         self._reserved = reservation
         self._save()
 
-    def _save(self, clean: bool = False) -> None:
+    def _save(self, clean: bool = False, last: int = 0) -> None:
         temp = self._state.with_suffix(".tmp")
-        state = {"reserved": self._reserved, "floor": self.floor, "clean": clean}
+        state: dict[str, Any] = {"reserved": self._reserved, "floor": self.floor, "clean": clean}
+        if self.gaps:
+            state["gaps"] = self.gaps
+        if clean:
+            state["last"] = max(last, self._last)
         try:
             temp.write_bytes(_dumps(state))
             os.replace(temp, self._state)
@@ -556,7 +593,9 @@ class _History:
             except Exception as exc:
                 log.error("history: prune failed: %s", exc)
 
-    async def close(self) -> None:
+    async def close(self, last: int = 0) -> None:
+        """Append what is queued, close the journal, save a clean state: ``last`` is the last
+        revision the store issued (the next start's gap begins there)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -572,7 +611,7 @@ class _History:
                 await keeper.drop_events(self._last)  # the journal's close fsynced them
         finally:
             os.close(self._lock)  # releases the directory's flock
-        self._save(clean=True)
+        self._save(clean=True, last=last)
 
 
 def _lock_directory(directory: str | os.PathLike[str]) -> int:
@@ -886,7 +925,7 @@ class Layered:
             stream.put_nowait(None)  # ends every ``async for event in store.events()``
         if self._history is not None:
             history, self._history = self._history, None
-            await history.close()
+            await history.close(max(self._revision, self._assigned))
         if self.embedded is not None:
             await maybe_await(self.embedded.close())
         if self.memory is not None:
@@ -2280,6 +2319,13 @@ class Layered:
             raise HistoryTrimmed(
                 f"storage: history trimmed: events after revision {since} are no longer all kept "
                 f"(the history starts after {floor}); start from a snapshot"
+            )
+        gap = history.issued(since)
+        if gap is not None:
+            raise HistoryTrimmed(
+                f"storage: history trimmed: revision {since} was not issued by this store's data "
+                f"(it went from {gap[0]} to {gap[1]} at a restart, or its directory was restored "
+                "from a copy); start from a snapshot"
             )
         return history.replay(since, upto)
 
