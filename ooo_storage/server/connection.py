@@ -31,8 +31,10 @@ frame being sliced, so the close frame is sent only once the pump stopped (see :
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
+import socket
 import struct
 import termios
 from collections.abc import Callable
@@ -67,6 +69,22 @@ def unacked(transport: asyncio.Transport) -> int:
         return int(_INT.unpack(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _NO_BYTES))[0])
     except (OSError, ValueError):  # closed meanwhile, or not a TCP socket
         return 0
+
+_UNSENT = 128 * 1024
+"""``TCP_NOTSENT_LOWAT`` of a subscriber's socket: the kernel takes no more from us while this
+much waits unsent (what is in flight is not limited, so a fast link keeps its speed). Without it
+the kernel queues megabytes for a slow reader (a send buffer autotuned up to ``tcp_wmem``), and a
+conflated subscriber reads all of them, stale, before its snapshot."""
+
+
+def limit_unsent(transport: asyncio.Transport) -> None:
+    """Bound what the kernel queues unsent for the transport's socket (:data:`_UNSENT`)."""
+    sock = transport.get_extra_info("socket")
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if sock is None or option is None:
+        return
+    with contextlib.suppress(OSError):  # not TCP (a unix socket), or closed meanwhile
+        sock.setsockopt(socket.IPPROTO_TCP, option, _UNSENT)
 
 
 def is_data(frame: bytes) -> bool:
@@ -157,6 +175,8 @@ class Connection:
         self.close_reason = ""
         self.last_seen = asyncio.get_running_loop().time()
         self._transport: asyncio.Transport | None = request.transport
+        if self._transport is not None:
+            limit_unsent(self._transport)
         self._written = 0  # bytes handed to the transport
         self._delivered_at_check: int | None = None  # at the last progress check (None: not armed)
         self._ping_timer: asyncio.TimerHandle | None = None
