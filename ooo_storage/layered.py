@@ -858,6 +858,9 @@ class Layered:
         self._active = True
         if self._shared is not None:  # before follow: the tail may meet a transaction at once
             self._shared.follow_txns(self.apply_remote_txn)
+            follow_reloads = getattr(self._shared, "follow_reloads", None)
+            if follow_reloads is not None:
+                follow_reloads(self.apply_remote_reload)
         if isinstance(self.embedded, Follower):
             self.embedded.follow(self.apply_remote)
 
@@ -1632,6 +1635,10 @@ class Layered:
         raise HistoryTrimmed, which makes a resuming client take a snapshot."""
         if self._history is None:
             return
+        if self._shared is not None:  # the clear's own revision in the shared order (no local one)
+            self._revision = max(self._revision, self._shared.last_revision)
+            self._history.cut(self._revision)
+            return
         self._revision = max(self._revision, self._assigned) + 1  # above any skipped revision
         if self._revision >= self._reserved:
             self._reserve()
@@ -2098,6 +2105,49 @@ class Layered:
         self._settle()
         self._revision = revision - 1  # _publish_txn adds one
         return bool(self._txn_remote_changes(ops)) or self._skip(revision)
+
+    def apply_remote_reload(self, ops: Sequence[tuple[str, Object | None]], revision: int) -> bool:
+        """Apply the whole state of a shared layer that this node reloaded (it missed part of the
+        shared order: its place in it trimmed away, another node's ``clear``): ``ops`` sets every
+        stored key and deletes keys gone, as of ``revision``, a revision of the shared order
+        whose state on every node is this one. Applied as one unit like :meth:`apply_remote_txn`
+        (what changed here: one revision, one frame per pool), then the history is cut there
+        (as :meth:`clear` cuts it): its events are not the writes this node missed (a key
+        deleted and written again shows as overwritten, with a new ``created``), so a resume
+        from an earlier version takes a snapshot, never a patch across the reload."""
+        if not self._active:
+            return False
+        if revision <= self._revision:  # the layer reloads above the store's revision
+            log.error("reload at shared revision %d is not above the store's %d: applied at %d",
+                      revision, self._revision, self._revision + 1)
+            revision = self._revision + 1
+        self._settle()
+        memory = self.memory
+        if memory is not None:  # what changed only; keys the mirror has and the data lacks go
+            stored = {key for key, obj in ops if obj is not None}
+            ops = [(key, obj) for key, obj in ops if obj is not None and memory.get(key) != obj]
+            ops += [(key, None) for key in sorted(set(memory.keys()) - stored)]
+        self._revision = revision - 1  # _publish_txn adds one
+        if not self._txn_remote_changes(ops):
+            self._skip(revision)
+        if self._history is not None:
+            self._history.cut(self._revision)
+        return True
+
+    async def apply_remote_reach(self, revision: int, within: float = 1.5) -> None:
+        """Wait, at most ``within`` seconds, until this node has applied every write the shared
+        order had when asked, when ``revision`` is above the store's (a client resuming with a
+        version it got from another node, ahead of this one): it must not be sent back in time.
+        Without a shared order, or past the wait: return (the caller sends a snapshot)."""
+        shared = self._shared
+        if shared is None or revision <= self._revision:
+            return
+        try:
+            async with asyncio.timeout(within):
+                await shared.catch_up()
+        except (TimeoutError, StorageError) as exc:
+            log.info("resume at %d: this node is at %d and did not catch up: %s",
+                     revision, self._revision, exc or "timeout")
 
     def _txn_remote_changes(
         self, ops: Sequence[tuple[str, Object | None]], read: Mapping[str, Object | None] | None = None

@@ -69,7 +69,7 @@ from .base import RemoteApply, RemoteTxnApply
 
 log = logging.getLogger("ooo_storage.redis")
 
-__all__ = ["RedisLayer", "DEFAULT_NAMESPACE", "redact"]
+__all__ = ["RedisLayer", "DEFAULT_NAMESPACE", "redact", "check_namespace"]
 
 DEFAULT_NAMESPACE = "ooo"
 _START_MARGIN_US = 60_000_000
@@ -159,14 +159,16 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], ARGV[1] .. '-0', 'o', 'b', '
            'n', ARGV[2], 'p', string.format('%d', c))
 return f
 """
-# The data and the counter in one step; with ARGV[1] > 0 it also reserves that many revisions
-# plus one per stored key (a resync applies its difference with them) behind a 'b' entry.
+# The data and the counter in one step. ARGV[1] > 0: the revision a resync applies the data at
+# must be at least that (above the node's position): a counter below it is moved up to it behind a
+# 'b' entry (nothing changes between the data's revision and it). Returns the data, the counter
+# the data stands for and the revision to apply it at.
 _SNAPSHOT = """
 local c = tonumber(redis.call('GET', KEYS[3]) or '0')
-local reserve = tonumber(ARGV[1])
+local floor = tonumber(ARGV[1])
 local top = c
-if reserve > 0 then
-  top = c + reserve + redis.call('HLEN', KEYS[1]) + 1
+if floor > c then
+  top = floor
   local id = string.format('%d', top)
   redis.call('SET', KEYS[3], id)
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], id .. '-0', 'o', 'b', 'k', '', 'v', '',
@@ -254,6 +256,23 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], string.format('%d', rev) .. 
            'k', '', 'v', table.concat(packed), 'n', ARGV[1], 'p', string.format('%d', rev - 1))
 return {1, rev, table.concat(mask)}
 """
+
+
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def check_namespace(namespace: str) -> str:
+    """``namespace`` if it is a valid one, else ValueError saying the grammar. No ``:``: every
+    Redis key of a namespace is ``<namespace>:<family>...`` (``data``, ``keys``, ``rev``, ``log``,
+    ``nodes``, ``lock:<key>``), so one namespace's keys never equal another's (``t1:lock`` would
+    make ``t1:lock:rev`` both its counter and the lock of ``t1``'s key ``rev``); no glob or
+    space characters either (Redis patterns, command lines)."""
+    if not _NAMESPACE.fullmatch(namespace):
+        raise ValueError(
+            f"redis: invalid namespace {namespace!r}: 1 to 64 of A-Z a-z 0-9 _ . - (no ':', "
+            "spaces or '*')"
+        )
+    return namespace
 
 
 def unpack_txn(packed: bytes) -> list[tuple[str, Object | None]]:
@@ -465,6 +484,8 @@ class RedisLayer:
     :attr:`last_revision`: the store publishes it in that step (see the module docstring)."""
     _apply_txn: RemoteTxnApply | None = None
     """Where the tail hands transaction entries (``Layered.apply_remote_txn``; see follow_txns)."""
+    _apply_reload: RemoteTxnApply | None = None
+    """Where a resync hands the reloaded state (``Layered.apply_remote_reload``; follow_reloads)."""
 
     def __init__(
         self,
@@ -476,8 +497,7 @@ class RedisLayer:
         node_id: str | None = None,
         lock_ttl: float = 30.0,
     ) -> None:
-        if not namespace or any(c.isspace() for c in namespace):
-            raise ValueError("redis: the namespace must be a non-empty word")
+        check_namespace(namespace)
         self.url = url
         self.shown_url = redact(url)
         """The URL as errors and logs show it: without its password."""
@@ -521,8 +541,12 @@ class RedisLayer:
         self._writable.set()
         self._known: set[str] = set()
         self._resync_needed = False
+        self._behind_clock = False
+        """The store started above the shared counter (loading outlasted the start margin)."""
         self._loaded = False
         self.resyncs = 0
+        self._registered = False
+        """This process has its push slot (one ``INCR nodes`` per process, not per start attempt)."""
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def _connect(self, **extra: Any) -> aioredis.Redis:
@@ -549,7 +573,9 @@ class RedisLayer:
             info = await client.info("server")
             self.redis_version = str(info.get("redis_version", "?"))
             self.position = await self._bump()
-            self.slot = int(await client.incr(f"{self.namespace}:nodes")) % _SLOTS
+            if not self._registered:  # a start retried (the store's history dir busy) keeps it
+                self.slot = int(await client.incr(f"{self.namespace}:nodes")) % _SLOTS
+                self._registered = True
         except (RedisError, OSError) as exc:
             await self._disconnect()
             raise StorageUnavailable(
@@ -622,10 +648,10 @@ class RedisLayer:
     async def load(self) -> Mapping[str, Object]:
         return {key: load_object(key, raw) for key, raw in (await self.load_raw()).items()}
 
-    async def _snapshot(self, reserve: int) -> tuple[dict[str, bytes], int, int]:
+    async def _snapshot(self, floor: int) -> tuple[dict[str, bytes], int, int]:
         try:
             flat, low, top = await self._scripts["snapshot"](
-                keys=self._keys, args=[reserve, self.node_id, self.maxlen]
+                keys=self._keys, args=[floor, self.node_id, self.maxlen]
             )
         except (RedisError, OSError) as exc:
             raise _unavailable(exc, self.url) from exc
@@ -636,7 +662,7 @@ class RedisLayer:
         """The shared revision this node starts at. Called after loading: when loading took so
         long that this node's clock passed it, the tail resyncs at once (see :meth:`start`)."""
         if time.time_ns() // 1000 >= self.position:
-            self._resync_needed = True
+            self._resync_needed = self._behind_clock = True
         return self.position
 
     def save_revision(self, revision: int) -> None:
@@ -714,10 +740,15 @@ class RedisLayer:
         if apply is None:
             return False
         op, own = fields[b"o"], fields[b"n"] == self.node_id.encode()
+        if op == b"b":  # another node's start or reload moved the counter: nothing changed
+            if not own and self._apply_txn is not None:
+                self._apply_txn((), revision)  # the store's revision follows (a version to resume)
+            self._moved(revision)
+            return True
         if op == b"c" and not own:
             self._resync_needed = True  # another node cleared: reload (the events say what went)
             return False
-        if own and op != b"b":
+        if own:
             await self._writer_turn(revision, sent)
         if op == b"t":
             self._txn_entry(fields[b"v"], revision)
@@ -768,33 +799,51 @@ class RedisLayer:
                     fut.set_result(None)
 
     async def _resync(self) -> None:
-        """Reload the data and apply the difference to the mirror, with revisions reserved for it.
-        New writes wait meanwhile; the pending ones are answered first and published in order."""
+        """Reload the data and apply it as ONE unit at ONE revision of the shared order: the
+        counter the data stands for (or a 'b' entry just above this node's position when nothing
+        came since). Every node's state at that revision is this data, so a version a client
+        gets from the reload resumes on any node. The store applies it as a transaction (one
+        frame per pool) and cuts its history there (``Layered.apply_remote_reload``): a version
+        from before it gets a snapshot, never a patch across the reload (it may move keys).
+        New writes wait meanwhile; this node's writes that the data holds and whose turn had not
+        come fail (see :meth:`_covered`)."""
         self._writable.clear()
         try:
             while self._pending:
                 self._answered.clear()
                 await self._answered.wait()
-            data, low, top = await self._snapshot(len(self._known) + 1)
-            for revision in sorted(r for r in self._waiters if r <= low):
-                await self._writer_turn(revision, self._sent)
-            apply = self._apply
-            if apply is None:
+            floor = self.position + 1
+            if self._behind_clock:  # the store started above the counter (see load_revision)
+                floor = max(floor, time.time_ns() // 1000 + 1)
+            data, _, top = await self._snapshot(floor)
+            apply = self._apply_reload or self._apply_txn
+            if self._apply is None or apply is None:
                 return
+            self._covered(top)
             self.resyncs += 1
-            revision = max(low, self.position)
-            for key in sorted(self._known - data.keys()):
-                revision += 1
-                apply(key, None, revision)
-            for key, raw in data.items():
-                revision += 1
-                apply(key, load_object(key, raw), revision)
+            ops: list[tuple[str, Object | None]] = [(key, None) for key in sorted(self._known - data.keys())]
+            ops += [(key, load_object(key, raw)) for key, raw in data.items()]
+            apply(ops, top)
             self._known = set(data)
-            self._resync_needed = False
+            self._resync_needed = self._behind_clock = False
             self._moved(top)
         finally:
             self._writable.set()
         log.warning("redis: node %s reloaded %d keys at stream position %d", self.node_id, len(data), top)
+
+    def _covered(self, top: int) -> None:
+        """This node's writes up to ``top`` whose turn has not come are in the reloaded data, but
+        the stream entries before them are gone: published on their own, their revision would
+        show a state that never existed (without other nodes' writes before it). Their writers
+        get a 503 saying the write is committed and applied."""
+        for revision in [r for r in self._waiters if r <= top]:
+            fut = self._waiters.pop(revision)
+            if not fut.done():
+                fut.set_exception(StorageUnavailable(
+                    f"storage: unavailable: the write is committed in redis (revision {revision}) "
+                    "but this node missed stream entries before it and reloaded: the reload "
+                    "applied it (GET shows it), nothing to send again"
+                ))
 
     # -- writes ------------------------------------------------------------------------------------
     async def _write(self, name: str, args: Sequence[Any]) -> Any:
@@ -939,6 +988,11 @@ class RedisLayer:
     def follow_txns(self, apply: RemoteTxnApply) -> None:
         """The tail hands each transaction entry to ``apply`` as one unit (see :meth:`apply_txn`)."""
         self._apply_txn = apply
+
+    def follow_reloads(self, apply: RemoteTxnApply) -> None:
+        """A resync hands the whole reloaded state to ``apply`` as one unit: ``(key, obj)`` for
+        every stored key, ``(key, None)`` for keys gone, and the revision (see :meth:`_resync`)."""
+        self._apply_reload = apply
 
     async def apply_txn(
         self,
