@@ -93,8 +93,7 @@ class Replay:
                 if self.seen % STEP == 0:
                     await pause()
         except Exception as exc:  # the journal under it was evicted, damaged, closed
-            log.debug("resume of %s: history unreadable: %s", self.key, exc)
-            self.known = False
+            self._unreadable(exc)
             return
         self.upto = target
 
@@ -108,11 +107,19 @@ class Replay:
             for event in events:
                 if not self._take(event):
                     break
-        except (StorageError, OSError) as exc:
-            log.debug("resume of %s: history unreadable: %s", self.key, exc)
-            self.known = False
+        except Exception as exc:  # as in :meth:`ahead`: the history cannot say, never a 500
+            self._unreadable(exc)
         self.upto = store.revision
         return self.known
+
+    def _unreadable(self, exc: Exception) -> None:
+        """The history failed under this replay: not known (a snapshot, a 410). A trimmed or
+        closed history is routine; anything else is damage the operator should hear of."""
+        if isinstance(exc, StorageError):
+            log.debug("resume of %s: history unreadable: %s", self.key, exc)
+        else:
+            log.warning("resume of %s: history unreadable: %r", self.key, exc)
+        self.known = False
 
     def _events(self, store: Layered, upto: int) -> Iterator[Event] | None:
         """The kept events after :attr:`upto` up to ``upto``; None (and not known) when the store

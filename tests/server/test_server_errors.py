@@ -12,7 +12,7 @@ import orjson
 import pytest
 from server_live import ENGINES, LiveFactory
 
-from ooo_storage import Layered, MemoryLayer
+from ooo_storage import HistoryOptions, Layered, MemoryLayer
 from ooo_storage.errors import HTTPFailure, StorageUnavailable
 from ooo_storage.layers import SOSLayer
 from ooo_storage.server import ServerRunner
@@ -97,3 +97,39 @@ async def test_a_subscription_failing_by_a_defect_is_closed_1011_and_logged_with
     assert (msg.data, msg.extra) == (1011, "ooo: internal error")
     records = lines_about(caplog, "subscribe to a/* failed")
     assert [(r.levelno, r.exc_info is not None) for r in records] == [(logging.ERROR, True)], records
+
+
+class _DamagedHistory(Layered):
+    """A store whose history fails on reading as a damaged journal would (a ValueError, not a
+    StorageError): what O2 met with an item larger than the journal's read chunk."""
+
+    def replay(self, since: int, upto: int | None = None):  # type: ignore[no-untyped-def]
+        if since < self.revision - 1:  # a resume's first part, read up to its start, works
+            return super().replay(since, upto)
+        return self._damaged()  # the few events since, read with the pool's state, fail
+
+    @staticmethod
+    def _damaged():  # type: ignore[no-untyped-def]
+        yield from ()
+        raise ValueError("journal: reading 1127891 bytes at once exceeds max_chunk (1048576)")
+
+
+async def test_an_unreadable_history_answers_410_and_a_snapshot_never_a_500(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _DamagedHistory(memory=MemoryLayer(), history=HistoryOptions(tmp_path / "h"))
+    async with store, ServerRunner(store, "127.0.0.1", 0) as runner, aiohttp.ClientSession() as http:
+        await store.set("a/1", {"n": 1})
+        since = store.revision
+        for n in range(2, 5):
+            await store.set(f"a/{n}", {"n": n})
+        with caplog.at_level(logging.INFO, logger=LOGGER):
+            async with http.get(f"{runner.url}/a/*?since={since:x}") as resp:
+                status, text = resp.status, await resp.text()
+            ws_url = f"{runner.url.replace('http', 'ws', 1)}/a/*?v={since:x}"
+            async with http.ws_connect(ws_url) as ws:
+                frame = await ws.receive_bytes()
+    assert status == 410, text
+    assert frame.startswith(b"{") and b'"snapshot":true' in frame.replace(b" ", b""), frame[:200]
+    warned = lines_about(caplog, "history unreadable")
+    assert warned and all(r.levelno == logging.WARNING for r in warned), warned
