@@ -607,7 +607,10 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
     if args.redis:
         from ..layers.redis import RedisLayer, redact
 
-        embedded = RedisLayer(args.redis, args.namespace)
+        try:
+            embedded = RedisLayer(args.redis, args.namespace)
+        except ValueError as exc:  # the namespace's grammar: a usage error, said on one line
+            raise _Refused(f"serve: --namespace: {exc}", status=2) from None
         redis_url = redact(args.redis)
     store = Layered(memory=MemoryLayer(), embedded=embedded, history=_history(args))
     server = Server(
@@ -658,8 +661,9 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
         except StorageUnavailable as exc:
             if not args.redis:
                 raise
-            # Redis not answering yet (it starts after us, it restarts): the same, until it does.
-            log.error("%s: serving 503 until redis answers (retrying)", exc)
+            # Redis not answering yet (it starts after us, it restarts), the history directory
+            # in use: the same, until it starts. The error says which.
+            log.error("%s: serving 503 until the store starts (retrying)", exc)
             starting = asyncio.create_task(_start_when_possible(store))
         try:
             await serve(
