@@ -223,3 +223,22 @@ async def test_a_request_that_waits_goes_on_in_a_task_and_keeps_the_order(served
     finally:
         writer.close()
 
+
+
+async def test_on_a_durable_store_reads_go_before_and_after_a_write_in_order(tmp_path: Path) -> None:
+    """``--sync`` (an asynchronous LevelDB layer under a memory mirror): a GET is answered in
+    ``data_received``, the POST behind it needs a task (its group commit), and the GET behind that
+    one sees the write."""
+    store = Layered(memory=MemoryLayer(), embedded=LevelDBLayer(str(tmp_path / "db"), sync=True))
+    await store.start()
+    runner = ServerRunner(store, "127.0.0.1", 0, http_engine="lean", shutdown_timeout=1.0)
+    await runner.start()
+    try:
+        await store.set("durable/a", {"n": 0})
+        got = await answers(runner.port, req("GET", "/durable/a") + req("POST", "/durable/a", b'{"n":1}')
+                            + req("GET", "/durable/a"), 3)
+        assert [status for status, _ in got] == [200, 200, 200]
+        assert [orjson.loads(got[i][1])["data"] for i in (0, 2)] == [{"n": 0}, {"n": 1}]
+    finally:
+        await runner.stop()
+        await store.close()

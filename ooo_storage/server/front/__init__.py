@@ -84,8 +84,9 @@ class Lean:
         self.observed = server.metrics is not None or self.access is not None
         # Every layer of the store synchronous: a read or a plain write needs no task of its own
         # until it waits for another (connection.py ``Front._inline``)
-        embedded = server.store.embedded
-        self.inline = embedded is None or not embedded.asynchronous
+        store = server.store
+        self.inline = store.embedded is None or not store.embedded.asynchronous
+        self.inline_reads = self.inline or store.mirrored  # a memory mirror answers every read
 
     def __call__(self) -> Front:
         return Front(self)

@@ -249,16 +249,15 @@ class Front(GuardedConnection):
     def _inline(self, request: Request) -> bool:
         """Whether ``request`` may be answered outside any task: nothing its answer runs before
         its first wait may need one (``asyncio.timeout``, a layer's own waits, a filter's
-        function). A GET or HEAD of one key, or a POST to one that no write or after-write
-        filter sees, on a store whose layers are all synchronous (``Layer.asynchronous``)."""
-        if not self.lean.inline:
-            return False
+        function). A GET or HEAD of one key on a store whose layers are all synchronous
+        (``Layer.asynchronous``) or that has a memory mirror, or a POST to one that no write or
+        after-write filter sees on a store whose layers are all synchronous."""
         method, key = request.method, request.key
         if not key or "*" in key:
             return False
         if method == "GET" or method == "HEAD":
-            return True
-        if method != "POST":
+            return self.lean.inline_reads
+        if method != "POST" or not self.lean.inline:
             return False
         filters = self.lean.context.filters
         return filters.find("write", key) is None and filters.find("after_write", key) is None
