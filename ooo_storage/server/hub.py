@@ -244,6 +244,8 @@ class Pools:
         pool's current one; a patch from ``version`` when the event history covers it).
         Everything from reading the pool's state to membership is synchronous."""
         replay = None
+        if version is not None:  # from a node ahead of this one: catch up first (bounded)
+            await self.store.apply_remote_reach(version)
         if version is not None and self._behind(key, version):
             replay = await self._read_ahead(key, version)
         if not self.store.active:
