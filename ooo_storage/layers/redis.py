@@ -35,8 +35,8 @@ per op sharing the revision, so each websocket pool sends one frame for the whol
 
 Each entry names the revision before it, so a node sees a gap (its position trimmed away by
 ``MAXLEN`` while it was disconnected, or a ``clear`` by another node): it then reloads the data and
-the counter in one script and applies the difference to its mirror (watchers get it as events,
-which the server's stream pools turn into fresh state). Redis unreachable: writes raise
+the counter in one script and applies what changed as ONE unit at ONE shared revision, cutting its
+history there (:meth:`RedisLayer._resync`, ``Layered.apply_remote_reload``). Redis unreachable: writes raise
 ``StorageUnavailable`` (a 503 naming Redis), reads are served from the mirror, the tail reconnects
 with a backoff (up to 5 s) and goes on from its position.
 """
