@@ -969,7 +969,14 @@ class Layered:
     # -- reads ---------------------------------------------------------------------------------
     async def get(self, key: str) -> Object:
         """The object at ``key``; NotFound if missing."""
-        self._check(key)
+        if self._active and not keys.is_valid(key):  # inactive: _get_checked says so first
+            raise InvalidPath()
+        return await self._get_checked(key)
+
+    async def _get_checked(self, key: str) -> Object:
+        """:meth:`get` of a key known to be valid (``rest.check_key`` ran): a GET checks it once."""
+        if not self._active:
+            raise self._not_active()
         if "*" in key:
             raise GlobNotAllowed()
         if self.options.before_read is not None:
