@@ -193,7 +193,8 @@ class HistoryOptions:
     bounded: at most ``max_bytes`` on disk (the oldest of its ``files`` segments is evicted when the
     newest is full) and, with ``max_age`` seconds, events older than that are pruned every
     ``max_age / 4`` seconds (at most every minute). An event larger than one segment
-    (``max_bytes / files``) is not kept: replaying across it raises HistoryTrimmed.
+    (``max_bytes / files``) is not kept: replaying across it raises HistoryTrimmed. One larger
+    than a batch (1 MiB) is a journal item of its own, read alone: a replay holds it whole.
 
     ``durable``: whether a write is acknowledged only once its event is on disk. None (the default)
     follows the persistent layer: durable when its writes are awaited; otherwise the events are
@@ -225,8 +226,8 @@ class HistoryOptions:
         # One owner (the store, itself behind the database lock): no flock per append. Durability
         # comes from ``flush`` when wanted; sealed segments are fsynced in the background anyway.
         return JournalOptions(
-            max_files=self.files, max_file_size=size, max_chunk=min(size, _BATCH_BYTES), prefix="events",
-            lock=False, sync=False, when_full="evict",
+            max_files=self.files, max_file_size=size, max_chunk=min(size, _BATCH_BYTES), max_item_size=size,
+            prefix="events", lock=False, sync=False, when_full="evict",
         )
 
 
@@ -319,6 +320,8 @@ class _History:
         self._trimmed = 0
         """The layer's copies of the events up to this revision are dropped."""
         self.gaps: list[tuple[int, int]] = []
+        self._restore_floor = 0
+        """The last event :meth:`restore` could not put back in the journal (0: none)."""
 
     def open(self, saved_reservation: int, revision: int) -> int:
         """Decide the floor; returns the revision the store must continue above."""
@@ -334,7 +337,7 @@ class _History:
         )
         revision = max(revision, self.journal.log.last_tag)
         if continuous and isinstance(state, dict):
-            self.floor = int(state.get("floor", 0))
+            self.floor = max(int(state.get("floor", 0)), self._restore_floor)
             self._gap(state, revision)
         else:
             self.floor = revision
@@ -374,15 +377,14 @@ class _History:
         if not kept:
             return
         last = self.journal.log.last_tag
-        missing = [
-            (revision, _BATCH_MAGIC + _frames_above(frames, last))
-            for revision, frames in kept
-            if revision > last
-        ]
+        missing, lost = _restored(kept, last, self._batch_bytes, self._max_item)
         if missing:
             self.journal.append_tagged_nowait(*missing)
             await self.journal.flush()
-            log.info("history: %d events restored from the persistent layer", len(missing))
+            log.info("history: events up to %d restored from the persistent layer", missing[-1][0])
+        if lost:
+            log.error("history: event %d not restored (larger than a history segment)", lost)
+            self._restore_floor = lost
         await keeper.drop_events(kept[-1][0])
 
     async def _trim_every(self, seconds: float) -> None:
@@ -479,10 +481,16 @@ class _History:
             return None
         pending = self._pending_bytes + size + 1  # and the batch's first byte
         if pending > self._batch_bytes and not part[1]:
-            if size + 1 > self._batch_bytes:
-                self._lost(revision, f"{size - 4} bytes, more than a segment holds")
+            if size + 1 > self._max_item:
+                limit = self._max_item - 5
+                self._lost(
+                    revision,
+                    f"its {size - 4} bytes are more than one history segment holds ({limit} bytes: "
+                    "max_bytes / files; raise --history-bytes)",
+                )
                 return None
-            self.write()  # a batch starts only at a transaction's first event
+            # A batch starts only at a transaction's first event; a larger event is a batch alone.
+            self.write()
             pending = size + 1
         self._parts += frame
         self._pending_bytes = pending - 1
@@ -499,7 +507,7 @@ class _History:
         (empty if the journal cannot keep it: :meth:`record` says why when it is recorded)."""
         framed = cast(_Framed, self.record(key, op, obj, revision, part, _JUST_FRAME))
         size = framed[0]
-        return framed, b"".join(framed[1]) if size and size + 1 <= self._batch_bytes else b""
+        return framed, b"".join(framed[1]) if size and size + 1 <= self._max_item else b""
 
     def _rare_frame(
         self, key: str, op: str, obj: Object | None, revision: int, part: tuple[int, int]
@@ -657,19 +665,51 @@ _unpack_set = struct.Struct("<BQqqI").unpack_from
 def _frames_above(frames: bytes, revision: int) -> bytes:
     """The frames (u32 length + event, repeated, as in a batch) of the events above ``revision``:
     a group commit's copy may hold events the journal has already (its last tag falls inside)."""
-    kept, position, end, unpack = [], 0, len(frames), _BATCH_LEN.unpack_from
+    return b"".join(part for above, part in _revisions(frames) if above > revision)
+
+
+def _revisions(frames: bytes) -> Iterator[tuple[int, bytes]]:
+    """``(revision, its frames)`` of ``frames``, a transaction's events together."""
+    position, end, unpack = 0, len(frames), _BATCH_LEN.unpack_from
+    first, current = 0, 0
     while position < end:
         (size,) = unpack(frames, position)
         start = position + _BATCH_LEN.size
-        stop = start + size
         if frames[start] == _SET_MAGIC:
-            above = _unpack_set(frames, start)[1] > revision
+            revision = _unpack_set(frames, start)[1]
         else:
-            above = _decode(frames[start:stop]).revision > revision
-        if above:
-            kept.append(frames[position:stop])
-        position = stop
-    return b"".join(kept)
+            revision = int(_loads(frames[start : start + size].partition(b"\n")[0])[0])
+        if revision != current and position:
+            yield current, frames[first:position]
+            first = position
+        current, position = revision, start + size
+    if position:
+        yield current, frames[first:position]
+
+
+def _restored(
+    kept: list[tuple[int, bytes]], above: int, batch: int, largest: int
+) -> tuple[list[tuple[int, bytes]], int]:
+    """The journal items (tag, batch) holding the events of the layer's copies above ``above``,
+    in batches of about ``batch`` bytes cut between transactions (a group commit's copy may be
+    larger than one item holds); and the last revision too large for an item (0: none)."""
+    items: list[tuple[int, bytes]] = []
+    parts, size, tag, lost = [_BATCH_MAGIC], 1, 0, 0
+    for _, frames in kept:
+        for revision, part in _revisions(frames):
+            if revision <= above:
+                continue
+            if len(part) + 1 > largest:
+                lost = revision
+                continue
+            if size > 1 and size + len(part) > batch:
+                items.append((tag, b"".join(parts)))
+                parts, size = [_BATCH_MAGIC], 1
+            parts.append(part)
+            size, tag = size + len(part), revision
+    if size > 1:
+        items.append((tag, b"".join(parts)))
+    return items, lost
 
 
 def _decode_set(item: bytes, position: int, size: int) -> Event:

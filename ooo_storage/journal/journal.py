@@ -88,7 +88,7 @@ class Journal:
         """Append ``items`` in one write; returns the index of the first (the others follow).
 
         With ``sync`` it returns once they are durable. Raises JournalFull when there is no room
-        (``when_full="error"``), ValueError for an item larger than ``max_chunk``."""
+        (``when_full="error"``), ValueError for an item larger than ``options.max_item``."""
         first = self.append_nowait(*items)
         if self.options.sync:
             await self._commit()

@@ -265,8 +265,9 @@ class SegmentLog:
                 raise TypeError(f"journal: items are bytes, not {type(item).__name__}")
             if len(item) > max_item:
                 raise ValueError(
-                    f"journal: an item of {len(item)} bytes is larger than max_chunk or "
-                    f"max_file_size allow ({self.options.max_item}); split it or raise them"
+                    f"journal: an item of {len(item)} bytes is larger than max_chunk (or "
+                    f"max_item_size) and max_file_size allow ({self.options.max_item}); split it or "
+                    "raise them"
                 )
 
     def _resolve_tags(self, records: Sequence[Record]) -> list[tuple[int, bytes]]:
@@ -429,10 +430,11 @@ class SegmentLog:
         return entry
 
     def read(self, *indexes: int) -> list[bytes]:
-        """The items at ``indexes``, in that order; together at most ``max_chunk`` bytes."""
+        """The items at ``indexes``, in that order; together at most ``max_chunk`` bytes (one
+        item alone may be larger: ``max_item_size``)."""
         entries = [self.entry(index) for index in indexes]
         total = sum(entry.length for entry in entries)
-        if total > self.options.max_chunk:
+        if total > self.options.max_chunk and len(entries) > 1:
             raise ValueError(
                 f"journal: reading {total} bytes at once exceeds max_chunk ({self.options.max_chunk}); "
                 "read fewer indexes per call"
