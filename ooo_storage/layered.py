@@ -898,9 +898,7 @@ class Layered:
         self._active = True
         if self._shared is not None:  # before follow: the tail may meet a transaction at once
             self._shared.follow_txns(self.apply_remote_txn)
-            follow_reloads = getattr(self._shared, "follow_reloads", None)
-            if follow_reloads is not None:
-                follow_reloads(self.apply_remote_reload)
+            self._shared.follow_reloads(self.apply_remote_reload)
         if isinstance(self.embedded, Follower):
             self.embedded.follow(self.apply_remote)
 

@@ -239,6 +239,11 @@ class SharedOrder(Follower, Protocol):
         """Transactions of other writers reach ``apply`` (one call each, in the shared order)."""
         ...
 
+    def follow_reloads(self, apply: RemoteTxnApply) -> None:
+        """A reload of the whole state (this writer missed part of the shared order) reaches
+        ``apply`` as one unit: every stored key set, keys gone deleted, at one shared revision."""
+        ...
+
     def apply_txn(
         self,
         seen: Mapping[str, int | None],

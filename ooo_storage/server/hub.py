@@ -323,6 +323,7 @@ class Pools:
         since ``version``, or the single key's document when it changed; 410 when the history
         cannot say (not kept, trimmed, a glob delete, read filters), or when more items changed
         than a page of GET holds (a GET in pages costs less, and holds less in memory)."""
+        await self.store.apply_remote_reach(version)  # a node behind the version: as ``join``
         replay = await self._read_ahead(key, version)
         if self._unrecorded(key):
             replay.known = False

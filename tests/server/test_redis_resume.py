@@ -161,3 +161,31 @@ async def test_a_version_from_a_reload_resumes_on_another_node(
                     except TimeoutError:
                         now = old
                 assert now == truth, (version, runner.port)
+
+
+async def test_get_since_on_a_node_behind_catches_up_to_the_version(
+    redis_server: RedisServer, tmp_path: Path, http: aiohttp.ClientSession  # noqa: F811
+) -> None:
+    """``GET ?since=V`` with V from a node ahead: the node behind waits for its tail to reach V,
+    then answers from V (before: 410, a version it never had)."""
+    namespace = f"r{uuid.uuid4().hex[:10]}"
+    a, b = node(redis_server.url, namespace, tmp_path / "a"), node(redis_server.url, namespace, tmp_path / "b")
+    async with a, b, ServerRunner(a, "127.0.0.1", 0), ServerRunner(b, "127.0.0.1", 0) as rb:
+        await a.set("gs/x", 0)
+        await caught_up(b, a.revision)
+        await stop_tail(b)
+        for i in range(50):
+            await a.set(f"gs/{i % 5}", i)
+        version = a.revision
+        answer = asyncio.ensure_future(http.get(f"{rb.url}/gs/*?since={version:x}"))
+        async with asyncio.timeout(10):
+            while not layer_of(b)._catching and not answer.done():
+                await asyncio.sleep(0.005)  # b asks Redis for the counter, then waits for its tail
+        start_tail(b)
+        async with asyncio.timeout(10):
+            resp = await answer
+        async with resp:
+            assert resp.status == 200, await resp.text()
+            frame = await resp.json()
+        assert int(frame["version"], 16) >= version
+        assert frame["data"] == [] and frame["snapshot"] is False
