@@ -776,3 +776,39 @@ async def test_a_stalled_body_is_closed_after_body_timeout_as_under_aiohttp(
         writer.close()
     assert elapsed < 1.5 * timeout, f"closed after {elapsed:.2f} s, body_timeout {timeout} s"
     assert await runner.server.store.keys() == []
+
+
+async def closed_at(reader: asyncio.StreamReader) -> float:
+    """The loop time at which the server ends the connection (within 5 s)."""
+    await closed_after(reader, 5)
+    return asyncio.get_running_loop().time()
+
+
+@pytest.mark.parametrize("engine", ["lean", "aiohttp"])
+async def test_connections_that_send_nothing_are_closed_after_keepalive_timeout(
+    pair_factory: Any, engine: str
+) -> None:
+    """A connection that never sends a byte is closed ``keepalive_timeout`` after it opened, on both
+    engines (the front times every such connection with one timer: the second, opened later, is
+    closed later), and one that speaks in time is served."""
+    pair = await pair_factory(keepalive_timeout=0.3)
+    port = (pair.lean if engine == "lean" else pair.plain).port
+    loop = asyncio.get_running_loop()
+    first_open = loop.time()  # before: the server may see the connection before the client does
+    first = await asyncio.open_connection("127.0.0.1", port)
+    await asyncio.sleep(0.2)  # a later connection: a later due time
+    second_open = loop.time()
+    second = await asyncio.open_connection("127.0.0.1", port)
+    third = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        ends = asyncio.gather(closed_at(first[0]), closed_at(second[0]))
+        third[1].write(req("GET", "/quiet/a"))
+        answer = await asyncio.wait_for(third[0].readuntil(b"ooo: empty key"), 10)
+        assert responses(answer)[0][0] == 404
+        first_end, second_end = await ends
+        assert 0.3 <= first_end - first_open < 3
+        assert 0.3 <= second_end - second_open < 3
+        assert first[0].at_eof() and second[0].at_eof()
+    finally:
+        for _, writer in (first, second, third):
+            writer.close()

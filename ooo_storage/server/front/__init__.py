@@ -87,9 +87,32 @@ class Lean:
         store = server.store
         self.inline = store.embedded is None or not store.embedded.asynchronous
         self.inline_reads = self.inline or store.mirrored  # a memory mirror answers every read
+        self.silent: dict[Front, None] = {}  # connections that sent nothing yet, oldest first
+        self.sweep: asyncio.TimerHandle | None = None
 
     def __call__(self) -> Front:
         return Front(self)
+
+    def unheard(self, front: Front) -> None:
+        """Close ``front`` if it sends nothing for ``keepalive_timeout``, as aiohttp does: one timer
+        for every such connection, not one each (a websocket is handed over with its first bytes,
+        and a timer of its own was armed and cancelled for nothing)."""
+        self.silent[front] = None
+        if self.sweep is None:
+            self.sweep = front.loop.call_later(self.gate.config.keepalive_timeout, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections silent since ``keepalive_timeout`` ago; again when the next is due."""
+        self.sweep = None
+        loop = asyncio.get_running_loop()
+        now, timeout = loop.time(), self.gate.config.keepalive_timeout
+        for front in list(self.silent):
+            due = front.active_at + timeout
+            if due > now:
+                self.sweep = loop.call_at(due, self._sweep)
+                return
+            del self.silent[front]
+            front.abort()
 
 
 async def shutdown(gate: ConnectionGate, timeout: float) -> None:

@@ -104,9 +104,8 @@ class Front(GuardedConnection):
         self.local = (sockname[0], sockname[1]) if isinstance(sockname, tuple) else None
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, tuple) else ""
-        loop = self.loop
-        self.active_at = loop.time()
-        self.idle_timer = loop.call_later(self.gate.config.keepalive_timeout, self._idle_check)
+        self.active_at = self.loop.time()
+        self.lean.unheard(self)  # its idle timer once it is heard, and if it stays ours
 
     def data_received(self, data: bytes) -> None:
         if self.handler is not None:
@@ -118,6 +117,8 @@ class Front(GuardedConnection):
             return
         if self.worker is None and not self.queue:
             self._parse()
+            if self.idle_timer is None and self.handler is None:
+                self._heard()
             if self.queue and self.worker is None:
                 self._run()
         else:
@@ -130,6 +131,7 @@ class Front(GuardedConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.lean.silent.pop(self, None)
         self.queue.clear()
         partial = self.partial
         if partial is not None and self.handler is None:  # one INFO line, as from rest.read_body
@@ -478,6 +480,7 @@ class Front(GuardedConnection):
         if self.handler is not None or transport is None or transport.is_closing():
             return
         self._cancel_timers()
+        self.lean.silent.pop(self, None)
         self._flush()  # every earlier answer goes before aiohttp's
         rest_bytes = bytes(self.buf)
         self.buf = _HANDED_OVER_BUF
@@ -501,6 +504,12 @@ class Front(GuardedConnection):
         if not self.reading and self.transport is not None and not self.transport.is_closing():
             self.reading = True
             self.transport.resume_reading()
+
+    def _heard(self) -> None:
+        """The first bytes of a connection that stays ours: its idle timer from now on (a websocket's
+        upgrade, handed over at once, never arms one: aiohttp's handler has its own)."""
+        self.lean.silent.pop(self, None)
+        self.idle_timer = self.loop.call_later(self.gate.config.keepalive_timeout, self._idle_check)
 
     def _idle_check(self) -> None:
         """Close a connection idle for ``keepalive_timeout`` (no request, nothing pending)."""
