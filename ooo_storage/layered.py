@@ -267,6 +267,10 @@ _LOCK = "history.lock"
 _TRIM_EVERY = 1.0
 """Seconds between two fsyncs of the journal after which the layer's copies are dropped (events
 kept by an :class:`EventKeeper` layer: that many seconds of writes at most)."""
+_COMPLAIN_EVERY = 10.0
+"""Seconds between two ERROR lines of a failing history disk (every batch fails on a full one)."""
+_CATCH_UP_EVERY = 10.0
+"""Seconds between two tries to append the layer's copies to a journal that fell behind."""
 
 
 class _History:
@@ -322,6 +326,12 @@ class _History:
         self.gaps: list[tuple[int, int]] = []
         self._restore_floor = 0
         """The last event :meth:`restore` could not put back in the journal (0: none)."""
+        self._behind = 0
+        """The last event the journal lacks since an append failed (a full disk) while the layer
+        keeps the durable copies (0: none): :meth:`_catch_up` appends them from there."""
+        self._catch_up_at = 0.0
+        self._quiet_until = 0.0
+        self._quieted = 0
 
     def open(self, saved_reservation: int, revision: int) -> int:
         """Decide the floor; returns the revision the store must continue above."""
@@ -352,7 +362,9 @@ class _History:
         """Note the revisions between the last one the previous run issued (saved at its close;
         after a crash, the journal's last event: a durable history holds every acknowledged one)
         and ``start``, where this run begins: a version among them was never issued here."""
-        last = max(self.journal.log.last_tag, int(state.get("last", 0)) if state.get("clean") else 0)
+        # (a journal behind lacks the last events: their copies in the layer were issued)
+        last = max(self.journal.log.last_tag, self._behind)
+        last = max(last, int(state.get("last", 0)) if state.get("clean") else 0)
         gaps = [(int(low), int(high)) for low, high in state.get("gaps", ()) if int(high) > self.floor]
         if start > last:
             gaps.append((last, start))
@@ -378,14 +390,64 @@ class _History:
             return
         last = self.journal.log.last_tag
         missing, lost = _restored(kept, last, self._batch_bytes, self._max_item)
-        if missing:
-            self.journal.append_tagged_nowait(*missing)
-            await self.journal.flush()
-            log.info("history: events up to %d restored from the persistent layer", missing[-1][0])
         if lost:
             log.error("history: event %d not restored (larger than a history segment)", lost)
             self._restore_floor = lost
+        if missing and not self._append_copies(missing):
+            return  # a full history disk must not keep the data from being served (issue 11 F1)
+        try:
+            await self.journal.flush()
+        except Exception as exc:  # not on disk: the copies stay, the trim drops them once it is
+            log.error("history: can't fsync the events restored from the persistent layer: %s", exc)
+            return
+        if missing:
+            log.info("history: events up to %d restored from the persistent layer", missing[-1][0])
         await keeper.drop_events(kept[-1][0])
+
+    def _append_copies(self, items: list[tuple[int, bytes]]) -> bool:
+        """Append the items made of the layer's copies (:func:`_restored`), one at a time, as far
+        as the journal takes them; False (and the history behind: resumes from before the last
+        of them get a snapshot / 410) when one fails, e.g. on a full disk."""
+        for item in items:
+            try:
+                self._append(item)
+            except Exception as exc:
+                self._fall_behind(items[-1][0], exc)
+                return False
+        return True
+
+    def _fall_behind(self, revision: int, why: object) -> None:
+        """The journal could not take the events up to ``revision``, which the layer keeps: stop
+        appending (tags never decrease) until :meth:`_catch_up` appends them from there."""
+        self._behind = max(self._behind, revision)
+        self._complain(
+            f"history: can't append events up to {revision} to the journal ({why}): the persistent "
+            f"layer keeps them, appended when the journal can take them (tried every "
+            f"{_CATCH_UP_EVERY:g} s); resumes from before them get a snapshot / 410"
+        )
+
+    def _catch_up(self) -> None:
+        """A history behind (:attr:`_behind`): append the layer's copies above the journal's last
+        event, at most every ``_CATCH_UP_EVERY`` seconds, synchronously (no event is recorded
+        meanwhile). Caught up once the journal holds the last event it lacked: the events of
+        writes whose group commit was still running are in the next try's copies."""
+        now = time.monotonic()
+        if now < self._catch_up_at:
+            return
+        self._catch_up_at = now + _CATCH_UP_EVERY
+        keeper = cast(EventKeeper, self.keeper)
+        try:
+            kept = keeper.kept_events()
+        except Exception as exc:
+            self._complain(f"history: can't read the events kept by the persistent layer: {exc}")
+            return
+        behind = self._behind
+        missing, lost = _restored(kept, self.journal.log.last_tag, self._batch_bytes, self._max_item)
+        if lost:  # only a copy written by an older version can be over a segment
+            self.floor = max(self.floor, lost)
+        if self._append_copies(missing) and self.journal.log.last_tag >= behind:
+            self._behind = 0
+            log.warning("history: caught up: events up to %d appended from the persistent layer", behind)
 
     async def _trim_every(self, seconds: float) -> None:
         while True:
@@ -397,14 +459,18 @@ class _History:
         durable copy of a recent event lives in the layer only until the journal's is on disk."""
         keeper = self.keeper
         self.write()
-        upto = self._last
+        if self._behind:
+            self._catch_up()
+        # What the journal holds, never what was recorded: a failed append stops the trim point
+        # (its events' only durable copy is the layer's).
+        upto = self.journal.log.last_tag
         if keeper is None or upto <= self._trimmed:
             return
         try:
             await self.journal.flush()
             await keeper.drop_events(upto)
         except Exception as exc:  # kept in the layer: the next trim (or start) tries again
-            log.error("history: can't trim the events kept by the persistent layer: %s", exc)
+            self._complain(f"history: can't trim the events kept by the persistent layer: {exc}")
             return
         self._trimmed = upto
 
@@ -428,12 +494,30 @@ class _History:
             temp.write_bytes(_dumps(state))
             os.replace(temp, self._state)
         except OSError as exc:
-            log.error("history: can't save %s: %s", self._state, exc)
+            self._complain(f"history: can't save {self._state}: {exc}")
+
+    def _complain(self, message: str) -> None:
+        """Log an error of the history's disk at most once per ``_COMPLAIN_EVERY`` seconds, with
+        how many were left unsaid (a full disk fails every batch). ``server.errors.Notices`` does
+        this for the server, a tier above the store."""
+        now = time.monotonic()
+        if now < self._quiet_until:
+            self._quieted += 1
+            return
+        if self._quieted:
+            message += f" ({self._quieted} more history errors in the last {_COMPLAIN_EVERY:g} s)"
+        self._quiet_until, self._quieted = now + _COMPLAIN_EVERY, 0
+        log.error("%s", message)
 
     def _lost(self, revision: int, why: object) -> None:
-        log.error("history: event %d not kept (replays across it raise HistoryTrimmed): %s", revision, why)
+        self._complain(f"history: event {revision} not kept (replays across it raise HistoryTrimmed): {why}")
         self.floor = revision
         self._save()
+
+    @property
+    def _copied(self) -> bool:
+        """Whether every event has a durable copy in the layer (its group commit's)."""
+        return self.durable and self.keeper is not None and self.keeper.keeps_events
 
     def record(
         self,
@@ -546,10 +630,16 @@ class _History:
             return
         parts, self._parts = self._parts, [_BATCH_MAGIC]
         self._pending_bytes = 0
+        if self._behind:  # their copies are in the layer: :meth:`_catch_up` appends them in order
+            self._behind = max(self._behind, self._last)
+            return
         try:
             self._append((self._last, b"".join(parts)))
         except Exception as exc:  # the writes are committed: they must not fail for their history
-            self._lost(self._last, exc)
+            if self._copied:
+                self._fall_behind(self._last, exc)
+            else:
+                self._lost(self._last, exc)
 
     async def flush(self) -> None:
         """Return once the events recorded so far are durable (one fsync shared by the writers)."""
@@ -565,6 +655,8 @@ class _History:
     def oldest_floor(self) -> int:
         """The revision above which the journal holds every event."""
         self.write()
+        if self._behind:  # the journal lacks the events up to it (the layer keeps them)
+            return max(self.floor, self._behind)
         log_ = self.journal.log
         first = log_.segments[0]
         if not first.count:
@@ -612,11 +704,12 @@ class _History:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self.write()
+        upto = self.journal.log.last_tag  # what it holds, not what it lacks (see write)
         try:
             await self.journal.close()
             keeper = self.keeper
-            if keeper is not None and keeper.keeps_events and self._last > self._trimmed:
-                await keeper.drop_events(self._last)  # the journal's close fsynced them
+            if keeper is not None and keeper.keeps_events and upto > self._trimmed:
+                await keeper.drop_events(upto)  # the journal's close fsynced them
         finally:
             os.close(self._lock)  # releases the directory's flock
         self._save(clean=True, last=last)

@@ -1,0 +1,166 @@
+"""A history journal that fails under a durable store (issue 11, outside attack 3): a journal that
+cannot take an append (its disk full, here: a segment it cannot create) never costs LevelDB's copy
+of an event, a start does not fail for it, the history catches up when it can; a damaged first
+journal item no longer turns every resume into a 410. Real LevelDB, real journal files."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ooo_storage import Layered, LevelDBLayer, MemoryLayer
+from ooo_storage.errors import HistoryTrimmed
+from ooo_storage.layered import _BATCH_MAGIC, HistoryOptions, _decode_item, _History
+
+_SEGMENTS = range(1, 200)
+"""Segment first indexes blocked: a journal segment is ``events_<first:020d>.dat``."""
+
+
+def _store(base: Path) -> Layered:
+    # 8 segments of 128 KiB: a few hundred 1 KiB events need a new segment, none is evicted.
+    history = HistoryOptions(base / "history", max_bytes=1 << 20, files=8)
+    return Layered(memory=MemoryLayer(), embedded=LevelDBLayer(base / "db", sync=True), history=history)
+
+
+def _block(base: Path) -> None:
+    """Make every new journal segment fail to open (a directory where its data file goes): a real
+    failing append, as on a full disk."""
+    for first in _SEGMENTS:
+        (base / "history" / f"events_{first:020d}.dat").mkdir(exist_ok=True)
+
+
+def _unblock(base: Path) -> None:
+    for first in _SEGMENTS:
+        path = base / "history" / f"events_{first:020d}.dat"
+        if path.is_dir():
+            path.rmdir()
+
+
+@contextlib.contextmanager
+def _file_size_limit(limit: int) -> Iterator[None]:
+    """Writes past ``limit`` bytes of a file fail (EFBIG) in this process meanwhile, as on a full
+    disk. LevelDB's files stay small at a start (it compresses the padding), the journal's do not."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def _history(store: Layered) -> _History:
+    history = store._history
+    assert history is not None
+    return history
+
+
+async def _catch_up(store: Layered) -> None:
+    history = _history(store)
+    history._catch_up_at = 0.0  # now, not in _CATCH_UP_EVERY seconds
+    await history.trim()
+
+
+async def _fill(store: Layered, start: int, n: int) -> None:
+    """``n`` sets of about 1 KiB, 50 at a time (distinct keys: one group commit)."""
+    for low in range(start, start + n, 50):
+        await asyncio.gather(
+            *(store.set(f"k/{i % 50}", {"i": i, "pad": "x" * 1000}) for i in range(low, min(low + 50, start + n)))
+        )
+
+
+def _kept_revisions(store: Layered) -> set[int]:
+    layer = store.embedded
+    assert isinstance(layer, LevelDBLayer)
+    return {e.revision for _, f in layer.kept_events() for e in _decode_item(_BATCH_MAGIC + f)}
+
+
+async def test_a_failed_append_keeps_leveldb_copies_and_the_history_catches_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _store(tmp_path)
+    await store.start()
+    try:
+        await _fill(store, 0, 10)
+        version = store.revision
+        _block(tmp_path)
+        with caplog.at_level(logging.ERROR, "ooo_storage"):
+            await _fill(store, 10, 300)
+            for _ in range(3):
+                await _history(store).trim()
+        last = store.revision
+        journal = {e.revision for e in _history(store).replay(version, last)}
+        assert len(journal) < last - version  # the journal could not take them all
+        # every event the journal lacks is still in LevelDB (the old trim dropped them)
+        assert set(range(version + 1, last + 1)) <= journal | _kept_revisions(store)
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert 1 <= len(errors) <= 2, [r.getMessage() for r in errors]  # not one per batch
+        with pytest.raises(HistoryTrimmed):  # never a replay missing them
+            list(store.replay(version))
+        _unblock(tmp_path)
+        await _catch_up(store)
+        await _fill(store, 310, 5)
+        events = list(store.replay(version))
+        assert [e.revision for e in events] == list(range(version + 1, store.revision + 1))
+        assert events[-1].object is not None and events[-1].object.path == "k/14"
+    finally:
+        await store.close()
+
+
+CRASHER = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[2])
+    from test_history_faults import _block, _fill, _store
+
+    async def main(base):
+        store = _store(base)
+        await store.start()
+        await _fill(store, 0, 10)
+        print(store.revision, flush=True)
+        _block(base)  # its disk full: the journal lacks what follows, LevelDB keeps it
+        await _fill(store, 10, 300)
+        print(store.revision, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    asyncio.run(main(Path(sys.argv[1])))
+    """
+)
+
+
+async def test_a_start_with_a_journal_that_cannot_take_the_copies_serves_and_catches_up(
+    tmp_path: Path,
+) -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", CRASHER, str(tmp_path), str(Path(__file__).parent)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    version, last = map(int, child.stdout.split())
+    _unblock(tmp_path)
+    store = _store(tmp_path)
+    with _file_size_limit(100 << 10):  # the journal's segments are 128 KiB: it can't take them
+        await store.start()  # was: StorageUnavailable "can't open the history ... File too large"
+    try:
+        assert (await store.get("k/9")).data == b'{"i":309,"pad":"' + b"x" * 1000 + b'"}'
+        with pytest.raises(HistoryTrimmed):
+            list(store.replay(version))
+        await _catch_up(store)
+        events = list(store.replay(version))
+        assert [e.revision for e in events] == list(range(version + 1, last + 1))
+        # a version issued while the journal lacked its events is not taken for a restart's gap
+        assert [e.revision for e in store.replay(last - 5)] == list(range(last - 4, last + 1))
+    finally:
+        await store.close()
