@@ -48,6 +48,7 @@ from .errors import (
     AllLayersNil,
     CantLockGlob,
     Conflict,
+    CorruptObject,
     GlobNotAllowed,
     GlobRequired,
     HistoryTrimmed,
@@ -330,6 +331,8 @@ class _History:
         """The last event the journal lacks since an append failed (a full disk) while the layer
         keeps the durable copies (0: none): :meth:`_catch_up` appends them from there."""
         self._catch_up_at = 0.0
+        self._readable = 0
+        """The first journal index :meth:`oldest_floor` found readable (damaged ones below)."""
         self._quiet_until = 0.0
         self._quieted = 0
 
@@ -658,17 +661,42 @@ class _History:
         if self._behind:  # the journal lacks the events up to it (the layer keeps them)
             return max(self.floor, self._behind)
         log_ = self.journal.log
-        first = log_.segments[0]
-        if not first.count:
+        if not log_.segments[0].count:
             return self.floor
-        item = self.journal.read(first.first)[0]
+        index, item = self._first_readable()
+        if item is None:
+            return max(self.floor, log_.last_tag)
         if item[:1] == _BATCH_MAGIC:  # batches start with a whole transaction
             first_event = next(_decode_item(item))
             return max(self.floor, first_event.revision - 1)
         # An old item, one event: an eviction may have cut a transaction, not wholly kept then.
-        tag = self.journal.entry(first.first).tag
+        tag = self.journal.entry(index).tag
         whole = _position(item) == 0
         return max(self.floor, tag - 1 if whole else tag)
+
+    def _first_readable(self) -> tuple[int, bytes | None]:
+        """The oldest journal item that reads (its index and bytes; None if none does): a damaged
+        one (a lost page, bit rot) holds events no replay can give, so the history starts after
+        it (logged once), instead of every resume failing on it."""
+        log_ = self.journal.log
+        index = start = max(log_.first_index, self._readable)
+        item: bytes | None = None
+        damaged: CorruptObject | None = None
+        while item is None and index < log_.next_index:
+            try:
+                item = self.journal.read(index)[0]
+            except NotFound:  # deleted or pruned meanwhile
+                index += 1
+            except CorruptObject as exc:
+                damaged = exc
+                index += 1
+        if damaged is not None:
+            log.warning(
+                "history: journal items %d to %d are damaged (%s): the history starts after them "
+                "(resumes from before get a snapshot / 410)", start, index - 1, damaged,
+            )
+        self._readable = index
+        return index, item
 
     def replay(self, since: int, upto: int) -> Iterator[Event]:
         """The kept events with ``since < revision <= upto``, one chunk in memory at a time."""

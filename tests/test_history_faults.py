@@ -164,3 +164,33 @@ async def test_a_start_with_a_journal_that_cannot_take_the_copies_serves_and_cat
         assert [e.revision for e in store.replay(last - 5)] == list(range(last - 4, last + 1))
     finally:
         await store.close()
+
+
+async def test_a_damaged_first_item_raises_the_floor_past_it_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _store(tmp_path)
+    await store.start()
+    for i in range(5):  # several journal items
+        await _fill(store, i * 5, 5)
+        _history(store).write()
+    await store.close()
+    segment = next((tmp_path / "history").glob("events_*.dat"))
+    data = bytearray(segment.read_bytes())
+    data[0:200] = bytes(200)  # zero the data of item 0
+    segment.write_bytes(bytes(data))
+    store = _store(tmp_path)
+    await store.start()
+    try:
+        version = store.revision
+        await _fill(store, 100, 3)
+        with caplog.at_level(logging.WARNING, "ooo_storage"):
+            events = list(store.replay(version))  # was: 410 for every version, for good
+            list(store.replay(version))
+        assert [e.revision for e in events] == list(range(version + 1, version + 4))
+        warnings = [r for r in caplog.records if "damaged" in r.getMessage()]
+        assert len(warnings) == 1
+        with pytest.raises(HistoryTrimmed):
+            list(store.replay(0))
+    finally:
+        await store.close()
