@@ -438,6 +438,8 @@ class _History:
         if now < self._catch_up_at:
             return
         self._catch_up_at = now + _CATCH_UP_EVERY
+        if not self._room():
+            return  # still full: reading the copies (all of them) every try would cost for nothing
         keeper = cast(EventKeeper, self.keeper)
         try:
             kept = keeper.kept_events()
@@ -451,6 +453,14 @@ class _History:
         if self._append_copies(missing) and self.journal.log.last_tag >= behind:
             self._behind = 0
             log.warning("history: caught up: events up to %d appended from the persistent layer", behind)
+
+    def _room(self) -> bool:
+        """Whether the journal's filesystem has room for a batch (True when it cannot tell)."""
+        try:
+            stat = os.statvfs(self.journal.directory)
+        except OSError:
+            return True
+        return stat.f_bavail * stat.f_frsize >= self._batch_bytes
 
     async def _trim_every(self, seconds: float) -> None:
         while True:
