@@ -432,8 +432,9 @@ class _History:
     def _catch_up(self) -> None:
         """A history behind (:attr:`_behind`): append the layer's copies above the journal's last
         event, at most every ``_CATCH_UP_EVERY`` seconds, synchronously (no event is recorded
-        meanwhile). Caught up once the journal holds the last event it lacked: the events of
-        writes whose group commit was still running are in the next try's copies."""
+        meanwhile). Caught up once the journal holds the last event it lacked: a recorded event's
+        copy is always there (recorded once its group commit is durable); one missing anyway is
+        lost (the floor rises past it) rather than the history waiting for ever."""
         now = time.monotonic()
         if now < self._catch_up_at:
             return
@@ -450,9 +451,14 @@ class _History:
         missing, lost = _restored(kept, self.journal.log.last_tag, self._batch_bytes, self._max_item)
         if lost:  # only a copy written by an older version can be over a segment
             self.floor = max(self.floor, lost)
-        if self._append_copies(missing) and self.journal.log.last_tag >= behind:
+        if not self._append_copies(missing):
+            return
+        if self.journal.log.last_tag < behind:  # no copy of them (never expected): not wait for ever
             self._behind = 0
-            log.warning("history: caught up: events up to %d appended from the persistent layer", behind)
+            self._lost(behind, "the persistent layer has no copy of them")
+            return
+        self._behind = 0
+        log.warning("history: caught up: events up to %d appended from the persistent layer", behind)
 
     def _room(self) -> bool:
         """Whether the journal's filesystem has room for a batch (True when it cannot tell)."""
