@@ -140,7 +140,7 @@ async def read_object(ctx: Context, key: str) -> Object:
     there is none). The key is checked and the read permitted already (shared with ``front.py``)."""
     filters = ctx.filters
     try:
-        obj: Object | None = await ctx.store.get(key)
+        obj: Object | None = await ctx.store._get_checked(key)  # the key is checked: once per GET
     except NotFound:
         obj = None
     if obj is not None and filters.object_fn(key) is not None:
