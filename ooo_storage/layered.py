@@ -391,6 +391,7 @@ class _History:
         kept = keeper.kept_events()
         if not kept:
             return
+        self._cut_damaged(kept)
         last = self.journal.log.last_tag
         missing, lost = _restored(kept, last, self._batch_bytes, self._max_item)
         if lost:
@@ -406,6 +407,28 @@ class _History:
         if missing:
             log.info("history: events up to %d restored from the persistent layer", missing[-1][0])
         await keeper.drop_events(kept[-1][0])
+
+    def _cut_damaged(self, kept: list[tuple[int, bytes]]) -> None:
+        """A journal item damaged by a power failure (not fsynced yet) whose events the layer
+        keeps: cut the journal before it, so that :meth:`restore` appends its events, and those
+        of the items after it, again from the copies (they hold every event from their first on).
+        An item holding events older than the copies is left as it is (a resume across it gets
+        a snapshot / 410)."""
+        log_ = self.journal.log
+        first_copy = next(_revisions(kept[0][1]), (0, b""))[0]
+        if not first_copy:
+            return
+        start = log_.seek(first_copy - 1)  # the first item with events the copies may hold
+        for index in range(start + 1, log_.next_index):  # ``start`` may begin before them
+            try:
+                self.journal.read(index)
+            except CorruptObject as exc:
+                log.warning("history: %s; it and the %d items after it are appended again from the "
+                            "persistent layer's copies", exc, log_.next_index - index - 1)
+                self.journal.truncate(index)
+                return
+            except NotFound:
+                continue
 
     def _append_copies(self, items: list[tuple[int, bytes]]) -> bool:
         """Append the items made of the layer's copies (:func:`_restored`), one at a time, as far

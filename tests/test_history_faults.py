@@ -10,6 +10,7 @@ import contextlib
 import logging
 import resource
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ import pytest
 
 from ooo_storage import Layered, LevelDBLayer, MemoryLayer
 from ooo_storage.errors import HistoryTrimmed
+from ooo_storage.journal import Journal
 from ooo_storage.layered import _BATCH_MAGIC, HistoryOptions, _decode_item, _History
 
 _SEGMENTS = range(1, 200)
@@ -194,3 +196,67 @@ async def test_a_damaged_first_item_raises_the_floor_past_it_only(
             list(store.replay(0))
     finally:
         await store.close()
+
+
+POWER_LOSS = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[2])
+    from test_history_faults import _fill, _store
+
+    async def main(base):
+        store = _store(base)
+        await store.start()
+        await _fill(store, 0, 10)
+        print(store.revision, flush=True)
+        await store._history.trim()  # LevelDB keeps the copies of what follows only
+        for i in range(6):  # one journal item each
+            await _fill(store, 10 + i * 5, 5)
+            store._history.write()
+        first = min(r for r, _ in store.embedded.kept_events())
+        print(first, store.revision, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    asyncio.run(main(Path(sys.argv[1])))
+    """
+)
+
+
+async def test_an_item_lost_at_a_power_failure_is_put_back_from_leveldb_copies(tmp_path: Path) -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", POWER_LOSS, str(tmp_path), str(Path(__file__).parent)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    version, first_copy, last = map(int, child.stdout.split())
+    index = (tmp_path / "history" / "events_00000000000000000000.idx").read_bytes()
+    entries = [struct.unpack_from("<QQQQII", index, i * 48) for i in range(len(index) // 48)]
+    damaged = [e for e in entries if e[1] > first_copy][2]  # an item of the copies' range, mid-way
+    with open(tmp_path / "history" / "events_00000000000000000000.dat", "r+b") as data:
+        data.seek(damaged[3])
+        data.write(bytes(damaged[4]))  # its page never reached the disk
+    store = _store(tmp_path)
+    await store.start()
+    try:
+        events = list(store.replay(version))  # was: 410 (the journal's damaged item) for good
+        assert [e.revision for e in events] == list(range(version + 1, last + 1))
+        assert events[-1].object is not None and events[-1].object.data.startswith(b'{"i":39,')
+    finally:
+        await store.close()
+
+
+async def test_journal_truncate_drops_the_tail_across_segments_durably(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, max_file_size=4096, max_files=8)
+    journal.append_tagged_nowait(*((i + 1, bytes([i]) * 1000) for i in range(10)))  # 3-4 segments
+    assert len(journal.log.segments) > 2
+    assert journal.truncate(4) == 6  # within the second segment (3 items per segment)
+    assert (journal.next_index, journal.log.last_tag, len(journal.log.segments)) == (4, 4, 2)
+    journal.append_tagged_nowait((40, b"again"))
+    await journal.close()
+    reopened = Journal(tmp_path, max_file_size=4096, max_files=8)
+    try:
+        assert reopened.read(2, 3, 4) == [b"\x02" * 1000, b"\x03" * 1000, b"again"]
+        assert (reopened.next_index, reopened.log.last_tag) == (5, 40)
+    finally:
+        await reopened.close()

@@ -129,6 +129,12 @@ class Journal:
         durable together, in one group."""
         await self._commit()
 
+    def truncate(self, index: int) -> int:
+        """Drop the items from ``index`` on, durably (see :meth:`SegmentLog.truncate`)."""
+        removed = self.log.truncate(index)
+        self._tail = self.log.segments[-1].first
+        return removed
+
     def delete(self, *indexes: int) -> int:
         """Mark ``indexes`` deleted (ignoring absent ones); returns how many were live. With
         ``sync`` the deletes are fsynced with the next commit, not before this returns: an item

@@ -553,6 +553,34 @@ class SegmentLog:
                 index += step
 
     # -- deleting and pruning -------------------------------------------------------------------
+    def truncate(self, index: int) -> int:
+        """Drop the entries from ``index`` on, durably; returns how many. For a writer that
+        appends them again from a copy of its own (a damaged tail lost at a power failure):
+        their indexes are given again, so no other process may have consumed them."""
+        with self._locked():
+            dropped = 0
+            while len(self.segments) > 1 and self.segments[-1].first >= index:
+                seg = self.segments[-1]
+                dropped += seg.count
+                self._drop(seg, lost=False)
+            seg = self.segments[-1]
+            keep = min(max(index - seg.first, 0), seg.count)
+            if keep == seg.count:
+                return dropped
+            last = seg.entry(seg.first + keep - 1) if keep else None
+            if keep and last is None:
+                raise CorruptObject(f"journal: the index entry of {index - 1} in {seg.idx_path} is damaged")
+            dropped += seg.count - keep
+            seg.cut(keep, last.end if last is not None else 0)
+            if last is not None:
+                seg.last_tag, seg.last_stamp = last.tag, last.stamp
+            seg.sync_data()
+            seg.sync_index()
+            self._recount(seg)
+            if self._lock is not None:
+                self._lock.claim(self.next_index)
+        return dropped
+
     def delete(self, *indexes: int) -> int:
         """Mark ``indexes`` deleted (absent or already deleted ones are ignored: an ack may be
         repeated); returns how many were live. A segment whose items are all deleted is removed
