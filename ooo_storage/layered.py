@@ -203,9 +203,11 @@ class HistoryOptions:
     With ``LevelDBLayer(sync=True)`` (an :class:`~ooo_storage.layers.base.EventKeeper`) a durable
     event goes into the write's own group commit (one fsync for both), and the journal, written as
     without ``durable``, is fsynced every ``_TRIM_EVERY`` seconds, after which LevelDB's copies are
-    dropped; a start appends the copies the journal lacks. Other awaited layers (SOS, erasure)
-    fsync the journal after the write. One process at a time keeps a history directory (a lock
-    file in it).
+    dropped; a start appends the copies the journal lacks. Other awaited layers (SOS, erasure,
+    Redis) fsync the journal after the write: a kill -9 between the two may part a write from its
+    event, so only with such copies does the history reach back across an unclean stop (otherwise
+    it starts afresh there: a resume from before gets a snapshot). One process at a time keeps a
+    history directory (a lock file in it).
     """
 
     directory: str | os.PathLike[str]
@@ -342,11 +344,15 @@ class _History:
             state = _loads(self._state.read_bytes())
         except (OSError, _JSONDecodeError):
             state = None
+        # After an unclean stop only copies kept in the layer's own durable step prove the history
+        # whole: a layer that fsyncs the journal after its write (SOS, erasure) may hold a write
+        # whose event never reached the journal, and a resume across it would miss it.
+        copies = self.keeper is not None and self.keeper.keeps_events
         continuous = (
             isinstance(state, dict)
             and saved_reservation
             and state.get("reserved") == saved_reservation
-            and (self.durable or state.get("clean") is True)
+            and ((self.durable and copies) or state.get("clean") is True)
         )
         revision = max(revision, self.journal.log.last_tag)
         if continuous and isinstance(state, dict):
