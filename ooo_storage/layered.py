@@ -260,6 +260,9 @@ _Framed = tuple[int, tuple[bytes, ...]]
 _JUST_FRAME: _Framed = (0, ())
 """``_History.record(..., framed=_JUST_FRAME)`` returns the event's frame, queues nothing."""
 
+_SHARED_PROBE = 1.0
+"""Seconds a shared commit past its deadline waits for the shared store to answer (409 or 503)."""
+
 _STATE = "history.json"
 """Beside the journal: the revision reservation of the last run that kept history, and the floor."""
 _GAPS = 64
@@ -2023,7 +2026,8 @@ class Layered:
                     await (gate.acquire_exclusive() if plan.globs else gate.acquire_shared())
                     gated = True
             except TimeoutError:
-                raise TransactionTimeout(list(plan.locked[len(taken) :]), timeout) from None
+                late = TransactionTimeout(list(plan.locked[len(taken) :]), timeout)
+                raise await self._shared_timeout(late) from None
             result, waiters = await self._txn_shared_locked(plan, payloads, deadline, timeout)
         finally:
             if gated:
@@ -2035,6 +2039,23 @@ class Layered:
         for key, waiter in waiters:
             await self._finish(key, waiter)
         return result
+
+    async def _shared_timeout(self, late: TransactionTimeout) -> StorageError:
+        """What a shared commit whose deadline passed answers: ``late`` (409: the keys are
+        contended) if the shared store answers now, else StorageUnavailable (503): the wait was for
+        the store (a paused or unreachable Redis), not for other writers. Nothing was applied."""
+        shared = self._shared
+        assert shared is not None
+        try:
+            async with asyncio.timeout(_SHARED_PROBE):
+                await shared.catch_up()
+        except (TimeoutError, StorageError, OSError) as exc:
+            return StorageUnavailable(
+                f"storage: unavailable: the shared store did not answer while the transaction "
+                f"waited ({exc or 'no answer within ' + format(_SHARED_PROBE, 'g') + ' s'}); "
+                "nothing applied, retry"
+            )
+        return late
 
     async def _txn_shared_locked(
         self, plan: txn.Plan, payloads: list[Any], deadline: float, timeout: float
@@ -2067,10 +2088,10 @@ class Layered:
                 break
             fresh = True  # the layer caught up: a refusal on the next view stands
             if time.monotonic() > deadline:
-                raise TransactionTimeout(list(plan.locked), timeout, (
+                raise await self._shared_timeout(TransactionTimeout(list(plan.locked), timeout, (
                     f"storage: transaction timeout: its keys kept changing on other nodes for "
                     f"{timeout:g} s; nothing applied, retry"
-                ))
+                )))
         if not applied:
             return Committed(self._revision, indexes), []
         self._follow_revision()

@@ -59,7 +59,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from ..errors import StorageUnavailable, TransactionTimeout
 from ..protocol import keys
@@ -323,6 +323,12 @@ def redact(text: str) -> str:
     return _SECRETS.sub(lambda m: "***@" if m.group().endswith("@") else "***", text)
 
 
+def _credentials_refused(exc: BaseException) -> bool:
+    """Whether Redis answered but refused the URL's user or password (not a network failure)."""
+    text = str(exc)
+    return isinstance(exc, AuthenticationError) or "WRONGPASS" in text or "NOAUTH" in text
+
+
 def _unavailable(exc: BaseException, url: str) -> StorageUnavailable:
     return StorageUnavailable(redact(f"storage: unavailable: redis at {url}: {exc or type(exc).__name__}"))
 
@@ -426,7 +432,10 @@ class _Wire(asyncio.Protocol):
                 return await fut
         except TimeoutError:
             self._drop(TimeoutError("timeout reading from redis"))
-            raise TimeoutError(f"no answer from redis within {self.timeout:g} s") from None
+            raise TimeoutError(
+                f"no answer from redis within {self.timeout:g} s (a write may have been applied "
+                "all the same: read it before sending it again)"
+            ) from None
         except asyncio.CancelledError:
             if not fut.done():  # its reply would be taken for the next request's
                 self._drop(ConnectionError("a request was cancelled"))
@@ -578,8 +587,9 @@ class RedisLayer:
                 self._registered = True
         except (RedisError, OSError) as exc:
             await self._disconnect()
+            why = "it refused the credentials" if _credentials_refused(exc) else "can't reach it"
             raise StorageUnavailable(
-                redact(f"storage: unavailable: redis at {self.url}: can't reach it: {exc}")
+                redact(f"storage: unavailable: redis at {self.url}: {why}: {exc}")
             ) from exc
         self.connected = True
         self.head = self.position

@@ -194,3 +194,17 @@ async def test_more_sets_than_one_script_carries_go_in_several_in_order(
     ours = [e for e in a.events if e[0] > start]
     assert [key for _, _, key in ours] == [f"m/{i}" for i in range(600)]
     assert [r for r, _, _ in ours] == list(range(start + 1, start + 601))
+
+
+async def test_a_wrong_password_says_redis_refused_the_credentials(own_redis: RedisServer) -> None:
+    """Redis answers but refuses the password: the store says so, not "can't reach it" (before)."""
+    await redis_call(own_redis.url, "CONFIG", "SET", "requirepass", "s3cret")
+    store = Layered(MemoryLayer(), RedisLayer(f"redis://:wrong@127.0.0.1:{own_redis.port}/0", "w"))
+    try:
+        with pytest.raises(StorageUnavailable) as refused:
+            await store.start()
+        assert "refused the credentials" in str(refused.value), refused.value
+        assert "wrong" not in str(refused.value)  # the password stays hidden
+    finally:
+        await store.close()
+        await redis_call(f"redis://:s3cret@127.0.0.1:{own_redis.port}/0", "CONFIG", "SET", "requirepass", "")

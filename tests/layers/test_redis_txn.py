@@ -349,3 +349,43 @@ async def test_a_commit_cancelled_before_its_turn_is_applied_whole_by_its_own_no
     for s in (a, b):
         assert [await value(s, k) for k in "pq"] == [1, 2] and s.revision == revision
     assert len(a._locks) == 0 and a._gate.idle
+
+
+async def test_a_transaction_that_times_out_waiting_for_a_paused_redis_is_a_503_not_a_409(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """A commit stuck on Redis (paused: SIGSTOP) holds its keys; another commit of the same keys
+    times out waiting for them. That wait was for Redis, not for other writers: StorageUnavailable
+    (503), not TransactionTimeout (409, "contended keys"); once Redis answers again, a timeout is
+    a 409 again (before: a 409 blaming the keys in both cases)."""
+    import signal as signals
+
+    from ooo_storage.errors import StorageUnavailable
+
+    group = Two(redis_server.url)
+    a = await group.open()
+    try:
+        await a.set("p/x", 0)
+        assert redis_server.proc is not None
+        redis_server.proc.send_signal(signals.SIGSTOP)
+        try:
+            stuck = asyncio.ensure_future(a.commit([TxnOp("set", "p/x", 1)], timeout=10))
+            async with asyncio.timeout(5):
+                while not a._locks.locked("p/x"):  # it takes the key's lock, then waits for Redis
+                    await asyncio.sleep(0.001)  # the store's lock table: no event to await
+            with pytest.raises(StorageUnavailable) as refused:
+                await a.commit([TxnOp("set", "p/x", 2)], timeout=0.5)
+            assert not isinstance(refused.value, TransactionTimeout)
+            assert "nothing applied" in str(refused.value)
+        finally:
+            redis_server.proc.send_signal(signals.SIGCONT)
+        await asyncio.gather(stuck, return_exceptions=True)
+        lock = await a.get_and_lock("p/x")
+        try:
+            with pytest.raises(TransactionTimeout):
+                await a.commit([TxnOp("set", "p/x", 3)], timeout=0.3)
+        finally:
+            await a.unlock("p/x")
+        assert lock is not None
+    finally:
+        await a.close()
