@@ -239,6 +239,11 @@ class GuardedConnection(asyncio.Protocol):
             self.handler.resume_writing()
 
 
+def body_stalled(timeout: float) -> str:
+    """The reason of the 408 that ends a request whose body stalled."""
+    return f"ooo: request body stalled (nothing for {timeout:g} s)"
+
+
 class _BodyWatch:
     """Fires when a request body has received nothing for ``timeout`` seconds (checked four times
     per period): then the connection is closed, which fails the pending read."""
@@ -269,6 +274,10 @@ class _BodyWatch:
             )
             transport = self.request.transport
             if transport is not None:
+                # The 408 goes out before the close (which fails the pending read): the handler's
+                # own answer would find the connection closed.
+                if not transport.is_closing():
+                    transport.write(raw_response(408, "Request Timeout", body_stalled(self.timeout)))
                 transport.close()
             return
         self.handle = self.loop.call_later(self.timeout / 4, self._check)
@@ -396,7 +405,7 @@ def body_middleware(timeout: float, budget: BodyBudget, notices: Notices) -> Mid
             return await handler(request)
         except Exception:
             if watch.fired:
-                raise HTTPFailure(408, f"ooo: request body stalled (nothing for {timeout:g} s)") from None
+                raise HTTPFailure(408, body_stalled(timeout)) from None
             raise
         finally:
             watch.cancel()

@@ -146,8 +146,11 @@ async def test_stalled_body_ends_the_connection(
         loop = asyncio.get_running_loop()
         writer.write(head(port, "POST") + b"Content-Length: 100\r\n\r\n" + b'{"a": "')
         start = loop.time()
-        await until_closed(reader)
+        answer = await until_closed(reader)
         assert 0.3 <= loop.time() - start < 3
+    # the 408 that the log and the metrics count reaches the client (before: only the close)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert answer.endswith(b"ooo: request body stalled (nothing for 0.3 s)"), answer
     assert await live.request("GET", "k") == (404, b"ooo: empty key")
     assert "request body received nothing for 0.3 s" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
