@@ -910,6 +910,36 @@ def _position(item: bytes) -> int:
     return int(fields[-1]) if len(fields) in (5, 9) else 0
 
 
+class _TxnHold:
+    """What a commit holds while it runs: its keys' locks, taken in sorted order (``plan.locked``),
+    then the gate (exclusive when it deletes by glob); :meth:`release` gives back what was taken,
+    whether or not :meth:`take` finished (its caller bounds it with a timeout)."""
+
+    __slots__ = ("locks", "gate", "plan", "taken", "gated")
+
+    def __init__(self, locks: KeyLocks, gate: Gate, plan: txn.Plan) -> None:
+        self.locks, self.gate, self.plan = locks, gate, plan
+        self.taken: list[str] = []
+        self.gated = False
+
+    async def take(self) -> None:
+        for key in self.plan.locked:
+            await self.locks.acquire(key)
+            self.taken.append(key)
+        await (self.gate.acquire_exclusive() if self.plan.globs else self.gate.acquire_shared())
+        self.gated = True
+
+    def waited(self) -> list[str]:
+        """The keys still not taken (a timeout names them)."""
+        return list(self.plan.locked[len(self.taken) :])
+
+    async def release(self) -> None:
+        if self.gated:
+            await (self.gate.release_exclusive() if self.plan.globs else self.gate.release_shared())
+        for key in self.taken:
+            self.locks.release(key)
+
+
 class Layered:
     """A memory layer over a persistent layer (either may be None, not both).
 
@@ -1982,31 +2012,24 @@ class Layered:
     ) -> tuple[Committed, list[tuple[str, asyncio.Future[None] | None]]]:
         """The commit under its key locks (sorted order) and the gate, which it waits for at most
         ``timeout`` seconds, together with its reads."""
-        locks, gate, taken, gated = self._locks, self._gate, [], False
+        hold = _TxnHold(self._locks, self._gate, plan)
         try:
             try:
                 async with asyncio.timeout(timeout):
-                    for key in plan.locked:
-                        await locks.acquire(key)
-                        taken.append(key)
-                    await (gate.acquire_exclusive() if plan.globs else gate.acquire_shared())
-                    gated = True
+                    await hold.take()
                     self._settle()
                     current = await self._txn_current(plan.locked)
                     doomed = await self._txn_doomed(plan.ops)
                     if doomed and self._chan is not None:
                         await self._drain()  # earlier events of matching keys reach watchers first
             except TimeoutError:
-                raise TransactionTimeout(list(plan.locked[len(taken) :]), timeout) from None
+                raise TransactionTimeout(hold.waited(), timeout) from None
             result, waiters, cancelled = await self._txn_apply(plan, payloads, writer, current, doomed)
             if cancelled:  # the commit was written and told anyway: the cancellation comes now
                 raise asyncio.CancelledError()
             return result, waiters
         finally:
-            if gated:
-                await (gate.release_exclusive() if plan.globs else gate.release_shared())
-            for key in taken:
-                locks.release(key)
+            await hold.release()
 
     async def _txn_shared(self, plan: txn.Plan, payloads: list[Any], timeout: float) -> Committed:
         """The commit on a layer shared by nodes in one order (Redis): this node's key locks (sorted)
@@ -2016,24 +2039,16 @@ class Layered:
         revision, which every node applies in one step (:meth:`apply_remote_txn`)."""
         deadline = time.monotonic() + timeout
         assert self._shared is not None
-        locks, gate, taken, gated = self._locks, self._gate, [], False
+        hold = _TxnHold(self._locks, self._gate, plan)
         try:
             try:
                 async with asyncio.timeout(timeout):
-                    for key in plan.locked:
-                        await locks.acquire(key)
-                        taken.append(key)
-                    await (gate.acquire_exclusive() if plan.globs else gate.acquire_shared())
-                    gated = True
+                    await hold.take()
             except TimeoutError:
-                late = TransactionTimeout(list(plan.locked[len(taken) :]), timeout)
-                raise await self._shared_timeout(late) from None
+                raise await self._shared_timeout(TransactionTimeout(hold.waited(), timeout)) from None
             result, waiters = await self._txn_shared_locked(plan, payloads, deadline, timeout)
         finally:
-            if gated:
-                await (gate.release_exclusive() if plan.globs else gate.release_shared())
-            for key in taken:
-                locks.release(key)
+            await hold.release()
         if self._history_fsync:
             await self._history_flush()
         for key, waiter in waiters:
