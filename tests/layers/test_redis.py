@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from redis_server import RedisServer, serve_redis
+from redis_tail import caught_up
 
 from ooo_storage import Layered, MemoryLayer, NotFound, StorageUnavailable
 from ooo_storage.layers import RedisLayer
@@ -59,14 +60,6 @@ async def nodes(own_redis: RedisServer) -> AsyncIterator[Nodes]:
     yield group
     await group.close()
 
-
-async def caught_up(store: Layered, revision: int) -> None:
-    """Until ``store`` has applied the shared stream up to ``revision``."""
-    layer = store.embedded
-    assert isinstance(layer, RedisLayer)
-    async with asyncio.timeout(10):
-        while layer.position < revision:
-            await asyncio.sleep(0.005)  # the tail runs in its own task; nothing to await on it
 
 
 def test_redact_hides_every_form_of_a_redis_password() -> None:

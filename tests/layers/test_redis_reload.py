@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from redis_server import RedisServer, redis_server  # noqa: F401 (a fixture)
+from redis_tail import caught_up, layer_of, start_tail, stop_tail
 
 from ooo_storage import HistoryTrimmed, Layered, MemoryLayer, StorageUnavailable
 from ooo_storage.layered import HistoryOptions
@@ -54,30 +55,8 @@ async def nodes(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Node
     await group.close()
 
 
-def layer_of(store: Layered) -> RedisLayer:
-    layer = store.embedded
-    assert isinstance(layer, RedisLayer)
-    return layer
 
 
-async def caught_up(store: Layered, revision: int) -> None:
-    async with asyncio.timeout(10):
-        while layer_of(store).position < revision:
-            await asyncio.sleep(0.005)  # the tail runs in its own task; nothing to await on it
-
-
-async def stop_tail(store: Layered) -> None:
-    """The node "disconnects": its tail stops (as a SIGSTOPped node's)."""
-    layer = layer_of(store)
-    tail = layer._tail
-    assert tail is not None
-    tail.cancel()
-    await asyncio.gather(tail, return_exceptions=True)
-
-
-def start_tail(store: Layered) -> None:
-    layer = layer_of(store)
-    layer._tail = asyncio.get_running_loop().create_task(layer._run())
 
 
 async def trim(url: str, namespace: str) -> None:

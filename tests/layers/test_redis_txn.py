@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 import test_transactions as shared_suite
 from redis_server import RedisServer, redis_server  # noqa: F401 (a fixture)
+from redis_tail import caught_up, layer_of
 
 from ooo_storage import Event, Layered, MemoryLayer, NotFound, Options
 from ooo_storage.errors import Conflict, TransactionTimeout
@@ -76,22 +77,12 @@ async def two(redis_server: RedisServer) -> AsyncIterator[tuple[Layered, Layered
         await s.close()
 
 
-def layer(store: Layered) -> RedisLayer:
-    assert isinstance(store.embedded, RedisLayer)
-    return store.embedded
-
-
-async def caught_up(store: Layered, revision: int) -> None:
-    """Until ``store`` has applied the shared stream up to ``revision``."""
-    async with asyncio.timeout(10):
-        while layer(store).position < revision:
-            await asyncio.sleep(0.005)  # the tail runs in its own task; nothing to await on it
 
 
 def hold_tail(store: Layered) -> asyncio.Event:
     """Stop ``store``'s tail before it applies what it reads, until the returned event is set:
     that node's view falls behind the others' writes."""
-    redis_layer = layer(store)
+    redis_layer = layer_of(store)
     release = asyncio.Event()
     apply = redis_layer._entries
 
@@ -106,7 +97,7 @@ def hold_tail(store: Layered) -> asyncio.Event:
 async def release_when_waiting(store: Layered, release: asyncio.Event) -> None:
     """Let the held tail go once the store waits to catch up with it (what is tested)."""
     async with asyncio.timeout(10):
-        while not layer(store)._catching:
+        while not layer_of(store)._catching:
             await asyncio.sleep(0.001)  # a private dict of the layer: no event to await
     release.set()
 
@@ -151,7 +142,7 @@ async def test_a_transaction_is_one_stream_entry_applied_whole_by_every_node(
 
     client = aioredis.Redis.from_url(redis_server.url, protocol=2)
     try:
-        entries = await client.xrange(f"{layer(a).namespace}:log", min=f"{done.revision}-0")
+        entries = await client.xrange(f"{layer_of(a).namespace}:log", min=f"{done.revision}-0")
     finally:
         await client.aclose()
     assert len(entries) == 1 and entries[0][1][b"o"] == b"t"
@@ -174,7 +165,7 @@ async def test_a_conflict_across_nodes_applies_nothing_anywhere(two: tuple[Layer
     assert caught.value.keys == ["k"]
     for s in (a, b):
         assert await value(s, "k") == 2 and await value(s, "other") is None
-    assert layer(a).head == revision  # no revision taken
+    assert layer_of(a).head == revision  # no revision taken
 
 
 async def test_a_node_behind_cannot_lose_another_node_s_update(two: tuple[Layered, Layered]) -> None:
@@ -237,7 +228,7 @@ async def test_a_transaction_waits_for_a_lock_held_on_another_node(two: tuple[La
     revision = a.revision
     with pytest.raises(TransactionTimeout, match=r"^storage: transaction timeout: k still locked after 0.2 s"):
         await a.commit([TxnOp("set", "j", 2), TxnOp("set", "k", 2)], timeout=0.2)
-    assert await value(a, "j") == 1 and layer(a).head == revision
+    assert await value(a, "j") == 1 and layer_of(a).head == revision
     read = version(await a.get("k"))
     commit = asyncio.ensure_future(a.commit([TxnOp("set", "k", 50)], expect={"k": read}))
     await asyncio.sleep(0.05)  # the commit keeps waiting for b's lock however long it runs
@@ -336,13 +327,13 @@ async def test_a_commit_cancelled_before_its_turn_is_applied_whole_by_its_own_no
     release = hold_tail(a)
     commit = asyncio.ensure_future(a.commit([TxnOp("set", "p", 1), TxnOp("set", "q", 2)]))
     async with asyncio.timeout(10):
-        while not layer(a)._waiters:  # its script has answered: it waits for its turn
+        while not layer_of(a)._waiters:  # its script has answered: it waits for its turn
             await asyncio.sleep(0.001)  # a private dict of the layer: no event to await
     commit.cancel()
     with pytest.raises(asyncio.CancelledError):
         await commit
     release.set()
-    revision = max(layer(a).head, layer(b).head)
+    revision = max(layer_of(a).head, layer_of(b).head)
     await caught_up(a, revision)
     await caught_up(b, revision)
     assert [(e.key, e.revision, e.txn, e.more) for e in seen] == [("p", revision, 2, True), ("q", revision, 2, False)]

@@ -16,6 +16,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from redis_server import RedisServer, redis_server  # noqa: F401 (a fixture)
+from redis_tail import caught_up, layer_of, start_tail, stop_tail
 
 from ooo_storage import Layered, MemoryLayer
 from ooo_storage.layered import HistoryOptions
@@ -33,29 +34,8 @@ def node(url: str, namespace: str, history: Path) -> Layered:
     return Layered(MemoryLayer(), RedisLayer(url, namespace), history=HistoryOptions(str(history)))
 
 
-def layer_of(store: Layered) -> RedisLayer:
-    layer = store.embedded
-    assert isinstance(layer, RedisLayer)
-    return layer
 
 
-async def caught_up(store: Layered, revision: int) -> None:
-    async with asyncio.timeout(10):
-        while layer_of(store).position < revision:
-            await asyncio.sleep(0.005)  # the tail runs in its own task; nothing to await on it
-
-
-async def stop_tail(store: Layered) -> None:
-    """The node lags (as a SIGSTOPped one): its tail stops."""
-    tail = layer_of(store)._tail
-    assert tail is not None
-    tail.cancel()
-    await asyncio.gather(tail, return_exceptions=True)
-
-
-def start_tail(store: Layered) -> None:
-    layer = layer_of(store)
-    layer._tail = asyncio.get_running_loop().create_task(layer._run())
 
 
 def ws_url(runner: ServerRunner, path: str) -> str:
