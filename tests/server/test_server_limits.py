@@ -87,6 +87,23 @@ async def test_head_must_complete_within_header_timeout(make_live: LiveFactory) 
     assert await live.request("GET", "k") == (404, b"ooo: empty key")  # others are served
 
 
+async def test_a_late_head_gets_its_408_when_the_keepalive_timeout_is_shorter(make_live: LiveFactory) -> None:
+    """A head that has begun is the header timeout's business, not the keep-alive timeout's: with
+    ``keepalive_timeout`` under ``header_timeout`` the aiohttp engine closed such a connection
+    silently at the keep-alive timeout, where the lean front answers 408 at the header timeout."""
+    live = await make_live(header_timeout=0.6, keepalive_timeout=0.2)
+    port = live.runner.port
+    async with connection(port) as (reader, writer):
+        loop = asyncio.get_running_loop()
+        writer.write(head(port))
+        start = loop.time()
+        reply = await until_closed(reader)
+        elapsed = loop.time() - start
+    assert reply.startswith(b"HTTP/1.1 408 "), reply
+    assert reply.endswith(b"ooo: request head not complete within 0.6 s")
+    assert 0.6 <= elapsed < 3, elapsed
+
+
 async def test_head_time_counts_from_its_first_byte(make_live: LiveFactory) -> None:
     """Idle time before a request is the keep-alive timeout's business, not the head's."""
     live = await make_live(header_timeout=0.2)
