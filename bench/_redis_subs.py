@@ -11,7 +11,9 @@ it prints ``ready``. Then it reads commands on stdin, one a line:
 - ``reach N``: print ``reached <time>`` once every subscriber has N frames, ``<time>`` then by
   ``time.perf_counter()`` (CLOCK_MONOTONIC: the same clock as the parent's);
 - ``dump``: print, as one JSON line, ``{"far": [[arrival times of each far subscriber's frames]],
-  "cpu": this process's CPU seconds}``, then exit.
+  "frames": the frames of all subscribers, "cpu": this process's CPU seconds}``, then exit.
+
+bench/ws_sink.c is the same instrument in C (a few microseconds per delivery instead of 10-13).
 """
 
 from __future__ import annotations
@@ -74,8 +76,9 @@ async def main(path: str, nodes: list[str]) -> None:
             await total.wait_for(len(subscribers) * int(line[1]), 120)
             print(f"reached {time.perf_counter()!r}", flush=True)
         elif line[0] == "dump":
-            far = [a.times for a in subscribers if a.times is not None]
-            print(orjson.dumps({"far": far, "cpu": time.process_time()}).decode(), flush=True)
+            times = [a.times for a in subscribers if a.times is not None]
+            dumped = {"far": times, "frames": total.frames, "cpu": time.process_time()}
+            print(orjson.dumps(dumped).decode(), flush=True)
             return
 
 

@@ -1,26 +1,33 @@
 """Scale-out benchmark (issue 14): 1, 2 and 3 ``serve --redis`` nodes on one Redis, against one node on
 LevelDB.
 
-    .venv/bin/python bench/redis_nodes.py [--seconds 5] [--subscribers 1000] [--writes 30] [--rounds 3]
-                                          [--baseline OTHER_CHECKOUT]
+    .venv/bin/python bench/redis_nodes.py [--seconds 5] [--subscribers 1000] [--writes 200] [--rounds 3]
+                                          [--pipeline 16] [--clients c] [--baseline OTHER_CHECKOUT]
 
 Per configuration (``leveldb``: one node with ``--data``; ``redis-N``: N nodes on one local
 ``redis-server``, ``appendfsync everysec``; ``redis-N@base``: the same from ``--baseline``), nodes
 pinned round-robin to the cores with ``taskset``; Redis, wrk and the subscriber processes are not
-pinned (on 2 cores there is no free core to give them):
+pinned (on 2 cores there is no free core to give them). On 2 cores the instruments share the cores
+with the nodes, so 2 nodes / 1 node is at most 2n / (n + o), n the nodes' CPU per operation and o
+everyone else's: the load generators are chosen to keep o small, and their CPU is reported.
 
-- point writes/s: one ``wrk -t1 -c32`` (``--connections``) per node POSTing 150 B documents
-  (bench/wrk/post.lua) for ``--seconds``, all at once; the sum of their Requests/sec, and the CPU
-  per write of the nodes (together, /proc), of Redis (``INFO cpu``) and of the wrks: the figures
-  that say how the configuration would scale with a core per process, whatever else the shared
-  machine runs;
+- point writes/s: one ``wrk -t1 -c32`` (``--connections``) per node POSTing 150 B documents, each
+  connection ``--pipeline`` of them at a time (bench/wrk/pipeline_post_bare.lua: no Lua per
+  response; ``--pipeline 1``: one at a time), for ``--seconds``, all at once; the sum of their
+  Requests/sec, and the CPU per write of the nodes (together, /proc), of Redis (``INFO cpu``) and of
+  the wrks: the figures that say how the configuration would scale with a core per process,
+  whatever else the shared machine runs;
 - fan-out deliveries/s: ``--subscribers`` websocket subscribers of ``feed/*`` spread evenly over the
-  nodes and over 2 uvloop processes (bench/_redis_subs.py: the instrument is not one Python core
-  the nodes wait for), ``--writes`` POSTs of ``feed/1`` back to back on node 0; subscribers x writes
-  / the time until every subscriber has every frame; the nodes' and the subscribers' CPU per delivery;
-- cross-node latency: the same subscribers, one POST at a time on node 0, each waited for by every
-  subscriber: p50/p99 of (frame arrival - POST sent) over the subscribers of the OTHER nodes (of
-  node 0 itself for one node).
+  nodes and over the ``--clients`` processes (default ``c``: one bench/ws_sink.c, an epoll loop
+  compiled here with ``cc -O2``: ~1 us of its own per delivery; ``python``: bench/_redis_subs.py on
+  uvloop, ~4 us; both also spend the kernel's TCP receive, ~5 us per frame on loopback; ``c,python``:
+  both on the same writes, compared in a second table), ``--writes`` POSTs
+  of ``feed/1`` back to back on node 0; subscribers x writes / the time until every subscriber has
+  every frame; the nodes' and the subscribers' CPU per delivery. Every subscriber process must have
+  counted exactly its frames (the snapshot, every write);
+- cross-node latency: the same subscribers, one POST at a time on node 0 (20), each waited for by
+  every subscriber: p50/p99 of (frame arrival - POST sent) over the subscribers of the OTHER nodes
+  (of node 0 itself for one node).
 
 Configurations alternate within each round and the medians of ``--rounds`` are reported: other work
 on the machine hits every configuration alike. Only 127.0.0.1.
@@ -56,8 +63,25 @@ from tests.redis_server import free_port, start_redis  # noqa: E402
 CORES = os.cpu_count() or 1
 
 
-CLIENTS = 2
-"""Processes sharing the subscribers (bench/_redis_subs.py)."""
+SINK_SOURCE = BENCH / "ws_sink.c"
+PYTHON_SUBS = BENCH / "_redis_subs.py"
+KINDS = ("c", "python")
+"""Subscriber processes: bench/ws_sink.c (compiled at run time) or bench/_redis_subs.py (uvloop)."""
+
+
+def build_sink(work: Path) -> Path:
+    """bench/ws_sink.c compiled (``cc -O2``) into ``work``; exits saying what to do without a
+    compiler."""
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        sys.exit("redis_nodes: the C subscriber (bench/ws_sink.c) needs a C compiler on PATH (cc, or "
+                 "$CC): install one (apt-get install gcc) or pass --clients python,python")
+    binary = work / "ws_sink"
+    built = subprocess.run([compiler, "-O2", "-Wall", "-Wextra", "-o", str(binary), str(SINK_SOURCE)],
+                           capture_output=True, text=True)
+    if built.returncode != 0:
+        sys.exit(f"redis_nodes: {compiler} could not compile {SINK_SOURCE}:\n{built.stderr}")
+    return binary
 
 
 def cpu_seconds(pid: int) -> float:
@@ -144,12 +168,14 @@ class Writes:
     wrk_us: float
 
 
-def point_writes(nodes: Cluster, seconds: float, connections: int) -> Writes:
-    script = str(BENCH / "wrk" / "post.lua")
+def point_writes(nodes: Cluster, seconds: float, connections: int, pipeline: int) -> Writes:
+    """One wrk per node, each connection ``pipeline`` POSTs at a time (bench/wrk/pipeline_post_bare.lua:
+    no Lua per response, so that wrk takes little of the cores the nodes share with it)."""
+    script = str(BENCH / "wrk" / "pipeline_post_bare.lua")
     before = nodes.nodes_cpu(), nodes.redis_cpu(), resource.getrusage(resource.RUSAGE_CHILDREN)
     runs = [
         subprocess.Popen(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", script, f"http://{HOST}:{port}",
-                          "--", "100000"], stdout=subprocess.PIPE, text=True)
+                          "--", "100000", str(pipeline)], stdout=subprocess.PIPE, text=True)
         for port in nodes.ports
     ]
     total = done = 0.0
@@ -168,6 +194,17 @@ def point_writes(nodes: Cluster, seconds: float, connections: int) -> Writes:
 
 
 @dataclass
+class Instrument:
+    """One kind of subscriber process's figures (of all its processes)."""
+
+    client_us: float
+    """CPU per delivery, microseconds."""
+    p50: float
+    p99: float
+    """Cross-node latency, milliseconds."""
+
+
+@dataclass
 class Fanout:
     rate: float
     node_us: float
@@ -176,27 +213,51 @@ class Fanout:
     """The subscriber processes' CPU per delivery."""
     p50: float
     p99: float
+    kinds: dict[str, Instrument]
+
+
+@dataclass
+class Dump:
+    """What one subscriber process reported at the end."""
+
+    kind: str
+    far: list[list[float]]
+    """Arrival times of each far subscriber's frames."""
+    frames: int
+    cpu: float
 
 
 class Clients:
-    """The subscriber processes (bench/_redis_subs.py), driven line by line."""
+    """The subscriber processes (bench/ws_sink.c or bench/_redis_subs.py, one per ``kinds``, each
+    with the same share of every node's subscribers), driven line by line."""
 
-    def __init__(self, procs: list[asyncio.subprocess.Process]) -> None:
+    def __init__(self, procs: list[asyncio.subprocess.Process], kinds: Sequence[str], each: int) -> None:
         self.procs = procs
+        self.kinds = kinds
+        self.each = each
+        """Subscribers per process."""
 
     @classmethod
-    async def start(cls, ports: Sequence[int], subscribers: int) -> Clients:
-        share = subscribers // len(ports) // CLIENTS
+    async def start(cls, ports: Sequence[int], subscribers: int, kinds: Sequence[str],
+                    sink: Path | None) -> Clients:
+        share = subscribers // len(ports) // len(kinds)
         far = set(ports[1:] or ports)
         specs = [f"{port}:{share}" + (":far" if port in far else "") for port in ports]
+        commands = {"c": [str(sink)], "python": [sys.executable, str(PYTHON_SUBS)]}
         procs = [await asyncio.create_subprocess_exec(
-            sys.executable, str(BENCH / "_redis_subs.py"), "/feed/*", *specs,
+            *commands[kind], "/feed/*", *specs,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 26)
-            for _ in range(CLIENTS)]  # limit: the dump's line holds every far frame's time
-        clients = cls(procs)
-        for line in await clients.lines(60):
-            if line != b"ready":
-                raise RuntimeError(f"subscribers: {line!r}")
+            for kind in kinds]  # limit: the dump's line holds every far frame's time
+        clients = cls(procs, kinds, share * len(ports))
+        try:
+            for line in await clients.lines(60):
+                if line != b"ready":
+                    raise RuntimeError(f"subscribers: {line!r}")
+        except BaseException:
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.kill()
+            raise
         return clients
 
     async def lines(self, timeout: float) -> list[bytes]:
@@ -216,23 +277,25 @@ class Clients:
         """When every subscriber had ``frames`` frames (the last process to get there)."""
         return max(float(line.split()[1]) for line in await self.tell(f"reach {frames}"))
 
-    async def close(self) -> tuple[list[list[float]], float]:
-        far: list[list[float]] = []
-        cpu = 0.0
-        for line in await self.tell("dump"):
+    async def close(self) -> list[Dump]:
+        dumps = []
+        for kind, line in zip(self.kinds, await self.tell("dump"), strict=True):
             dumped = orjson.loads(line)
-            far += dumped["far"]
-            cpu += dumped["cpu"]
+            dumps.append(Dump(kind, dumped["far"], dumped["frames"], dumped["cpu"]))
         for proc in self.procs:
             await proc.wait()
-        return far, cpu
+        return dumps
 
 
-async def fanout(nodes: Cluster, subscribers: int, writes: int) -> Fanout:
+LATENCY_WRITES = 20
+
+
+async def fanout(nodes: Cluster, subscribers: int, writes: int, kinds: Sequence[str],
+                 sink: Path | None) -> Fanout:
     """Deliveries/s and the nodes' and subscribers' CPU per delivery (``writes`` POSTs of feed/1
     back to back on node 0), then cross-node latency (20 POSTs one at a time)."""
-    clients = await Clients.start(nodes.ports, subscribers)
-    count = subscribers // len(nodes.ports) // CLIENTS * len(nodes.ports) * CLIENTS
+    clients = await Clients.start(nodes.ports, subscribers, kinds, sink)
+    count = clients.each * len(kinds)
     writer = await HttpConnection.open(nodes.ports[0])
     try:
         body = b'{"text":"' + b"x" * 120 + b'"}'
@@ -244,27 +307,44 @@ async def fanout(nodes: Cluster, subscribers: int, writes: int) -> Fanout:
         node_us = (nodes.nodes_cpu() - cpu) / (count * writes) * 1e6
         rate = count * writes / (done - start)
         sent = []
-        for n in range(20):
+        for n in range(LATENCY_WRITES):
             sent.append(time.perf_counter())
             await writer.request("POST", "/feed/1", body + b" " * (n % 2 + 2))
             await clients.reach(2 + writes + n)
     finally:
         writer.close()
-        far, client_cpu = await clients.close()
-    latencies = [(times[1 + writes + n] - at) * 1000 for times in far for n, at in enumerate(sent)]
+        dumps = await clients.close()
+    frames = 1 + writes + LATENCY_WRITES  # the snapshot, the writes, the latency writes
+    for dump in dumps:
+        if dump.frames != clients.each * frames:
+            raise RuntimeError(f"{dump.kind} subscribers: {dump.frames} frames, not {clients.each} x "
+                               f"{frames}: a frame lost or twice")
+    both = instrument(dumps, clients.each * frames, writes, sent)
+    return Fanout(rate, node_us, both.client_us, both.p50, both.p99,
+                  {kind: instrument([d for d in dumps if d.kind == kind], clients.each * frames, writes, sent)
+                   for kind in dict.fromkeys(kinds)})
+
+
+def instrument(dumps: Sequence[Dump], deliveries: int, writes: int, sent: Sequence[float]) -> Instrument:
+    """CPU per delivery of the processes ``dumps`` (``deliveries`` each) and the latency of their far
+    subscribers' frames of the writes ``sent`` (after the snapshot and the ``writes``)."""
+    latencies = [(times[1 + writes + n] - at) * 1000 for dump in dumps for times in dump.far
+                 for n, at in enumerate(sent)]
     cuts = statistics.quantiles(latencies, n=100)
-    return Fanout(rate, node_us, client_cpu / (count * (1 + writes + 20)) * 1e6, cuts[49], cuts[98])
+    cpu = sum(dump.cpu for dump in dumps)
+    return Instrument(cpu / (deliveries * len(dumps)) * 1e6, cuts[49], cuts[98])
 
 
 FIELDS = ("writes/s", "node us/w", "redis us/w", "wrk us/w", "deliveries/s", "node us/d",
           "client us/d", "p50 ms", "p99 ms")
 
 
-def measure(config: str, work: Path, args: argparse.Namespace) -> list[float]:
+def measure(config: str, work: Path, args: argparse.Namespace) -> tuple[list[float], dict[str, Instrument]]:
+    """The FIELDS of one configuration, and the figures of each kind of subscriber process."""
     with cluster(config, work, args.baseline) as nodes:
-        w = point_writes(nodes, args.seconds, args.connections)
-        f = asyncio.run(fanout(nodes, args.subscribers, args.writes))
-    return [w.rate, w.node_us, w.redis_us, w.wrk_us, f.rate, f.node_us, f.client_us, f.p50, f.p99]
+        w = point_writes(nodes, args.seconds, args.connections, args.pipeline)
+        f = asyncio.run(fanout(nodes, args.subscribers, args.writes, args.clients, args.sink))
+    return [w.rate, w.node_us, w.redis_us, w.wrk_us, f.rate, f.node_us, f.client_us, f.p50, f.p99], f.kinds
 
 
 def report(results: dict[str, list[list[float]]]) -> str:
@@ -281,14 +361,30 @@ def report(results: dict[str, list[list[float]]]) -> str:
     return table(headers, lines)
 
 
+def report_kinds(results: dict[tuple[str, str], list[Instrument]]) -> str:
+    """Medians per configuration and kind of subscriber process: the instruments side by side."""
+    lines = [[config, kind, *(f"{statistics.median(getattr(i, f) for i in rows):.1f}"
+                              for f in ("client_us", "p50", "p99"))]
+             for (config, kind), rows in results.items()]
+    return table(["nodes", "subscribers", "client us/d", "p50 ms", "p99 ms"], lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--subscribers", type=int, default=1000)
-    parser.add_argument("--writes", type=int, default=30)
+    parser.add_argument("--writes", type=int, default=200,
+                        help="POSTs back to back for the deliveries/s (each one frame to every subscriber)")
     parser.add_argument("--connections", type=int, default=32,
                         help="wrk connections per node: each write waits for 4 process wake-ups (wrk, "
                              "node, Redis, node), so on a loaded machine 32 can bound a node below its CPU")
+    parser.add_argument("--pipeline", type=int, default=16,
+                        help="POSTs in flight per wrk connection (1: one at a time, each waiting for its "
+                             "response: wrk then takes ~30 us of CPU per write, 16: ~5 us)")
+    parser.add_argument("--clients", default="c",
+                        help="subscriber processes, comma-separated, each with the same share of every "
+                             "node's subscribers: c (bench/ws_sink.c) or python (bench/_redis_subs.py); "
+                             "c,python compares the instruments on the same writes")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--configs", default="leveldb,redis-1,redis-2,redis-3")
     parser.add_argument("--baseline", type=Path, default=None,
@@ -297,23 +393,32 @@ def main() -> None:
     for tool in ("wrk", "taskset", "redis-server"):
         if shutil.which(tool) is None:
             sys.exit(f"redis_nodes: needs {tool} on PATH")
+    args.clients = args.clients.split(",")
+    if not set(args.clients) <= set(KINDS) or args.pipeline < 1:
+        parser.error(f"--clients takes {' or '.join(KINDS)}, comma-separated; --pipeline at least 1")
     configs = args.configs.split(",")
     if args.baseline is not None:
         configs += [f"{c}@base" for c in configs if c in ("redis-1", "redis-2")]
     results: dict[str, list[list[float]]] = {c: [] for c in configs}
+    by_kind: dict[tuple[str, str], list[Instrument]] = {}
     work = Path(tempfile.mkdtemp(prefix="ooo-bench-nodes-"))
     loads = []
     try:
+        args.sink = build_sink(work) if "c" in args.clients else None
         for round_ in range(args.rounds):
             for config in configs:
-                results[config].append(measure(config, work, args))
+                row, kinds = measure(config, work, args)
+                results[config].append(row)
+                for kind, figures in kinds.items():
+                    by_kind.setdefault((config, kind), []).append(figures)
                 loads.append(os.getloadavg()[0])
-                shown = ", ".join(f"{name} {v:.1f}" for name, v in zip(FIELDS, results[config][-1],
-                                                                         strict=True))
+                shown = ", ".join(f"{name} {v:.1f}" for name, v in zip(FIELDS, row, strict=True))
                 print(f"round {round_ + 1} {config}: {shown} (load {loads[-1]:.1f})", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(report(results))
+    if len(set(args.clients)) > 1:
+        print(report_kinds(by_kind))
     print(f"load average (1 min) after each configuration: {min(loads):.1f}-{max(loads):.1f}, "
           f"median {statistics.median(loads):.1f}, on {CORES} cores")
 

@@ -52,7 +52,7 @@ typedef struct {
     uint8_t ping[125];     /* a ping's payload, echoed in the pong */
     size_t ping_len;
     long frames;
-    double *times;         /* arrival times, far subscribers only */
+    int64_t *times;        /* arrival times (ns), far subscribers only */
     size_t ntimes, cap;
 } Sub;
 
@@ -70,10 +70,16 @@ static void die(const char *fmt, ...) {
     exit(1);
 }
 
-static double now(clockid_t clock) {
+static int64_t now_ns(clockid_t clock) {
     struct timespec t;
     clock_gettime(clock, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* ``ns`` as seconds with 9 decimals: integer formatting, a fraction of printf's %f for the dump's
+ * hundreds of thousands of times. */
+static void print_seconds(int64_t ns) {
+    printf("%lld.%09lld", (long long)(ns / 1000000000), (long long)(ns % 1000000000));
 }
 
 static void send_all(int fd, const void *data, size_t len) {
@@ -108,19 +114,19 @@ static void open_sub(Sub *s, int port, const char *path, int far) {
                        path, port, key);
     send_all(s->fd, request, (size_t)len);
     if (far)
-        s->times = malloc((s->cap = 256) * sizeof(double));
+        s->times = malloc((s->cap = 256) * sizeof(int64_t));
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = s};
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, s->fd, &ev) < 0)
         die("epoll_ctl: %s", strerror(errno));
 }
 
-static void frame_done(Sub *s, double at) {
+static void frame_done(Sub *s, int64_t at) {
     if (s->opcode == 1 || s->opcode == 2) {
         s->frames++;
         total++;
         if (s->times != NULL) {
             if (s->ntimes == s->cap)
-                s->times = realloc(s->times, (s->cap *= 2) * sizeof(double));
+                s->times = realloc(s->times, (s->cap *= 2) * sizeof(int64_t));
             s->times[s->ntimes++] = at;
         }
     } else if (s->opcode == 9) {  /* pong: client frames are masked, a zero mask keeps the payload */
@@ -157,7 +163,7 @@ static int header_complete(Sub *s) {
 }
 
 /* Feed ``n`` bytes of the stream to the frame parser of ``s``. */
-static void frames_in(Sub *s, const uint8_t *p, size_t n, double at) {
+static void frames_in(Sub *s, const uint8_t *p, size_t n, int64_t at) {
     while (n > 0) {
         if (!s->in_payload) {
             s->hdr[s->hdr_len++] = *p++;
@@ -185,7 +191,7 @@ static void frames_in(Sub *s, const uint8_t *p, size_t n, double at) {
     }
 }
 
-static void handshake_in(Sub *s, const uint8_t *p, size_t n, double at) {
+static void handshake_in(Sub *s, const uint8_t *p, size_t n, int64_t at) {
     size_t room = HEAD_MAX - s->head_len;
     size_t take = n < room ? n : room;
     memcpy(s->head + s->head_len, p, take);
@@ -215,7 +221,7 @@ static void readable(Sub *s) {
             return;
         die("read: %s", strerror(errno));
     }
-    double at = now(CLOCK_MONOTONIC);
+    int64_t at = now_ns(CLOCK_MONOTONIC);
     if (s->upgraded)
         frames_in(s, buf, (size_t)n, at);
     else
@@ -223,7 +229,9 @@ static void readable(Sub *s) {
 }
 
 static void reached(void) {
-    printf("reached %.9f\n", now(CLOCK_MONOTONIC));
+    printf("reached ");
+    print_seconds(now_ns(CLOCK_MONOTONIC));
+    putchar('\n');
     fflush(stdout);
     target = -1;
 }
@@ -236,11 +244,16 @@ static void dump(void) {
             continue;
         printf(first ? "[" : ",[");
         first = 0;
-        for (size_t j = 0; j < subs[i].ntimes; j++)
-            printf(j ? ",%.9f" : "%.9f", subs[i].times[j]);
+        for (size_t j = 0; j < subs[i].ntimes; j++) {
+            if (j)
+                putchar(',');
+            print_seconds(subs[i].times[j]);
+        }
         putchar(']');
     }
-    printf("],\"frames\":%ld,\"cpu\":%.6f}\n", total, now(CLOCK_PROCESS_CPUTIME_ID));
+    printf("],\"frames\":%ld,\"cpu\":", total);
+    print_seconds(now_ns(CLOCK_PROCESS_CPUTIME_ID));
+    printf("}\n");
     fflush(stdout);
     exit(0);
 }
