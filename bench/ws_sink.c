@@ -105,8 +105,9 @@ static void open_sub(Sub *s, int port, const char *path, int far) {
     setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     char key[25], request[1024];
     static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    for (int i = 0; i < 22; i++)  /* 16 random-enough bytes, base64: the server only echoes a hash */
+    for (int i = 0; i < 21; i++)  /* 16 random-enough bytes, base64: the server only echoes a hash */
         key[i] = b64[rand() % 64];
+    key[21] = "AQgw"[rand() % 4];  /* the last character holds 2 bits, the other 4 are zero */
     memcpy(key + 22, "==", 3);
     int len = snprintf(request, sizeof request,
                        "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"

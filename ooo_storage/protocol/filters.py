@@ -180,6 +180,14 @@ class Filters:
         if self.find("read_object", key) is None and self.find("read_list", key) is None:
             raise route_not_defined(key)
 
+    def plain_read(self, key: str) -> bool:
+        """:meth:`permit_read`, then whether ``key``'s object is shown as stored (no object filter):
+        one call, and no look-up while no read filter is registered (the lean front's GET)."""
+        if not self.static and not self._entries["read_object"]:
+            return True
+        self.permit_read(key)
+        return self.object_fn(key) is None
+
     def read_object(self, key: str, obj: Object) -> Object | None:
         fn = self.object_fn(key)
         return obj if fn is None else fn(key, obj)

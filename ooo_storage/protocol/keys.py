@@ -28,7 +28,11 @@ __all__ = [
     "PatternIndex",
 ]
 
-_VALID = re.compile(r"[A-Za-z0-9*](?:[A-Za-z0-9*/._-]*[A-Za-z0-9*])?").fullmatch
+_KEY = r"[A-Za-z0-9*](?:[A-Za-z0-9*/._-]*[A-Za-z0-9*])?"
+_VALID = re.compile(_KEY).fullmatch
+VALID_KEY = r"(?!.*//)(?!.*\*\*)" + _KEY
+"""What :func:`is_valid` accepts as one regular expression, to match as part of a longer text (the
+lean front reads a key's validity with its URL: one match instead of two, and a call less)."""
 
 
 def is_valid(key: str) -> bool:

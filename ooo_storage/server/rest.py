@@ -138,16 +138,24 @@ async def get(ctx: Context, request: web.Request, key: str) -> web.StreamRespons
 async def read_object(ctx: Context, key: str) -> Object:
     """The object a GET of the single key ``key`` answers with, its read filter applied (404 when
     there is none). The key is checked and the read permitted already (shared with ``front.py``)."""
-    filters = ctx.filters
-    try:
-        obj: Object | None = await ctx.store._get_checked(key)  # the key is checked: once per GET
-    except NotFound:
-        obj = None
+    filters, store = ctx.filters, ctx.store
+    if store.reads_now:
+        obj = store.read_now(key)  # the key is checked: once per GET
+    else:
+        try:
+            obj = await store._get_checked(key)
+        except NotFound:
+            obj = None
     if obj is not None and filters.object_fn(key) is not None:
         obj = read_guard(key, filters.read_object, key, obj)
     if obj is None:
-        raise HTTPFailure(404, "ooo: empty key")
+        raise missing()
     return obj
+
+
+def missing() -> HTTPFailure:
+    """The failure of a GET of one key that has no object."""
+    return HTTPFailure(404, "ooo: empty key")
 
 
 async def send_object(ctx: Context, request: web.Request, obj: Object) -> web.StreamResponse:

@@ -3,14 +3,18 @@ aiohttp puts them on the wire (status line, header order, ``Date``, ``Server``, 
 
 from __future__ import annotations
 
+import functools
 import http
 import re
+from time import time as _time
+from typing import cast
 
 import httptools
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
 
 from ...errors import HTTPFailure
+from ...protocol import keys
 from ..errors import status_of
 from ..streams import BEARER
 
@@ -21,6 +25,8 @@ METHODS = ("GET", "HEAD", "POST", "PATCH", "DELETE")
 _METHODS = frozenset(m.encode() for m in METHODS)
 KEY_URL = re.compile(r"/[A-Za-z0-9*/._-]+").fullmatch
 """A path naming a key (``rest.request_key``'s characters), without a query string."""
+_VALID_URL = re.compile("/" + keys.VALID_KEY).fullmatch
+"""A path naming a valid key (``keys.is_valid``): :attr:`Request.valid`."""
 _LIST_QUERY = re.compile(r"(limit|cursor)=[A-Za-z0-9_-]*(&(limit|cursor)=[A-Za-z0-9_-]*)?").fullmatch
 """The query strings of a glob GET served here: ``limit`` and ``cursor`` (cursors are URL-safe
 base64), each once, nothing to percent-decode, so that each reads as ``request.query.get`` would."""
@@ -49,12 +55,13 @@ class NotOurs(Exception):
 class Request:
     """One parsed request, waiting for its answer."""
 
-    __slots__ = ("method", "key", "body", "size", "host", "origin", "token", "query")
+    __slots__ = ("method", "key", "valid", "body", "size", "host", "origin", "token", "query")
 
-    def __init__(self, method: str, key: str, body: bytes, size: int, host: str,
+    def __init__(self, method: str, key: str, valid: bool, body: bytes, size: int, host: str,
                  origin: str | None, token: str | None, query: dict[str, str] | None = None) -> None:
         self.method = method
         self.key = key
+        self.valid = valid  # ``keys.is_valid(key)`` is known true (False: unknown, check it)
         self.body = body
         self.size = size  # bytes of head and body: what to drop from the buffer once answered
         self.host = host
@@ -84,36 +91,94 @@ class _Head:
             self.headers[name] = value
 
 
-_PLAIN_HEAD = re.compile(
-    rb"(GET|HEAD|POST|PATCH|DELETE) ([!-~]+) HTTP/1\.1\r\n"
-    rb"((?:[-!#$%&'*+.^_`|~0-9A-Za-z]+:[\t -~]*\r\n)*)\r\n"
-).fullmatch
+_LINE = rb"(GET|HEAD|POST|PATCH|DELETE) ([!-~]+) HTTP/1\.1\r\n"
+_BLOCK = rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+:[\t -~]*\r\n)*\r\n"
+_PLAIN_HEAD = re.compile(_LINE + rb"(" + _BLOCK + rb")").fullmatch
 """A head in the plainest HTTP/1.1 form: a method served here, a target of visible characters, and
 header lines of a token, a colon and a value of visible characters, spaces and tabs (no obs-fold, no
 control characters). Every such head is one ``httptools`` reads without error, into the same
-method, URL and header values: :func:`read_head` reads it with this match and ``bytes`` methods
-(about a third of the parser object's and its callbacks' cost) and gives any other head to
-``httptools``."""
+method, URL and header values: :func:`read_head` reads it with ``bytes`` methods (about a third of
+the parser object's and its callbacks' cost), its request line (:data:`_PLAIN_LINE`) apart from its
+header block (:data:`_PLAIN_BLOCK`), and gives any other head to ``httptools``."""
+_PLAIN_LINE = re.compile(_LINE).match
+_PLAIN_BLOCK = re.compile(_BLOCK).fullmatch
+_MEMO_BYTES = 1024
+"""Header blocks up to this size are read once (:func:`_block_fields`; 64 of them kept: 64 KiB)."""
+
+
+class _NotPlain:
+    """What :func:`_header_fields` says of a header block not in the plain form."""
+
+
+_NOT_PLAIN = _NotPlain()
+_Fields = tuple[int, int, str, str | None, str | None]
+"""What a request's header block says, whatever its request line: the number of header lines, the
+``Content-Length`` (-1: none), ``Host``, ``Origin`` and ``Authorization`` (stripped)."""
 
 
 def read_head(head: bytes, max_head: int, max_headers: int, max_body: int) -> Request:
     """The request of a complete ``head`` (its ``size`` the body's length), or NotOurs when the
     front does not serve it: only requests it answers exactly as aiohttp would qualify."""
-    if len(head) > max_head or not head.isascii():
+    if len(head) > max_head:
         raise NotOurs()
-    plain = _PLAIN_HEAD(head)
-    if plain is None:
-        return _parsed_head(head, max_headers, max_body)
-    method, url, lines = plain.groups()
+    line = _PLAIN_LINE(head)
+    if line is not None:
+        block = head[line.end() :]
+        fields = _block_fields(block) if len(block) <= _MEMO_BYTES else _header_fields(block)
+        if fields is None:
+            raise NotOurs()
+        if fields is not _NOT_PLAIN:
+            method, url = line.groups()
+            return _request(method, url, cast(_Fields, fields), max_headers, max_body)
+    if not head.isascii():
+        raise NotOurs()
+    return _parsed_head(head, max_headers, max_body)
+
+
+def _header_fields(block: bytes) -> _Fields | _NotPlain | None:
+    """What the header ``block`` (every line of a head after the request line) says, or None when
+    it makes any request NotOurs; :data:`_NOT_PLAIN` when it is not in the plain form."""
+    if _PLAIN_BLOCK(block) is None:
+        return _NOT_PLAIN
     headers: dict[bytes, bytes] = {}
-    for line in lines.split(b"\r\n")[:-1]:  # ``lines`` ends with one
+    for line in block.split(b"\r\n")[:-2]:  # ``block`` ends with two
         name, _, value = line.partition(b":")
         name = name.lower()
         if name in _OUR_HEADERS:
             if name in headers:
-                raise NotOurs()  # a repeated header: aiohttp's own reading decides
+                return None  # a repeated header: aiohttp's own reading decides
             headers[name] = value
-    return _request(head, method, url, headers, max_headers, max_body)
+    return _fields(block.count(b"\r\n") - 1, headers)
+
+
+_block_fields = functools.lru_cache(64)(_header_fields)
+""":func:`_header_fields`, remembered: the requests of a client mostly repeat their header block
+(a pure function's results: the same whatever the order of requests)."""
+
+
+def _fields(count: int, headers: dict[bytes, bytes]) -> _Fields | None:
+    """The fields of a request's ``count`` header lines, read into the headers of
+    :data:`_OUR_HEADERS` (each once), or None when they make any request NotOurs."""
+    if (
+        not _REFUSED.isdisjoint(headers)
+        or headers.get(b"connection", b"keep-alive").strip().lower() != b"keep-alive"
+    ):
+        return None
+    length = headers.get(b"content-length")
+    size = -1
+    if length is not None:
+        length = length.strip()
+        if not length.isdigit() or len(length) > 7:
+            return None
+        size = int(length)
+    host, origin, token = headers.get(b"host"), headers.get(b"origin"), headers.get(b"authorization")
+    if host is None:
+        return None  # aiohttp refuses an HTTP/1.1 request without one
+    return (
+        count, size, host.strip().decode(),
+        None if origin is None else origin.strip().decode(),
+        None if token is None else token.strip().decode(),
+    )
 
 
 def _parsed_head(head: bytes, max_headers: int, max_body: int) -> Request:
@@ -126,51 +191,38 @@ def _parsed_head(head: bytes, max_headers: int, max_body: int) -> Request:
         raise NotOurs() from None
     if cb.bad or parser.get_http_version() != "1.1":
         raise NotOurs()
-    return _request(head, parser.get_method(), cb.url, cb.headers, max_headers, max_body)
+    method = parser.get_method()
+    fields = _fields(head.count(b"\r\n") - 2, cb.headers)
+    if method not in _METHODS or fields is None:
+        raise NotOurs()
+    return _request(method, cb.url, fields, max_headers, max_body)
 
 
-def _request(head: bytes, method: bytes, raw_url: bytes, headers: dict[bytes, bytes], max_headers: int,
-             max_body: int) -> Request:
-    """The request of an HTTP/1.1 ``head`` read into its method, URL and the headers of
-    :data:`_OUR_HEADERS` (each once), or NotOurs."""
-    if (
-        method not in _METHODS
-        or head.count(b"\r\n") - 2 > max_headers
-        or not _REFUSED.isdisjoint(headers)
-        or headers.get(b"connection", b"keep-alive").strip().lower() != b"keep-alive"
-    ):
+def _request(method: bytes, raw_url: bytes, fields: _Fields, max_headers: int, max_body: int) -> Request:
+    """The request of an HTTP/1.1 head read into its method, URL and header ``fields``, or
+    NotOurs."""
+    count, size, host, origin, token = fields
+    if count > max_headers:
         raise NotOurs()
     url, mark, text = raw_url.decode().partition("?")
     query: dict[str, str] | None = None
-    if url == "/" and text == TXN_QUERY and method == b"POST":
+    valid = _VALID_URL(url) is not None
+    if valid or KEY_URL(url) is not None:
+        if mark:
+            query = list_query(text)
+            if method not in (b"GET", b"HEAD") or "*" not in url:
+                raise NotOurs()  # a query string on anything but a glob GET (or HEAD): aiohttp's
+    elif url == "/" and text == TXN_QUERY and method == b"POST":
         query = TXN_PARAMS  # a transaction: key "" (``txn.run``)
-    elif KEY_URL(url) is None:
+    else:
         raise NotOurs()  # "/" otherwise, paths no key has: aiohttp's
-    elif mark:
-        query = list_query(text)
-        if method not in (b"GET", b"HEAD") or "*" not in url:
-            raise NotOurs()  # a query string on anything but a glob GET (or HEAD): aiohttp's
-    length = headers.get(b"content-length")
-    size = 0
-    if length is not None:
-        length = length.strip()
-        if not length.isdigit() or len(length) > 7:
+    if size < 0:
+        if method in (b"POST", b"PATCH"):
             raise NotOurs()
-        size = int(length)
-        if size > max_body or (size and method in (b"GET", b"HEAD", b"DELETE")):
-            raise NotOurs()
-    elif method in (b"POST", b"PATCH"):
+        size = 0
+    elif size > max_body or (size and method in (b"GET", b"HEAD", b"DELETE")):
         raise NotOurs()
-    host, origin, token = headers.get(b"host"), headers.get(b"origin"), headers.get(b"authorization")
-    if host is None:
-        raise NotOurs()  # aiohttp refuses an HTTP/1.1 request without one
-    return Request(
-        method.decode(), url[1:], b"", size,
-        host.strip().decode(),
-        None if origin is None else origin.strip().decode(),
-        None if token is None else token.strip().decode(),
-        query,
-    )
+    return Request(method.decode(), url[1:], valid, b"", size, host, origin, token, query)
 
 
 def list_query(text: str) -> dict[str, str]:
@@ -199,18 +251,19 @@ def bearer(authorization: str | None) -> str | None:
 
 
 class Dates:
-    """The ``Date`` header line, as aiohttp writes it (computed once per second)."""
+    """The ``Date`` header line, as aiohttp writes it (computed once per second: aiohttp's
+    function is called only then)."""
 
-    __slots__ = ("_text", "_line")
+    __slots__ = ("_second", "_line")
 
     def __init__(self) -> None:
-        self._text = ""
+        self._second = -1
         self._line = b""
 
     def line(self) -> bytes:
-        text = rfc822_formatted_time()
-        if text is not self._text:
-            self._text, self._line = text, f"Date: {text}\r\n".encode()
+        second = int(_time())
+        if second != self._second:
+            self._second, self._line = second, f"Date: {rfc822_formatted_time()}\r\n".encode()
         return self._line
 
 
@@ -232,7 +285,7 @@ def json_answer(date: bytes, body: bytes, cors: bytes = b"", extra: bytes = b"",
     """An answer with a JSON body, as aiohttp's ``rest.json_response`` goes on the wire (the
     handler's own ``extra`` header lines first, as ``web.Response(headers=...)`` writes them)."""
     return b"%s%sContent-Type: application/json\r\n%sContent-Length: %d\r\n%s%s\r\n%s" % (
-        status_line(status), extra, cors, len(body), date, SERVER_LINE, body
+        _OK if status == 200 else status_line(status), extra, cors, len(body), date, SERVER_LINE, body
     )
 
 
