@@ -39,21 +39,21 @@
 
 enum { BATCH = 100, HEAD_MAX = 4096, IDLE_MS = 120000 };
 
-typedef struct {
+typedef struct {           /* what each frame touches first, the handshake's buffer last */
     int fd;
     int upgraded;
-    size_t head_len;       /* handshake response bytes so far (until upgraded) */
-    char head[HEAD_MAX];
     uint8_t hdr[14];       /* the frame header being read */
     size_t hdr_len;
     int in_payload;        /* the header is read, the payload is coming */
     uint64_t left;         /* payload bytes of the current frame still to come */
     int opcode;
-    uint8_t ping[125];     /* a ping's payload, echoed in the pong */
-    size_t ping_len;
     long frames;
     int64_t *times;        /* arrival times (ns), far subscribers only */
     size_t ntimes, cap;
+    size_t ping_len;
+    uint8_t ping[125];     /* a ping's payload, echoed in the pong */
+    size_t head_len;       /* handshake response bytes so far (until upgraded) */
+    char head[HEAD_MAX];
 } Sub;
 
 static Sub *subs;
