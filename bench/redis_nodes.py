@@ -30,6 +30,11 @@ everyone else's: the load generators are chosen to keep o small, and their CPU i
   every subscriber: p50/p99 of (frame arrival - POST sent) over the subscribers of the OTHER nodes
   (of node 0 itself for one node).
 
+A second table says what the medians of CPU per operation allow against one Redis node: with a
+core for each node and nothing else on it (N x one node's CPU per op / the N nodes'), and on this
+machine's cores shared with Redis, wrk and the subscribers (each node at most one core): a measured
+"vs 1" near the latter is bounded by the cores, not by the nodes.
+
 Configurations alternate within each round and the medians of ``--rounds`` are reported: other work
 on the machine hits every configuration alike. Only 127.0.0.1.
 """
@@ -359,7 +364,34 @@ def report(results: dict[str, list[list[float]]]) -> str:
         lines.append([config, f"{m[0]:.0f}", f"{m[0] / one[0]:.2f}x", *(f"{v:.0f}" for v in m[1:4]),
                       f"{m[4]:.0f}", f"{m[4] / one[4]:.2f}x", *(f"{v:.1f}" for v in m[5:])])
     headers = ["nodes", FIELDS[0], "vs 1", *FIELDS[1:5], "vs 1", *FIELDS[5:]]
-    return table(headers, lines)
+    return table(headers, lines) + "\n" + report_bounds(med)
+
+
+def nodes_of(config: str) -> int:
+    name = config.partition("@")[0]
+    return 1 if name == "leveldb" else int(name.rpartition("-")[2])
+
+
+def bound(nodes: int, node_us: float, other_us: float) -> float:
+    """Operations/s that the CPU per operation allows: each node one core at most (the nodes share
+    ``node_us`` alike), and all of it, with Redis's and the instruments' ``other_us``, on CORES."""
+    return min(nodes / node_us, CORES / (node_us + other_us)) * 1e6
+
+
+def report_bounds(med: dict[str, list[float]]) -> str:
+    """Against one Redis node of the same tree, what the measured CPU per operation allows: with a
+    core for each node and nothing else on it (N x the one node's CPU per op / the N nodes'), and on
+    this machine's CORES shared with Redis and the instruments (:func:`bound`). A measured "vs 1"
+    near the second is bounded by the cores; the first is how the nodes themselves scale."""
+    lines = []
+    for config, m in med.items():
+        one = med.get("redis-1@base" if config.endswith("@base") else "redis-1", m)
+        n = nodes_of(config)
+        lines.append([config, f"{n * one[1] / m[1]:.2f}x",
+                      f"{bound(n, m[1], m[2] + m[3]) / bound(1, one[1], one[2] + one[3]):.2f}x",
+                      f"{n * one[5] / m[5]:.2f}x", f"{bound(n, m[5], m[6]) / bound(1, one[5], one[6]):.2f}x"])
+    return table(["nodes", "writes: core each", f"writes: {CORES} cores", "deliveries: core each",
+                  f"deliveries: {CORES} cores"], lines)
 
 
 def report_kinds(results: dict[tuple[str, str], list[Instrument]]) -> str:
