@@ -21,11 +21,14 @@ everyone else's: the load generators are chosen to keep o small, and their CPU i
 - fan-out deliveries/s: ``--subscribers`` websocket subscribers of ``feed/*`` spread evenly over the
   nodes and over the ``--clients`` processes (default ``c``: one bench/ws_sink.c, an epoll loop
   compiled here with ``cc -O2``: ~1 us of its own per delivery; ``python``: bench/_redis_subs.py on
-  uvloop, ~4 us; both also spend the kernel's TCP receive, ~5 us per frame on loopback; ``c,python``:
-  both on the same writes, compared in a second table), ``--writes`` POSTs
-  of ``feed/1`` back to back on node 0; subscribers x writes / the time until every subscriber has
-  every frame; the nodes' and the subscribers' CPU per delivery. Every subscriber process must have
-  counted exactly its frames (the snapshot, every write);
+  uvloop, ~4 us; both also spend the kernel's TCP receive, 3-6 us per segment on loopback, 40% of it
+  the ACK and the node's socket taking it; ``c,python``: both on the same writes, compared in a
+  table of their own), ``--writes`` POSTs of ``feed/1`` back to back on node 0; subscribers x writes
+  / the time until every subscriber has every frame; the nodes' and the subscribers' CPU per
+  delivery. Every subscriber process must have counted exactly its frames (the snapshot, every
+  write). The other nodes read node 0's writes from the stream in batches and a subscriber's frames
+  of one batch share segments: fewer segments per delivery than on node 0, for the node and the
+  subscriber, so the CPU per delivery of 2 nodes is below one node's;
 - cross-node latency: the same subscribers, one POST at a time on node 0 (20), each waited for by
   every subscriber: p50/p99 of (frame arrival - POST sent) over the subscribers of the OTHER nodes
   (of node 0 itself for one node).
