@@ -130,22 +130,24 @@ def node(index: int, tree: Path, *storage: str) -> Iterator[tuple[int, int]]:
     command = ["taskset", "-c", str(index % CORES), sys.executable, "-P", "-m", "ooo_storage", "serve",
                "--port", str(port), "--log-level", "warning", *storage]
     env = {**os.environ, "PYTHONPATH": str(tree)}  # -P: not the cwd, and the venv's install is ROOT's
-    process = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://{HOST}:{port}/?api=info", timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"node {index} did not start") from None
-                time.sleep(0.05)  # polling a child's port: there is no event to await
-        yield port, process.pid
-    finally:
-        process.terminate()
-        process.wait(10)
+    with tempfile.TemporaryFile() as log:  # warnings and a refused start: read only when it fails
+        process = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://{HOST}:{port}/?api=info", timeout=1).close()
+                    break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        log.seek(0)
+                        said = log.read().decode(errors="replace").strip()[-2000:] or "no message"
+                        raise RuntimeError(f"node {index} ({tree}) did not start: {said}") from None
+                    time.sleep(0.05)  # polling a child's port: there is no event to await
+            yield port, process.pid
+        finally:
+            process.terminate()
+            process.wait(10)
 
 
 @contextmanager
