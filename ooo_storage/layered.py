@@ -128,6 +128,8 @@ _RESERVE = 1 << 20
 Observer = Callable[[Event], None]
 
 _NOBODY = object()
+_DRIVEN = object()
+"""``Layered._first`` when the iteration's first write came from a coroutine run by hand."""
 _Done = asyncio.Future[tuple[Object, "asyncio.Future[None] | None"]]
 """What a queued writer awaits: its object and the event queue's wait (see ``_publish``)."""
 _Queued = tuple[str, bytes, "tuple[int, int] | None", _Done]
@@ -1397,18 +1399,16 @@ class Layered:
         if key == "*" or key.endswith("/*"):  # keys.is_glob, inline: this is the hot path
             raise GlobNotAllowed()
         raw = encode_data(data)
-        if (
-            self._sync
-            and not self._locks.busy(key)
-            and self._gate.idle
-            and (
+        if self._sync and not self._locks.busy(key) and self._gate.idle:
+            # ``_write``'s inline case without its coroutine
+            if (
                 self._batcher is None
                 or (self._queued is None and self._first is _task_of(self._loop))
                 or self._first_of_iteration()
-            )
-        ):
-            # ``_write``'s inline case without its coroutine
-            obj, waiter = self._commit_now(key, raw, None)
+            ):
+                obj, waiter = self._commit_now(key, raw, None)
+            else:
+                obj, waiter = await self._join(key, raw, None)
             if waiter is not None or self.options.after_write is not None:
                 await self._finish(key, waiter)
             return obj.index
@@ -1551,18 +1551,49 @@ class Layered:
         return obj, self._publish(key, "set", obj)
 
     # -- batches -------------------------------------------------------------------------------
+    driven = False
+    """True while a coroutine run by hand runs (``send(None)``, outside any task: the lean front's
+    requests, ``server/front/connection.py``), whose driver resumes it once a future it awaits is
+    done: its writes join the batch as a task's do. Set by that driver around each step."""
+
     def _first_of_iteration(self) -> bool:
-        """Whether a write may be committed inline: it is the first of this loop iteration (or
-        another of the same task, which cannot have two writes waiting at once)."""
-        if self._queued is not None:
-            return False
+        """Whether a write may be committed inline (else it joins the batch): it is the first of
+        this loop iteration, or another of the same task (which cannot have two writes waiting at
+        once), or one whose caller could not wait for the batch (no task, not :attr:`driven`: the
+        batch is committed first, then the write, so the order of arrival holds). Writers run by
+        hand are all task-less: only the first of them in an iteration is inline."""
         loop = cast(asyncio.AbstractEventLoop, self._loop)
-        first = self._first
-        if first is _NOBODY:
-            self._first = _task_of(loop)
+        if self.driven:
+            if self._first is not _NOBODY or self._queued is not None:
+                return False
+            self._first = _DRIVEN
             loop.call_soon(self._tick)
             return True
-        return first is _task_of(loop)
+        task = _task_of(loop)
+        if self._queued is not None:
+            if task is not None:
+                return False
+            self._settle()
+            return True
+        first = self._first
+        if first is _NOBODY:
+            self._first = task
+            loop.call_soon(self._tick)
+            return True
+        return first is task or task is None
+
+    @property
+    def batching(self) -> bool:
+        """Whether writes of one iteration share a batch of the persistent layer (:meth:`joins`)."""
+        return self._batcher is not None
+
+    def joins(self, waited: object) -> bool:
+        """Whether ``waited``, what a coroutine run by hand (:attr:`driven`) just yielded, is its
+        write's place in this iteration's batch, the last to join it: the batch is committed at the
+        start of the next iteration, so the driver may start the writes behind it meanwhile (they
+        join the same batch) and need not send earlier answers before it waits."""
+        queued = self._queued
+        return queued is not None and queued[-1][3] is waited
 
     def _join(self, key: str, raw: bytes, stamps: tuple[int, int] | None) -> _Done:
         """Queue a write for the batch committed at the start of the next iteration (``_tick``)."""

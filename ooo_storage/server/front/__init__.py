@@ -84,9 +84,11 @@ class Lean:
         self.observed = server.metrics is not None or self.access is not None
         # Every layer of the store synchronous: a read or a plain write needs no task of its own
         # until it waits for another (connection.py ``Front._inline``)
-        store = server.store
+        store = self.store = server.store
         self.inline = store.embedded is None or not store.embedded.asynchronous
         self.inline_reads = self.inline or store.mirrored  # a memory mirror answers every read
+        # Writes of one iteration share one batch: a pipelined burst's POSTs are started together
+        self.batching = store.batching
         self.silent: dict[Front, None] = {}  # connections that sent nothing yet, oldest first
         self.sweep: asyncio.TimerHandle | None = None
 
@@ -119,7 +121,7 @@ async def shutdown(gate: ConnectionGate, timeout: float) -> None:
     """Close the connections the front serves itself when the server stops (aiohttp closes those it
     was handed): idle ones now, busy ones once their queued requests are answered, or after
     ``timeout`` seconds."""
-    busy: list[asyncio.Task[None]] = []
+    busy: list[asyncio.Future[None]] = []
     for conn in list(gate.open):
         if not isinstance(conn, Front) or conn.handler is not None:
             continue

@@ -4,11 +4,13 @@ handed over to aiohttp."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import re
 import time
 from collections import deque
-from collections.abc import Coroutine, Generator
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Awaitable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from ...errors import HTTPFailure
 from ...protocol.pages import next_headers
@@ -45,6 +47,8 @@ body watch then allows ``body_timeout`` of silence: a stalled body is closed aft
 ``1 + BODY_PATIENCE`` times ``body_timeout``, as under aiohttp (the front waited the whole
 ``body_timeout`` first, and aiohttp as long again)."""
 
+_T = TypeVar("_T")
+
 _HANDED_OVER_QUEUE: deque[Request] = deque(maxlen=0)
 """The queue of every handed-over connection: empty for good (``maxlen=0`` drops an append)."""
 _HANDED_OVER_BUF = bytearray()
@@ -62,7 +66,8 @@ class Front(GuardedConnection):
 
     __slots__ = ("lean", "loop", "buf", "scan", "queue", "worker", "local", "remote", "host", "by_hand",
                  "hand_over", "reading", "writable", "lost", "closing", "out", "out_bytes", "flush_soon",
-                 "stopping", "partial", "active_at", "idle_timer", "stall_timer", "stall_head")
+                 "stopping", "partial", "active_at", "idle_timer", "stall_timer", "stall_head", "batched",
+                 "ended")
 
     def __init__(self, lean: Lean) -> None:
         super().__init__(lean.gate)
@@ -71,7 +76,8 @@ class Front(GuardedConnection):
         self.buf = bytearray()
         self.scan = 0  # bytes of ``buf`` parsed into ``queue`` (the rest: an incomplete request)
         self.queue: deque[Request] = deque()
-        self.worker: asyncio.Task[None] | None = None
+        # A task, or ``_work`` itself while it waits run by hand (:meth:`_drive`): None when idle
+        self.worker: asyncio.Task[None] | Coroutine[Any, Any, None] | None = None
         self.local: tuple[str, int] | None = None
         self.remote = ""
         self.host: str | None = None  # the last Host header allowed on this connection
@@ -90,6 +96,8 @@ class Front(GuardedConnection):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.stall_timer: asyncio.TimerHandle | None = None
         self.stall_head = False  # the stall timer times a request head (else a body)
+        self.batched = False  # ``_work`` waits for the store's batch (:meth:`_start`): it is short
+        self.ended: asyncio.Future[None] | None = None  # :meth:`stop` waits for ``_work`` run by hand
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -171,15 +179,20 @@ class Front(GuardedConnection):
         if self.transport is not None:
             self.transport.close()
 
-    def stop(self) -> asyncio.Task[None] | None:
+    def stop(self) -> asyncio.Future[None] | None:
         """The server stops: close now when idle, else once the queued requests are answered (the
-        task to wait for)."""
-        if self.worker is None:
+        future to wait for)."""
+        worker = self.worker
+        if worker is None:
             self.abort()
             return None
         self.stopping = True
         self._pause_reading()
-        return self.worker
+        if isinstance(worker, asyncio.Future):
+            return worker
+        if self.ended is None:  # run by hand: done when ``_work`` ends
+            self.ended = self.loop.create_future()
+        return self.ended
 
     # -- parsing -------------------------------------------------------------------------------
     def _parse(self) -> None:
@@ -244,23 +257,69 @@ class Front(GuardedConnection):
 
     # -- answering -----------------------------------------------------------------------------
     def _run(self) -> None:
-        """Answer the queued requests right here, in ``data_received``: :meth:`_work` run by hand
-        (``send(None)``) while each answer needs no wait (:meth:`_inline`: a read from memory, a
-        write committed at once), the answers written with one call; if it must wait (a write
-        that joins a batch, a request that needs a task, a full socket buffer), a task goes on
-        with it from there. A task per burst of requests cost about a fifth of a small
-        request's CPU (its creation, its steps, its registration), and a burst of one request is
-        the common case."""
-        work = self._work()
-        self.by_hand = True
+        """Answer the queued requests right here, in ``data_received``: :meth:`_work` run by hand,
+        without a task, as long as each request may be answered outside one (:meth:`_inline`: a
+        read from memory, a plain write), the answers written with one call. A task per burst of
+        requests cost about a fifth of a small request's CPU (its creation, its steps, its
+        registration), and a burst of one request is the common case."""
+        self._drive(self._work())
+
+    def _drive(self, work: Coroutine[Any, Any, None]) -> None:
+        """Take one step of ``work`` (:meth:`_work`) by hand (``send(None)``), as a task would:
+        when it stops at a future (a write's place in the store's batch, a key's lock, a full
+        socket buffer), it goes on by hand once that is done (:meth:`_wake`); when it yields
+        anything else (a request that needs a task: ``_work`` says so with a bare yield), a task
+        goes on with it from there. While it runs, the store knows its writers can wait for a batch
+        (``Layered.driven``: writers without a task could not otherwise)."""
+        store = self.lean.store
+        self.by_hand = store.driven = True
         try:
             waited = work.send(None)
         except StopIteration:
             return
         finally:
-            self.by_hand = False
-        self._flush()  # the answers so far go now: the next one waits
+            self.by_hand = store.driven = False
+        batched, self.batched = self.batched, False
+        if getattr(waited, "_asyncio_future_blocking", False):  # a future, as asyncio.Task tells
+            waited._asyncio_future_blocking = False
+            if not batched:
+                self._flush()  # the answers so far go now: the next one may wait long
+            self.worker = work
+            waited.add_done_callback(self._wake)
+            return
+        self._flush()
         self.worker = self.loop.create_task(_go_on(_Started(work, waited)))
+
+    def _wake(self, _: asyncio.Future[Any]) -> None:
+        """What ``_work`` waited for is done: on with it, by hand."""
+        self._drive(cast(Coroutine[Any, Any, None], self.worker))
+
+    def _start(self, request: Request, ahead: deque[_Answering[bytes]]) -> _Answering[bytes]:
+        """The answer to the POST ``request``, started by hand; when it stops at its write's place
+        in the store's batch (``Layered.joins``), the POSTs queued behind it are started too while
+        each joins the same batch (``ahead``, in order): a pipelined burst's writes are then one
+        LevelDB write, each with its own revision and event, and their answers go out together
+        once it is written. Any other request, and a POST behind one whose answer waits for
+        anything else (a lock, a thread) or is not ours, waits for the answers before it, as
+        before."""
+        first = _Answering(self._answer(request))
+        joins = self.lean.store.joins
+        if first.answering is None or not joins(first.waited):
+            return first
+        self.batched = True
+        for later in itertools.islice(self.queue, 1, None):
+            if later.method != "POST" or not self._inline(later):
+                break
+            answering = _Answering(self._answer(later, ahead=True))
+            ahead.append(answering)
+            if self.closing:  # its failure closes the connection: once the answers before it are out
+                self.closing, answering.closes = False, True
+                break
+            if answering.answering is None and answering.error is not None:
+                break  # not ours: handed over once the answers before it are out
+            if answering.answering is not None and not joins(answering.waited):
+                break
+        return first
 
     def _inline(self, request: Request) -> bool:
         """Whether ``request`` may be answered outside any task: nothing its answer runs before
@@ -279,18 +338,31 @@ class Front(GuardedConnection):
         return filters.find("write", key) is None and filters.find("after_write", key) is None
 
     async def _work(self) -> None:
-        """Answer the queued requests in order: run by hand by :meth:`_run` until it waits, then
-        in a task (one per burst of requests that wait)."""
+        """Answer the queued requests in order: run by hand (:meth:`_drive`) until a request needs
+        a task, then in one (one per burst of requests that need it)."""
         queue, buf = self.queue, self.buf
+        ahead: deque[_Answering[bytes]] = deque()  # answers started before their turn (:meth:`_start`)
+        batching = self.lean.batching
         try:
             if self.writable is not None:
                 await self.writable
             while queue and not self.lost:
                 request = queue[0]
-                if self.by_hand and not self._inline(request):
-                    await asyncio.sleep(0)  # back to ``_run``: the rest in a task
+                answering: Awaitable[bytes]
+                if ahead:
+                    answering = ahead.popleft()
+                    self.closing = answering.closes
+                elif not self.by_hand:
+                    answering = self._answer(request)
+                elif not self._inline(request):
+                    await asyncio.sleep(0)  # back to ``_drive``: the rest in a task
+                    answering = self._answer(request)
+                elif batching and request.method == "POST":
+                    answering = self._start(request, ahead)
+                else:
+                    answering = self._answer(request)
                 try:
-                    answer = await self._answer(request)
+                    answer = await answering
                 except NotOurs:
                     self.hand_over = True
                     break
@@ -305,7 +377,7 @@ class Front(GuardedConnection):
                     self._flush()
                     assert self.transport is not None
                     self.transport.close()
-                    return
+                    break
                 if not queue and not self.hand_over and not self.stopping:
                     self._resume_reading()
                     if self.scan < len(buf):
@@ -317,17 +389,27 @@ class Front(GuardedConnection):
                 elif not self.flush_soon and not self.by_hand:  # answers of pipelined requests
                     self.flush_soon = True  # go out together, unless a request makes the worker
                     self.loop.call_soon(self._flush_soon)  # wait: then at once
+            for answering in ahead:  # nobody hears them now: their writes commit all the same,
+                with contextlib.suppress(NotOurs):  # and a failed batch's error is taken (not
+                    await answering  # logged as never retrieved)
         finally:
             self.worker = None
             self.active_at = self.loop.time()
+            if self.ended is not None and not self.ended.done():
+                self.ended.set_result(None)
+        if self.closing:
+            return
         if self.stopping:
             self.abort()
             return
         if self.hand_over and not self.lost:
             self._hand_over()
 
-    async def _answer(self, request: Request) -> bytes:
-        """The complete answer to ``request`` (NotOurs before any effect when it is aiohttp's)."""
+    async def _answer(self, request: Request, ahead: bool = False) -> bytes:
+        """The complete answer to ``request`` (NotOurs before any effect when it is aiohttp's).
+        ``ahead``: started while an earlier request of the connection is answered (:meth:`_start`),
+        which holds the connection's place in the per-client share (aiohttp answers a connection's
+        requests one at a time, and counts one)."""
         lean = self.lean
         server = lean.server
         start = time.perf_counter()
@@ -346,7 +428,7 @@ class Front(GuardedConnection):
                 cors = f"Access-Control-Allow-Origin: {allow}\r\nVary: Origin\r\n".encode()
         method, key = request.method, request.key
         share, who = server.share, self.remote
-        busy = share.busy.get(who, 0)
+        busy = 0 if ahead else share.busy.get(who, 0)
         if busy >= share.limit:
             raise NotOurs()
         counted = server.guard.policy is not None and self._admit(request)
@@ -358,7 +440,8 @@ class Front(GuardedConnection):
             except Exception as exc:
                 answer = self._failed(request, exc, cors)
         else:
-            share.busy[who] = busy + 1
+            if not ahead:
+                share.busy[who] = busy + 1
             try:
                 answer = await self._serve(request, cors)
             except NotOurs:
@@ -366,10 +449,11 @@ class Front(GuardedConnection):
             except Exception as exc:
                 answer = self._failed(request, exc, cors)
             finally:
-                if (left := share.busy[who] - 1) > 0:
-                    share.busy[who] = left
-                else:
-                    del share.busy[who]
+                if not ahead:
+                    if (left := share.busy[who] - 1) > 0:
+                        share.busy[who] = left
+                    else:
+                        del share.busy[who]
         if counted and (usage := server.guard.usage) is not None:
             usage.count_request(key)  # once the request is known to be ours: aiohttp counts the others
         if method == "HEAD":
@@ -561,37 +645,73 @@ class Front(GuardedConnection):
         self.idle_timer = self.stall_timer = None
 
 
-async def _go_on(started: _Started) -> None:
+async def _go_on(started: _Started[None]) -> None:
     """The task that goes on with a :class:`_Started` ``Front._work``."""
     await started
 
 
-class _Started:
-    """A coroutine that :meth:`Front._run` started by hand (``send(None)``) and that stopped at
-    ``waited`` (a future, or None: a bare yield): awaited in a task, it goes on from there as if
-    the task had awaited it from the start (what ``await`` does with a coroutine, ``yield from``)."""
+class _Started(Generic[_T]):
+    """A coroutine started by hand (``send(None)``: ``Front._work`` by :meth:`Front._drive`, an
+    answer by :class:`_Answering`) that stopped at ``waited`` (a future, or None: a bare yield):
+    awaited, it goes on from there as if it had been awaited from the start (what ``await`` does
+    with a coroutine, ``yield from``). A future already done is not yielded again (the answers
+    started ahead of a burst wait for the same batch: one wake-up for them all)."""
 
     __slots__ = ("answering", "waited")
 
-    def __init__(self, answering: Coroutine[Any, Any, None], waited: Any) -> None:
+    def __init__(self, answering: Coroutine[Any, Any, _T], waited: Any) -> None:
         self.answering = answering
         self.waited = waited
 
-    def __await__(self) -> Generator[Any, Any, None]:
+    def __await__(self) -> Generator[Any, Any, _T]:
         answering, waited = self.answering, self.waited
         while True:
-            try:
-                sent = yield waited
-            except GeneratorExit:
-                answering.close()
-                raise
-            except BaseException as exc:  # a cancellation: into the answer, where it waits
-                try:
-                    waited = answering.throw(exc)
-                except StopIteration:
-                    return
+            if waited is not None and waited.done():
+                sent = None
             else:
                 try:
-                    waited = answering.send(sent)
-                except StopIteration:
-                    return
+                    sent = yield waited
+                except GeneratorExit:
+                    answering.close()
+                    raise
+                except BaseException as exc:  # a cancellation: into the answer, where it waits
+                    try:
+                        waited = answering.throw(exc)
+                    except StopIteration as stop:
+                        return cast(_T, stop.value)
+                    continue
+            try:
+                waited = answering.send(sent)
+            except StopIteration as stop:
+                return cast(_T, stop.value)
+
+
+class _Answering(Generic[_T]):
+    """An answer started by hand (``send(None)``) in :meth:`Front._start`: done at once (its value,
+    or the exception it raised: NotOurs) or stopped at ``waited``; awaited in its turn, it gives
+    the value, raises, or goes on from where it stopped (:class:`_Started`)."""
+
+    __slots__ = ("answering", "waited", "value", "error", "closes")
+
+    def __init__(self, answering: Coroutine[Any, Any, _T]) -> None:
+        self.answering: Coroutine[Any, Any, _T] | None = answering
+        self.waited: Any = None
+        self.value: _T | None = None
+        self.error: Exception | None = None
+        self.closes = False  # its answer ends the connection (``Front.closing``, once its turn comes)
+        try:
+            self.waited = answering.send(None)
+        except StopIteration as stop:
+            self.answering = None
+            self.value = stop.value
+        except Exception as exc:
+            self.answering = None
+            self.error = exc
+
+    def __await__(self) -> Generator[Any, Any, _T]:
+        answering = self.answering
+        if answering is not None:
+            return (yield from _Started(answering, self.waited).__await__())
+        if self.error is not None:
+            raise self.error
+        return cast(_T, self.value)

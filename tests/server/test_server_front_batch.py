@@ -1,0 +1,384 @@
+"""The lean front's writes of one event-loop iteration in one LevelDB WriteBatch (issue 10): the
+POSTs of a pipelined burst, and single POSTs of many connections read in the same iteration, are
+one write of the database (the iteration's first write committed alone, the others together),
+each with its own revision and event, every answer in request order and sent only once its write
+is in the database; a write that fails before the store fails alone, a failed batch fails every
+write in it. Real servers on 127.0.0.1 over real LevelDB stores (a layer that counts its own
+writes), raw sockets; a real ``serve`` process for the kill -9 test."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import plyvel
+import pytest
+
+from ooo_storage import Event, Layered, LevelDBLayer, MemoryLayer, Object
+from ooo_storage.protocol.access import RIGHTS, Policy, token_digest
+from ooo_storage.server import Server, ServerRunner
+from ooo_storage.server.front import Front
+
+HOST = b"Host: 127.0.0.1\r\n"
+
+
+def doc(i: int) -> bytes:
+    return b'{"name":"Ada","n":%d}' % i
+
+
+def req(method: str, path: str, body: bytes | None = None, headers: bytes = HOST) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\n".encode() + headers
+    if body is not None:
+        head += b"Content-Length: %d\r\n" % len(body)
+    return head + b"\r\n" + (body or b"")
+
+
+def responses(raw: bytes) -> list[tuple[int, bytes]]:
+    out = []
+    while raw:
+        head, _, raw = raw.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        match = re.search(rb"\r\nContent-Length: (\d+)", head)
+        size = int(match.group(1)) if match else 0
+        out.append((status, raw[:size]))
+        raw = raw[size:]
+    return out
+
+
+def complete(raw: bytes, count: int) -> bool:
+    """Whether ``raw`` holds ``count`` whole responses."""
+    at = 0
+    for _ in range(count):
+        end = raw.find(b"\r\n\r\n", at)
+        if end < 0:
+            return False
+        match = re.search(rb"\r\nContent-Length: (\d+)", raw[at:end + 4])
+        at = end + 4 + (int(match.group(1)) if match else 0)
+    return at <= len(raw)
+
+
+async def read_answers(reader: asyncio.StreamReader, count: int) -> list[tuple[int, bytes]]:
+    raw = b""
+    async with asyncio.timeout(10):
+        while not complete(raw, count):
+            chunk = await reader.read(65536)
+            assert chunk, f"connection closed after {responses(raw)}"
+            raw += chunk
+    return responses(raw)
+
+
+async def answers(port: int, data: bytes, count: int) -> list[tuple[int, bytes]]:
+    """The first ``count`` answers to ``data`` sent at once on a new connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        return await read_answers(reader, count)
+    finally:
+        writer.close()
+
+
+class Counted(LevelDBLayer):
+    """A real LevelDB layer that counts its writes: a ``set`` per write committed alone, the size
+    of each ``set_many`` batch; ``fail_next`` makes the next batch fail before it reaches the
+    database (a write error: nothing of it is written)."""
+
+    def __init__(self, path: Any) -> None:
+        super().__init__(path)
+        self.puts = 0
+        self.sizes: list[int] = []
+        self.fail_next = False
+        self.batch_tried = asyncio.Event()  # set by every ``set_many``, written or failed
+
+    def set(self, key: str, obj: Object) -> Any:
+        self.puts += 1
+        return super().set(key, obj)
+
+    def set_many(self, items: Sequence[tuple[str, Object]]) -> None:
+        self.batch_tried.set()
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError(5, "Input/output error")
+        self.sizes.append(len(items))
+        super().set_many(items)
+
+    def writes(self) -> tuple[int, list[int]]:
+        """The puts and batch sizes so far (a copy, to compare with later)."""
+        return self.puts, list(self.sizes)
+
+
+class Served:
+    def __init__(self, store: Layered, layer: Counted, runner: ServerRunner) -> None:
+        self.store, self.layer, self.runner = store, layer, runner
+        self.port = runner.port
+        self.events: list[Event] = []
+        store.on_commit(self.events.append)
+
+    def since(self, before: tuple[int, list[int]]) -> tuple[int, list[int]]:
+        """The puts and the batch sizes since ``before`` (:meth:`Counted.writes`)."""
+        puts, sizes = before
+        return self.layer.puts - puts, self.layer.sizes[len(sizes):]
+
+    def stored(self, key: str) -> dict[str, Any] | None:
+        raw = self.layer.db.get(key.encode())
+        return None if raw is None else Object.from_json(raw).value  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Any]:
+    made: list[tuple[Layered, ServerRunner]] = []
+
+    async def make(**options: Any) -> Served:
+        layer = Counted(tmp_path / f"db{len(made)}")
+        store = Layered(memory=MemoryLayer(), embedded=layer)
+        await store.start()
+        server = Server(store, shutdown_timeout=1.0, http_engine="lean", **options)
+        runner = ServerRunner(store, "127.0.0.1", 0, server=server)
+        await runner.start()
+        made.append((store, runner))
+        return Served(store, layer, runner)
+
+    yield make
+    for store, runner in made:
+        await runner.stop()
+        await store.close()
+
+
+async def test_a_pipelined_burst_of_posts_is_one_batch_answered_in_order(served: Any) -> None:
+    s = await served()
+    before, revision = s.layer.writes(), s.store.revision
+    burst = b"".join(req("POST", f"/burst/{i}", doc(i)) for i in range(16)) + req("GET", "/burst/15")
+    got = await answers(s.port, burst, 17)
+    assert got[:16] == [(200, b'{"index":"%d"}' % i) for i in range(16)]
+    assert got[16][0] == 200 and orjson.loads(got[16][1])["data"] == orjson.loads(doc(15))
+    # the first POST alone (the first write of the iteration), the 15 others as one batch
+    assert s.since(before) == (1, [15])
+    assert [(e.key, e.revision) for e in s.events] == [(f"burst/{i}", revision + 1 + i) for i in range(16)]
+    assert all(s.stored(f"burst/{i}") == orjson.loads(doc(i)) for i in range(16))
+
+
+async def test_single_posts_of_many_connections_in_one_iteration_are_one_batch(served: Any) -> None:
+    """Eight keep-alive connections, one POST each, all read by the server in the same iteration
+    (sent from this loop without a pause: the server's next poll finds all eight)."""
+    s = await served()
+    conns = [await asyncio.open_connection("127.0.0.1", s.port) for _ in range(8)]
+    try:
+        for round_ in range(2):
+            before = s.layer.writes()
+            for i, (_, writer) in enumerate(conns):
+                writer.write(req("POST", f"/conns/{round_}/{i}", doc(i)))
+            got = await asyncio.gather(*(read_answers(reader, 1) for reader, _ in conns))
+            assert got == [[(200, b'{"index":"%d"}' % i)] for i in range(8)]
+            assert s.since(before) == (1, [7])
+            assert all(s.stored(f"conns/{round_}/{i}") == orjson.loads(doc(i)) for i in range(8))
+    finally:
+        for _, writer in conns:
+            writer.close()
+    assert [e.key for e in s.events] == [f"conns/{r}/{i}" for r in range(2) for i in range(8)]
+
+
+async def test_a_write_refused_in_a_burst_fails_alone_the_others_share_the_batch(served: Any) -> None:
+    s = await served()
+    before = s.layer.writes()
+    burst = (req("POST", "/f/a", doc(1)) + req("POST", "/f/b", doc(2)) + req("POST", "/f/bad", b"{nope")
+             + req("POST", "/f//c", doc(3)) + req("POST", "/f/d", doc(4)) + req("GET", "/f/d")
+             + req("GET", "/f/bad"))
+    got = await answers(s.port, burst, 7)
+    assert [status for status, _ in got] == [200, 200, 400, 400, 200, 200, 404]
+    assert b"JSON" in got[2][1] or b"json" in got[2][1]
+    assert orjson.loads(got[5][1])["data"] == orjson.loads(doc(4))
+    assert s.since(before) == (1, [2])  # a alone, b and d together
+    assert [e.key for e in s.events] == ["f/a", "f/b", "f/d"]
+    assert s.stored("f/bad") is None and s.store.peek("f/bad") is None
+
+
+def policy() -> Policy:
+    return Policy.from_dict({
+        "tokens": [
+            {"name": "writer", "sha256": token_digest("writer"),
+             "rules": [{"paths": ["ok/*"], "rights": list(RIGHTS)}, {"paths": ["no/*"], "rights": ["read"]}]},
+        ],
+    })
+
+
+async def test_a_request_not_ours_in_a_burst_goes_to_aiohttp_after_the_batch(served: Any) -> None:
+    """A POST the access policy refuses, in the middle of a burst: the POSTs before it are one batch
+    and answered first; it and the rest of the connection are aiohttp's (its 403, then the next
+    POST), in order."""
+    s = await served(auth=policy())
+    auth = HOST + b"Authorization: Bearer writer\r\n"
+    before = s.layer.writes()
+    burst = b"".join(req("POST", f"/ok/{i}", doc(i), auth) for i in range(3)) + req("POST", "/no/3", doc(3), auth)
+    burst += req("POST", "/ok/4", doc(4), auth)
+    got = await answers(s.port, burst, 5)
+    assert [status for status, _ in got] == [200, 200, 200, 403, 200]
+    puts, sizes = s.since(before)
+    assert (puts, sizes[:1]) == (2, [2])  # ok/0 alone, ok/1 and ok/2 together; ok/4 through aiohttp
+    assert [e.key for e in s.events] == ["ok/0", "ok/1", "ok/2", "ok/4"]
+    assert s.stored("no/3") is None
+
+
+async def test_a_failed_batch_fails_every_write_in_it_with_503(served: Any) -> None:
+    s = await served()
+    before = s.layer.writes()
+    s.layer.fail_next = True
+    burst = b"".join(req("POST", f"/e/{i}", doc(i)) for i in range(4)) + req("GET", "/e/2")
+    got = await answers(s.port, burst, 5)
+    assert [status for status, _ in got] == [200, 503, 503, 503, 404]
+    assert b"write failed" in got[1][1] and b"Input/output error" in got[1][1]
+    assert s.since(before) == (1, [])
+    assert [e.key for e in s.events] == ["e/0"]  # no event for a failed write
+    for i in (1, 2, 3):
+        assert s.store.peek(f"e/{i}") is None and s.stored(f"e/{i}") is None
+    # the next burst is written
+    got = await answers(s.port, req("POST", "/e/1", doc(1)) + req("POST", "/e/2", doc(2)), 2)
+    assert [status for status, _ in got] == [200, 200]
+    assert s.stored("e/2") == orjson.loads(doc(2))
+
+
+async def the_front(runner: ServerRunner) -> Front:
+    """The one connection the front serves (once the server accepted it)."""
+    assert runner.gate is not None
+    async with asyncio.timeout(10):
+        while not (found := [c for c in runner.gate.open if isinstance(c, Front)]):
+            await asyncio.sleep(0)
+    [front] = found
+    return front
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["written", "failed"])
+async def test_a_connection_closed_while_its_batch_is_pending(served: Any, fail: bool) -> None:
+    """The client sends a burst and closes at once: the writes in the batch go on (written, or all
+    failed), nothing is written to the closed connection, nothing is logged as an error (a failed
+    batch's error is not left unretrieved), and the server goes on serving."""
+    s = await served()
+    loop = asyncio.get_running_loop()
+    problems: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: problems.append(context))
+    try:
+        before = s.layer.writes()
+        s.layer.fail_next = fail
+        s.layer.batch_tried.clear()
+        _, writer = await asyncio.open_connection("127.0.0.1", s.port)
+        front = await the_front(s.runner)
+        writer.write(b"".join(req("POST", f"/gone/{i}", doc(i)) for i in range(8)))
+        writer.close()
+        async with asyncio.timeout(10):
+            await s.layer.batch_tried.wait()
+            while front.worker is not None or not front.lost:
+                await asyncio.sleep(0)  # the answers go nowhere: no event to wait for
+        keys = [f"gone/{i}" for i in range(8)]
+        if fail:
+            assert s.since(before) == (1, [])
+            assert [k for k in keys if s.store.peek(k) is not None] == ["gone/0"]
+        else:
+            assert s.since(before) == (1, [7])
+            assert all(s.stored(k) == orjson.loads(doc(int(k[5:]))) for k in keys)
+        gc.collect()
+        await asyncio.sleep(0)
+        assert problems == []
+        got = await answers(s.port, req("POST", "/after", doc(0)), 1)
+        assert got == [(200, b'{"index":"after"}')]
+    finally:
+        loop.set_exception_handler(None)
+
+
+async def test_stopping_while_a_write_waits_by_hand_answers_it_then_closes(served: Any) -> None:
+    """A POST to a locked key waits for the lock outside any task; the server stops meanwhile: it
+    waits for that answer (the key unlocked), sends it, then closes the connection."""
+    s = await served()
+    await s.store.set("held", {"n": 0})
+    await s.store.get_and_lock("held")
+    reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+    try:
+        writer.write(req("POST", "/first", doc(0)) + req("POST", "/held", doc(1)))
+        assert await read_answers(reader, 1) == [(200, b'{"index":"first"}')]
+        front = await the_front(s.runner)
+        assert front.worker is not None and not isinstance(front.worker, asyncio.Task)
+        stopping = asyncio.ensure_future(s.runner.stop())
+        async with asyncio.timeout(10):
+            while front.ended is None:
+                await asyncio.sleep(0)
+        await s.store.unlock("held")
+        raw = b""
+        async with asyncio.timeout(10):
+            while chunk := await reader.read(65536):
+                raw += chunk
+        assert responses(raw) == [(200, b'{"index":"held"}')]
+        await stopping
+        assert s.stored("held") == orjson.loads(doc(1))
+    finally:
+        writer.close()
+
+
+# -- kill -9 of a real server during pipelined POSTs ---------------------------------------------
+
+
+async def start_serve(data: Path) -> tuple[asyncio.subprocess.Process, int]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ooo_storage", "serve", "--port", "0", "--data", str(data),
+        "--http-engine", "lean", stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stderr is not None
+    async with asyncio.timeout(30):
+        while True:
+            line = await proc.stderr.readline()
+            assert line, "server exited before serving"
+            if found := re.search(rb"serving on http://[\d.]+:(\d+)", line):
+                return proc, int(found.group(1))
+
+
+async def post_bursts(port: int, conn: int, acked: list[str], enough: asyncio.Event) -> None:
+    """Bursts of 16 pipelined POSTs of new keys; a key is recorded once its 200 arrived."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    seq = 0
+    try:
+        while True:
+            keys = [f"k/{conn}/{seq + i}" for i in range(16)]
+            seq += 16
+            writer.write(b"".join(req("POST", "/" + key, doc(conn)) for key in keys))
+            for key in keys:
+                head = await reader.readuntil(b"\r\n\r\n")
+                size = int(re.search(rb"\r\nContent-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+                body = await reader.readexactly(size)
+                assert (head[:12], body) == (b"HTTP/1.1 200", b'{"index":"%s"}' % key.split("/")[2].encode())
+                acked.append(key)
+            if len(acked) >= 3000:
+                enough.set()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return  # killed: the rest of this burst is not acknowledged
+    finally:
+        writer.close()
+
+
+async def test_every_acknowledged_pipelined_write_survives_kill_9(tmp_path: Path) -> None:
+    data = tmp_path / "db"
+    proc, port = await start_serve(data)
+    acked: list[str] = []
+    enough = asyncio.Event()
+    try:
+        clients = [asyncio.ensure_future(post_bursts(port, c, acked, enough)) for c in range(8)]
+        async with asyncio.timeout(60):
+            await enough.wait()
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        async with asyncio.timeout(10):
+            await asyncio.gather(*clients)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    db = plyvel.DB(str(data))
+    try:
+        missing = [key for key in acked if db.get(key.encode()) is None]
+    finally:
+        db.close()
+    assert len(acked) >= 3000 and missing == []

@@ -1,0 +1,127 @@
+"""Writers without a task and the iteration's batch (issue 10): a coroutine run by hand whose
+driver resumes it (``Layered.driven``: the lean front's requests) joins the batch like a task,
+only the iteration's first write committed alone; one that nobody resumes (no task, not driven)
+is never handed a future: the queued batch is committed first, then its write, in arrival order.
+Real LevelDB stores; the coroutines are stepped by hand outside any task, as the front does."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from ooo_storage import Event, Layered, LevelDBLayer, MemoryLayer
+
+
+async def _store(path: Path) -> tuple[Layered, LevelDBLayer, list[Event]]:
+    layer = LevelDBLayer(path)
+    store = Layered(memory=MemoryLayer(), embedded=layer)
+    await store.start()
+    seen: list[Event] = []
+    store.on_commit(seen.append)
+    return store, layer, seen
+
+
+def _step(store: Layered, coro: Coroutine[Any, Any, str], driven: bool) -> tuple[str | None, Any]:
+    """One step of ``coro`` by hand, outside any task: (its result, None) when it ended, else
+    (None, what it yielded)."""
+    store.driven = driven
+    try:
+        return None, coro.send(None)
+    except StopIteration as stop:
+        return stop.value, None
+    finally:
+        store.driven = False
+
+
+async def _outside_any_task(work: Callable[[], Any]) -> Any:
+    """Run ``work`` in a plain callback of the loop (no task is current there)."""
+    loop = asyncio.get_running_loop()
+    result: asyncio.Future[Any] = loop.create_future()
+
+    def call() -> None:
+        try:
+            assert asyncio.current_task() is None
+            result.set_result(work())
+        except Exception as exc:
+            result.set_exception(exc)
+
+    loop.call_soon(call)
+    async with asyncio.timeout(10):
+        return await result
+
+
+async def test_writers_run_by_hand_join_the_batch_after_the_first(tmp_path: Path) -> None:
+    store, layer, seen = await _store(tmp_path / "db")
+    before, revision = layer.batches, store.revision
+    coros = [store.set(f"d/{i}", {"i": i}) for i in range(4)]
+
+    def burst() -> tuple[list[tuple[str | None, Any]], list[bool], list[str], Any]:
+        steps = [_step(store, coro, driven=True) for coro in coros]
+        pending = [waited is not None and not waited.done() for _, waited in steps]
+        return steps, pending, [e.key for e in seen], store.peek("d/1")
+
+    steps, pending, seen_then, peeked = await _outside_any_task(burst)
+    assert steps[0] == ("0", None)  # the iteration's first write: committed at once
+    assert pending == [False, True, True, True]  # the others wait for the batch
+    assert seen_then == ["d/0"] and peeked is None  # not written yet
+    waits = [waited for _, waited in steps[1:]]
+    async with asyncio.timeout(10):
+        await asyncio.gather(*waits)  # the batch, at the start of the next iteration
+    assert layer.batches == before + 1
+    assert [_step(store, coro, driven=True) for coro in coros[1:]] == [(str(i), None) for i in (1, 2, 3)]
+    assert [(e.key, e.revision) for e in seen] == [(f"d/{i}", revision + 1 + i) for i in range(4)]
+    assert [(await store.get(f"d/{i}")).value for i in range(4)] == [{"i": i} for i in range(4)]
+    await store.close()
+
+
+async def test_joins_names_only_the_write_that_just_joined(tmp_path: Path) -> None:
+    store, _, _ = await _store(tmp_path / "db")
+    coros = [store.set(f"j/{i}", i) for i in range(3)]
+
+    def burst() -> list[bool]:
+        joined = []
+        for coro in coros:
+            _, waited = _step(store, coro, driven=True)
+            joined.append(store.joins(waited))
+        return joined
+
+    assert await _outside_any_task(burst) == [False, True, True]
+    assert store.batching
+    for coro in coros:
+        coro.close()
+    await asyncio.sleep(0)
+    await store.close()
+
+
+async def test_a_writer_nobody_resumes_commits_the_batch_first_then_its_write(tmp_path: Path) -> None:
+    """Two tasks' writes (the first committed at once, the second queued), then in the same
+    iteration a write run by hand outside any task and not driven: it ends in one step (no future
+    it could not wait for), after the queued write, which it committed first."""
+    store, layer, seen = await _store(tmp_path / "db")
+    loop = asyncio.get_running_loop()
+    before = layer.batches
+    done: asyncio.Future[tuple[str | None, Any]] = loop.create_future()
+    tasks: list[asyncio.Task[str]] = []
+
+    def alone() -> None:
+        try:
+            assert asyncio.current_task() is None
+            done.set_result(_step(store, store.set("alone", 3), driven=False))
+        except Exception as exc:
+            done.set_exception(exc)
+
+    def start() -> None:
+        tasks.append(loop.create_task(store.set("t/1", 1)))
+        tasks.append(loop.create_task(store.set("t/2", 2)))
+        loop.call_soon(alone)  # runs right after both tasks' first steps, in the same iteration
+
+    loop.call_soon(start)
+    async with asyncio.timeout(10):
+        assert await done == ("alone", None)
+        assert await asyncio.gather(*tasks) == ["1", "2"]
+    assert [e.key for e in seen] == ["t/1", "t/2", "alone"]
+    assert layer.batches == before + 1  # t/2's batch, written before "alone"
+    assert (await store.get("alone")).value == 3
+    await store.close()
