@@ -23,7 +23,7 @@ from ooo_storage.errors import GlobNotAllowed, NotActive
 from ooo_storage.layered import Options
 from ooo_storage.protocol import keys
 from ooo_storage.server import Server, ServerRunner
-from ooo_storage.server.front.wire import _VALID_URL, Dates, NotOurs, Request, _parsed_head, read_head
+from ooo_storage.server.front.wire import _KEY_LINE, Dates, NotOurs, Request, _parsed_head, read_head
 
 HOST = b"Host: 127.0.0.1\r\n"
 DOC = b'{"name":"Ada","tags":["math"]}'
@@ -252,11 +252,15 @@ async def test_gets_are_counted_and_logged_as_under_aiohttp(servers: Make, caplo
 
 def test_a_urls_validity_is_the_keys() -> None:
     """``Request.valid`` spares a GET its ``keys.is_valid``: every key of up to 6 characters of an
-    alphabet with each kind of character, valid or not, reads as ``keys.is_valid`` says."""
+    alphabet with each kind of character, valid or not, reads as ``keys.is_valid`` says, and so
+    does the request that names it."""
     for size in range(7):
         for chars in itertools.product("a*/.-_Z", repeat=size):
             key = "".join(chars)
-            assert (_VALID_URL("/" + key) is not None) == keys.is_valid(key), key
+            head = f"GET /{key} HTTP/1.1\r\nHost: h\r\n\r\n".encode()
+            assert (_KEY_LINE(head) is not None) == keys.is_valid(key), key
+            if size and "*" not in key:
+                assert read_head(head, 8190, 100, 65536).valid == keys.is_valid(key), key
 
 
 def fields(read: Callable[[bytes], Request], head: bytes) -> tuple[Any, ...] | None:
