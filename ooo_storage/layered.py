@@ -85,7 +85,7 @@ from .locks import Gate, KeyLocks
 from .protocol import jsontext, keys, txn
 from .protocol.clock import now
 from .protocol.merge import merge_json
-from .protocol.objects import Event, Object, Operation, make_event, make_object
+from .protocol.objects import Event, Object, Operation, load_object, make_event, make_object
 from .protocol.txn import Committed, TxnOp
 from .sharded import Callback, ShardedChan
 from .transaction import Transaction
@@ -2370,6 +2370,36 @@ class Layered:
         if revision is not None and revision <= self._revision:
             return False
         self._settle()  # local writes queued before this one commit first: the order is kept
+        return self._apply_one(key, obj, revision, broadcast)
+
+    def apply_remote_raw(self, writes: Sequence[tuple[str, bytes | None, int, bool]]) -> int:
+        """:meth:`apply_remote` for a run of writes read together from a shared order (a batch of
+        a Redis node's stream), in one call: ``(key, raw, revision, broadcast)`` each, ``raw`` the
+        object's stored JSON bytes or None for a delete. An object is parsed only if its write is
+        applied: a write at or below the store's revision (this node's own, read back after its
+        writer published it) costs a comparison, not a parse. Returns how many writes were
+        handled: all of them, or the index of the first whose object is damaged (nothing from it
+        on is applied; the caller reloads)."""
+        if not self._active:
+            return len(writes)
+        settled = False
+        for i, (key, raw, revision, broadcast) in enumerate(writes):
+            if revision <= self._revision:
+                continue
+            if not settled:
+                self._settle()  # as apply_remote: local writes queued before these commit first
+                settled = True
+            obj = None
+            if raw is not None:
+                try:
+                    obj = load_object(key, raw)
+                except CorruptObject:
+                    return i
+            self._apply_one(key, obj, revision, broadcast)
+        return len(writes)
+
+    def _apply_one(self, key: str, obj: Object | None, revision: int | None, broadcast: bool) -> bool:
+        """A remote write above the store's revision to the mirror, then its event."""
         memory = self.memory
         op: Operation
         if obj is None:
