@@ -61,7 +61,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
-from ..errors import StorageUnavailable, TransactionTimeout
+from ..errors import CorruptObject, StorageUnavailable, TransactionTimeout
 from ..protocol import keys
 from ..protocol.clock import now
 from ..protocol.objects import Object, load_object
@@ -79,6 +79,10 @@ _SLOTS = 1024
 _BATCH = 1000
 """Stream entries read per ``XREAD``."""
 _BLOCK_MS = 1000
+_NAMES = [b"o", b"k", b"v", b"n", b"p"]
+"""The field names of a stream entry, in the order every script writes them (``_XADD``, ``_BUMP``,
+``_SNAPSHOT``, ``_TXN``); a silent delete adds ``q``."""
+_QUIET_NAMES = [*_NAMES, b"q"]
 _SET_BATCH = 256
 """Sets per script at most: a longer script would hold Redis (one thread) from the other nodes."""
 
@@ -290,6 +294,35 @@ def unpack_txn(packed: bytes) -> list[tuple[str, Object | None]]:
     return ops
 
 
+Fields = tuple[bytes, bytes, bytes, bytes, bytes, bool]
+"""A stream entry's op, key, value, node id, previous revision and whether it is loud."""
+Write = tuple[str, bytes | None, int, bool]
+"""A set or delete read from the stream: key, object bytes (None: a delete), revision, loud."""
+RawApply = Callable[[Sequence[Write]], int]
+"""``Layered.apply_remote_raw``: a run of writes in one call; returns how many it handled."""
+
+
+def entry_fields(flat: Sequence[bytes]) -> Fields:
+    """The fields of a stream entry from its flat ``[name, value, ...]`` list (as ``XREAD``
+    answers it): read by position when they are in the order the scripts write them (no dict per
+    entry on the tail's hot path), by name otherwise."""
+    names = flat[0::2]
+    if names == _NAMES:
+        return flat[1], flat[3], flat[5], flat[7], flat[9], True
+    if names == _QUIET_NAMES:
+        return flat[1], flat[3], flat[5], flat[7], flat[9], False
+    fields = dict(zip(names, flat[1::2], strict=True))
+    return (fields[b"o"], fields.get(b"k", b""), fields.get(b"v", b""), fields[b"n"], fields[b"p"],
+            b"q" not in fields)
+
+
+def flat_reply(reply: Any) -> Any:
+    """redis-py's ``XREAD`` answer (``[[stream, [(id, {name: value})]]]``) in the form of the raw
+    RESP reply that :class:`_Wire` hands on (``[[stream, [[id, [name, value, ...]]]]]``)."""
+    return [[stream, [(entry_id, [x for item in fields.items() for x in item])
+                      for entry_id, fields in entries]] for stream, entries in reply or ()]
+
+
 def lua_pattern(pattern: str) -> str:
     """A glob of docs/protocol.md §1 as an anchored Lua pattern (``*`` stays inside a segment).
     Keys are ``[A-Za-z0-9*/._-]``: only ``.`` and ``-`` are magic in Lua."""
@@ -425,21 +458,30 @@ class _Wire(asyncio.Protocol):
             data = arg if isinstance(arg, bytes) else str(arg).encode()
             parts += (b"$%d\r\n" % len(data), data, b"\r\n")
         transport.write(b"".join(parts))
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         self._replies.append(fut)
+        # A timer rather than asyncio.timeout: one handle, no Timeout object and task
+        # bookkeeping on each round trip (the tail's XREAD and the set scripts are the hot path).
+        timer = loop.call_later(self.timeout, self._expire, fut)
         try:
-            async with asyncio.timeout(self.timeout):
-                return await fut
-        except TimeoutError:
-            self._drop(TimeoutError("timeout reading from redis"))
-            raise TimeoutError(
-                f"no answer from redis within {self.timeout:g} s (a write may have been applied "
-                "all the same: read it before sending it again)"
-            ) from None
+            return await fut
         except asyncio.CancelledError:
             if not fut.done():  # its reply would be taken for the next request's
                 self._drop(ConnectionError("a request was cancelled"))
             raise
+        finally:
+            timer.cancel()
+
+    def _expire(self, fut: asyncio.Future[Any]) -> None:
+        """A request not answered within the timeout: it fails, and the connection with it."""
+        if fut.done():
+            return
+        fut.set_exception(TimeoutError(
+            f"no answer from redis within {self.timeout:g} s (a write may have been applied "
+            "all the same: read it before sending it again)"
+        ))
+        self._drop(TimeoutError("timeout reading from redis"))
 
     async def script(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """``EVALSHA``, or ``EVAL`` when Redis lost its script cache (a restart): it did not run."""
@@ -451,13 +493,10 @@ class _Wire(asyncio.Protocol):
             return await self.call(b"EVAL", script.script, len(keys), *keys, *args)
 
     async def xread(self, stream: str, after: int, count: int, block_ms: int) -> Any:
-        """``XREAD`` as redis-py answers it: ``[[stream, [(id, {field: value})]]]`` or None."""
-        reply = await self.call(b"XREAD", b"COUNT", count, b"BLOCK", block_ms, b"STREAMS", stream,
-                                b"%d-0" % after)
-        if reply is None:
-            return None
-        return [[name, [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
-                        for entry_id, flat in entries]] for name, entries in reply]
+        """``XREAD`` as hiredis parsed it, ``[[stream, [[id, [name, value, ...]]]]]`` or None: the
+        tail reads each entry's fields by position (:func:`entry_fields`), no dict per entry."""
+        return await self.call(b"XREAD", b"COUNT", count, b"BLOCK", block_ms, b"STREAMS", stream,
+                               b"%d-0" % after)
 
 
 class _Waiting:
@@ -514,6 +553,8 @@ class RedisLayer:
         self.maxlen = maxlen
         self.write_timeout = write_timeout
         self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._node_bytes = self.node_id.encode()
+        """As the stream's entries name their node (compared once per entry)."""
         self._keys = [f"{namespace}:{part}" for part in ("data", "keys", "rev", "log", "lock:")]
         self.lock_ttl = lock_ttl
         self._tokens: dict[str, str] = {}
@@ -537,6 +578,7 @@ class RedisLayer:
         self.connected = False
         self.redis_version = ""
         self._apply: RemoteApply | None = None
+        self._apply_raw: RawApply | None = None
         self._tail: asyncio.Task[None] | None = None
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self.last_revision = 0
@@ -680,8 +722,12 @@ class RedisLayer:
 
     # -- following ---------------------------------------------------------------------------------
     def follow(self, apply: RemoteApply) -> None:
-        """Start the tail: every stream entry after :attr:`position` reaches ``apply`` in order."""
+        """Start the tail: every stream entry after :attr:`position` reaches ``apply`` in order.
+        When ``apply`` is a store's ``apply_remote``, runs of sets and deletes go to that store's
+        ``apply_remote_raw`` instead: one call per run, each object parsed only if it is applied
+        (not this node's own writes read back, which their writers published)."""
         self._apply = apply
+        self._apply_raw = getattr(getattr(apply, "__self__", None), "apply_remote_raw", None)
         if self._tail is None:
             self._tail = asyncio.get_running_loop().create_task(self._run(), name="redis-tail")
 
@@ -705,7 +751,8 @@ class RedisLayer:
                 if self._tail_wire is not None:
                     reply: Any = await self._tail_wire.xread(stream, self.position, _BATCH, _BLOCK_MS)
                 else:
-                    reply = await reader.xread({stream: f"{self.position}-0"}, count=_BATCH, block=_BLOCK_MS)
+                    reply = flat_reply(await reader.xread({stream: f"{self.position}-0"}, count=_BATCH,
+                                                          block=_BLOCK_MS))
             except (RedisError, OSError, StorageUnavailable) as exc:  # the last: a resync's
                 if self._apply is None or task.cancelling():  # closing
                     return
@@ -731,52 +778,93 @@ class RedisLayer:
                 self._resync_needed = True
                 await asyncio.sleep(backoff)
 
-    async def _entries(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]], sent: int) -> None:
-        for entry_id, fields in entries:
+    async def _entries(self, entries: Sequence[tuple[bytes, Sequence[bytes]]], sent: int) -> None:
+        """Apply a batch of stream entries in stream order. Sets and deletes are gathered into runs
+        that go to the store in one call each (:meth:`_flush`); an entry of this node's first lets
+        its writer publish it (:meth:`_writer_turn`), after the run before it is applied; a
+        transaction, a counter move or a clear goes alone (:meth:`_entry`). No coroutine per
+        entry: the only await is a writer's turn."""
+        run: list[Write] = []
+        at = self.position
+        me = self._node_bytes
+        for entry_id, flat in entries:
             revision = int(entry_id.partition(b"-")[0])
-            if revision <= self.position:
+            if revision <= at:
                 continue
-            if int(fields[b"p"]) != self.position:
+            op, key, value, node, prev, loud = entry_fields(flat)
+            if int(prev) != at:
+                self._flush(run)
                 log.warning("redis: node %s missed stream entries after %d (trimmed or cleared): "
-                            "reloading", self.node_id, self.position)
+                            "reloading", self.node_id, at)
                 self._resync_needed = True
                 return
-            if not await self._entry(revision, fields, sent):
-                return
+            at = revision
+            if node == me and op != b"b":
+                self._flush(run)
+                run = []
+                await self._writer_turn(revision, sent)
+                if self._apply is None:  # closed meanwhile
+                    return
+            if op == b"s":
+                name = key.decode()
+                self._known.add(name)
+                run.append((name, value, revision, True))
+            elif op == b"d":
+                name = key.decode()
+                self._known.discard(name)
+                run.append((name, None, revision, loud))
+            elif op == b"g":
+                name = key.decode()
+                self._known.difference_update([k for k in self._known if keys.match(name, k)])
+                run.append((name, None, revision, loud))
+            else:
+                self._flush(run)
+                run = []
+                if not self._entry(op, value, node == me, revision):
+                    return
+        self._flush(run)
 
-    async def _entry(self, revision: int, fields: dict[bytes, bytes], sent: int) -> bool:
-        """Apply one entry; False when the rest of the batch must wait for a resync."""
+    def _flush(self, run: Sequence[Write]) -> None:
+        """Apply a run of sets and deletes and move this node's position past it. A damaged object
+        raises its CorruptObject once the writes before it are applied (the tail then reloads)."""
+        if not run or self._apply is None:
+            return
+        many = self._apply_raw
+        done = many(run) if many is not None else self._apply_each(run)
+        if done:
+            self._moved(run[done - 1][2])
+        if done < len(run):
+            key, raw, revision, _ = run[done]
+            load_object(key, raw or b"")  # raises the damage's own message
+            raise CorruptObject(f"storage: corrupt object at {key} (stream entry {revision})")
+
+    def _apply_each(self, run: Sequence[Write]) -> int:
+        """:meth:`_flush` through a plain ``apply`` (not a store's): one call per write."""
         apply = self._apply
-        if apply is None:
+        assert apply is not None
+        for i, (key, raw, revision, loud) in enumerate(run):
+            try:
+                obj = None if raw is None else load_object(key, raw)
+            except CorruptObject:
+                return i
+            apply(key, obj, revision, loud)  # ignored when its writer published it
+        return len(run)
+
+    def _entry(self, op: bytes, value: bytes, own: bool, revision: int) -> bool:
+        """Apply a transaction, a counter move or a clear; False when the rest of the batch must
+        wait for a resync."""
+        if self._apply is None:
             return False
-        op, own = fields[b"o"], fields[b"n"] == self.node_id.encode()
         if op == b"b":  # another node's start or reload moved the counter: nothing changed
             if not own and self._apply_txn is not None:
                 self._apply_txn((), revision)  # the store's revision follows (a version to resume)
-            self._moved(revision)
-            return True
-        if op == b"c" and not own:
-            self._resync_needed = True  # another node cleared: reload (the events say what went)
-            return False
-        if own:
-            await self._writer_turn(revision, sent)
-        if op == b"t":
-            self._txn_entry(fields[b"v"], revision)
-            self._moved(revision)
-            return True
-        key = fields[b"k"].decode()
-        loud = b"q" not in fields  # a silent delete (delete_silent) is applied without an event
-        if op == b"s":
-            self._known.add(key)
-            apply(key, load_object(key, fields[b"v"]), revision)  # ignored when its writer published
-        elif op == b"d":
-            self._known.discard(key)
-            apply(key, None, revision, loud)
-        elif op == b"g":
-            self._known.difference_update([k for k in self._known if keys.match(key, k)])
-            apply(key, None, revision, loud)
         elif op == b"c":
+            if not own:
+                self._resync_needed = True  # another node cleared: reload (the events say what went)
+                return False
             self._known.clear()
+        elif op == b"t":
+            self._txn_entry(value, revision)
         self._moved(revision)
         return True
 
