@@ -263,16 +263,18 @@ class Dates:
     """The ``Date`` header line, as aiohttp writes it (computed once per second: aiohttp's
     function is called only then)."""
 
-    __slots__ = ("_second", "_line")
+    __slots__ = ("_since", "_until", "_line")
 
     def __init__(self) -> None:
-        self._second = -1
+        self._since = self._until = 0.0  # the second of ``_line``: [since, until)
         self._line = b""
 
     def line(self) -> bytes:
-        second = int(_time())
-        if second != self._second:
-            self._second, self._line = second, f"Date: {rfc822_formatted_time()}\r\n".encode()
+        now = _time()
+        if not self._since <= now < self._until:  # (the clock may go back)
+            self._since = float(int(now))
+            self._until = self._since + 1
+            self._line = f"Date: {rfc822_formatted_time()}\r\n".encode()
         return self._line
 
 
