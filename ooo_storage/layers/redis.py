@@ -823,6 +823,8 @@ class RedisLayer:
         its writer publish it (:meth:`_writer_turn`), after the run before it is applied; a
         transaction, a counter move or a clear goes alone (:meth:`_entry`). No coroutine per
         entry: the only await is a writer's turn."""
+        if self._apply is None:  # closed
+            return
         run: list[Write] = []
         at = self.position
         me = self._node_bytes
