@@ -5,6 +5,8 @@ Redis, real sockets)."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from redis_tail import caught_up, layer_of, start_tail, stop_tail
 
 from ooo_storage import Layered, MemoryLayer
 from ooo_storage.layers import RedisLayer
+from ooo_storage.layers.redis import _Wire
 from ooo_storage.protocol import objects
 from ooo_storage.protocol.objects import Event, Object
 
@@ -112,3 +115,31 @@ async def test_a_damaged_object_in_a_batch_applies_the_writes_before_it_then_rel
     assert seen_b[:2] == seen_a[:2]  # applied and published before the damage, at a's revisions
     assert layer_of(b).resyncs == 1  # then the reload (the damaged key is not in Redis's data)
     assert {o.index: o.value for o in await b.get_list("d/*")} == {"1": 1, "2": 2}
+
+
+async def test_a_request_redis_does_not_answer_times_out_with_the_others_in_flight_then_reconnects(
+    own_redis: RedisServer,
+) -> None:
+    """The hot-path connection's timeout (the tail's XREAD, the set scripts): one timer per
+    request; the request that times out says so and what it means, those behind it fail with it
+    (their replies would be taken for the wrong requests), the next request connects again."""
+    options = _Wire.options_of(own_redis.url)
+    assert options is not None
+    wire = _Wire(options, 0.3)
+    try:
+        assert await wire.call(b"PING") == b"PONG"
+        assert own_redis.proc is not None
+        own_redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            first = asyncio.ensure_future(wire.call(b"PING"))
+            await asyncio.sleep(0)  # the first request is sent before the second
+            second = asyncio.ensure_future(wire.call(b"ECHO", b"x"))
+            results = await asyncio.gather(first, second, return_exceptions=True)
+        finally:
+            own_redis.proc.send_signal(signal.SIGCONT)
+        assert isinstance(results[0], TimeoutError)
+        assert "no answer from redis within 0.3 s (a write may have been applied" in str(results[0])
+        assert isinstance(results[1], TimeoutError | ConnectionError)
+        assert await wire.call(b"ECHO", b"back") == b"back"
+    finally:
+        wire.close()
