@@ -1100,6 +1100,7 @@ class Layered:
         if self._shared is not None:  # before follow: the tail may meet a transaction at once
             self._shared.follow_txns(self.apply_remote_txn)
             self._shared.follow_reloads(self.apply_remote_reload)
+            self._shared.follow_raw(self.apply_remote_raw)
         if isinstance(self.embedded, Follower):
             self.embedded.follow(self.apply_remote)
 

@@ -196,6 +196,15 @@ class RemoteTxnApply(Protocol):
     def __call__(self, ops: Sequence[tuple[str, Object | None]], revision: int) -> object: ...
 
 
+class RemoteRawApply(Protocol):
+    """``Layered.apply_remote_raw(writes)``: a run of other writers' sets and deletes in one call,
+    each ``(key, object bytes or None for a delete, revision, loud)``, each object parsed only if
+    it is applied (not this writer's own writes read back); returns how many it handled (it stops
+    at a damaged object, see :class:`SharedOrder`)."""
+
+    def __call__(self, writes: Sequence[tuple[str, bytes | None, int, bool]]) -> int: ...
+
+
 @runtime_checkable
 class Follower(Protocol):
     """Optional: a layer shared with other writers (other processes on one directory, other nodes on
@@ -242,6 +251,11 @@ class SharedOrder(Follower, Protocol):
     def follow_reloads(self, apply: RemoteTxnApply) -> None:
         """A reload of the whole state (this writer missed part of the shared order) reaches
         ``apply`` as one unit: every stored key set, keys gone deleted, at one shared revision."""
+        ...
+
+    def follow_raw(self, apply: RemoteRawApply) -> None:
+        """Runs of other writers' sets and deletes reach ``apply`` in one call each, their objects
+        unparsed (``follow``'s ``apply`` then gets only what ``apply`` does not take)."""
         ...
 
     def apply_txn(

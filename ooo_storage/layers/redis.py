@@ -65,7 +65,7 @@ from ..errors import CorruptObject, StorageUnavailable, TransactionTimeout
 from ..protocol import keys
 from ..protocol.clock import now
 from ..protocol.objects import Object, load_object
-from .base import RemoteApply, RemoteTxnApply
+from .base import RemoteApply, RemoteRawApply, RemoteTxnApply
 
 log = logging.getLogger("ooo_storage.redis")
 
@@ -306,8 +306,6 @@ Fields = tuple[bytes, bytes, bytes, bytes, bytes, bool]
 """A stream entry's op, key, value, node id, previous revision and whether it is loud."""
 Write = tuple[str, bytes | None, int, bool]
 """A set or delete read from the stream: key, object bytes (None: a delete), revision, loud."""
-RawApply = Callable[[Sequence[Write]], int]
-"""``Layered.apply_remote_raw``: a run of writes in one call; returns how many it handled."""
 
 
 def entry_fields(flat: Sequence[bytes]) -> Fields:
@@ -586,7 +584,7 @@ class RedisLayer:
         self.connected = False
         self.redis_version = ""
         self._apply: RemoteApply | None = None
-        self._apply_raw: RawApply | None = None
+        self._apply_raw: RemoteRawApply | None = None
         self._lingering: asyncio.Future[None] | None = None
         """Set while the tail lingers between two ``XREAD`` (see :meth:`_linger`)."""
         self._tail: asyncio.Task[None] | None = None
@@ -732,12 +730,9 @@ class RedisLayer:
 
     # -- following ---------------------------------------------------------------------------------
     def follow(self, apply: RemoteApply) -> None:
-        """Start the tail: every stream entry after :attr:`position` reaches ``apply`` in order.
-        When ``apply`` is a store's ``apply_remote``, runs of sets and deletes go to that store's
-        ``apply_remote_raw`` instead: one call per run, each object parsed only if it is applied
-        (not this node's own writes read back, which their writers published)."""
+        """Start the tail: every stream entry after :attr:`position` reaches ``apply`` in order
+        (runs of sets and deletes go to :meth:`follow_raw`'s ``apply`` instead when one is set)."""
         self._apply = apply
-        self._apply_raw = getattr(getattr(apply, "__self__", None), "apply_remote_raw", None)
         if self._tail is None:
             self._tail = asyncio.get_running_loop().create_task(self._run(), name="redis-tail")
 
@@ -1129,6 +1124,12 @@ class RedisLayer:
     def follow_txns(self, apply: RemoteTxnApply) -> None:
         """The tail hands each transaction entry to ``apply`` as one unit (see :meth:`apply_txn`)."""
         self._apply_txn = apply
+
+    def follow_raw(self, apply: RemoteRawApply) -> None:
+        """Runs of sets and deletes go to ``apply`` (a store's ``apply_remote_raw``): one call per
+        run, each object parsed only if it is applied (not this node's own writes read back,
+        which their writers published)."""
+        self._apply_raw = apply
 
     def follow_reloads(self, apply: RemoteTxnApply) -> None:
         """A resync hands the whole reloaded state to ``apply`` as one unit: ``(key, obj)`` for
