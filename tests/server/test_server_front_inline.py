@@ -1,6 +1,7 @@
 """The lean front's cheap paths (issue 10): request heads in the plainest form read without
 ``httptools`` into exactly what ``httptools`` reads, and requests answered in ``data_received``
-without a task, the first that must wait going on in a task, every answer in request order.
+without a task, the first that must wait going on once its wait is over (by hand, or in a task
+when it needs one), every answer in request order.
 Real servers on 127.0.0.1 over real LevelDB stores, raw sockets."""
 
 from __future__ import annotations
@@ -184,8 +185,9 @@ async def test_a_failing_write_in_a_pipelined_burst_fails_alone_in_order(served:
 
 
 async def test_a_request_that_waits_goes_on_in_a_task_and_keeps_the_order(served: ServerRunner) -> None:
-    """A POST to a locked key waits (a task goes on with it where ``data_received`` left it); the
-    requests behind it wait for it, the one before it is answered at once."""
+    """A POST to a locked key waits (it goes on where ``data_received`` left it once the lock is
+    free: by hand, without a task); the requests behind it wait for it, the one before it is
+    answered at once."""
     store = served.server.store
     await store.set("inline/locked", {"n": 0})
     await store.get_and_lock("inline/locked")
@@ -208,7 +210,7 @@ async def test_a_request_that_waits_goes_on_in_a_task_and_keeps_the_order(served
         assert served.gate is not None
         [front] = [c for c in served.gate.open if isinstance(c, Front)]
         async with asyncio.timeout(10):
-            while front.worker is None:  # the locked write waits, in a task
+            while front.worker is None:  # the locked write waits (by hand: no task)
                 await asyncio.sleep(0.01)
         assert len(front.queue) == 3
         assert store.peek("inline/last") is None  # behind it: not started
