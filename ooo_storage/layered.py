@@ -1617,42 +1617,57 @@ class Layered:
         if queued is None:
             return
         self._queued = None
-        built = self._build_batch(queued)
-        if not built:
+        items, futs = self._build_batch(queued)
+        if not futs:
             return
         assert self._batcher is not None
         try:
-            self._batcher.set_many([(key, obj) for key, obj, _ in built])
+            self._batcher.set_many(items)
         except Exception as exc:
             error = _unavailable(exc, "storage: write failed")
-            for _, _, fut in built:
+            for fut in futs:
                 fut.set_exception(error)
             return
-        memory = self.memory
-        for key, obj, fut in built:
-            if memory is not None:
-                memory.set(key, obj)
-            fut.set_result((obj, self._publish(key, "set", obj)))
+        memory, publish = self.memory, self._publish
+        if memory is not None:
+            memory_set = memory.set
+            for (key, obj), fut in zip(items, futs, strict=True):
+                memory_set(key, obj)
+                fut.set_result((obj, publish(key, "set", obj)))
+        else:
+            for (key, obj), fut in zip(items, futs, strict=True):
+                fut.set_result((obj, publish(key, "set", obj)))
 
-    def _build_batch(self, queued: list[_Queued]) -> list[tuple[str, Object, _Done]]:
-        """The objects of the queued writes, each built over the one before it in the batch (a
-        write whose old object cannot be read fails alone; a cancelled writer's write is dropped)."""
+    def _build_batch(self, queued: list[_Queued]) -> tuple[list[tuple[str, Object]], list[_Done]]:
+        """The queued writes' keys and objects (what ``set_many`` takes) and their writers' futures,
+        each object built over the one before it in the batch, with ``_tuple_new`` as in
+        ``_commit_now`` (a write whose old object cannot be read fails alone; a cancelled writer's
+        write is dropped). One pass, no list of triples to split again: this is the hot path."""
         memory, layer = self.memory, self._sync_layer
-        built = []
+        get = memory.get if memory is not None else cast(SyncLayer, layer).get
+        items: list[tuple[str, Object]] = []
+        futs: list[_Done] = []
         latest: dict[str, Object] = {}
         for key, raw, stamps, fut in queued:
             if fut.done():
                 continue
-            try:
-                old = latest.get(key)
-                if old is None:
-                    old = memory.get(key) if memory is not None else cast(SyncLayer, layer).get(key)
-            except Exception as exc:
-                fut.set_exception(_unavailable(exc, "storage: read failed"))
-                continue
-            obj = latest[key] = self._build(key, raw, stamps, old)
-            built.append((key, obj, fut))
-        return built
+            old = latest.get(key)
+            if old is None:
+                try:
+                    old = get(key)
+                except Exception as exc:
+                    fut.set_exception(_unavailable(exc, "storage: read failed"))
+                    continue
+            if stamps is not None:  # ``_build``, inline
+                created, updated = stamps
+            elif old is None:
+                created, updated = now(), 0
+            else:
+                created, updated = old.created, now()
+            obj = latest[key] = _tuple_new(Object, (created, updated, key.rpartition("/")[2], key, raw))
+            items.append((key, obj))
+            futs.append(fut)
+        return items, futs
 
     async def _write_awaiting(
         self, key: str, raw: bytes, stamps: tuple[int, int] | None, locked: bool

@@ -534,7 +534,18 @@ class LevelDBLayer:
         :class:`~ooo_storage.layers.base.BatchWriter`)."""
         if self.sync:
             raise TypeError("set_many is for the non-sync mode (sync mode batches by itself)")
-        self._apply([(key.encode(), obj.to_json()) for key, obj in items], "storage: write failed", True)
+        db = self._db
+        if db is None or self._failure is not None or self._low_space:
+            db = self._writable()
+        batch = db.write_batch()  # filled in one pass over ``items``, no list of ops between
+        put = batch.put
+        try:
+            for key, obj in items:
+                put(key.encode(), obj.to_json())
+            batch.write()
+        except plyvel.Error as exc:
+            ops: Ops = [(key.encode(), None) for key, _ in items]
+            raise self._failed(ops, exc, "storage: write failed") from exc
         self.batches += 1
 
     def apply_many(
