@@ -278,6 +278,10 @@ class Front(GuardedConnection):
         finally:
             self.by_hand = store.driven = False
         batched, self.batched = self.batched, False
+        if waited is _TURN:  # the others' turn (a long pipeline): then on by hand again
+            self.worker = work
+            self.loop.call_soon(self._drive, work)
+            return
         if getattr(waited, "_asyncio_future_blocking", False):  # a future, as asyncio.Task tells
             waited._asyncio_future_blocking = False
             if not batched:
@@ -326,6 +330,7 @@ class Front(GuardedConnection):
         queue, buf = self.queue, self.buf
         lean = self.lean
         store, batching = lean.store, lean.batching
+        answered = 0  # since this connection last let the others have a turn
         try:
             if self.writable is not None:
                 await self.writable
@@ -374,6 +379,11 @@ class Front(GuardedConnection):
                 elif not self.flush_soon and not self.by_hand:  # answers of pipelined requests
                     self.flush_soon = True  # go out together, unless a request makes the worker
                     self.loop.call_soon(self._flush_soon)  # wait: then at once
+                answered += 1
+                if answered >= MAX_PENDING and queue:  # a long pipeline answered without a wait
+                    answered = 0  # would hold every other connection back: their turn first
+                    self._flush()
+                    await (_TURN if self.by_hand else asyncio.sleep(0))
         finally:
             self.worker = None
             self.active_at = self.loop.time()
@@ -619,6 +629,20 @@ class Front(GuardedConnection):
             if timer is not None:
                 timer.cancel()
         self.idle_timer = self.stall_timer = None
+
+
+class _Turn:
+    """What :meth:`Front._work` awaits, run by hand, to let the other connections have a turn:
+    :meth:`Front._drive` goes on with it in the loop's next iteration, without a task (it yields
+    itself; a task would refuse it, so ``_work`` in a task sleeps instead)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield self
+
+
+_TURN = _Turn()
 
 
 async def _go_on(started: _Started[None]) -> None:
