@@ -98,8 +98,9 @@ def _error(prefix: str, exc: BaseException) -> StorageUnavailable:
         text = text.decode(errors="replace")
     if isinstance(exc, OSError) and exc.strerror:
         text = exc.strerror
-    message = f"{prefix}: {text}"
-    return NoSpace(message) if no_space(exc) else StorageUnavailable(message)
+    if no_space(exc):  # the promised start (docs/protocol.md), then what failed and why
+        return NoSpace(f"{NoSpace.message}: {prefix.removeprefix('storage: ')}: {text}")
+    return StorageUnavailable(f"{prefix}: {text}")
 
 
 class LevelDBLayer:

@@ -187,7 +187,8 @@ async def test_disk_full_episode_loses_nothing_acknowledged(tmpfs: Any, sync: bo
     await store.set("keep/1", {"v": 1})
     await store.set("keep/2", {"v": 2})
     filled = 0
-    with pytest.raises(NoSpace, match="No space left on device"):
+    no_space = r"^storage: no space left on device: (durable )?write failed: .*No space left on device"
+    with pytest.raises(NoSpace, match=no_space):
         while True:
             await store.set(f"fill/{filled}", {"x": "x" * 20_000, "n": filled})
             filled += 1
