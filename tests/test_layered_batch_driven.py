@@ -11,6 +11,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ooo_storage import Event, Layered, LevelDBLayer, MemoryLayer
 
 
@@ -124,4 +126,29 @@ async def test_a_writer_nobody_resumes_commits_the_batch_first_then_its_write(tm
     assert [e.key for e in seen] == ["t/1", "t/2", "alone"]
     assert layer.batches == before + 1  # t/2's batch, written before "alone"
     assert (await store.get("alone")).value == 3
+    await store.close()
+
+
+async def test_a_batch_stores_what_a_write_committed_at_once_would(tmp_path: Path) -> None:
+    """Writers run by hand writing one key three times in one batch after the iteration's first
+    write: each object built over the one before it (created kept, updated rising), the stored
+    bytes those of the last, and each writer's event carries its own object, in order."""
+    store, layer, seen = await _store(tmp_path / "db")
+    coros = [store.set("first", 0), *(store.set("same", {"n": n}) for n in range(3))]
+
+    def burst() -> list[tuple[str | None, Any]]:
+        return [_step(store, coro, driven=True) for coro in coros]
+
+    steps = await _outside_any_task(burst)
+    async with asyncio.timeout(10):
+        await asyncio.gather(*(waited for _, waited in steps[1:]))
+    assert [_step(store, coro, driven=True) for coro in coros[1:]] == [("same", None)] * 3
+    assert [e.key for e in seen] == ["first", "same", "same", "same"]
+    objs = [e.object for e in seen[1:] if e.object is not None]
+    assert [orjson.loads(o.data) for o in objs] == [{"n": n} for n in range(3)]
+    created, updated = {o.created for o in objs}, [o.updated for o in objs]
+    assert len(created) == 1 and updated[0] == 0 and 0 < updated[1] < updated[2]
+    last = await store.get("same")
+    assert (last.created, last.updated, last.value) == (objs[0].created, updated[2], {"n": 2})
+    assert layer.db.get(b"same") == last.to_json()
     await store.close()
