@@ -23,8 +23,10 @@ from ooo_storage.cli.client import add_parsers
 ROOT = Path(__file__).resolve().parents[1]
 
 
-WATCH = (
-    "import argparse, sys\n"
+WATCH = (  # SIGINT as a terminal gives it, whatever the test runner inherited (run in the
+    # background of a shell without job control, it ignores SIGINT, and so would the child)
+    "import argparse, signal, sys\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
     "from ooo_storage.cli.client import add_parsers\n"
     "p = argparse.ArgumentParser(); add_parsers(p.add_subparsers())\n"
     "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
