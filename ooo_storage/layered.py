@@ -1585,16 +1585,8 @@ class Layered:
 
     @property
     def batching(self) -> bool:
-        """Whether writes of one iteration share a batch of the persistent layer (:meth:`joins`)."""
+        """Whether writes of one iteration share a batch of the persistent layer (:meth:`_join`)."""
         return self._batcher is not None
-
-    def joins(self, waited: object) -> bool:
-        """Whether ``waited``, what a coroutine run by hand (:attr:`driven`) just yielded, is its
-        write's place in this iteration's batch, the last to join it: the batch is committed at the
-        start of the next iteration, so the driver may start the writes behind it meanwhile (they
-        join the same batch) and need not send earlier answers before it waits."""
-        queued = self._queued
-        return queued is not None and queued[-1][3] is waited
 
     def _join(self, key: str, raw: bytes, stamps: tuple[int, int] | None) -> _Done:
         """Queue a write for the batch committed at the start of the next iteration (``_tick``)."""

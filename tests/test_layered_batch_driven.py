@@ -78,25 +78,6 @@ async def test_writers_run_by_hand_join_the_batch_after_the_first(tmp_path: Path
     await store.close()
 
 
-async def test_joins_names_only_the_write_that_just_joined(tmp_path: Path) -> None:
-    store, _, _ = await _store(tmp_path / "db")
-    coros = [store.set(f"j/{i}", i) for i in range(3)]
-
-    def burst() -> list[bool]:
-        joined = []
-        for coro in coros:
-            _, waited = _step(store, coro, driven=True)
-            joined.append(store.joins(waited))
-        return joined
-
-    assert await _outside_any_task(burst) == [False, True, True]
-    assert store.batching
-    for coro in coros:
-        coro.close()
-    await asyncio.sleep(0)
-    await store.close()
-
-
 async def test_a_writer_nobody_resumes_commits_the_batch_first_then_its_write(tmp_path: Path) -> None:
     """Two tasks' writes (the first committed at once, the second queued), then in the same
     iteration a write run by hand outside any task and not driven: it ends in one step (no future

@@ -64,7 +64,7 @@ class Front(GuardedConnection):
 
     __slots__ = ("lean", "loop", "buf", "scan", "queue", "worker", "local", "remote", "host", "by_hand",
                  "hand_over", "reading", "writable", "lost", "closing", "out", "out_bytes", "flush_soon",
-                 "stopping", "partial", "active_at", "idle_timer", "stall_timer", "stall_head", "batched",
+                 "stopping", "partial", "active_at", "idle_timer", "stall_timer", "stall_head",
                  "ended")
 
     def __init__(self, lean: Lean) -> None:
@@ -94,7 +94,6 @@ class Front(GuardedConnection):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.stall_timer: asyncio.TimerHandle | None = None
         self.stall_head = False  # the stall timer times a request head (else a body)
-        self.batched = False  # ``_work`` waits for the store's batch (:meth:`_write`): it is short
         self.ended: asyncio.Future[None] | None = None  # :meth:`stop` waits for ``_work`` run by hand
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
@@ -277,15 +276,13 @@ class Front(GuardedConnection):
             return
         finally:
             self.by_hand = store.driven = False
-        batched, self.batched = self.batched, False
         if waited is _TURN:  # the others' turn (a long pipeline): then on by hand again
             self.worker = work
             self.loop.call_soon(self._drive, work)
             return
         if getattr(waited, "_asyncio_future_blocking", False):  # a future, as asyncio.Task tells
             waited._asyncio_future_blocking = False
-            if not batched:
-                self._flush()  # the answers so far go now: the next one may wait long
+            self._flush()  # the answers so far go now: the next one may wait
             self.worker = work
             waited.add_done_callback(self._wake)
             return
@@ -295,18 +292,6 @@ class Front(GuardedConnection):
     def _wake(self, _: asyncio.Future[Any]) -> None:
         """What ``_work`` waited for is done: on with it, by hand."""
         self._drive(self.worker)  # type: ignore[arg-type]
-
-    def _write(self, request: Request) -> _Answering[bytes]:
-        """The answer to the POST ``request``, started by hand: alone in the queue (one request in
-        flight on the connection, the common case), its write joins the store's batch of this
-        iteration unless it is the iteration's first (``Layered.driven``), so the writes of the
-        connections read in one iteration are one LevelDB write, each answer sent once it is
-        written. (A pipelined request, with others queued behind it, is committed at once by
-        :meth:`_work`: starting a burst's writes together so that they share the batch was
-        measured dearer than a LevelDB put each, 38.4 against 28.4 us CPU per request.)"""
-        answering = _Answering(self._answer(request))
-        self.batched = self.lean.store.joins(answering.waited)
-        return answering
 
     def _inline(self, request: Request) -> bool:
         """Whether ``request`` may be answered outside any task: nothing its answer runs before
@@ -342,12 +327,10 @@ class Front(GuardedConnection):
                 elif not self._inline(request):
                     await asyncio.sleep(0)  # back to ``_drive``: the rest in a task
                     answering = self._answer(request)
-                elif not batching or request.method != "POST":
-                    answering = self._answer(request)
-                elif len(queue) == 1:
-                    answering = self._write(request)
-                else:  # pipelined: committed at once (see _write)
-                    store.driven = False
+                elif not batching or request.method != "POST" or len(queue) == 1:
+                    answering = self._answer(request)  # a POST alone: its write may join the batch
+                else:  # pipelined: committed at once (its burst's writes started together to
+                    store.driven = False  # share the batch measured dearer: 38.4 vs 28.4 us/req)
                     answering = self._answer(request)
                 try:
                     answer = await answering
@@ -651,8 +634,8 @@ async def _go_on(started: _Started[None]) -> None:
 
 
 class _Started(Generic[_T]):
-    """A coroutine started by hand (``send(None)``: ``Front._work`` by :meth:`Front._drive`, an
-    answer by :class:`_Answering`) that stopped at ``waited`` (a future, or None: a bare yield):
+    """A coroutine started by hand (``send(None)``: ``Front._work`` by :meth:`Front._drive`)
+    that stopped at ``waited`` (a future, or None: a bare yield):
     awaited, it goes on from there as if it had been awaited from the start (what ``await`` does
     with a coroutine, ``yield from``)."""
 
@@ -680,33 +663,3 @@ class _Started(Generic[_T]):
                     waited = answering.send(sent)
                 except StopIteration as stop:
                     return stop.value  # type: ignore[no-any-return]
-
-
-class _Answering(Generic[_T]):
-    """An answer started by hand (``send(None)``) in :meth:`Front._write`: done at once (its value,
-    or the exception it raised: NotOurs) or stopped at ``waited`` (its write's place in the batch);
-    awaited, it gives the value, raises, or goes on from where it stopped (:class:`_Started`)."""
-
-    __slots__ = ("answering", "waited", "value", "error")
-
-    def __init__(self, answering: Coroutine[Any, Any, _T]) -> None:
-        self.answering: Coroutine[Any, Any, _T] | None = answering
-        self.waited: Any = None
-        self.value: _T | None = None
-        self.error: Exception | None = None
-        try:
-            self.waited = answering.send(None)
-        except StopIteration as stop:
-            self.answering = None
-            self.value = stop.value
-        except Exception as exc:
-            self.answering = None
-            self.error = exc
-
-    def __await__(self) -> Generator[Any, Any, _T]:
-        answering = self.answering
-        if answering is not None:
-            return (yield from _Started(answering, self.waited).__await__())
-        if self.error is not None:
-            raise self.error
-        return self.value  # type: ignore[return-value]
