@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+from raw_http import HOST, responses
 
 from ooo_storage import Layered, MemoryLayer
 from ooo_storage.protocol.access import RIGHTS, Policy, token_digest
@@ -23,7 +24,6 @@ from ooo_storage.server import Server, ServerRunner, lists
 from ooo_storage.server.chunked import CHUNK_BYTES
 from ooo_storage.server.front import MAX_PENDING, Front
 
-HOST = b"Host: 127.0.0.1\r\n"
 END = b"GET /end HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 """A last request answered by aiohttp with ``Connection: close`` on both engines: read to EOF."""
 DOC = orjson.dumps({"name": "Ada Lovelace", "email": "ada@example.org", "age": 36, "tags": ["math", "poetry"],
@@ -539,18 +539,6 @@ async def test_a_large_object_handed_over_is_counted_once(pair_factory: Any) -> 
 
 # Pipelining, handover
 
-
-def responses(raw: bytes) -> list[tuple[int, bytes]]:
-    """(status, body) of each response of a byte stream (every response has a length or none)."""
-    out = []
-    while raw:
-        head, _, raw = raw.partition(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        match = re.search(rb"\r\nContent-Length: (\d+)", head)
-        size = int(match.group(1)) if match else 0
-        out.append((status, raw[:size]))
-        raw = raw[size:]
-    return out
 
 
 async def test_sixteen_pipelined_requests_get_sixteen_answers_in_order(pair_factory: Any) -> None:

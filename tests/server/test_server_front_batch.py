@@ -21,36 +21,18 @@ from typing import Any
 import orjson
 import plyvel
 import pytest
+from raw_http import HOST, req, responses
 
 from ooo_storage import Event, Layered, LevelDBLayer, MemoryLayer, Object
 from ooo_storage.protocol.access import RIGHTS, Policy, token_digest
 from ooo_storage.server import Server, ServerRunner
 from ooo_storage.server.front import Front
 
-HOST = b"Host: 127.0.0.1\r\n"
-
 
 def doc(i: int) -> bytes:
     return b'{"name":"Ada","n":%d}' % i
 
 
-def req(method: str, path: str, body: bytes | None = None, headers: bytes = HOST) -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\n".encode() + headers
-    if body is not None:
-        head += b"Content-Length: %d\r\n" % len(body)
-    return head + b"\r\n" + (body or b"")
-
-
-def responses(raw: bytes) -> list[tuple[int, bytes]]:
-    out = []
-    while raw:
-        head, _, raw = raw.partition(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        match = re.search(rb"\r\nContent-Length: (\d+)", head)
-        size = int(match.group(1)) if match else 0
-        out.append((status, raw[:size]))
-        raw = raw[size:]
-    return out
 
 
 def complete(raw: bytes, count: int) -> bool:

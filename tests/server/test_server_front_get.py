@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.helpers import rfc822_formatted_time
+from raw_http import HOST, req, responses
 
 from ooo_storage import Layered, LevelDBLayer, MemoryLayer
 from ooo_storage.errors import GlobNotAllowed, NotActive
@@ -25,28 +26,11 @@ from ooo_storage.protocol import keys
 from ooo_storage.server import Server, ServerRunner
 from ooo_storage.server.front.wire import _KEY_LINE, Dates, NotOurs, Request, _parsed_head, read_head
 
-HOST = b"Host: 127.0.0.1\r\n"
 DOC = b'{"name":"Ada","tags":["math"]}'
 END = b"GET /end HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 """A last request aiohttp answers with ``Connection: close`` on both engines: read to EOF."""
 
 
-def req(method: str, path: str, body: bytes | None = None, headers: bytes = HOST) -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\n".encode() + headers
-    if body is not None:
-        head += b"Content-Length: %d\r\n" % len(body)
-    return head + b"\r\n" + (body or b"")
-
-
-def responses(raw: bytes) -> list[tuple[int, bytes]]:
-    out = []
-    while raw:
-        head, _, raw = raw.partition(b"\r\n\r\n")
-        match = re.search(rb"\r\nContent-Length: (\d+)", head)
-        size = int(match.group(1)) if match else 0
-        out.append((int(head.split(b" ", 2)[1]), raw[:size]))
-        raw = raw[size:]
-    return out
 
 
 def statuses(raw: bytes) -> list[int]:

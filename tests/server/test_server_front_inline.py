@@ -14,13 +14,13 @@ from typing import Any
 
 import orjson
 import pytest
+from raw_http import req, responses
 
 from ooo_storage import Layered, LevelDBLayer, MemoryLayer
 from ooo_storage.server import ServerRunner
 from ooo_storage.server.front import Front
 from ooo_storage.server.front.wire import _PLAIN_HEAD, NotOurs, Request, _parsed_head, read_head
 
-HOST = b"Host: 127.0.0.1\r\n"
 DOC = b'{"name":"Ada","tags":["math"]}'
 
 # -- heads: the plain reading is httptools' reading --------------------------------------------
@@ -111,23 +111,6 @@ def test_a_head_over_the_header_limit_is_not_ours_on_the_plain_reading() -> None
 # -- answers in data_received, then in a task --------------------------------------------------
 
 
-def req(method: str, path: str, body: bytes | None = None) -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\n".encode() + HOST
-    if body is not None:
-        head += b"Content-Length: %d\r\n" % len(body)
-    return head + b"\r\n" + (body or b"")
-
-
-def responses(raw: bytes) -> list[tuple[int, bytes]]:
-    out = []
-    while raw:
-        head, _, raw = raw.partition(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        match = re.search(rb"\r\nContent-Length: (\d+)", head)
-        size = int(match.group(1)) if match else 0
-        out.append((status, raw[:size]))
-        raw = raw[size:]
-    return out
 
 
 @pytest.fixture
