@@ -3,9 +3,12 @@ byte stream (pipelining, hand-over, batches)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 HOST = b"Host: 127.0.0.1\r\n"
+END = b"GET /end HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+"""A last request answered by aiohttp with ``Connection: close`` on both engines: read to EOF."""
 
 
 def req(method: str, path: str, body: bytes | None = None, headers: bytes = HOST) -> bytes:
@@ -27,3 +30,13 @@ def responses(raw: bytes) -> list[tuple[int, bytes]]:
         out.append((status, raw[:size]))
         raw = raw[size:]
     return out
+
+
+async def exchange(port: int, data: bytes, end: bytes = END) -> bytes:
+    """Everything the server answers to ``data`` then ``end`` on one connection, up to its close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data + end)
+    try:
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from raw_http import HOST, responses
+from raw_http import END, HOST, exchange, responses
 
 from ooo_storage import Layered, MemoryLayer
 from ooo_storage.protocol.access import RIGHTS, Policy, token_digest
@@ -24,8 +24,6 @@ from ooo_storage.server import Server, ServerRunner, lists
 from ooo_storage.server.chunked import CHUNK_BYTES
 from ooo_storage.server.front import MAX_PENDING, Front
 
-END = b"GET /end HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-"""A last request answered by aiohttp with ``Connection: close`` on both engines: read to EOF."""
 DOC = orjson.dumps({"name": "Ada Lovelace", "email": "ada@example.org", "age": 36, "tags": ["math", "poetry"],
                     "address": {"city": "London", "street": "St James's Square 12"}, "ok": True})
 EVERYWHERE = ["*", "*/*", "*/*/*"]
@@ -60,15 +58,6 @@ def _cursor_path(match: re.Match[bytes]) -> bytes:
     created, _, path = base64.urlsafe_b64decode(cursor + b"=" * (-len(cursor) % 4)).partition(b":")
     assert created.isdigit()
     return match.group(1) + b"<" + path + b">"
-
-
-async def exchange(port: int, data: bytes, end: bytes = END) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data + end)
-    try:
-        return await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
 
 
 class Pair:
@@ -538,7 +527,6 @@ async def test_a_large_object_handed_over_is_counted_once(pair_factory: Any) -> 
 
 
 # Pipelining, handover
-
 
 
 async def test_sixteen_pipelined_requests_get_sixteen_answers_in_order(pair_factory: Any) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.helpers import rfc822_formatted_time
-from raw_http import HOST, req, responses
+from raw_http import END, HOST, exchange, req, responses
 
 from ooo_storage import Layered, LevelDBLayer, MemoryLayer
 from ooo_storage.errors import GlobNotAllowed, NotActive
@@ -27,10 +27,6 @@ from ooo_storage.server import Server, ServerRunner
 from ooo_storage.server.front.wire import _KEY_LINE, Dates, NotOurs, Request, _parsed_head, read_head
 
 DOC = b'{"name":"Ada","tags":["math"]}'
-END = b"GET /end HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-"""A last request aiohttp answers with ``Connection: close`` on both engines: read to EOF."""
-
-
 
 
 def statuses(raw: bytes) -> list[int]:
@@ -42,15 +38,6 @@ def masked(raw: bytes) -> bytes:
     """``raw`` without what differs between two servers: the Date and the times of each write."""
     raw = re.sub(rb"Date: [^\r]*", b"Date: -", raw)
     return re.sub(rb'"(created|updated)":\d+', rb'"\1":-', raw)
-
-
-async def exchange(port: int, data: bytes, end: bytes = END) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data + end)
-    try:
-        return await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
 
 
 Make = Callable[..., Any]
