@@ -9,13 +9,12 @@ import io
 import logging
 import re
 import signal
-import sys
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
-from server_live import LiveFactory, next_frame
+from server_live import LiveFactory, next_frame, serve_process
 
 from ooo_storage.server.accesslog import AccessLog, Batch, BatchedHandler, TextFormatter
 
@@ -24,18 +23,7 @@ ENGINES = pytest.mark.parametrize("http_engine", ["lean", "aiohttp"])
 
 
 async def _serve(*flags: str) -> tuple[asyncio.subprocess.Process, int]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ooo_storage", "serve", "--memory-only", "--port", "0", *flags,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    async with asyncio.timeout(30):
-        while True:
-            line = await proc.stderr.readline()
-            assert line, "server exited before serving"
-            if found := re.search(rb"serving on http://[\d.]+:(\d+)", line):
-                return proc, int(found.group(1))
-
+    return await serve_process("--memory-only", *flags)
 
 async def _access_lines(proc: asyncio.subprocess.Process, count: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The next ``count`` access lines of ``proc``'s stderr, and the other lines read meanwhile

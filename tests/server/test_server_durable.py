@@ -4,28 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import signal
 import sys
 from pathlib import Path
 
 import aiohttp
 import orjson
+from server_live import serve_process
 
 
 async def start_server(data: Path, *extra: str) -> tuple[asyncio.subprocess.Process, int]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ooo_storage", "serve", "--port", "0", "--data", str(data), *extra,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    async with asyncio.timeout(30):
-        while True:
-            line = await proc.stderr.readline()
-            assert line, "server exited before serving"
-            if found := re.search(rb"serving on http://[\d.]+:(\d+)", line):
-                return proc, int(found.group(1))
-
+    return await serve_process("--data", str(data), *extra)
 
 def value(key: str) -> dict[str, object]:
     w, seq = key.split("/")[1:]

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import re
 import signal
-import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import orjson
 import plyvel
 import pytest
 from raw_http import HOST, req, responses
+from server_live import serve_process
 
 from ooo_storage import Event, Layered, LevelDBLayer, MemoryLayer, Object
 from ooo_storage.protocol.access import RIGHTS, Policy, token_digest
@@ -316,19 +315,7 @@ async def test_stopping_while_a_write_waits_by_hand_answers_it_then_closes(serve
 
 
 async def start_serve(data: Path) -> tuple[asyncio.subprocess.Process, int]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ooo_storage", "serve", "--port", "0", "--data", str(data),
-        "--http-engine", "lean", stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stderr is not None
-    async with asyncio.timeout(30):
-        while True:
-            line = await proc.stderr.readline()
-            assert line, "server exited before serving"
-            if found := re.search(rb"serving on http://[\d.]+:(\d+)", line):
-                return proc, int(found.group(1))
-
+    return await serve_process("--data", str(data), "--http-engine", "lean")
 
 async def post_bursts(port: int, conn: int, acked: list[str], enough: asyncio.Event) -> None:
     """Bursts of 16 pipelined POSTs of new keys; a key is recorded once its 200 arrived."""

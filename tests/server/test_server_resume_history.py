@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from server_live import Follower, Live, no_frame
+from server_live import Follower, Live, no_frame, serve_process
 
 from ooo_storage import HistoryOptions, Layered, LevelDBLayer, MemoryLayer, Options
 from ooo_storage.server import Server, ServerRunner, resume
@@ -235,21 +235,8 @@ async def test_a_patch_larger_than_the_snapshot_is_sent_as_the_snapshot(hist: Li
 
 # -- across a restart of a real ``serve`` process ------------------------------------------------
 async def _serve(data: Path) -> tuple[asyncio.subprocess.Process, str]:
-    import re
-    import sys
-
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ooo_storage", "serve", "--port", "0", "--data", str(data),
-        "--history-bytes", str(4 << 20), stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    async with asyncio.timeout(30):
-        while True:
-            line = await proc.stderr.readline()
-            assert line, "serve exited before serving"
-            if found := re.search(rb"serving on (http://[\d.]+:\d+)", line):
-                return proc, found.group(1).decode()
-
+    proc, port = await serve_process("--data", str(data), "--history-bytes", str(4 << 20))
+    return proc, f"http://127.0.0.1:{port}"
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
     proc.terminate()
