@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import math
@@ -650,10 +651,12 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
             else f"LevelDB at {args.data}{', durable writes' if args.sync else ''}",
         )
 
+    gc.set_threshold(*GC_THRESHOLDS)
     with _reload_on_sighup(server, access.path):
         starting: asyncio.Task[None] | None = None
         try:
             await store.start()
+            _freeze_heap()
         except NoSpace as exc:
             # Opening LevelDB writes (its log becomes a table): serve 503s until there is room.
             log.error("%s: serving 503 until the database can be opened (retrying)", exc)
@@ -685,6 +688,28 @@ async def _serve(args: argparse.Namespace, access: _Access) -> None:
             await store.close()
             if listening:  # a server that never listened did not stop: its error says why
                 log.info("stopped")
+
+
+GC_THRESHOLDS = (10_000, 10, 10)
+"""The cyclic garbage collector's thresholds in ``serve`` (Python's: 700, 10, 10). Every stored
+object (a tuple subclass, which the collector never untracks) stays tracked, so each full collection
+walks the whole memory mirror, and one ran every 100 young collections, i.e. every 70 000 net
+allocations: 200 000 POSTs over 100 000 keys spent 300 ms in the collector (3 full collections of
+~64 ms each), with four subscribers connecting and disconnecting meanwhile 6.2 s (61 full
+collections), about an eighth of the server's CPU. With a young generation of 10 000 (and
+:func:`_freeze_heap`) the full collections are 14 times rarer: 38 ms and 0.9 s in the same runs,
+the same RSS (a young collection pauses ~2 ms instead of ~0.15 ms; garbage cycles wait for at most
+10 000 more allocations before the first look)."""
+
+
+def _freeze_heap() -> None:
+    """Once the store is loaded: collect, then move every object alive (modules, the server, the
+    loaded mirror) out of every later collection (``gc.freeze``), so that a full collection walks
+    only what was allocated since (about 48 000 objects fewer). Nothing frozen is garbage (the
+    collection before); a frozen object is still freed when its last reference goes, only a cycle
+    of them would stay: what start-up built lives as long as the server."""
+    gc.collect()
+    gc.freeze()
 
 
 def _history(args: argparse.Namespace) -> HistoryOptions | None:
