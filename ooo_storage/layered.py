@@ -1598,6 +1598,51 @@ class Layered:
             self._queued.append((key, raw, stamps, fut))
         return fut
 
+    def held(self, key: str) -> bool:
+        """Whether a write of ``key`` would wait now: its lock is held, or a transaction holds the
+        store (a caller of :meth:`set_run` ends its run before such a write)."""
+        return self._locks.busy(key) or not self._gate.idle
+
+    def set_run(self, run: Sequence[tuple[str, bytes]]) -> list[_Done] | None:
+        """:meth:`set` of each ``(key, JSON bytes)`` of ``run``, in order, as one batch of the
+        persistent layer, for a caller that waits for futures but cannot afford a coroutine per write
+        (the lean front: a pipelined burst of POSTs, one connection's writes of one read).
+
+        Returns each write's future, done with ``(object, waiter)`` as :meth:`_join`'s, or with the
+        write's error (an invalid key or document fails alone; a failed batch fails every write in
+        it, and none is applied). The run is committed at once when it is the loop iteration's first
+        write, else with the iteration's batch (its futures done then). None when the writes must go
+        one by one through :meth:`set`: writes not batched, an ``after_write`` hook, a key locked
+        or a transaction in progress."""
+        if not self._active:
+            raise self._not_active()
+        if self._batcher is None or not self._sync or self.options.after_write is not None:
+            return None
+        busy = self._locks.busy
+        if not self._gate.idle or any(busy(key) for key, _ in run):
+            return None
+        loop = cast(asyncio.AbstractEventLoop, self._loop)
+        queued = self._queued
+        if queued is None:
+            queued = self._queued = []
+        futs: list[_Done] = []
+        for key, raw in run:
+            fut: _Done = loop.create_future()
+            futs.append(fut)
+            try:  # ``set``'s checks
+                if not _is_valid(key):
+                    raise InvalidPath()
+                if key == "*" or key.endswith("/*"):
+                    raise GlobNotAllowed()
+                queued.append((key, encode_data(raw), None, fut))
+            except StorageError as exc:
+                fut.set_exception(exc)
+        if self._first is _NOBODY:  # the iteration's first write: committed now, as ``_commit_now``
+            self._first = _DRIVEN
+            loop.call_soon(self._tick)
+            self._settle()
+        return futs
+
     def _tick(self) -> None:
         """The end of the iteration in which a write was made: commit the queued batch."""
         self._first = _NOBODY

@@ -133,3 +133,59 @@ async def test_a_batch_stores_what_a_write_committed_at_once_would(tmp_path: Pat
     assert (last.created, last.updated, last.value) == (objs[0].created, updated[2], {"n": 2})
     assert layer.db.get(b"same") == last.to_json()
     await store.close()
+
+
+# -- a run of writes (``Layered.set_run``: a pipelined burst of the lean front) ------------------
+
+
+async def test_a_run_first_in_its_iteration_is_one_batch_at_once(tmp_path: Path) -> None:
+    """Committed before ``set_run`` returns (the futures done), one batch, each write its own
+    revision and event in order; a document that is not JSON and a glob key fail alone."""
+    store, layer, seen = await _store(tmp_path / "db")
+    before, revision = layer.batches, store.revision
+    run = [("r/0", b'{"i":0}'), ("r/1", b"{nope"), ("r/*", b"{}"), ("r/0", b'{"i":2}'), ("r/3", b'[3]')]
+    futs = store.set_run(run)
+    assert futs is not None and all(fut.done() for fut in futs)
+    assert [type(fut.exception()).__name__ for fut in futs] == ["NoneType", "InvalidData", "GlobNotAllowed",
+                                                                 "NoneType", "NoneType"]
+    assert layer.batches == before + 1
+    assert [(e.key, e.revision) for e in seen] == [("r/0", revision + 1), ("r/0", revision + 2),
+                                                   ("r/3", revision + 3)]
+    assert orjson.loads(layer.get("r/0").data) == {"i": 2}  # type: ignore[union-attr]
+    assert futs[0].result()[0].index == "0" and futs[4].result()[0].data == b"[3]"
+    await store.close()
+
+
+async def test_a_run_after_another_write_joins_the_iterations_batch(tmp_path: Path) -> None:
+    """A write made earlier in the iteration: the run's futures are done with the iteration's
+    batch (one batch with the other writers queued meanwhile), in arrival order."""
+    store, layer, seen = await _store(tmp_path / "db")
+
+    def work() -> Any:
+        first = store.set_run([("j/a", b"1")])
+        later = store.set_run([("j/b", b"2"), ("j/c", b"3")])
+        assert first is not None and later is not None
+        assert all(f.done() for f in first) and not any(f.done() for f in later)
+        return later
+
+    before = layer.batches
+    later = await _outside_any_task(work)
+    async with asyncio.timeout(10):
+        await asyncio.gather(*later)
+    assert layer.batches == before + 2
+    assert [e.key for e in seen] == ["j/a", "j/b", "j/c"]
+    await store.close()
+
+
+async def test_a_run_is_refused_while_a_key_of_it_is_locked(tmp_path: Path) -> None:
+    """None (the caller writes one by one, waiting for the lock) when a key of the run is held,
+    and nothing of the run is written; ``held`` says so beforehand."""
+    store, layer, seen = await _store(tmp_path / "db")
+    await store.set("l/held", 0)
+    await store.get_and_lock("l/held")
+    assert store.held("l/held") and not store.held("l/free")
+    assert store.set_run([("l/free", b"1"), ("l/held", b"2")]) is None
+    assert store.peek("l/free") is None and [e.key for e in seen] == ["l/held"]
+    await store.unlock("l/held")
+    assert not store.held("l/held")
+    await store.close()

@@ -1,9 +1,9 @@
 """The lean front's writes of one event-loop iteration in one LevelDB WriteBatch (issue 10): single
-POSTs of many connections read in the same iteration are one write of the database (the
+POSTs of many connections read in the same iteration are two writes of the database (the
 iteration's first write committed alone, the others together), each with its own revision and
 event, every answer sent only once its write is in the database; a write that fails before the
-store fails alone, a failed batch fails every write in it; a pipelined burst's writes are each
-committed at once, in order. Real servers on 127.0.0.1 over real LevelDB stores (a layer that
+store fails alone, a failed batch fails every write in it; a pipelined burst's writes are one
+batch, in order, up to a write that waits for a lock. Real servers on 127.0.0.1 over real LevelDB stores (a layer that
 counts its own writes), raw sockets; a real ``serve`` process for the kill -9 test."""
 
 from __future__ import annotations
@@ -132,18 +132,87 @@ async def served(tmp_path: Path) -> AsyncIterator[Any]:
         await store.close()
 
 
-async def test_a_pipelined_burst_is_committed_write_by_write_in_order(served: Any) -> None:
-    """Waiting for the batch cost a pipelined burst more than a put per write (measured): each
-    write of the burst is committed at once, in order, before the next request is read."""
+async def test_a_pipelined_burst_is_one_batch_in_order(served: Any) -> None:
+    """The 16 POSTs of a pipelined burst are one batch of the database (they were 16 puts), each
+    with its own revision and event in order; the GET behind them reads the last one."""
     s = await served()
     before, revision = s.layer.writes(), s.store.revision
     burst = b"".join(req("POST", f"/burst/{i}", doc(i)) for i in range(16)) + req("GET", "/burst/15")
     got = await answers(s.port, burst, 17)
     assert got[:16] == [(200, b'{"index":"%d"}' % i) for i in range(16)]
     assert got[16][0] == 200 and orjson.loads(got[16][1])["data"] == orjson.loads(doc(15))
-    assert s.since(before) == (16, [])
+    assert s.since(before) == (0, [16])
     assert [(e.key, e.revision) for e in s.events] == [(f"burst/{i}", revision + 1 + i) for i in range(16)]
     assert all(s.stored(f"burst/{i}") == orjson.loads(doc(i)) for i in range(16))
+
+
+async def test_a_bad_request_in_a_burst_is_answered_in_its_place_the_others_are_one_batch(
+    served: Any,
+) -> None:
+    """A document that is not JSON and a key that is not valid, in the middle of a burst: each is
+    answered 400 in its place, with no effect; the other writes are one batch, in order."""
+    s = await served()
+    before, revision = s.layer.writes(), s.store.revision
+    burst = [req("POST", f"/mix/{i}", doc(i)) for i in range(6)]
+    burst[2] = req("POST", "/mix/2", b"{nope")
+    burst[4] = req("POST", "/mix//4", doc(4))
+    got = await answers(s.port, b"".join(burst), 6)
+    assert [status for status, _ in got] == [200, 200, 400, 200, 400, 200]
+    assert b"JSON" in got[2][1] and b"key is not valid" in got[4][1]
+    assert s.since(before) == (0, [4])
+    written = ["mix/0", "mix/1", "mix/3", "mix/5"]
+    assert [(e.key, e.revision) for e in s.events] == [(k, revision + 1 + i) for i, k in enumerate(written)]
+    assert s.store.peek("mix/2") is None and s.stored("mix/2") is None
+
+
+async def test_a_failed_burst_fails_every_write_in_it_with_503(served: Any) -> None:
+    s = await served()
+    before = s.layer.writes()
+    s.layer.fail_next = True
+    got = await answers(s.port, b"".join(req("POST", f"/fb/{i}", doc(i)) for i in range(5)), 5)
+    assert [status for status, _ in got] == [503] * 5
+    assert all(b"Input/output error" in body for _, body in got)
+    assert s.since(before) == (0, []) and s.events == []
+    assert all(s.store.peek(f"fb/{i}") is None and s.stored(f"fb/{i}") is None for i in range(5))
+    got = await answers(s.port, b"".join(req("POST", f"/fb/{i}", doc(i)) for i in range(5)), 5)
+    assert [status for status, _ in got] == [200] * 5 and s.since(before) == (0, [5])
+
+
+async def test_a_locked_key_ends_a_burst_the_writes_before_it_are_answered(served: Any) -> None:
+    """POSTs 0-2, then one to a key another writer holds, then 4-5: the first three are one batch,
+    answered while the fourth waits for its lock; once it is released, the rest follow in order."""
+    s = await served()
+    await s.store.set("lk/held", {"n": 0})
+    await s.store.get_and_lock("lk/held")
+    before = s.layer.writes()
+    burst = [req("POST", f"/lk/{i}", doc(i)) for i in range(6)]
+    burst[3] = req("POST", "/lk/held", doc(3))
+    reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+    try:
+        writer.write(b"".join(burst))
+        assert await read_answers(reader, 3) == [(200, b'{"index":"%d"}' % i) for i in range(3)]
+        assert s.since(before) == (0, [3])
+        await s.store.unlock("lk/held")
+        got = await read_answers(reader, 3)
+        assert got == [(200, b'{"index":"held"}'), (200, b'{"index":"4"}'), (200, b'{"index":"5"}')]
+    finally:
+        writer.close()
+    assert [e.key for e in s.events][-6:] == ["lk/0", "lk/1", "lk/2", "lk/held", "lk/4", "lk/5"]
+    assert s.stored("lk/held") == orjson.loads(doc(3))
+
+
+async def test_a_request_not_ours_in_a_burst_goes_to_aiohttp_after_the_run(served: Any) -> None:
+    """A burst whose third POST the access policy refuses: the first two are one batch, answered by
+    the front; the refused one and those behind it are aiohttp's (403, then 200s), in order."""
+    s = await served(auth=policy())
+    auth = HOST + b"Authorization: Bearer writer\r\n"
+    before = s.layer.writes()
+    keys = ["ok/a", "ok/b", "no/c", "ok/d"]
+    got = await answers(s.port, b"".join(req("POST", "/" + k, doc(i), auth) for i, k in enumerate(keys)), 4)
+    assert [status for status, _ in got] == [200, 200, 403, 200]
+    assert s.since(before)[1][:1] == [2]
+    assert [e.key for e in s.events] == ["ok/a", "ok/b", "ok/d"]
+    assert s.stored("no/c") is None
 
 
 async def test_single_posts_of_many_connections_in_one_iteration_are_one_batch(served: Any) -> None:
