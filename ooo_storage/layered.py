@@ -1563,7 +1563,7 @@ class Layered:
         once), or one whose caller could not wait for the batch (no task, not :attr:`driven`: the
         batch is committed first, then the write, so the order of arrival holds). Writers run by
         hand are all task-less: only the first of them in an iteration is inline."""
-        loop = cast(asyncio.AbstractEventLoop, self._loop)
+        loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[assignment]  # started: set
         if self.driven:
             if self._first is not _NOBODY or self._queued is not None:
                 return False

@@ -188,6 +188,13 @@ class Filters:
         self.permit_read(key)
         return self.object_fn(key) is None
 
+    def plain_write(self, key: str) -> bool:
+        """Whether no write or after-write filter sees ``key`` (a write of it is the store's alone):
+        no look-up while none is registered (the lean front's POST)."""
+        if not self._entries["write"] and not self._entries["after_write"]:
+            return True
+        return self.find("write", key) is None and self.find("after_write", key) is None
+
     def read_object(self, key: str, obj: Object) -> Object | None:
         fn = self.object_fn(key)
         return obj if fn is None else fn(key, obj)

@@ -308,10 +308,7 @@ class Front(GuardedConnection):
             return False
         if method == "GET" or method == "HEAD":
             return self.lean.inline_reads
-        if method != "POST" or not self.lean.inline:
-            return False
-        filters = self.lean.context.filters
-        return filters.find("write", key) is None and filters.find("after_write", key) is None
+        return method == "POST" and self.lean.inline and self.lean.context.filters.plain_write(key)
 
     async def _work(self) -> None:
         """Answer the queued requests in order: run by hand (:meth:`_drive`) until a request needs
@@ -342,10 +339,13 @@ class Front(GuardedConnection):
                         return
                     count = len(answers)
                 else:
-                    if self.by_hand and not self._inline(request):
-                        await asyncio.sleep(0)  # back to ``_drive``: the rest in a task
                     try:
-                        answer = await self._answer(request)
+                        if self._reads(request):
+                            answer = self._read(request)  # no coroutine: a read never waits
+                        else:
+                            if self.by_hand and not self._inline(request):
+                                await asyncio.sleep(0)  # back to ``_drive``: the rest in a task
+                            answer = await self._answer(request)
                     except NotOurs:
                         self.hand_over = True
                         break
@@ -357,7 +357,8 @@ class Front(GuardedConnection):
                         return
                     count = 1
                 if not queue and not self.hand_over and not self.stopping:
-                    self._resume_reading()
+                    if not self.reading:
+                        self._resume_reading()
                     if self.scan < len(buf):
                         self._parse()
                 if not queue or self.writable is not None or self.out_bytes >= FLUSH_BYTES:
@@ -387,28 +388,42 @@ class Front(GuardedConnection):
         """The complete answer to ``request`` (NotOurs before any effect when it is aiohttp's)."""
         start = time.perf_counter()
         cors, counted = self._admitted(request)
-        if (request.method == "GET" or request.method == "HEAD") and self.lean.inline_reads \
-                and "*" not in request.key:
-            try:  # no wait: the client's share needs no count (nothing else runs meanwhile)
-                answer = self._get(request, cors)
-            except NotOurs:
-                raise
-            except Exception as exc:
-                answer = self._failed(request, exc, cors)
-        else:
-            share, who = self.lean.server.share, self.remote
-            share.busy[who] = share.busy.get(who, 0) + 1
-            try:
+        share, who = self.lean.server.share, self.remote
+        share.busy[who] = share.busy.get(who, 0) + 1
+        try:
+            if request.method == "POST" and self._plain_post(request):
+                answer = await self._post(request, cors)
+            else:
                 answer = await self._serve(request, cors)
-            except NotOurs:
-                raise
-            except Exception as exc:
-                answer = self._failed(request, exc, cors)
-            finally:
-                if (left := share.busy[who] - 1) > 0:
-                    share.busy[who] = left
-                else:
-                    del share.busy[who]
+        except NotOurs:
+            raise
+        except Exception as exc:
+            answer = self._failed(request, exc, cors)
+        finally:
+            if (left := share.busy[who] - 1) > 0:
+                share.busy[who] = left
+            else:
+                del share.busy[who]
+        return self._done(request, answer, counted, start)
+
+    def _reads(self, request: Request) -> bool:
+        """Whether ``request`` is a GET or HEAD of one key on a store that reads without waiting
+        (:meth:`_read`)."""
+        method, key = request.method, request.key
+        return ((method == "GET" or method == "HEAD") and self.lean.inline_reads
+                and key != "" and "*" not in key)
+
+    def _read(self, request: Request) -> bytes:
+        """:meth:`_answer` to a GET or HEAD of one key (:meth:`_reads`), without a coroutine: the
+        read never waits, and needs no count in the client's share (nothing else runs meanwhile)."""
+        start = time.perf_counter()
+        cors, counted = self._admitted(request)
+        try:
+            answer = self._get(request, cors)
+        except NotOurs:
+            raise
+        except Exception as exc:
+            answer = self._failed(request, exc, cors)
         return self._done(request, answer, counted, start)
 
     def _admitted(self, request: Request) -> tuple[bytes, bool]:
@@ -448,9 +463,9 @@ class Front(GuardedConnection):
         return answer
 
     def _runs(self, request: Request) -> bool:
-        """Whether the POST ``request`` may be one of a run (:meth:`_post_run`): answered outside
-        a task (:meth:`_inline`), its body small enough to be checked inline (``rest._large``)."""
-        return len(request.body) <= _INLINE_BYTES and self._inline(request)
+        """Whether the POST ``request`` may be one of a run (:meth:`_post_run`): the store's write
+        alone (:meth:`_plain_post`) on a store whose layers are all synchronous."""
+        return self.lean.inline and self._plain_post(request)
 
     async def _post_run(self) -> list[bytes]:
         """The answers of the plain POSTs at the head of the queue (a run: up to the first request
@@ -586,6 +601,26 @@ class Front(GuardedConnection):
             return json_answer(dates.line(), await rest.patch_body(ctx, key, entry, request.body), cors)
         await rest.remove(ctx, key)
         return b"HTTP/1.1 204 No Content\r\n%s%s%s\r\n" % (cors, dates.line(), SERVER_LINE)
+
+    def _plain_post(self, request: Request) -> bool:
+        """Whether the POST ``request`` is the store's write alone (:meth:`_post`): one key, no
+        filter sees it, a body small enough to be checked inline (``rest._large``)."""
+        key = request.key
+        return (len(request.body) <= _INLINE_BYTES and "*" not in key and key != ""
+                and self.lean.context.filters.plain_write(key))
+
+    async def _post(self, request: Request, cors: bytes) -> bytes:
+        """:meth:`_serve`'s POST of one key that no filter sees (:meth:`_plain_post`): the store's
+        ``set`` at once, without ``rest.post_entry``/``post_body`` and the after-write follow-up,
+        which are for what a filter may see (a chain of three calls and two filter look-ups)."""
+        key = request.key
+        if not request.valid:  # else known valid from its URL
+            rest.check_key(key)
+        filters = self.lean.context.filters
+        if filters.static:
+            filters.write_entry(key)  # refused in static mode without a filter
+        index = await self.lean.store.set(key, request.body)
+        return json_answer(self.lean.dates.line(), rest.index_json(index), cors)
 
     def _get(self, request: Request, cors: bytes) -> bytes:
         """:meth:`_serve`'s GET (or HEAD) of one key on a store that ``reads_now``, without a
