@@ -1618,9 +1618,12 @@ class Layered:
             raise self._not_active()
         if self._batcher is None or not self._sync or self.options.after_write is not None:
             return None
-        busy = self._locks.busy
-        if not self._gate.idle or any(busy(key) for key, _ in run):
+        if not self._gate.idle:
             return None
+        busy = self._locks.busy
+        for key, _ in run:
+            if busy(key):
+                return None
         loop = cast(asyncio.AbstractEventLoop, self._loop)
         queued = self._queued
         if queued is None:

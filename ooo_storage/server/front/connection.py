@@ -332,8 +332,13 @@ class Front(GuardedConnection):
                         break
                     if self.lost:
                         break
-                    for answer in answers:
-                        self._answered(queue.popleft(), answer)
+                    out = self.out
+                    for answer in answers:  # :meth:`_answered`, inline (16 times per burst)
+                        size = queue.popleft().size
+                        del buf[:size]
+                        self.scan -= size
+                        out.append(answer)
+                        self.out_bytes += len(answer)
                     if self.closing:  # its last answer closes the connection
                         self._close()
                         return
@@ -527,7 +532,7 @@ class Front(GuardedConnection):
         writes: list[tuple[str, bytes]] = []
         for request in self.queue:
             key = request.key
-            if run and (request.method != "POST" or not self._runs(request) or store.held(key)):
+            if run and (request.method != "POST" or not self._plain_post(request) or store.held(key)):
                 break  # a write that waits for a lock goes on its own, the run's answers first
             try:
                 cors, counted = self._admitted(request)
