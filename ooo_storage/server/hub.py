@@ -218,6 +218,8 @@ class Pools:
     def on_event(self, event: Event) -> None:
         # For a glob delete the index also yields pools that merely may hold matching items;
         # each checks its own items against the glob.
+        if not self.pools and not self._holding:
+            return  # nobody subscribed (a REST-only server): no look-up per write
         if self._holding and (not event.txn or event.revision != self._holding[0].version):
             self._release()  # a transaction's last event never came: its frames go now
         for pool in list(self._index.matching(event.key)):
