@@ -317,9 +317,17 @@ def status_line(status: int) -> bytes:
     return _OK if status == 200 else b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "").encode())
 
 
+_PLAIN_JSON = (b"%sContent-Type: application/json\r\nContent-Length: %%d\r\n%%b%s\r\n%%b"
+               % (_OK, SERVER_LINE.replace(b"%", b"%%")))
+"""The answer of :func:`json_answer` without ``cors`` or ``extra`` lines, less its length, date and
+body: three values to format instead of seven (a fifth of the function's cost)."""
+
+
 def json_answer(date: bytes, body: bytes, cors: bytes = b"", extra: bytes = b"", status: int = 200) -> bytes:
     """An answer with a JSON body, as aiohttp's ``rest.json_response`` goes on the wire (the
     handler's own ``extra`` header lines first, as ``web.Response(headers=...)`` writes them)."""
+    if status == 200 and not cors and not extra:
+        return _PLAIN_JSON % (len(body), date, body)
     return b"%s%sContent-Type: application/json\r\n%sContent-Length: %d\r\n%s%s\r\n%s" % (
         _OK if status == 200 else status_line(status), extra, cors, len(body), date, SERVER_LINE, body
     )
