@@ -126,12 +126,17 @@ def _parse_own(raw: bytes) -> Object:
         p = raw.index(b'"', pos + 9)
         path = raw[pos + 9 : p]
         pos = p + 1
-    if not raw.startswith(b',"data":', pos) or b"\\" in index or b"\\" in path:
+    if not raw.startswith(b',"data":', pos):
+        raise ValueError("not an own-format object")
+    index_text, path_text = index.decode(), path.decode()
+    # looked for in the text: ``in`` on bytes first tries the bytes as an int (an exception
+    # raised and cleared): 2.2 k instructions each, 0.2 k on a str
+    if "\\" in index_text or "\\" in path_text:
         raise ValueError("not an own-format object")
     data = raw[pos + 8 : -1]
     if not data:
         raise ValueError("empty data")
-    return make_object(created, updated, index.decode(), path.decode(), data)
+    return make_object(created, updated, index_text, path_text, data)
 
 
 Operation = Literal["set", "del"]

@@ -8,7 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ooo_storage import Object
+from ooo_storage.errors import CorruptObject
 from ooo_storage.protocol.clock import now
+from ooo_storage.protocol.objects import load_object
 
 
 def test_empty_object_bytes() -> None:
@@ -50,6 +52,20 @@ def test_from_json_accepts_equivalent_json() -> None:
 def test_from_json_string_data_with_quotes() -> None:
     obj = Object(1, 0, "k", "k", orjson.dumps('he said "hi",\\"data":'))
     assert Object.from_json(obj.to_json()) == obj
+
+
+@pytest.mark.parametrize(("index", "path"), [('a"b', 'x/a"b'), ("a\\b", "x/a\\b"), ("a\nb", "a\nb"),
+                                           ("é", "x/é"), ("k", 'x"\\/k')])
+def test_indexes_and_paths_that_need_escapes_round_trip(index: str, path: str) -> None:
+    """Hand-built objects (the store's keys never need escapes): what ``to_json`` escapes reads
+    back through orjson, raw UTF-8 through the own-layout parser, as the same object."""
+    obj = Object(1, 2, index, path, b"[1]")
+    assert Object.from_json(obj.to_json()) == obj
+
+
+def test_an_index_that_is_not_utf8_is_a_corrupt_object() -> None:
+    with pytest.raises(CorruptObject, match="corrupt object at k"):
+        load_object("k", b'{"created":1,"updated":2,"index":"\xff","path":"a/\xff","data":1}')
 
 
 def test_clock_strictly_increasing() -> None:
