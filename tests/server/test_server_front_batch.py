@@ -1,7 +1,6 @@
 """The lean front's writes of one event-loop iteration in one LevelDB WriteBatch (issue 10): single
 POSTs of many connections read in the same iteration are two writes of the database (the
-iteration's first write committed alone, the others together), each with its own revision and
-event, every answer sent only once its write is in the database; a write that fails before the
+iteration's first committed at once, the others together), each with its own revision and event, every answer sent only once its write is in the database; a write that fails before the
 store fails alone, a failed batch fails every write in it; a pipelined burst's writes are one
 batch, in order, up to a write that waits for a lock. Real servers on 127.0.0.1 over real LevelDB stores (a layer that
 counts its own writes), raw sockets; a real ``serve`` process for the kill -9 test."""
@@ -22,7 +21,7 @@ import pytest
 from raw_http import HOST, req, responses
 from server_live import serve_process
 
-from ooo_storage import Event, Layered, LevelDBLayer, MemoryLayer, Object
+from ooo_storage import Event, Layered, LevelDBLayer, MemoryLayer, Object, Options
 from ooo_storage.protocol.access import RIGHTS, Policy, token_digest
 from ooo_storage.server import Server, ServerRunner
 from ooo_storage.server.front import Front
@@ -69,13 +68,15 @@ async def answers(port: int, data: bytes, count: int) -> list[tuple[int, bytes]]
 class Counted(LevelDBLayer):
     """A real LevelDB layer that counts its writes: a ``set`` per write committed alone, the size
     of each ``set_many`` batch; ``fail_next`` makes the next batch fail before it reaches the
-    database (a write error: nothing of it is written)."""
+    database (a write error: nothing of it is written); ``fail_after`` lets that many batches
+    through first."""
 
     def __init__(self, path: Any) -> None:
         super().__init__(path)
         self.puts = 0
         self.sizes: list[int] = []
         self.fail_next = False
+        self.fail_after = 0
         self.batch_tried = asyncio.Event()  # set by every ``set_many``, written or failed
 
     def set(self, key: str, obj: Object) -> Any:
@@ -84,7 +85,9 @@ class Counted(LevelDBLayer):
 
     def set_many(self, items: Sequence[tuple[str, Object]]) -> None:
         self.batch_tried.set()
-        if self.fail_next:
+        if self.fail_next and self.fail_after:
+            self.fail_after -= 1
+        elif self.fail_next:
             self.fail_next = False
             raise OSError(5, "Input/output error")
         self.sizes.append(len(items))
@@ -116,10 +119,10 @@ class Served:
 async def served(tmp_path: Path) -> AsyncIterator[Any]:
     made: list[tuple[Layered, ServerRunner]] = []
 
-    async def make(**options: Any) -> Served:
+    async def make(store_options: Options | None = None, **options: Any) -> Served:
         layer = Counted(tmp_path / f"db{len(made)}")
         store = Layered(memory=MemoryLayer(), embedded=layer)
-        await store.start()
+        await store.start(store_options)
         server = Server(store, shutdown_timeout=1.0, http_engine="lean", **options)
         runner = ServerRunner(store, "127.0.0.1", 0, server=server)
         await runner.start()
@@ -227,7 +230,7 @@ async def test_single_posts_of_many_connections_in_one_iteration_are_one_batch(s
                 writer.write(req("POST", f"/conns/{round_}/{i}", doc(i)))
             got = await asyncio.gather(*(read_answers(reader, 1) for reader, _ in conns))
             assert got == [[(200, b'{"index":"%d"}' % i)] for i in range(8)]
-            assert s.since(before) == (1, [7])
+            assert s.since(before) == (0, [1, 7])
             assert all(s.stored(f"conns/{round_}/{i}") == orjson.loads(doc(i)) for i in range(8))
     finally:
         for _, writer in conns:
@@ -257,7 +260,7 @@ async def test_a_write_refused_fails_alone_the_others_share_the_batch(served: An
                                  req("POST", "/f/d", doc(4))])
     assert [status for status, _ in got] == [200, 200, 400, 400, 200]
     assert b"JSON" in got[2][1] or b"json" in got[2][1]
-    assert s.since(before) == (1, [2])  # a alone, b and d together
+    assert s.since(before) == (0, [1, 2])  # a alone, b and d together
     assert [e.key for e in s.events] == ["f/a", "f/b", "f/d"]
     assert s.stored("f/bad") is None and s.store.peek("f/bad") is None
 
@@ -280,7 +283,7 @@ async def test_a_request_not_ours_goes_to_aiohttp_the_others_share_the_batch(ser
     got = await at_once(s.port, [req("POST", "/ok/0", doc(0), auth), req("POST", "/ok/1", doc(1), auth),
                                  req("POST", "/no/2", doc(2), auth), req("POST", "/ok/3", doc(3), auth)])
     assert [status for status, _ in got] == [200, 200, 403, 200]
-    assert s.since(before) == (1, [2])
+    assert s.since(before) == (0, [1, 2])
     assert sorted(e.key for e in s.events) == ["ok/0", "ok/1", "ok/3"]
     assert s.stored("no/2") is None
 
@@ -288,11 +291,11 @@ async def test_a_request_not_ours_goes_to_aiohttp_the_others_share_the_batch(ser
 async def test_a_failed_batch_fails_every_write_in_it_with_503(served: Any) -> None:
     s = await served()
     before = s.layer.writes()
-    s.layer.fail_next = True
+    s.layer.fail_next, s.layer.fail_after = True, 1
     got = await at_once(s.port, [req("POST", f"/e/{i}", doc(i)) for i in range(4)])
     assert [status for status, _ in got] == [200, 503, 503, 503]
     assert b"write failed" in got[1][1] and b"Input/output error" in got[1][1]
-    assert s.since(before) == (1, [])
+    assert s.since(before) == (0, [1])
     assert [e.key for e in s.events] == ["e/0"]  # no event for a failed write
     for i in (1, 2, 3):
         assert s.store.peek(f"e/{i}") is None and s.stored(f"e/{i}") is None
@@ -322,7 +325,7 @@ async def test_a_connection_closed_while_its_batch_is_pending(served: Any, fail:
     loop.set_exception_handler(lambda _, context: problems.append(context))
     try:
         before = s.layer.writes()
-        s.layer.fail_next = fail
+        s.layer.fail_next, s.layer.fail_after = fail, 1
         s.layer.batch_tried.clear()
         conns = [await asyncio.open_connection("127.0.0.1", s.port) for _ in range(4)]
         fronts = await the_fronts(s.runner, 4)
@@ -338,10 +341,10 @@ async def test_a_connection_closed_while_its_batch_is_pending(served: Any, fail:
                 await asyncio.sleep(0)  # the answers go nowhere: no event to wait for
         keys = [f"gone/{i}" for i in range(4)]
         if fail:
-            assert s.since(before) == (1, [])
+            assert s.since(before) == (0, [1])
             assert [k for k in keys if s.store.peek(k) is not None] == ["gone/0"]
         else:
-            assert s.since(before) == (1, [3])
+            assert s.since(before) == (0, [1, 3])
             assert all(s.stored(k) == orjson.loads(doc(int(k[5:]))) for k in keys)
         gc.collect()
         await asyncio.sleep(0)
@@ -378,6 +381,53 @@ async def test_stopping_while_a_write_waits_by_hand_answers_it_then_closes(serve
         assert s.stored("held") == orjson.loads(doc(1))
     finally:
         writer.close()
+
+
+async def test_a_post_alone_is_answered_once_a_full_watchers_queue_has_room(served: Any) -> None:
+    """A library watcher that does not keep up (its queue of one full, ``lossless_watch``): a POST
+    is written at once but answered only once its event has room, as ``Layered.set`` returns; a GET
+    sent meanwhile waits behind it; the server stopping meanwhile sends both answers, then closes
+    the connection."""
+    s = await served(Options(workers=1, queue_size=1, lossless_watch=True))
+    gate, seen = asyncio.Event(), []
+
+    async def slow(event: Event) -> None:
+        seen.append(event.key)
+        await gate.wait()
+
+    s.store.watch(slow)
+    reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+    try:
+        for i in range(2):  # the watcher holds the first event, the queue the second
+            writer.write(req("POST", f"/room/{i}", doc(i)))
+            assert await read_answers(reader, 1) == [(200, b'{"index":"%d"}' % i)]
+        [front] = await the_fronts(s.runner)
+        writer.write(req("POST", "/room/2", doc(2)))
+        async with asyncio.timeout(10):
+            while s.store.peek("room/2") is None or front.worker is None:
+                await asyncio.sleep(0)  # the request arriving: no event to wait for
+        assert isinstance(front.worker, asyncio.Future) and not front.worker.done()
+        assert s.stored("room/2") == orjson.loads(doc(2))  # written, not yet answered
+        writer.write(req("GET", "/room/2"))
+        async with asyncio.timeout(10):
+            while len(front.queue) < 2:
+                await asyncio.sleep(0)  # the request arriving: no event to wait for
+        stopping = asyncio.ensure_future(s.runner.stop())
+        async with asyncio.timeout(10):
+            while not front.stopping:
+                await asyncio.sleep(0)
+        gate.set()
+        raw = b""
+        async with asyncio.timeout(10):
+            while chunk := await reader.read(65536):
+                raw += chunk
+        got = responses(raw)
+        assert got[0] == (200, b'{"index":"2"}') and len(got) == 2
+        assert got[1][0] == 200 and orjson.loads(got[1][1])["data"] == orjson.loads(doc(2))
+        await stopping
+    finally:
+        writer.close()
+    assert seen[:2] == ["room/0", "room/1"]
 
 
 # -- kill -9 of a real server during pipelined POSTs ---------------------------------------------

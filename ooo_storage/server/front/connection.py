@@ -28,6 +28,7 @@ from .wire import (
 )
 
 if TYPE_CHECKING:
+    from ...protocol.objects import Object
     from . import Lean
 
 MAX_PENDING = 16
@@ -69,7 +70,7 @@ class Front(GuardedConnection):
     __slots__ = ("lean", "loop", "buf", "scan", "queue", "worker", "local", "remote", "host", "by_hand",
                  "hand_over", "reading", "writable", "lost", "closing", "out", "out_bytes", "flush_soon",
                  "stopping", "partial", "active_at", "idle_timer", "stall_timer", "stall_head",
-                 "ended")
+                 "ended", "pending")
 
     def __init__(self, lean: Lean) -> None:
         super().__init__(lean.gate)
@@ -78,8 +79,9 @@ class Front(GuardedConnection):
         self.buf = bytearray()
         self.scan = 0  # bytes of ``buf`` parsed into ``queue`` (the rest: an incomplete request)
         self.queue: deque[Request] = deque()
-        # A task, or ``_work`` itself while it waits run by hand (:meth:`_drive`): None when idle
-        self.worker: asyncio.Task[None] | Coroutine[Any, Any, None] | None = None
+        # A task, or ``_work`` itself while it waits run by hand (:meth:`_drive`), or the write (or
+        # the room) a POST alone waits for (:meth:`_post_alone`): None when idle
+        self.worker: asyncio.Future[Any] | Coroutine[Any, Any, None] | None = None
         self.local: tuple[str, int] | None = None
         self.remote = ""
         self.host: str | None = None  # the last Host header allowed on this connection
@@ -99,6 +101,7 @@ class Front(GuardedConnection):
         self.stall_timer: asyncio.TimerHandle | None = None
         self.stall_head = False  # the stall timer times a request head (else a body)
         self.ended: asyncio.Future[None] | None = None  # :meth:`stop` waits for ``_work`` run by hand
+        self.pending: tuple[bytes, bool, float] = (b"", False, 0.0)  # :meth:`_post_alone`'s request
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -262,32 +265,122 @@ class Front(GuardedConnection):
         without a task, as long as each request may be answered outside one (:meth:`_inline`: a
         read from memory, a plain write), the answers written with one call. A task per burst of
         requests cost about a fifth of a small request's CPU (its creation, its steps, its
-        registration), and a burst of one request is the common case. A GET of one key alone in
-        the queue (the commonest request) is answered without even :meth:`_work`'s coroutine."""
+        registration), and a burst of one request is the common case. A GET of one key or a plain
+        POST alone in the queue (the commonest requests) go without even :meth:`_work`'s
+        coroutine (:meth:`_read`, :meth:`_post_alone`)."""
         queue = self.queue
-        if len(queue) == 1 and self.writable is None and self._reads(request := queue[0]):
-            try:
-                answer = self._read(request)
-            except NotOurs:
-                pass  # :meth:`_work` hands it over
-            else:
-                queue.popleft()
-                self._answered(request, answer)
-                self.active_at = self.loop.time()
-                if self.closing:
-                    self._close()
+        if len(queue) == 1 and self.writable is None:
+            request = queue[0]
+            if self._reads(request):
+                try:
+                    answer = self._read(request)
+                except NotOurs:
+                    pass  # :meth:`_work` hands it over
+                else:
+                    self._alone(answer)
                     return
-                if self.hand_over:  # a request behind it is aiohttp's
-                    self._hand_over()
-                    return
-                if not self.reading:
-                    self._resume_reading()
-                if self.scan < len(self.buf):
-                    self._parse()  # what came meanwhile: then on as below
-                if not queue:
-                    self._flush()
-                    return
+            elif request.method == "POST" and self.lean.batching and self._runs(request) \
+                    and self._post_alone(request):
+                return
         self._drive(self._work())
+
+    def _alone(self, answer: bytes) -> None:
+        """The request alone in the queue is answered without :meth:`_work` (:meth:`_run`): its
+        ``answer`` goes, then what came meanwhile (:meth:`_work`'s steps after an answer)."""
+        queue = self.queue
+        self._answered(queue.popleft(), answer)
+        self.active_at = self.loop.time()
+        if self.closing:
+            self._close()
+            return
+        if queue:  # parsed while a POST waited: on in order (then what stopping or handing over asks)
+            self._drive(self._work())
+            return
+        if self.stopping:  # the server stops: this was the last answer
+            self._flush()
+            self.abort()
+            return
+        if self.hand_over:  # a request behind it is aiohttp's
+            self._hand_over()
+            return
+        if not self.reading:
+            self._resume_reading()
+        if self.scan < len(self.buf):
+            self._parse()  # what came meanwhile
+        if queue:
+            self._drive(self._work())
+        else:
+            self._flush()
+
+    def _post_alone(self, request: Request) -> bool:
+        """:meth:`_answer` to a plain POST alone in the queue (:meth:`_runs`) without a coroutine:
+        its write goes through ``Layered.set_run``, answered at once when committed at once (the
+        loop iteration's first write), else once its batch is written (:meth:`_posted`, the
+        future's callback: no chain of coroutines to pause and resume, about an eighth of a POST's
+        CPU). False when :meth:`_work` is to answer it: a request that is not ours, or a write the
+        store makes wait (a key locked, a transaction in progress)."""
+        start = time.perf_counter()
+        try:
+            cors, counted = self._admitted(request)
+        except NotOurs:
+            return False
+        key = request.key
+        try:
+            if not request.valid:  # else known valid from its URL
+                rest.check_key(key)
+            filters = self.lean.context.filters
+            if filters.static:
+                filters.write_entry(key)  # refused in static mode without a filter
+        except Exception as exc:
+            self._alone(self._done(request, self._failed(request, exc, cors), counted, start))
+            return True
+        futs = self.lean.store.set_run(((key, request.body),))
+        if futs is None:
+            return False  # nothing done: :meth:`_answer` decides again
+        [fut] = futs
+        self.pending = (cors, counted, start)
+        if fut.done():
+            self._posted(fut)
+        else:
+            share, who = self.lean.server.share, self.remote
+            share.busy[who] = share.busy.get(who, 0) + 1  # as :meth:`_answer` counts it
+            self.worker = fut
+            fut.add_done_callback(self._posted)
+        return True
+
+    def _posted(self, fut: asyncio.Future[tuple[Object, asyncio.Future[None] | None]]) -> None:
+        """The write of the POST alone in the queue (:meth:`_post_alone`) is done: its answer."""
+        if self.worker is fut:  # it waited for its batch
+            self.worker = None
+            share, who = self.lean.server.share, self.remote
+            if (left := share.busy[who] - 1) > 0:
+                share.busy[who] = left
+            else:
+                del share.busy[who]
+        error = fut.exception()
+        if self.lost:
+            return
+        request = self.queue[0]
+        cors, counted, start = self.pending
+        if error is not None:
+            answer = self._failed(request, cast(Exception, error), cors)
+            self._alone(self._done(request, answer, counted, start))
+            return
+        obj, waiter = fut.result()
+        answer = json_answer(self.lean.dates.line(), rest.index_json(obj.index), cors)
+        answer = self._done(request, answer, counted, start)
+        if waiter is None or waiter.done():
+            self._alone(answer)
+        else:  # a library watcher's queue is full: the answer once there is room, as ``set`` waits
+            self.worker = waiter
+            waiter.add_done_callback(lambda _: self._roomy(waiter, answer))
+
+    def _roomy(self, waiter: asyncio.Future[None], answer: bytes) -> None:
+        """The room a write waited for in a library watcher's queue (:meth:`_posted`) is there."""
+        if self.worker is waiter:
+            self.worker = None
+        if not self.lost:
+            self._alone(answer)
 
     def _drive(self, work: Coroutine[Any, Any, None]) -> None:
         """Take one step of ``work`` (:meth:`_work`) by hand (``send(None)``), as a task would:
