@@ -24,6 +24,7 @@ from ooo_storage.errors import GlobNotAllowed, NotActive
 from ooo_storage.layered import Options
 from ooo_storage.protocol import keys
 from ooo_storage.server import Server, ServerRunner
+from ooo_storage.server.front import wire
 from ooo_storage.server.front.wire import Dates, NotOurs, Request, _parsed_head, read_head
 
 DOC = b'{"name":"Ada","tags":["math"]}'
@@ -259,6 +260,21 @@ def test_a_header_block_read_once_reads_as_httptools_under_every_request_line(li
             head = line + block
             plain = fields(lambda h: read_head(h, *limits), head)
             assert plain == fields(lambda h: _parsed_head(h, *limits[1:]), head), head
+
+
+def test_header_blocks_remembered_are_bounded_and_read_again_alike() -> None:
+    """The blocks remembered are the last 64 small ones: 200 others read after the first leave
+    it forgotten, and read again it gives the same request (a large block is never kept)."""
+    def head(block: bytes) -> bytes:
+        return b"GET /a HTTP/1.1\r\n" + block
+
+    first = fields(lambda h: read_head(h, 8190, 100, 65536), head(b"Host: h\r\nX-N: first\r\n\r\n"))
+    for n in range(200):
+        read_head(head(b"Host: h\r\nX-N: %d\r\n\r\n" % n), 8190, 100, 65536)
+    read_head(head(b"Host: h\r\nX-Big: %s\r\n\r\n" % (b"x" * 2000)), 8190, 100, 65536)
+    assert len(wire._BLOCKS) == 64 and max(map(len, wire._BLOCKS)) < 1024
+    assert b"Host: h\r\nX-N: first\r\n\r\n" not in wire._BLOCKS
+    assert fields(lambda h: read_head(h, 8190, 100, 65536), head(b"Host: h\r\nX-N: first\r\n\r\n")) == first
 
 
 def test_the_date_line_is_aiohttps() -> None:
