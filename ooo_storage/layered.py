@@ -1603,7 +1603,7 @@ class Layered:
         store (a caller of :meth:`set_run` ends its run before such a write)."""
         return self._locks.busy(key) or not self._gate.idle
 
-    def set_run(self, run: Sequence[tuple[str, bytes]]) -> list[_Done] | None:
+    def set_run(self, run: Sequence[tuple[str, bytes]], checked: bool = False) -> list[_Done] | None:
         """:meth:`set` of each ``(key, JSON bytes)`` of ``run``, in order, as one batch of the
         persistent layer, for a caller that waits for futures but cannot afford a coroutine per write
         (the lean front: a pipelined burst of POSTs, one connection's writes of one read).
@@ -1613,7 +1613,8 @@ class Layered:
         it, and none is applied). The run is committed at once when it is the loop iteration's first
         write, else with the iteration's batch (its futures done then). None when the writes must go
         one by one through :meth:`set`: writes not batched, an ``after_write`` hook, a key locked
-        or a transaction in progress."""
+        or a transaction in progress. ``checked``: the keys are known valid and not globs (the
+        lean front read their validity with their URL): not checked again."""
         if not self._active:
             raise self._not_active()
         if self._batcher is None or not self._sync or self.options.after_write is not None:
@@ -1633,10 +1634,11 @@ class Layered:
             fut: _Done = loop.create_future()
             futs.append(fut)
             try:  # ``set``'s checks
-                if not _is_valid(key):
-                    raise InvalidPath()
-                if key == "*" or key.endswith("/*"):
-                    raise GlobNotAllowed()
+                if not checked:
+                    if not _is_valid(key):
+                        raise InvalidPath()
+                    if key == "*" or key.endswith("/*"):
+                        raise GlobNotAllowed()
                 queued.append((key, encode_data(raw), None, fut))
             except StorageError as exc:
                 fut.set_exception(exc)

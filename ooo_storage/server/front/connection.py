@@ -334,7 +334,7 @@ class Front(GuardedConnection):
         except Exception as exc:
             self._alone(self._done(request, self._failed(request, exc, cors), counted, start))
             return True
-        futs = self.lean.store.set_run(((key, request.body),))
+        futs = self.lean.store.set_run(((key, request.body),), checked=True)
         if futs is None:
             return False  # nothing done: :meth:`_answer` decides again
         [fut] = futs
@@ -607,7 +607,7 @@ class Front(GuardedConnection):
         share, who = self.lean.server.share, self.remote
         share.busy[who] = share.busy.get(who, 0) + len(writes)
         try:
-            futs = store.set_run(writes)
+            futs = store.set_run(writes, checked=True)  # valid (URL or check_key), no glob (_runs)
             if futs is None:  # a transaction in progress: one by one
                 outcomes = [await _outcome(store.set(key, raw)) for key, raw in writes]
             else:
