@@ -28,9 +28,11 @@ __all__ = [
     "PatternIndex",
 ]
 
-_KEY = r"[A-Za-z0-9*](?:[A-Za-z0-9*/._-]*[A-Za-z0-9*])?"
-_VALID = re.compile(_KEY).fullmatch
-VALID_KEY = r"(?!.*//)(?!.*\*\*)" + _KEY
+KEY_SHAPE = r"[A-Za-z0-9*](?:[A-Za-z0-9*/._-]*[A-Za-z0-9*])?"
+"""The characters of a key and what it starts and ends with; with neither ``//`` nor ``**`` in it,
+a valid key (:func:`is_valid`)."""
+_VALID = re.compile(KEY_SHAPE).fullmatch
+VALID_KEY = r"(?!.*//)(?!.*\*\*)" + KEY_SHAPE
 """What :func:`is_valid` accepts as one regular expression, to match as part of a longer text (the
 lean front reads a key's validity with its URL: one match instead of two, and a call less)."""
 

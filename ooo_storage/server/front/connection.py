@@ -686,7 +686,7 @@ class Front(GuardedConnection):
         aiohttp's (only requests answered here: one handed over is aiohttp's to count). The status
         is the answer's (``HTTP/1.1 NNN``)."""
         lean, method, key = self.lean, request.method, request.key
-        status = int(answer[9:12])
+        status = 200 if answer.startswith(b"200", 9) else int(answer[9:12])
         series = lean.glob_series if "*" in key else lean.key_series if key else lean.root_series
         if series is not None:
             series[method].observe(status, seconds)

@@ -105,7 +105,7 @@ header block (:data:`_PLAIN_BLOCK`), and gives any other head to ``httptools``."
 _PLAIN_LINE = re.compile(_LINE + rb"(.*)", re.DOTALL).match
 """A plain request line, its method, its target and the rest of the head (its header block)."""
 _KEY_LINE = re.compile(
-    rb"(GET|HEAD|POST|PATCH|DELETE) /(" + keys._KEY.encode() + rb") HTTP/1\.1\r\n(.*)", re.DOTALL
+    rb"(GET|HEAD|POST|PATCH|DELETE) /(" + keys.KEY_SHAPE.encode() + rb") HTTP/1\.1\r\n(.*)", re.DOTALL
 ).match
 """The most common :data:`_PLAIN_LINE`: the path of a key of a valid key's shape (its characters,
 its first and last), no query string. The key is valid (``keys.is_valid``) unless it holds ``//``
