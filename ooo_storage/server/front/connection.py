@@ -440,9 +440,8 @@ class Front(GuardedConnection):
             while queue and not self.lost:
                 request = queue[0]
                 if batching and len(queue) > 1 and request.method == "POST" and self._runs(request):
-                    # pipelined POSTs: one batch (a POST alone costs less on the path below, which
-                    # commits it at once or joins the iteration's batch: 146 k against 155-164 k
-                    # instructions, bench/http_front.py --instructions)
+                    # pipelined POSTs: one batch (a POST alone goes below, or through
+                    # :meth:`_post_alone` when it arrives alone: cheaper than a run of one)
                     answers = await self._post_run()
                     if not answers:  # the first is not ours
                         self.hand_over = True
