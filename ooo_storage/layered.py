@@ -1610,24 +1610,25 @@ class Layered:
 
         Returns each write's future, done with ``(object, waiter)`` as :meth:`_join`'s, or with the
         write's error (an invalid key or document fails alone; a failed batch fails every write in
-        it, and none is applied). The run is committed at once when it is the loop iteration's first
-        write, else with the iteration's batch (its futures done then). None when the writes must go
-        one by one through :meth:`set`: writes not batched, an ``after_write`` hook, a key locked
-        or a transaction in progress. ``checked``: the keys are known valid and not globs (the
-        lean front read their validity with their URL): not checked again."""
-        if not self._active:
-            raise self._not_active()
-        if self._batcher is None or not self._sync or self.options.after_write is not None:
-            return None
-        if not self._gate.idle:
+        it, and none is applied; a store not active fails them all). The run is committed at once
+        when it is the loop iteration's first write, else with the iteration's batch (its futures
+        done then); on a store whose writes are not batched (memory only), each write at once.
+        None when the writes must go one by one through :meth:`set`: a layer that is not
+        synchronous, an ``after_write`` hook, a key locked or a transaction in progress.
+        ``checked``: the keys are known valid and not globs (the lean front read their validity
+        with their URL): not checked again."""
+        loop = asyncio.get_running_loop() if self._loop is None else self._loop
+        if not self._active:  # every write fails, as ``set`` would
+            return [_failed_future(loop, self._not_active()) for _ in run]
+        if not self._sync or self.options.after_write is not None or not self._gate.idle:
             return None
         busy = self._locks.busy
         for key, _ in run:
             if busy(key):
                 return None
-        loop = cast(asyncio.AbstractEventLoop, self._loop)
+        batched = self._batcher is not None  # else each write committed at once, as ``set`` does
         queued = self._queued
-        if queued is None:
+        if queued is None and batched:
             queued = self._queued = []
         futs: list[_Done] = []
         for key, raw in run:
@@ -1639,10 +1640,13 @@ class Layered:
                         raise InvalidPath()
                     if key == "*" or key.endswith("/*"):
                         raise GlobNotAllowed()
-                queued.append((key, encode_data(raw), None, fut))
+                if batched:
+                    cast(list[_Queued], queued).append((key, encode_data(raw), None, fut))
+                else:
+                    fut.set_result(self._commit_now(key, encode_data(raw), None))
             except StorageError as exc:
                 fut.set_exception(exc)
-        if self._first is _NOBODY:  # the iteration's first write: committed now, as ``_commit_now``
+        if batched and self._first is _NOBODY:  # the iteration's first write: committed now
             self._first = _DRIVEN
             loop.call_soon(self._tick)
             self._settle()
@@ -2777,6 +2781,13 @@ def _txn_events(changes: list[_Change], revision: int) -> list[Event]:
         make_event(key, op, obj, revision, last + 1, i < last)
         for i, (key, op, obj) in enumerate(changes)
     ]
+
+
+def _failed_future(loop: asyncio.AbstractEventLoop, error: Exception) -> _Done:
+    """A writer's future done with ``error`` (:meth:`Layered.set_run`)."""
+    fut: _Done = loop.create_future()
+    fut.set_exception(error)
+    return fut
 
 
 async def _finished(pending: Awaitable[None], what: str = "transaction") -> bool:

@@ -189,3 +189,24 @@ async def test_a_run_is_refused_while_a_key_of_it_is_locked(tmp_path: Path) -> N
     await store.unlock("l/held")
     assert not store.held("l/held")
     await store.close()
+
+
+async def test_a_run_on_a_closed_store_fails_every_write(tmp_path: Path) -> None:
+    store, layer, seen = await _store(tmp_path / "db")
+    await store.close()
+    futs = store.set_run([("c/a", b"1"), ("c/b", b"2")])
+    assert futs is not None and [type(f.exception()).__name__ for f in futs] == ["NotActive", "NotActive"]
+    assert seen == []
+
+
+async def test_a_run_on_a_memory_only_store_is_committed_at_once() -> None:
+    """Nothing to batch: each write committed before ``set_run`` returns, as ``set`` commits it."""
+    store = Layered(memory=MemoryLayer())
+    await store.start()
+    seen: list[Event] = []
+    store.on_commit(seen.append)
+    futs = store.set_run([("m/a", b"1"), ("m/b", b"{x"), ("m/c", b"3")])
+    assert futs is not None and all(f.done() for f in futs)
+    assert type(futs[1].exception()).__name__ == "InvalidData"
+    assert [e.key for e in seen] == ["m/a", "m/c"] and store.peek("m/c") is not None
+    await store.close()

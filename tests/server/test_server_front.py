@@ -173,7 +173,8 @@ async def test_a_full_disk_and_a_missing_store_answer_like_aiohttp(pair_factory:
     pair = await pair_factory()
     for runner in (pair.plain, pair.lean):
         await runner.server.store.close()  # 503, "not active", for every request
-    for data in (req("POST", "/front/a", DOC), req("GET", "/front/a"), req("DELETE", "/front/a")):
+    burst = req("POST", "/front/a", DOC) + req("POST", "/front/b", DOC)  # a pipelined run
+    for data in (req("POST", "/front/a", DOC), burst, req("GET", "/front/a"), req("DELETE", "/front/a")):
         old, new = await pair.both(data)
         assert new == old
         assert new.startswith(b"HTTP/1.1 503 ")

@@ -218,6 +218,57 @@ async def test_a_request_not_ours_in_a_burst_goes_to_aiohttp_after_the_run(serve
     assert s.stored("no/c") is None
 
 
+@pytest.mark.parametrize("first", [b"", req("DELETE", "/x")], ids=["by-hand", "in-a-task"])
+async def test_a_run_joining_the_batch_whose_last_post_is_bad_is_answered_whole(
+    served: Any, first: bytes
+) -> None:
+    """The second run of an iteration joins its batch; its last POST, not JSON, fails at once while
+    the one before it waits for the batch: every answer comes, in order (an outsider's pipeline
+    that dropped or hung the connection; a DELETE first makes the rest go on in a task)."""
+    s = await served()
+    burst = first + b"".join([req("POST", "/h/a", doc(1)), req("POST", "/h/b", doc(2)), req("GET", "/h/a"),
+                              req("POST", "/h/c", doc(3)), req("POST", "/h/d", b"{bad"), req("GET", "/h/c")])
+    count = 7 if first else 6
+    got = await answers(s.port, burst, count)
+    statuses = [status for status, _ in got][-6:]
+    assert statuses == [200, 200, 200, 200, 400, 200]
+    assert orjson.loads(got[-1][1])["data"] == orjson.loads(doc(3))
+    assert s.stored("h/c") == orjson.loads(doc(3)) and s.stored("h/d") is None
+
+
+async def test_a_waiting_run_counts_once_in_its_clients_share(served: Any) -> None:
+    """A pipelined run waiting for its writes counts as one request of its client (as under
+    aiohttp), not one per POST: another connection of the same client is still served (it was
+    refused 503 "too many busy connections" with a share of 2)."""
+    s = await served(Options(workers=1, queue_size=1, lossless_watch=True), max_connections_per_client=2)
+    gate = asyncio.Event()
+
+    async def slow(event: Event) -> None:
+        await gate.wait()
+
+    s.store.watch(slow)
+    reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+    other_reader, other = await asyncio.open_connection("127.0.0.1", s.port)
+    try:
+        for i in range(2):  # the watcher holds the first event, the queue the second
+            writer.write(req("POST", f"/sh/{i}", doc(i)))
+            assert await read_answers(reader, 1) == [(200, b'{"index":"%d"}' % i)]
+        writer.write(b"".join(req("POST", f"/sh/{i}", doc(i)) for i in range(2, 5)))
+        share = s.runner.server.share
+        async with asyncio.timeout(10):
+            while not share.busy:
+                await asyncio.sleep(0)  # the run arriving: no event to wait for
+        assert share.busy == {"127.0.0.1": 1}
+        other.write(req("GET", "/sh/0"))
+        [(status, body)] = await read_answers(other_reader, 1)
+        assert status == 200 and orjson.loads(body)["data"] == orjson.loads(doc(0))
+        gate.set()
+        assert await read_answers(reader, 3) == [(200, b'{"index":"%d"}' % i) for i in range(2, 5)]
+    finally:
+        writer.close()
+        other.close()
+
+
 async def test_single_posts_of_many_connections_in_one_iteration_are_one_batch(served: Any) -> None:
     """Eight keep-alive connections, one POST each, all read by the server in the same iteration
     (sent from this loop without a pause: the server's next poll finds all eight)."""

@@ -87,8 +87,6 @@ class Lean:
         store = self.store = server.store
         self.inline = store.embedded is None or not store.embedded.asynchronous
         self.inline_reads = self.inline or store.mirrored  # a memory mirror answers every read
-        # Writes of one iteration share one batch: a pipelined burst's POSTs are started together
-        self.batching = store.batching
         self.silent: dict[Front, None] = {}  # connections that sent nothing yet, oldest first
         self.sweep: asyncio.TimerHandle | None = None
 

@@ -279,8 +279,7 @@ class Front(GuardedConnection):
                 else:
                     self._alone(answer)
                     return
-            elif request.method == "POST" and self.lean.batching and self._runs(request) \
-                    and self._post_alone(request):
+            elif request.method == "POST" and self._runs(request) and self._post_alone(request):
                 return
         self._drive(self._work())
 
@@ -431,15 +430,13 @@ class Front(GuardedConnection):
         """Answer the queued requests in order: run by hand (:meth:`_drive`) until a request needs
         a task, then in one (one per burst of requests that need it)."""
         queue, buf = self.queue, self.buf
-        lean = self.lean
-        batching = lean.batching
         answered = 0  # since this connection last let the others have a turn
         try:
             if self.writable is not None:
                 await self.writable
             while queue and not self.lost:
                 request = queue[0]
-                if batching and len(queue) > 1 and request.method == "POST" and self._runs(request):
+                if len(queue) > 1 and request.method == "POST" and self._runs(request):
                     # pipelined POSTs: one batch (a POST alone goes below, or through
                     # :meth:`_post_alone` when it arrives alone: cheaper than a run of one)
                     answers = await self._post_run()
@@ -604,23 +601,24 @@ class Front(GuardedConnection):
                     for (request, _, counted), answer in zip(run, answers, strict=True)]
         store = self.lean.store
         share, who = self.lean.server.share, self.remote
-        share.busy[who] = share.busy.get(who, 0) + len(writes)
+        share.busy[who] = share.busy.get(who, 0) + 1  # one request in progress, as aiohttp counts
         try:
             futs = store.set_run(writes, checked=True)  # valid (URL or check_key), no glob (_runs)
             if futs is None:  # a transaction in progress: one by one
                 outcomes = [await _outcome(store.set(key, raw)) for key, raw in writes]
             else:
-                if not futs[-1].done():
-                    try:  # noqa: SIM105 (``contextlib.suppress`` costs two calls more here)
-                        await futs[-1]  # done with the batch, as every earlier one
-                    except Exception:
-                        pass  # each write's outcome is read below
+                for fut in futs:  # those in the batch are done together (any may have failed
+                    if not fut.done():  # its checks at once, the last one too)
+                        try:  # noqa: SIM105 (``contextlib.suppress`` costs two calls more here)
+                            await fut
+                        except Exception:
+                            pass  # each write's outcome is read below
                 outcomes = [fut.exception() or fut.result()[0].index for fut in futs]
                 for fut in futs:
                     if fut.exception() is None and (waiter := fut.result()[1]) is not None:
                         await waiter  # a library watcher's queue is full: its room first
         finally:
-            if (left := share.busy[who] - len(writes)) > 0:
+            if (left := share.busy[who] - 1) > 0:
                 share.busy[who] = left
             else:
                 del share.busy[who]
