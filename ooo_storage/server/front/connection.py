@@ -101,7 +101,7 @@ class Front(GuardedConnection):
         self.stall_timer: asyncio.TimerHandle | None = None
         self.stall_head = False  # the stall timer times a request head (else a body)
         self.ended: asyncio.Future[None] | None = None  # :meth:`stop` waits for ``_work`` run by hand
-        self.pending: tuple[bytes, bool, float] = (b"", False, 0.0)  # :meth:`_post_alone`'s request
+        self.pending: tuple[Request, bytes, bool, float] | None = None  # :meth:`_post_alone`'s
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -337,7 +337,7 @@ class Front(GuardedConnection):
         if futs is None:
             return False  # nothing done: :meth:`_answer` decides again
         [fut] = futs
-        self.pending = (cors, counted, start)
+        self.pending = (request, cors, counted, start)
         if fut.done():
             self._posted(fut)
         else:
@@ -356,19 +356,19 @@ class Front(GuardedConnection):
                 share.busy[who] = left
             else:
                 del share.busy[who]
+        assert self.pending is not None
+        request, cors, counted, start = self.pending
+        self.pending = None  # its body not kept while the connection waits for the next request
         error = fut.exception()
-        if self.lost:
-            return
-        request = self.queue[0]
-        cors, counted, start = self.pending
         if error is not None:
             answer = self._failed(request, cast(Exception, error), cors)
-            self._alone(self._done(request, answer, counted, start))
+        else:
+            obj, waiter = fut.result()
+            answer = json_answer(self.lean.dates.line(), rest.index_json(obj.index), cors)
+        answer = self._done(request, answer, counted, start)  # counted, as aiohttp counts it
+        if self.lost:  # even when its client is gone
             return
-        obj, waiter = fut.result()
-        answer = json_answer(self.lean.dates.line(), rest.index_json(obj.index), cors)
-        answer = self._done(request, answer, counted, start)
-        if waiter is None or waiter.done():
+        if error is not None or waiter is None or waiter.done():
             self._alone(answer)
         else:  # a library watcher's queue is full: the answer once there is room, as ``set`` waits
             self.worker = waiter
