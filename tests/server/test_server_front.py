@@ -214,6 +214,19 @@ async def test_an_access_policy_answers_like_aiohttp(
     assert new.split(b"HTTP/1.1 ")[2].startswith(status)
 
 
+async def test_a_refused_post_whose_body_is_arriving_is_answered_and_closed_like_aiohttp(
+    pair_factory: Any,
+) -> None:
+    """docs/protocol.md §9.3: a refused request whose body is still arriving is answered at once and
+    its connection closed, the body not read (the front waited for the whole body first: with a
+    body timeout of 600 s, about 37 s)."""
+    pair = await pair_factory(auth=policy(), body_timeout=600.0)
+    head = b"POST /front/a HTTP/1.1\r\n" + bearer("reader") + b"Content-Length: 1000\r\n\r\n"
+    old, new = await pair.both(head + b'{"a":"' + b"x" * 100, end=b"")  # the rest never comes
+    assert new == old
+    assert responses(new) == [(403, b"ooo: forbidden: reader may not write front/a")]
+
+
 async def test_anonymous_reads_allowed_by_the_policy_and_usage_counts_match(pair_factory: Any) -> None:
     pair = await pair_factory(auth=policy())
     data = (req("POST", "/front/a", DOC, headers=bearer("root")) + req("GET", "/front/a", headers=bearer("root"))

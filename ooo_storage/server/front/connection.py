@@ -221,6 +221,9 @@ class Front(GuardedConnection):
                 return
             body_end = end + 4 + request.size
             if len(buf) < body_end:
+                if self.partial is None and self._refused(request):
+                    self._hand_over_soon()  # aiohttp refuses it before its body, and closes
+                    return
                 self.partial = request
                 self._incomplete(start, head=False)
                 return
@@ -233,6 +236,19 @@ class Front(GuardedConnection):
             if self.stall_timer is not None:
                 self.stall_timer.cancel()
                 self.stall_timer = None
+
+    def _refused(self, request: Request) -> bool:
+        """Whether the access policy refuses ``request``, whose body is still arriving: aiohttp is
+        to answer it now, without reading its body, and close the connection (docs/protocol.md
+        §9.3), as it does under the aiohttp engine; waiting for the body first kept the connection
+        open."""
+        if self.lean.server.guard.policy is None:
+            return False
+        try:
+            self._admit(request)
+        except NotOurs:
+            return True
+        return False
 
     def _incomplete(self, start: int, head: bool) -> None:
         """The request at ``start`` is not all here: wait for the rest, within the config's time."""
