@@ -5,8 +5,6 @@ order, and both servers end with the same state as GET."""
 from __future__ import annotations
 
 import asyncio
-import re
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from serve_process import serve_process
 
 from ooo_storage.protocol.jsonpatch import apply_patch
 
@@ -21,17 +20,8 @@ KEYS = [f"k/{i}" for i in range(5)]
 
 
 async def _serve(root: Path, cwd: Path) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ooo_storage", "serve", "--port", "0", "--sos", str(root),
-        "--indexer-rate", "0.05", cwd=cwd, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    async with asyncio.timeout(30):
-        while True:
-            line = await proc.stderr.readline()
-            assert line, "serve exited before serving"
-            if found := re.search(rb"serving on (http://[\d.]+:\d+)", line):
-                return proc, found.group(1).decode()
+    proc, port = await serve_process("--sos", str(root), "--indexer-rate", "0.05", cwd=cwd)
+    return proc, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

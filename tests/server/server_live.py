@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -95,18 +92,3 @@ class Follower:
 
 LiveFactory = Callable[..., Awaitable[Live]]
 
-
-async def serve_process(*argv: str) -> tuple[asyncio.subprocess.Process, int]:
-    """``python -m ooo_storage serve --port 0 ARGV`` as a real process (its stderr piped: the log),
-    and the port it serves on once it says so."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ooo_storage", "serve", "--port", "0", *argv,
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stderr is not None
-    async with asyncio.timeout(30):
-        while True:
-            line = await proc.stderr.readline()
-            assert line, "serve exited before serving"
-            if found := re.search(rb"serving on http://[\d.]+:(\d+)", line):
-                return proc, int(found.group(1))

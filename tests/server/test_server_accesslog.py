@@ -14,7 +14,8 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from server_live import LiveFactory, next_frame, serve_process
+from serve_process import serve_process
+from server_live import LiveFactory, next_frame
 
 from ooo_storage.server.accesslog import AccessLog, Batch, BatchedHandler, TextFormatter
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-from server_live import serve_process
+from serve_process import serve_process
 
 
 async def start_server(data: Path, *extra: str) -> tuple[asyncio.subprocess.Process, int]:

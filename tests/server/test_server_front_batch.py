@@ -19,7 +19,7 @@ import orjson
 import plyvel
 import pytest
 from raw_http import HOST, req, responses
-from server_live import serve_process
+from serve_process import serve_process
 
 from ooo_storage import Event, Layered, LevelDBLayer, MemoryLayer, Object, Options
 from ooo_storage.protocol.access import RIGHTS, Policy, token_digest

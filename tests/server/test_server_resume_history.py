@@ -13,7 +13,8 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from server_live import Follower, Live, no_frame, serve_process
+from serve_process import serve_process
+from server_live import Follower, Live, no_frame
 
 from ooo_storage import HistoryOptions, Layered, LevelDBLayer, MemoryLayer, Options
 from ooo_storage.server import Server, ServerRunner, resume
