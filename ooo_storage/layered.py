@@ -1533,13 +1533,7 @@ class Layered:
         """The whole write with synchronous layers, in one step (this is the hot path)."""
         memory, embedded = self.memory, self._sync_layer
         old = memory.get(key) if memory is not None else cast(SyncLayer, embedded).get(key)
-        if stamps is not None:  # ``_build``, inline
-            created, updated = stamps
-        elif old is None:
-            created, updated = now(), 0
-        else:
-            created, updated = old.created, now()
-        obj = _tuple_new(Object, (created, updated, key.rpartition("/")[2], key, raw))  # make_object
+        obj = _build(key, raw, stamps, old)
         if embedded is not None:
             try:
                 embedded.set(key, obj)
@@ -1704,13 +1698,7 @@ class Layered:
                 except Exception as exc:
                     fut.set_exception(_unavailable(exc, "storage: read failed"))
                     continue
-            if stamps is not None:  # ``_build``, inline
-                created, updated = stamps
-            elif old is None:
-                created, updated = now(), 0
-            else:
-                created, updated = old.created, now()
-            obj = latest[key] = _tuple_new(Object, (created, updated, key.rpartition("/")[2], key, raw))
+            obj = latest[key] = _build(key, raw, stamps, old)
             items.append((key, obj))
             futs.append(fut)
         return items, futs
@@ -1724,7 +1712,7 @@ class Layered:
         try:
             await self._gate.acquire_shared()
             try:
-                obj = self._build(key, raw, stamps, await self._read(key))
+                obj = _build(key, raw, stamps, await self._read(key))
                 if self._keeper is not None:  # the event in the write's own durable step
                     waiter, cancelled = await self._kept([(key, obj)], [], key, "set", obj)
                     if cancelled:
@@ -1740,16 +1728,6 @@ class Layered:
         finally:
             if not locked:
                 self._locks.release(key)
-
-    @staticmethod
-    def _build(key: str, raw: bytes, stamps: tuple[int, int] | None, old: Object | None) -> Object:
-        if stamps is not None:
-            created, updated = stamps
-        elif old is None:
-            created, updated = now(), 0
-        else:
-            created, updated = old.created, now()
-        return make_object(created, updated, key.rpartition("/")[2], key, raw)
 
     async def _kept(
         self,
@@ -2372,7 +2350,7 @@ class Layered:
                     check(key, raw)
             else:
                 raw = payload
-            obj = self._build(key, raw, None, old)
+            obj = _build(key, raw, None, old)
             sets.append((key, obj))
             changes.append((key, "set", obj))
             indexes.append(obj.index)
@@ -2781,6 +2759,18 @@ def _txn_events(changes: list[_Change], revision: int) -> list[Event]:
         make_event(key, op, obj, revision, last + 1, i < last)
         for i, (key, op, obj) in enumerate(changes)
     ]
+
+
+def _build(key: str, raw: bytes, stamps: tuple[int, int] | None, old: Object | None) -> Object:
+    """The object a write of ``raw`` to ``key`` makes over ``old``: ``stamps`` (created, updated)
+    when given, else created now (a new key) or kept and updated now."""
+    if stamps is not None:
+        created, updated = stamps
+    elif old is None:
+        created, updated = now(), 0
+    else:
+        created, updated = old.created, now()
+    return _tuple_new(Object, (created, updated, key.rpartition("/")[2], key, raw))  # make_object
 
 
 def _failed_future(loop: asyncio.AbstractEventLoop, error: Exception) -> _Done:
